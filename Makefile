@@ -1,0 +1,69 @@
+# mrdino — build, test, demo and per-dataset batch jobs.
+#
+# Everything heavy lives outside the clone so fresh clones on the same machine reuse it:
+#   MRDINO_CACHE (default ~/.cache/mrdino) holds the Python venv (libtorch 2.13.0 for tch, test references)
+#   and the cargo target directory. Both are created on first use; every step below is idempotent.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+MRDINO_CACHE ?= $(HOME)/.cache/mrdino
+VENV ?= $(MRDINO_CACHE)/venv
+CARGO_TARGET_DIR ?= $(MRDINO_CACHE)/target
+PYTHON_BOOTSTRAP ?= python3
+APT_PACKAGES := libopencv-dev clang libclang-dev pkg-config opencv-doc
+
+export CARGO_TARGET_DIR
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
+
+MRDINO := $(CARGO_TARGET_DIR)/release/mrdino
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_STAMP := $(MRDINO_CACHE)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12)
+VENV_STAMP := $(VENV)/.stamp-$(shell md5sum < tools/requirements.txt | cut -c1-12)
+
+.PHONY: help setup apt venv build test bench demo demo-synth clean-cache
+
+help:
+	@echo "make demo   - pseudo-labels for the bundled vtest.avi clip (installs what it needs)"
+	@echo "make test   - the whole test suite (installs what it needs)"
+	@echo "make bench  - post-processing and HDBSCAN benchmarks"
+
+setup: apt venv
+
+apt: $(APT_STAMP)
+$(APT_STAMP):
+	@mkdir -p $(MRDINO_CACHE)
+	@n=$$(dpkg-query -W -f='$${Status}\n' $(APT_PACKAGES) 2>/dev/null | grep -c 'install ok installed' || true); \
+	if [ "$$n" != "$(words $(APT_PACKAGES))" ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+	@touch $@
+
+venv: $(VENV_STAMP)
+$(VENV_STAMP): tools/requirements.txt
+	@mkdir -p $(MRDINO_CACHE)
+	@[ -x $(VENV)/bin/python ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tools/requirements.txt
+	@rm -f $(VENV)/.stamp-* && touch $@
+
+build: setup
+	cargo build --release --locked -p mrdino
+
+test: build
+	cargo test --release --locked --workspace
+	$(VENV)/bin/python tools/check_outputs.py --selftest $(CARGO_TARGET_DIR)/pytest-outputs
+
+bench: build
+	cargo run --release --locked -p mrdino -- bench --python $(VENV)/bin/python
+
+DEMO_VIDEO ?= /usr/share/doc/opencv-doc/examples/data/vtest.avi
+DEMO_OUT ?= outputs/demo
+demo: build
+	$(MRDINO) labels --dataset video --root $(DEMO_VIDEO) --out $(DEMO_OUT) --overlays 6
+	@echo "Parquet tables: $(DEMO_OUT)/frames $(DEMO_OUT)/instances; overlays: $(DEMO_OUT)/overlays"
+
+clean-cache:
+	rm -rf $(CARGO_TARGET_DIR)

@@ -1,0 +1,9 @@
+//! Where frames and ground truth come from.
+//!
+//! A *source* lists [`Sequence`]s (the unit of work: one camera of one drive, scene or video) in a
+//! deterministic, sorted order and decodes their frames on demand, in order, at the processing resolution
+//! the dataset's reference pipeline uses. Sources never write to their inputs.
+
+pub mod image;
+
+pub use image::{Frame, Geometry, RgbImage};

@@ -1,0 +1,4 @@
+//! The computations of the pipeline, one module per stage. Stages take typed values and return typed values;
+//! they know nothing about files, threads or the command line (model weights come in through explicit loaders).
+
+pub mod flow;
