@@ -5,6 +5,8 @@
 
 use mrdino_datasets::RgbImage;
 
+pub mod raft;
+
 /// A dense flow field, row-major, (u, v) interleaved: `uv[2 * (row * width + col)]` is u.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlowField {
