@@ -2,3 +2,4 @@
 //! they know nothing about files, threads or the command line (model weights come in through explicit loaders).
 
 pub mod flow;
+pub mod hdbscan;
