@@ -6,16 +6,18 @@
 //! CUDA rows are added when `tch::Cuda::is_available()`.
 //!
 //! Measured on the 2-core development machine (AMD EPYC) while other engineers' builds kept the load average
-//! near 4, so libtorch's OpenMP threads were contended; CPU float32, 2 threads, 3 runs:
+//! between 3 and 4, so libtorch's OpenMP threads were contended; CPU float32, 2 threads, 3 runs. The
+//! torchvision column is the same model in Python (torch 2.13, `torch.set_num_threads(2)`, all 12 upsamplings),
+//! run right after the Rust bench:
 //!
-//! | model | device | s / pair |
-//! |---|---|---|
-//! | raft-small | cpu f32 | 6.20 |
-//! | raft-large | cpu f32 | 18.10 |
+//! | model | device | s / pair (Rust) | s / pair (torchvision) |
+//! |---|---|---|---|
+//! | raft-small | cpu f32 | 8.93 | 8.66 |
+//! | raft-large | cpu f32 | 14.46 | 15.22 |
 //!
-//! For comparison, torchvision's raft_large took 3.3 s and raft_small 8.4 s per pair in Python at the same
-//! time and thread count, which shows how much the shared machine dominates these figures.
-//! No GPU was available, so no CUDA figures were measured.
+//! An earlier run under similar load gave 6.20 / 18.10 s: on this shared machine the figures move by 2×
+//! between runs, and models.md §7 measured 3.2 s for raft-large on an idle machine. No GPU was available, so
+//! no CUDA figures were measured.
 
 use std::time::Instant;
 
@@ -39,7 +41,11 @@ fn random_weights(arch: Arch, path: &std::path::Path) -> Result<(), tch::TchErro
         .into_iter()
         .map(|(key, shape)| {
             let t = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 0.05;
-            let t = if key.ends_with("running_var") { t.abs() + 1.0 } else { t };
+            let t = if key.ends_with("running_var") {
+                t.abs() + 1.0
+            } else {
+                t
+            };
             (key, t)
         })
         .collect();
@@ -47,10 +53,14 @@ fn random_weights(arch: Arch, path: &std::path::Path) -> Result<(), tch::TchErro
 }
 
 fn textured_frame(seed: u64) -> RgbImage {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let data = (0..HEIGHT * WIDTH * 3)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 56) as u8
         })
         .collect();
@@ -69,7 +79,11 @@ fn seconds_per_pair(raft: &mut RaftFlow, runs: usize) -> Result<f64, Box<dyn std
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let runs: usize = std::env::var("RAFT_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let runs: usize = std::env::var("RAFT_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     tch::set_num_threads(2);
     let dir = tempfile::tempdir()?;
     let mut devices = vec![(Device::Cpu, Kind::Float)];
@@ -81,17 +95,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| model | device | s / pair |");
     println!("|---|---|---|");
     for arch in [Arch::Small, Arch::Large] {
-        let path = dir.path().join(format!("raft_{}.safetensors", arch.as_str()));
+        let path = dir
+            .path()
+            .join(format!("raft_{}.safetensors", arch.as_str()));
         random_weights(arch, &path)?;
         for &(device, kind) in &devices {
-            let mut raft = RaftFlow::load_with_kind(&path, device, kind)?.with_iterations(ITERATIONS)?;
+            let mut raft =
+                RaftFlow::load_with_kind(&path, device, kind)?.with_iterations(ITERATIONS)?;
             let secs = seconds_per_pair(&mut raft, runs)?;
             let device_name = match device {
                 Device::Cuda(n) => format!("cuda:{n}"),
                 _ => "cpu".to_string(),
             };
             let kind_name = if kind == Kind::Half { "f16" } else { "f32" };
-            println!("| raft-{} | {device_name} {kind_name} | {secs:.3} |", arch.as_str());
+            println!(
+                "| raft-{} | {device_name} {kind_name} | {secs:.3} |",
+                arch.as_str()
+            );
         }
     }
     Ok(())

@@ -69,7 +69,8 @@ struct Io {
 impl Io {
     fn load() -> Self {
         let path = fixtures().join("io.safetensors");
-        let tensors = Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let tensors =
+            Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         Self { tensors }
     }
 
@@ -99,8 +100,9 @@ impl Io {
         let (b, _, h, w) = t.size4().expect("flow tensor is 4-d");
         (0..b)
             .map(|i| {
-                let uv = Vec::<f32>::try_from(t.get(i).permute([1, 2, 0]).contiguous().flatten(0, -1))
-                    .expect("float flow");
+                let uv =
+                    Vec::<f32>::try_from(t.get(i).permute([1, 2, 0]).contiguous().flatten(0, -1))
+                        .expect("float flow");
                 FlowField::new(h as usize, w as usize, uv)
             })
             .collect()
@@ -113,7 +115,10 @@ fn max_abs_diff(a: &[FlowField], b: &[FlowField]) -> f32 {
         .zip(b)
         .map(|(x, y)| {
             assert_eq!((x.height, x.width), (y.height, y.width), "flow size");
-            x.uv.iter().zip(&y.uv).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max)
+            x.uv.iter()
+                .zip(&y.uv)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max)
         })
         .fold(0.0f32, f32::max)
 }
@@ -127,18 +132,25 @@ fn check_model(model: &str) {
 
     let (a1, a2) = (io.images("a.img1"), io.images("a.img2"));
     let pairs: Vec<(&RgbImage, &RgbImage)> = a1.iter().zip(&a2).collect();
-    let batched = raft.estimate(&pairs).unwrap_or_else(|e| panic!("{model}: {e}"));
+    let batched = raft
+        .estimate(&pairs)
+        .unwrap_or_else(|e| panic!("{model}: {e}"));
     let err_a = max_abs_diff(&batched, &io.flows(&format!("{model}.a.flow")));
 
     let mut singles = Vec::new();
     for pair in &pairs {
-        singles.extend(raft.estimate(std::slice::from_ref(pair)).unwrap_or_else(|e| panic!("{model}: {e}")));
+        singles.extend(
+            raft.estimate(std::slice::from_ref(pair))
+                .unwrap_or_else(|e| panic!("{model}: {e}")),
+        );
     }
     let err_batch = max_abs_diff(&batched, &singles);
 
     let (b1, b2) = (io.images("b.img1"), io.images("b.img2"));
     let pairs_b: Vec<(&RgbImage, &RgbImage)> = b1.iter().zip(&b2).collect();
-    let flows_b = raft.estimate(&pairs_b).unwrap_or_else(|e| panic!("{model}: {e}"));
+    let flows_b = raft
+        .estimate(&pairs_b)
+        .unwrap_or_else(|e| panic!("{model}: {e}"));
     let err_b = max_abs_diff(&flows_b, &io.flows(&format!("{model}.b.flow")));
 
     eprintln!(
@@ -146,9 +158,18 @@ fn check_model(model: &str) {
          batch vs single {err_batch:.2e} px",
         raft.iterations()
     );
-    assert!(err_a <= TOLERANCE, "{model}: 128x160 max|Δflow| {err_a} px > {TOLERANCE}");
-    assert!(err_b <= TOLERANCE, "{model}: 131x165 max|Δflow| {err_b} px > {TOLERANCE}");
-    assert!(err_batch <= TOLERANCE, "{model}: batch of 3 differs from single pairs by {err_batch} px");
+    assert!(
+        err_a <= TOLERANCE,
+        "{model}: 128x160 max|Δflow| {err_a} px > {TOLERANCE}"
+    );
+    assert!(
+        err_b <= TOLERANCE,
+        "{model}: 131x165 max|Δflow| {err_b} px > {TOLERANCE}"
+    );
+    assert!(
+        err_batch <= TOLERANCE,
+        "{model}: batch of 3 differs from single pairs by {err_batch} px"
+    );
 }
 
 #[test]
@@ -192,10 +213,15 @@ fn metadata_and_identity() {
 
 #[test]
 fn refuses_inputs_below_minimum() {
-    let raft = RaftFlow::load(fixtures().join("raft_small.safetensors"), Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    let raft = RaftFlow::load(fixtures().join("raft_small.safetensors"), Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}"));
     let small = Tensor::zeros([1, 3, 120, 200], (Kind::Float, Device::Cpu));
     match raft.forward(&small, &small) {
-        Err(RaftError::TooSmall { padded_height: 120, padded_width: 200, .. }) => {}
+        Err(RaftError::TooSmall {
+            padded_height: 120,
+            padded_width: 200,
+            ..
+        }) => {}
         other => panic!("expected TooSmall, got {:?}", other.map(|t| t.size())),
     }
     // 121 rows pad to 128 and are accepted.
@@ -210,32 +236,59 @@ fn names_missing_and_misshaped_keys() {
     let tensors = Tensor::read_safetensors(&src).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("tempdir");
 
-    let missing: Vec<(String, Tensor)> =
-        tensors.iter().filter(|(n, _)| n != "update_block.flow_head.conv2.bias").map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    let missing: Vec<(String, Tensor)> = tensors
+        .iter()
+        .filter(|(n, _)| n != "update_block.flow_head.conv2.bias")
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
     let path = dir.path().join("missing.safetensors");
     Tensor::write_safetensors(&missing, &path).expect("write");
-    let err = RaftFlow::load(&path, Device::Cpu).err().expect("missing key must fail").to_string();
-    assert!(err.contains("update_block.flow_head.conv2.bias") && err.contains("[2]"), "{err}");
+    let err = RaftFlow::load(&path, Device::Cpu)
+        .err()
+        .expect("missing key must fail")
+        .to_string();
+    assert!(
+        err.contains("update_block.flow_head.conv2.bias") && err.contains("[2]"),
+        "{err}"
+    );
 
     let misshaped: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(n, t)| {
-            let t = if n == "update_block.flow_head.conv2.weight" { t.narrow(1, 0, 64) } else { t.shallow_clone() };
+            let t = if n == "update_block.flow_head.conv2.weight" {
+                t.narrow(1, 0, 64)
+            } else {
+                t.shallow_clone()
+            };
             (n.clone(), t.contiguous())
         })
         .collect();
     let path = dir.path().join("misshaped.safetensors");
     Tensor::write_safetensors(&misshaped, &path).expect("write");
-    let err = RaftFlow::load(&path, Device::Cpu).err().expect("shape mismatch must fail").to_string();
+    let err = RaftFlow::load(&path, Device::Cpu)
+        .err()
+        .expect("shape mismatch must fail")
+        .to_string();
     assert!(
-        err.contains("update_block.flow_head.conv2.weight") && err.contains("[2, 64, 3, 3]") && err.contains("[2, 128, 3, 3]"),
+        err.contains("update_block.flow_head.conv2.weight")
+            && err.contains("[2, 64, 3, 3]")
+            && err.contains("[2, 128, 3, 3]"),
         "{err}"
     );
 
-    let mut extra: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
-    extra.push(("update_block.bogus.weight".to_string(), Tensor::zeros([3], (Kind::Float, Device::Cpu))));
+    let mut extra: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    extra.push((
+        "update_block.bogus.weight".to_string(),
+        Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+    ));
     let path = dir.path().join("extra.safetensors");
     Tensor::write_safetensors(&extra, &path).expect("write");
-    let err = RaftFlow::load(&path, Device::Cpu).err().expect("unexpected key must fail").to_string();
+    let err = RaftFlow::load(&path, Device::Cpu)
+        .err()
+        .expect("unexpected key must fail")
+        .to_string();
     assert!(err.contains("update_block.bogus.weight"), "{err}");
 }

@@ -47,25 +47,57 @@ pub const MIN_SIDE: i64 = 128;
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{path}: metadata `{key}` = `{value}`: {message}")]
-    Metadata { path: PathBuf, key: String, value: String, message: String },
+    Metadata {
+        path: PathBuf,
+        key: String,
+        value: String,
+        message: String,
+    },
     #[error("{path}: missing key `{key}` (expected shape {expected})")]
-    MissingKey { path: PathBuf, key: String, expected: String },
+    MissingKey {
+        path: PathBuf,
+        key: String,
+        expected: String,
+    },
     #[error("{path}: unexpected key `{key}` with shape {found} for a raft-{arch} with context norm `{context_norm}`")]
-    UnexpectedKey { path: PathBuf, key: String, found: String, arch: &'static str, context_norm: &'static str },
+    UnexpectedKey {
+        path: PathBuf,
+        key: String,
+        found: String,
+        arch: &'static str,
+        context_norm: &'static str,
+    },
     #[error("{path}: key `{key}` has shape {found}, expected {expected}")]
-    ShapeMismatch { path: PathBuf, key: String, expected: String, found: String },
+    ShapeMismatch {
+        path: PathBuf,
+        key: String,
+        expected: String,
+        found: String,
+    },
     #[error("{path}: key `{key}` has unsupported dtype {dtype} (expected a float type)")]
-    Dtype { path: PathBuf, key: String, dtype: String },
+    Dtype {
+        path: PathBuf,
+        key: String,
+        dtype: String,
+    },
     #[error("compute kind {kind:?} is not supported on {device:?} (use Float, or Half/BFloat16 on CUDA)")]
     Kind { kind: Kind, device: Device },
     #[error("iterations must be at least 1")]
     Iterations,
     #[error("input {height}x{width} pads to {padded_height}x{padded_width}, below the minimum {MIN_SIDE}x{MIN_SIDE} of RAFT")]
-    TooSmall { height: i64, width: i64, padded_height: i64, padded_width: i64 },
+    TooSmall {
+        height: i64,
+        width: i64,
+        padded_height: i64,
+        padded_width: i64,
+    },
     #[error("input shape mismatch: {message}")]
     Input { message: String },
     #[error("libtorch: {0}")]
@@ -81,7 +113,10 @@ impl From<RaftError> for FlowError {
             | RaftError::MissingKey { path, .. }
             | RaftError::UnexpectedKey { path, .. }
             | RaftError::ShapeMismatch { path, .. }
-            | RaftError::Dtype { path, .. } => FlowError::File { path: path.clone(), message: e.to_string() },
+            | RaftError::Dtype { path, .. } => FlowError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            },
             _ => FlowError::Backend(e.to_string()),
         }
     }
@@ -114,7 +149,11 @@ impl RaftFlow {
 
     /// As [`RaftFlow::load`], computing in `kind`: `Float` anywhere, `Half` or `BFloat16` on CUDA only. Weights
     /// and inputs are cast; the correlation volume and the flow accumulator stay in float32.
-    pub fn load_with_kind(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self, RaftError> {
+    pub fn load_with_kind(
+        path: impl AsRef<Path>,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self, RaftError> {
         let supported = match kind {
             Kind::Float => true,
             Kind::Half | Kind::BFloat16 => device.is_cuda(),
@@ -180,14 +219,21 @@ impl RaftFlow {
         let s2 = image2.size();
         if s1.len() != 4 || s1[1] != 3 || s1 != s2 {
             return Err(RaftError::Input {
-                message: format!("expected two (B, 3, H, W) tensors of the same shape, got {s1:?} and {s2:?}"),
+                message: format!(
+                    "expected two (B, 3, H, W) tensors of the same shape, got {s1:?} and {s2:?}"
+                ),
             });
         }
         let (height, width) = (s1[2], s1[3]);
         let [left, right, top, bottom] = padding_for(height, width);
         let (ph, pw) = (height + top + bottom, width + left + right);
         if ph < MIN_SIDE || pw < MIN_SIDE {
-            return Err(RaftError::TooSmall { height, width, padded_height: ph, padded_width: pw });
+            return Err(RaftError::TooSmall {
+                height,
+                width,
+                padded_height: ph,
+                padded_width: pw,
+            });
         }
         let prepare = |img: &Tensor| -> Result<Tensor, tch::TchError> {
             let x = img.f_to_device(self.device)?.f_to_kind(Kind::Float)?;
@@ -196,22 +242,36 @@ impl RaftFlow {
                 InputRange::ZeroOne => x / 255.0,
                 InputRange::ZeroTo255 => x,
             };
-            let x = if left + right + top + bottom > 0 { x.f_replication_pad2d([left, right, top, bottom])? } else { x };
+            let x = if left + right + top + bottom > 0 {
+                x.f_replication_pad2d([left, right, top, bottom])?
+            } else {
+                x
+            };
             x.f_to_kind(self.kind)
         };
         let flow = tch::no_grad(|| -> Result<Tensor, tch::TchError> {
             let (a, b) = (prepare(image1)?, prepare(image2)?);
-            let net = net::Net { arch: &self.arch, w: &self.tensors };
+            let net = net::Net {
+                arch: &self.arch,
+                w: &self.tensors,
+            };
             let flow = net.forward(&a, &b, self.iterations)?;
-            flow.f_narrow(2, top, height)?.f_narrow(3, left, width)?.f_contiguous()
+            flow.f_narrow(2, top, height)?
+                .f_narrow(3, left, width)?
+                .f_contiguous()
         })?;
         Ok(flow)
     }
 
-    fn estimate_batch(&self, pairs: &[(&RgbImage, &RgbImage)]) -> Result<Vec<FlowField>, RaftError> {
+    fn estimate_batch(
+        &self,
+        pairs: &[(&RgbImage, &RgbImage)],
+    ) -> Result<Vec<FlowField>, RaftError> {
         let (h, w) = (pairs[0].0.height, pairs[0].0.width);
         let to_tensor = |img: &RgbImage| -> Result<Tensor, tch::TchError> {
-            Tensor::f_from_slice(&img.data)?.f_view([h as i64, w as i64, 3])?.f_permute([2, 0, 1])
+            Tensor::f_from_slice(&img.data)?
+                .f_view([h as i64, w as i64, 3])?
+                .f_permute([2, 0, 1])
         };
         let mut first = Vec::with_capacity(pairs.len());
         let mut second = Vec::with_capacity(pairs.len());
@@ -220,10 +280,16 @@ impl RaftFlow {
             second.push(to_tensor(b)?);
         }
         let flow = self.forward(&Tensor::f_stack(&first, 0)?, &Tensor::f_stack(&second, 0)?)?;
-        let flow = flow.f_permute([0, 2, 3, 1])?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let flow = flow
+            .f_permute([0, 2, 3, 1])?
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?;
         let values = Vec::<f32>::try_from(flow.f_flatten(0, -1)?)?;
         let per_pair = h * w * 2;
-        Ok(values.chunks_exact(per_pair).map(|uv| FlowField::new(h, w, uv.to_vec())).collect())
+        Ok(values
+            .chunks_exact(per_pair)
+            .map(|uv| FlowField::new(h, w, uv.to_vec()))
+            .collect())
     }
 }
 
@@ -253,7 +319,9 @@ impl FlowEstimator for RaftFlow {
         while start < pairs.len() {
             let size = (pairs[start].0.height, pairs[start].0.width);
             let mut end = start + 1;
-            while end < pairs.len() && end - start < self.max_batch && (pairs[end].0.height, pairs[end].0.width) == size
+            while end < pairs.len()
+                && end - start < self.max_batch
+                && (pairs[end].0.height, pairs[end].0.width) == size
             {
                 end += 1;
             }
