@@ -5,5 +5,6 @@
 //! the dataset's reference pipeline uses. Sources never write to their inputs.
 
 pub mod image;
+pub mod synth;
 
 pub use image::{Frame, Geometry, RgbImage};
