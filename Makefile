@@ -53,8 +53,7 @@ build: setup
 	cargo build --release --locked -p mrdino
 
 test: build
-	cargo test --release --locked --workspace
-	$(VENV)/bin/python tools/check_outputs.py --selftest $(CARGO_TARGET_DIR)/pytest-outputs
+	MRDINO_PYTHON=$(VENV)/bin/python cargo test --release --locked --workspace
 
 bench: build
 	cargo run --release --locked -p mrdino -- bench --python $(VENV)/bin/python

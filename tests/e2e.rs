@@ -1,1 +1,239 @@
+//! End-to-end tests: each builds a small dataset in a temporary directory, runs the real `mrdino` binary and
+//! reads the Parquet tables back (in Rust, and with pyarrow, duckdb and pycocotools).
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mrdino_outputs::tables::{read_frames, read_instances};
+use mrdino_outputs::{FrameRow, InstanceRow};
+use mrdino_stages::flow::files::encode_npy;
+use mrdino_stages::flow::FlowField;
+use opencv::core::{Mat, Vector};
+use opencv::prelude::*;
+
+fn mrdino() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mrdino"))
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("MRDINO_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mrdino/venv/bin/python")
+    })
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run mrdino");
+    assert!(
+        out.status.success(),
+        "command failed ({:?}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+const H: usize = 64;
+const W: usize = 96;
+
+/// A textured RGB frame (content only matters for decoding; flow is imported).
+fn write_frame(path: &Path, seed: usize) {
+    let mut data = Vec::with_capacity(H * W * 3);
+    for r in 0..H {
+        for c in 0..W {
+            let v = ((r * 7 + c * 13 + seed * 31) % 251) as u8;
+            data.extend([v, v.wrapping_mul(3), 255 - v]);
+        }
+    }
+    let mat = Mat::new_rows_cols_with_data(H as i32, (W * 3) as i32, &data).unwrap().reshape(3, H as i32).unwrap().try_clone().unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut buf = Vector::<u8>::new();
+    opencv::imgcodecs::imencode_def(".png", &mat, &mut buf).unwrap();
+    std::fs::write(path, buf.as_slice()).unwrap();
+}
+
+/// What moves in one frame pair.
+#[derive(Clone, Copy)]
+enum Scene {
+    /// The whole image moves by 3 px: camera motion.
+    Pan,
+    /// Static camera, nothing moves.
+    Still,
+    /// Static camera; a 20×15 box moves right by 4 px and a 12×12 box up by 5 px.
+    TwoBoxes,
+    /// Static camera; two touching boxes (u = 3 and u = 12) form one component with an interior flow step.
+    Touching,
+}
+
+fn flow_for(scene: Scene) -> FlowField {
+    let mut f = FlowField::zeros(H, W);
+    let mut set = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, u: f32, v: f32| {
+        for r in rows {
+            for c in cols.clone() {
+                f.uv[2 * (r * W + c)] = u;
+                f.uv[2 * (r * W + c) + 1] = v;
+            }
+        }
+    };
+    match scene {
+        Scene::Pan => set(0..H, 0..W, 3.0, 0.0),
+        Scene::Still => {}
+        Scene::TwoBoxes => {
+            set(20..35, 30..50, 4.0, 0.0);
+            set(10..22, 70..82, 0.0, -5.0);
+        }
+        Scene::Touching => {
+            set(14..54, 18..48, 3.0, 0.0);
+            set(14..54, 48..80, 12.0, 0.0);
+        }
+    }
+    f
+}
+
+/// Writes a sequence: frames `root/frames/<seq>/<i>.png` and flows `root/flow/<seq>/<i>.npy`.
+fn write_sequence(root: &Path, seq: &str, scenes: &[Scene]) {
+    for (i, scene) in scenes.iter().enumerate() {
+        write_frame(&root.join("frames").join(seq).join(format!("{i:04}.png")), i);
+        let flow = root.join("flow").join(seq).join(format!("{i:04}.npy"));
+        std::fs::create_dir_all(flow.parent().unwrap()).unwrap();
+        std::fs::write(flow, encode_npy(&flow_for(*scene))).unwrap();
+    }
+    write_frame(&root.join("frames").join(seq).join(format!("{:04}.png", scenes.len())), scenes.len());
+}
+
+fn fixture(root: &Path) {
+    use Scene::*;
+    // cam_a: 3 panning frames, then a quasi-static run of 8 with two moving boxes.
+    write_sequence(root, "cam_a", &[Pan, Pan, Pan, TwoBoxes, TwoBoxes, TwoBoxes, TwoBoxes, TwoBoxes, Touching, Touching, TwoBoxes]);
+    // cam_b: a run of 4 (too short), a pan, then a run of 7 in which only 2 frames have enough foreground.
+    write_sequence(root, "cam_b", &[TwoBoxes, TwoBoxes, TwoBoxes, TwoBoxes, Pan, TwoBoxes, TwoBoxes, Still, Still, Still, Still, Still]);
+}
+
+fn tables(out: &Path) -> (Vec<FrameRow>, Vec<InstanceRow>) {
+    let mut frames = Vec::new();
+    let mut instances = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for table in ["frames", "instances"] {
+        for part in std::fs::read_dir(out.join(table)).unwrap() {
+            for f in std::fs::read_dir(part.unwrap().path()).unwrap() {
+                files.push(f.unwrap().path());
+            }
+        }
+    }
+    files.sort();
+    for f in files {
+        if f.to_string_lossy().contains("/frames/") {
+            frames.extend(read_frames(&f).unwrap());
+        } else {
+            instances.extend(read_instances(&f).unwrap());
+        }
+    }
+    (frames, instances)
+}
+
+fn labels_cmd(root: &Path, out: &Path) -> Command {
+    let mut cmd = mrdino();
+    cmd.args(["labels", "--dataset", "frames", "--quiet", "--flow", "import"])
+        .arg("--root")
+        .arg(root.join("frames"))
+        .arg("--flow-dir")
+        .arg(root.join("flow"))
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
+#[test]
+fn labels_from_imported_flow_follow_the_reference_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("data"), dir.path().join("out"));
+    fixture(&root);
+    run_ok(&mut labels_cmd(&root, &out));
+    let (frames, instances) = tables(&out);
+
+    // Every frame but the last of each sequence has a row, in order.
+    let a: Vec<&FrameRow> = frames.iter().filter(|f| f.sequence_id == "cam_a").collect();
+    let b: Vec<&FrameRow> = frames.iter().filter(|f| f.sequence_id == "cam_b").collect();
+    assert_eq!(a.len(), 11);
+    assert_eq!(b.len(), 12);
+    assert!(a.iter().enumerate().all(|(i, f)| f.frame_index as usize == i && f.frame_name == format!("{i:04}")));
+    let reasons = |rows: &[&FrameRow]| rows.iter().map(|f| f.excluded_reason.clone().unwrap_or_default()).collect::<Vec<_>>();
+    assert_eq!(reasons(&a)[..3], ["camera_motion", "camera_motion", "camera_motion"]);
+    assert!(a[3..].iter().all(|f| f.labelled && f.segment == Some(0) && f.quasi_static));
+    assert_eq!(
+        reasons(&b),
+        [
+            "short_run", "short_run", "short_run", "short_run", "camera_motion", "short_segment", "short_segment",
+            "fg_too_small", "fg_too_small", "fg_too_small", "fg_too_small", "fg_too_small"
+        ]
+    );
+    assert!(b[5..].iter().all(|f| f.segment == Some(0)));
+    assert_eq!(a[0].corner_flow_px, Some([3.0; 4]));
+    assert_eq!(a[3].fg_fraction, Some(((20 * 15 + 12 * 12) as f64 / (H * W) as f64) as f32));
+    assert_eq!((a[0].height, a[0].width, a[0].orig_height, a[0].orig_width), (64, 96, 64, 96));
+    assert_eq!(a[0].source_path, "cam_a/0000.png");
+
+    // Instances only for labelled frames: two boxes, in raster order of their first pixel.
+    assert!(instances.iter().all(|i| i.sequence_id == "cam_a"));
+    let f3: Vec<&InstanceRow> = instances.iter().filter(|i| i.frame_index == 3).collect();
+    assert_eq!(f3.len(), 2);
+    assert_eq!((f3[0].instance_id, f3[0].area_px, f3[0].bbox_xywh), (1, 144, [70.0, 10.0, 12.0, 12.0]));
+    assert_eq!((f3[1].instance_id, f3[1].area_px, f3[1].bbox_xywh), (2, 300, [30.0, 20.0, 20.0, 15.0]));
+    assert_eq!(f3[1].mean_flow_px, 4.0);
+    assert!(f3.iter().all(|i| i.origin == "component" && i.hdbscan_label.is_none()));
+    // The touching pair has an interior flow step and goes through HDBSCAN.
+    let f8: Vec<&InstanceRow> = instances.iter().filter(|i| i.frame_index == 8).collect();
+    assert!(f8.iter().all(|i| i.origin == "hdbscan" && i.component_id == 1 && i.hdbscan_label.is_some()));
+    let labelled_instances: u32 = frames.iter().map(|f| f.num_instances).sum();
+    assert_eq!(labelled_instances as usize, instances.len());
+
+    // Readable by pyarrow and duckdb; pycocotools decodes every mask to exactly the instance pixels.
+    let check = Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/check_outputs.py"))
+        .arg(&out)
+        .arg("--flow-dir")
+        .arg(root.join("flow"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the Python checker with {}: {e} (set MRDINO_PYTHON)", python().display()));
+    assert!(check.status.success(), "python check failed:\n{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(summary["masks_checked"].as_u64().unwrap() as usize, instances.len());
+}
+
+#[test]
+fn rerun_skips_done_units_and_keeps_rows_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("data"), dir.path().join("out"));
+    fixture(&root);
+    run_ok(&mut labels_cmd(&root, &out));
+    let first = tables(&out);
+    let again = run_ok(&mut labels_cmd(&root, &out));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("2 already done"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(tables(&out), first);
+}
+
+#[test]
+fn bad_input_fails_before_any_output_with_the_path_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let missing = dir.path().join("nope");
+    let result = mrdino().args(["labels", "--dataset", "kitti", "--quiet"]).arg("--root").arg(&missing).arg("--out").arg(&out).output().unwrap();
+    assert_eq!(result.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains(&missing.display().to_string()) && stderr.contains("does not exist"), "{stderr}");
+    assert!(!out.exists());
+
+    let bad_size = mrdino().args(["labels", "--dataset", "frames", "--resize", "10y3"]).arg("--root").arg(dir.path()).arg("--out").arg(&out).output().unwrap();
+    assert_eq!(bad_size.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_size.stderr).contains("expected WxH"));
+}
+
+#[test]
+fn flow_size_mismatch_is_reported_with_both_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, out) = (dir.path().join("data"), dir.path().join("out"));
+    fixture(&root);
+    let result = labels_cmd(&root, &out).args(["--resize", "48x32"]).output().unwrap();
+    assert_eq!(result.status.code(), Some(3), "{}", String::from_utf8_lossy(&result.stderr));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("0000.npy: flow is 96x64 but frames are processed at 48x32"), "{stderr}");
+}

@@ -1,1 +1,348 @@
-fn main() {}
+//! `mrdino`: instance pseudo-labels of moving objects from raw video, following MR-DINOSAUR.
+//!
+//! The binary is the only crate that knows the command line, threads and the terminal; the computations live
+//! in `mrdino-stages`, the readers in `mrdino-datasets`, the writers in `mrdino-outputs`.
+//!
+//! Exit codes: 0 success; 1 error (configuration, I/O); 2 usage; 3 completed, but some units or frames failed;
+//! 4 stopped early (signal or `--time-budget`): run the same command again to resume.
+
+mod config;
+mod overlays;
+mod run;
+mod unit;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use mrdino_datasets::{DatasetKind, Processing, SourceOptions};
+use mrdino_outputs::layout::Layout;
+use mrdino_stages::flow::{DisFlow, DisPreset, FarnebackFlow};
+
+use config::{ConfigFile, FlowParams, Params, Preset};
+use run::{plan_units, run_labels, RunOptions, STOP};
+use unit::FlowSource;
+
+const EXIT_FAILURES: u8 = 3;
+const EXIT_STOPPED: u8 = 4;
+
+#[derive(Parser)]
+#[command(name = "mrdino", version = env!("MRDINO_CODE_VERSION"), about = "Instance pseudo-labels of moving objects from raw video (MR-DINOSAUR).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Frames → flow → quasi-static selection → instances → Parquet.
+    Labels(Box<LabelsArgs>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FlowChoice {
+    /// OpenCV DIS (CPU; the default).
+    Dis,
+    /// OpenCV Farnebäck (CPU).
+    Farneback,
+    /// Flow computed elsewhere: `--flow-dir DIR` holds DIR/<sequence id>/<frame name>.{npy,flo,png}.
+    Import,
+}
+
+#[derive(clap::Args)]
+#[command(after_long_help = LABELS_HELP)]
+struct LabelsArgs {
+    /// Dataset layout: frames, video, kitti, tri-pd, movi-e.
+    #[arg(long, value_parser = parse_dataset)]
+    dataset: DatasetKind,
+    /// Dataset root (a directory, or a video file for `--dataset video`).
+    #[arg(long)]
+    root: PathBuf,
+    /// Output directory (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Threshold preset (default: the dataset's own; `custom` = KITTI values, for frames and videos).
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
+    /// JSON file overriding preset parameters (keys as in `_params/<hash>.json`, e.g. "corner_threshold_px").
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Cameras to read (KITTI: image_02,image_03; TRI-PD: camera_01,camera_05,camera_06).
+    #[arg(long, value_delimiter = ',')]
+    cameras: Option<Vec<String>>,
+    /// Resize every frame to WxH before flow (overrides the dataset's reference geometry).
+    #[arg(long, value_parser = parse_size)]
+    resize: Option<(usize, usize)>,
+    /// Flow backend.
+    #[arg(long, value_enum, default_value = "dis")]
+    flow: FlowChoice,
+    /// DIS preset: ultrafast, fast, medium.
+    #[arg(long, default_value = "medium")]
+    dis_preset: String,
+    /// Directory of precomputed flow for `--flow import`.
+    #[arg(long)]
+    flow_dir: Option<PathBuf>,
+    /// Worker threads for the CPU stages (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Process only shard I of N (I in 0..N), assigned by a stable hash of the sequence id. Defaults to
+    /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when those are set.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(u64, u64)>,
+    /// Stop cleanly (exit code 4) before this many seconds have passed; rerun to resume.
+    #[arg(long)]
+    time_budget: Option<f64>,
+    /// Write PNG overlays of this many labelled frames to OUT/overlays.
+    #[arg(long, default_value_t = 0)]
+    overlays: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+    /// Corner-mean threshold in px (strict <).
+    #[arg(long)]
+    corner_threshold_px: Option<f64>,
+    /// Minimum run of consecutive quasi-static frames.
+    #[arg(long)]
+    min_run_frames: Option<usize>,
+    /// Foreground threshold in px (strict >, after rounding to 3 decimals).
+    #[arg(long)]
+    fg_threshold_px: Option<f64>,
+    /// Compare the raw magnitude with the foreground threshold instead of the reference's 3-decimal rounding.
+    #[arg(long)]
+    raw_fg_magnitude: bool,
+    /// Minimum instance size in px.
+    #[arg(long)]
+    min_instance_px: Option<usize>,
+}
+
+const LABELS_HELP: &str = "\
+Presets (reference defaults, visinf/mr-dinosaur):
+  kitti   corner threshold 1.7 px; frames resized to 1240x376 (bilinear)
+  tri-pd  corner threshold 0.5 px; frames halved (ceil) and the top 128 rows cropped (968x480)
+  movi-e  corner threshold 1.7 px; native resolution
+  custom  the KITTI thresholds, native resolution (frames, video)
+Shared by all presets: corners 15% of H and W, 3 of 4 corners below the threshold, runs of >= 5 frames;
+foreground |flow| rounded to 3 decimals > 2.5 px; frames with < 0.05% foreground and segments with < 3 such
+frames carry no label; 8-connected components; a component with a horizontal Sobel flow edge > 20 at an
+interior pixel (radius-10 disk) is split by HDBSCAN (min cluster size 30, min samples 30) on
+[u, v, 60 row, 60 col, 100 direction bin of 16]; HDBSCAN noise is background; instances < 100 px dropped.
+
+Layouts:
+  frames  ROOT/<sequence>/*.png|jpg (any depth; images directly in ROOT form one sequence)
+  video   ROOT = a video file, or a directory of video files
+  kitti   ROOT/<date>/<date>_drive_<n>_sync/image_0X/data/*.png
+  tri-pd  ROOT/scene_*/rgb/camera_XX/*.png
+  movi-e  ROOT/<video>/*.png (Kubric rgba_*.png when present)
+
+Outputs: OUT/frames/params=<hash>/*.parquet, OUT/instances/params=<hash>/*.parquet (zstd; masks as COCO RLE).";
+
+fn parse_dataset(s: &str) -> Result<DatasetKind, String> {
+    DatasetKind::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = DatasetKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown dataset `{s}` (expected one of: {})", names.join(", "))
+    })
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("expected WxH, got `{s}`"))?;
+    let w: usize = w.parse().map_err(|_| format!("bad width in `{s}`"))?;
+    let h: usize = h.parse().map_err(|_| format!("bad height in `{s}`"))?;
+    if w == 0 || h == 0 {
+        return Err(format!("size must be positive, got `{s}`"));
+    }
+    Ok((w, h))
+}
+
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("expected I/N, got `{s}`"))?;
+    let i: u64 = i.parse().map_err(|_| format!("bad shard index in `{s}`"))?;
+    let n: u64 = n.parse().map_err(|_| format!("bad shard count in `{s}`"))?;
+    if n == 0 || i >= n {
+        return Err(format!("shard index must be in 0..{n}, got `{s}`"));
+    }
+    Ok((i, n))
+}
+
+/// Shard from Slurm's array variables when `--shard` is absent.
+fn shard_from_env() -> Result<Option<(u64, u64)>> {
+    let (Ok(id), Ok(count)) = (std::env::var("SLURM_ARRAY_TASK_ID"), std::env::var("SLURM_ARRAY_TASK_COUNT")) else {
+        return Ok(None);
+    };
+    let min: u64 = std::env::var("SLURM_ARRAY_TASK_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let id: u64 = id.parse().with_context(|| format!("SLURM_ARRAY_TASK_ID is not a number: {id}"))?;
+    let count: u64 = count.parse().with_context(|| format!("SLURM_ARRAY_TASK_COUNT is not a number: {count}"))?;
+    let index = id.checked_sub(min).context("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN")?;
+    parse_shard(&format!("{index}/{count}")).map(Some).map_err(anyhow::Error::msg)
+}
+
+fn resolve_params(args: &LabelsArgs) -> Result<Params> {
+    let preset = args.preset.unwrap_or(Preset::for_dataset(args.dataset));
+    let mut select = preset.select();
+    let mut instances = preset.instances();
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let file: ConfigFile =
+            serde_json::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+        if file.preset.is_some_and(|p| p != preset) && args.preset.is_none() {
+            let p = file.preset.unwrap_or(preset);
+            select = p.select();
+            instances = p.instances();
+        }
+        file.apply(&mut select, &mut instances);
+    }
+    if let Some(v) = args.corner_threshold_px {
+        select.corner_threshold_px = v;
+    }
+    if let Some(v) = args.min_run_frames {
+        select.min_run_frames = v;
+    }
+    if let Some(v) = args.fg_threshold_px {
+        instances.fg_threshold_px = v;
+    }
+    if args.raw_fg_magnitude {
+        instances.fg_round_decimals = None;
+    }
+    if let Some(v) = args.min_instance_px {
+        instances.min_instance_px = v;
+    }
+    let flow = match args.flow {
+        FlowChoice::Dis => {
+            if DisPreset::parse(&args.dis_preset).is_none() {
+                bail!("unknown DIS preset `{}` (expected ultrafast, fast or medium)", args.dis_preset);
+            }
+            FlowParams::Dis { preset: args.dis_preset.clone() }
+        }
+        FlowChoice::Farneback => FlowParams::Farneback,
+        FlowChoice::Import => FlowParams::Import,
+    };
+    let params = Params {
+        dataset: args.dataset,
+        preset,
+        cameras: args.cameras.clone().unwrap_or_else(|| args.dataset.default_cameras()),
+        processing: args
+            .resize
+            .map(|(width, height)| Processing::Resize { width, height })
+            .unwrap_or_else(|| args.dataset.reference_processing()),
+        flow,
+        select,
+        instances,
+    };
+    params.validate().map_err(anyhow::Error::msg)?;
+    Ok(params)
+}
+
+fn flow_source(args: &LabelsArgs, params: &Params) -> Result<FlowSource> {
+    Ok(match &params.flow {
+        FlowParams::Dis { preset } => {
+            let preset = DisPreset::parse(preset).context("unknown DIS preset")?;
+            FlowSource::Estimator { estimator: Box::new(DisFlow::new(preset)?), batch: 1 }
+        }
+        FlowParams::Farneback => FlowSource::Estimator { estimator: Box::new(FarnebackFlow), batch: 1 },
+        FlowParams::Import => {
+            let dir = args.flow_dir.clone().context("--flow import needs --flow-dir DIR")?;
+            if !dir.is_dir() {
+                bail!("flow directory {} does not exist", dir.display());
+            }
+            FlowSource::Import { dir }
+        }
+    })
+}
+
+fn labels(args: &LabelsArgs) -> Result<ExitCode> {
+    let params = resolve_params(args)?;
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("cannot size the thread pool")?;
+    }
+    let shard = match args.shard {
+        Some(s) => Some(s),
+        None => shard_from_env()?,
+    };
+    let source = SourceOptions {
+        kind: args.dataset,
+        root: args.root.clone(),
+        cameras: Some(params.cameras.clone()),
+        processing: Some(params.processing),
+    };
+    let sequences = plan_units(&source)?;
+    if !args.quiet {
+        eprintln!(
+            "{} sequences of `{}`; preset {}, flow {}, params {}",
+            sequences.len(),
+            args.dataset.name(),
+            params.preset.name(),
+            params.flow.name(),
+            params.hash()
+        );
+    }
+    let mut flow = flow_source(args, &params)?;
+    let options = RunOptions {
+        out: args.out.clone(),
+        shard,
+        time_budget: args.time_budget.map(Duration::from_secs_f64),
+        progress: !args.quiet,
+        flow_weights_sha256: None,
+    };
+    let manifest = run_labels(&params, &sequences, &mut flow, &options)?;
+    let t = &manifest.totals;
+    eprintln!(
+        "{} sequences ({} done, {} already done, {} failed, {} interrupted); {} frames, {} quasi-static, {} labelled, {} instances; {} frame failures; {:.1} s",
+        t.units_planned,
+        t.units_done,
+        t.units_skipped,
+        t.units_failed,
+        t.units_interrupted,
+        t.frames,
+        t.quasi_static_frames,
+        t.labelled_frames,
+        t.instances,
+        t.frame_failures,
+        t.seconds
+    );
+    let layout = Layout::new(&args.out, &params.hash());
+    eprintln!("tables: {} and {}", layout.frames_dir().display(), layout.instances_dir().display());
+    if args.overlays > 0 && t.units_interrupted == 0 {
+        let written = overlays::write_overlays(&layout, &sequences, args.overlays)?;
+        eprintln!("{} overlays in {}", written.len(), args.out.join("overlays").display());
+    }
+    if t.units_interrupted > 0 || STOP.load(Ordering::SeqCst) {
+        eprintln!("stopped early: {} sequences not done; run the same command again to resume", t.units_interrupted);
+        return Ok(ExitCode::from(EXIT_STOPPED));
+    }
+    if t.units_failed > 0 || t.frame_failures > 0 {
+        for unit in manifest.units.iter().filter(|u| u.error.is_some() || !u.failures.is_empty()) {
+            if let Some(e) = &unit.error {
+                eprintln!("failed unit {}: {e}", unit.unit);
+            }
+            for f in &unit.failures {
+                eprintln!("failed frame {} #{}: {}", unit.unit, f.frame_index, f.reason);
+            }
+        }
+        return Ok(ExitCode::from(EXIT_FAILURES));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_STOPPED));
+        }
+        eprintln!("\nstopping after the current frame (press again to quit at once)…");
+    }) {
+        eprintln!("warning: cannot install the signal handler: {e}");
+    }
+    let result = match &cli.command {
+        Command::Labels(args) => labels(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

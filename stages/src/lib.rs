@@ -3,3 +3,5 @@
 
 pub mod flow;
 pub mod hdbscan;
+pub mod instances;
+pub mod select;

@@ -5,7 +5,11 @@
 
 use mrdino_datasets::RgbImage;
 
+pub mod classic;
+pub mod files;
 pub mod raft;
+
+pub use classic::{DisFlow, DisPreset, FarnebackFlow};
 
 /// A dense flow field, row-major, (u, v) interleaved: `uv[2 * (row * width + col)]` is u.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,127 @@
+//! Where everything goes under `--out OUT`.
+//!
+//! ```text
+//! OUT/frames/params=<hash>/<unit>.parquet       one file per unit (sequence), hive partition = parameter hash
+//! OUT/instances/params=<hash>/<unit>.parquet
+//! OUT/_done/params=<hash>/<unit>.json           done marker, written last
+//! OUT/_params/<hash>.json                       the resolved parameters
+//! OUT/_manifest/params=<hash>/<run>.json        run manifests (one per shard and run)
+//! OUT/_plan/params=<hash>.json                  the planned units
+//! ```
+//! Labels made with different parameters live in different partitions and are never mixed; readers that
+//! open `OUT/frames` as a hive dataset see a `params` column to tell them apart. Names of non-data files start
+//! with `_` or `.`, which pandas, pyarrow, polars and duckdb skip.
+
+use std::path::{Path, PathBuf};
+
+/// 64-bit FNV-1a of a string: stable across Rust versions, platforms and runs (unlike `DefaultHasher`).
+pub fn stable_hash64(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// File-name-safe key of a unit id: readable part plus 8 hex digits of its hash, so distinct ids never
+/// collide after sanitising (`2011_09_26_drive_0001_sync/image_02` → `2011_09_26_drive_0001_sync__image_02-1a2b3c4d`).
+pub fn unit_key(unit_id: &str) -> String {
+    let readable: String = unit_id
+        .replace('/', "__")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .collect();
+    let readable = readable.trim_start_matches(['.', '_']);
+    let readable: String = readable.chars().take(120).collect();
+    format!("{readable}-{:08x}", stable_hash64(unit_id) as u32)
+}
+
+/// Paths of one output root for one parameter hash.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+    pub params_hash: String,
+}
+
+impl Layout {
+    pub fn new(root: &Path, params_hash: &str) -> Self {
+        Self { root: root.to_path_buf(), params_hash: params_hash.to_string() }
+    }
+
+    fn partition(&self) -> String {
+        format!("params={}", self.params_hash)
+    }
+
+    pub fn frames_dir(&self) -> PathBuf {
+        self.root.join("frames").join(self.partition())
+    }
+
+    pub fn instances_dir(&self) -> PathBuf {
+        self.root.join("instances").join(self.partition())
+    }
+
+    pub fn frames_file(&self, unit_id: &str) -> PathBuf {
+        self.frames_dir().join(format!("{}.parquet", unit_key(unit_id)))
+    }
+
+    pub fn instances_file(&self, unit_id: &str) -> PathBuf {
+        self.instances_dir().join(format!("{}.parquet", unit_key(unit_id)))
+    }
+
+    pub fn done_dir(&self) -> PathBuf {
+        self.root.join("_done").join(self.partition())
+    }
+
+    pub fn done_marker(&self, unit_id: &str) -> PathBuf {
+        self.done_dir().join(format!("{}.json", unit_key(unit_id)))
+    }
+
+    pub fn params_file(&self) -> PathBuf {
+        self.root.join("_params").join(format!("{}.json", self.params_hash))
+    }
+
+    pub fn manifest_dir(&self) -> PathBuf {
+        self.root.join("_manifest").join(self.partition())
+    }
+
+    pub fn plan_file(&self) -> PathBuf {
+        self.root.join("_plan").join(format!("{}.json", self.partition()))
+    }
+
+    pub fn final_manifest(&self) -> PathBuf {
+        self.root.join(format!("_manifest-{}.json", self.params_hash))
+    }
+
+    /// Parameter hashes that already have outputs under this root.
+    pub fn existing_partitions(root: &Path) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(root.join("frames"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("params=").map(str::to_string))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_hash_is_fnv1a() {
+        assert_eq!(stable_hash64(""), 0xcbf29ce484222325);
+        assert_eq!(stable_hash64("a"), 0xaf63dc4c8601ec8c);
+    }
+
+    #[test]
+    fn unit_keys_are_safe_and_distinct() {
+        let a = unit_key("2011_09_26_drive_0001_sync/image_02");
+        assert!(a.starts_with("2011_09_26_drive_0001_sync__image_02-"));
+        assert_ne!(unit_key("a/b"), unit_key("a__b"));
+        assert!(!unit_key(".hidden").starts_with('.'));
+        assert!(unit_key("x=1;y").chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+    }
+}

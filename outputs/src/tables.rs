@@ -1,0 +1,402 @@
+//! The two Parquet tables, `frames` and `instances`, and their round trip.
+//!
+//! `frames`: one row per frame that has a flow (every frame but the last of a sequence), including frames
+//! without a label, so absence is explicit. `instances`: one row per instance of a labelled frame, the mask as
+//! the pycocotools dict shape `{size: [h, w], counts: str}`. Rows are sorted by (sequence_id, frame_index,
+//! instance_id); files are zstd-compressed and written atomically; each file's key/value metadata carries the
+//! resolved parameters, their hash, the code version and the flow backend.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float32Array, Int32Array, ListArray, RecordBatch,
+    StringArray, StructArray, UInt32Array,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, Fields, Float32Type, Int32Type, Schema, UInt32Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::atomic::{AtomicFile, OutputError};
+use crate::rle::CocoRle;
+
+/// Version of the table layout; bumped on any incompatible change.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// One row of the `frames` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameRow {
+    pub dataset: String,
+    pub sequence_id: String,
+    pub frame_index: u32,
+    pub frame_name: String,
+    pub source_path: String,
+    /// Label grid.
+    pub height: u32,
+    pub width: u32,
+    pub orig_height: u32,
+    pub orig_width: u32,
+    /// The frame was resized to this size, then cropped at (crop_top, crop_left) to (height, width).
+    pub resized_height: u32,
+    pub resized_width: u32,
+    pub crop_top: u32,
+    pub crop_left: u32,
+    pub quasi_static: bool,
+    /// Mean flow magnitude of the corners TL, TR, BL, BR; `None` when the frame has no flow.
+    pub corner_flow_px: Option<[f32; 4]>,
+    pub fg_fraction: Option<f32>,
+    pub labelled: bool,
+    pub excluded_reason: Option<String>,
+    pub segment: Option<u32>,
+    pub num_instances: u32,
+}
+
+/// One row of the `instances` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceRow {
+    pub dataset: String,
+    pub sequence_id: String,
+    pub frame_index: u32,
+    pub frame_name: String,
+    pub instance_id: u32,
+    pub mask: CocoRle,
+    pub bbox_xywh: [f32; 4],
+    pub area_px: u32,
+    pub origin: String,
+    pub component_id: u32,
+    pub hdbscan_label: Option<i32>,
+    pub mean_flow_px: f32,
+}
+
+fn field(name: &str, data_type: DataType, nullable: bool) -> Field {
+    Field::new(name, data_type, nullable)
+}
+
+fn f32x4() -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), 4)
+}
+
+fn mask_fields() -> Fields {
+    Fields::from(vec![
+        field("size", DataType::List(Arc::new(Field::new("item", DataType::UInt32, false))), false),
+        field("counts", DataType::Utf8, false),
+    ])
+}
+
+pub fn frames_schema() -> Schema {
+    Schema::new(vec![
+        field("dataset", DataType::Utf8, false),
+        field("sequence_id", DataType::Utf8, false),
+        field("frame_index", DataType::UInt32, false),
+        field("frame_name", DataType::Utf8, false),
+        field("source_path", DataType::Utf8, false),
+        field("height", DataType::UInt32, false),
+        field("width", DataType::UInt32, false),
+        field("orig_height", DataType::UInt32, false),
+        field("orig_width", DataType::UInt32, false),
+        field("resized_height", DataType::UInt32, false),
+        field("resized_width", DataType::UInt32, false),
+        field("crop_top", DataType::UInt32, false),
+        field("crop_left", DataType::UInt32, false),
+        field("quasi_static", DataType::Boolean, false),
+        field("corner_flow_px", f32x4(), true),
+        field("fg_fraction", DataType::Float32, true),
+        field("labelled", DataType::Boolean, false),
+        field("excluded_reason", DataType::Utf8, true),
+        field("segment", DataType::UInt32, true),
+        field("num_instances", DataType::UInt32, false),
+    ])
+}
+
+pub fn instances_schema() -> Schema {
+    Schema::new(vec![
+        field("dataset", DataType::Utf8, false),
+        field("sequence_id", DataType::Utf8, false),
+        field("frame_index", DataType::UInt32, false),
+        field("frame_name", DataType::Utf8, false),
+        field("instance_id", DataType::UInt32, false),
+        field("mask", DataType::Struct(mask_fields()), false),
+        field("bbox_xywh", f32x4(), false),
+        field("area_px", DataType::UInt32, false),
+        field("origin", DataType::Utf8, false),
+        field("component_id", DataType::UInt32, false),
+        field("hdbscan_label", DataType::Int32, true),
+        field("mean_flow_px", DataType::Float32, false),
+    ])
+}
+
+fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+fn u32s(values: impl Iterator<Item = u32>) -> ArrayRef {
+    Arc::new(UInt32Array::from_iter_values(values))
+}
+
+fn fixed4(values: &[Option<[f32; 4]>]) -> ArrayRef {
+    let flat = Float32Array::from_iter_values(values.iter().flat_map(|v| v.unwrap_or([0.0; 4])));
+    let nulls = values.iter().any(Option::is_none).then(|| values.iter().map(Option::is_some).collect());
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    Arc::new(FixedSizeListArray::new(item, 4, Arc::new(flat), nulls))
+}
+
+pub fn frames_batch(rows: &[FrameRow]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let columns: Vec<ArrayRef> = vec![
+        strings(rows.iter().map(|r| r.dataset.as_str())),
+        strings(rows.iter().map(|r| r.sequence_id.as_str())),
+        u32s(rows.iter().map(|r| r.frame_index)),
+        strings(rows.iter().map(|r| r.frame_name.as_str())),
+        strings(rows.iter().map(|r| r.source_path.as_str())),
+        u32s(rows.iter().map(|r| r.height)),
+        u32s(rows.iter().map(|r| r.width)),
+        u32s(rows.iter().map(|r| r.orig_height)),
+        u32s(rows.iter().map(|r| r.orig_width)),
+        u32s(rows.iter().map(|r| r.resized_height)),
+        u32s(rows.iter().map(|r| r.resized_width)),
+        u32s(rows.iter().map(|r| r.crop_top)),
+        u32s(rows.iter().map(|r| r.crop_left)),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.quasi_static)))),
+        fixed4(&rows.iter().map(|r| r.corner_flow_px).collect::<Vec<_>>()),
+        Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.fg_fraction))),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.labelled)))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.excluded_reason.as_deref()))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.segment))),
+        u32s(rows.iter().map(|r| r.num_instances)),
+    ];
+    RecordBatch::try_new(Arc::new(frames_schema()), columns)
+}
+
+pub fn instances_batch(rows: &[InstanceRow]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let sizes = UInt32Array::from_iter_values(rows.iter().flat_map(|r| [r.mask.height, r.mask.width]));
+    let size_list = ListArray::new(
+        Arc::new(Field::new("item", DataType::UInt32, false)),
+        OffsetBuffer::from_lengths(rows.iter().map(|_| 2)),
+        Arc::new(sizes),
+        None,
+    );
+    let mask = StructArray::new(
+        mask_fields(),
+        vec![Arc::new(size_list) as ArrayRef, strings(rows.iter().map(|r| r.mask.counts.as_str()))],
+        None,
+    );
+    let columns: Vec<ArrayRef> = vec![
+        strings(rows.iter().map(|r| r.dataset.as_str())),
+        strings(rows.iter().map(|r| r.sequence_id.as_str())),
+        u32s(rows.iter().map(|r| r.frame_index)),
+        strings(rows.iter().map(|r| r.frame_name.as_str())),
+        u32s(rows.iter().map(|r| r.instance_id)),
+        Arc::new(mask),
+        fixed4(&rows.iter().map(|r| Some(r.bbox_xywh)).collect::<Vec<_>>()),
+        u32s(rows.iter().map(|r| r.area_px)),
+        strings(rows.iter().map(|r| r.origin.as_str())),
+        u32s(rows.iter().map(|r| r.component_id)),
+        Arc::new(Int32Array::from_iter(rows.iter().map(|r| r.hdbscan_label))),
+        Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.mean_flow_px))),
+    ];
+    RecordBatch::try_new(Arc::new(instances_schema()), columns)
+}
+
+/// Writes one batch as a zstd Parquet file, atomically, with key/value metadata.
+pub fn write_parquet(path: &Path, batch: &RecordBatch, metadata: &[(String, String)]) -> Result<(), OutputError> {
+    let kv = metadata
+        .iter()
+        .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    let zstd = ZstdLevel::try_new(3).map_err(|e| OutputError::format(path, e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(zstd))
+        .set_key_value_metadata(Some(kv))
+        .build();
+    let mut file = AtomicFile::create(path)?;
+    {
+        let mut writer =
+            ArrowWriter::try_new(&mut file, batch.schema(), Some(props)).map_err(|e| OutputError::format(path, e))?;
+        writer.write(batch).map_err(|e| OutputError::format(path, e))?;
+        writer.close().map_err(|e| OutputError::format(path, e))?;
+    }
+    file.commit()
+}
+
+/// Reads a whole Parquet file and its key/value metadata.
+pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, Vec<(String, String)>), OutputError> {
+    let file = File::open(path).map_err(|e| OutputError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| OutputError::format(path, e))?;
+    let metadata = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|kv| kv.iter().map(|e| (e.key.clone(), e.value.clone().unwrap_or_default())).collect())
+        .unwrap_or_default();
+    let reader = builder.build().map_err(|e| OutputError::format(path, e))?;
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| OutputError::format(path, e))?;
+    Ok((batches, metadata))
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef, OutputError> {
+    batch.column_by_name(name).ok_or_else(|| OutputError::format(path, format!("missing column `{name}`")))
+}
+
+fn fixed4_at(array: &ArrayRef, i: usize) -> Option<[f32; 4]> {
+    let list = array.as_fixed_size_list();
+    if list.is_null(i) {
+        return None;
+    }
+    let values = list.value(i);
+    let v = values.as_primitive::<Float32Type>();
+    Some([v.value(0), v.value(1), v.value(2), v.value(3)])
+}
+
+/// Reads `frames` rows back.
+pub fn read_frames(path: &Path) -> Result<Vec<FrameRow>, OutputError> {
+    let (batches, _) = read_parquet(path)?;
+    let mut rows = Vec::new();
+    for b in &batches {
+        let s = |n: &str| -> Result<&StringArray, OutputError> { Ok(column(b, n, path)?.as_string::<i32>()) };
+        let u = |n: &str| -> Result<&UInt32Array, OutputError> { Ok(column(b, n, path)?.as_primitive::<UInt32Type>()) };
+        let flag = |n: &str| -> Result<&BooleanArray, OutputError> { Ok(column(b, n, path)?.as_boolean()) };
+        let (dataset, seq, idx, name, src) = (s("dataset")?, s("sequence_id")?, u("frame_index")?, s("frame_name")?, s("source_path")?);
+        let (h, w, oh, ow) = (u("height")?, u("width")?, u("orig_height")?, u("orig_width")?);
+        let (rh, rw, ct, cl) = (u("resized_height")?, u("resized_width")?, u("crop_top")?, u("crop_left")?);
+        let (qs, lab) = (flag("quasi_static")?, flag("labelled")?);
+        let corners = column(b, "corner_flow_px", path)?;
+        let fg = column(b, "fg_fraction", path)?.as_primitive::<Float32Type>();
+        let reason = s("excluded_reason")?;
+        let (segment, n) = (u("segment")?, u("num_instances")?);
+        for i in 0..b.num_rows() {
+            rows.push(FrameRow {
+                dataset: dataset.value(i).to_owned(),
+                sequence_id: seq.value(i).to_owned(),
+                frame_index: idx.value(i),
+                frame_name: name.value(i).to_owned(),
+                source_path: src.value(i).to_owned(),
+                height: h.value(i),
+                width: w.value(i),
+                orig_height: oh.value(i),
+                orig_width: ow.value(i),
+                resized_height: rh.value(i),
+                resized_width: rw.value(i),
+                crop_top: ct.value(i),
+                crop_left: cl.value(i),
+                quasi_static: qs.value(i),
+                corner_flow_px: fixed4_at(corners, i),
+                fg_fraction: fg.is_valid(i).then(|| fg.value(i)),
+                labelled: lab.value(i),
+                excluded_reason: reason.is_valid(i).then(|| reason.value(i).to_owned()),
+                segment: segment.is_valid(i).then(|| segment.value(i)),
+                num_instances: n.value(i),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Reads `instances` rows back.
+pub fn read_instances(path: &Path) -> Result<Vec<InstanceRow>, OutputError> {
+    let (batches, _) = read_parquet(path)?;
+    let mut rows = Vec::new();
+    for b in &batches {
+        let s = |n: &str| -> Result<&StringArray, OutputError> { Ok(column(b, n, path)?.as_string::<i32>()) };
+        let u = |n: &str| -> Result<&UInt32Array, OutputError> { Ok(column(b, n, path)?.as_primitive::<UInt32Type>()) };
+        let (dataset, seq, idx, name) = (s("dataset")?, s("sequence_id")?, u("frame_index")?, s("frame_name")?);
+        let (id, area, comp) = (u("instance_id")?, u("area_px")?, u("component_id")?);
+        let origin = s("origin")?;
+        let mask = column(b, "mask", path)?.as_struct();
+        let sizes = mask.column(0).as_list::<i32>();
+        let counts = mask.column(1).as_string::<i32>();
+        let bbox = column(b, "bbox_xywh", path)?;
+        let label = column(b, "hdbscan_label", path)?.as_primitive::<Int32Type>();
+        let mean = column(b, "mean_flow_px", path)?.as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            let size = sizes.value(i);
+            let size = size.as_primitive::<UInt32Type>();
+            if size.len() != 2 {
+                return Err(OutputError::format(path, format!("row {i}: mask size has {} values", size.len())));
+            }
+            rows.push(InstanceRow {
+                dataset: dataset.value(i).to_owned(),
+                sequence_id: seq.value(i).to_owned(),
+                frame_index: idx.value(i),
+                frame_name: name.value(i).to_owned(),
+                instance_id: id.value(i),
+                mask: CocoRle { height: size.value(0), width: size.value(1), counts: counts.value(i).to_owned() },
+                bbox_xywh: fixed4_at(bbox, i).unwrap_or([0.0; 4]),
+                area_px: area.value(i),
+                origin: origin.value(i).to_owned(),
+                component_id: comp.value(i),
+                hdbscan_label: label.is_valid(i).then(|| label.value(i)),
+                mean_flow_px: mean.value(i),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(i: u32, labelled: bool) -> FrameRow {
+        FrameRow {
+            dataset: "kitti".into(),
+            sequence_id: "2011_09_26_drive_0001_sync/image_02".into(),
+            frame_index: i,
+            frame_name: format!("{i:010}"),
+            source_path: format!("2011_09_26/x/{i:010}.png"),
+            height: 376,
+            width: 1240,
+            orig_height: 375,
+            orig_width: 1242,
+            resized_height: 376,
+            resized_width: 1240,
+            crop_top: 0,
+            crop_left: 0,
+            quasi_static: labelled,
+            corner_flow_px: if i == 0 { None } else { Some([0.5, 1.0, 1.5, 2.0]) },
+            fg_fraction: if i == 0 { None } else { Some(0.01) },
+            labelled,
+            excluded_reason: (!labelled).then(|| "camera_motion".into()),
+            segment: labelled.then_some(0),
+            num_instances: u32::from(labelled),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_with_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("frames/part.parquet");
+        let rows = vec![frame(0, false), frame(1, true), frame(2, false)];
+        let meta = vec![("mrdino.params_hash".to_string(), "abc".to_string())];
+        write_parquet(&path, &frames_batch(&rows).unwrap(), &meta).unwrap();
+        assert_eq!(read_frames(&path).unwrap(), rows);
+        let (_, kv) = read_parquet(&path).unwrap();
+        assert!(kv.contains(&meta[0]));
+    }
+
+    #[test]
+    fn instances_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.parquet");
+        let rows: Vec<InstanceRow> = (1..4)
+            .map(|k| InstanceRow {
+                dataset: "frames".into(),
+                sequence_id: "s".into(),
+                frame_index: 3,
+                frame_name: "000003".into(),
+                instance_id: k,
+                mask: CocoRle::from_pixels(&[k, k + 10, 40], 6, 8),
+                bbox_xywh: [1.0, 2.0, 3.0, 4.0],
+                area_px: 3,
+                origin: if k == 1 { "component".into() } else { "hdbscan".into() },
+                component_id: 1,
+                hdbscan_label: (k > 1).then_some(k as i32 - 2),
+                mean_flow_px: 3.5,
+            })
+            .collect();
+        write_parquet(&path, &instances_batch(&rows).unwrap(), &[]).unwrap();
+        assert_eq!(read_instances(&path).unwrap(), rows);
+    }
+}
