@@ -21,6 +21,7 @@ Usage: convert_raft.py INPUT OUTPUT.safetensors [--family torchvision|princeton|
 
 import argparse
 import hashlib
+import pickle
 import re
 import sys
 from pathlib import Path
@@ -207,7 +208,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         meta = convert(args.input, args.output, args.family, args.iterations)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
         print(f"convert_raft: {e}", file=sys.stderr)
         return 1
     print(f"{args.output}: " + ", ".join(f"{k}={v}" for k, v in meta.items() if k != "source_sha256"))

@@ -198,6 +198,7 @@ fn metadata_and_identity() {
         ("raft_small", "raft-small", "torchvision", 12),
         ("raft_large", "raft-large", "torchvision", 12),
         ("princeton", "raft-large", "princeton", 20),
+        ("princeton_small", "raft-small", "princeton", 20),
         ("smurf", "smurf", "smurf", 12),
     ];
     for (file, name, family, iterations) in cases {

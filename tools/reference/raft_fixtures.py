@@ -10,7 +10,8 @@ Writes into OUTDIR (all generated, nothing downloaded):
   converted by `tools/convert_raft.py`;
 - `princeton.safetensors`: another raft_large whose state dict is written in princeton-vl layout (inverse of
   the rename table, `module.` prefix, duplicated `norm3` entries, `num_batches_tracked`), converted back; the
-  script checks the conversion restores every tensor bit-exactly;
+  script checks the conversion restores every tensor bit-exactly (and does the same round trip for the
+  raft_small weights in princeton's small layout, `princeton_small.safetensors`);
 - `smurf.safetensors`: a SMURF-layout model, i.e. raft_large whose context encoder uses InstanceNorm2d
   without affine and whose correlation lookup orders each level's window y-major (Δy outer), as TF SMURF and
   its PyTorch port do; saved as a `.pt` with SMURF's key set and converted (convcorr1 transposed to x-major);
@@ -73,8 +74,11 @@ def rerandomise(model: torch.nn.Module) -> None:
                 b.fill_(1234)
 
 
-def princeton_layout(state: dict) -> dict:
-    """Inverse of the princeton → torchvision rename, with the artefacts of the real checkpoints."""
+def princeton_layout(state: dict, small: bool = False) -> dict:
+    """Inverse of the princeton → torchvision rename, with the artefacts of the real checkpoints.
+
+    Princeton's small model has a single ConvGRU whose convs carry no step digit (`gru.convz`)."""
+    gru = r"update_block.gru.conv\2." if small else r"update_block.gru.conv\2\1."
     rules = [
         (r"^(feature|context)_encoder\.convnormrelu\.0\.", r"\1_encoder.conv1."),
         (r"^(feature|context)_encoder\.convnormrelu\.1\.", r"\1_encoder.norm1."),
@@ -86,7 +90,7 @@ def princeton_layout(state: dict) -> dict:
         (r"^update_block\.motion_encoder\.convcorr(\d)\.0\.", r"update_block.encoder.convc\1."),
         (r"^update_block\.motion_encoder\.convflow(\d)\.0\.", r"update_block.encoder.convf\1."),
         (r"^update_block\.motion_encoder\.conv\.0\.", "update_block.encoder.conv."),
-        (r"^update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.", r"update_block.gru.conv\2\1."),
+        (r"^update_block\.recurrent_block\.convgru(\d)\.conv([zrq])\.", gru),
         (r"^mask_predictor\.convrelu\.0\.", "update_block.mask.0."),
         (r"^mask_predictor\.conv\.", "update_block.mask.2."),
     ]
@@ -100,6 +104,17 @@ def princeton_layout(state: dict) -> dict:
         if m:  # princeton registers the downsample norm a second time as norm3
             out[f"module.{m.group(1)}norm3.{m.group(2)}"] = value
     return out
+
+
+def check_princeton_roundtrip(model: torch.nn.Module, out: Path, name: str, small: bool) -> None:
+    """Writes `model` in princeton layout, converts it back and requires every tensor to be restored exactly."""
+    torch.save(princeton_layout(model.state_dict(), small), out / f"{name}.pth")
+    convert(out / f"{name}.pth", out / f"{name}.safetensors")
+    back = load_file(str(out / f"{name}.safetensors"))
+    want = comparable(model.state_dict())
+    if set(back) != set(want) or any(not torch.equal(back[k], want[k]) for k in want):
+        raise SystemExit(f"{name}: princeton → torchvision conversion does not restore the original tensors")
+    (out / f"{name}.pth").unlink()
 
 
 def convert(src: Path, dst: Path) -> None:
@@ -155,13 +170,9 @@ def main(out: Path) -> None:
 
     princeton = raft_large(weights=None).eval()
     rerandomise(princeton)
-    torch.save(princeton_layout(princeton.state_dict()), out / "princeton.pth")
-    convert(out / "princeton.pth", out / "princeton.safetensors")
-    back = load_file(str(out / "princeton.safetensors"))
-    want = comparable(princeton.state_dict())
-    if set(back) != set(want) or any(not torch.equal(back[k], want[k]) for k in want):
-        raise SystemExit("princeton → torchvision conversion does not restore the original tensors")
+    check_princeton_roundtrip(princeton, out, "princeton", small=False)
     models["princeton"] = princeton
+    check_princeton_roundtrip(small, out, "princeton_small", small=True)
 
     context = FeatureEncoder(block=ResidualBlock, layers=(64, 64, 96, 128, 256), norm_layer=torch.nn.InstanceNorm2d)
     smurf = raft_large(weights=None, context_encoder=context, corr_block=YMajorCorrBlock(num_levels=4, radius=4))
@@ -184,7 +195,7 @@ def main(out: Path) -> None:
         flow = io[f"{name}.a.flow"]
         print(f"{name}: mean |flow| {flow.norm(dim=1).mean():.3f} px, max {flow.abs().max():.3f} px")
     save_file(io, str(out / "io.safetensors"))
-    for tmp in ("raft_small.pth", "raft_large.pth", "princeton.pth", "smurf.pt"):
+    for tmp in ("raft_small.pth", "raft_large.pth", "smurf.pt"):
         (out / tmp).unlink()
 
 
