@@ -56,7 +56,9 @@ test: build
 	MRDINO_PYTHON=$(VENV)/bin/python cargo test --release --locked --workspace
 
 bench: build
-	cargo run --release --locked -p mrdino -- bench --python $(VENV)/bin/python
+	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino --bench postprocess
+	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino-stages --bench hdbscan
+	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino-stages --bench raft
 
 DEMO_VIDEO ?= /usr/share/doc/opencv-doc/examples/data/vtest.avi
 DEMO_OUT ?= outputs/demo

@@ -1,0 +1,127 @@
+//! Post-processing time per frame (selection + instances + export, flow given) at KITTI resolution.
+//!
+//! A 376×1240 flow field with a static background (sub-pixel noise) and seven moving objects, two pairs of
+//! which touch with different velocities so their components have interior flow edges and go through
+//! HDBSCAN. Runs on one core (a one-thread rayon pool). Prints a markdown table.
+//!
+//! `cargo bench -p mrdino --bench postprocess` (or `make bench`).
+
+use std::time::Instant;
+
+use mrdino_outputs::tables::{instances_batch, write_parquet};
+use mrdino_outputs::{CocoRle, InstanceRow};
+use mrdino_stages::flow::FlowField;
+use mrdino_stages::instances::{separate_instances, InstanceParams};
+use mrdino_stages::select::{corner_means_of_magnitude, SelectParams};
+
+const H: usize = 376;
+const W: usize = 1240;
+
+fn noise(state: &mut u64) -> f32 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    ((*state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+}
+
+/// (top, left, height, width, u, v) of the moving objects.
+const OBJECTS: [(usize, usize, usize, usize, f32, f32); 7] = [
+    (180, 60, 90, 200, 6.0, 0.5),   // car
+    (170, 420, 110, 160, 4.0, 0.0), // touching pair: slow ...
+    (170, 580, 110, 170, -9.0, 0.3), // ... and fast in the other direction
+    (200, 820, 60, 40, 3.5, 1.0),   // pedestrian
+    (150, 900, 120, 120, 8.0, -1.0), // touching pair: ...
+    (150, 1020, 120, 110, 2.8, 4.5), // ... different direction
+    (300, 1150, 50, 60, -5.0, 0.0), // small car near the border
+];
+
+fn frame(seed: u64) -> FlowField {
+    let mut state = seed | 1;
+    let mut f = FlowField::zeros(H, W);
+    for r in 0..H {
+        for c in 0..W {
+            f.uv[2 * (r * W + c)] = 0.6 * noise(&mut state);
+            f.uv[2 * (r * W + c) + 1] = 0.6 * noise(&mut state);
+        }
+    }
+    for &(top, left, h, w, u, v) in &OBJECTS {
+        for r in top..top + h {
+            for c in left..left + w {
+                // Slight perspective variation and per-pixel noise, as real flow has.
+                let scale = 1.0 + 0.002 * (r as f32 - top as f32);
+                f.uv[2 * (r * W + c)] = u * scale + 0.3 * noise(&mut state);
+                f.uv[2 * (r * W + c) + 1] = v * scale + 0.3 * noise(&mut state);
+            }
+        }
+    }
+    f
+}
+
+fn reference_params() -> (SelectParams, InstanceParams) {
+    (
+        SelectParams { corner_fraction: 0.15, corner_threshold_px: 1.7, required_corners: 3, min_run_frames: 5 },
+        InstanceParams {
+            fg_threshold_px: 2.5,
+            fg_round_decimals: Some(3),
+            min_fg_fraction: 0.0005,
+            min_segment_frames: 3,
+            edge_threshold: 20.0,
+            erosion_radius_px: 10,
+            spatial_weight: 60.0,
+            direction_weight: 100.0,
+            direction_bins: 16,
+            min_cluster_size: 30,
+            min_samples: 30,
+            min_instance_px: 100,
+        },
+    )
+}
+
+fn main() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("thread pool");
+    let (select, params) = reference_params();
+    let fg_test = params.foreground_test();
+    let frames: Vec<FlowField> = (0..6).map(|k| frame(0x9e37_79b9 + k)).collect();
+    let dir = std::env::temp_dir().join(format!("mrdino-bench-{}", std::process::id()));
+    let mut times = Vec::new();
+    let mut stats = (0usize, 0usize);
+    pool.install(|| {
+        for (k, flow) in frames.iter().enumerate() {
+            let start = Instant::now();
+            let magnitude = flow.magnitude();
+            let corners = corner_means_of_magnitude(&magnitude, H, W, select.corner_fraction);
+            assert!(select.passes(&corners));
+            let (fg, count) = fg_test.mask(&magnitude);
+            assert!(params.enough_foreground(count, H, W));
+            let instances = separate_instances(flow, &fg, &params);
+            let rows: Vec<InstanceRow> = instances
+                .iter()
+                .map(|i| InstanceRow {
+                    dataset: "kitti".into(),
+                    sequence_id: "bench".into(),
+                    frame_index: k as u32,
+                    frame_name: format!("{k:010}"),
+                    instance_id: i.id,
+                    mask: CocoRle::from_pixels(&i.pixels, H as u32, W as u32),
+                    bbox_xywh: i.bbox_xywh.map(|v| v as f32),
+                    area_px: i.pixels.len() as u32,
+                    origin: i.origin.name().into(),
+                    component_id: i.component,
+                    hdbscan_label: i.hdbscan_label,
+                    mean_flow_px: i.mean_flow_px,
+                })
+                .collect();
+            let batch = instances_batch(&rows).expect("batch");
+            write_parquet(&dir.join(format!("{k}.parquet")), &batch, &[]).expect("parquet");
+            times.push(start.elapsed().as_secs_f64());
+            stats = (instances.len(), instances.iter().filter(|i| i.hdbscan_label.is_some()).count());
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    times.remove(0); // warm-up
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!("| frame | objects | instances (from HDBSCAN) | median ms/frame, 1 core |");
+    println!("|---|---|---|---|");
+    println!("| 376×1240 | {} | {} ({}) | {:.1} |", OBJECTS.len(), stats.0, stats.1, median * 1e3);
+}
