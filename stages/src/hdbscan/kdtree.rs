@@ -114,6 +114,18 @@ impl<const D: usize> KdTree<D> {
     fn knn_visit(&self, node_id: usize, p: &[f64; D], row: &mut KnnRow<'_>) {
         let node = &self.nodes[node_id];
         if node.is_leaf() {
+            if node.lo == node.hi {
+                // A stack of identical points (the only leaves that can be large): all at the same distance, so
+                // at most k of them can enter.
+                let d2 = node.box_dist2(p);
+                for q in node.range() {
+                    if d2 >= row.worst() {
+                        break;
+                    }
+                    row.insert(d2, q as u32);
+                }
+                return;
+            }
             for q in node.range() {
                 let d2 = dist2(p, &self.points[q]);
                 if d2 < row.worst() {
@@ -172,12 +184,7 @@ impl KnnRow<'_> {
     }
 }
 
-fn build_node<const D: usize>(
-    points: &[[f64; D]],
-    order: &mut [u32],
-    start: usize,
-    nodes: &mut Vec<Node<D>>,
-) -> u32 {
+fn build_node<const D: usize>(points: &[[f64; D]], order: &mut [u32], start: usize, nodes: &mut Vec<Node<D>>) -> u32 {
     let mut lo = [f64::INFINITY; D];
     let mut hi = [f64::NEG_INFINITY; D];
     for &i in order.iter() {

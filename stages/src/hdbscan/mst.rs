@@ -4,8 +4,7 @@
 //! The search for component `c` runs point by point with one bound shared by the whole component (the lightest
 //! edge found so far), so after the first few points most of the tree is pruned by
 //! * the node being entirely inside `c` (per-node component flag, refreshed after every round),
-//! * the lower bound `max(box distance², min core² of the node)` (the query point's own core² is checked once
-//!   before its search starts) not being below the bound.
+//! * the lower bound `max(core²[p], box distance², min core² of the node)` not being below the bound.
 //!
 //! The k-nearest-neighbour lists from the core-distance query seed the bounds at the start of every round.
 //!
@@ -195,13 +194,18 @@ impl<const D: usize> Boruvka<'_, D> {
                 if weight2 < self.best_weight2[c as usize] {
                     self.best_weight2[c as usize] = weight2;
                     self.best_edge[c as usize] = (p as u32, q as u32);
+                    if weight2 <= core_p {
+                        // No edge at p can be lighter than its core distance.
+                        return;
+                    }
                 }
             }
             return;
         }
         let (left, right) = (node.left as usize, node.right as usize);
-        let left_bound = self.lower_bound(left, query, c);
-        let right_bound = self.lower_bound(right, query, c);
+        let core_p = self.core2[p];
+        let left_bound = self.lower_bound(left, query, c).max(core_p);
+        let right_bound = self.lower_bound(right, query, c).max(core_p);
         let (near, near_bound, far, far_bound) = if left_bound <= right_bound {
             (left, left_bound, right, right_bound)
         } else {
@@ -215,7 +219,8 @@ impl<const D: usize> Boruvka<'_, D> {
         }
     }
 
-    /// Lower bound on the weight of any edge from `query` into the node, infinite if the node is inside `c`.
+    /// Lower bound on the weight of any edge from `query` into the node, apart from the query's own core
+    /// distance; infinite if the node is inside `c`.
     #[inline(always)]
     fn lower_bound(&self, node_id: usize, query: &[f64; D], c: u32) -> f64 {
         if self.node_comp[node_id] == c {

@@ -65,7 +65,13 @@ pub fn adjusted_rand_index(a: &[i32], b: &[i32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let index = |labels: &[i32]| -> (Vec<usize>, usize) {
         let mut ids = std::collections::BTreeMap::new();
-        let mapped = labels.iter().map(|l| { let next = ids.len(); *ids.entry(*l).or_insert(next) }).collect();
+        let mapped = labels
+            .iter()
+            .map(|l| {
+                let next = ids.len();
+                *ids.entry(*l).or_insert(next)
+            })
+            .collect();
         (mapped, ids.len())
     };
     let ((ia, ka), (ib, kb)) = (index(a), index(b));
