@@ -4,4 +4,5 @@
 pub mod flow;
 pub mod hdbscan;
 pub mod instances;
+pub mod metrics;
 pub mod select;

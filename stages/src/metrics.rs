@@ -1,0 +1,634 @@
+//! The paper's evaluation metrics, computed exactly as the reference evaluation code computes them
+//! (`ocl/metrics/masks.py`, `ocl/metrics/utils.py` of MR-DINOSAUR; spec §6), on instance-id maps.
+//!
+//! The reference works on one-hot channel tensors; here an image is a [`LabelMap`] of instance ids
+//! (0 = background). For disjoint masks the two are equivalent, and the reference's GT masks are disjoint
+//! (it asserts so). What is reproduced:
+//!
+//! * **Resolution.** Label maps are brought to the evaluation resolution with PyTorch's legacy `nearest`
+//!   interpolation: source index = min(⌊dst · (in / out)⌋, in − 1) with the scale and the product in
+//!   float32, identity when the sizes are equal and `dst >> 1` when out = 2·in, as `F.interpolate` does on
+//!   CPU ([`legacy_nearest_indices`]). For KITTI the ground truth first goes through `nearest-exact` to the
+//!   378×1260 prediction canvas, as the reference's data pipeline does ([`EvalPreset::Kitti`]).
+//! * **F1@50 / "AP50" / "AR50"** ([`match_predictions`]). Per image, predictions are the non-empty ids; the
+//!   first of them in id order is discarded as background (that is id 0 whenever any pixel is background; if
+//!   none is, the reference drops its first real prediction and so does this). Ground-truth objects are the
+//!   non-zero ids with at least one pixel at the evaluation resolution. Each prediction takes the GT of its
+//!   image with the highest IoU; it is a true positive iff that IoU is > 0.5 (strict) and that GT is not yet
+//!   claimed. Counts are micro-averaged over the dataset: "AP50" = precision = TP / #predictions (0 without
+//!   predictions), "AR50" = recall = TP / #GT (0 without GT, where the reference would divide by zero),
+//!   F1 = 2PR / (P + R) (0 if both are 0). No PR-curve integration happens in the reference either.
+//! * **fg-ARI / all-ARI** ([`adjusted_rand_index`]). Contingency table n_ij over the counted pixels (fg-ARI:
+//!   pixels of GT objects only, predicted background being one more cluster; all-ARI: every pixel, GT
+//!   background being one more cluster); with a_i, b_j the marginals and n the pixel count:
+//!   RI = Σ n_ij(n_ij − 1), A = Σ a_i(a_i − 1), B = Σ b_j(b_j − 1), E = A·B / max(n(n − 1), 1),
+//!   ARI = (RI − E) / ((A + B)/2 − E + 1e-12), and 1 when that denominator is ≤ 0; float64 throughout, in
+//!   the reference's order of operations. An image counts only if its ground truth has at least 2 objects
+//!   (the reference's `K > 2` channels test, made on the GT as loaded, before resizing); the value is the
+//!   mean over counted images. Note that on an image where both sides are a single cluster this gives 0,
+//!   where scikit-learn's `adjusted_rand_score` returns 1.
+//! * **Quasi-static retrieval** ([`quasi_static_retrieval`]): the frames a run selected as quasi-static
+//!   against the ground-truth static camera (the synthetic generator's metadata); positive = quasi-static.
+//!
+//! Also here: the decoder of KITTI instance-benchmark PNG values ([`decode_kitti_instances`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// IoU a prediction must exceed (strictly) to be a true positive.
+pub const IOU_THRESHOLD: f64 = 0.5;
+
+/// The reference's guard added to the ARI denominator.
+const ARI_EPSILON: f64 = 1e-12;
+
+/// KITTI instance PNGs: value = class · 256 + instance; these classes are instances (Cityscapes person …
+/// bicycle).
+pub const KITTI_INSTANCE_CLASSES: std::ops::RangeInclusive<u16> = 24..=33;
+
+/// Errors of the metric computations, naming the offending input.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MetricsError {
+    #[error("{what}: {actual} labels do not make a {height}x{width} map")]
+    Shape { what: &'static str, height: usize, width: usize, actual: usize },
+    #[error("{what}: {left} vs {right} pixels; the maps must have the same resolution")]
+    LengthMismatch { what: &'static str, left: usize, right: usize },
+    #[error("{what}: cannot resize a {height}x{width} map (every side must be at least 1)")]
+    EmptyResize { what: &'static str, height: usize, width: usize },
+    #[error("unknown evaluation preset {0:?}; expected kitti, tri-pd or native")]
+    UnknownPreset(String),
+}
+
+/// An instance-id map, row-major, 0 = background.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelMap {
+    pub height: usize,
+    pub width: usize,
+    pub labels: Vec<u32>,
+}
+
+impl LabelMap {
+    pub fn new(height: usize, width: usize, labels: Vec<u32>) -> Result<Self, MetricsError> {
+        if labels.len() != height * width {
+            return Err(MetricsError::Shape { what: "label map", height, width, actual: labels.len() });
+        }
+        Ok(Self { height, width, labels })
+    }
+
+    /// Resized with PyTorch's legacy `nearest` rule (see [`legacy_nearest_indices`]).
+    pub fn resize_legacy_nearest(&self, height: usize, width: usize) -> Result<Self, MetricsError> {
+        self.resize_with(height, width, legacy_nearest_indices)
+    }
+
+    /// Resized with PyTorch's `nearest-exact` rule (see [`nearest_exact_indices`]).
+    pub fn resize_nearest_exact(&self, height: usize, width: usize) -> Result<Self, MetricsError> {
+        self.resize_with(height, width, nearest_exact_indices)
+    }
+
+    fn resize_with(
+        &self,
+        height: usize,
+        width: usize,
+        indices: fn(usize, usize) -> Vec<usize>,
+    ) -> Result<Self, MetricsError> {
+        if [self.height, self.width, height, width].contains(&0) {
+            let (height, width) = if self.height * self.width == 0 { (self.height, self.width) } else { (height, width) };
+            return Err(MetricsError::EmptyResize { what: "label map", height, width });
+        }
+        let rows = indices(self.height, height);
+        let cols = indices(self.width, width);
+        let labels = rows
+            .iter()
+            .flat_map(|&r| cols.iter().map(move |&c| self.labels[r * self.width + c]))
+            .collect();
+        Ok(Self { height, width, labels })
+    }
+
+    /// Number of distinct non-zero ids.
+    pub fn object_count(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != 0).collect::<BTreeSet<_>>().len()
+    }
+}
+
+/// Source index of every destination index for PyTorch's legacy `nearest` (`F.interpolate(mode="nearest")`,
+/// `nearest_idx` in ATen's `UpSample.h`): identity when the sizes are equal, `dst >> 1` when doubling,
+/// otherwise min(floorf(dst · (in / out)), in − 1) with the scale and the product in float32.
+pub fn legacy_nearest_indices(input_len: usize, output_len: usize) -> Vec<usize> {
+    if output_len == input_len {
+        return (0..output_len).collect();
+    }
+    if output_len == 2 * input_len {
+        return (0..output_len).map(|dst| dst >> 1).collect();
+    }
+    let scale = input_len as f32 / output_len as f32;
+    (0..output_len).map(|dst| ((dst as f32 * scale).floor() as usize).min(input_len - 1)).collect()
+}
+
+/// Source index of every destination index for PyTorch's `nearest-exact`:
+/// min(floorf((dst + 0.5) · (in / out)), in − 1), float32.
+pub fn nearest_exact_indices(input_len: usize, output_len: usize) -> Vec<usize> {
+    let scale = input_len as f32 / output_len as f32;
+    (0..output_len).map(|dst| (((dst as f32 + 0.5) * scale).floor() as usize).min(input_len - 1)).collect()
+}
+
+/// Where predictions and ground truth are compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalPreset {
+    /// 95×315; the GT first goes to the 378×1260 prediction canvas with `nearest-exact`.
+    Kitti,
+    /// 123×245, GT and prediction resized directly with legacy nearest.
+    TriPd,
+    /// The ground truth's own resolution; predictions are resized to it with legacy nearest.
+    Native,
+}
+
+impl EvalPreset {
+    /// Evaluation resolution (height, width); `None` for [`EvalPreset::Native`].
+    pub fn resolution(self) -> Option<(usize, usize)> {
+        match self {
+            EvalPreset::Kitti => Some((95, 315)),
+            EvalPreset::TriPd => Some((123, 245)),
+            EvalPreset::Native => None,
+        }
+    }
+
+    /// Intermediate canvas the ground truth is resized to (`nearest-exact`) before the evaluation resize.
+    pub fn ground_truth_canvas(self) -> Option<(usize, usize)> {
+        match self {
+            EvalPreset::Kitti => Some((378, 1260)),
+            EvalPreset::TriPd | EvalPreset::Native => None,
+        }
+    }
+
+    /// Brings a prediction and its ground truth (each at its own resolution) to the evaluation resolution.
+    pub fn to_eval_resolution(self, prediction: &LabelMap, ground_truth: &LabelMap) -> Result<(LabelMap, LabelMap), MetricsError> {
+        let (height, width) = self.resolution().unwrap_or((ground_truth.height, ground_truth.width));
+        let ground_truth = match self.ground_truth_canvas() {
+            Some((h, w)) => ground_truth.resize_nearest_exact(h, w)?.resize_legacy_nearest(height, width)?,
+            None => ground_truth.resize_legacy_nearest(height, width)?,
+        };
+        Ok((prediction.resize_legacy_nearest(height, width)?, ground_truth))
+    }
+}
+
+impl FromStr for EvalPreset {
+    type Err = MetricsError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name.to_ascii_lowercase().as_str() {
+            "kitti" => Ok(EvalPreset::Kitti),
+            "tri-pd" | "tri_pd" | "tripd" | "pd" => Ok(EvalPreset::TriPd),
+            "native" => Ok(EvalPreset::Native),
+            _ => Err(MetricsError::UnknownPreset(name.to_string())),
+        }
+    }
+}
+
+/// Per-image matching counts of F1@50 (spec §6.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MatchCounts {
+    pub true_positives: usize,
+    pub predictions: usize,
+    pub ground_truth: usize,
+}
+
+impl std::ops::AddAssign for MatchCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.true_positives += other.true_positives;
+        self.predictions += other.predictions;
+        self.ground_truth += other.ground_truth;
+    }
+}
+
+/// Dense contingency table between two label maps over the pixels `keep` accepts.
+struct Contingency {
+    /// Distinct ground-truth ids, ascending.
+    gt_ids: Vec<u32>,
+    /// Distinct predicted ids, ascending.
+    pred_ids: Vec<u32>,
+    /// counts[g * pred_ids.len() + p]
+    counts: Vec<u64>,
+}
+
+impl Contingency {
+    fn new(prediction: &[u32], ground_truth: &[u32], keep: impl Fn(u32) -> bool) -> Self {
+        let kept = || prediction.iter().zip(ground_truth).filter(|(_, &g)| keep(g));
+        let gt_ids: Vec<u32> = kept().map(|(_, &g)| g).collect::<BTreeSet<_>>().into_iter().collect();
+        let pred_ids: Vec<u32> = kept().map(|(&p, _)| p).collect::<BTreeSet<_>>().into_iter().collect();
+        let index = |ids: &[u32]| -> HashMap<u32, usize> { ids.iter().enumerate().map(|(i, &id)| (id, i)).collect() };
+        let (gt_index, pred_index) = (index(&gt_ids), index(&pred_ids));
+        let mut counts = vec![0u64; gt_ids.len() * pred_ids.len()];
+        for (p, g) in kept() {
+            counts[gt_index[g] * pred_ids.len() + pred_index[p]] += 1;
+        }
+        Self { gt_ids, pred_ids, counts }
+    }
+
+    fn count(&self, g: usize, p: usize) -> u64 {
+        self.counts[g * self.pred_ids.len() + p]
+    }
+
+    fn gt_sums(&self) -> Vec<u64> {
+        (0..self.gt_ids.len()).map(|g| (0..self.pred_ids.len()).map(|p| self.count(g, p)).sum()).collect()
+    }
+
+    fn pred_sums(&self) -> Vec<u64> {
+        (0..self.pred_ids.len()).map(|p| (0..self.gt_ids.len()).map(|g| self.count(g, p)).sum()).collect()
+    }
+}
+
+fn check_same_length(what: &'static str, prediction: &[u32], ground_truth: &[u32]) -> Result<(), MetricsError> {
+    if prediction.len() != ground_truth.len() {
+        return Err(MetricsError::LengthMismatch { what, left: prediction.len(), right: ground_truth.len() });
+    }
+    Ok(())
+}
+
+/// Matches the predictions of one image (already at the evaluation resolution) against its ground truth;
+/// see the module docs for the rule.
+pub fn match_predictions(prediction: &[u32], ground_truth: &[u32]) -> Result<MatchCounts, MetricsError> {
+    check_same_length("prediction vs ground truth", prediction, ground_truth)?;
+    let table = Contingency::new(prediction, ground_truth, |_| true);
+    let pred_areas = table.pred_sums();
+    let gt_areas = table.gt_sums();
+    // Ground-truth objects: non-zero ids present at this resolution.
+    let gt_objects: Vec<usize> = (0..table.gt_ids.len()).filter(|&g| table.gt_ids[g] != 0).collect();
+    let mut claimed = vec![false; table.gt_ids.len()];
+    let mut counts = MatchCounts { ground_truth: gt_objects.len(), ..MatchCounts::default() };
+    // The first non-empty prediction (in id order) is taken as background and dropped.
+    for p in 1..table.pred_ids.len() {
+        counts.predictions += 1;
+        let mut best: Option<(usize, u64, u64)> = None;
+        for &g in &gt_objects {
+            let intersection = table.count(g, p);
+            let union = pred_areas[p] + gt_areas[g] - intersection;
+            // Compare intersection/union fractions exactly; the first maximum wins, as `np.argmax`.
+            let better = match best {
+                None => true,
+                Some((_, best_i, best_u)) => (intersection as u128) * (best_u as u128) > (best_i as u128) * (union as u128),
+            };
+            if better {
+                best = Some((g, intersection, union));
+            }
+        }
+        if let Some((g, intersection, union)) = best {
+            if intersection as f64 / union as f64 > IOU_THRESHOLD && !claimed[g] {
+                claimed[g] = true;
+                counts.true_positives += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Adjusted Rand index of one image as the reference computes it; `foreground_only` selects fg-ARI (pixels
+/// of GT objects only) over all-ARI (every pixel, GT background as one more cluster).
+pub fn adjusted_rand_index(prediction: &[u32], ground_truth: &[u32], foreground_only: bool) -> Result<f64, MetricsError> {
+    check_same_length("prediction vs ground truth", prediction, ground_truth)?;
+    let table = Contingency::new(prediction, ground_truth, |g| !foreground_only || g != 0);
+    let pairs = |n: u64| (n * n.saturating_sub(1)) as f64;
+    let rindex: f64 = table.counts.iter().map(|&n| pairs(n)).sum();
+    let gt_sums = table.gt_sums();
+    let aindex: f64 = gt_sums.iter().map(|&a| pairs(a)).sum();
+    let bindex: f64 = table.pred_sums().iter().map(|&b| pairs(b)).sum();
+    let points = gt_sums.iter().sum::<u64>();
+    let expected_rindex = aindex * bindex / pairs(points).max(1.0);
+    let max_rindex = (aindex + bindex) / 2.0;
+    let denominator = max_rindex - expected_rindex + ARI_EPSILON;
+    Ok(if denominator > 0.0 { (rindex - expected_rindex) / denominator } else { 1.0 })
+}
+
+/// Scores of one image, as added to an [`Evaluator`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ImageScores {
+    pub counts: MatchCounts,
+    /// `None` when the image is skipped (ground truth with fewer than 2 objects).
+    pub fg_ari: Option<f64>,
+    pub all_ari: Option<f64>,
+}
+
+/// Dataset-level metrics.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MetricsReport {
+    pub preset: EvalPreset,
+    pub images: usize,
+    pub true_positives: usize,
+    pub predictions: usize,
+    pub ground_truth_objects: usize,
+    /// Precision at IoU > 0.5 (the reference's "AP50").
+    pub ap50: f64,
+    /// Recall at IoU > 0.5 (the reference's "AR50").
+    pub ar50: f64,
+    pub f1_50: f64,
+    /// Mean over images whose ground truth has ≥ 2 objects; `None` if there is none.
+    pub fg_ari: Option<f64>,
+    pub all_ari: Option<f64>,
+    pub ari_images: usize,
+}
+
+/// Accumulates images and reports the dataset-level metrics.
+#[derive(Clone, Debug)]
+pub struct Evaluator {
+    preset: EvalPreset,
+    images: usize,
+    counts: MatchCounts,
+    fg_ari_sum: f64,
+    all_ari_sum: f64,
+    ari_images: usize,
+}
+
+impl Evaluator {
+    pub fn new(preset: EvalPreset) -> Self {
+        Self { preset, images: 0, counts: MatchCounts::default(), fg_ari_sum: 0.0, all_ari_sum: 0.0, ari_images: 0 }
+    }
+
+    /// Adds one image: `prediction` and `ground_truth` at their own resolutions (the ground truth as loaded,
+    /// e.g. by [`decode_kitti_instances`]); both are brought to the preset's evaluation resolution.
+    pub fn add_image(&mut self, prediction: &LabelMap, ground_truth: &LabelMap) -> Result<ImageScores, MetricsError> {
+        let (prediction_eval, ground_truth_eval) = self.preset.to_eval_resolution(prediction, ground_truth)?;
+        let counts = match_predictions(&prediction_eval.labels, &ground_truth_eval.labels)?;
+        let (fg_ari, all_ari) = if ground_truth.object_count() >= 2 {
+            let fg = adjusted_rand_index(&prediction_eval.labels, &ground_truth_eval.labels, true)?;
+            let all = adjusted_rand_index(&prediction_eval.labels, &ground_truth_eval.labels, false)?;
+            self.fg_ari_sum += fg;
+            self.all_ari_sum += all;
+            self.ari_images += 1;
+            (Some(fg), Some(all))
+        } else {
+            (None, None)
+        };
+        self.images += 1;
+        self.counts += counts;
+        Ok(ImageScores { counts, fg_ari, all_ari })
+    }
+
+    pub fn report(&self) -> MetricsReport {
+        let MatchCounts { true_positives, predictions, ground_truth } = self.counts;
+        let ratio = |num: usize, den: usize| if den == 0 { 0.0 } else { num as f64 / den as f64 };
+        let (precision, recall) = (ratio(true_positives, predictions), ratio(true_positives, ground_truth));
+        let mean = |sum: f64| (self.ari_images > 0).then(|| sum / self.ari_images as f64);
+        MetricsReport {
+            preset: self.preset,
+            images: self.images,
+            true_positives,
+            predictions,
+            ground_truth_objects: ground_truth,
+            ap50: precision,
+            ar50: recall,
+            f1_50: f1(precision, recall),
+            fg_ari: mean(self.fg_ari_sum),
+            all_ari: mean(self.all_ari_sum),
+            ari_images: self.ari_images,
+        }
+    }
+}
+
+/// 2PR / (P + R), 0 when both are 0 (the reference's `compute_f1`).
+pub fn f1(precision: f64, recall: f64) -> f64 {
+    if precision + recall == 0.0 {
+        0.0
+    } else {
+        2.0 * precision * recall / (precision + recall)
+    }
+}
+
+/// Quasi-static frame retrieval against the ground-truth camera; positive = quasi-static.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RetrievalScores {
+    pub frames: usize,
+    pub true_positives: usize,
+    pub false_positives: usize,
+    pub false_negatives: usize,
+    pub true_negatives: usize,
+    pub accuracy: f64,
+    /// 0 when nothing was selected.
+    pub precision: f64,
+    /// 0 when no frame is truly static.
+    pub recall: f64,
+}
+
+/// Compares per-frame selections (`selected[i]`: frame i was kept as quasi-static) with the truth
+/// (`camera_static[i]`: the camera does not move from frame i to i+1).
+pub fn quasi_static_retrieval(selected: &[bool], camera_static: &[bool]) -> Result<RetrievalScores, MetricsError> {
+    if selected.len() != camera_static.len() {
+        return Err(MetricsError::LengthMismatch { what: "selected vs static-camera frames", left: selected.len(), right: camera_static.len() });
+    }
+    let count = |s: bool, t: bool| selected.iter().zip(camera_static).filter(|&(&a, &b)| a == s && b == t).count();
+    let (tp, fp, fn_, tn) = (count(true, true), count(true, false), count(false, true), count(false, false));
+    let ratio = |num: usize, den: usize| if den == 0 { 0.0 } else { num as f64 / den as f64 };
+    Ok(RetrievalScores {
+        frames: selected.len(),
+        true_positives: tp,
+        false_positives: fp,
+        false_negatives: fn_,
+        true_negatives: tn,
+        accuracy: ratio(tp + tn, selected.len()),
+        precision: ratio(tp, tp + fp),
+        recall: ratio(tp, tp + fn_),
+    })
+}
+
+/// Decodes the values of a KITTI instance-benchmark PNG (uint16, class · 256 + instance) into an instance-id
+/// map: every distinct value whose class is in [`KITTI_INSTANCE_CLASSES`] becomes one instance (instance
+/// number 0 "group" regions included), numbered 1, 2, … in ascending order of the raw value, as the
+/// reference's `np.unique`-ordered masks; everything else (void, stuff) is background 0.
+pub fn decode_kitti_instances(values: &[u16]) -> Vec<u32> {
+    let instances: Vec<u16> = values
+        .iter()
+        .copied()
+        .filter(|v| KITTI_INSTANCE_CLASSES.contains(&(v / 256)))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let ids: HashMap<u16, u32> = instances.iter().enumerate().map(|(i, &v)| (v, i as u32 + 1)).collect();
+    values.iter().map(|v| ids.get(v).copied().unwrap_or(0)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 4×6 ground truth: object 1 (left block, 8 px), object 2 (right block, 8 px), background elsewhere.
+    fn two_objects() -> Vec<u32> {
+        [1, 1, 0, 0, 2, 2].repeat(4)
+    }
+
+    fn map(height: usize, width: usize, labels: Vec<u32>) -> LabelMap {
+        LabelMap::new(height, width, labels).expect("shape")
+    }
+
+    #[test]
+    fn perfect_prediction_scores_one() {
+        let gt = two_objects();
+        // Relabelled ids do not matter.
+        let prediction: Vec<u32> = gt.iter().map(|&g| [7, 3, 9][g as usize]).collect();
+        let mut evaluator = Evaluator::new(EvalPreset::Native);
+        evaluator.add_image(&map(4, 6, prediction), &map(4, 6, gt)).expect("add");
+        let report = evaluator.report();
+        // Background got id 7, objects 3 and 9: the first id in order (3) is dropped as "background".
+        assert_eq!((report.true_positives, report.predictions, report.ground_truth_objects), (1, 2, 2));
+
+        let gt = two_objects();
+        let mut evaluator = Evaluator::new(EvalPreset::Native);
+        let scores = evaluator.add_image(&map(4, 6, gt.clone()), &map(4, 6, gt)).expect("add");
+        assert_eq!(scores.counts, MatchCounts { true_positives: 2, predictions: 2, ground_truth: 2 });
+        let report = evaluator.report();
+        assert_eq!((report.ap50, report.ar50, report.f1_50), (1.0, 1.0, 1.0));
+        assert!((report.fg_ari.expect("counted") - 1.0).abs() < 1e-9);
+        assert!((report.all_ari.expect("counted") - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn one_object_split_in_two() {
+        let gt = two_objects();
+        let mut prediction = gt.clone();
+        // Object 2 (columns 4-5) split by column: column 5 becomes id 5 (4 px each half, IoU 0.5 each).
+        for row in 0..4 {
+            if prediction[row * 6 + 5] == 2 {
+                prediction[row * 6 + 5] = 5;
+            }
+        }
+        let counts = match_predictions(&prediction, &gt).expect("match");
+        assert_eq!(counts, MatchCounts { true_positives: 1, predictions: 3, ground_truth: 2 });
+        // fg pixels: object 1 (8 px) → {1: 8}; object 2 (8 px) → {2: 4, 5: 4}.
+        // RI = 8·7 + 4·3 + 4·3 = 80, A = 56 + 56 = 112, B = 56 + 12 + 12 = 80, n = 16, E = 112·80/240.
+        let expected_e = 112.0 * 80.0 / 240.0;
+        let expected = (80.0 - expected_e) / ((112.0 + 80.0) / 2.0 - expected_e + 1e-12);
+        let ari = adjusted_rand_index(&prediction, &gt, true).expect("ari");
+        assert!((ari - expected).abs() < 1e-12, "{ari} vs {expected}");
+    }
+
+    #[test]
+    fn two_objects_merged() {
+        let gt = two_objects();
+        let prediction: Vec<u32> = gt.iter().map(|&g| u32::from(g != 0)).collect();
+        let counts = match_predictions(&prediction, &gt).expect("match");
+        // The merged mask has IoU 8/16 = 0.5 with each object: not a match.
+        assert_eq!(counts, MatchCounts { true_positives: 0, predictions: 1, ground_truth: 2 });
+        // fg-ARI of one predicted cluster against two GT clusters: RI = 112, A = 112, B = 240, E = 112.
+        let ari = adjusted_rand_index(&prediction, &gt, true).expect("ari");
+        assert!(ari.abs() < 1e-12, "{ari}");
+    }
+
+    #[test]
+    fn iou_of_exactly_one_half_is_not_a_match_but_just_above_is() {
+        // GT object of 4 px, prediction covering it plus 4 background px: IoU = 4/8 = 0.5.
+        let gt = vec![1, 1, 1, 1, 0, 0, 0, 0, 0];
+        let half = vec![1, 1, 1, 1, 1, 1, 1, 1, 0];
+        assert_eq!(match_predictions(&half, &gt).expect("match").true_positives, 0);
+        let above = vec![1, 1, 1, 1, 1, 1, 1, 0, 0];
+        assert_eq!(match_predictions(&above, &gt).expect("match").true_positives, 1);
+    }
+
+    #[test]
+    fn empty_prediction_has_zero_precision_recall_and_f1() {
+        let gt = two_objects();
+        let mut evaluator = Evaluator::new(EvalPreset::Native);
+        let scores = evaluator.add_image(&map(4, 6, vec![0; 24]), &map(4, 6, gt)).expect("add");
+        assert_eq!(scores.counts, MatchCounts { true_positives: 0, predictions: 0, ground_truth: 2 });
+        // fg-ARI: one predicted cluster over two GT objects → 0; all-ARI likewise.
+        assert!(scores.fg_ari.expect("counted").abs() < 1e-12);
+        let report = evaluator.report();
+        assert_eq!((report.ap50, report.ar50, report.f1_50), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn without_background_pixels_the_lowest_prediction_id_is_dropped() {
+        // No background pixel in the prediction: its lowest id (1) is dropped, as in the reference.
+        let gt = vec![1, 1, 0, 0];
+        let prediction = vec![4, 4, 6, 6];
+        let counts = match_predictions(&prediction, &gt).expect("match");
+        assert_eq!(counts, MatchCounts { true_positives: 0, predictions: 1, ground_truth: 1 });
+    }
+
+    #[test]
+    fn images_with_fewer_than_two_objects_are_skipped_for_ari() {
+        let mut evaluator = Evaluator::new(EvalPreset::Native);
+        let one_object = vec![0, 1, 1, 0];
+        let scores = evaluator.add_image(&map(2, 2, one_object.clone()), &map(2, 2, one_object)).expect("add");
+        assert_eq!((scores.fg_ari, scores.all_ari), (None, None));
+        assert_eq!(scores.counts.true_positives, 1);
+        let report = evaluator.report();
+        assert_eq!((report.fg_ari, report.all_ari, report.ari_images), (None, None, 0));
+        assert_eq!(report.f1_50, 1.0);
+
+        let gt = two_objects();
+        evaluator.add_image(&map(4, 6, gt.clone()), &map(4, 6, gt)).expect("add");
+        assert_eq!(evaluator.report().ari_images, 1);
+    }
+
+    #[test]
+    fn single_cluster_on_both_sides_gives_zero_as_the_reference() {
+        let gt = vec![1, 1, 2, 2];
+        let prediction = vec![3, 3, 3, 3];
+        // all-ARI over 4 px, GT {1,2}; fine. fg restricted to object 1 only: both sides single cluster.
+        let only_object_one = vec![1, 1, 0, 0];
+        assert_eq!(adjusted_rand_index(&prediction, &only_object_one, true).expect("ari"), 0.0);
+        assert!(adjusted_rand_index(&prediction, &gt, false).expect("ari").abs() < 1e-12);
+    }
+
+    #[test]
+    fn legacy_nearest_indices_are_floor_of_dst_times_scale() {
+        assert_eq!(legacy_nearest_indices(10, 4), vec![0, 2, 5, 7]);
+        assert_eq!(legacy_nearest_indices(3, 6), vec![0, 0, 1, 1, 2, 2]);
+        assert_eq!(legacy_nearest_indices(4, 3), vec![0, 1, 2]);
+        assert_eq!(legacy_nearest_indices(5, 5), vec![0, 1, 2, 3, 4]);
+        assert_eq!(nearest_exact_indices(10, 4), vec![1, 3, 6, 8]);
+        // The float32 rule agrees with exact integer arithmetic on the presets' sizes.
+        for (input, output) in [(378, 95), (1260, 315), (375, 95), (1242, 315), (480, 123), (968, 245)] {
+            let exact: Vec<usize> = (0..output).map(|d| d * input / output).collect();
+            assert_eq!(legacy_nearest_indices(input, output), exact, "{input} -> {output}");
+        }
+        let gt = map(2, 4, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(gt.resize_legacy_nearest(1, 2).expect("resize").labels, vec![1, 3]);
+    }
+
+    #[test]
+    fn objects_vanishing_at_the_evaluation_resolution_are_not_counted() {
+        // Object 2 is a single pixel at column 1, skipped by a 4 → 2 column resize (columns 0 and 2 kept).
+        let gt = map(1, 4, vec![1, 2, 3, 3]);
+        let prediction = map(1, 4, vec![0, 0, 5, 5]);
+        let (p, g) = EvalPreset::Native.to_eval_resolution(&prediction, &gt).expect("resize");
+        assert_eq!((p.labels.as_slice(), g.labels.as_slice()), (prediction.labels.as_slice(), gt.labels.as_slice()));
+        let small_gt = gt.resize_legacy_nearest(1, 2).expect("resize");
+        assert_eq!(small_gt.labels, vec![1, 3]);
+        let counts = match_predictions(&prediction.resize_legacy_nearest(1, 2).expect("resize").labels, &small_gt.labels)
+            .expect("match");
+        assert_eq!(counts, MatchCounts { true_positives: 1, predictions: 1, ground_truth: 2 });
+    }
+
+    #[test]
+    fn kitti_preset_resizes_to_95_by_315() {
+        let gt = map(375, 1242, vec![0; 375 * 1242]);
+        let prediction = map(378, 1260, vec![0; 378 * 1260]);
+        let (p, g) = EvalPreset::Kitti.to_eval_resolution(&prediction, &gt).expect("resize");
+        assert_eq!((p.height, p.width, g.height, g.width), (95, 315, 95, 315));
+        assert_eq!("tri-pd".parse::<EvalPreset>(), Ok(EvalPreset::TriPd));
+        assert!("coco".parse::<EvalPreset>().is_err());
+    }
+
+    #[test]
+    fn shape_errors_are_reported() {
+        assert!(LabelMap::new(2, 2, vec![0; 3]).is_err());
+        assert!(match_predictions(&[0, 1], &[0]).is_err());
+        assert!(quasi_static_retrieval(&[true], &[]).is_err());
+    }
+
+    #[test]
+    fn kitti_instances_are_decoded_in_value_order() {
+        // class 26 (car) instances 1 and 0 ("group"), class 7 (road), class 24 (person) instance 3, void 0.
+        let values = [26 * 256 + 1, 7 * 256, 24 * 256 + 3, 26 * 256, 0, 26 * 256 + 1, 34 * 256 + 1, 23 * 256 + 2];
+        assert_eq!(decode_kitti_instances(&values), vec![3, 0, 1, 2, 0, 3, 0, 0]);
+    }
+
+    #[test]
+    fn quasi_static_retrieval_counts() {
+        let selected = [true, true, false, false, true];
+        let truth = [true, false, true, false, true];
+        let scores = quasi_static_retrieval(&selected, &truth).expect("same length");
+        assert_eq!((scores.true_positives, scores.false_positives, scores.false_negatives, scores.true_negatives), (2, 1, 1, 1));
+        assert_eq!((scores.accuracy, scores.precision, scores.recall), (0.6, 2.0 / 3.0, 2.0 / 3.0));
+    }
+}
