@@ -237,3 +237,142 @@ fn flow_size_mismatch_is_reported_with_both_sizes() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(stderr.contains("0000.npy: flow is 96x64 but frames are processed at 48x32"), "{stderr}");
 }
+
+/// Frames with real texture and a textured box moving 6 px right per frame over a static background.
+fn write_moving_box_frames(dir: &Path, frames: usize, height: usize, width: usize) {
+    let texture = |r: i64, c: i64, salt: i64| -> u8 {
+        let (x, y) = (c as f32, r as f32);
+        let v = 128.0 + 50.0 * (x * 0.23 + salt as f32).sin() * (y * 0.19).cos() + 40.0 * ((x + 2.0 * y) * 0.09).sin();
+        v.clamp(0.0, 255.0) as u8
+    };
+    for k in 0..frames {
+        let shift = 6 * k as i64;
+        let mut data = Vec::with_capacity(height * width * 3);
+        for r in 0..height as i64 {
+            for c in 0..width as i64 {
+                let inside = (40..90).contains(&r) && (20 + shift..70 + shift).contains(&c);
+                let v = if inside { texture(r, c - shift, 7) / 2 + 100 } else { texture(r, c, 0) };
+                data.extend([v, v / 2 + 60, 255 - v]);
+            }
+        }
+        let mat = Mat::new_rows_cols_with_data(height as i32, (width * 3) as i32, &data)
+            .unwrap()
+            .reshape(3, height as i32)
+            .unwrap()
+            .try_clone()
+            .unwrap();
+        let mut buf = Vector::<u8>::new();
+        opencv::imgcodecs::imencode_def(".png", &mat, &mut buf).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(format!("{k:03}.png")), buf.as_slice()).unwrap();
+    }
+}
+
+#[test]
+fn dis_flow_finds_the_moving_box_and_flow_export_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("frames");
+    write_moving_box_frames(&root.join("clip"), 8, 128, 160);
+    let out = dir.path().join("out");
+    run_ok(mrdino().args(["labels", "--dataset", "frames", "--quiet", "--flow", "dis"]).arg("--root").arg(&root).arg("--out").arg(&out));
+    let (frames, instances) = tables(&out);
+    assert_eq!(frames.len(), 7);
+    assert!(frames.iter().all(|f| f.quasi_static && f.labelled), "{frames:?}");
+    for f in &frames {
+        let own: Vec<&InstanceRow> = instances.iter().filter(|i| i.frame_index == f.frame_index).collect();
+        let biggest = own.iter().max_by_key(|i| i.area_px).expect("an instance per frame");
+        // The box is 50×50 at x = 20 + 6k; DIS finds most of it.
+        let [x, y, w, h] = biggest.bbox_xywh;
+        let cx = x + w / 2.0;
+        let expected_cx = 45.0 + 6.0 * f.frame_index as f32;
+        assert!((cx - expected_cx).abs() < 12.0 && (y + h / 2.0 - 65.0).abs() < 12.0, "frame {}: {:?}", f.frame_index, biggest.bbox_xywh);
+        assert!(biggest.area_px > 1200 && (biggest.mean_flow_px - 6.0).abs() < 1.5, "{biggest:?}");
+    }
+
+    // Exported flow, imported back, gives the same rows.
+    let flow_dir = dir.path().join("flow");
+    run_ok(mrdino().args(["flow", "--dataset", "frames", "--quiet", "--flow", "dis"]).arg("--root").arg(&root).arg("--out").arg(&flow_dir));
+    assert_eq!(std::fs::read_dir(flow_dir.join("clip")).unwrap().count(), 7);
+    let out2 = dir.path().join("out2");
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "frames", "--quiet", "--flow", "import"])
+            .arg("--root")
+            .arg(&root)
+            .arg("--flow-dir")
+            .arg(&flow_dir)
+            .arg("--out")
+            .arg(&out2),
+    );
+    let (frames2, instances2) = tables(&out2);
+    assert_eq!(instances2, instances);
+    assert_eq!(frames2.len(), frames.len());
+    assert!(frames2.iter().zip(&frames).all(|(a, b)| a.corner_flow_px == b.corner_flow_px && a.excluded_reason == b.excluded_reason));
+}
+
+/// Random-weight RAFT-small converted to safetensors with the project's converter.
+fn random_raft_small(dir: &Path) -> PathBuf {
+    let pth = dir.join("raft_small_random.pth");
+    let out = dir.join("raft_small_random.safetensors");
+    let script = format!(
+        "import torch, torchvision\ntorch.manual_seed(0)\nm = torchvision.models.optical_flow.raft_small(weights=None)\ntorch.save(m.state_dict(), {:?})\n",
+        pth.display().to_string()
+    );
+    let gen = Command::new(python()).args(["-c", &script]).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    let conv = Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/convert_raft.py"))
+        .arg(&pth)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(conv.status.success(), "{}", String::from_utf8_lossy(&conv.stderr));
+    out
+}
+
+#[test]
+fn raft_small_with_random_weights_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("frames");
+    write_moving_box_frames(&root.join("clip"), 6, 128, 160);
+    let weights = random_raft_small(dir.path());
+    let out = dir.path().join("out");
+    let net = |cmd: &mut Command| {
+        cmd.args(["--quiet", "--flow", "raft-small", "--flow-batch", "2", "--device", "cpu", "--torch-threads", "2"])
+            .arg("--weights")
+            .arg(&weights)
+            .arg("--root")
+            .arg(&root);
+    };
+    let mut labels = mrdino();
+    labels.args(["labels", "--dataset", "frames"]).arg("--out").arg(&out);
+    net(&mut labels);
+    run_ok(&mut labels);
+    let (frames, instances) = tables(&out);
+    assert_eq!(frames.len(), 5);
+    assert!(frames.iter().all(|f| f.corner_flow_px.is_some_and(|c| c.iter().all(|x| x.is_finite()))));
+    // The weights' SHA-256 is part of the parameters and of every file's metadata.
+    let file = std::fs::read_dir(out.join("frames")).unwrap().next().unwrap().unwrap().path();
+    let file = std::fs::read_dir(file).unwrap().next().unwrap().unwrap().path();
+    let (_, meta) = mrdino_outputs::tables::read_parquet(&file).unwrap();
+    let sha = meta.iter().find(|(k, _)| k == "mrdino.flow_weights_sha256").map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(sha.len(), 64);
+    assert!(meta.iter().any(|(k, v)| k == "mrdino.params" && v.contains(&sha) && v.contains("raft-small")));
+
+    // The same network through `mrdino flow` and `--flow import` gives the same rows.
+    let flow_dir = dir.path().join("flow");
+    let mut export = mrdino();
+    export.args(["flow", "--dataset", "frames"]).arg("--out").arg(&flow_dir);
+    net(&mut export);
+    run_ok(&mut export);
+    let out2 = dir.path().join("out2");
+    run_ok(mrdino().args(["labels", "--dataset", "frames", "--quiet", "--flow", "import"]).arg("--root").arg(&root).arg("--flow-dir").arg(&flow_dir).arg("--out").arg(&out2));
+    let (frames2, instances2) = tables(&out2);
+    assert_eq!(instances2, instances);
+    assert!(frames2.iter().zip(&frames).all(|(a, b)| a.corner_flow_px == b.corner_flow_px));
+
+    // Weights of another architecture are refused by name.
+    let wrong = mrdino().args(["labels", "--dataset", "frames", "--quiet", "--flow", "smurf"]).arg("--weights").arg(&weights).arg("--root").arg(&root).arg("--out").arg(dir.path().join("o3")).output().unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("holds raft-small weights, not smurf"));
+}

@@ -6,7 +6,9 @@
 //! Exit codes: 0 success; 1 error (configuration, I/O); 2 usage; 3 completed, but some units or frames failed;
 //! 4 stopped early (signal or `--time-budget`): run the same command again to resume.
 
+mod cmd_flow;
 mod config;
+mod flowsel;
 mod overlays;
 mod run;
 mod unit;
@@ -16,15 +18,14 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mrdino_datasets::{DatasetKind, Processing, SourceOptions};
 use mrdino_outputs::layout::Layout;
-use mrdino_stages::flow::{DisFlow, DisPreset, FarnebackFlow};
 
 use config::{ConfigFile, FlowParams, Params, Preset};
 use run::{plan_units, run_labels, RunOptions, STOP};
-use unit::FlowSource;
+use flowsel::{build_flow, FlowArgs};
 
 const EXIT_FAILURES: u8 = 3;
 const EXIT_STOPPED: u8 = 4;
@@ -40,16 +41,8 @@ struct Cli {
 enum Command {
     /// Frames → flow → quasi-static selection → instances → Parquet.
     Labels(Box<LabelsArgs>),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum FlowChoice {
-    /// OpenCV DIS (CPU; the default).
-    Dis,
-    /// OpenCV Farnebäck (CPU).
-    Farneback,
-    /// Flow computed elsewhere: `--flow-dir DIR` holds DIR/<sequence id>/<frame name>.{npy,flo,png}.
-    Import,
+    /// Compute forward flow and write it as files readable by `labels --flow import`.
+    Flow(Box<cmd_flow::FlowCmdArgs>),
 }
 
 #[derive(clap::Args)]
@@ -76,15 +69,8 @@ struct LabelsArgs {
     /// Resize every frame to WxH before flow (overrides the dataset's reference geometry).
     #[arg(long, value_parser = parse_size)]
     resize: Option<(usize, usize)>,
-    /// Flow backend.
-    #[arg(long, value_enum, default_value = "dis")]
-    flow: FlowChoice,
-    /// DIS preset: ultrafast, fast, medium.
-    #[arg(long, default_value = "medium")]
-    dis_preset: String,
-    /// Directory of precomputed flow for `--flow import`.
-    #[arg(long)]
-    flow_dir: Option<PathBuf>,
+    #[command(flatten)]
+    flow: FlowArgs,
     /// Worker threads for the CPU stages (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -178,7 +164,7 @@ fn shard_from_env() -> Result<Option<(u64, u64)>> {
     parse_shard(&format!("{index}/{count}")).map(Some).map_err(anyhow::Error::msg)
 }
 
-fn resolve_params(args: &LabelsArgs) -> Result<Params> {
+fn resolve_params(args: &LabelsArgs, flow: FlowParams) -> Result<Params> {
     let preset = args.preset.unwrap_or(Preset::for_dataset(args.dataset));
     let mut select = preset.select();
     let mut instances = preset.instances();
@@ -208,16 +194,6 @@ fn resolve_params(args: &LabelsArgs) -> Result<Params> {
     if let Some(v) = args.min_instance_px {
         instances.min_instance_px = v;
     }
-    let flow = match args.flow {
-        FlowChoice::Dis => {
-            if DisPreset::parse(&args.dis_preset).is_none() {
-                bail!("unknown DIS preset `{}` (expected ultrafast, fast or medium)", args.dis_preset);
-            }
-            FlowParams::Dis { preset: args.dis_preset.clone() }
-        }
-        FlowChoice::Farneback => FlowParams::Farneback,
-        FlowChoice::Import => FlowParams::Import,
-    };
     let params = Params {
         dataset: args.dataset,
         preset,
@@ -234,25 +210,9 @@ fn resolve_params(args: &LabelsArgs) -> Result<Params> {
     Ok(params)
 }
 
-fn flow_source(args: &LabelsArgs, params: &Params) -> Result<FlowSource> {
-    Ok(match &params.flow {
-        FlowParams::Dis { preset } => {
-            let preset = DisPreset::parse(preset).context("unknown DIS preset")?;
-            FlowSource::Estimator { estimator: Box::new(DisFlow::new(preset)?), batch: 1 }
-        }
-        FlowParams::Farneback => FlowSource::Estimator { estimator: Box::new(FarnebackFlow), batch: 1 },
-        FlowParams::Import => {
-            let dir = args.flow_dir.clone().context("--flow import needs --flow-dir DIR")?;
-            if !dir.is_dir() {
-                bail!("flow directory {} does not exist", dir.display());
-            }
-            FlowSource::Import { dir }
-        }
-    })
-}
-
 fn labels(args: &LabelsArgs) -> Result<ExitCode> {
-    let params = resolve_params(args)?;
+    let built = build_flow(&args.flow)?;
+    let params = resolve_params(args, built.params.clone())?;
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("cannot size the thread pool")?;
     }
@@ -269,21 +229,22 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
     let sequences = plan_units(&source)?;
     if !args.quiet {
         eprintln!(
-            "{} sequences of `{}`; preset {}, flow {}, params {}",
+            "{} sequences of `{}`; preset {}, flow {} on {}, params {}",
             sequences.len(),
             args.dataset.name(),
             params.preset.name(),
             params.flow.name(),
+            built.device,
             params.hash()
         );
     }
-    let mut flow = flow_source(args, &params)?;
+    let mut flow = built.source;
     let options = RunOptions {
         out: args.out.clone(),
         shard,
         time_budget: args.time_budget.map(Duration::from_secs_f64),
         progress: !args.quiet,
-        flow_weights_sha256: None,
+        flow_weights_sha256: built.weights_sha256.clone(),
     };
     let manifest = run_labels(&params, &sequences, &mut flow, &options)?;
     let t = &manifest.totals;
@@ -337,6 +298,7 @@ fn main() -> ExitCode {
     }
     let result = match &cli.command {
         Command::Labels(args) => labels(args),
+        Command::Flow(args) => cmd_flow::run(args),
     };
     match result {
         Ok(code) => code,
