@@ -77,7 +77,13 @@ pub struct SynthParams {
 
 impl Default for SynthParams {
     fn default() -> Self {
-        Self { seed: 0, sequences: 3, frames: 24, height: 128, width: 320 }
+        Self {
+            seed: 0,
+            sequences: 3,
+            frames: 24,
+            height: 128,
+            width: 320,
+        }
     }
 }
 
@@ -88,11 +94,16 @@ impl SynthParams {
             return invalid("at least one sequence is needed".into());
         }
         if !(2..=MAX_FRAMES).contains(&self.frames) {
-            return invalid(format!("frames must be in 2..={MAX_FRAMES} (a pair is needed for flow), got {}", self.frames));
+            return invalid(format!(
+                "frames must be in 2..={MAX_FRAMES} (a pair is needed for flow), got {}",
+                self.frames
+            ));
         }
         for (name, side) in [("height", self.height), ("width", self.width)] {
             if !(MIN_SIDE_PX..=MAX_SIDE_PX).contains(&side) {
-                return invalid(format!("{name} must be in {MIN_SIDE_PX}..={MAX_SIDE_PX} px, got {side}"));
+                return invalid(format!(
+                    "{name} must be in {MIN_SIDE_PX}..={MAX_SIDE_PX} px, got {side}"
+                ));
             }
         }
         Ok(())
@@ -105,7 +116,10 @@ pub enum SynthError {
     #[error("invalid synth parameters: {message}")]
     InvalidParams { message: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: encoding failed: {message}")]
     Encode { path: PathBuf, message: String },
 }
@@ -121,7 +135,11 @@ pub struct SynthSummary {
 impl SynthSummary {
     /// Number of files written, `synth.json` included.
     pub fn files_written(&self) -> usize {
-        1 + self.sequences.iter().map(|s| s.files_written).sum::<usize>()
+        1 + self
+            .sequences
+            .iter()
+            .map(|s| s.files_written)
+            .sum::<usize>()
     }
 }
 
@@ -177,9 +195,17 @@ pub fn generate(params: &SynthParams, out_dir: &Path) -> Result<SynthSummary, Sy
         sequences.push(write_sequence(&scene, out_dir)?);
     }
     let names: Vec<String> = sequences.iter().map(|s| s.name.clone()).collect();
-    let top = SynthJson { format_version: SYNTH_FORMAT_VERSION, params: params.clone(), sequences: names };
+    let top = SynthJson {
+        format_version: SYNTH_FORMAT_VERSION,
+        params: params.clone(),
+        sequences: names,
+    };
     write_json(&out_dir.join("synth.json"), &top)?;
-    Ok(SynthSummary { out_dir: out_dir.to_path_buf(), params: params.clone(), sequences })
+    Ok(SynthSummary {
+        out_dir: out_dir.to_path_buf(),
+        params: params.clone(),
+        sequences,
+    })
 }
 
 #[derive(Serialize)]
@@ -238,7 +264,10 @@ fn write_sequence(scene: &Scene, out_dir: &Path) -> Result<SequenceSummary, Synt
     let instances_dir = out_dir.join("instances").join(&name);
     let meta_dir = out_dir.join("meta");
     for dir in [&frames_dir, &flow_dir, &instances_dir, &meta_dir] {
-        fs::create_dir_all(dir).map_err(|source| SynthError::Io { path: dir.clone(), source })?;
+        fs::create_dir_all(dir).map_err(|source| SynthError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     }
 
     let frame_count = scene.cameras.len();
@@ -247,11 +276,26 @@ fn write_sequence(scene: &Scene, out_dir: &Path) -> Result<SequenceSummary, Synt
     for t in 0..frame_count {
         let rendered = scene.render(t);
         let stem = frame_name(t);
-        write_png_rgb(&frames_dir.join(format!("{stem}.png")), scene.height, scene.width, &rendered.rgb)?;
-        write_png_u16(&instances_dir.join(format!("{stem}.png")), scene.height, scene.width, &rendered.ids)?;
+        write_png_rgb(
+            &frames_dir.join(format!("{stem}.png")),
+            scene.height,
+            scene.width,
+            &rendered.rgb,
+        )?;
+        write_png_u16(
+            &instances_dir.join(format!("{stem}.png")),
+            scene.height,
+            scene.width,
+            &rendered.ids,
+        )?;
         files_written += 2;
         if let Some(flow) = &rendered.flow_uv {
-            write_flow_npy(&flow_dir.join(format!("{stem}.npy")), scene.height, scene.width, flow)?;
+            write_flow_npy(
+                &flow_dir.join(format!("{stem}.npy")),
+                scene.height,
+                scene.width,
+                flow,
+            )?;
             files_written += 1;
         }
         frames.push(scene.frame_meta(t, &rendered.ids));
@@ -260,18 +304,37 @@ fn write_sequence(scene: &Scene, out_dir: &Path) -> Result<SequenceSummary, Synt
     let objects = scene
         .objects
         .iter()
-        .map(|o| ObjectInfo { id: o.id, shape: o.shape.name(), motion: o.motion, depth_rank: o.depth_rank })
+        .map(|o| ObjectInfo {
+            id: o.id,
+            shape: o.shape.name(),
+            motion: o.motion,
+            depth_rank: o.depth_rank,
+        })
         .collect();
-    let meta = SequenceMeta { sequence: name.clone(), height: scene.height, width: scene.width, frames, objects };
+    let meta = SequenceMeta {
+        sequence: name.clone(),
+        height: scene.height,
+        width: scene.width,
+        frames,
+        objects,
+    };
     write_json(&meta_dir.join(format!("{name}.json")), &meta)?;
     files_written += 1;
 
-    let static_camera_pairs = scene.camera_motions.iter().filter(|m| **m == CameraMotion::Static).count();
+    let static_camera_pairs = scene
+        .camera_motions
+        .iter()
+        .filter(|m| **m == CameraMotion::Static)
+        .count();
     Ok(SequenceSummary {
         name,
         frames: frame_count,
         objects: scene.objects.len(),
-        moving_objects: scene.objects.iter().filter(|o| o.motion != ObjectMotion::Static).count(),
+        moving_objects: scene
+            .objects
+            .iter()
+            .filter(|o| o.motion != ObjectMotion::Static)
+            .count(),
         static_camera_pairs,
         moving_camera_pairs: scene.camera_motions.len() - static_camera_pairs,
         files_written,
@@ -325,7 +388,9 @@ fn finalize(mut z: u64) -> u64 {
 }
 
 fn hash(parts: &[u64]) -> u64 {
-    parts.iter().fold(0x243F_6A88_85A3_08D3, |acc, &p| finalize(acc ^ p.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    parts.iter().fold(0x243F_6A88_85A3_08D3, |acc, &p| {
+        finalize(acc ^ p.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    })
 }
 
 fn hash_unit(parts: &[u64]) -> f64 {
@@ -366,22 +431,45 @@ struct Stripes {
 
 impl Texture {
     fn random(rng: &mut SplitMix64, noise_cell_px: f64) -> Self {
-        let dark = [rng.range(10.0, 110.0), rng.range(10.0, 110.0), rng.range(10.0, 110.0)];
-        let light = [rng.range(140.0, 245.0), rng.range(140.0, 245.0), rng.range(140.0, 245.0)];
+        let dark = [
+            rng.range(10.0, 110.0),
+            rng.range(10.0, 110.0),
+            rng.range(10.0, 110.0),
+        ];
+        let light = [
+            rng.range(140.0, 245.0),
+            rng.range(140.0, 245.0),
+            rng.range(140.0, 245.0),
+        ];
         let mut stripes = || {
             let angle = rng.range(0.0, PI);
             let period_px = rng.range(9.0, 16.0);
-            Stripes { kx: angle.cos() / period_px, ky: angle.sin() / period_px, weight: rng.range(0.15, 0.3) }
+            Stripes {
+                kx: angle.cos() / period_px,
+                ky: angle.sin() / period_px,
+                weight: rng.range(0.15, 0.3),
+            }
         };
         let stripes = [stripes(), stripes()];
-        Self { dark, light, noise_seed: rng.next_u64(), noise_cell_px, stripes }
+        Self {
+            dark,
+            light,
+            noise_seed: rng.next_u64(),
+            noise_cell_px,
+            stripes,
+        }
     }
 
     fn color(&self, x: f64, y: f64) -> [f64; 3] {
         let mut mix = 0.0;
         let mut cell = self.noise_cell_px;
         for (octave, amplitude) in [0.5, 0.3, 0.2].into_iter().enumerate() {
-            mix += amplitude * value_noise(self.noise_seed.wrapping_add(octave as u64), x / cell, y / cell);
+            mix += amplitude
+                * value_noise(
+                    self.noise_seed.wrapping_add(octave as u64),
+                    x / cell,
+                    y / cell,
+                );
             cell *= 0.5;
         }
         mix *= 0.6;
@@ -397,10 +485,18 @@ impl Texture {
 // Geometry: shapes, poses, camera
 
 enum Shape {
-    Rect { half_width_px: f64, half_height_px: f64 },
-    Ellipse { radius_x_px: f64, radius_y_px: f64 },
+    Rect {
+        half_width_px: f64,
+        half_height_px: f64,
+    },
+    Ellipse {
+        radius_x_px: f64,
+        radius_y_px: f64,
+    },
     /// A closed polygon (even-odd rule), vertices in surface coordinates.
-    Polygon { vertices: Vec<(f64, f64)> },
+    Polygon {
+        vertices: Vec<(f64, f64)>,
+    },
 }
 
 impl Shape {
@@ -414,10 +510,14 @@ impl Shape {
 
     fn contains(&self, x: f64, y: f64) -> bool {
         match self {
-            Shape::Rect { half_width_px, half_height_px } => x.abs() <= *half_width_px && y.abs() <= *half_height_px,
-            Shape::Ellipse { radius_x_px, radius_y_px } => {
-                (x / radius_x_px).powi(2) + (y / radius_y_px).powi(2) <= 1.0
-            }
+            Shape::Rect {
+                half_width_px,
+                half_height_px,
+            } => x.abs() <= *half_width_px && y.abs() <= *half_height_px,
+            Shape::Ellipse {
+                radius_x_px,
+                radius_y_px,
+            } => (x / radius_x_px).powi(2) + (y / radius_y_px).powi(2) <= 1.0,
             Shape::Polygon { vertices } => {
                 let mut inside = false;
                 let mut previous = vertices[vertices.len() - 1];
@@ -436,9 +536,18 @@ impl Shape {
     /// Distance from the origin to the farthest point of the shape.
     fn radius_px(&self) -> f64 {
         match self {
-            Shape::Rect { half_width_px, half_height_px } => half_width_px.hypot(*half_height_px),
-            Shape::Ellipse { radius_x_px, radius_y_px } => radius_x_px.max(*radius_y_px),
-            Shape::Polygon { vertices } => vertices.iter().map(|(x, y)| x.hypot(*y)).fold(0.0, f64::max),
+            Shape::Rect {
+                half_width_px,
+                half_height_px,
+            } => half_width_px.hypot(*half_height_px),
+            Shape::Ellipse {
+                radius_x_px,
+                radius_y_px,
+            } => radius_x_px.max(*radius_y_px),
+            Shape::Polygon { vertices } => vertices
+                .iter()
+                .map(|(x, y)| x.hypot(*y))
+                .fold(0.0, f64::max),
         }
     }
 
@@ -447,7 +556,9 @@ impl Shape {
         match self {
             Shape::Rect { half_width_px, .. } => *half_width_px,
             Shape::Ellipse { radius_x_px, .. } => *radius_x_px,
-            Shape::Polygon { vertices } => vertices.iter().map(|(x, _)| x.abs()).fold(0.0, f64::max),
+            Shape::Polygon { vertices } => {
+                vertices.iter().map(|(x, _)| x.abs()).fold(0.0, f64::max)
+            }
         }
     }
 }
@@ -462,15 +573,21 @@ struct Pose {
 }
 
 impl Pose {
-    fn to_surface(&self, wx: f64, wy: f64) -> (f64, f64) {
+    fn to_surface(self, wx: f64, wy: f64) -> (f64, f64) {
         let (sin, cos) = self.angle_rad.sin_cos();
         let (dx, dy) = (wx - self.x, wy - self.y);
-        ((cos * dx + sin * dy) / self.scale, (-sin * dx + cos * dy) / self.scale)
+        (
+            (cos * dx + sin * dy) / self.scale,
+            (-sin * dx + cos * dy) / self.scale,
+        )
     }
 
-    fn to_world(&self, sx: f64, sy: f64) -> (f64, f64) {
+    fn to_world(self, sx: f64, sy: f64) -> (f64, f64) {
         let (sin, cos) = self.angle_rad.sin_cos();
-        (self.x + self.scale * (cos * sx - sin * sy), self.y + self.scale * (sin * sx + cos * sy))
+        (
+            self.x + self.scale * (cos * sx - sin * sy),
+            self.y + self.scale * (sin * sx + cos * sy),
+        )
     }
 }
 
@@ -485,12 +602,18 @@ struct Camera {
 }
 
 impl Camera {
-    fn to_world(&self, x: f64, y: f64) -> (f64, f64) {
-        (self.centre_x + (x - self.image_centre_x) / self.zoom, self.centre_y + (y - self.image_centre_y) / self.zoom)
+    fn to_world(self, x: f64, y: f64) -> (f64, f64) {
+        (
+            self.centre_x + (x - self.image_centre_x) / self.zoom,
+            self.centre_y + (y - self.image_centre_y) / self.zoom,
+        )
     }
 
-    fn to_image(&self, wx: f64, wy: f64) -> (f64, f64) {
-        (self.zoom * (wx - self.centre_x) + self.image_centre_x, self.zoom * (wy - self.centre_y) + self.image_centre_y)
+    fn to_image(self, wx: f64, wy: f64) -> (f64, f64) {
+        (
+            self.zoom * (wx - self.centre_x) + self.image_centre_x,
+            self.zoom * (wy - self.centre_y) + self.image_centre_y,
+        )
     }
 }
 
@@ -550,7 +673,16 @@ impl Scene {
         let camera_motions = camera_schedule(&mut rng, pairs, index);
         let cameras = camera_path(&mut rng, &camera_motions, height, width);
         let objects = make_objects(&mut rng, params.frames, height, width);
-        Self { index, seed, height, width, background, objects, cameras, camera_motions }
+        Self {
+            index,
+            seed,
+            height,
+            width,
+            background,
+            objects,
+            cameras,
+            camera_motions,
+        }
     }
 
     fn render(&self, t: usize) -> Rendered {
@@ -574,30 +706,48 @@ impl Scene {
         for row in 0..height {
             for col in 0..width {
                 let (wx, wy) = camera.to_world(col as f64, row as f64);
-                let hit = self.objects.iter().zip(&bounds).find_map(|(object, &(cx, cy, r))| {
-                    if (wx - cx).powi(2) + (wy - cy).powi(2) > r * r {
-                        return None;
-                    }
-                    let (sx, sy) = object.poses[t].to_surface(wx, wy);
-                    object.shape.contains(sx, sy).then_some((object, sx, sy))
-                });
+                let hit = self
+                    .objects
+                    .iter()
+                    .zip(&bounds)
+                    .find_map(|(object, &(cx, cy, r))| {
+                        if (wx - cx).powi(2) + (wy - cy).powi(2) > r * r {
+                            return None;
+                        }
+                        let (sx, sy) = object.poses[t].to_surface(wx, wy);
+                        object.shape.contains(sx, sy).then_some((object, sx, sy))
+                    });
                 // The surface point in world coordinates now and at t+1. Mapping both through the cameras
                 // (instead of subtracting the pixel position) makes the flow exactly zero when neither the
                 // surface nor the camera moves, free of round-off from the inverse mapping.
                 let (color, id, world, next_world) = match hit {
                     Some((object, sx, sy)) => {
                         let next = object.poses.get(t + 1).map(|p| p.to_world(sx, sy));
-                        (object.texture.color(sx, sy), object.id, object.poses[t].to_world(sx, sy), next)
+                        (
+                            object.texture.color(sx, sy),
+                            object.id,
+                            object.poses[t].to_world(sx, sy),
+                            next,
+                        )
                     }
                     None => (self.background.color(wx, wy), 0, (wx, wy), Some((wx, wy))),
                 };
                 for (channel, value) in color.iter().enumerate() {
-                    let noise = (2.0 * hash_unit(&[self.seed, t as u64, row as u64, col as u64, channel as u64]) - 1.0)
-                        * NOISE_AMPLITUDE;
+                    let noise =
+                        (2.0 * hash_unit(&[
+                            self.seed,
+                            t as u64,
+                            row as u64,
+                            col as u64,
+                            channel as u64,
+                        ]) - 1.0)
+                            * NOISE_AMPLITUDE;
                     rgb.push((value + noise).round().clamp(0.0, 255.0) as u8);
                 }
                 ids.push(id);
-                if let (Some(flow), Some(next_camera), Some((nwx, nwy))) = (flow_uv.as_mut(), next_camera, next_world) {
+                if let (Some(flow), Some(next_camera), Some((nwx, nwy))) =
+                    (flow_uv.as_mut(), next_camera, next_world)
+                {
                     let (x0, y0) = camera.to_image(world.0, world.1);
                     let (x1, y1) = next_camera.to_image(nwx, nwy);
                     flow.push((x1 - x0) as f32);
@@ -609,15 +759,26 @@ impl Scene {
     }
 
     fn frame_meta(&self, t: usize, ids: &[u16]) -> FrameMeta {
-        let camera = self.camera_motions.get(t).map(|&motion| CameraMeta { motion, is_static: motion == CameraMotion::Static });
+        let camera = self.camera_motions.get(t).map(|&motion| CameraMeta {
+            motion,
+            is_static: motion == CameraMotion::Static,
+        });
         let mut objects: Vec<VisibleObject> = self
             .objects
             .iter()
-            .map(|o| VisibleObject { id: o.id, visible_px: ids.iter().filter(|&&i| i == o.id).count(), moving: o.moves_after(t) })
+            .map(|o| VisibleObject {
+                id: o.id,
+                visible_px: ids.iter().filter(|&&i| i == o.id).count(),
+                moving: o.moves_after(t),
+            })
             .filter(|o| o.visible_px > 0)
             .collect();
         objects.sort_by_key(|o| o.id);
-        FrameMeta { frame: frame_name(t), camera, objects }
+        FrameMeta {
+            frame: frame_name(t),
+            camera,
+            objects,
+        }
     }
 }
 
@@ -631,12 +792,18 @@ fn camera_schedule(rng: &mut SplitMix64, pairs: usize, sequence_index: usize) ->
     let mut schedule = Vec::with_capacity(pairs);
     while schedule.len() < pairs {
         let (motion, length) = if is_static {
-            (CameraMotion::Static, rng.int(MIN_STATIC_SEGMENT_PAIRS, MIN_STATIC_SEGMENT_PAIRS + 4))
+            (
+                CameraMotion::Static,
+                rng.int(MIN_STATIC_SEGMENT_PAIRS, MIN_STATIC_SEGMENT_PAIRS + 4),
+            )
         } else {
             kind += 1;
             (MOVING[(kind - 1) % MOVING.len()], rng.int(3, 5))
         };
-        schedule.extend(std::iter::repeat_n(motion, length.min(pairs - schedule.len())));
+        schedule.extend(std::iter::repeat_n(
+            motion,
+            length.min(pairs - schedule.len()),
+        ));
         is_static = !is_static;
     }
     schedule
@@ -646,10 +813,21 @@ fn camera_schedule(rng: &mut SplitMix64, pairs: usize, sequence_index: usize) ->
 /// mostly horizontal, alternating between segments so the camera does not drift away), zoom scales about the
 /// image centre so that the corner regions move by 3.5–5 px per frame, shake jumps 2.5–4 px in a random
 /// direction every frame.
-fn camera_path(rng: &mut SplitMix64, motions: &[CameraMotion], height: usize, width: usize) -> Vec<Camera> {
+fn camera_path(
+    rng: &mut SplitMix64,
+    motions: &[CameraMotion],
+    height: usize,
+    width: usize,
+) -> Vec<Camera> {
     let image_centre_x = (width as f64 - 1.0) / 2.0;
     let image_centre_y = (height as f64 - 1.0) / 2.0;
-    let mut camera = Camera { centre_x: image_centre_x, centre_y: image_centre_y, zoom: 1.0, image_centre_x, image_centre_y };
+    let mut camera = Camera {
+        centre_x: image_centre_x,
+        centre_y: image_centre_y,
+        zoom: 1.0,
+        image_centre_x,
+        image_centre_y,
+    };
     // Distance from the image centre to the middle of a 15 % corner region.
     let corner_distance_px = 0.425 * (width as f64).hypot(height as f64);
     let mut pan_sign = rng.sign();
@@ -675,7 +853,13 @@ fn camera_path(rng: &mut SplitMix64, motions: &[CameraMotion], height: usize, wi
             CameraMotion::Zoom => {
                 if segment_start {
                     // Zoom in when the camera is zoomed out and vice versa, so the zoom stays near 1.
-                    let direction = if camera.zoom < 1.0 { 1.0 } else if camera.zoom > 1.0 { -1.0 } else { rng.sign() };
+                    let direction = if camera.zoom < 1.0 {
+                        1.0
+                    } else if camera.zoom > 1.0 {
+                        -1.0
+                    } else {
+                        rng.sign()
+                    };
                     zoom_step = 1.0 + direction * rng.range(3.5, 5.0) / corner_distance_px;
                 }
                 camera.zoom *= zoom_step;
@@ -708,12 +892,15 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
         depth_ranks.swap(i, rng.int(0, i));
     }
 
-    for index in 0..count {
+    for (index, &depth_rank) in depth_ranks.iter().enumerate() {
         let shape = match index {
             0 | 1 => random_rect(rng, base_px),
             _ => match rng.int(0, 2) {
                 0 => random_rect(rng, base_px),
-                1 => Shape::Ellipse { radius_x_px: base_px * rng.range(0.45, 0.9), radius_y_px: base_px * rng.range(0.45, 0.9) },
+                1 => Shape::Ellipse {
+                    radius_x_px: base_px * rng.range(0.45, 0.9),
+                    radius_y_px: base_px * rng.range(0.45, 0.9),
+                },
                 _ => random_polygon(rng, base_px),
             },
         };
@@ -721,7 +908,11 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
             0 => ObjectMotion::Translate,
             1 => ObjectMotion::Static,
             _ if rng.chance(0.3) => ObjectMotion::Static,
-            _ => [ObjectMotion::Translate, ObjectMotion::TranslateRotate, ObjectMotion::TranslateScale][rng.int(0, 2)],
+            _ => [
+                ObjectMotion::Translate,
+                ObjectMotion::TranslateRotate,
+                ObjectMotion::TranslateScale,
+            ][rng.int(0, 2)],
         };
         let speed_px = rng.range(4.5, 7.5);
         let heading = rng.range(-0.6, 0.6) + if rng.chance(0.5) { 0.0 } else { PI };
@@ -732,17 +923,28 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
             0 => (rng.range(0.3, 0.5) * w, rng.range(0.35, 0.65) * h),
             1 => {
                 let first = &objects[0];
-                let touching_x = first.poses[0].x + first.shape.half_width_px() + shape.half_width_px();
-                (touching_x, first.poses[0].y + rng.range(-0.3, 0.3) * base_px)
+                let touching_x =
+                    first.poses[0].x + first.shape.half_width_px() + shape.half_width_px();
+                (
+                    touching_x,
+                    first.poses[0].y + rng.range(-0.3, 0.3) * base_px,
+                )
             }
             2 if motion != ObjectMotion::Static => {
                 let first = &objects[0];
-                (first.poses[0].x + 0.5 * radius_px, first.poses[0].y + 0.4 * radius_px)
+                (
+                    first.poses[0].x + 0.5 * radius_px,
+                    first.poses[0].y + 0.4 * radius_px,
+                )
             }
             _ if motion != ObjectMotion::Static && rng.chance(0.4) => {
                 // Enter from the left or right edge, heading into the frame.
                 let from_left = velocity.0 > 0.0;
-                let x = if from_left { -0.8 * radius_px } else { w - 1.0 + 0.8 * radius_px };
+                let x = if from_left {
+                    -0.8 * radius_px
+                } else {
+                    w - 1.0 + 0.8 * radius_px
+                };
                 (x, rng.range(0.25, 0.75) * h)
             }
             _ => (rng.range(0.1, 0.9) * w, rng.range(0.2, 0.8) * h),
@@ -750,13 +952,18 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
         if index == 2 && motion != ObjectMotion::Static {
             // Overlapping object 1 but heading roughly the opposite way.
             let first = &objects[0];
-            let (first_dx, first_dy) = (first.poses[1].x - first.poses[0].x, first.poses[1].y - first.poses[0].y);
+            let (first_dx, first_dy) = (
+                first.poses[1].x - first.poses[0].x,
+                first.poses[1].y - first.poses[0].y,
+            );
             let opposite = first_dy.atan2(first_dx) + PI + rng.range(-0.5, 0.5);
             velocity = (speed_px * opposite.cos(), speed_px * opposite.sin());
         }
 
         let rotation_rad = match motion {
-            ObjectMotion::TranslateRotate => rng.sign() * rng.range(0.2, 0.4) * speed_px / radius_px,
+            ObjectMotion::TranslateRotate => {
+                rng.sign() * rng.range(0.2, 0.4) * speed_px / radius_px
+            }
             _ => 0.0,
         };
         let scale_rate = match motion {
@@ -764,13 +971,19 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
             _ => 0.0,
         };
         // A quarter of the moving objects (never object 1) stop for a few frames.
-        let pause = (index > 0 && motion != ObjectMotion::Static && rng.chance(0.25) && frames > 8).then(|| {
-            let length = rng.int(3, 5);
-            let start = rng.int(1, frames.saturating_sub(length + 1).max(1));
-            start..start + length
-        });
+        let pause = (index > 0 && motion != ObjectMotion::Static && rng.chance(0.25) && frames > 8)
+            .then(|| {
+                let length = rng.int(3, 5);
+                let start = rng.int(1, frames.saturating_sub(length + 1).max(1));
+                start..start + length
+            });
 
-        let mut pose = Pose { x: start_x, y: start_y, angle_rad: rng.range(-0.3, 0.3), scale: 1.0 };
+        let mut pose = Pose {
+            x: start_x,
+            y: start_y,
+            angle_rad: rng.range(-0.3, 0.3),
+            scale: 1.0,
+        };
         if index <= 1 {
             pose.angle_rad = 0.0;
         }
@@ -784,7 +997,9 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
                 pose.y += velocity.1;
                 pose.angle_rad += rotation_rad;
                 if scale_rate > 0.0 {
-                    if (pose.scale > 1.5 && scale_direction > 0.0) || (pose.scale < 0.7 && scale_direction < 0.0) {
+                    if (pose.scale > 1.5 && scale_direction > 0.0)
+                        || (pose.scale < 0.7 && scale_direction < 0.0)
+                    {
                         scale_direction = -scale_direction;
                     }
                     pose.scale *= 1.0 + scale_direction * scale_rate / pose.scale.max(1.0);
@@ -799,7 +1014,7 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
             shape,
             texture: Texture::random(rng, noise_cell_px),
             motion,
-            depth_rank: depth_ranks[index],
+            depth_rank,
             poses,
         });
     }
@@ -808,7 +1023,10 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
 }
 
 fn random_rect(rng: &mut SplitMix64, base_px: f64) -> Shape {
-    Shape::Rect { half_width_px: base_px * rng.range(0.5, 1.0), half_height_px: base_px * rng.range(0.4, 0.8) }
+    Shape::Rect {
+        half_width_px: base_px * rng.range(0.5, 1.0),
+        half_height_px: base_px * rng.range(0.4, 0.8),
+    }
 }
 
 fn random_polygon(rng: &mut SplitMix64, base_px: f64) -> Shape {
@@ -817,7 +1035,12 @@ fn random_polygon(rng: &mut SplitMix64, base_px: f64) -> Shape {
     let vertices = (0..corners)
         .map(|k| {
             let angle = 2.0 * PI * (k as f64 + rng.range(-0.2, 0.2)) / corners as f64;
-            let r = radius_px * if k % 2 == 0 { 1.0 } else { rng.range(0.55, 0.9) };
+            let r = radius_px
+                * if k % 2 == 0 {
+                    1.0
+                } else {
+                    rng.range(0.55, 0.9)
+                };
             (r * angle.cos(), r * angle.sin())
         })
         .collect();
@@ -828,49 +1051,84 @@ fn random_polygon(rng: &mut SplitMix64, base_px: f64) -> Shape {
 // Atomic file output
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
     if let Err(source) = fs::write(&temporary, bytes) {
         // Best effort: a partial temporary file is never read by anyone, only left behind.
         let _ = fs::remove_file(&temporary);
-        return Err(SynthError::Io { path: temporary, source });
+        return Err(SynthError::Io {
+            path: temporary,
+            source,
+        });
     }
-    fs::rename(&temporary, path).map_err(|source| SynthError::Io { path: path.to_path_buf(), source })
+    fs::rename(&temporary, path).map_err(|source| SynthError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SynthError> {
-    let mut bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| SynthError::Encode { path: path.to_path_buf(), message: e.to_string() })?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| SynthError::Encode {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
 
 fn encode_png(path: &Path, mat: &impl ToInputArray) -> Result<Vec<u8>, SynthError> {
-    let encode_error = |message: String| SynthError::Encode { path: path.to_path_buf(), message };
+    let encode_error = |message: String| SynthError::Encode {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut buffer = Vector::<u8>::new();
     let params = Vector::<i32>::from_slice(&[imgcodecs::IMWRITE_PNG_COMPRESSION, 3]);
     match imgcodecs::imencode(".png", mat, &mut buffer, &params) {
         Ok(true) => Ok(buffer.iter().collect()),
-        Ok(false) => Err(encode_error("OpenCV refused to encode the image as PNG".into())),
+        Ok(false) => Err(encode_error(
+            "OpenCV refused to encode the image as PNG".into(),
+        )),
         Err(e) => Err(encode_error(e.to_string())),
     }
 }
 
 fn write_png_rgb(path: &Path, height: usize, width: usize, rgb: &[u8]) -> Result<(), SynthError> {
-    let bgr: Vec<Vec3b> = rgb.chunks_exact(3).map(|p| Vec3b::from([p[2], p[1], p[0]])).collect();
-    let mat = Mat::new_rows_cols_with_data(height as i32, width as i32, &bgr)
-        .map_err(|e| SynthError::Encode { path: path.to_path_buf(), message: e.to_string() })?;
+    let bgr: Vec<Vec3b> = rgb
+        .chunks_exact(3)
+        .map(|p| Vec3b::from([p[2], p[1], p[0]]))
+        .collect();
+    let mat = Mat::new_rows_cols_with_data(height as i32, width as i32, &bgr).map_err(|e| {
+        SynthError::Encode {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
     write_atomic(path, &encode_png(path, &mat)?)
 }
 
 fn write_png_u16(path: &Path, height: usize, width: usize, ids: &[u16]) -> Result<(), SynthError> {
-    let mat = Mat::new_rows_cols_with_data(height as i32, width as i32, ids)
-        .map_err(|e| SynthError::Encode { path: path.to_path_buf(), message: e.to_string() })?;
+    let mat = Mat::new_rows_cols_with_data(height as i32, width as i32, ids).map_err(|e| {
+        SynthError::Encode {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
     write_atomic(path, &encode_png(path, &mat)?)
 }
 
-fn write_flow_npy(path: &Path, height: usize, width: usize, flow_uv: &[f32]) -> Result<(), SynthError> {
-    let io_error = |source| SynthError::Io { path: path.to_path_buf(), source };
+fn write_flow_npy(
+    path: &Path,
+    height: usize,
+    width: usize,
+    flow_uv: &[f32],
+) -> Result<(), SynthError> {
+    let io_error = |source| SynthError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut bytes = Vec::with_capacity(flow_uv.len() * 4 + 128);
     let mut writer = npyz::WriteOptions::<f32>::new()
         .default_dtype()

@@ -26,27 +26,43 @@ struct Pair {
 }
 
 fn read_rgb(path: &Path) -> Vec<u8> {
-    let mat = imgcodecs::imread(path.to_str().expect("utf-8 path"), imgcodecs::IMREAD_COLOR).expect("imread");
+    let mat = imgcodecs::imread(path.to_str().expect("utf-8 path"), imgcodecs::IMREAD_COLOR)
+        .expect("imread");
     assert_eq!(mat.typ(), opencv::core::CV_8UC3, "{}", path.display());
     mat.data_bytes().expect("continuous").to_vec()
 }
 
 fn read_ids(path: &Path) -> Vec<u16> {
-    let mat: Mat = imgcodecs::imread(path.to_str().expect("utf-8 path"), imgcodecs::IMREAD_UNCHANGED).expect("imread");
-    assert_eq!(mat.typ(), opencv::core::CV_16UC1, "{} is not 16-bit single channel", path.display());
+    let mat: Mat = imgcodecs::imread(
+        path.to_str().expect("utf-8 path"),
+        imgcodecs::IMREAD_UNCHANGED,
+    )
+    .expect("imread");
+    assert_eq!(
+        mat.typ(),
+        opencv::core::CV_16UC1,
+        "{} is not 16-bit single channel",
+        path.display()
+    );
     mat.data_typed::<u16>().expect("continuous").to_vec()
 }
 
 fn read_flow(path: &Path, height: usize, width: usize) -> Vec<f32> {
     let bytes = fs::read(path).expect("read flow");
     let npy = npyz::NpyFile::new(&bytes[..]).expect("npy header");
-    assert_eq!(npy.shape(), &[height as u64, width as u64, 2], "{}", path.display());
+    assert_eq!(
+        npy.shape(),
+        &[height as u64, width as u64, 2],
+        "{}",
+        path.display()
+    );
     assert_eq!(npy.order(), npyz::Order::C);
     npy.into_vec::<f32>().expect("float32 flow")
 }
 
 fn read_meta(dir: &Path, sequence: &str) -> Value {
-    let text = fs::read_to_string(dir.join("meta").join(format!("{sequence}.json"))).expect("meta json");
+    let text =
+        fs::read_to_string(dir.join("meta").join(format!("{sequence}.json"))).expect("meta json");
     serde_json::from_str(&text).expect("valid json")
 }
 
@@ -57,14 +73,22 @@ fn load_pairs(dir: &Path, params: &SynthParams, sequence: usize) -> Vec<Pair> {
     (0..params.frames - 1)
         .map(|t| {
             let (stem, next) = (frame_name(t), frame_name(t + 1));
-            let png = |kind: &str, stem: &str| dir.join(kind).join(&name).join(format!("{stem}.png"));
+            let png =
+                |kind: &str, stem: &str| dir.join(kind).join(&name).join(format!("{stem}.png"));
             Pair {
                 frame: read_rgb(&png("frames", &stem)),
                 next_frame: read_rgb(&png("frames", &next)),
                 ids: read_ids(&png("instances", &stem)),
                 next_ids: read_ids(&png("instances", &next)),
-                flow_uv: read_flow(&dir.join("flow").join(&name).join(format!("{stem}.npy")), h, w),
-                camera_motion: meta["frames"][t]["camera"]["motion"].as_str().expect("camera motion").to_string(),
+                flow_uv: read_flow(
+                    &dir.join("flow").join(&name).join(format!("{stem}.npy")),
+                    h,
+                    w,
+                ),
+                camera_motion: meta["frames"][t]["camera"]["motion"]
+                    .as_str()
+                    .expect("camera motion")
+                    .to_string(),
             }
         })
         .collect()
@@ -95,31 +119,68 @@ fn generated(params: &SynthParams) -> tempfile::TempDir {
 
 #[test]
 fn same_seed_gives_identical_bytes_and_another_seed_does_not() {
-    let params = SynthParams { seed: 11, sequences: 2, frames: 9, height: 48, width: 80 };
+    let params = SynthParams {
+        seed: 11,
+        sequences: 2,
+        frames: 9,
+        height: 48,
+        width: 80,
+    };
     let (a, b) = (generated(&params), generated(&params));
     let (files_a, files_b) = (all_files(a.path()), all_files(b.path()));
-    assert_eq!(files_a.len(), 1 + 2 * (9 + 9 + 8 + 1), "synth.json + per sequence frames, instances, flows, meta");
-    assert_eq!(files_a.keys().collect::<Vec<_>>(), files_b.keys().collect::<Vec<_>>());
+    assert_eq!(
+        files_a.len(),
+        1 + 2 * (9 + 9 + 8 + 1),
+        "synth.json + per sequence frames, instances, flows, meta"
+    );
+    assert_eq!(
+        files_a.keys().collect::<Vec<_>>(),
+        files_b.keys().collect::<Vec<_>>()
+    );
     for (path, bytes) in &files_a {
-        assert!(bytes == &files_b[path], "{} differs between two runs with the same seed", path.display());
+        assert!(
+            bytes == &files_b[path],
+            "{} differs between two runs with the same seed",
+            path.display()
+        );
     }
-    assert!(files_a.keys().all(|p| !p.to_string_lossy().contains(".tmp")), "temporary files left behind");
+    assert!(
+        files_a
+            .keys()
+            .all(|p| !p.to_string_lossy().contains(".tmp")),
+        "temporary files left behind"
+    );
 
     let other = generated(&SynthParams { seed: 12, ..params });
     let files_other = all_files(other.path());
     let frame = PathBuf::from("frames/seq000/000000.png");
-    assert_ne!(files_a[&frame], files_other[&frame], "another seed must give another scene");
+    assert_ne!(
+        files_a[&frame], files_other[&frame],
+        "another seed must give another scene"
+    );
 }
 
 #[test]
 fn invalid_parameters_are_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     for params in [
-        SynthParams { frames: 1, ..SynthParams::default() },
-        SynthParams { sequences: 0, ..SynthParams::default() },
-        SynthParams { height: 8, ..SynthParams::default() },
+        SynthParams {
+            frames: 1,
+            ..SynthParams::default()
+        },
+        SynthParams {
+            sequences: 0,
+            ..SynthParams::default()
+        },
+        SynthParams {
+            height: 8,
+            ..SynthParams::default()
+        },
     ] {
-        assert!(generate(&params, dir.path()).is_err(), "{params:?} accepted");
+        assert!(
+            generate(&params, dir.path()).is_err(),
+            "{params:?} accepted"
+        );
     }
 }
 
@@ -157,13 +218,18 @@ fn warp_errors(pair: &Pair, height: usize, width: usize) -> (f64, f64, usize) {
             }
             for channel in 0..3 {
                 let reference = pair.frame[p * 3 + channel] as f32;
-                warped += (reference - bilinear(&pair.next_frame, width, x, y, channel)).abs() as f64;
+                warped +=
+                    (reference - bilinear(&pair.next_frame, width, x, y, channel)).abs() as f64;
                 unwarped += (reference - pair.next_frame[p * 3 + channel] as f32).abs() as f64;
             }
             count += 1;
         }
     }
-    (warped / (3 * count.max(1)) as f64, unwarped / (3 * count.max(1)) as f64, count)
+    (
+        warped / (3 * count.max(1)) as f64,
+        unwarped / (3 * count.max(1)) as f64,
+        count,
+    )
 }
 
 #[test]
@@ -190,16 +256,26 @@ fn flow_explains_the_frames_by_backward_warping() {
     }
     for (motion, (warped, unwarped, count)) in &per_motion {
         let n = *count as f64;
-        println!("{motion:>6}: warp error {:.2}, zero-flow error {:.2} (grey levels, {count} px)", warped / n, unwarped / n);
+        println!(
+            "{motion:>6}: warp error {:.2}, zero-flow error {:.2} (grey levels, {count} px)",
+            warped / n,
+            unwarped / n
+        );
     }
     for motion in ["static", "pan", "zoom", "shake"] {
-        assert!(per_motion.contains_key(motion), "no {motion} pair with moving pixels was generated");
+        assert!(
+            per_motion.contains_key(motion),
+            "no {motion} pair with moving pixels was generated"
+        );
     }
 }
 
 /// Means of the flow magnitude over the four corner regions, as the reference computes its corner statistics.
 fn corner_means(flow_uv: &[f32], height: usize, width: usize) -> [f32; 4] {
-    let (ch, cw) = ((height as f64 * CORNER_FRACTION) as usize, (width as f64 * CORNER_FRACTION) as usize);
+    let (ch, cw) = (
+        (height as f64 * CORNER_FRACTION) as usize,
+        (width as f64 * CORNER_FRACTION) as usize,
+    );
     let mean = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
         let mut sum = 0.0f64;
         for r in rows.clone() {
@@ -228,26 +304,46 @@ fn camera_motion_is_visible_in_the_corners_exactly_when_the_camera_moves() {
         let mut longest_static_run = 0;
         let mut run = 0;
         for (t, pair) in pairs.iter().enumerate() {
-            let passing = corner_means(&pair.flow_uv, h, w).iter().filter(|&&m| m < CORNER_THRESHOLD_PX).count();
+            let passing = corner_means(&pair.flow_uv, h, w)
+                .iter()
+                .filter(|&&m| m < CORNER_THRESHOLD_PX)
+                .count();
             if pair.camera_motion == "static" {
                 run += 1;
                 longest_static_run = longest_static_run.max(run);
-                assert!(passing >= 3, "seq {sequence} pair {t}: static camera but only {passing} quiet corners");
-                let (ch, cw) = ((h as f64 * CORNER_FRACTION) as usize, (w as f64 * CORNER_FRACTION) as usize);
+                assert!(
+                    passing >= 3,
+                    "seq {sequence} pair {t}: static camera but only {passing} quiet corners"
+                );
+                let (ch, cw) = (
+                    (h as f64 * CORNER_FRACTION) as usize,
+                    (w as f64 * CORNER_FRACTION) as usize,
+                );
                 for r in (0..ch).chain(h - ch..h) {
                     for c in (0..cw).chain(w - cw..w) {
                         let p = r * w + c;
                         if pair.ids[p] == 0 {
-                            assert_eq!((pair.flow_uv[2 * p], pair.flow_uv[2 * p + 1]), (0.0, 0.0), "background flow at {r},{c}");
+                            assert_eq!(
+                                (pair.flow_uv[2 * p], pair.flow_uv[2 * p + 1]),
+                                (0.0, 0.0),
+                                "background flow at {r},{c}"
+                            );
                         }
                     }
                 }
             } else {
                 run = 0;
-                assert!(passing < 3, "seq {sequence} pair {t}: camera {} but {passing} quiet corners", pair.camera_motion);
+                assert!(
+                    passing < 3,
+                    "seq {sequence} pair {t}: camera {} but {passing} quiet corners",
+                    pair.camera_motion
+                );
             }
         }
-        assert!(longest_static_run >= 6, "seq {sequence}: longest static-camera run is {longest_static_run} pairs");
+        assert!(
+            longest_static_run >= 6,
+            "seq {sequence}: longest static-camera run is {longest_static_run} pairs"
+        );
     }
 }
 
@@ -261,7 +357,12 @@ fn moving_objects_exceed_the_foreground_threshold_and_static_ones_do_not_move() 
         let meta = read_meta(dir.path(), &sequence_name(sequence));
         let frames = meta["frames"].as_array().expect("frames");
         let visible_ids = |t: usize| -> Vec<u64> {
-            frames[t]["objects"].as_array().expect("objects").iter().map(|o| o["id"].as_u64().expect("id")).collect()
+            frames[t]["objects"]
+                .as_array()
+                .expect("objects")
+                .iter()
+                .map(|o| o["id"].as_u64().expect("id"))
+                .collect()
         };
         for t in 1..frames.len() {
             let (before, now) = (visible_ids(t - 1), visible_ids(t));
@@ -271,24 +372,42 @@ fn moving_objects_exceed_the_foreground_threshold_and_static_ones_do_not_move() 
         for (t, pair) in load_pairs(dir.path(), &params, sequence).iter().enumerate() {
             for object in frames[t]["objects"].as_array().expect("objects") {
                 let id = object["id"].as_u64().expect("id") as u16;
-                let pixels: Vec<usize> = (0..pair.ids.len()).filter(|&p| pair.ids[p] == id).collect();
-                assert_eq!(pixels.len() as u64, object["visible_px"].as_u64().expect("visible_px"));
-                let magnitudes = pixels.iter().map(|&p| pair.flow_uv[2 * p].hypot(pair.flow_uv[2 * p + 1]));
+                let pixels: Vec<usize> =
+                    (0..pair.ids.len()).filter(|&p| pair.ids[p] == id).collect();
+                assert_eq!(
+                    pixels.len() as u64,
+                    object["visible_px"].as_u64().expect("visible_px")
+                );
+                let magnitudes = pixels
+                    .iter()
+                    .map(|&p| pair.flow_uv[2 * p].hypot(pair.flow_uv[2 * p + 1]));
                 if pair.camera_motion != "static" {
                     continue;
                 }
                 if object["moving"].as_bool().expect("moving") {
                     let slowest = magnitudes.fold(f32::INFINITY, f32::min);
-                    assert!(slowest > FG_THRESHOLD_PX, "seq {sequence} frame {t} object {id}: {slowest} px");
+                    assert!(
+                        slowest > FG_THRESHOLD_PX,
+                        "seq {sequence} frame {t} object {id}: {slowest} px"
+                    );
                     moving_checked += 1;
                 } else {
                     let fastest = magnitudes.fold(0.0, f32::max);
-                    assert_eq!(fastest, 0.0, "seq {sequence} frame {t}: static object {id} has flow");
+                    assert_eq!(
+                        fastest, 0.0,
+                        "seq {sequence} frame {t}: static object {id} has flow"
+                    );
                     static_checked += 1;
                 }
             }
         }
     }
-    assert!(moving_checked > 10 && static_checked > 10, "{moving_checked} moving, {static_checked} static checked");
-    assert!(entered && left, "objects should enter ({entered}) and leave ({left}) the frame");
+    assert!(
+        moving_checked > 10 && static_checked > 10,
+        "{moving_checked} moving, {static_checked} static checked"
+    );
+    assert!(
+        entered && left,
+        "objects should enter ({entered}) and leave ({left}) the frame"
+    );
 }

@@ -51,11 +51,24 @@ pub const KITTI_INSTANCE_CLASSES: std::ops::RangeInclusive<u16> = 24..=33;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MetricsError {
     #[error("{what}: {actual} labels do not make a {height}x{width} map")]
-    Shape { what: &'static str, height: usize, width: usize, actual: usize },
+    Shape {
+        what: &'static str,
+        height: usize,
+        width: usize,
+        actual: usize,
+    },
     #[error("{what}: {left} vs {right} pixels; the maps must have the same resolution")]
-    LengthMismatch { what: &'static str, left: usize, right: usize },
+    LengthMismatch {
+        what: &'static str,
+        left: usize,
+        right: usize,
+    },
     #[error("{what}: cannot resize a {height}x{width} map (every side must be at least 1)")]
-    EmptyResize { what: &'static str, height: usize, width: usize },
+    EmptyResize {
+        what: &'static str,
+        height: usize,
+        width: usize,
+    },
     #[error("unknown evaluation preset {0:?}; expected kitti, tri-pd or native")]
     UnknownPreset(String),
 }
@@ -71,9 +84,18 @@ pub struct LabelMap {
 impl LabelMap {
     pub fn new(height: usize, width: usize, labels: Vec<u32>) -> Result<Self, MetricsError> {
         if labels.len() != height * width {
-            return Err(MetricsError::Shape { what: "label map", height, width, actual: labels.len() });
+            return Err(MetricsError::Shape {
+                what: "label map",
+                height,
+                width,
+                actual: labels.len(),
+            });
         }
-        Ok(Self { height, width, labels })
+        Ok(Self {
+            height,
+            width,
+            labels,
+        })
     }
 
     /// Resized with PyTorch's legacy `nearest` rule (see [`legacy_nearest_indices`]).
@@ -93,8 +115,16 @@ impl LabelMap {
         indices: fn(usize, usize) -> Vec<usize>,
     ) -> Result<Self, MetricsError> {
         if [self.height, self.width, height, width].contains(&0) {
-            let (height, width) = if self.height * self.width == 0 { (self.height, self.width) } else { (height, width) };
-            return Err(MetricsError::EmptyResize { what: "label map", height, width });
+            let (height, width) = if self.height * self.width == 0 {
+                (self.height, self.width)
+            } else {
+                (height, width)
+            };
+            return Err(MetricsError::EmptyResize {
+                what: "label map",
+                height,
+                width,
+            });
         }
         let rows = indices(self.height, height);
         let cols = indices(self.width, width);
@@ -102,12 +132,20 @@ impl LabelMap {
             .iter()
             .flat_map(|&r| cols.iter().map(move |&c| self.labels[r * self.width + c]))
             .collect();
-        Ok(Self { height, width, labels })
+        Ok(Self {
+            height,
+            width,
+            labels,
+        })
     }
 
     /// Number of distinct non-zero ids.
     pub fn object_count(&self) -> usize {
-        self.labels.iter().filter(|&&l| l != 0).collect::<BTreeSet<_>>().len()
+        self.labels
+            .iter()
+            .filter(|&&l| l != 0)
+            .collect::<BTreeSet<_>>()
+            .len()
     }
 }
 
@@ -122,14 +160,18 @@ pub fn legacy_nearest_indices(input_len: usize, output_len: usize) -> Vec<usize>
         return (0..output_len).map(|dst| dst >> 1).collect();
     }
     let scale = input_len as f32 / output_len as f32;
-    (0..output_len).map(|dst| ((dst as f32 * scale).floor() as usize).min(input_len - 1)).collect()
+    (0..output_len)
+        .map(|dst| ((dst as f32 * scale).floor() as usize).min(input_len - 1))
+        .collect()
 }
 
 /// Source index of every destination index for PyTorch's `nearest-exact`:
 /// min(floorf((dst + 0.5) · (in / out)), in − 1), float32.
 pub fn nearest_exact_indices(input_len: usize, output_len: usize) -> Vec<usize> {
     let scale = input_len as f32 / output_len as f32;
-    (0..output_len).map(|dst| (((dst as f32 + 0.5) * scale).floor() as usize).min(input_len - 1)).collect()
+    (0..output_len)
+        .map(|dst| (((dst as f32 + 0.5) * scale).floor() as usize).min(input_len - 1))
+        .collect()
 }
 
 /// Where predictions and ground truth are compared.
@@ -163,13 +205,24 @@ impl EvalPreset {
     }
 
     /// Brings a prediction and its ground truth (each at its own resolution) to the evaluation resolution.
-    pub fn to_eval_resolution(self, prediction: &LabelMap, ground_truth: &LabelMap) -> Result<(LabelMap, LabelMap), MetricsError> {
-        let (height, width) = self.resolution().unwrap_or((ground_truth.height, ground_truth.width));
+    pub fn to_eval_resolution(
+        self,
+        prediction: &LabelMap,
+        ground_truth: &LabelMap,
+    ) -> Result<(LabelMap, LabelMap), MetricsError> {
+        let (height, width) = self
+            .resolution()
+            .unwrap_or((ground_truth.height, ground_truth.width));
         let ground_truth = match self.ground_truth_canvas() {
-            Some((h, w)) => ground_truth.resize_nearest_exact(h, w)?.resize_legacy_nearest(height, width)?,
+            Some((h, w)) => ground_truth
+                .resize_nearest_exact(h, w)?
+                .resize_legacy_nearest(height, width)?,
             None => ground_truth.resize_legacy_nearest(height, width)?,
         };
-        Ok((prediction.resize_legacy_nearest(height, width)?, ground_truth))
+        Ok((
+            prediction.resize_legacy_nearest(height, width)?,
+            ground_truth,
+        ))
     }
 }
 
@@ -214,16 +267,35 @@ struct Contingency {
 
 impl Contingency {
     fn new(prediction: &[u32], ground_truth: &[u32], keep: impl Fn(u32) -> bool) -> Self {
-        let kept = || prediction.iter().zip(ground_truth).filter(|(_, &g)| keep(g));
-        let gt_ids: Vec<u32> = kept().map(|(_, &g)| g).collect::<BTreeSet<_>>().into_iter().collect();
-        let pred_ids: Vec<u32> = kept().map(|(&p, _)| p).collect::<BTreeSet<_>>().into_iter().collect();
-        let index = |ids: &[u32]| -> HashMap<u32, usize> { ids.iter().enumerate().map(|(i, &id)| (id, i)).collect() };
+        let kept = || {
+            prediction
+                .iter()
+                .zip(ground_truth)
+                .filter(|(_, &g)| keep(g))
+        };
+        let gt_ids: Vec<u32> = kept()
+            .map(|(_, &g)| g)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let pred_ids: Vec<u32> = kept()
+            .map(|(&p, _)| p)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let index = |ids: &[u32]| -> HashMap<u32, usize> {
+            ids.iter().enumerate().map(|(i, &id)| (id, i)).collect()
+        };
         let (gt_index, pred_index) = (index(&gt_ids), index(&pred_ids));
         let mut counts = vec![0u64; gt_ids.len() * pred_ids.len()];
         for (p, g) in kept() {
             counts[gt_index[g] * pred_ids.len() + pred_index[p]] += 1;
         }
-        Self { gt_ids, pred_ids, counts }
+        Self {
+            gt_ids,
+            pred_ids,
+            counts,
+        }
     }
 
     fn count(&self, g: usize, p: usize) -> u64 {
@@ -231,32 +303,52 @@ impl Contingency {
     }
 
     fn gt_sums(&self) -> Vec<u64> {
-        (0..self.gt_ids.len()).map(|g| (0..self.pred_ids.len()).map(|p| self.count(g, p)).sum()).collect()
+        (0..self.gt_ids.len())
+            .map(|g| (0..self.pred_ids.len()).map(|p| self.count(g, p)).sum())
+            .collect()
     }
 
     fn pred_sums(&self) -> Vec<u64> {
-        (0..self.pred_ids.len()).map(|p| (0..self.gt_ids.len()).map(|g| self.count(g, p)).sum()).collect()
+        (0..self.pred_ids.len())
+            .map(|p| (0..self.gt_ids.len()).map(|g| self.count(g, p)).sum())
+            .collect()
     }
 }
 
-fn check_same_length(what: &'static str, prediction: &[u32], ground_truth: &[u32]) -> Result<(), MetricsError> {
+fn check_same_length(
+    what: &'static str,
+    prediction: &[u32],
+    ground_truth: &[u32],
+) -> Result<(), MetricsError> {
     if prediction.len() != ground_truth.len() {
-        return Err(MetricsError::LengthMismatch { what, left: prediction.len(), right: ground_truth.len() });
+        return Err(MetricsError::LengthMismatch {
+            what,
+            left: prediction.len(),
+            right: ground_truth.len(),
+        });
     }
     Ok(())
 }
 
 /// Matches the predictions of one image (already at the evaluation resolution) against its ground truth;
 /// see the module docs for the rule.
-pub fn match_predictions(prediction: &[u32], ground_truth: &[u32]) -> Result<MatchCounts, MetricsError> {
+pub fn match_predictions(
+    prediction: &[u32],
+    ground_truth: &[u32],
+) -> Result<MatchCounts, MetricsError> {
     check_same_length("prediction vs ground truth", prediction, ground_truth)?;
     let table = Contingency::new(prediction, ground_truth, |_| true);
     let pred_areas = table.pred_sums();
     let gt_areas = table.gt_sums();
     // Ground-truth objects: non-zero ids present at this resolution.
-    let gt_objects: Vec<usize> = (0..table.gt_ids.len()).filter(|&g| table.gt_ids[g] != 0).collect();
+    let gt_objects: Vec<usize> = (0..table.gt_ids.len())
+        .filter(|&g| table.gt_ids[g] != 0)
+        .collect();
     let mut claimed = vec![false; table.gt_ids.len()];
-    let mut counts = MatchCounts { ground_truth: gt_objects.len(), ..MatchCounts::default() };
+    let mut counts = MatchCounts {
+        ground_truth: gt_objects.len(),
+        ..MatchCounts::default()
+    };
     // The first non-empty prediction (in id order) is taken as background and dropped.
     for p in 1..table.pred_ids.len() {
         counts.predictions += 1;
@@ -267,7 +359,9 @@ pub fn match_predictions(prediction: &[u32], ground_truth: &[u32]) -> Result<Mat
             // Compare intersection/union fractions exactly; the first maximum wins, as `np.argmax`.
             let better = match best {
                 None => true,
-                Some((_, best_i, best_u)) => (intersection as u128) * (best_u as u128) > (best_i as u128) * (union as u128),
+                Some((_, best_i, best_u)) => {
+                    (intersection as u128) * (best_u as u128) > (best_i as u128) * (union as u128)
+                }
             };
             if better {
                 best = Some((g, intersection, union));
@@ -285,7 +379,11 @@ pub fn match_predictions(prediction: &[u32], ground_truth: &[u32]) -> Result<Mat
 
 /// Adjusted Rand index of one image as the reference computes it; `foreground_only` selects fg-ARI (pixels
 /// of GT objects only) over all-ARI (every pixel, GT background as one more cluster).
-pub fn adjusted_rand_index(prediction: &[u32], ground_truth: &[u32], foreground_only: bool) -> Result<f64, MetricsError> {
+pub fn adjusted_rand_index(
+    prediction: &[u32],
+    ground_truth: &[u32],
+    foreground_only: bool,
+) -> Result<f64, MetricsError> {
     check_same_length("prediction vs ground truth", prediction, ground_truth)?;
     let table = Contingency::new(prediction, ground_truth, |g| !foreground_only || g != 0);
     let pairs = |n: u64| (n * n.saturating_sub(1)) as f64;
@@ -297,7 +395,11 @@ pub fn adjusted_rand_index(prediction: &[u32], ground_truth: &[u32], foreground_
     let expected_rindex = aindex * bindex / pairs(points).max(1.0);
     let max_rindex = (aindex + bindex) / 2.0;
     let denominator = max_rindex - expected_rindex + ARI_EPSILON;
-    Ok(if denominator > 0.0 { (rindex - expected_rindex) / denominator } else { 1.0 })
+    Ok(if denominator > 0.0 {
+        (rindex - expected_rindex) / denominator
+    } else {
+        1.0
+    })
 }
 
 /// Scores of one image, as added to an [`Evaluator`].
@@ -341,17 +443,30 @@ pub struct Evaluator {
 
 impl Evaluator {
     pub fn new(preset: EvalPreset) -> Self {
-        Self { preset, images: 0, counts: MatchCounts::default(), fg_ari_sum: 0.0, all_ari_sum: 0.0, ari_images: 0 }
+        Self {
+            preset,
+            images: 0,
+            counts: MatchCounts::default(),
+            fg_ari_sum: 0.0,
+            all_ari_sum: 0.0,
+            ari_images: 0,
+        }
     }
 
     /// Adds one image: `prediction` and `ground_truth` at their own resolutions (the ground truth as loaded,
     /// e.g. by [`decode_kitti_instances`]); both are brought to the preset's evaluation resolution.
-    pub fn add_image(&mut self, prediction: &LabelMap, ground_truth: &LabelMap) -> Result<ImageScores, MetricsError> {
-        let (prediction_eval, ground_truth_eval) = self.preset.to_eval_resolution(prediction, ground_truth)?;
+    pub fn add_image(
+        &mut self,
+        prediction: &LabelMap,
+        ground_truth: &LabelMap,
+    ) -> Result<ImageScores, MetricsError> {
+        let (prediction_eval, ground_truth_eval) =
+            self.preset.to_eval_resolution(prediction, ground_truth)?;
         let counts = match_predictions(&prediction_eval.labels, &ground_truth_eval.labels)?;
         let (fg_ari, all_ari) = if ground_truth.object_count() >= 2 {
             let fg = adjusted_rand_index(&prediction_eval.labels, &ground_truth_eval.labels, true)?;
-            let all = adjusted_rand_index(&prediction_eval.labels, &ground_truth_eval.labels, false)?;
+            let all =
+                adjusted_rand_index(&prediction_eval.labels, &ground_truth_eval.labels, false)?;
             self.fg_ari_sum += fg;
             self.all_ari_sum += all;
             self.ari_images += 1;
@@ -361,13 +476,30 @@ impl Evaluator {
         };
         self.images += 1;
         self.counts += counts;
-        Ok(ImageScores { counts, fg_ari, all_ari })
+        Ok(ImageScores {
+            counts,
+            fg_ari,
+            all_ari,
+        })
     }
 
     pub fn report(&self) -> MetricsReport {
-        let MatchCounts { true_positives, predictions, ground_truth } = self.counts;
-        let ratio = |num: usize, den: usize| if den == 0 { 0.0 } else { num as f64 / den as f64 };
-        let (precision, recall) = (ratio(true_positives, predictions), ratio(true_positives, ground_truth));
+        let MatchCounts {
+            true_positives,
+            predictions,
+            ground_truth,
+        } = self.counts;
+        let ratio = |num: usize, den: usize| {
+            if den == 0 {
+                0.0
+            } else {
+                num as f64 / den as f64
+            }
+        };
+        let (precision, recall) = (
+            ratio(true_positives, predictions),
+            ratio(true_positives, ground_truth),
+        );
         let mean = |sum: f64| (self.ari_images > 0).then(|| sum / self.ari_images as f64);
         MetricsReport {
             preset: self.preset,
@@ -411,13 +543,37 @@ pub struct RetrievalScores {
 
 /// Compares per-frame selections (`selected[i]`: frame i was kept as quasi-static) with the truth
 /// (`camera_static[i]`: the camera does not move from frame i to i+1).
-pub fn quasi_static_retrieval(selected: &[bool], camera_static: &[bool]) -> Result<RetrievalScores, MetricsError> {
+pub fn quasi_static_retrieval(
+    selected: &[bool],
+    camera_static: &[bool],
+) -> Result<RetrievalScores, MetricsError> {
     if selected.len() != camera_static.len() {
-        return Err(MetricsError::LengthMismatch { what: "selected vs static-camera frames", left: selected.len(), right: camera_static.len() });
+        return Err(MetricsError::LengthMismatch {
+            what: "selected vs static-camera frames",
+            left: selected.len(),
+            right: camera_static.len(),
+        });
     }
-    let count = |s: bool, t: bool| selected.iter().zip(camera_static).filter(|&(&a, &b)| a == s && b == t).count();
-    let (tp, fp, fn_, tn) = (count(true, true), count(true, false), count(false, true), count(false, false));
-    let ratio = |num: usize, den: usize| if den == 0 { 0.0 } else { num as f64 / den as f64 };
+    let count = |s: bool, t: bool| {
+        selected
+            .iter()
+            .zip(camera_static)
+            .filter(|&(&a, &b)| a == s && b == t)
+            .count()
+    };
+    let (tp, fp, fn_, tn) = (
+        count(true, true),
+        count(true, false),
+        count(false, true),
+        count(false, false),
+    );
+    let ratio = |num: usize, den: usize| {
+        if den == 0 {
+            0.0
+        } else {
+            num as f64 / den as f64
+        }
+    };
     Ok(RetrievalScores {
         frames: selected.len(),
         true_positives: tp,
@@ -442,8 +598,15 @@ pub fn decode_kitti_instances(values: &[u16]) -> Vec<u32> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let ids: HashMap<u16, u32> = instances.iter().enumerate().map(|(i, &v)| (v, i as u32 + 1)).collect();
-    values.iter().map(|v| ids.get(v).copied().unwrap_or(0)).collect()
+    let ids: HashMap<u16, u32> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v, i as u32 + 1))
+        .collect();
+    values
+        .iter()
+        .map(|v| ids.get(v).copied().unwrap_or(0))
+        .collect()
 }
 
 #[cfg(test)]
@@ -465,15 +628,33 @@ mod tests {
         // Relabelled ids do not matter.
         let prediction: Vec<u32> = gt.iter().map(|&g| [7, 3, 9][g as usize]).collect();
         let mut evaluator = Evaluator::new(EvalPreset::Native);
-        evaluator.add_image(&map(4, 6, prediction), &map(4, 6, gt)).expect("add");
+        evaluator
+            .add_image(&map(4, 6, prediction), &map(4, 6, gt))
+            .expect("add");
         let report = evaluator.report();
         // Background got id 7, objects 3 and 9: the first id in order (3) is dropped as "background".
-        assert_eq!((report.true_positives, report.predictions, report.ground_truth_objects), (1, 2, 2));
+        assert_eq!(
+            (
+                report.true_positives,
+                report.predictions,
+                report.ground_truth_objects
+            ),
+            (1, 2, 2)
+        );
 
         let gt = two_objects();
         let mut evaluator = Evaluator::new(EvalPreset::Native);
-        let scores = evaluator.add_image(&map(4, 6, gt.clone()), &map(4, 6, gt)).expect("add");
-        assert_eq!(scores.counts, MatchCounts { true_positives: 2, predictions: 2, ground_truth: 2 });
+        let scores = evaluator
+            .add_image(&map(4, 6, gt.clone()), &map(4, 6, gt))
+            .expect("add");
+        assert_eq!(
+            scores.counts,
+            MatchCounts {
+                true_positives: 2,
+                predictions: 2,
+                ground_truth: 2
+            }
+        );
         let report = evaluator.report();
         assert_eq!((report.ap50, report.ar50, report.f1_50), (1.0, 1.0, 1.0));
         assert!((report.fg_ari.expect("counted") - 1.0).abs() < 1e-9);
@@ -491,7 +672,14 @@ mod tests {
             }
         }
         let counts = match_predictions(&prediction, &gt).expect("match");
-        assert_eq!(counts, MatchCounts { true_positives: 1, predictions: 3, ground_truth: 2 });
+        assert_eq!(
+            counts,
+            MatchCounts {
+                true_positives: 1,
+                predictions: 3,
+                ground_truth: 2
+            }
+        );
         // fg pixels: object 1 (8 px) → {1: 8}; object 2 (8 px) → {2: 4, 5: 4}.
         // RI = 8·7 + 4·3 + 4·3 = 80, A = 56 + 56 = 112, B = 56 + 12 + 12 = 80, n = 16, E = 112·80/240.
         let expected_e = 112.0 * 80.0 / 240.0;
@@ -506,7 +694,14 @@ mod tests {
         let prediction: Vec<u32> = gt.iter().map(|&g| u32::from(g != 0)).collect();
         let counts = match_predictions(&prediction, &gt).expect("match");
         // The merged mask has IoU 8/16 = 0.5 with each object: not a match.
-        assert_eq!(counts, MatchCounts { true_positives: 0, predictions: 1, ground_truth: 2 });
+        assert_eq!(
+            counts,
+            MatchCounts {
+                true_positives: 0,
+                predictions: 1,
+                ground_truth: 2
+            }
+        );
         // fg-ARI of one predicted cluster against two GT clusters: RI = 112, A = 112, B = 240, E = 112.
         let ari = adjusted_rand_index(&prediction, &gt, true).expect("ari");
         assert!(ari.abs() < 1e-12, "{ari}");
@@ -517,17 +712,34 @@ mod tests {
         // GT object of 4 px, prediction covering it plus 4 background px: IoU = 4/8 = 0.5.
         let gt = vec![1, 1, 1, 1, 0, 0, 0, 0, 0];
         let half = vec![1, 1, 1, 1, 1, 1, 1, 1, 0];
-        assert_eq!(match_predictions(&half, &gt).expect("match").true_positives, 0);
+        assert_eq!(
+            match_predictions(&half, &gt).expect("match").true_positives,
+            0
+        );
         let above = vec![1, 1, 1, 1, 1, 1, 1, 0, 0];
-        assert_eq!(match_predictions(&above, &gt).expect("match").true_positives, 1);
+        assert_eq!(
+            match_predictions(&above, &gt)
+                .expect("match")
+                .true_positives,
+            1
+        );
     }
 
     #[test]
     fn empty_prediction_has_zero_precision_recall_and_f1() {
         let gt = two_objects();
         let mut evaluator = Evaluator::new(EvalPreset::Native);
-        let scores = evaluator.add_image(&map(4, 6, vec![0; 24]), &map(4, 6, gt)).expect("add");
-        assert_eq!(scores.counts, MatchCounts { true_positives: 0, predictions: 0, ground_truth: 2 });
+        let scores = evaluator
+            .add_image(&map(4, 6, vec![0; 24]), &map(4, 6, gt))
+            .expect("add");
+        assert_eq!(
+            scores.counts,
+            MatchCounts {
+                true_positives: 0,
+                predictions: 0,
+                ground_truth: 2
+            }
+        );
         // fg-ARI: one predicted cluster over two GT objects → 0; all-ARI likewise.
         assert!(scores.fg_ari.expect("counted").abs() < 1e-12);
         let report = evaluator.report();
@@ -540,22 +752,36 @@ mod tests {
         let gt = vec![1, 1, 0, 0];
         let prediction = vec![4, 4, 6, 6];
         let counts = match_predictions(&prediction, &gt).expect("match");
-        assert_eq!(counts, MatchCounts { true_positives: 0, predictions: 1, ground_truth: 1 });
+        assert_eq!(
+            counts,
+            MatchCounts {
+                true_positives: 0,
+                predictions: 1,
+                ground_truth: 1
+            }
+        );
     }
 
     #[test]
     fn images_with_fewer_than_two_objects_are_skipped_for_ari() {
         let mut evaluator = Evaluator::new(EvalPreset::Native);
         let one_object = vec![0, 1, 1, 0];
-        let scores = evaluator.add_image(&map(2, 2, one_object.clone()), &map(2, 2, one_object)).expect("add");
+        let scores = evaluator
+            .add_image(&map(2, 2, one_object.clone()), &map(2, 2, one_object))
+            .expect("add");
         assert_eq!((scores.fg_ari, scores.all_ari), (None, None));
         assert_eq!(scores.counts.true_positives, 1);
         let report = evaluator.report();
-        assert_eq!((report.fg_ari, report.all_ari, report.ari_images), (None, None, 0));
+        assert_eq!(
+            (report.fg_ari, report.all_ari, report.ari_images),
+            (None, None, 0)
+        );
         assert_eq!(report.f1_50, 1.0);
 
         let gt = two_objects();
-        evaluator.add_image(&map(4, 6, gt.clone()), &map(4, 6, gt)).expect("add");
+        evaluator
+            .add_image(&map(4, 6, gt.clone()), &map(4, 6, gt))
+            .expect("add");
         assert_eq!(evaluator.report().ari_images, 1);
     }
 
@@ -565,8 +791,16 @@ mod tests {
         let prediction = vec![3, 3, 3, 3];
         // all-ARI over 4 px, GT {1,2}; fine. fg restricted to object 1 only: both sides single cluster.
         let only_object_one = vec![1, 1, 0, 0];
-        assert_eq!(adjusted_rand_index(&prediction, &only_object_one, true).expect("ari"), 0.0);
-        assert!(adjusted_rand_index(&prediction, &gt, false).expect("ari").abs() < 1e-12);
+        assert_eq!(
+            adjusted_rand_index(&prediction, &only_object_one, true).expect("ari"),
+            0.0
+        );
+        assert!(
+            adjusted_rand_index(&prediction, &gt, false)
+                .expect("ari")
+                .abs()
+                < 1e-12
+        );
     }
 
     #[test]
@@ -577,12 +811,26 @@ mod tests {
         assert_eq!(legacy_nearest_indices(5, 5), vec![0, 1, 2, 3, 4]);
         assert_eq!(nearest_exact_indices(10, 4), vec![1, 3, 6, 8]);
         // The float32 rule agrees with exact integer arithmetic on the presets' sizes.
-        for (input, output) in [(378, 95), (1260, 315), (375, 95), (1242, 315), (480, 123), (968, 245)] {
+        for (input, output) in [
+            (378, 95),
+            (1260, 315),
+            (375, 95),
+            (1242, 315),
+            (480, 123),
+            (968, 245),
+        ] {
             let exact: Vec<usize> = (0..output).map(|d| d * input / output).collect();
-            assert_eq!(legacy_nearest_indices(input, output), exact, "{input} -> {output}");
+            assert_eq!(
+                legacy_nearest_indices(input, output),
+                exact,
+                "{input} -> {output}"
+            );
         }
         let gt = map(2, 4, vec![1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(gt.resize_legacy_nearest(1, 2).expect("resize").labels, vec![1, 3]);
+        assert_eq!(
+            gt.resize_legacy_nearest(1, 2).expect("resize").labels,
+            vec![1, 3]
+        );
     }
 
     #[test]
@@ -590,20 +838,40 @@ mod tests {
         // Object 2 is a single pixel at column 1, skipped by a 4 → 2 column resize (columns 0 and 2 kept).
         let gt = map(1, 4, vec![1, 2, 3, 3]);
         let prediction = map(1, 4, vec![0, 0, 5, 5]);
-        let (p, g) = EvalPreset::Native.to_eval_resolution(&prediction, &gt).expect("resize");
-        assert_eq!((p.labels.as_slice(), g.labels.as_slice()), (prediction.labels.as_slice(), gt.labels.as_slice()));
+        let (p, g) = EvalPreset::Native
+            .to_eval_resolution(&prediction, &gt)
+            .expect("resize");
+        assert_eq!(
+            (p.labels.as_slice(), g.labels.as_slice()),
+            (prediction.labels.as_slice(), gt.labels.as_slice())
+        );
         let small_gt = gt.resize_legacy_nearest(1, 2).expect("resize");
         assert_eq!(small_gt.labels, vec![1, 3]);
-        let counts = match_predictions(&prediction.resize_legacy_nearest(1, 2).expect("resize").labels, &small_gt.labels)
-            .expect("match");
-        assert_eq!(counts, MatchCounts { true_positives: 1, predictions: 1, ground_truth: 2 });
+        let counts = match_predictions(
+            &prediction
+                .resize_legacy_nearest(1, 2)
+                .expect("resize")
+                .labels,
+            &small_gt.labels,
+        )
+        .expect("match");
+        assert_eq!(
+            counts,
+            MatchCounts {
+                true_positives: 1,
+                predictions: 1,
+                ground_truth: 2
+            }
+        );
     }
 
     #[test]
     fn kitti_preset_resizes_to_95_by_315() {
         let gt = map(375, 1242, vec![0; 375 * 1242]);
         let prediction = map(378, 1260, vec![0; 378 * 1260]);
-        let (p, g) = EvalPreset::Kitti.to_eval_resolution(&prediction, &gt).expect("resize");
+        let (p, g) = EvalPreset::Kitti
+            .to_eval_resolution(&prediction, &gt)
+            .expect("resize");
         assert_eq!((p.height, p.width, g.height, g.width), (95, 315, 95, 315));
         assert_eq!("tri-pd".parse::<EvalPreset>(), Ok(EvalPreset::TriPd));
         assert!("coco".parse::<EvalPreset>().is_err());
@@ -619,8 +887,20 @@ mod tests {
     #[test]
     fn kitti_instances_are_decoded_in_value_order() {
         // class 26 (car) instances 1 and 0 ("group"), class 7 (road), class 24 (person) instance 3, void 0.
-        let values = [26 * 256 + 1, 7 * 256, 24 * 256 + 3, 26 * 256, 0, 26 * 256 + 1, 34 * 256 + 1, 23 * 256 + 2];
-        assert_eq!(decode_kitti_instances(&values), vec![3, 0, 1, 2, 0, 3, 0, 0]);
+        let values = [
+            26 * 256 + 1,
+            7 * 256,
+            24 * 256 + 3,
+            26 * 256,
+            0,
+            26 * 256 + 1,
+            34 * 256 + 1,
+            23 * 256 + 2,
+        ];
+        assert_eq!(
+            decode_kitti_instances(&values),
+            vec![3, 0, 1, 2, 0, 3, 0, 0]
+        );
     }
 
     #[test]
@@ -628,7 +908,18 @@ mod tests {
         let selected = [true, true, false, false, true];
         let truth = [true, false, true, false, true];
         let scores = quasi_static_retrieval(&selected, &truth).expect("same length");
-        assert_eq!((scores.true_positives, scores.false_positives, scores.false_negatives, scores.true_negatives), (2, 1, 1, 1));
-        assert_eq!((scores.accuracy, scores.precision, scores.recall), (0.6, 2.0 / 3.0, 2.0 / 3.0));
+        assert_eq!(
+            (
+                scores.true_positives,
+                scores.false_positives,
+                scores.false_negatives,
+                scores.true_negatives
+            ),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(
+            (scores.accuracy, scores.precision, scores.recall),
+            (0.6, 2.0 / 3.0, 2.0 / 3.0)
+        );
     }
 }

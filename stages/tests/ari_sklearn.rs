@@ -59,7 +59,13 @@ fn random_case(rng: &mut Rng, index: usize) -> Case {
             let flip_per_mille = rng.below(400) as u64;
             ground_truth
                 .iter()
-                .map(|&g| if (rng.next() % 1000) < flip_per_mille { rng.below(8) as u32 } else { g * 3 + 1 })
+                .map(|&g| {
+                    if (rng.next() % 1000) < flip_per_mille {
+                        rng.below(8) as u32
+                    } else {
+                        g * 3 + 1
+                    }
+                })
                 .collect()
         }
         // Objects merged pairwise, background split into halves.
@@ -70,18 +76,26 @@ fn random_case(rng: &mut Rng, index: usize) -> Case {
             })
             .collect(),
         // Each object split by rows.
-        2 => (0..ground_truth.len()).map(|p| ground_truth[p] * 10 + u32::from((p / width) % 3 == 0)).collect(),
+        2 => (0..ground_truth.len())
+            .map(|p| ground_truth[p] * 10 + u32::from((p / width) % 3 == 0))
+            .collect(),
         // Unrelated random blocks.
-        _ => (0..ground_truth.len()).map(|p| ((p / width) / 4 * 7 + (p % width) / 5) as u32 % 5).collect(),
+        _ => (0..ground_truth.len())
+            .map(|p| ((p / width) / 4 * 7 + (p % width) / 5) as u32 % 5)
+            .collect(),
     };
-    Case { prediction, ground_truth }
+    Case {
+        prediction,
+        ground_truth,
+    }
 }
 
 fn python() -> PathBuf {
     match std::env::var_os("MRDINO_PYTHON") {
         Some(path) => PathBuf::from(path),
         None => {
-            let home = std::env::var_os("HOME").expect("HOME is not set, and MRDINO_PYTHON neither");
+            let home =
+                std::env::var_os("HOME").expect("HOME is not set, and MRDINO_PYTHON neither");
             PathBuf::from(home).join(".cache/mrdino/venv/bin/python")
         }
     }
@@ -91,7 +105,13 @@ fn sklearn_scores(cases: &[Case]) -> Vec<(f64, f64)> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/reference/ari_ref.py");
     let interpreter = python();
     let mut input = format!("{}\n", cases.len());
-    let join = |labels: &[u32]| labels.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    let join = |labels: &[u32]| {
+        labels
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     for case in cases {
         input += &format!("{}\n{}\n", join(&case.prediction), join(&case.ground_truth));
     }
@@ -109,8 +129,15 @@ fn sklearn_scores(cases: &[Case]) -> Vec<(f64, f64)> {
                 interpreter.display()
             )
         });
-    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write cases to the reference script");
-    let output = child.wait_with_output().expect("wait for the reference script");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write cases to the reference script");
+    let output = child
+        .wait_with_output()
+        .expect("wait for the reference script");
     assert!(
         output.status.success(),
         "the ARI reference {} failed under {}: {}",
@@ -122,7 +149,9 @@ fn sklearn_scores(cases: &[Case]) -> Vec<(f64, f64)> {
         .expect("utf-8 output")
         .lines()
         .map(|line| {
-            let mut values = line.split_whitespace().map(|v| v.parse::<f64>().expect("a float"));
+            let mut values = line
+                .split_whitespace()
+                .map(|v| v.parse::<f64>().expect("a float"));
             (values.next().expect("fg"), values.next().expect("all"))
         })
         .collect()
@@ -136,13 +165,26 @@ fn fg_and_all_ari_agree_with_scikit_learn() {
     assert_eq!(reference.len(), cases.len(), "one reference line per case");
     let mut worst = 0.0f64;
     for (i, (case, &(fg_ref, all_ref))) in cases.iter().zip(&reference).enumerate() {
-        let fg = adjusted_rand_index(&case.prediction, &case.ground_truth, true).expect("same length");
-        let all = adjusted_rand_index(&case.prediction, &case.ground_truth, false).expect("same length");
-        assert!((fg - fg_ref).abs() < TOLERANCE, "case {i}: fg-ARI {fg} vs scikit-learn {fg_ref}");
+        let fg =
+            adjusted_rand_index(&case.prediction, &case.ground_truth, true).expect("same length");
+        let all =
+            adjusted_rand_index(&case.prediction, &case.ground_truth, false).expect("same length");
+        assert!(
+            (fg - fg_ref).abs() < TOLERANCE,
+            "case {i}: fg-ARI {fg} vs scikit-learn {fg_ref}"
+        );
         worst = worst.max((fg - fg_ref).abs());
-        assert!((all - all_ref).abs() < TOLERANCE, "case {i}: all-ARI {all} vs scikit-learn {all_ref}");
+        assert!(
+            (all - all_ref).abs() < TOLERANCE,
+            "case {i}: all-ARI {all} vs scikit-learn {all_ref}"
+        );
         worst = worst.max((all - all_ref).abs());
     }
-    let spread = |pick: fn(&(f64, f64)) -> f64| reference.iter().map(pick).fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let spread = |pick: fn(&(f64, f64)) -> f64| {
+        reference
+            .iter()
+            .map(pick)
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
+    };
     println!("{} cases, worst |ours - sklearn| = {worst:.2e}; sklearn fg-ARI range {:?}, all-ARI range {:?}", cases.len(), spread(|r| r.0), spread(|r| r.1));
 }
