@@ -350,12 +350,12 @@ pub fn match_predictions(
         ..MatchCounts::default()
     };
     // The first non-empty prediction (in id order) is taken as background and dropped.
-    for p in 1..table.pred_ids.len() {
+    for (p, &pred_area) in pred_areas.iter().enumerate().skip(1) {
         counts.predictions += 1;
         let mut best: Option<(usize, u64, u64)> = None;
         for &g in &gt_objects {
             let intersection = table.count(g, p);
-            let union = pred_areas[p] + gt_areas[g] - intersection;
+            let union = pred_area + gt_areas[g] - intersection;
             // Compare intersection/union fractions exactly; the first maximum wins, as `np.argmax`.
             let better = match best {
                 None => true,
