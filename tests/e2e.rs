@@ -376,3 +376,250 @@ fn raft_small_with_random_weights_runs_end_to_end() {
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("holds raft-small weights, not smurf"));
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Batch behaviour: resume after kill -9 and SIGTERM, shards, threads, failures, parameter changes.
+
+/// Eight sequences of 24 frames with imported flow: boxes moving over a static background, with panning
+/// stretches, so every sequence has labelled and unlabelled frames.
+fn batch_fixture(root: &Path) {
+    use Scene::*;
+    for s in 0..8 {
+        let scenes: Vec<Scene> = (0..23)
+            .map(|k| match (k + s) % 12 {
+                0 | 1 => Pan,
+                5 | 6 => Touching,
+                _ => TwoBoxes,
+            })
+            .collect();
+        write_sequence(root, &format!("seq_{s:02}"), &scenes);
+    }
+}
+
+fn sorted_tables(out: &Path) -> (Vec<FrameRow>, Vec<InstanceRow>) {
+    let (mut f, mut i) = tables(out);
+    f.sort_by(|a, b| (&a.sequence_id, a.frame_index).cmp(&(&b.sequence_id, b.frame_index)));
+    i.sort_by(|a, b| (&a.sequence_id, a.frame_index, a.instance_id).cmp(&(&b.sequence_id, b.frame_index, b.instance_id)));
+    (f, i)
+}
+
+fn hidden_or_temp_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for table in ["frames", "instances"] {
+        for part in std::fs::read_dir(dir.join(table)).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(part.path()).into_iter().flatten().flatten() {
+                if !f.file_name().to_string_lossy().ends_with(".parquet") || f.file_name().to_string_lossy().starts_with('.') {
+                    found.push(f.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    batch_fixture(&root);
+    let reference_out = dir.path().join("reference");
+    run_ok(&mut labels_cmd(&root, &reference_out));
+    let reference = sorted_tables(&reference_out);
+    assert_eq!(reference.0.len(), 8 * 23);
+
+    let out = dir.path().join("out");
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..4 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let delay_ms = 30 + state % 400;
+        let mut child = labels_cmd(&root, &out).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        eprintln!("round {round}: killed after {delay_ms} ms ({status:?})");
+    }
+    run_ok(&mut labels_cmd(&root, &out));
+    assert_eq!(sorted_tables(&out), reference);
+    assert!(hidden_or_temp_files(&out).is_empty(), "{:?}", hidden_or_temp_files(&out));
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_the_same_command_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    batch_fixture(&root);
+    let reference_out = dir.path().join("reference");
+    run_ok(&mut labels_cmd(&root, &reference_out));
+
+    let out = dir.path().join("out");
+    // Slow the run down with DIS-free imported flow but a single thread, and stop it early.
+    let child = labels_cmd(&root, &out).args(["--threads", "1"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Wait until the run is under way (the first unit is done), then ask it to stop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(out.join("_done")).map_or(true, |mut d| d.next().is_none()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let result = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    if result.status.code() == Some(4) {
+        assert!(stderr.contains("run the same command again to resume"), "{stderr}");
+    } else {
+        // The run may already have finished on a fast machine; it must then have succeeded.
+        assert_eq!(result.status.code(), Some(0), "{stderr}");
+    }
+    run_ok(&mut labels_cmd(&root, &out));
+    assert_eq!(sorted_tables(&out), sorted_tables(&reference_out));
+}
+
+#[test]
+fn three_shards_equal_one_run_and_status_and_finalize_track_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    batch_fixture(&root);
+    let single = dir.path().join("single");
+    run_ok(&mut labels_cmd(&root, &single));
+
+    let out = dir.path().join("sharded");
+    run_ok(labels_cmd(&root, &out).args(["--shard", "0/3"]));
+    // Two shards missing: status lists them as a Slurm array expression; finalize refuses.
+    let status = mrdino().arg("status").arg("--out").arg(&out).output().unwrap();
+    assert_eq!(status.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("shards to rerun (of 3): --array=1-2"), "{text}");
+    let fin = mrdino().arg("finalize").arg("--out").arg(&out).output().unwrap();
+    assert_eq!(fin.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&fin.stderr).contains("not finalized"));
+
+    // Slurm's variables select the shard when --shard is absent.
+    run_ok(labels_cmd(&root, &out).env("SLURM_ARRAY_TASK_ID", "1").env("SLURM_ARRAY_TASK_COUNT", "3"));
+    run_ok(labels_cmd(&root, &out).args(["--shard", "2/3"]));
+    assert_eq!(sorted_tables(&out), sorted_tables(&single));
+    let status = run_ok(mrdino().arg("status").arg("--out").arg(&out));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("all shards complete"));
+    let fin = run_ok(mrdino().arg("finalize").arg("--out").arg(&out));
+    let path = String::from_utf8_lossy(&fin.stdout).trim().trim_start_matches("finalized: ").to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(manifest["units"], 8);
+    assert_eq!(manifest["frames"], 8 * 23);
+    let (frames, instances) = sorted_tables(&single);
+    assert_eq!(manifest["labelled_frames"].as_u64().unwrap() as usize, frames.iter().filter(|f| f.labelled).count());
+    assert_eq!(manifest["instances"].as_u64().unwrap() as usize, instances.len());
+}
+
+#[test]
+fn thread_count_does_not_change_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    batch_fixture(&root);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    run_ok(labels_cmd(&root, &one).args(["--threads", "1"]));
+    run_ok(labels_cmd(&root, &two).args(["--threads", "2"]));
+    assert_eq!(sorted_tables(&one), sorted_tables(&two));
+}
+
+fn manifest_units(out: &Path) -> Vec<serde_json::Value> {
+    let mut units = Vec::new();
+    for part in std::fs::read_dir(out.join("_manifest")).unwrap().flatten() {
+        for f in std::fs::read_dir(part.path()).unwrap().flatten() {
+            let m: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap();
+            units.extend(m["units"].as_array().unwrap().iter().cloned());
+        }
+    }
+    units
+}
+
+#[test]
+fn corrupt_frames_nan_flow_and_truncated_video_are_recorded_and_the_rest_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    batch_fixture(&root);
+    std::fs::write(root.join("frames/seq_03/0007.png"), b"not a png at all").unwrap();
+    let mut nan = flow_for(Scene::TwoBoxes);
+    nan.uv[2 * (10 * W + 20)] = f32::NAN;
+    std::fs::write(root.join("flow/seq_05/0012.npy"), encode_npy(&nan)).unwrap();
+    let out = dir.path().join("out");
+    let result = labels_cmd(&root, &out).output().unwrap();
+    assert_eq!(result.status.code(), Some(3), "{}", String::from_utf8_lossy(&result.stderr));
+    let units = manifest_units(&out);
+    assert_eq!(units.len(), 8);
+    assert!(units.iter().all(|u| u["status"] == "done"));
+    let failures: Vec<(String, u64, String)> = units
+        .iter()
+        .flat_map(|u| {
+            u["failures"].as_array().unwrap().iter().map(move |f| {
+                (u["unit"].as_str().unwrap().to_string(), f["frame_index"].as_u64().unwrap(), f["reason"].as_str().unwrap().to_string())
+            })
+        })
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(failures[0].0 == "seq_03" && failures[0].1 == 7 && failures[0].2.contains("0007.png"), "{failures:?}");
+    assert!(failures[1].0 == "seq_05" && failures[1].1 == 12 && failures[1].2.contains("non-finite flow value at row 10, column 20"), "{failures:?}");
+    let (frames, _) = sorted_tables(&out);
+    let reason = |seq: &str, i: u32| frames.iter().find(|f| f.sequence_id == seq && f.frame_index == i).unwrap().excluded_reason.clone();
+    // With imported flow, frame 6 keeps its flow file; only the undecodable frame itself has no row data.
+    assert_eq!(reason("seq_03", 6), None);
+    assert_eq!(reason("seq_03", 7).as_deref(), Some("unreadable"));
+    assert_eq!(reason("seq_05", 12).as_deref(), Some("unreadable"));
+    assert_eq!(frames.len(), 8 * 23);
+
+    // A truncated video beside a good one.
+    let videos = dir.path().join("videos");
+    std::fs::create_dir_all(&videos).unwrap();
+    for name in ["good", "truncated"] {
+        let path = videos.join(format!("{name}.avi"));
+        let fourcc = opencv::videoio::VideoWriter::fourcc('M', 'J', 'P', 'G').unwrap();
+        let mut writer = opencv::videoio::VideoWriter::new(path.to_str().unwrap(), fourcc, 10.0, opencv::core::Size::new(96, 64), true).unwrap();
+        for k in 0..30 {
+            let frame = dir.path().join("tmp.png");
+            write_frame(&frame, k);
+            let mat = opencv::imgcodecs::imread(frame.to_str().unwrap(), opencv::imgcodecs::IMREAD_COLOR).unwrap();
+            writer.write(&mat).unwrap();
+        }
+        writer.release().unwrap();
+    }
+    let truncated = videos.join("truncated.avi");
+    let bytes = std::fs::read(&truncated).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let vout = dir.path().join("vout");
+    let result = mrdino().args(["labels", "--dataset", "video", "--quiet"]).arg("--root").arg(&videos).arg("--out").arg(&vout).output().unwrap();
+    assert_eq!(result.status.code(), Some(3), "{}", String::from_utf8_lossy(&result.stderr));
+    let units = manifest_units(&vout);
+    let good = units.iter().find(|u| u["unit"] == "good").unwrap();
+    assert!(good["status"] == "done" && good["failures"].as_array().unwrap().is_empty());
+    let bad = units.iter().find(|u| u["unit"] == "truncated").unwrap();
+    let text = bad.to_string();
+    assert!(text.contains("truncated.avi") && text.contains("video ended after"), "{text}");
+}
+
+#[test]
+fn changed_parameters_are_kept_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    fixture(&root);
+    let out = dir.path().join("out");
+    run_ok(&mut labels_cmd(&root, &out));
+    let first = tables(&out);
+    let second = run_ok(labels_cmd(&root, &out).args(["--min-instance-px", "200"]));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("also holds labels made with other parameters"));
+    let partitions: Vec<String> = std::fs::read_dir(out.join("instances")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(partitions.len(), 2);
+    // The first partition is untouched; the second has only the 300 px boxes.
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(out.join("instances")).unwrap().flatten().map(|e| e.path()).collect();
+    parts.sort();
+    let rows_of = |part: &Path| -> Vec<InstanceRow> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(part).unwrap().flatten().map(|e| e.path()).collect();
+        files.sort();
+        files.iter().flat_map(|f| read_instances(f).unwrap()).collect()
+    };
+    let (a, b) = (rows_of(&parts[0]), rows_of(&parts[1]));
+    let (old, new) = if a.len() == first.1.len() { (a, b) } else { (b, a) };
+    assert_eq!(old, first.1);
+    assert!(new.iter().all(|i| i.area_px >= 200) && !new.is_empty() && new.len() < old.len());
+    // status needs to be told which parameter set.
+    let status = mrdino().arg("status").arg("--out").arg(&out).output().unwrap();
+    assert!(String::from_utf8_lossy(&status.stderr).contains("choose one with --params"));
+}

@@ -13,4 +13,4 @@ pub mod source;
 pub use decode::Processing;
 pub use error::DatasetError;
 pub use image::{Frame, Geometry, RgbImage};
-pub use source::{list_sequences, DatasetKind, ImageFile, Sequence, SequenceInput, SourceOptions};
+pub use source::{kitti_eval_overlap, list_sequences, DatasetKind, ImageFile, Sequence, SequenceInput, SourceOptions};

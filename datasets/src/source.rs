@@ -459,3 +459,94 @@ fn tri_pd_layout(root: &Path, cameras: &[String]) -> Result<Vec<(String, Vec<Ima
     }
     Ok(out)
 }
+
+/// The 142 KITTI raw frames that are images of the KITTI instance-segmentation benchmark, as
+/// (`<date>_drive_<n>_sync`, frame name) pairs (from the reference's `utils/kitti_samples_removing.py`).
+pub fn kitti_eval_overlap() -> std::collections::BTreeSet<(String, String)> {
+    include_str!("../data/kitti_eval_overlap.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_once(' ').map(|(d, f)| (d.to_string(), f.trim().to_string())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eval_overlap_list_has_142_frames() {
+        let list = kitti_eval_overlap();
+        assert_eq!(list.len(), 142);
+        assert!(list.contains(&("2011_09_26_drive_0015_sync".to_string(), "0000000264".to_string())));
+        assert!(list.contains(&("2011_10_03_drive_0047_sync".to_string(), "0000000556".to_string())));
+    }
+
+    fn touch_png(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"").unwrap();
+    }
+
+    #[test]
+    fn layouts_list_sequences_in_sorted_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for cam in ["image_02", "image_03", "image_00"] {
+            for f in ["0000000001.png", "0000000000.png"] {
+                touch_png(&root.join(format!("kitti/2011_09_26/2011_09_26_drive_0002_sync/{cam}/data/{f}")));
+                touch_png(&root.join(format!("kitti/2011_09_26/2011_09_26_drive_0001_sync/{cam}/data/{f}")));
+            }
+        }
+        let opts = |kind, sub: &str| SourceOptions { kind, root: root.join(sub), cameras: None, processing: None };
+        let kitti = list_sequences(&opts(DatasetKind::Kitti, "kitti")).unwrap();
+        let ids: Vec<&str> = kitti.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "2011_09_26_drive_0001_sync/image_02",
+                "2011_09_26_drive_0001_sync/image_03",
+                "2011_09_26_drive_0002_sync/image_02",
+                "2011_09_26_drive_0002_sync/image_03"
+            ]
+        );
+        let names: Vec<&str> = kitti[0].image_files().unwrap().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["0000000000", "0000000001"]);
+        assert_eq!(kitti[0].processing, Processing::Resize { width: 1240, height: 376 });
+
+        for cam in ["camera_01", "camera_04", "camera_05"] {
+            touch_png(&root.join(format!("pd/scene_000002/rgb/{cam}/000000000000000005.png")));
+            touch_png(&root.join(format!("pd/scene_000001/rgb/{cam}/000000000000000005.png")));
+        }
+        let pd = list_sequences(&opts(DatasetKind::TriPd, "pd")).unwrap();
+        let ids: Vec<&str> = pd.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["scene_000001/camera_01", "scene_000001/camera_05", "scene_000002/camera_01", "scene_000002/camera_05"]);
+
+        touch_png(&root.join("frames/b/2.png"));
+        touch_png(&root.join("frames/a/x/1.png"));
+        touch_png(&root.join("frames/a/x/notes.txt"));
+        touch_png(&root.join("frames/top.png"));
+        touch_png(&root.join("frames/.hidden/1.png"));
+        let frames = list_sequences(&opts(DatasetKind::Frames, "frames")).unwrap();
+        let ids: Vec<&str> = frames.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["a/x", "b", "frames"]);
+
+        touch_png(&root.join("movi/video_0001/rgba_00001.png"));
+        touch_png(&root.join("movi/video_0001/rgba_00000.png"));
+        touch_png(&root.join("movi/video_0001/segmentation_00000.png"));
+        touch_png(&root.join("movi/video_0000/00000.png"));
+        touch_png(&root.join("movi/video_0000/forward_flow_00000.png"));
+        let movi = list_sequences(&opts(DatasetKind::MoviE, "movi")).unwrap();
+        assert_eq!(movi.len(), 2);
+        assert_eq!(movi[0].image_files().unwrap().len(), 1);
+        let names: Vec<&str> = movi[1].image_files().unwrap().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["rgba_00000", "rgba_00001"]);
+    }
+
+    #[test]
+    fn tri_pd_geometry_halves_and_crops() {
+        let g = Processing::HalveCropTop { crop_top: 128 }.geometry(1216, 1936).unwrap();
+        assert_eq!((g.resized_width, g.resized_height, g.width, g.height, g.crop_top), (968, 608, 968, 480, 128));
+        let odd = Processing::HalveCropTop { crop_top: 128 }.geometry(1215, 1935).unwrap();
+        assert_eq!((odd.resized_width, odd.resized_height), (968, 608));
+    }
+}

@@ -24,15 +24,16 @@ fn noise(state: &mut u64) -> f32 {
     ((*state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
 }
 
-/// (top, left, height, width, u, v) of the moving objects.
+/// (top, left, height, width, u, v) of the moving objects: the layout of the reference measurement in
+/// spec §8 — seven objects, two touching pairs of about 8k pixels each that need the HDBSCAN split.
 const OBJECTS: [(usize, usize, usize, usize, f32, f32); 7] = [
-    (180, 60, 90, 200, 6.0, 0.5),   // car
-    (170, 420, 110, 160, 4.0, 0.0), // touching pair: slow ...
-    (170, 580, 110, 170, -9.0, 0.3), // ... and fast in the other direction
-    (200, 820, 60, 40, 3.5, 1.0),   // pedestrian
-    (150, 900, 120, 120, 8.0, -1.0), // touching pair: ...
-    (150, 1020, 120, 110, 2.8, 4.5), // ... different direction
-    (300, 1150, 50, 60, -5.0, 0.0), // small car near the border
+    (180, 60, 90, 160, 6.0, 0.5),    // car
+    (170, 420, 70, 60, 4.0, 0.0),    // touching pair (8050 px): slow ...
+    (170, 480, 70, 55, -9.0, 0.3),   // ... and fast in the other direction
+    (200, 700, 60, 25, 3.5, 1.0),    // pedestrian
+    (150, 900, 65, 60, 8.0, -1.0),   // touching pair (7800 px): ...
+    (150, 960, 65, 60, 2.8, 4.5),    // ... different direction
+    (300, 1150, 50, 60, -5.0, 0.0),  // small car near the border
 ];
 
 fn frame(seed: u64) -> FlowField {

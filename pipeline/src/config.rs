@@ -106,6 +106,9 @@ pub struct Params {
     pub flow: FlowParams,
     pub select: SelectParams,
     pub instances: InstanceParams,
+    /// Exclude the 142 KITTI raw frames that are KITTI instance-segmentation benchmark images (both cameras;
+    /// the reference removes them for `image_02` only). On for the `kitti` preset.
+    pub exclude_eval_overlap: bool,
 }
 
 /// Optional overrides from a JSON config file; absent fields keep the preset's value.
@@ -217,6 +220,7 @@ mod tests {
             flow: FlowParams::Dis { preset: "medium".into() },
             select: preset.select(),
             instances: preset.instances(),
+            exclude_eval_overlap: preset == Preset::Kitti,
         }
     }
 

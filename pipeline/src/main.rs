@@ -6,7 +6,9 @@
 //! Exit codes: 0 success; 1 error (configuration, I/O); 2 usage; 3 completed, but some units or frames failed;
 //! 4 stopped early (signal or `--time-budget`): run the same command again to resume.
 
+mod batch;
 mod cmd_flow;
+mod cmd_synth;
 mod config;
 mod flowsel;
 mod overlays;
@@ -43,6 +45,27 @@ enum Command {
     Labels(Box<LabelsArgs>),
     /// Compute forward flow and write it as files readable by `labels --flow import`.
     Flow(Box<cmd_flow::FlowCmdArgs>),
+    /// Generate a small video dataset with exact flow, instance and camera-motion ground truth.
+    Synth(cmd_synth::SynthArgs),
+    /// List the units of a `labels` run (same arguments) and write the plan, without processing.
+    Plan(Box<LabelsArgs>),
+    /// Done / failed / missing units of an output directory, and the shards to rerun.
+    Status(StatusArgs),
+    /// Check that every planned unit is done and merge the statistics into one manifest.
+    Finalize(StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Output directory of `mrdino labels`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Parameter hash to report on (needed only when OUT holds several).
+    #[arg(long)]
+    params: Option<String>,
+    /// Number of array tasks, to list the shards to rerun (default: from the run manifests).
+    #[arg(long)]
+    num_shards: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -102,6 +125,12 @@ struct LabelsArgs {
     /// Minimum instance size in px.
     #[arg(long)]
     min_instance_px: Option<usize>,
+    /// Keep the 142 KITTI raw frames that are KITTI instance-benchmark images (excluded by the kitti preset).
+    #[arg(long)]
+    keep_eval_overlap: bool,
+    /// Exit with code 3 when more than this many units or frames failed.
+    #[arg(long, default_value_t = 0)]
+    max_failures: usize,
 }
 
 const LABELS_HELP: &str = "\
@@ -205,9 +234,31 @@ fn resolve_params(args: &LabelsArgs, flow: FlowParams) -> Result<Params> {
         flow,
         select,
         instances,
+        exclude_eval_overlap: preset == Preset::Kitti && !args.keep_eval_overlap,
     };
     params.validate().map_err(anyhow::Error::msg)?;
     Ok(params)
+}
+
+fn plan(args: &LabelsArgs) -> Result<ExitCode> {
+    let built = build_flow(&args.flow)?;
+    let params = resolve_params(args, built.params)?;
+    let source = SourceOptions {
+        kind: args.dataset,
+        root: args.root.clone(),
+        cameras: Some(params.cameras.clone()),
+        processing: Some(params.processing),
+    };
+    let sequences = plan_units(&source)?;
+    let hash = params.hash();
+    let layout = Layout::new(&args.out, &hash);
+    let plan = batch::build_plan(&hash, args.dataset.name(), &args.root, &sequences);
+    batch::write_plan(&layout, &plan)?;
+    for unit in &plan.units {
+        println!("{}\t{}", unit.id, unit.frames.map_or("?".to_string(), |n| n.to_string()));
+    }
+    eprintln!("{} units, params {hash}; plan written to {}", plan.units.len(), layout.plan_file().display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn labels(args: &LabelsArgs) -> Result<ExitCode> {
@@ -272,7 +323,7 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
         eprintln!("stopped early: {} sequences not done; run the same command again to resume", t.units_interrupted);
         return Ok(ExitCode::from(EXIT_STOPPED));
     }
-    if t.units_failed > 0 || t.frame_failures > 0 {
+    if t.units_failed + t.frame_failures > args.max_failures {
         for unit in manifest.units.iter().filter(|u| u.error.is_some() || !u.failures.is_empty()) {
             if let Some(e) = &unit.error {
                 eprintln!("failed unit {}: {e}", unit.unit);
@@ -287,7 +338,6 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
     if let Err(e) = ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
             std::process::exit(i32::from(EXIT_STOPPED));
@@ -296,9 +346,20 @@ fn main() -> ExitCode {
     }) {
         eprintln!("warning: cannot install the signal handler: {e}");
     }
+    let cli = Cli::parse();
     let result = match &cli.command {
         Command::Labels(args) => labels(args),
         Command::Flow(args) => cmd_flow::run(args),
+        Command::Plan(args) => plan(args),
+        Command::Synth(args) => cmd_synth::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Status(args) => batch::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
+            r.print();
+            if r.failed.is_empty() && r.missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURES) }
+        }),
+        Command::Finalize(args) => batch::finalize(&args.out, args.params.as_deref()).map(|path| {
+            println!("finalized: {}", path.display());
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,

@@ -171,9 +171,14 @@ pub fn run_labels(
         "params": params,
     }))?;
     write_atomic(&layout.params_file(), &params_json)?;
+    let root = sequences.first().map(|s| s.root.clone()).unwrap_or_default();
+    let plan = crate::batch::build_plan(&params_hash, params.dataset.name(), &root, sequences);
+    crate::batch::write_plan(&layout, &plan)?;
+    let fingerprints: std::collections::BTreeMap<&str, &str> =
+        plan.units.iter().map(|u| (u.id.as_str(), u.input_fingerprint.as_str())).collect();
     let others: Vec<String> =
         Layout::existing_partitions(&options.out).into_iter().filter(|h| *h != params_hash).collect();
-    if !others.is_empty() && options.progress {
+    if !others.is_empty() {
         eprintln!(
             "note: {} also holds labels made with other parameters (params={}); they stay in their own partitions",
             options.out.display(),
@@ -210,7 +215,7 @@ pub fn run_labels(
             continue;
         }
         unit_bar.set_message(sequence.id.clone());
-        let fingerprint = input_fingerprint(sequence);
+        let fingerprint = fingerprints.get(sequence.id.as_str()).map_or_else(|| input_fingerprint(sequence), |f| f.to_string());
         let marker_path = layout.done_marker(&sequence.id);
         if let Some(marker) = read_marker(&marker_path) {
             if marker.params_hash == params_hash

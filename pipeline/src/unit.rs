@@ -279,6 +279,15 @@ pub fn process_unit(
     Ok(UnitOutput { frames, instances, failures, decoded_frames: metas.len() })
 }
 
+static EVAL_OVERLAP: std::sync::LazyLock<std::collections::BTreeSet<(String, String)>> =
+    std::sync::LazyLock::new(mrdino_datasets::kitti_eval_overlap);
+
+/// Whether a KITTI frame (`<drive>_sync/image_0X`, frame name) is a benchmark image.
+fn in_eval_overlap(sequence_id: &str, frame_name: &str) -> bool {
+    let drive = sequence_id.split('/').next().unwrap_or_default();
+    EVAL_OVERLAP.contains(&(drive.to_string(), frame_name.to_string()))
+}
+
 /// Applies the sequence-level rules (runs, segments) and builds the rows.
 fn resolve(
     sequence: &Sequence,
@@ -321,6 +330,11 @@ fn resolve(
                 Some("short_segment")
             }
             (Some(_), Some(_)) => None,
+        };
+        let reason = if params.exclude_eval_overlap && in_eval_overlap(&sequence.id, &meta.name) {
+            Some("eval_overlap")
+        } else {
+            reason
         };
         let labelled = reason.is_none();
         let mut num_instances = 0;
