@@ -66,5 +66,37 @@ demo: build
 	$(MRDINO) labels --dataset video --root $(DEMO_VIDEO) --out $(DEMO_OUT) --overlays 6
 	@echo "Parquet tables: $(DEMO_OUT)/frames $(DEMO_OUT)/instances; overlays: $(DEMO_OUT)/overlays"
 
+# ---- Per-dataset batch jobs --------------------------------------------------------------------------
+#   make kitti KITTI_ROOT=/data/kitti_raw           all sequences, resumable (rerun after any crash)
+#   make kitti-shard KITTI_ROOT=… SHARD=3 NUM_SHARDS=16   one shard of a job array
+#   make kitti-status / make kitti-finalize
+# Outputs go to $(OUT_ROOT)/<dataset>/; LABELS_ARGS adds flags (e.g. --flow smurf --weights FILE).
+OUT_ROOT ?= outputs
+LABELS_ARGS ?=
+KITTI_ROOT ?=
+TRI_PD_ROOT ?=
+MOVI_ROOT ?=
+
+define dataset_targets
+.PHONY: $(1) $(1)-plan $(1)-shard $(1)-status $(1)-finalize
+$(1): build
+	@[ -n "$$($(2))" ] || { echo "set $(2)=<dataset root>"; exit 2; }
+	$$(MRDINO) labels --dataset $(1) --root "$$($(2))" --out $$(OUT_ROOT)/$(1) $$(LABELS_ARGS)
+$(1)-plan: build
+	@[ -n "$$($(2))" ] || { echo "set $(2)=<dataset root>"; exit 2; }
+	$$(MRDINO) plan --dataset $(1) --root "$$($(2))" --out $$(OUT_ROOT)/$(1) $$(LABELS_ARGS)
+$(1)-shard: build
+	@[ -n "$$($(2))" ] && [ -n "$$(SHARD)" ] && [ -n "$$(NUM_SHARDS)" ] || { echo "set $(2), SHARD and NUM_SHARDS"; exit 2; }
+	$$(MRDINO) labels --dataset $(1) --root "$$($(2))" --out $$(OUT_ROOT)/$(1) --shard $$(SHARD)/$$(NUM_SHARDS) $$(LABELS_ARGS)
+$(1)-status: build
+	$$(MRDINO) status --out $$(OUT_ROOT)/$(1) $$(if $$(NUM_SHARDS),--num-shards $$(NUM_SHARDS))
+$(1)-finalize: build
+	$$(MRDINO) finalize --out $$(OUT_ROOT)/$(1)
+endef
+
+$(eval $(call dataset_targets,kitti,KITTI_ROOT))
+$(eval $(call dataset_targets,tri-pd,TRI_PD_ROOT))
+$(eval $(call dataset_targets,movi-e,MOVI_ROOT))
+
 clean-cache:
 	rm -rf $(CARGO_TARGET_DIR)

@@ -623,3 +623,74 @@ fn changed_parameters_are_kept_apart() {
     let status = mrdino().arg("status").arg("--out").arg(&out).output().unwrap();
     assert!(String::from_utf8_lossy(&status.stderr).contains("choose one with --params"));
 }
+
+#[test]
+fn kitti_layout_resizes_to_the_reference_grid_and_excludes_benchmark_frames_on_both_cameras() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("kitti");
+    let flow_dir = dir.path().join("flow");
+    let drive = "2011_09_26_drive_0015_sync";
+    // A moving 80×60 box on a static background at the processing grid 1240×376.
+    let mut flow = FlowField::zeros(376, 1240);
+    for r in 150..210 {
+        for c in 500..580 {
+            flow.uv[2 * (r * 1240 + c)] = 5.0;
+        }
+    }
+    let npy = encode_npy(&flow);
+    for camera in ["image_02", "image_03"] {
+        for (k, frame) in (260..268).enumerate() {
+            let mut data = Vec::with_capacity(375 * 1242 * 3);
+            for r in 0..375usize {
+                for c in 0..1242usize {
+                    let v = ((r * 3 + c * 5 + k * 7) % 256) as u8;
+                    data.extend([v, v, v]);
+                }
+            }
+            let mat = Mat::new_rows_cols_with_data(375, 1242 * 3, &data).unwrap().reshape(3, 375).unwrap().try_clone().unwrap();
+            let path = root.join(format!("2011_09_26/{drive}/{camera}/data/{frame:010}.png"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            opencv::imgcodecs::imwrite_def(path.to_str().unwrap(), &mat).unwrap();
+            let f = flow_dir.join(format!("{drive}/{camera}/{frame:010}.npy"));
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, &npy).unwrap();
+        }
+    }
+    let out = dir.path().join("out");
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "kitti", "--quiet", "--flow", "import"])
+            .arg("--root")
+            .arg(&root)
+            .arg("--flow-dir")
+            .arg(&flow_dir)
+            .arg("--out")
+            .arg(&out),
+    );
+    let (frames, instances) = sorted_tables(&out);
+    assert_eq!(frames.len(), 14);
+    for f in &frames {
+        assert_eq!((f.orig_width, f.orig_height, f.width, f.height), (1242, 375, 1240, 376));
+        assert!(f.sequence_id == format!("{drive}/image_02") || f.sequence_id == format!("{drive}/image_03"));
+        if f.frame_name == "0000000264" {
+            assert_eq!(f.excluded_reason.as_deref(), Some("eval_overlap"), "{f:?}");
+        } else {
+            assert!(f.labelled, "{f:?}");
+        }
+    }
+    assert_eq!(instances.len(), 12);
+    assert!(instances.iter().all(|i| i.area_px == 4800 && i.bbox_xywh == [500.0, 150.0, 80.0, 60.0]));
+    // `--keep-eval-overlap` keeps them (a different parameter set).
+    let kept = dir.path().join("kept");
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "kitti", "--quiet", "--flow", "import", "--keep-eval-overlap"])
+            .arg("--root")
+            .arg(&root)
+            .arg("--flow-dir")
+            .arg(&flow_dir)
+            .arg("--out")
+            .arg(&kept),
+    );
+    assert!(sorted_tables(&kept).0.iter().all(|f| f.labelled));
+}
