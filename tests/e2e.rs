@@ -694,3 +694,19 @@ fn kitti_layout_resizes_to_the_reference_grid_and_excludes_benchmark_frames_on_b
     );
     assert!(sorted_tables(&kept).0.iter().all(|f| f.labelled));
 }
+
+#[test]
+fn time_budget_stops_cleanly_and_the_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    batch_fixture(&root);
+    let reference_out = dir.path().join("reference");
+    run_ok(&mut labels_cmd(&root, &reference_out));
+    let out = dir.path().join("out");
+    let first = labels_cmd(&root, &out).args(["--time-budget", "0"]).output().unwrap();
+    assert_eq!(first.status.code(), Some(4), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stderr).contains("run the same command again to resume"));
+    assert!(std::fs::read_dir(out.join("_done")).map_or(true, |d| d.flatten().all(|p| std::fs::read_dir(p.path()).unwrap().next().is_none())));
+    run_ok(&mut labels_cmd(&root, &out));
+    assert_eq!(sorted_tables(&out), sorted_tables(&reference_out));
+}

@@ -187,7 +187,7 @@ pub fn run_labels(
     }
 
     let units: Vec<&Sequence> = sequences.iter().filter(|s| in_shard(&s.id, options.shard)).collect();
-    let total_frames: u64 = units.iter().map(|s| s.image_files().map_or(0, |f| f.len() as u64)).sum();
+    let total_frames: u64 = units.iter().map(|s| s.image_files().map_or(0, |f| f.len().saturating_sub(1) as u64)).sum();
     let multi = MultiProgress::with_draw_target(if options.progress {
         ProgressDrawTarget::stderr()
     } else {
@@ -223,7 +223,7 @@ pub fn run_labels(
                 && layout.frames_file(&sequence.id).is_file()
                 && layout.instances_file(&sequence.id).is_file()
             {
-                frame_bar.inc(marker.frames_decoded as u64);
+                frame_bar.inc(marker.frame_rows as u64);
                 unit_bar.inc(1);
                 totals.units_skipped += 1;
                 statuses.push(UnitStatus {

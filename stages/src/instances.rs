@@ -587,6 +587,27 @@ mod tests {
     }
 
     #[test]
+    fn the_edge_threshold_is_strict() {
+        let p = reference_params();
+        let disk = disk_offsets(10);
+        // A u step of Δ across a vertical line gives a Sobel response of 4Δ: 5 px → exactly 20 (no split),
+        // 5.25 px → 21 (split).
+        for (step, expected) in [(5.0f32, false), (5.25, true)] {
+            let flow = flow_with(60, 120, |r, c| {
+                if (10..50).contains(&r) && (10..110).contains(&c) {
+                    (if c < 60 { 3.0 } else { 3.0 + step }, 0.0)
+                } else {
+                    (0.0, 0.0)
+                }
+            });
+            let fg: Vec<bool> = flow.magnitude().iter().map(|&m| m > 2.5).collect();
+            let (labels, comps) = connected_components(&fg, 60, 120);
+            assert_eq!(sobel_x_edge(&flow, 30, 59), 4.0 * step);
+            assert_eq!(has_interior_edge(&flow, &labels, 1, &comps[0], &p, &disk), expected, "step {step}");
+        }
+    }
+
+    #[test]
     fn a_horizontal_flow_step_does_not_split() {
         let p = reference_params();
         let flow = flow_with(60, 120, |r, c| {
