@@ -1,9 +1,11 @@
 //! What the pipeline writes: Parquet tables with COCO RLE masks, atomic files, done markers and manifests,
-//! overlay images.
+//! overlay images, flow colour images and the HTML report.
 
 pub mod atomic;
+pub mod flowviz;
 pub mod layout;
 pub mod overlay;
+pub mod report;
 pub mod rle;
 pub mod tables;
 

@@ -7,7 +7,9 @@
 //! 4 stopped early (signal or `--time-budget`): run the same command again to resume.
 
 mod batch;
+mod cmd_eval;
 mod cmd_flow;
+mod cmd_report;
 mod cmd_synth;
 mod config;
 mod flowsel;
@@ -53,6 +55,11 @@ enum Command {
     Status(StatusArgs),
     /// Check that every planned unit is done and merge the statistics into one manifest.
     Finalize(StatusArgs),
+    /// Score pseudo-labels against ground-truth masks of moving objects (F1@50, AP50, AR50, fg-/all-ARI,
+    /// quasi-static retrieval); prints a table and writes JSON.
+    Eval(cmd_eval::EvalArgs),
+    /// Static HTML report of a labels run: per-sequence statistics, SVG plots, overlays and flow of sampled frames.
+    Report(cmd_report::ReportArgs),
 }
 
 #[derive(clap::Args)]
@@ -352,6 +359,8 @@ fn main() -> ExitCode {
         Command::Flow(args) => cmd_flow::run(args),
         Command::Plan(args) => plan(args),
         Command::Synth(args) => cmd_synth::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => cmd_eval::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Report(args) => cmd_report::run(args).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => batch::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
             r.print();
             if r.failed.is_empty() && r.missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURES) }

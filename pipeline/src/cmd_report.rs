@@ -1,0 +1,341 @@
+//! `mrdino report`: a static HTML page about a labels run, with overlays and flow images of sampled frames.
+//!
+//! The page itself (statistics, SVG plots, layout) is rendered by `mrdino_outputs::report`; this module
+//! gathers its inputs. It reads the complete units of one parameter partition, samples labelled frames evenly
+//! (frames with instances first, as `labels --overlays` does), re-reads those frames from the source dataset
+//! (dataset and root from the plan file, processing and cameras from the parameter file, so the pixels match
+//! the label grid) and writes for each an overlay PNG and the flow of that frame as a colour-wheel PNG.
+//!
+//! The flow shown is the flow the labels saw when that is on disk: with `--flow-dir` (the directory given to
+//! `labels --flow import`) the files are read. Otherwise it is recomputed from the source frames with OpenCV
+//! DIS (the labels' DIS preset when they used DIS, else `medium`), and the page says so, since a network
+//! flow or an imported flow may differ from it. When the source frames cannot be found the page is written
+//! without samples and says why.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use mrdino_datasets::decode::read_processed;
+use mrdino_datasets::{list_sequences, DatasetKind, Frame, Processing, Sequence, SourceOptions};
+use mrdino_outputs::flowviz::{flow_to_image, wheel_legend, write_rgb_png};
+use mrdino_outputs::layout::unit_key;
+use mrdino_outputs::overlay::{write_overlay, OverlayInstance};
+use mrdino_outputs::report::{render_html, ReportInput, SampleFigure};
+use mrdino_outputs::{write_atomic, FrameRow, InstanceRow};
+use mrdino_stages::flow::files::{find_flow_file, read_flow_file};
+use mrdino_stages::flow::{DisFlow, DisPreset, FlowEstimator, FlowField};
+use serde::Deserialize;
+
+use crate::batch::Plan;
+use crate::cmd_eval::{read_label_tables, LabelTables};
+
+/// Side of the colour-wheel legend image, in pixels.
+const LEGEND_PX: usize = 128;
+
+/// Flags of `mrdino report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Output directory of `mrdino labels`.
+    #[arg(long, value_name = "OUT")]
+    pub labels: PathBuf,
+    /// Parameter hash to report on (needed only when OUT holds several).
+    #[arg(long, value_name = "HASH")]
+    pub params: Option<String>,
+    /// Directory the report is written to (index.html, overlays/, flow/).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Number of labelled frames to show with overlay and flow.
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    pub samples: usize,
+    /// Flow files the labels imported (`labels --flow import --flow-dir DIR`); without it the flow of the
+    /// sampled frames is recomputed with OpenCV DIS.
+    #[arg(long, value_name = "DIR")]
+    pub flow_dir: Option<PathBuf>,
+}
+
+/// The parts of `OUT/_params/<hash>.json` the report needs.
+#[derive(Deserialize)]
+struct ParamsFile {
+    #[serde(default)]
+    code_version: String,
+    params: StoredParams,
+}
+
+#[derive(Deserialize)]
+struct StoredParams {
+    dataset: DatasetKind,
+    #[serde(default)]
+    cameras: Vec<String>,
+    processing: Processing,
+    flow: StoredFlow,
+}
+
+#[derive(Deserialize)]
+struct StoredFlow {
+    backend: String,
+    preset: Option<String>,
+}
+
+impl StoredFlow {
+    fn describe(&self) -> String {
+        match &self.preset {
+            Some(p) => format!("{} ({p})", self.backend),
+            None => self.backend.clone(),
+        }
+    }
+}
+
+/// How the flow images are obtained.
+enum FlowImages {
+    Files(PathBuf),
+    Dis(DisFlow),
+}
+
+impl FlowImages {
+    fn choose(flow_dir: Option<&Path>, labels_flow: Option<&StoredFlow>) -> Result<(Self, String)> {
+        if let Some(dir) = flow_dir {
+            if !dir.is_dir() {
+                bail!("flow directory {} does not exist", dir.display());
+            }
+            let note = format!(
+                "Flow images: read from {} (the flow files the labels {}).",
+                dir.display(),
+                if labels_flow.is_some_and(|f| f.backend == "import") { "imported" } else { "were given as --flow-dir" }
+            );
+            return Ok((FlowImages::Files(dir.to_path_buf()), note));
+        }
+        let preset_name = labels_flow
+            .filter(|f| f.backend == "dis")
+            .and_then(|f| f.preset.clone())
+            .unwrap_or_else(|| "medium".to_string());
+        let preset = DisPreset::parse(&preset_name).unwrap_or(DisPreset::Medium);
+        let dis = DisFlow::new(preset)?;
+        let recomputed = format!("recomputed from the source frames with OpenCV DIS ({})", preset.name());
+        let note = match labels_flow.map(|f| f.backend.as_str()) {
+            Some("dis") => format!("Flow images: {recomputed}, the backend the labels were made with."),
+            Some("import") => format!(
+                "Flow images: {recomputed}. The labels imported their flow, but no --flow-dir was given, so the flow \
+                 shown may differ from the flow the labels were made with."
+            ),
+            Some(other) => format!(
+                "Flow images: {recomputed}. The labels were made with {other} flow, which may differ from this one."
+            ),
+            None => format!("Flow images: {recomputed}."),
+        };
+        Ok((FlowImages::Dis(dis), note))
+    }
+
+    fn flow(&mut self, sequence_id: &str, frame: &Frame, next: Option<&Frame>) -> Result<FlowField> {
+        match self {
+            FlowImages::Files(dir) => {
+                let path = find_flow_file(dir, sequence_id, &frame.name).with_context(|| {
+                    format!("no flow file for frame {} of {sequence_id} in {}", frame.name, dir.display())
+                })?;
+                Ok(read_flow_file(&path)?)
+            }
+            FlowImages::Dis(dis) => {
+                let next = next.with_context(|| format!("frame {} of {sequence_id} has no next frame", frame.name))?;
+                let mut fields = dis.estimate(&[(&frame.image, &next.image)])?;
+                fields.pop().context("DIS returned no flow")
+            }
+        }
+    }
+
+    fn needs_next_frame(&self) -> bool {
+        matches!(self, FlowImages::Dis(_))
+    }
+}
+
+/// Frames of `sequence` at `indices`, decoded once (one pass for videos).
+fn decode_frames(sequence: &Sequence, indices: &BTreeSet<usize>) -> Result<BTreeMap<usize, Frame>> {
+    let mut out = BTreeMap::new();
+    if let Some(files) = sequence.image_files() {
+        for &index in indices {
+            let Some(file) = files.get(index) else { continue };
+            let (image, geometry) = read_processed(&file.path, &sequence.processing)?;
+            out.insert(index, Frame { index, name: file.name.clone(), image, geometry });
+        }
+        return Ok(out);
+    }
+    let Some(&last) = indices.iter().next_back() else { return Ok(out) };
+    for (index, item) in sequence.frames()? {
+        if indices.contains(&index) {
+            out.insert(index, item?);
+        }
+        if index >= last {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Up to `count` labelled frames, evenly spaced, preferring frames with instances.
+fn sample_frames(frames: &[FrameRow], count: usize) -> Vec<&FrameRow> {
+    let with_instances: Vec<&FrameRow> = frames.iter().filter(|f| f.labelled && f.num_instances > 0).collect();
+    let candidates =
+        if with_instances.is_empty() { frames.iter().filter(|f| f.labelled).collect() } else { with_instances };
+    if candidates.len() <= count {
+        return candidates;
+    }
+    (0..count).map(|k| candidates[k * candidates.len() / count]).collect()
+}
+
+/// Where the source frames are: the dataset listed as the labels run listed it.
+fn source_sequences(tables: &LabelTables, params: Option<&ParamsFile>) -> Result<Vec<Sequence>> {
+    let plan_file = tables.layout.plan_file();
+    let bytes = std::fs::read(&plan_file)
+        .with_context(|| format!("no plan file {} (rerun `mrdino labels` to write it)", plan_file.display()))?;
+    let plan: Plan = serde_json::from_slice(&bytes).with_context(|| format!("{}: not a plan", plan_file.display()))?;
+    let params = params.context("no parameter file, so the frames' processing is unknown")?;
+    let source = SourceOptions {
+        kind: params.params.dataset,
+        root: plan.root.clone(),
+        cameras: Some(params.params.cameras.clone()),
+        processing: Some(params.params.processing),
+    };
+    let sequences = list_sequences(&source)
+        .with_context(|| format!("cannot list the source frames of `{}` at {}", plan.dataset, plan.root.display()))?;
+    Ok(sequences)
+}
+
+/// Writes the overlay and flow images of the sampled frames; returns their figures in sample order.
+fn write_samples(
+    args: &ReportArgs,
+    tables: &LabelTables,
+    sequences: &[Sequence],
+    flow: &mut FlowImages,
+) -> Result<Vec<SampleFigure>> {
+    let chosen = sample_frames(&tables.frames, args.samples);
+    let mut instances: BTreeMap<(&str, u32), Vec<&InstanceRow>> = BTreeMap::new();
+    for inst in &tables.instances {
+        instances.entry((inst.sequence_id.as_str(), inst.frame_index)).or_default().push(inst);
+    }
+    let mut wanted: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+    for frame in &chosen {
+        let indices = wanted.entry(frame.sequence_id.as_str()).or_default();
+        indices.insert(frame.frame_index as usize);
+        if flow.needs_next_frame() {
+            indices.insert(frame.frame_index as usize + 1);
+        }
+    }
+    let mut decoded: BTreeMap<&str, BTreeMap<usize, Frame>> = BTreeMap::new();
+    for (sequence_id, indices) in &wanted {
+        let sequence = sequences
+            .iter()
+            .find(|s| s.id == *sequence_id)
+            .with_context(|| format!("sequence {sequence_id} is no longer in the source dataset"))?;
+        let frames = decode_frames(sequence, indices)
+            .with_context(|| format!("cannot re-read frames of {sequence_id} for the report"))?;
+        decoded.insert(sequence_id, frames);
+    }
+    let mut figures = Vec::new();
+    for row in chosen {
+        let frames = &decoded[row.sequence_id.as_str()];
+        let index = row.frame_index as usize;
+        let frame = frames
+            .get(&index)
+            .with_context(|| format!("frame {} of {} could not be re-read", row.frame_name, row.sequence_id))?;
+        let (height, width) = (frame.image.height, frame.image.width);
+        if (height, width) != (row.height as usize, row.width as usize) {
+            bail!(
+                "frame {} of {} is now {}x{} but was labelled at {}x{}; the source changed",
+                row.frame_name,
+                row.sequence_id,
+                width,
+                height,
+                row.width,
+                row.height
+            );
+        }
+        let rows = instances.get(&(row.sequence_id.as_str(), row.frame_index)).map(Vec::as_slice).unwrap_or(&[]);
+        let items: Vec<OverlayInstance<'_>> =
+            rows.iter().map(|r| OverlayInstance { id: r.instance_id, mask: &r.mask, bbox_xywh: r.bbox_xywh }).collect();
+        let stem = format!("{}-{}", unit_key(&row.sequence_id), row.frame_name);
+        let overlay_href = format!("overlays/{stem}.png");
+        write_overlay(&args.out.join(&overlay_href), &frame.image.data, height, width, &items)?;
+        let field = flow.flow(&row.sequence_id, frame, frames.get(&(index + 1)))?;
+        let image = flow_to_image(field.height, field.width, &field.uv);
+        let flow_href = format!("flow/{stem}.png");
+        write_rgb_png(&args.out.join(&flow_href), &image.rgb, image.height, image.width)?;
+        figures.push(SampleFigure {
+            sequence_id: row.sequence_id.clone(),
+            frame_name: row.frame_name.clone(),
+            instances: rows.len(),
+            overlay_href,
+            flow_href: Some(flow_href),
+            max_flow_px: Some(image.max_magnitude_px),
+        });
+    }
+    Ok(figures)
+}
+
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let tables = read_label_tables(&args.labels, args.params.as_deref())?;
+    let params: Option<ParamsFile> = std::fs::read(tables.layout.params_file())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let labels_flow = params.as_ref().map(|p| &p.params.flow);
+    let (mut flow, flow_note) = FlowImages::choose(args.flow_dir.as_deref(), labels_flow)?;
+    let mut notes: Vec<String> = tables
+        .incomplete_units
+        .iter()
+        .map(|f| format!("{} has no done marker (unfinished unit) and is left out.", f.display()))
+        .collect();
+    let samples = if args.samples == 0 {
+        Vec::new()
+    } else {
+        match source_sequences(&tables, params.as_ref()) {
+            Ok(sequences) => write_samples(args, &tables, &sequences, &mut flow)?,
+            Err(e) => {
+                notes.push(format!("No sampled frames: {e:#}."));
+                Vec::new()
+            }
+        }
+    };
+    if samples.is_empty() && args.samples > 0 && notes.is_empty() {
+        notes.push("No labelled frame to show.".into());
+    }
+    let legend_href = if samples.is_empty() {
+        None
+    } else {
+        let legend = wheel_legend(LEGEND_PX);
+        write_rgb_png(&args.out.join("flow-wheel.png"), &legend.rgb, legend.height, legend.width)?;
+        Some("flow-wheel.png".to_string())
+    };
+    let labelled = tables.frames.iter().filter(|f| f.labelled).count();
+    let mut facts = vec![
+        ("labels".to_string(), args.labels.display().to_string()),
+        ("parameters".to_string(), format!("params={}", tables.layout.params_hash)),
+    ];
+    if let Some(p) = &params {
+        facts.push(("dataset".into(), p.params.dataset.name().to_string()));
+        facts.push(("labels flow".into(), p.params.flow.describe()));
+        facts.push(("labels made by".into(), format!("mrdino {}", p.code_version)));
+    }
+    facts.push((
+        "totals".into(),
+        format!(
+            "{} sequences, {} frames, {} labelled, {} instances",
+            tables.frames.iter().map(|f| f.sequence_id.as_str()).collect::<BTreeSet<_>>().len(),
+            tables.frames.len(),
+            labelled,
+            tables.instances.len()
+        ),
+    ));
+    facts.push(("report made by".into(), format!("mrdino {}", crate::run::CODE_VERSION)));
+    let input = ReportInput {
+        title: "mrdino pseudo-label report".into(),
+        facts,
+        frames: tables.frames,
+        instances: tables.instances,
+        samples,
+        flow_note,
+        legend_href,
+        notes,
+    };
+    let index = args.out.join("index.html");
+    write_atomic(&index, render_html(&input).as_bytes())?;
+    println!("report: {} ({} sampled frames)", index.display(), input.samples.len());
+    Ok(())
+}
