@@ -26,7 +26,8 @@ VENV_STAMP := $(VENV)/.stamp-$(shell md5sum < tools/requirements.txt | cut -c1-1
 .PHONY: help setup apt venv build test bench demo demo-synth clean-cache
 
 help:
-	@echo "make demo   - pseudo-labels for the bundled vtest.avi clip (installs what it needs)"
+	@echo "make demo   - pseudo-labels for the bundled vtest.avi clip and their HTML report (installs what it needs)"
+	@echo "make demo-synth - synthetic videos with exact ground truth: labels with DIS and imported flow, scored"
 	@echo "make test   - the whole test suite (installs what it needs)"
 	@echo "make bench  - post-processing and HDBSCAN benchmarks"
 
@@ -64,7 +65,20 @@ DEMO_VIDEO ?= /usr/share/doc/opencv-doc/examples/data/vtest.avi
 DEMO_OUT ?= outputs/demo
 demo: build
 	$(MRDINO) labels --dataset video --root $(DEMO_VIDEO) --out $(DEMO_OUT) --overlays 6
+	$(MRDINO) report --labels $(DEMO_OUT) --out $(DEMO_OUT)/report
 	@echo "Parquet tables: $(DEMO_OUT)/frames $(DEMO_OUT)/instances; overlays: $(DEMO_OUT)/overlays"
+	@echo "Report: $(DEMO_OUT)/report/index.html"
+
+SYNTH_OUT ?= outputs/demo-synth
+demo-synth: build
+	$(MRDINO) synth --out $(SYNTH_OUT)/data
+	$(MRDINO) labels --dataset frames --root $(SYNTH_OUT)/data/frames --out $(SYNTH_OUT)/labels-dis --flow dis --quiet
+	$(MRDINO) labels --dataset frames --root $(SYNTH_OUT)/data/frames --out $(SYNTH_OUT)/labels-exact \
+	  --flow import --flow-dir $(SYNTH_OUT)/data/flow --quiet
+	@echo "== DIS flow =="
+	$(MRDINO) eval --labels $(SYNTH_OUT)/labels-dis --gt $(SYNTH_OUT)/data --gt-format synth
+	@echo "== exact (imported) flow =="
+	$(MRDINO) eval --labels $(SYNTH_OUT)/labels-exact --gt $(SYNTH_OUT)/data --gt-format synth
 
 # ---- Per-dataset batch jobs --------------------------------------------------------------------------
 #   make kitti KITTI_ROOT=/data/kitti_raw           all sequences, resumable (rerun after any crash)
