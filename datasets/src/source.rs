@@ -165,6 +165,18 @@ impl Sequence {
         }
     }
 
+    /// Number of frames: exact for image sequences, the container's announced count for videos.
+    pub fn frame_count_hint(&self) -> Option<usize> {
+        match &self.input {
+            SequenceInput::Images(files) => Some(files.len()),
+            SequenceInput::Video(path) => {
+                let capture = videoio::VideoCapture::from_file(path.to_str()?, videoio::CAP_ANY).ok()?;
+                let count = capture.get(videoio::CAP_PROP_FRAME_COUNT).ok()?;
+                (count >= 1.0).then_some(count as usize)
+            }
+        }
+    }
+
     /// The files this sequence reads, for fingerprints.
     pub fn input_paths(&self) -> Vec<&Path> {
         match &self.input {

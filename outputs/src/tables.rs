@@ -221,8 +221,11 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch, metadata: &[(String, Stri
     file.commit()
 }
 
+/// Key/value metadata of a Parquet file.
+pub type KeyValues = Vec<(String, String)>;
+
 /// Reads a whole Parquet file and its key/value metadata.
-pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, Vec<(String, String)>), OutputError> {
+pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, KeyValues), OutputError> {
     let file = File::open(path).map_err(|e| OutputError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| OutputError::format(path, e))?;
     let metadata = builder

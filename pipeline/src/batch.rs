@@ -45,7 +45,7 @@ pub fn build_plan(params_hash: &str, dataset: &str, root: &Path, sequences: &[Se
             .map(|s| PlannedUnit {
                 id: s.id.clone(),
                 key: unit_key(&s.id),
-                frames: s.image_files().map(<[_]>::len),
+                frames: s.frame_count_hint(),
                 input_fingerprint: input_fingerprint(s),
             })
             .collect(),

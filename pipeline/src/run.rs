@@ -187,7 +187,7 @@ pub fn run_labels(
     }
 
     let units: Vec<&Sequence> = sequences.iter().filter(|s| in_shard(&s.id, options.shard)).collect();
-    let total_frames: u64 = units.iter().map(|s| s.image_files().map_or(0, |f| f.len().saturating_sub(1) as u64)).sum();
+    let total_frames: u64 = units.iter().map(|s| s.frame_count_hint().map_or(0, |n| n.saturating_sub(1) as u64)).sum();
     let multi = MultiProgress::with_draw_target(if options.progress {
         ProgressDrawTarget::stderr()
     } else {
