@@ -710,3 +710,34 @@ fn time_budget_stops_cleanly_and_the_rerun_completes() {
     run_ok(&mut labels_cmd(&root, &out));
     assert_eq!(sorted_tables(&out), sorted_tables(&reference_out));
 }
+
+#[test]
+fn preset_config_file_and_flags_resolve_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    fixture(&root);
+    let config = dir.path().join("params.json");
+    std::fs::write(&config, r#"{"preset": "tri-pd", "min_instance_px": 150, "corner_threshold_px": 0.8}"#).unwrap();
+    let resolved = |extra: &[&str]| -> serde_json::Value {
+        let out = dir.path().join(format!("out{}", extra.len()));
+        let plan = run_ok(
+            mrdino().args(["plan", "--dataset", "frames", "--quiet"]).arg("--root").arg(root.join("frames")).arg("--out").arg(&out).arg("--config").arg(&config).args(extra),
+        );
+        assert!(String::from_utf8_lossy(&plan.stdout).contains("cam_a\t12"));
+        let file = std::fs::read_dir(out.join("_params")).unwrap().next().unwrap().unwrap().path();
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(file).unwrap()).unwrap()["params"].clone()
+    };
+    let from_file = resolved(&[]);
+    assert_eq!(from_file["preset"], "tri-pd");
+    assert_eq!(from_file["select"]["corner_threshold_px"], 0.8);
+    assert_eq!(from_file["instances"]["min_instance_px"], 150);
+    let with_flag = resolved(&["--corner-threshold-px", "0.3"]);
+    assert_eq!(with_flag["select"]["corner_threshold_px"], 0.3);
+    assert_eq!(with_flag["instances"]["min_instance_px"], 150);
+
+    std::fs::write(&config, r#"{"corner_treshold_px": 0.8}"#).unwrap();
+    let bad = mrdino().args(["plan", "--dataset", "frames"]).arg("--root").arg(root.join("frames")).arg("--out").arg(dir.path().join("bad")).arg("--config").arg(&config).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("params.json") && stderr.contains("corner_treshold_px"), "{stderr}");
+}

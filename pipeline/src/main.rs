@@ -90,7 +90,8 @@ struct LabelsArgs {
     /// Threshold preset (default: the dataset's own; `custom` = KITTI values, for frames and videos).
     #[arg(long, value_enum)]
     preset: Option<Preset>,
-    /// JSON file overriding preset parameters (keys as in `_params/<hash>.json`, e.g. "corner_threshold_px").
+    /// JSON file of parameter overrides with flat keys, e.g. {"preset": "tri-pd", "corner_threshold_px": 0.8,
+    /// "min_instance_px": 150} (all keys: see the README's parameter table). Flags override the file.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Cameras to read (KITTI: image_02,image_03; TRI-PD: camera_01,camera_05,camera_06).
@@ -201,18 +202,22 @@ fn shard_from_env() -> Result<Option<(u64, u64)>> {
 }
 
 fn resolve_params(args: &LabelsArgs, flow: FlowParams) -> Result<Params> {
-    let preset = args.preset.unwrap_or(Preset::for_dataset(args.dataset));
+    let file: Option<ConfigFile> = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?)
+        }
+        None => None,
+    };
+    // Precedence: dataset preset < config file < flags.
+    let preset = args
+        .preset
+        .or_else(|| file.as_ref().and_then(|f| f.preset))
+        .unwrap_or(Preset::for_dataset(args.dataset));
     let mut select = preset.select();
     let mut instances = preset.instances();
-    if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        let file: ConfigFile =
-            serde_json::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
-        if file.preset.is_some_and(|p| p != preset) && args.preset.is_none() {
-            let p = file.preset.unwrap_or(preset);
-            select = p.select();
-            instances = p.instances();
-        }
+    if let Some(file) = &file {
         file.apply(&mut select, &mut instances);
     }
     if let Some(v) = args.corner_threshold_px {
@@ -261,6 +266,7 @@ fn plan(args: &LabelsArgs) -> Result<ExitCode> {
     let layout = Layout::new(&args.out, &hash);
     let plan = batch::build_plan(&hash, args.dataset.name(), &args.root, &sequences);
     batch::write_plan(&layout, &plan)?;
+    run::write_params(&layout, &params)?;
     for unit in &plan.units {
         println!("{}\t{}", unit.id, unit.frames.map_or("?".to_string(), |n| n.to_string()));
     }

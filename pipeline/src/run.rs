@@ -137,6 +137,17 @@ fn file_metadata(params: &Params, options: &RunOptions) -> Vec<(String, String)>
     kv
 }
 
+/// Writes `OUT/_params/<hash>.json`: the resolved parameters with their hash and the code version.
+pub fn write_params(layout: &Layout, params: &Params) -> Result<()> {
+    let json = serde_json::to_vec_pretty(&serde_json::json!({
+        "params_hash": layout.params_hash,
+        "code_version": CODE_VERSION,
+        "params": params,
+    }))?;
+    write_atomic(&layout.params_file(), &json)?;
+    Ok(())
+}
+
 /// Lists the units of a dataset (configuration errors surface here, before any output is written).
 pub fn plan_units(source: &SourceOptions) -> Result<Vec<Sequence>> {
     list_sequences(source).with_context(|| format!("cannot list dataset `{}`", source.kind.name()))
@@ -165,12 +176,7 @@ pub fn run_labels(
     for dir in [layout.frames_dir(), layout.instances_dir(), layout.done_dir()] {
         remove_stale_temporaries(&dir)?;
     }
-    let params_json = serde_json::to_vec_pretty(&serde_json::json!({
-        "params_hash": params_hash,
-        "code_version": CODE_VERSION,
-        "params": params,
-    }))?;
-    write_atomic(&layout.params_file(), &params_json)?;
+    write_params(&layout, params)?;
     let root = sequences.first().map(|s| s.root.clone()).unwrap_or_default();
     let plan = crate::batch::build_plan(&params_hash, params.dataset.name(), &root, sequences);
     crate::batch::write_plan(&layout, &plan)?;
