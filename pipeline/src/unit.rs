@@ -85,20 +85,37 @@ struct Analysis {
     error: Option<String>,
 }
 
+impl Analysis {
+    fn failed(index: usize, error: String) -> Self {
+        Analysis {
+            index,
+            corners: None,
+            passes: false,
+            fg_fraction: None,
+            enough_fg: false,
+            instances: Vec::new(),
+            error: Some(error),
+        }
+    }
+}
+
+/// [`analyse`], with a panic inside a stage turned into a recorded frame failure instead of ending the run.
+fn analyse_guarded(job: FlowJob, params: &Params) -> Analysis {
+    let index = job.index;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analyse(job, params))).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Analysis::failed(index, format!("internal error while analysing the frame: {message}"))
+    })
+}
+
 fn analyse(job: FlowJob, params: &Params) -> Analysis {
     let flow = match job.flow {
         Ok(flow) => flow,
-        Err(error) => {
-            return Analysis {
-                index: job.index,
-                corners: None,
-                passes: false,
-                fg_fraction: None,
-                enough_fg: false,
-                instances: Vec::new(),
-                error: Some(error),
-            }
-        }
+        Err(error) => return Analysis::failed(job.index, error),
     };
     let (h, w) = (flow.height, flow.width);
     let magnitude = flow.magnitude();
@@ -185,7 +202,7 @@ pub fn process_unit(
                 .into_iter()
                 .par_bridge()
                 .map(|job| {
-                    let a = analyse(job, params);
+                    let a = analyse_guarded(job, params);
                     on_frame();
                     a
                 })
