@@ -232,7 +232,7 @@ pub fn svg_reason_bars(stats: &[SequenceStats]) -> String {
 
 /// A vertical-bar histogram with one labelled bar per bin.
 pub fn svg_histogram(title: &str, x_label: &str, bins: &[(String, usize)]) -> String {
-    let (left, right, top, bottom) = (56.0, 16.0, 28.0, 58.0);
+    let (left, right, top, bottom) = (56.0, 16.0, 28.0, 84.0);
     let bar_slot = (520.0 / bins.len().max(1) as f64).clamp(14.0, 48.0);
     let plot_w = bar_slot * bins.len().max(1) as f64;
     let plot_h = 200.0;
@@ -300,7 +300,7 @@ pub fn area_bins(instances: &[InstanceRow]) -> Vec<(String, usize)> {
 /// frame with a flow. `y_max` is shared by all charts so they compare.
 pub fn svg_fg_chart(sequence_id: &str, rows: &[&FrameRow], y_max: f64) -> String {
     let (left, right, top, bottom) = (46.0, 10.0, 22.0, 26.0);
-    let (plot_w, plot_h) = (300.0, 90.0);
+    let (plot_w, plot_h) = (360.0, 90.0);
     let width = left + plot_w + right;
     let height = top + plot_h + bottom;
     let last = rows.iter().map(|r| r.frame_index).max().unwrap_or(0).max(1) as f64;
@@ -419,11 +419,11 @@ fn truncate(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// 1234 → "1.2k", 5_000_000 → "5M".
+/// Exact below 100 000, then 123_456 → "123.5k", 5_000_000 → "5M".
 fn compact(n: u64) -> String {
     match n {
-        0..=999 => n.to_string(),
-        1_000..=999_999 => trim_decimal(n as f64 / 1e3, "k"),
+        0..=99_999 => n.to_string(),
+        100_000..=999_999 => trim_decimal(n as f64 / 1e3, "k"),
         _ => trim_decimal(n as f64 / 1e6, "M"),
     }
 }
@@ -448,8 +448,9 @@ th{background:#f1f3f5;font-weight:600}td:first-child,th:first-child{text-align:l
 table.facts td{text-align:left;border:none;padding:1px 12px 1px 0}table.facts td:first-child{color:#868e96}\
 svg{font:11px system-ui,sans-serif;fill:#343a40}svg .title{font-weight:600;font-size:12px}\
 .plots{display:flex;flex-wrap:wrap;gap:20px;align-items:flex-start}.fg{display:flex;flex-wrap:wrap;gap:6px}\
-figure{margin:0 0 18px}figcaption{color:#495057;margin-top:4px}.pair{display:flex;gap:8px;flex-wrap:wrap}\
-.pair img{max-width:620px;width:100%;height:auto;border:1px solid #dee2e6}.note{color:#495057}\
+figure{margin:0 0 18px}figcaption{color:#495057;margin-top:4px}\
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:8px;max-width:1300px}\
+.pair img{width:100%;height:auto;border:1px solid #dee2e6}.note{color:#495057}\
 .legend{display:flex;align-items:center;gap:10px;margin:6px 0 14px}.legend img{width:64px;height:64px}";
 
 /// Renders the whole page.
@@ -679,8 +680,9 @@ mod tests {
         assert_eq!(instances_per_frame_bins(&rows), vec![("0".into(), 1), ("1".into(), 0), ("2".into(), 1)]);
         assert_eq!(ticks(10.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
         assert_eq!(ticks(3.0), vec![0.0, 1.0, 2.0, 3.0]);
-        assert_eq!(compact(1500), "1.5k");
-        assert_eq!(compact(2048), "2k");
+        assert_eq!(compact(2047), "2047");
+        assert_eq!(compact(131_072), "131.1k");
+        assert_eq!(compact(4_000_000), "4M");
         assert_eq!(truncate("abcdef", 4), "…def");
     }
 }

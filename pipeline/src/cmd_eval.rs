@@ -55,7 +55,7 @@ pub struct EvalArgs {
     /// Output directory of `mrdino labels`.
     #[arg(long, value_name = "OUT")]
     pub labels: PathBuf,
-    /// Parameter hash to evaluate (needed only when OUT holds several).
+    /// Parameter hash to evaluate (default: the only one, or the latest run when OUT holds several).
     #[arg(long, value_name = "HASH")]
     pub params: Option<String>,
     /// Ground-truth directory.
@@ -88,9 +88,32 @@ pub struct LabelTables {
     pub incomplete_units: Vec<PathBuf>,
 }
 
-/// Reads every complete unit of `labels` (the partition `params`, or the only one), in file-name order.
+/// The partition to read: the one given, the only one, or else the one whose labels run started last (its
+/// parameter file is rewritten at every start), so that `make demo` keeps working after a parameter change.
+fn resolve_params(labels: &Path, params: Option<&str>) -> Result<String> {
+    if params.is_some() {
+        return choose_params(labels, params);
+    }
+    let partitions = Layout::existing_partitions(labels);
+    if partitions.len() <= 1 {
+        return choose_params(labels, None);
+    }
+    let started = |hash: &String| {
+        std::fs::metadata(Layout::new(labels, hash).params_file()).and_then(|m| m.modified()).ok()
+    };
+    let newest = partitions.iter().max_by_key(|h| started(h)).cloned().unwrap_or_default();
+    eprintln!(
+        "note: {} holds labels of several parameter sets (params={}); using the latest run, params={newest} \
+         (choose with --params)",
+        labels.display(),
+        partitions.join(", params=")
+    );
+    Ok(newest)
+}
+
+/// Reads every complete unit of `labels` (see [`resolve_params`] for the partition), in file-name order.
 pub fn read_label_tables(labels: &Path, params: Option<&str>) -> Result<LabelTables> {
-    let hash = choose_params(labels, params)?;
+    let hash = resolve_params(labels, params)?;
     let layout = Layout::new(labels, &hash);
     let dir = layout.frames_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)

@@ -39,7 +39,7 @@ pub struct ReportArgs {
     /// Output directory of `mrdino labels`.
     #[arg(long, value_name = "OUT")]
     pub labels: PathBuf,
-    /// Parameter hash to report on (needed only when OUT holds several).
+    /// Parameter hash to report on (default: the only one, or the latest run when OUT holds several).
     #[arg(long, value_name = "HASH")]
     pub params: Option<String>,
     /// Directory the report is written to (index.html, overlays/, flow/).
@@ -316,7 +316,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     facts.push((
         "totals".into(),
         format!(
-            "{} sequences, {} frames, {} labelled, {} instances",
+            "sequences {}, frames {}, labelled {}, instances {}",
             tables.frames.iter().map(|f| f.sequence_id.as_str()).collect::<BTreeSet<_>>().len(),
             tables.frames.len(),
             labelled,
