@@ -635,7 +635,7 @@ mod tests {
 
     #[test]
     fn statistics_count_runs_segments_and_reasons() {
-        let rows = vec![
+        let rows = [
             frame("a", 0, true, Some("short_run"), None, 0),
             frame("a", 1, false, Some("camera_motion"), None, 0),
             frame("a", 2, true, None, Some(0), 2),
