@@ -80,35 +80,32 @@ impl<const D: usize> KdTree<D> {
         KdTree { points: tree_points, original: order, nodes }
     }
 
-    /// For every point (in tree order), the squared distances to and tree positions of its `k` nearest points,
-    /// the point itself included. Rows are `k` long (`k <= n`) and are max-heaps: element 0 is the k-th nearest
-    /// distance, the rest is unordered. Among equal distances any point may be kept; only the distances make the
-    /// core distance, and every kept neighbour is a valid candidate edge.
-    pub fn knn_all(&self, k: usize) -> (Vec<f64>, Vec<u32>) {
+    /// For every point (in tree order), its `k` nearest points, the point itself included (`k <= n`).
+    pub fn knn_all(&self, k: usize) -> Knn {
         let n = self.points.len();
-        let mut dist2s = vec![f64::INFINITY; n * k];
-        let mut ids = vec![NO_POINT; n * k];
+        let mut knn = Knn::new(n, k);
         for p in 0..n {
-            let row = p * k..(p + 1) * k;
             // Neighbouring points in tree order are close: by the triangle inequality the previous point's k-th
             // distance plus the distance between the two bounds this point's k-th distance from above, which
             // prunes the search from its start. The relative and absolute slack keep every point at exactly the
             // k-th distance (possibly 0, for duplicates) strictly inside the bound despite rounding; should a row
             // still not fill up, it is searched again without a bound, so the result is always exact.
-            if p > 0 {
-                let previous_kth = dist2s[(p - 1) * k].sqrt();
+            let start = if p > 0 {
+                let previous_kth = knn.dist2[(p - 1) * k].sqrt();
                 let bound = previous_kth + dist2(&self.points[p - 1], &self.points[p]).sqrt();
-                dist2s[row.clone()].fill(bound * bound * (1.0 + 1e-9) + f64::MIN_POSITIVE);
+                bound * bound * (1.0 + 1e-9) + f64::MIN_POSITIVE
+            } else {
+                f64::INFINITY
+            };
+            let mut row = knn.row(p, start);
+            self.knn_visit(0, &self.points[p], &mut row);
+            if !row.is_full() {
+                row = knn.row(p, f64::INFINITY);
+                self.knn_visit(0, &self.points[p], &mut row);
             }
-            let mut heap = KnnRow { dist2: &mut dist2s[row.clone()], id: &mut ids[row.clone()] };
-            self.knn_visit(0, &self.points[p], &mut heap);
-            if ids[row.clone()].contains(&NO_POINT) {
-                dist2s[row.clone()].fill(f64::INFINITY);
-                let mut heap = KnnRow { dist2: &mut dist2s[row.clone()], id: &mut ids[row] };
-                self.knn_visit(0, &self.points[p], &mut heap);
-            }
+            knn.complete[p] = row.finish();
         }
-        (dist2s, ids)
+        knn
     }
 
     fn knn_visit(&self, node_id: usize, p: &[f64; D], row: &mut KnnRow<'_>) {
@@ -120,17 +117,15 @@ impl<const D: usize> KdTree<D> {
                 let d2 = node.box_dist2(p);
                 for q in node.range() {
                     if d2 >= row.worst() {
+                        row.skip(d2);
                         break;
                     }
-                    row.insert(d2, q as u32);
+                    row.offer(d2, q as u32);
                 }
                 return;
             }
             for q in node.range() {
-                let d2 = dist2(p, &self.points[q]);
-                if d2 < row.worst() {
-                    row.insert(d2, q as u32);
-                }
+                row.offer(dist2(p, &self.points[q]), q as u32);
             }
             return;
         }
@@ -139,25 +134,91 @@ impl<const D: usize> KdTree<D> {
         let right_d2 = self.nodes[right].box_dist2(p);
         let (near, near_d2, far, far_d2) =
             if left_d2 <= right_d2 { (left, left_d2, right, right_d2) } else { (right, right_d2, left, left_d2) };
-        if near_d2 < row.worst() {
-            self.knn_visit(near, p, row);
-        }
-        if far_d2 < row.worst() {
-            self.knn_visit(far, p, row);
+        for (child, child_d2) in [(near, near_d2), (far, far_d2)] {
+            if child_d2 < row.worst() {
+                self.knn_visit(child, p, row);
+            } else {
+                row.skip(child_d2);
+            }
         }
     }
 }
 
+/// The k nearest neighbours of every point, self included, as `k`-long rows. A row is a max-heap on the squared
+/// distance: element 0 is the k-th nearest distance (the squared core distance), the rest is unordered. Among
+/// equal distances any point may be kept: the distances are exact, the ids are valid candidate edges.
+pub(super) struct Knn {
+    pub k: usize,
+    pub dist2: Vec<f64>,
+    pub ids: Vec<u32>,
+    /// Whether the row holds *every* point at a distance up to its k-th distance (false when some point at
+    /// exactly that distance was left out). The MST search relies on complete rows to skip tied candidates.
+    pub complete: Vec<bool>,
+}
+
+impl Knn {
+    pub fn new(n: usize, k: usize) -> Self {
+        Knn { k, dist2: vec![f64::INFINITY; n * k], ids: vec![NO_POINT; n * k], complete: vec![false; n] }
+    }
+
+    /// The squared core distances: each row's k-th nearest distance.
+    pub fn core2(&self) -> Vec<f64> {
+        self.dist2.chunks_exact(self.k).map(|row| row[0]).collect()
+    }
+
+    /// Row `p`, reset so that only points nearer than `start` (squared) can enter.
+    pub fn row(&mut self, p: usize, start: f64) -> KnnRow<'_> {
+        let range = p * self.k..(p + 1) * self.k;
+        self.dist2[range.clone()].fill(start);
+        self.ids[range.clone()].fill(NO_POINT);
+        KnnRow { dist2: &mut self.dist2[range.clone()], id: &mut self.ids[range], last_tie: f64::NAN }
+    }
+}
+
 /// One point's neighbour list as a binary max-heap on the squared distance (k is small: min_samples + 1).
-struct KnnRow<'a> {
+pub(super) struct KnnRow<'a> {
     dist2: &'a mut [f64],
     id: &'a mut [u32],
+    /// The last `worst()` at which a point was left out at exactly that distance (evicted, rejected or pruned
+    /// with it). `worst()` only decreases, so the row is complete iff this differs from the final k-th distance.
+    last_tie: f64,
 }
 
 impl KnnRow<'_> {
     #[inline(always)]
-    fn worst(&self) -> f64 {
+    pub fn worst(&self) -> f64 {
         self.dist2[0]
+    }
+
+    /// Considers the point `id` at squared distance `d2`.
+    #[inline(always)]
+    pub fn offer(&mut self, d2: f64, id: u32) {
+        let worst = self.worst();
+        if d2 < worst {
+            self.insert(d2, id);
+            if self.worst() == worst {
+                self.last_tie = worst;
+            }
+        } else if d2 == worst {
+            self.last_tie = worst;
+        }
+    }
+
+    /// Records that points at squared distance `d2` or more were not looked at.
+    #[inline(always)]
+    pub fn skip(&mut self, d2: f64) {
+        if d2 == self.worst() {
+            self.last_tie = d2;
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        !self.id.contains(&NO_POINT)
+    }
+
+    /// Whether the row is complete (see [`Knn::complete`]).
+    pub fn finish(self) -> bool {
+        self.last_tie != self.worst()
     }
 
     /// Replaces the farthest neighbour by `(d2, id)`, which must be nearer.

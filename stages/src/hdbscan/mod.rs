@@ -50,6 +50,7 @@
 //! constant flows (almost all weights tied) takes about 0.14 s, 50k points in two stacks of duplicates 0.02 s.
 
 mod condense;
+mod grid;
 mod kdtree;
 mod mst;
 
@@ -65,48 +66,122 @@ pub struct HdbscanParams {
 /// Labels: -1 noise, 0..k-1 clusters. `min_samples` has the Python `hdbscan` library's meaning
 /// (k-th nearest *other* point, self excluded).
 pub fn cluster<const D: usize>(points: &[[f64; D]], params: &HdbscanParams) -> Vec<i32> {
-    let finite: Vec<u32> =
-        (0..points.len() as u32).filter(|&i| points[i as usize].iter().all(|x| x.is_finite())).collect();
+    let finite = finite_indices(points);
     if finite.len() == points.len() {
-        return cluster_finite(points, params);
+        return labels_from_mst(points.len(), params, sorted_mst(points, params.min_samples));
     }
     let finite_points: Vec<[f64; D]> = finite.iter().map(|&i| points[i as usize]).collect();
-    let mut labels = vec![-1; points.len()];
-    for (label, &i) in cluster_finite(&finite_points, params).into_iter().zip(&finite) {
+    let labels = labels_from_mst(finite.len(), params, sorted_mst(&finite_points, params.min_samples));
+    spread(labels, &finite, points.len())
+}
+
+/// The same labels as [`cluster`] for points that are pixels of one image component, found faster through the
+/// pixel grid (`grid.rs`). Features are the instance stage's `[u, v, w·row, w·col, any]` with `w =
+/// spatial_weight`, `pixels[i]` the (row, column) of `points[i]`. If the features do not have that form
+/// (spatial features not exactly `w·row`, `w·col` in f64, a pixel given twice, a bounding box far larger than the
+/// point count, coordinates of 2²⁴ or more) this simply runs [`cluster`]. Non-finite points are noise, as there.
+///
+/// # Panics
+/// If `pixels` and `points` differ in length.
+pub fn cluster_pixels(
+    points: &[[f64; 5]],
+    pixels: &[(u32, u32)],
+    spatial_weight: f64,
+    params: &HdbscanParams,
+) -> Vec<i32> {
+    assert_eq!(points.len(), pixels.len(), "one pixel per point");
+    let on_grid = spatial_weight.is_finite()
+        && (spatial_weight * spatial_weight).is_normal()
+        && points.iter().zip(pixels).all(|(p, &(row, col))| {
+            p[2] == spatial_weight * f64::from(row) && p[3] == spatial_weight * f64::from(col)
+        });
+    if !on_grid {
+        return cluster(points, params);
+    }
+    let finite = finite_indices(points);
+    let finite_points: Vec<[f64; 5]> = finite.iter().map(|&i| points[i as usize]).collect();
+    let finite_pixels: Vec<(u32, u32)> = finite.iter().map(|&i| pixels[i as usize]).collect();
+    match grid::PixelGrid::new(&finite_points, &finite_pixels, spatial_weight.abs()) {
+        Some(grid) if grid.is_dense() => {
+            let labels = labels_from_mst(finite.len(), params, grid_mst(&grid, params.min_samples));
+            spread(labels, &finite, points.len())
+        }
+        _ => cluster(points, params),
+    }
+}
+
+fn finite_indices<const D: usize>(points: &[[f64; D]]) -> Vec<u32> {
+    (0..points.len() as u32).filter(|&i| points[i as usize].iter().all(|x| x.is_finite())).collect()
+}
+
+/// Labels of the points `finite` (in order) spread over all `n` points; the others are noise.
+fn spread(finite_labels: Vec<i32>, finite: &[u32], n: usize) -> Vec<i32> {
+    let mut labels = vec![-1; n];
+    for (label, &i) in finite_labels.into_iter().zip(finite) {
         labels[i as usize] = label;
     }
     labels
 }
 
-fn cluster_finite<const D: usize>(points: &[[f64; D]], params: &HdbscanParams) -> Vec<i32> {
-    let n = points.len();
+/// Single linkage, condensed tree and excess-of-mass labels from the sorted MST of `n` points.
+fn labels_from_mst(n: usize, params: &HdbscanParams, edges: Vec<(u32, u32, f64)>) -> Vec<i32> {
     if n < 2 {
         return vec![-1; n];
     }
-    let edges = sorted_mst(points, params.min_samples);
     let merges = condense::single_linkage(n, &edges);
     let rows = condense::condense(n, &merges, params.min_cluster_size.max(2));
     condense::select_and_label(n, &rows)
 }
 
-/// Exact MST of the mutual-reachability graph as `(a, b, distance)` with `a < b` (caller's indices), sorted by
-/// distance and then by the indices. Needs `points.len() >= 2` and finite points.
+/// The number of neighbours per row: `min_samples` capped at `n − 1` and raised to 1, plus the point itself.
+fn neighbours(n: usize, min_samples: usize) -> usize {
+    min_samples.min(n - 1).max(1) + 1
+}
+
+/// Exact MST of the mutual-reachability graph as `(a, b, distance)` with `a < b` (caller's indices), the unique
+/// minimum under the order of `mst.rs`, sorted in that order. Finite points; empty for
+/// fewer than 2.
 fn sorted_mst<const D: usize>(points: &[[f64; D]], min_samples: usize) -> Vec<(u32, u32, f64)> {
     let n = points.len();
-    let min_samples = min_samples.min(n - 1).max(1);
-    let neighbours = min_samples + 1;
+    if n < 2 {
+        return Vec::new();
+    }
     let tree = kdtree::KdTree::build(points, (0..n as u32).collect());
-    let (knn_dist2, knn_ids) = tree.knn_all(neighbours);
-    let core2: Vec<f64> = knn_dist2.chunks_exact(neighbours).map(|row| row[0]).collect();
-    let mut edges: Vec<(u32, u32, f64)> = mst::minimum_spanning_tree(&tree, &core2, &knn_dist2, &knn_ids, neighbours)
-        .into_iter()
-        .map(|edge| {
-            let (a, b) = (tree.original[edge.a as usize], tree.original[edge.b as usize]);
-            (a.min(b), a.max(b), edge.weight2.sqrt())
-        })
-        .collect();
-    edges.sort_unstable_by(|x, y| x.2.total_cmp(&y.2).then(x.0.cmp(&y.0)).then(x.1.cmp(&y.1)));
-    edges
+    let knn = tree.knn_all(neighbours(n, min_samples));
+    let core2 = knn.core2();
+    let mut space = mst::KdSpace::new(&tree, &core2);
+    let mst_points = mst::Points { core2: &core2, complete: &knn.complete, original: &tree.original };
+    let edges = mst::minimum_spanning_tree(&mut space, &mst_points, &knn);
+    sort_edges(edges.into_iter().map(|edge| mst::Edge {
+        a: tree.original[edge.a as usize],
+        b: tree.original[edge.b as usize],
+        ..edge
+    }))
+}
+
+/// [`sorted_mst`] through the pixel grid; the points are in the caller's order.
+fn grid_mst(grid: &grid::PixelGrid<'_>, min_samples: usize) -> Vec<(u32, u32, f64)> {
+    let n = grid.len();
+    if n < 2 {
+        return Vec::new();
+    }
+    let knn = grid.knn_all(neighbours(n, min_samples));
+    let core2 = knn.core2();
+    let original: Vec<u32> = (0..n as u32).collect();
+    let mut space = grid::GridSpace::new(grid, &core2);
+    let mst_points = mst::Points { core2: &core2, complete: &knn.complete, original: &original };
+    let edges = mst::minimum_spanning_tree(&mut space, &mst_points, &knn);
+    sort_edges(edges.into_iter())
+}
+
+/// Edges (caller's indices) in the order of `mst.rs` as `(smaller index, larger index, distance)`.
+fn sort_edges(edges: impl Iterator<Item = mst::Edge>) -> Vec<(u32, u32, f64)> {
+    let mut edges: Vec<mst::Edge> =
+        edges.map(|edge| mst::Edge { a: edge.a.min(edge.b), b: edge.a.max(edge.b), ..edge }).collect();
+    edges.sort_unstable_by(|x, y| {
+        x.weight2.total_cmp(&y.weight2).then(x.dist2.total_cmp(&y.dist2)).then(x.a.cmp(&y.a)).then(x.b.cmp(&y.b))
+    });
+    edges.into_iter().map(|edge| (edge.a, edge.b, edge.weight2.sqrt())).collect()
 }
 
 #[cfg(test)]
@@ -298,5 +373,152 @@ mod tests {
             assert_eq!(a == -1, b == -1);
             assert_eq!(*mapping.entry(a).or_insert(b), b, "partitions differ");
         }
+    }
+
+    /// A component as the instance stage sees it: an elliptical pixel blob with holes, cut into `objects`
+    /// side-by-side objects with their own flow (noise of `noise` px, a gradient over rows, 3 % outliers when
+    /// `noise > 0`), flow rounded to f32, features `[u, v, 60·row, 60·col, 100·bin]` in raster order, pixels
+    /// offset by (`top`, `left`) in the image.
+    fn pixel_component(rows: u32, cols: u32, objects: u32, noise: f64, seed: u64) -> (Vec<[f64; 5]>, Vec<(u32, u32)>) {
+        const FLOWS: [(f64, f64); 3] = [(2.0, 0.4), (9.5, -0.8), (-4.0, 1.6)];
+        let (top, left) = (37, 211);
+        let mut rng = Lcg(seed);
+        let (mut points, mut pixels) = (Vec::new(), Vec::new());
+        for row in 0..rows {
+            for col in 0..cols {
+                let y = (f64::from(row) + 0.5) / f64::from(rows) * 2.0 - 1.0;
+                let x = (f64::from(col) + 0.5) / f64::from(cols) * 2.0 - 1.0;
+                if x * x + y * y > 1.0 || (row * 7 + col * 3) % 41 == 0 {
+                    continue;
+                }
+                let (u, v) = FLOWS[(col * objects / cols) as usize % FLOWS.len()];
+                let (u, v) = if noise > 0.0 && rng.next() < 0.03 {
+                    (30.0 * rng.next() - 15.0, 30.0 * rng.next() - 15.0)
+                } else {
+                    let gradient = 0.004 * f64::from(row);
+                    (u + gradient + noise * (rng.next() - 0.5), v - gradient + noise * (rng.next() - 0.5))
+                };
+                let (u, v) = (f64::from(u as f32), f64::from(v as f32));
+                let angle = v.atan2(u).rem_euclid(std::f64::consts::TAU);
+                let bin = (angle / (std::f64::consts::TAU / 16.0)).floor().min(15.0);
+                let (r, c) = (top + row, left + col);
+                points.push([u, v, 60.0 * f64::from(r), 60.0 * f64::from(c), 100.0 * bin]);
+                pixels.push((r, c));
+            }
+        }
+        (points, pixels)
+    }
+
+    fn grid_of<'p>(points: &'p [[f64; 5]], pixels: &[(u32, u32)]) -> grid::PixelGrid<'p> {
+        let grid = grid::PixelGrid::new(points, pixels, 60.0).expect("a pixel grid");
+        assert!(grid.is_dense());
+        grid
+    }
+
+    /// Brute force: whether all points within the k-th distance of `p` fit in k.
+    fn brute_complete(points: &[[f64; 5]], p: usize, kth2: f64, k: usize) -> bool {
+        points.iter().filter(|q| kdtree::dist2(&points[p], q) <= kth2).count() == k
+    }
+
+    #[test]
+    fn pixel_grid_gives_the_kd_tree_core_distances_mst_and_labels() {
+        let cases = [
+            ("noisy, three objects", pixel_component(48, 80, 3, 0.6, 1)),
+            ("noisy, two objects", pixel_component(40, 70, 2, 0.3, 2)),
+            ("constant flows: nearly all weights tie", pixel_component(30, 60, 2, 0.0, 3)),
+        ];
+        for (name, (points, pixels)) in &cases {
+            let grid = grid_of(points, pixels);
+            for min_samples in [1, 5, 30] {
+                let k = neighbours(points.len(), min_samples);
+                let by_grid = grid.knn_all(k);
+                let tree = kdtree::KdTree::build(points, (0..points.len() as u32).collect());
+                let by_tree = tree.knn_all(k);
+                let (grid_core2, tree_core2) = (by_grid.core2(), by_tree.core2());
+                for (position, &p) in tree.original.iter().enumerate() {
+                    let p = p as usize;
+                    assert_eq!(grid_core2[p].to_bits(), tree_core2[position].to_bits(), "{name}: core distance of {p}");
+                    if by_grid.complete[p] {
+                        assert!(brute_complete(points, p, grid_core2[p], k), "{name}: grid row {p} is not complete");
+                    }
+                }
+                let (ours, reference) = (grid_mst(&grid, min_samples), sorted_mst(points, min_samples));
+                assert_eq!(ours, reference, "{name}, min_samples {min_samples}: the trees differ");
+                if points.len() <= 1500 {
+                    let total: f64 = ours.iter().map(|e| e.2).sum();
+                    let exact = prim_total_weight(points, min_samples);
+                    assert!((total - exact).abs() <= 1e-9 * exact, "{name}: {total} vs {exact}");
+                }
+            }
+            let labels = cluster_pixels(points, pixels, 60.0, &params(30, 30));
+            assert_eq!(labels, cluster(points, &params(30, 30)), "{name}: labels differ");
+            assert!(cluster_count(&labels) >= 2, "{name}: no split");
+        }
+    }
+
+    #[test]
+    fn pixel_grid_searches_beyond_its_offset_table() {
+        // 40 scattered pixels in a 70×70 box: the 30th neighbour of most points lies beyond the table's radius.
+        let mut rng = Lcg(17);
+        let mut pixels: Vec<(u32, u32)> = Vec::new();
+        while pixels.len() < 40 {
+            let pixel = ((70.0 * rng.next()) as u32, (70.0 * rng.next()) as u32);
+            if !pixels.contains(&pixel) {
+                pixels.push(pixel);
+            }
+        }
+        let points: Vec<[f64; 5]> = pixels
+            .iter()
+            .map(|&(r, c)| [rng.next(), rng.next(), 60.0 * f64::from(r), 60.0 * f64::from(c), 0.0])
+            .collect();
+        let grid = grid_of(&points, &pixels);
+        let k = neighbours(points.len(), 30);
+        let by_tree = kdtree::KdTree::build(&points, (0..40).collect());
+        let tree_core2 = by_tree.knn_all(k).core2();
+        let grid_core2 = grid.knn_all(k).core2();
+        for (position, &p) in by_tree.original.iter().enumerate() {
+            assert_eq!(grid_core2[p as usize], tree_core2[position]);
+        }
+        assert!(grid_core2.iter().any(|&d2| d2 > 3600.0 * 40.0 * 40.0));
+        assert_eq!(grid_mst(&grid, 30), sorted_mst(&points, 30));
+        assert_eq!(grid_mst(&grid, 3), sorted_mst(&points, 3));
+    }
+
+    #[test]
+    fn kd_tree_rows_marked_complete_are_complete() {
+        let (points, _) = pixel_component(30, 60, 2, 0.0, 3);
+        let tree = kdtree::KdTree::build(&points, (0..points.len() as u32).collect());
+        let knn = tree.knn_all(31);
+        let core2 = knn.core2();
+        let mut complete = 0;
+        for (position, &p) in tree.original.iter().enumerate() {
+            if knn.complete[position] {
+                complete += 1;
+                assert!(brute_complete(&points, p as usize, core2[position], 31));
+            }
+        }
+        assert!(complete > 0);
+    }
+
+    #[test]
+    fn cluster_pixels_falls_back_or_matches_on_unusual_input() {
+        let (points, pixels) = pixel_component(30, 50, 2, 0.4, 5);
+        let expected = cluster(&points, &params(30, 30));
+        // Spatial features that are not 60·pixel: the kd-tree answers.
+        assert_eq!(cluster_pixels(&points, &pixels, 61.0, &params(30, 30)), expected);
+        let shifted: Vec<(u32, u32)> = pixels.iter().map(|&(r, c)| (r + 1, c)).collect();
+        assert_eq!(cluster_pixels(&points, &shifted, 60.0, &params(30, 30)), expected);
+        // Non-finite points are noise and ignored, as in `cluster`.
+        let mut dirty = points.clone();
+        dirty[10][0] = f64::NAN;
+        dirty[500][4] = f64::INFINITY;
+        let labels = cluster_pixels(&dirty, &pixels, 60.0, &params(30, 30));
+        assert_eq!(labels, cluster(&dirty, &params(30, 30)));
+        assert_eq!((labels[10], labels[500]), (-1, -1));
+        // Tiny inputs.
+        assert!(cluster_pixels(&[], &[], 60.0, &params(30, 30)).is_empty());
+        assert_eq!(cluster_pixels(&points[..1], &pixels[..1], 60.0, &params(30, 30)), vec![-1]);
+        let few = cluster_pixels(&points[..20], &pixels[..20], 60.0, &params(5, 5));
+        assert_eq!(few, cluster(&points[..20], &params(5, 5)));
     }
 }
