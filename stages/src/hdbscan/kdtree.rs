@@ -265,8 +265,13 @@ fn build_node<const D: usize>(points: &[[f64; D]], order: &mut [u32], start: usi
             widest = d;
         }
     }
-    // A node of identical points cannot be split usefully, whatever its size.
-    if order.len() <= LEAF_SIZE || hi[widest] - lo[widest] <= 0.0 {
+    // A node of identical points cannot be split usefully, whatever its size. Its points are kept in the
+    // caller's order: the Borůvka search relies on it to find a stack's best edge at its first foreign member.
+    if hi[widest] - lo[widest] <= 0.0 {
+        order.sort_unstable();
+        return id as u32;
+    }
+    if order.len() <= LEAF_SIZE {
         return id as u32;
     }
     let half = order.len() / 2;

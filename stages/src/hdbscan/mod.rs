@@ -6,12 +6,19 @@
 //! available Rust crates are too slow there (O(n²) Prim: 8.8 s at 50k, Borůvka on a ball tree: 4 s), hence
 //! this module:
 //!
-//! 1. kd-tree (`kdtree.rs`) and exact k-nearest neighbours → core distance = distance to the `min_samples`-th
-//!    nearest *other* point (the point itself is the 0-th neighbour, duplicates count at distance 0);
+//! 1. core distance = distance to the `min_samples`-th nearest *other* point (the point itself is the 0-th
+//!    neighbour, duplicates count at distance 0), by an exact k-nearest-neighbour search;
 //! 2. exact minimum spanning tree of the mutual-reachability graph `max(core_a, core_b, d(a, b))` by Borůvka
-//!    rounds with kd-tree pruning (`mst.rs`);
-//! 3. edges sorted by weight → single-linkage tree → condensed tree → excess of mass, root never selected →
+//!    rounds (`mst.rs`), unique thanks to a strict tie order (below);
+//! 3. edges sorted in that order → single-linkage tree → condensed tree → excess of mass, root never selected →
 //!    labels (`condense.rs`).
+//!
+//! The searches of steps 1 and 2 come in two kinds with identical results: [`cluster`] uses a kd-tree
+//! (`kdtree.rs`) and works on any points; [`cluster_pixels`], which the instance stage calls, walks the pixel
+//! grid of the component (`grid.rs`): `60·(spatial distance)` bounds the feature distance from below, so the
+//! nearest neighbours of a pixel are found among a few dozen pixels around it, and the Borůvka search prunes
+//! small blocks of pixels by their full 5-d bounding boxes. Core distances agree bit for bit and both return the
+//! same tree, hence the same labels (tested on noisy and on perfectly tied components).
 //!
 //! Everything is single-threaded and deterministic: the same input gives the same labels.
 //!
@@ -20,34 +27,43 @@
 //!   noise and are left out of the clustering. Where the library raises an error this function answers instead:
 //!   fewer than 2 (finite) points → all noise; `min_cluster_size < 2` is treated as 2.
 //! * With `approx_min_span_tree=False` the library also computes an exact MST, so the only differences come from
-//!   equal-weight edges (frequent on pixel grids): which of several equal-weight MSTs is built, and the order of
-//!   equal-weight edges in the sort (the library uses an unstable sort, this module sorts by weight, then by the
-//!   point indices). Both change the single-linkage tree only between merges at the same height; the selected
-//!   clusters then usually agree up to a few boundary points, and their numbering (increasing condensed-tree id,
-//!   as in the library) can be permuted. The library's default `approx_min_span_tree=True` may return a heavier
-//!   spanning tree, so its labels can differ more.
-//! * Measured (tests `hdbscan_python.rs`, `hdbscan_crate.rs`): with `min_samples = 1` on continuous data, where
-//!   no weights tie, the partition equals that of the `hdbscan` crate exactly; with `min_samples = 30` the ARI
-//!   against the library's exact MST is 0.998–1.0 on realistic components (often identical labels) and against
-//!   the crate 0.998–1.0. On a perfectly regular synthetic grid (constant flow per object, so nearly every
-//!   weight ties) the answer is arbitrary in both implementations: on a 40×100 two-flow grid both find one large
-//!   cluster and one of ~96 pixels, but in different places (ARI 0.75).
+//!   equal-weight edges, which are frequent: with `min_samples > 1` every edge from a point to a neighbour with a
+//!   smaller core distance weighs exactly the point's core distance. The library builds whichever equal-weight
+//!   tree its traversal meets first and sorts with an unstable sort. This module orders edges strictly by
+//!   `(weight, plain distance, smaller index, larger index)` — in the MST and in the sort — so the tree is unique
+//!   and does not depend on the search structure or on the row order of the input; among equal weights the
+//!   nearer pair merges first. Different choices change the single-linkage tree only between merges at the same
+//!   height; the selected clusters then usually agree up to a few boundary points, and their numbering
+//!   (increasing condensed-tree id, as in the library) can be permuted. The library's default
+//!   `approx_min_span_tree=True` may return a heavier spanning tree, so its labels can differ more.
+//! * Measured (tests `hdbscan_python.rs`, `hdbscan_crate.rs`, benchmark below): with `min_samples = 1` on
+//!   continuous data, where no weights tie, the partition equals that of the `hdbscan` crate exactly; with
+//!   `min_samples = 30` the labels equal those of the library's exact MST on the 3-object components of 2k, 10k
+//!   and 50k pixels (ARI 1.0; 0.998 on a 2-object one) and the ARI against the crate is 0.998–1.0. On a
+//!   perfectly regular grid (constant flow per object, nearly every weight ties) the library's answer depends on
+//!   the row order; here, on a 40×100 grid of two flows 9 px apart, the distance tie-break separates the two
+//!   objects (1728 + 1728 pixels, the rim is noise), where the mutual-reachability weights alone cannot: with
+//!   core distances of 60·√10 the flow step changes no weight.
 //!
 //! ## Speed
 //! Measured with `cargo bench -p mrdino-stages --bench hdbscan` (realistic component features of three objects,
-//! this module single-threaded; times are the minimum over repeats and exclude Python's start-up):
+//! this module single-threaded; times are the minimum over repeats and exclude Python's start-up; "speed-up"
+//! is the pixel grid against the library's default on one core):
 //!
-//! | points | ours, 1 core (s) | python default (s) | python default, 1 core (s) | python exact MST, 1 core (s) | speed-up vs python 1 core | ARI vs python exact | ARI vs python default |
-//! |---:|---:|---:|---:|---:|---:|---:|---:|
-//! | 1991 | 0.0047 | 0.0262 | 0.0264 | 0.0276 | 5.6× | 1.00000 | 0.99795 |
-//! | 9994 | 0.0265 | 0.1791 | 0.1878 | 0.1867 | 7.1× | 0.99967 | 0.98634 |
-//! | 49993 | 0.1351 | 1.3127 | 1.3627 | 1.6936 | 10.1× | 0.99993 | 0.99542 |
+//! | points | ours, pixel grid, 1 core (s) | ours, kd-tree, 1 core (s) | python default (s) | python default, 1 core (s) | python exact MST, 1 core (s) | speed-up vs python 1 core | ARI vs python exact | ARI vs python default |
+//! |---:|---:|---:|---:|---:|---:|---:|---:|---:|
+//! | 1991 | 0.0029 | 0.0048 | 0.0266 | 0.0271 | 0.0272 | 9.3× | 1.00000 | 0.99795 |
+//! | 9994 | 0.0134 | 0.0254 | 0.1770 | 0.1754 | 0.1836 | 13.1× | 1.00000 | 0.98667 |
+//! | 49993 | 0.0748 | 0.1409 | 1.2538 | 1.3834 | 1.4879 | 18.5× | 1.00000 | 0.99549 |
 //!
-//! The machine (2 cores) was shared with other builds (load average ≈ 3), so single runs vary by up to ±40 %;
-//! over four runs the speed-up against the library on one core stayed between 4.7× and 10×. "python default"
-//! uses `core_dist_n_jobs=4`. About two thirds of our time is the k-nearest-neighbour query for the core
-//! distances, one sixth the Borůvka rounds. Degenerate inputs stay fast: a perfect 200×250 pixel grid with two
-//! constant flows (almost all weights tied) takes about 0.14 s, 50k points in two stacks of duplicates 0.02 s.
+//! The machine (2 cores) was shared with other builds (load average 1.4–2.1); a second run gave 0.0030 /
+//! 0.0140 / 0.0786 s for the pixel grid and 0.0049 / 0.0265 / 0.1454 s for the kd-tree (before the pixel grid,
+//! the kd-tree path measured 0.0060 / 0.0271 / 0.1452 s in the same conditions). "python default" uses
+//! `core_dist_n_jobs=4`. On the two ~8k-pixel touching pairs of `cargo bench -p mrdino --bench postprocess` the
+//! pixel grid takes 14 and 8 ms where the kd-tree takes 22 and 16 ms, about half of it the neighbour query, half
+//! the Borůvka rounds. Degenerate inputs stay fast: a perfect 200×250 pixel grid with two constant flows (almost
+//! all weights tied) takes 0.05 s on the pixel grid and 0.17 s on the kd-tree, 50k points in two stacks of
+//! duplicates 0.05 s.
 
 mod condense;
 mod grid;

@@ -262,6 +262,10 @@ impl<const D: usize> KdSpace<'_, D> {
         let query = &tree.points[p];
         let core_p = points.core2[p];
         if node.is_leaf() {
+            // In a stack of identical points (kept in the caller's order) every member has the same features,
+            // hence the same core distance: all edges into it tie but for the index, so the first member outside
+            // `c` is the best one.
+            let stack = node.lo == node.hi;
             for q in node.range() {
                 let core_q = points.core2[q];
                 if round.comp[q] == c || core_q > round.best_weight2[c as usize] {
@@ -269,6 +273,9 @@ impl<const D: usize> KdSpace<'_, D> {
                 }
                 let d2 = dist2(query, &tree.points[q]);
                 round.offer(points, c, p, q, d2.max(core_p).max(core_q), d2);
+                if stack {
+                    return;
+                }
             }
             return;
         }
