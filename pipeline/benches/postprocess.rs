@@ -6,9 +6,12 @@
 //!
 //! `cargo bench -p mrdino --bench postprocess` (or `make bench`).
 //!
-//! Measured on the shared 2-core machine (load average 1.4–1.7), median over 7 alternating runs: 31.5 ms/frame
-//! with HDBSCAN on the pixel grid (`hdbscan::cluster_pixels`), 43.5 ms with the kd-tree path it replaced (an
-//! earlier, less loaded series: 29.1 vs 41.4 ms).
+//! The per-frame work is timed stage by stage; the Parquet write happens once per unit (12 frames here), as in
+//! `mrdino labels`, and is reported divided by the frames.
+//!
+//! Measured on the shared 2-core machine (load average 1.0–1.7): 29–32 ms/frame in total, of which ~30 ms is
+//! the instance stage (HDBSCAN on the two touching pairs about 22 ms, with `hdbscan::cluster_pixels`; the
+//! kd-tree path it replaced gave 41–44 ms/frame in total).
 
 use std::time::Instant;
 
@@ -86,47 +89,63 @@ fn main() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("thread pool");
     let (select, params) = reference_params();
     let fg_test = params.foreground_test();
-    let frames: Vec<FlowField> = (0..6).map(|k| frame(0x9e37_79b9 + k)).collect();
+    // One unit of 12 frames: rows are RLE-encoded per frame, and written once per unit, as `mrdino labels` does.
+    let frames: Vec<FlowField> = (0..12).map(|k| frame(0x9e37_79b9 + k)).collect();
     let dir = std::env::temp_dir().join(format!("mrdino-bench-{}", std::process::id()));
-    let mut times = Vec::new();
+    let mut per_frame: Vec<[f64; 3]> = Vec::new();
+    let mut rows: Vec<InstanceRow> = Vec::new();
     let mut stats = (0usize, 0usize);
+    let mut write_s = 0.0;
     pool.install(|| {
         for (k, flow) in frames.iter().enumerate() {
-            let start = Instant::now();
+            let t0 = Instant::now();
             let magnitude = flow.magnitude();
             let corners = corner_means_of_magnitude(&magnitude, H, W, select.corner_fraction);
             assert!(select.passes(&corners));
             let (fg, count) = fg_test.mask(&magnitude);
             assert!(params.enough_foreground(count, H, W));
+            let t1 = Instant::now();
             let instances = separate_instances(flow, &fg, &params);
-            let rows: Vec<InstanceRow> = instances
-                .iter()
-                .map(|i| InstanceRow {
-                    dataset: "kitti".into(),
-                    sequence_id: "bench".into(),
-                    frame_index: k as u32,
-                    frame_name: format!("{k:010}"),
-                    instance_id: i.id,
-                    mask: CocoRle::from_pixels(&i.pixels, H as u32, W as u32),
-                    bbox_xywh: i.bbox_xywh.map(|v| v as f32),
-                    area_px: i.pixels.len() as u32,
-                    origin: i.origin.name().into(),
-                    component_id: i.component,
-                    hdbscan_label: i.hdbscan_label,
-                    mean_flow_px: i.mean_flow_px,
-                })
-                .collect();
-            let batch = instances_batch(&rows).expect("batch");
-            write_parquet(&dir.join(format!("{k}.parquet")), &batch, &[]).expect("parquet");
-            times.push(start.elapsed().as_secs_f64());
+            let t2 = Instant::now();
+            rows.extend(instances.iter().map(|i| InstanceRow {
+                dataset: "kitti".into(),
+                sequence_id: "bench".into(),
+                frame_index: k as u32,
+                frame_name: format!("{k:010}"),
+                instance_id: i.id,
+                mask: CocoRle::from_pixels(&i.pixels, H as u32, W as u32),
+                bbox_xywh: i.bbox_xywh.map(|v| v as f32),
+                area_px: i.pixels.len() as u32,
+                origin: i.origin.name().into(),
+                component_id: i.component,
+                hdbscan_label: i.hdbscan_label,
+                mean_flow_px: i.mean_flow_px,
+            }));
+            let t3 = Instant::now();
+            per_frame.push([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()]);
             stats = (instances.len(), instances.iter().filter(|i| i.hdbscan_label.is_some()).count());
         }
+        let t = Instant::now();
+        let batch = instances_batch(&rows).expect("batch");
+        write_parquet(&dir.join("unit.parquet"), &batch, &[]).expect("parquet");
+        write_s = t.elapsed().as_secs_f64();
     });
     let _ = std::fs::remove_dir_all(&dir);
-    times.remove(0); // warm-up
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    println!("| frame | objects | instances (from HDBSCAN) | median ms/frame, 1 core |");
-    println!("|---|---|---|---|");
-    println!("| 376×1240 | {} | {} ({}) | {:.1} |", OBJECTS.len(), stats.0, stats.1, median * 1e3);
+    per_frame.remove(0); // warm-up
+    let median = |i: usize| {
+        let mut v: Vec<f64> = per_frame.iter().map(|t| t[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] * 1e3
+    };
+    let write_ms = write_s * 1e3 / frames.len() as f64;
+    let (sel, inst, rle) = (median(0), median(1), median(2));
+    println!("| frame | objects | instances (from HDBSCAN) | selection + fg | instances | RLE | Parquet (per frame) | total ms/frame, 1 core |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| 376×1240 | {} | {} ({}) | {sel:.1} | {inst:.1} | {rle:.1} | {write_ms:.1} | {:.1} |",
+        OBJECTS.len(),
+        stats.0,
+        stats.1,
+        sel + inst + rle + write_ms
+    );
 }

@@ -168,12 +168,18 @@ pub fn connected_components(mask: &[bool], height: usize, width: usize) -> (Vec<
         }
         x
     }
+    // Foreground pixels in raster order; the second pass visits only these.
+    let mut foreground: Vec<u32> = Vec::new();
     for r in 0..height {
-        for c in 0..width {
-            let i = r * width + c;
-            if !mask[i] {
-                continue;
+        let row = &mask[r * width..(r + 1) * width];
+        let mut c = 0;
+        while c < width {
+            // Skip background runs quickly: most of a frame is background.
+            match row[c..].iter().position(|&m| m) {
+                Some(offset) => c += offset,
+                None => break,
             }
+            let i = r * width + c;
             let mut label = 0u32;
             let mut neighbours = [0u32; 4];
             if c > 0 {
@@ -209,21 +215,21 @@ pub fn connected_components(mask: &[bool], height: usize, width: usize) -> (Vec<
                 parent.push(label);
             }
             provisional[i] = label;
+            foreground.push(i as u32);
+            c += 1;
         }
     }
     let mut final_of_root = vec![0u32; parent.len()];
     let mut pixels: Vec<Vec<u32>> = Vec::new();
-    for (i, p) in provisional.iter_mut().enumerate() {
-        if *p == 0 {
-            continue;
-        }
+    for &i in &foreground {
+        let p = &mut provisional[i as usize];
         let root = find(&mut parent, *p) as usize;
         if final_of_root[root] == 0 {
             pixels.push(Vec::new());
             final_of_root[root] = pixels.len() as u32;
         }
         *p = final_of_root[root];
-        pixels[*p as usize - 1].push(i as u32);
+        pixels[*p as usize - 1].push(i);
     }
     (provisional, pixels)
 }
