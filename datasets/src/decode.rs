@@ -90,18 +90,23 @@ impl Processing {
     }
 }
 
-/// Reads an 8-bit colour image (PNG, JPEG, …) as BGR. Grey images are expanded to three channels.
-pub fn read_bgr(path: &Path) -> Result<Mat, DatasetError> {
+/// `imgcodecs::imread` with `flags`, turning a missing, unreadable or undecodable file into an error naming it.
+fn read_image(path: &Path, flags: i32) -> Result<Mat, DatasetError> {
     let decode = |message: String| DatasetError::Decode { path: path.to_path_buf(), message };
     let name = path.to_str().ok_or_else(|| decode("path is not valid UTF-8".into()))?;
     if !path.is_file() {
         return Err(DatasetError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
     }
-    let mat = imgcodecs::imread(name, imgcodecs::IMREAD_COLOR).map_err(|e| decode(e.to_string()))?;
+    let mat = imgcodecs::imread(name, flags).map_err(|e| decode(e.to_string()))?;
     if mat.empty() {
         return Err(decode("not a readable image (corrupt or unsupported format)".into()));
     }
     Ok(mat)
+}
+
+/// Reads an 8-bit colour image (PNG, JPEG, …) as BGR. Grey images are expanded to three channels.
+pub fn read_bgr(path: &Path) -> Result<Mat, DatasetError> {
+    read_image(path, imgcodecs::IMREAD_COLOR)
 }
 
 /// Reads an image file and applies `processing`.
@@ -110,16 +115,7 @@ pub fn read_processed(path: &Path, processing: &Processing) -> Result<(RgbImage,
     processing.apply(&bgr).map_err(|message| DatasetError::Decode { path: path.to_path_buf(), message })
 }
 
-/// Reads a single-channel image keeping its bit depth (16-bit instance maps, KITTI flow PNGs).
+/// Reads an image keeping its bit depth and channels (16-bit instance maps, KITTI flow PNGs).
 pub fn read_unchanged(path: &Path) -> Result<Mat, DatasetError> {
-    let decode = |message: String| DatasetError::Decode { path: path.to_path_buf(), message };
-    let name = path.to_str().ok_or_else(|| decode("path is not valid UTF-8".into()))?;
-    if !path.is_file() {
-        return Err(DatasetError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
-    }
-    let mat = imgcodecs::imread(name, imgcodecs::IMREAD_UNCHANGED).map_err(|e| decode(e.to_string()))?;
-    if mat.empty() {
-        return Err(decode("not a readable image (corrupt or unsupported format)".into()));
-    }
-    Ok(mat)
+    read_image(path, imgcodecs::IMREAD_UNCHANGED)
 }

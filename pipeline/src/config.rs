@@ -46,29 +46,12 @@ impl Preset {
     }
 
     pub fn select(self) -> SelectParams {
-        SelectParams {
-            corner_fraction: 0.15,
-            corner_threshold_px: if self == Preset::TriPd { 0.5 } else { 1.7 },
-            required_corners: 3,
-            min_run_frames: 5,
-        }
+        SelectParams::reference(if self == Preset::TriPd { 0.5 } else { 1.7 })
     }
 
+    /// Foreground and instance parameters: the same in every reference script.
     pub fn instances(self) -> InstanceParams {
-        InstanceParams {
-            fg_threshold_px: 2.5,
-            fg_round_decimals: Some(3),
-            min_fg_fraction: 0.0005,
-            min_segment_frames: 3,
-            edge_threshold: 20.0,
-            erosion_radius_px: 10,
-            spatial_weight: 60.0,
-            direction_weight: 100.0,
-            direction_bins: 16,
-            min_cluster_size: 30,
-            min_samples: 30,
-            min_instance_px: 100,
-        }
+        InstanceParams::reference()
     }
 }
 

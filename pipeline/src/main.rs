@@ -252,16 +252,20 @@ fn resolve_params(args: &LabelsArgs, flow: FlowParams) -> Result<Params> {
     Ok(params)
 }
 
-fn plan(args: &LabelsArgs) -> Result<ExitCode> {
-    let built = build_flow(&args.flow)?;
-    let params = resolve_params(args, built.params)?;
-    let source = SourceOptions {
+/// What to read, as the resolved parameters say.
+fn source_options(args: &LabelsArgs, params: &Params) -> SourceOptions {
+    SourceOptions {
         kind: args.dataset,
         root: args.root.clone(),
         cameras: Some(params.cameras.clone()),
         processing: Some(params.processing),
-    };
-    let sequences = plan_units(&source)?;
+    }
+}
+
+fn plan(args: &LabelsArgs) -> Result<ExitCode> {
+    let built = build_flow(&args.flow)?;
+    let params = resolve_params(args, built.params)?;
+    let sequences = plan_units(&source_options(args, &params))?;
     let hash = params.hash();
     let layout = Layout::new(&args.out, &hash);
     let plan = batch::build_plan(&hash, args.dataset.name(), &args.root, &sequences);
@@ -284,13 +288,7 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
         Some(s) => Some(s),
         None => shard_from_env()?,
     };
-    let source = SourceOptions {
-        kind: args.dataset,
-        root: args.root.clone(),
-        cameras: Some(params.cameras.clone()),
-        processing: Some(params.processing),
-    };
-    let sequences = plan_units(&source)?;
+    let sequences = plan_units(&source_options(args, &params))?;
     if !args.quiet {
         eprintln!(
             "{} sequences of `{}`; preset {}, flow {} on {}, params {}",

@@ -146,6 +146,24 @@ impl ForegroundTest {
 }
 
 impl InstanceParams {
+    /// The reference's values (`utils/data.py`, `utils/binary_map2_instances.py`); the same for every dataset.
+    pub fn reference() -> Self {
+        InstanceParams {
+            fg_threshold_px: 2.5,
+            fg_round_decimals: Some(3),
+            min_fg_fraction: 0.0005,
+            min_segment_frames: 3,
+            edge_threshold: 20.0,
+            erosion_radius_px: 10,
+            spatial_weight: 60.0,
+            direction_weight: 100.0,
+            direction_bins: 16,
+            min_cluster_size: 30,
+            min_samples: 30,
+            min_instance_px: 100,
+        }
+    }
+
     pub fn foreground_test(&self) -> ForegroundTest {
         ForegroundTest::new(self.fg_threshold_px, self.fg_round_decimals)
     }
@@ -388,23 +406,6 @@ pub fn instance_map(instances: &[Instance], height: usize, width: usize) -> Vec<
 mod tests {
     use super::*;
 
-    pub(crate) fn reference_params() -> InstanceParams {
-        InstanceParams {
-            fg_threshold_px: 2.5,
-            fg_round_decimals: Some(3),
-            min_fg_fraction: 0.0005,
-            min_segment_frames: 3,
-            edge_threshold: 20.0,
-            erosion_radius_px: 10,
-            spatial_weight: 60.0,
-            direction_weight: 100.0,
-            direction_bins: 16,
-            min_cluster_size: 30,
-            min_samples: 30,
-            min_instance_px: 100,
-        }
-    }
-
     fn flow_with(height: usize, width: usize, f: impl Fn(usize, usize) -> (f32, f32)) -> FlowField {
         let mut uv = Vec::with_capacity(height * width * 2);
         for r in 0..height {
@@ -435,7 +436,7 @@ mod tests {
 
     #[test]
     fn small_foreground_threshold_is_strict() {
-        let p = reference_params();
+        let p = InstanceParams::reference();
         // KITTI: 0.0005·376·1240 = 233.12 → 233 pixels drop the frame, 234 keep it.
         assert!(!p.enough_foreground(233, 376, 1240));
         assert!(p.enough_foreground(234, 376, 1240));
@@ -538,7 +539,7 @@ mod tests {
 
     #[test]
     fn interior_requires_the_whole_disk_but_image_borders_count_as_inside() {
-        let p = reference_params();
+        let p = InstanceParams::reference();
         let disk = disk_offsets(10);
         // Block touching the right border: the step 3 columns from the border is interior because the disk
         // leaves the image there (border counts as foreground), provided rows are deep enough.
@@ -554,7 +555,7 @@ mod tests {
 
     #[test]
     fn small_instances_are_dropped_and_ids_are_dense() {
-        let p = reference_params();
+        let p = InstanceParams::reference();
         // Three blobs of 99, 100 and 150 pixels, uniform flow (no split).
         let flow = flow_with(30, 60, |r, c| {
             let inside = (r < 9 && c < 11)
@@ -575,7 +576,7 @@ mod tests {
 
     #[test]
     fn an_interior_flow_step_sends_the_component_to_hdbscan() {
-        let p = reference_params();
+        let p = InstanceParams::reference();
         // Two touching cars moving at 3 px and 12 px: one component with a vertical flow step inside it.
         let flow = flow_with(60, 120, |r, c| {
             if (10..50).contains(&r) && (10..110).contains(&c) {
@@ -598,7 +599,7 @@ mod tests {
 
     #[test]
     fn the_edge_threshold_is_strict() {
-        let p = reference_params();
+        let p = InstanceParams::reference();
         let disk = disk_offsets(10);
         // A u step of Δ across a vertical line gives a Sobel response of 4Δ: 5 px → exactly 20 (no split),
         // 5.25 px → 21 (split).
@@ -619,7 +620,7 @@ mod tests {
 
     #[test]
     fn a_horizontal_flow_step_does_not_split() {
-        let p = reference_params();
+        let p = InstanceParams::reference();
         let flow = flow_with(60, 120, |r, c| {
             if (10..50).contains(&r) && (10..110).contains(&c) {
                 if r < 30 { (3.0, 0.0) } else { (12.0, 0.0) }

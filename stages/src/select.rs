@@ -59,6 +59,11 @@ pub fn corner_means_of_magnitude(magnitude: &[f32], height: usize, width: usize,
 }
 
 impl SelectParams {
+    /// The reference's values with a dataset's corner threshold (1.7 px KITTI / MOVi-E, 0.5 px TRI-PD).
+    pub fn reference(corner_threshold_px: f64) -> Self {
+        SelectParams { corner_fraction: 0.15, corner_threshold_px, required_corners: 3, min_run_frames: 5 }
+    }
+
     /// Whether a frame passes the corner test.
     pub fn passes(&self, means: &CornerMeans) -> bool {
         means.iter().filter(|&&m| f64::from(m) < self.corner_threshold_px).count() >= self.required_corners
@@ -91,7 +96,7 @@ mod tests {
     use super::*;
 
     fn kitti() -> SelectParams {
-        SelectParams { corner_fraction: 0.15, corner_threshold_px: 1.7, required_corners: 3, min_run_frames: 5 }
+        SelectParams::reference(1.7)
     }
 
     #[test]

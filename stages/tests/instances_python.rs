@@ -19,20 +19,7 @@ fn python() -> PathBuf {
 }
 
 fn params() -> InstanceParams {
-    InstanceParams {
-        fg_threshold_px: 2.5,
-        fg_round_decimals: Some(3),
-        min_fg_fraction: 0.0005,
-        min_segment_frames: 3,
-        edge_threshold: 20.0,
-        erosion_radius_px: 10,
-        spatial_weight: 60.0,
-        direction_weight: 100.0,
-        direction_bins: 16,
-        min_cluster_size: 30,
-        min_samples: 30,
-        min_instance_px: 100,
-    }
+    InstanceParams::reference()
 }
 
 struct Rng(u64);

@@ -82,6 +82,23 @@ fn check_pair(a: &RgbImage, b: &RgbImage) -> Result<(), FlowError> {
     Ok(())
 }
 
+/// Runs an OpenCV flow function (grey t, grey t+1 → CV_32FC2) on each pair.
+fn per_grey_pair(
+    pairs: &[(&RgbImage, &RgbImage)],
+    mut calc: impl FnMut(&Mat, &Mat, &mut Mat) -> opencv::Result<()>,
+) -> Result<Vec<FlowField>, FlowError> {
+    pairs
+        .iter()
+        .map(|(a, b)| {
+            check_pair(a, b)?;
+            let (g0, g1) = (grey(a)?, grey(b)?);
+            let mut flow = Mat::default();
+            calc(&g0, &g1, &mut flow).map_err(cv_err)?;
+            field_from_mat(&flow)
+        })
+        .collect()
+}
+
 /// OpenCV's Dense Inverse Search flow.
 pub struct DisFlow {
     preset: DisPreset,
@@ -104,16 +121,7 @@ impl FlowEstimator for DisFlow {
     }
 
     fn estimate(&mut self, pairs: &[(&RgbImage, &RgbImage)]) -> Result<Vec<FlowField>, FlowError> {
-        pairs
-            .iter()
-            .map(|(a, b)| {
-                check_pair(a, b)?;
-                let (g0, g1) = (grey(a)?, grey(b)?);
-                let mut flow = Mat::default();
-                self.dis.calc(&g0, &g1, &mut flow).map_err(cv_err)?;
-                field_from_mat(&flow)
-            })
-            .collect()
+        per_grey_pair(pairs, |g0, g1, flow| self.dis.calc(g0, g1, flow))
     }
 }
 
@@ -128,17 +136,7 @@ impl FlowEstimator for FarnebackFlow {
     }
 
     fn estimate(&mut self, pairs: &[(&RgbImage, &RgbImage)]) -> Result<Vec<FlowField>, FlowError> {
-        pairs
-            .iter()
-            .map(|(a, b)| {
-                check_pair(a, b)?;
-                let (g0, g1) = (grey(a)?, grey(b)?);
-                let mut flow = Mat::default();
-                video::calc_optical_flow_farneback(&g0, &g1, &mut flow, 0.5, 3, 15, 3, 5, 1.2, 0)
-                    .map_err(cv_err)?;
-                field_from_mat(&flow)
-            })
-            .collect()
+        per_grey_pair(pairs, |g0, g1, flow| video::calc_optical_flow_farneback(g0, g1, flow, 0.5, 3, 15, 3, 5, 1.2, 0))
     }
 }
 
