@@ -741,3 +741,41 @@ fn preset_config_file_and_flags_resolve_in_that_order() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("params.json") && stderr.contains("corner_treshold_px"), "{stderr}");
 }
+
+#[test]
+fn movi_kubric_scenes_use_their_own_flow_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let scene = dir.path().join("movi/scene_0007");
+    std::fs::create_dir_all(&scene).unwrap();
+    std::fs::write(scene.join("data_ranges.json"), r#"{"forward_flow": {"min": -8.0, "max": 8.0}, "depth": {"min": 0, "max": 1}}"#).unwrap();
+    let encode = |x: f32| (((x + 8.0) / 16.0) * 65535.0).round() as u16;
+    for k in 0..8 {
+        write_frame(&scene.join(format!("rgba_{k:05}.png")), k);
+        // Ground truth: the box is object 5.
+        let ids: Vec<u16> = (0..H * W).map(|i| if (20..35).contains(&(i / W)) && (30..50).contains(&(i % W)) { 5 } else { 0 }).collect();
+        let seg = Mat::new_rows_cols_with_data(H as i32, W as i32, &ids).unwrap().try_clone().unwrap();
+        opencv::imgcodecs::imwrite_def(scene.join(format!("segmentation_{k:05}.png")).to_str().unwrap(), &seg).unwrap();
+        // A 20×15 box moving right by 4 px: the file stores (Δrow, Δcol, 0); OpenCV writes B, G, R.
+        let mut px = Vec::with_capacity(H * W * 3);
+        for r in 0..H {
+            for c in 0..W {
+                let dcol = if (20..35).contains(&r) && (30..50).contains(&c) { 4.0 } else { 0.0 };
+                px.extend([0u16, encode(dcol), encode(0.0)]);
+            }
+        }
+        let mat = Mat::new_rows_cols_with_data(H as i32, (W * 3) as i32, &px).unwrap().reshape(3, H as i32).unwrap().try_clone().unwrap();
+        opencv::imgcodecs::imwrite_def(scene.join(format!("forward_flow_{k:05}.png")).to_str().unwrap(), &mat).unwrap();
+    }
+    let out = dir.path().join("out");
+    run_ok(mrdino().args(["labels", "--dataset", "movi-e", "--quiet", "--flow", "kubric"]).arg("--root").arg(dir.path().join("movi")).arg("--out").arg(&out));
+    let (frames, instances) = sorted_tables(&out);
+    assert_eq!(frames.len(), 7);
+    assert!(frames.iter().all(|f| f.sequence_id == "scene_0007" && f.labelled && f.frame_name.starts_with("rgba_")), "{frames:?}");
+    assert_eq!(instances.len(), 7);
+    assert!(instances.iter().all(|i| i.area_px == 300 && i.bbox_xywh == [30.0, 20.0, 20.0, 15.0] && (i.mean_flow_px - 4.0).abs() < 1e-3));
+    // Kubric's segmentation beside the frames scores the labels.
+    let json = dir.path().join("eval.json");
+    run_ok(mrdino().args(["eval", "--gt-format", "kubric"]).arg("--labels").arg(&out).arg("--gt").arg(dir.path().join("movi")).arg("--json").arg(&json));
+    let text = std::fs::read_to_string(&json).unwrap();
+    assert!(text.contains("\"f1_50\": 1.0") || text.contains("\"f1_50\":1.0"), "{text}");
+}

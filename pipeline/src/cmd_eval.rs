@@ -47,6 +47,9 @@ pub enum GtFormat {
     Kitti,
     /// 8- or 16-bit id PNGs (0 = background) at DIR/<sequence_id>/<frame_name>.png.
     Ids,
+    /// Kubric (MOVi) scenes: `segmentation_XXXXX.png` beside each `rgba_XXXXX.png` frame (all objects,
+    /// moving or not; DIR = the dataset root given to `labels`).
+    Kubric,
 }
 
 /// Flags of `mrdino eval`.
@@ -228,9 +231,16 @@ impl GroundTruth {
     fn file(&self, frame: &FrameRow) -> PathBuf {
         let base = match self.format {
             GtFormat::Synth => self.dir.join("instances"),
-            GtFormat::Kitti | GtFormat::Ids => self.dir.clone(),
+            GtFormat::Kitti | GtFormat::Ids | GtFormat::Kubric => self.dir.clone(),
         };
-        base.join(&frame.sequence_id).join(format!("{}.png", frame.frame_name))
+        let name = match self.format {
+            GtFormat::Kubric => {
+                let number = frame.frame_name.strip_prefix("rgba_").unwrap_or(&frame.frame_name);
+                format!("segmentation_{number}.png")
+            }
+            _ => format!("{}.png", frame.frame_name),
+        };
+        base.join(&frame.sequence_id).join(name)
     }
 
     /// The synth metadata of a sequence, frames by name.
@@ -263,7 +273,7 @@ impl GroundTruth {
         let (height, width, values) = read_id_png(&path)?;
         let labels: Vec<u32> = match self.format {
             GtFormat::Kitti => decode_kitti_instances(&values),
-            GtFormat::Ids => values.into_iter().map(u32::from).collect(),
+            GtFormat::Ids | GtFormat::Kubric => values.into_iter().map(u32::from).collect(),
             GtFormat::Synth => {
                 let meta = self.frame_meta(frame)?;
                 let moving: Vec<u32> =

@@ -51,8 +51,8 @@ pub struct FlowCmdArgs {
 }
 
 pub fn run(args: &FlowCmdArgs) -> Result<ExitCode> {
-    if args.flow.flow == FlowChoice::Import {
-        bail!("`mrdino flow` computes flow; `--flow import` only makes sense for `labels`");
+    if matches!(args.flow.flow, FlowChoice::Import | FlowChoice::Kubric) {
+        bail!("`mrdino flow` computes flow; `--flow import` and `--flow kubric` only make sense for `labels`");
     }
     let built = build_flow(&args.flow)?;
     let FlowSource::Estimator { mut estimator, batch } = built.source else {

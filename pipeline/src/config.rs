@@ -62,6 +62,7 @@ pub enum FlowParams {
     Dis { preset: String },
     Farneback,
     Import,
+    Kubric,
     /// A RAFT-family network (`smurf`, `raft-large`, `raft-small`); the weights are identified by their
     /// SHA-256, so labels from different checkpoints never share a partition.
     Network { model: String, weights_sha256: String, iterations: usize, dtype: String },
@@ -73,6 +74,7 @@ impl FlowParams {
             FlowParams::Dis { preset } => format!("dis-{preset}"),
             FlowParams::Farneback => "farneback".into(),
             FlowParams::Import => "import".into(),
+            FlowParams::Kubric => "kubric".into(),
             FlowParams::Network { model, .. } => model.clone(),
         }
     }

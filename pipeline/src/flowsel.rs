@@ -18,6 +18,8 @@ pub enum FlowChoice {
     Farneback,
     /// Flow computed elsewhere: `--flow-dir DIR` holds DIR/<sequence id>/<frame name>.{npy,flo,png}.
     Import,
+    /// MOVi / Kubric scenes: the `forward_flow_XXXXX.png` files (with `data_ranges.json`) beside the frames.
+    Kubric,
     /// SMURF (RAFT-large with InstanceNorm context encoder), `--weights` converted by tools/convert_raft.py.
     Smurf,
     /// torchvision / princeton RAFT-large weights.
@@ -35,6 +37,7 @@ impl FlowChoice {
             FlowChoice::Dis => "dis",
             FlowChoice::Farneback => "farneback",
             FlowChoice::Import => "import",
+            FlowChoice::Kubric => "kubric",
         }
     }
 }
@@ -126,6 +129,7 @@ pub fn build_flow(args: &FlowArgs) -> Result<BuiltFlow> {
             }
             Ok(simple(FlowSource::Import { dir }, FlowParams::Import))
         }
+        FlowChoice::Kubric => Ok(simple(FlowSource::Kubric, FlowParams::Kubric)),
         FlowChoice::Smurf | FlowChoice::RaftLarge | FlowChoice::RaftSmall => {
             let weights = args.weights.clone().with_context(|| format!("--flow {} needs --weights FILE", args.flow.model_name()))?;
             let device = parse_device(&args.device)?;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::bounded;
 use mrdino_datasets::{DatasetError, Frame, Geometry, Sequence};
 use mrdino_outputs::{CocoRle, FrameRow, InstanceRow};
-use mrdino_stages::flow::files::{find_flow_file, read_flow_file};
+use mrdino_stages::flow::files::{find_flow_file, kubric_flow_file, read_flow_file, read_kubric_flow};
 use mrdino_stages::flow::{FlowError, FlowEstimator, FlowField};
 use mrdino_stages::instances::separate_instances;
 use mrdino_stages::select::{corner_means_of_magnitude, CornerMeans};
@@ -27,6 +27,8 @@ use crate::config::Params;
 pub enum FlowSource {
     Estimator { estimator: Box<dyn FlowEstimator>, batch: usize },
     Import { dir: PathBuf },
+    /// Kubric's `forward_flow_XXXXX.png` beside each `rgba_XXXXX.png` (MOVi scenes).
+    Kubric,
 }
 
 /// A frame that could not be used, and why. Recorded in markers and the manifest.
@@ -154,11 +156,26 @@ fn flow_error_text(e: FlowError) -> String {
     e.to_string()
 }
 
-fn imported_flow(dir: &Path, sequence: &Sequence, meta: &FrameMeta) -> Result<FlowField, String> {
-    let path = find_flow_file(dir, &sequence.id, &meta.name).ok_or_else(|| {
-        format!("{}: no flow file (.npy, .flo or .png) for this frame", dir.join(&sequence.id).join(&meta.name).display())
-    })?;
-    let flow = read_flow_file(&path).map_err(flow_error_text)?;
+/// The flow of a frame from files: `dir` for `--flow import`, `None` for Kubric's files beside the frames.
+fn imported_flow(dir: Option<&Path>, sequence: &Sequence, meta: &FrameMeta) -> Result<FlowField, String> {
+    let (path, flow) = match dir {
+        Some(dir) => {
+            let path = find_flow_file(dir, &sequence.id, &meta.name).ok_or_else(|| {
+                let stem = dir.join(&sequence.id).join(&meta.name);
+                format!("{}: no flow file (.npy, .flo or .png) for this frame", stem.display())
+            })?;
+            let flow = read_flow_file(&path).map_err(flow_error_text)?;
+            (path, flow)
+        }
+        None => {
+            let scene = sequence.root.join(&sequence.id);
+            let path = kubric_flow_file(&scene, &meta.name).ok_or_else(|| {
+                format!("{}: no Kubric forward_flow PNG for frame {}", scene.display(), meta.name)
+            })?;
+            let flow = read_kubric_flow(&path).map_err(flow_error_text)?;
+            (path, flow)
+        }
+    };
     if let Some(g) = meta.geometry {
         if (flow.height, flow.width) != (g.height, g.width) {
             return Err(format!(
@@ -249,10 +266,14 @@ pub fn process_unit(
                 geometry: frame.as_ref().map(|f| f.geometry),
             });
             match flow {
-                FlowSource::Import { dir } => {
+                FlowSource::Import { .. } | FlowSource::Kubric => {
                     // The flow of frame t is a file; it exists for every frame but the last, which is
                     // only known once the next frame arrives.
                     if index > 0 && metas[index - 1].geometry.is_some() {
+                        let dir = match flow {
+                            FlowSource::Import { dir } => Some(dir.as_path()),
+                            _ => None,
+                        };
                         let job = FlowJob { index: index - 1, flow: imported_flow(dir, sequence, &metas[index - 1]) };
                         job_tx.send(job).map_err(|_| UnitError::Failed("analysis stage ended".into()))?;
                     }

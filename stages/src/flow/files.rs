@@ -7,6 +7,10 @@
 //! - `.flo`: Middlebury (`PIEH` magic, little-endian width, height, then (u, v) float32 per pixel) — the
 //!   reference's RAFT path;
 //! - `.png`: KITTI 16-bit flow: u = (R − 2¹⁵)/64, v = (G − 2¹⁵)/64, B = valid; invalid pixels become 0.
+//!
+//! Kubric's raw scene output (MOVi) keeps its own encoding beside the frames: `forward_flow_XXXXX.png` for
+//! `rgba_XXXXX.png`, 16-bit, whose first two channels are (Δrow, Δcol) mapped linearly from
+//! [min, max] (`data_ranges.json`, key `forward_flow`) to [0, 65535] — read by [`read_kubric_flow`].
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -124,6 +128,44 @@ fn read_kitti_png(path: &Path) -> Result<FlowField, FlowError> {
     Ok(FlowField::new(height, width, uv))
 }
 
+/// The Kubric forward-flow file of a frame named `rgba_XXXXX` in `scene_dir`, if present.
+pub fn kubric_flow_file(scene_dir: &Path, frame_name: &str) -> Option<PathBuf> {
+    let number = frame_name.strip_prefix("rgba_")?;
+    let path = scene_dir.join(format!("forward_flow_{number}.png"));
+    path.is_file().then_some(path)
+}
+
+/// Decodes a Kubric `forward_flow_XXXXX.png` with the range in the `data_ranges.json` beside it.
+pub fn read_kubric_flow(path: &Path) -> Result<FlowField, FlowError> {
+    let ranges_path = path.with_file_name("data_ranges.json");
+    let text = std::fs::read_to_string(&ranges_path).map_err(|e| file_err(&ranges_path, e.to_string()))?;
+    let ranges: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| file_err(&ranges_path, format!("not valid JSON: {e}")))?;
+    let bound = |key: &str| {
+        ranges["forward_flow"][key]
+            .as_f64()
+            .ok_or_else(|| file_err(&ranges_path, format!("missing number forward_flow.{key}")))
+    };
+    let (min, max) = (bound("min")?, bound("max")?);
+    let mat = read_unchanged(path).map_err(|e| file_err(path, e.to_string()))?;
+    if mat.depth() != opencv::core::CV_16U || mat.channels() < 2 {
+        return Err(file_err(path, "Kubric flow PNGs are 16-bit with at least 2 channels"));
+    }
+    let channels = mat.channels() as usize;
+    let (height, width) = (mat.rows() as usize, mat.cols() as usize);
+    let flat = mat.reshape(1, 0).map_err(|e| file_err(path, e.to_string()))?;
+    let values: &[u16] = flat.data_typed().map_err(|e| file_err(path, e.to_string()))?;
+    // OpenCV stores colour PNGs as B, G, R(, A): the file's first channel (Δrow) is the last colour one.
+    let (row_channel, col_channel) = if channels >= 3 { (2, 1) } else { (0, 1) };
+    let decode = |x: u16| (f64::from(x) / 65535.0 * (max - min) + min) as f32;
+    let mut uv = Vec::with_capacity(height * width * 2);
+    for px in values.chunks_exact(channels) {
+        uv.push(decode(px[col_channel]));
+        uv.push(decode(px[row_channel]));
+    }
+    Ok(FlowField::new(height, width, uv))
+}
+
 /// The flow as a `.npy` file (float32, (H, W, 2), C order).
 pub fn encode_npy(field: &FlowField) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.uv.len() * 4 + 128);
@@ -190,6 +232,26 @@ mod tests {
         npyz::to_file_1d(&path, vec![1.0f32, 2.0, 3.0]).unwrap();
         let err = read_flow_file(&path).unwrap_err().to_string();
         assert!(err.contains("expected shape (H, W, 2)"), "{err}");
+    }
+
+    #[test]
+    fn kubric_png_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data_ranges.json"), r#"{"forward_flow": {"min": -10.0, "max": 10.0}}"#).unwrap();
+        // Two pixels, stored B, G, R by OpenCV = (unused, Δcol, Δrow) of the file's (Δrow, Δcol, 0).
+        let px: Vec<u16> = vec![0, 65535, 0, 0, 32768, 49151];
+        let mat = opencv::core::Mat::new_rows_cols_with_data(1, 6, &px).unwrap().reshape(3, 1).unwrap().try_clone().unwrap();
+        let path = dir.path().join("forward_flow_00003.png");
+        opencv::imgcodecs::imwrite_def(path.to_str().unwrap(), &mat).unwrap();
+        assert_eq!(kubric_flow_file(dir.path(), "rgba_00003"), Some(path.clone()));
+        assert_eq!(kubric_flow_file(dir.path(), "rgba_00004"), None);
+        let field = read_kubric_flow(&path).unwrap();
+        let expect = [10.0, -10.0, 32768.0 / 65535.0 * 20.0 - 10.0, 49151.0 / 65535.0 * 20.0 - 10.0];
+        for (got, want) in field.uv.iter().zip(expect) {
+            assert!((got - want).abs() < 1e-5, "{:?}", field.uv);
+        }
+        std::fs::remove_file(dir.path().join("data_ranges.json")).unwrap();
+        assert!(read_kubric_flow(&path).unwrap_err().to_string().contains("data_ranges.json"));
     }
 
     #[test]
