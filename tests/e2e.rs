@@ -44,7 +44,12 @@ fn write_frame(path: &Path, seed: usize) {
             data.extend([v, v.wrapping_mul(3), 255 - v]);
         }
     }
-    let mat = Mat::new_rows_cols_with_data(H as i32, (W * 3) as i32, &data).unwrap().reshape(3, H as i32).unwrap().try_clone().unwrap();
+    let mat = Mat::new_rows_cols_with_data(H as i32, (W * 3) as i32, &data)
+        .unwrap()
+        .reshape(3, H as i32)
+        .unwrap()
+        .try_clone()
+        .unwrap();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut buf = Vector::<u8>::new();
     opencv::imgcodecs::imencode_def(".png", &mat, &mut buf).unwrap();
@@ -97,15 +102,30 @@ fn write_sequence(root: &Path, seq: &str, scenes: &[Scene]) {
         std::fs::create_dir_all(flow.parent().unwrap()).unwrap();
         std::fs::write(flow, encode_npy(&flow_for(*scene))).unwrap();
     }
-    write_frame(&root.join("frames").join(seq).join(format!("{:04}.png", scenes.len())), scenes.len());
+    write_frame(
+        &root.join("frames").join(seq).join(format!("{:04}.png", scenes.len())),
+        scenes.len(),
+    );
 }
 
 fn fixture(root: &Path) {
     use Scene::*;
     // cam_a: 3 panning frames, then a quasi-static run of 8 with two moving boxes.
-    write_sequence(root, "cam_a", &[Pan, Pan, Pan, TwoBoxes, TwoBoxes, TwoBoxes, TwoBoxes, TwoBoxes, Touching, Touching, TwoBoxes]);
+    write_sequence(
+        root,
+        "cam_a",
+        &[
+            Pan, Pan, Pan, TwoBoxes, TwoBoxes, TwoBoxes, TwoBoxes, TwoBoxes, Touching, Touching, TwoBoxes,
+        ],
+    );
     // cam_b: a run of 4 (too short), a pan, then a run of 7 in which only 2 frames have enough foreground.
-    write_sequence(root, "cam_b", &[TwoBoxes, TwoBoxes, TwoBoxes, TwoBoxes, Pan, TwoBoxes, TwoBoxes, Still, Still, Still, Still, Still]);
+    write_sequence(
+        root,
+        "cam_b",
+        &[
+            TwoBoxes, TwoBoxes, TwoBoxes, TwoBoxes, Pan, TwoBoxes, TwoBoxes, Still, Still, Still, Still, Still,
+        ],
+    );
 }
 
 fn tables(out: &Path) -> (Vec<FrameRow>, Vec<InstanceRow>) {
@@ -155,34 +175,67 @@ fn labels_from_imported_flow_follow_the_reference_rules() {
     let b: Vec<&FrameRow> = frames.iter().filter(|f| f.sequence_id == "cam_b").collect();
     assert_eq!(a.len(), 11);
     assert_eq!(b.len(), 12);
-    assert!(a.iter().enumerate().all(|(i, f)| f.frame_index as usize == i && f.frame_name == format!("{i:04}")));
-    let reasons = |rows: &[&FrameRow]| rows.iter().map(|f| f.excluded_reason.clone().unwrap_or_default()).collect::<Vec<_>>();
+    assert!(a
+        .iter()
+        .enumerate()
+        .all(|(i, f)| f.frame_index as usize == i && f.frame_name == format!("{i:04}")));
+    let reasons = |rows: &[&FrameRow]| {
+        rows.iter()
+            .map(|f| f.excluded_reason.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(reasons(&a)[..3], ["camera_motion", "camera_motion", "camera_motion"]);
-    assert!(a[3..].iter().all(|f| f.labelled && f.segment == Some(0) && f.quasi_static));
+    assert!(a[3..]
+        .iter()
+        .all(|f| f.labelled && f.segment == Some(0) && f.quasi_static));
     assert_eq!(
         reasons(&b),
         [
-            "short_run", "short_run", "short_run", "short_run", "camera_motion", "short_segment", "short_segment",
-            "fg_too_small", "fg_too_small", "fg_too_small", "fg_too_small", "fg_too_small"
+            "short_run",
+            "short_run",
+            "short_run",
+            "short_run",
+            "camera_motion",
+            "short_segment",
+            "short_segment",
+            "fg_too_small",
+            "fg_too_small",
+            "fg_too_small",
+            "fg_too_small",
+            "fg_too_small"
         ]
     );
     assert!(b[5..].iter().all(|f| f.segment == Some(0)));
     assert_eq!(a[0].corner_flow_px, Some([3.0; 4]));
-    assert_eq!(a[3].fg_fraction, Some(((20 * 15 + 12 * 12) as f64 / (H * W) as f64) as f32));
-    assert_eq!((a[0].height, a[0].width, a[0].orig_height, a[0].orig_width), (64, 96, 64, 96));
+    assert_eq!(
+        a[3].fg_fraction,
+        Some(((20 * 15 + 12 * 12) as f64 / (H * W) as f64) as f32)
+    );
+    assert_eq!(
+        (a[0].height, a[0].width, a[0].orig_height, a[0].orig_width),
+        (64, 96, 64, 96)
+    );
     assert_eq!(a[0].source_path, "cam_a/0000.png");
 
     // Instances only for labelled frames: two boxes, in raster order of their first pixel.
     assert!(instances.iter().all(|i| i.sequence_id == "cam_a"));
     let f3: Vec<&InstanceRow> = instances.iter().filter(|i| i.frame_index == 3).collect();
     assert_eq!(f3.len(), 2);
-    assert_eq!((f3[0].instance_id, f3[0].area_px, f3[0].bbox_xywh), (1, 144, [70.0, 10.0, 12.0, 12.0]));
-    assert_eq!((f3[1].instance_id, f3[1].area_px, f3[1].bbox_xywh), (2, 300, [30.0, 20.0, 20.0, 15.0]));
+    assert_eq!(
+        (f3[0].instance_id, f3[0].area_px, f3[0].bbox_xywh),
+        (1, 144, [70.0, 10.0, 12.0, 12.0])
+    );
+    assert_eq!(
+        (f3[1].instance_id, f3[1].area_px, f3[1].bbox_xywh),
+        (2, 300, [30.0, 20.0, 20.0, 15.0])
+    );
     assert_eq!(f3[1].mean_flow_px, 4.0);
     assert!(f3.iter().all(|i| i.origin == "component" && i.hdbscan_label.is_none()));
     // The touching pair has an interior flow step and goes through HDBSCAN.
     let f8: Vec<&InstanceRow> = instances.iter().filter(|i| i.frame_index == 8).collect();
-    assert!(f8.iter().all(|i| i.origin == "hdbscan" && i.component_id == 1 && i.hdbscan_label.is_some()));
+    assert!(f8
+        .iter()
+        .all(|i| i.origin == "hdbscan" && i.component_id == 1 && i.hdbscan_label.is_some()));
     let labelled_instances: u32 = frames.iter().map(|f| f.num_instances).sum();
     assert_eq!(labelled_instances as usize, instances.len());
 
@@ -193,8 +246,18 @@ fn labels_from_imported_flow_follow_the_reference_rules() {
         .arg("--flow-dir")
         .arg(root.join("flow"))
         .output()
-        .unwrap_or_else(|e| panic!("cannot run the Python checker with {}: {e} (set MRDINO_PYTHON)", python().display()));
-    assert!(check.status.success(), "python check failed:\n{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run the Python checker with {}: {e} (set MRDINO_PYTHON)",
+                python().display()
+            )
+        });
+    assert!(
+        check.status.success(),
+        "python check failed:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!(summary["masks_checked"].as_u64().unwrap() as usize, instances.len());
 }
@@ -207,7 +270,11 @@ fn rerun_skips_done_units_and_keeps_rows_identical() {
     run_ok(&mut labels_cmd(&root, &out));
     let first = tables(&out);
     let again = run_ok(&mut labels_cmd(&root, &out));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("2 already done"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("2 already done"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     assert_eq!(tables(&out), first);
 }
 
@@ -216,13 +283,30 @@ fn bad_input_fails_before_any_output_with_the_path_named() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let missing = dir.path().join("nope");
-    let result = mrdino().args(["labels", "--dataset", "kitti", "--quiet"]).arg("--root").arg(&missing).arg("--out").arg(&out).output().unwrap();
+    let result = mrdino()
+        .args(["labels", "--dataset", "kitti", "--quiet"])
+        .arg("--root")
+        .arg(&missing)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert_eq!(result.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(stderr.contains(&missing.display().to_string()) && stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        stderr.contains(&missing.display().to_string()) && stderr.contains("does not exist"),
+        "{stderr}"
+    );
     assert!(!out.exists());
 
-    let bad_size = mrdino().args(["labels", "--dataset", "frames", "--resize", "10y3"]).arg("--root").arg(dir.path()).arg("--out").arg(&out).output().unwrap();
+    let bad_size = mrdino()
+        .args(["labels", "--dataset", "frames", "--resize", "10y3"])
+        .arg("--root")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert_eq!(bad_size.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_size.stderr).contains("expected WxH"));
 }
@@ -233,9 +317,17 @@ fn flow_size_mismatch_is_reported_with_both_sizes() {
     let (root, out) = (dir.path().join("data"), dir.path().join("out"));
     fixture(&root);
     let result = labels_cmd(&root, &out).args(["--resize", "48x32"]).output().unwrap();
-    assert_eq!(result.status.code(), Some(3), "{}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(
+        result.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(stderr.contains("0000.npy: flow is 96x64 but frames are processed at 48x32"), "{stderr}");
+    assert!(
+        stderr.contains("0000.npy: flow is 96x64 but frames are processed at 48x32"),
+        "{stderr}"
+    );
 }
 
 /// Frames with real texture and a textured box moving 6 px right per frame over a static background.
@@ -251,7 +343,11 @@ fn write_moving_box_frames(dir: &Path, frames: usize, height: usize, width: usiz
         for r in 0..height as i64 {
             for c in 0..width as i64 {
                 let inside = (40..90).contains(&r) && (20 + shift..70 + shift).contains(&c);
-                let v = if inside { texture(r, c - shift, 7) / 2 + 100 } else { texture(r, c, 0) };
+                let v = if inside {
+                    texture(r, c - shift, 7) / 2 + 100
+                } else {
+                    texture(r, c, 0)
+                };
                 data.extend([v, v / 2 + 60, 255 - v]);
             }
         }
@@ -274,7 +370,14 @@ fn dis_flow_finds_the_moving_box_and_flow_export_round_trips() {
     let root = dir.path().join("frames");
     write_moving_box_frames(&root.join("clip"), 8, 128, 160);
     let out = dir.path().join("out");
-    run_ok(mrdino().args(["labels", "--dataset", "frames", "--quiet", "--flow", "dis"]).arg("--root").arg(&root).arg("--out").arg(&out));
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "frames", "--quiet", "--flow", "dis"])
+            .arg("--root")
+            .arg(&root)
+            .arg("--out")
+            .arg(&out),
+    );
     let (frames, instances) = tables(&out);
     assert_eq!(frames.len(), 7);
     assert!(frames.iter().all(|f| f.quasi_static && f.labelled), "{frames:?}");
@@ -285,13 +388,28 @@ fn dis_flow_finds_the_moving_box_and_flow_export_round_trips() {
         let [x, y, w, h] = biggest.bbox_xywh;
         let cx = x + w / 2.0;
         let expected_cx = 45.0 + 6.0 * f.frame_index as f32;
-        assert!((cx - expected_cx).abs() < 12.0 && (y + h / 2.0 - 65.0).abs() < 12.0, "frame {}: {:?}", f.frame_index, biggest.bbox_xywh);
-        assert!(biggest.area_px > 1200 && (biggest.mean_flow_px - 6.0).abs() < 1.5, "{biggest:?}");
+        assert!(
+            (cx - expected_cx).abs() < 12.0 && (y + h / 2.0 - 65.0).abs() < 12.0,
+            "frame {}: {:?}",
+            f.frame_index,
+            biggest.bbox_xywh
+        );
+        assert!(
+            biggest.area_px > 1200 && (biggest.mean_flow_px - 6.0).abs() < 1.5,
+            "{biggest:?}"
+        );
     }
 
     // Exported flow, imported back, gives the same rows.
     let flow_dir = dir.path().join("flow");
-    run_ok(mrdino().args(["flow", "--dataset", "frames", "--quiet", "--flow", "dis"]).arg("--root").arg(&root).arg("--out").arg(&flow_dir));
+    run_ok(
+        mrdino()
+            .args(["flow", "--dataset", "frames", "--quiet", "--flow", "dis"])
+            .arg("--root")
+            .arg(&root)
+            .arg("--out")
+            .arg(&flow_dir),
+    );
     assert_eq!(std::fs::read_dir(flow_dir.join("clip")).unwrap().count(), 7);
     let out2 = dir.path().join("out2");
     run_ok(
@@ -307,7 +425,10 @@ fn dis_flow_finds_the_moving_box_and_flow_export_round_trips() {
     let (frames2, instances2) = tables(&out2);
     assert_eq!(instances2, instances);
     assert_eq!(frames2.len(), frames.len());
-    assert!(frames2.iter().zip(&frames).all(|(a, b)| a.corner_flow_px == b.corner_flow_px && a.excluded_reason == b.excluded_reason));
+    assert!(frames2
+        .iter()
+        .zip(&frames)
+        .all(|(a, b)| a.corner_flow_px == b.corner_flow_px && a.excluded_reason == b.excluded_reason));
 }
 
 /// Random-weight RAFT-small converted to safetensors with the project's converter.
@@ -318,7 +439,10 @@ fn random_raft_small(dir: &Path) -> PathBuf {
         "import torch, torchvision\ntorch.manual_seed(0)\nm = torchvision.models.optical_flow.raft_small(weights=None)\ntorch.save(m.state_dict(), {:?})\n",
         pth.display().to_string()
     );
-    let gen = Command::new(python()).args(["-c", &script]).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+    let gen = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
     assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
     let conv = Command::new(python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/convert_raft.py"))
@@ -338,11 +462,21 @@ fn raft_small_with_random_weights_runs_end_to_end() {
     let weights = random_raft_small(dir.path());
     let out = dir.path().join("out");
     let net = |cmd: &mut Command| {
-        cmd.args(["--quiet", "--flow", "raft-small", "--flow-batch", "2", "--device", "cpu", "--torch-threads", "2"])
-            .arg("--weights")
-            .arg(&weights)
-            .arg("--root")
-            .arg(&root);
+        cmd.args([
+            "--quiet",
+            "--flow",
+            "raft-small",
+            "--flow-batch",
+            "2",
+            "--device",
+            "cpu",
+            "--torch-threads",
+            "2",
+        ])
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--root")
+        .arg(&root);
     };
     let mut labels = mrdino();
     labels.args(["labels", "--dataset", "frames"]).arg("--out").arg(&out);
@@ -350,14 +484,27 @@ fn raft_small_with_random_weights_runs_end_to_end() {
     run_ok(&mut labels);
     let (frames, instances) = tables(&out);
     assert_eq!(frames.len(), 5);
-    assert!(frames.iter().all(|f| f.corner_flow_px.is_some_and(|c| c.iter().all(|x| x.is_finite()))));
+    assert!(frames
+        .iter()
+        .all(|f| f.corner_flow_px.is_some_and(|c| c.iter().all(|x| x.is_finite()))));
     // The weights' SHA-256 is part of the parameters and of every file's metadata.
-    let file = std::fs::read_dir(out.join("frames")).unwrap().next().unwrap().unwrap().path();
+    let file = std::fs::read_dir(out.join("frames"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let file = std::fs::read_dir(file).unwrap().next().unwrap().unwrap().path();
     let (_, meta) = mrdino_outputs::tables::read_parquet(&file).unwrap();
-    let sha = meta.iter().find(|(k, _)| k == "mrdino.flow_weights_sha256").map(|(_, v)| v.clone()).unwrap();
+    let sha = meta
+        .iter()
+        .find(|(k, _)| k == "mrdino.flow_weights_sha256")
+        .map(|(_, v)| v.clone())
+        .unwrap();
     assert_eq!(sha.len(), 64);
-    assert!(meta.iter().any(|(k, v)| k == "mrdino.params" && v.contains(&sha) && v.contains("raft-small")));
+    assert!(meta
+        .iter()
+        .any(|(k, v)| k == "mrdino.params" && v.contains(&sha) && v.contains("raft-small")));
 
     // The same network through `mrdino flow` and `--flow import` gives the same rows.
     let flow_dir = dir.path().join("flow");
@@ -366,13 +513,34 @@ fn raft_small_with_random_weights_runs_end_to_end() {
     net(&mut export);
     run_ok(&mut export);
     let out2 = dir.path().join("out2");
-    run_ok(mrdino().args(["labels", "--dataset", "frames", "--quiet", "--flow", "import"]).arg("--root").arg(&root).arg("--flow-dir").arg(&flow_dir).arg("--out").arg(&out2));
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "frames", "--quiet", "--flow", "import"])
+            .arg("--root")
+            .arg(&root)
+            .arg("--flow-dir")
+            .arg(&flow_dir)
+            .arg("--out")
+            .arg(&out2),
+    );
     let (frames2, instances2) = tables(&out2);
     assert_eq!(instances2, instances);
-    assert!(frames2.iter().zip(&frames).all(|(a, b)| a.corner_flow_px == b.corner_flow_px));
+    assert!(frames2
+        .iter()
+        .zip(&frames)
+        .all(|(a, b)| a.corner_flow_px == b.corner_flow_px));
 
     // Weights of another architecture are refused by name.
-    let wrong = mrdino().args(["labels", "--dataset", "frames", "--quiet", "--flow", "smurf"]).arg("--weights").arg(&weights).arg("--root").arg(&root).arg("--out").arg(dir.path().join("o3")).output().unwrap();
+    let wrong = mrdino()
+        .args(["labels", "--dataset", "frames", "--quiet", "--flow", "smurf"])
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--root")
+        .arg(&root)
+        .arg("--out")
+        .arg(dir.path().join("o3"))
+        .output()
+        .unwrap();
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("holds raft-small weights, not smurf"));
 }
@@ -399,7 +567,9 @@ fn batch_fixture(root: &Path) {
 fn sorted_tables(out: &Path) -> (Vec<FrameRow>, Vec<InstanceRow>) {
     let (mut f, mut i) = tables(out);
     f.sort_by(|a, b| (&a.sequence_id, a.frame_index).cmp(&(&b.sequence_id, b.frame_index)));
-    i.sort_by(|a, b| (&a.sequence_id, a.frame_index, a.instance_id).cmp(&(&b.sequence_id, b.frame_index, b.instance_id)));
+    i.sort_by(|a, b| {
+        (&a.sequence_id, a.frame_index, a.instance_id).cmp(&(&b.sequence_id, b.frame_index, b.instance_id))
+    });
     (f, i)
 }
 
@@ -408,7 +578,9 @@ fn hidden_or_temp_files(dir: &Path) -> Vec<PathBuf> {
     for table in ["frames", "instances"] {
         for part in std::fs::read_dir(dir.join(table)).into_iter().flatten().flatten() {
             for f in std::fs::read_dir(part.path()).into_iter().flatten().flatten() {
-                if !f.file_name().to_string_lossy().ends_with(".parquet") || f.file_name().to_string_lossy().starts_with('.') {
+                if !f.file_name().to_string_lossy().ends_with(".parquet")
+                    || f.file_name().to_string_lossy().starts_with('.')
+                {
                     found.push(f.path());
                 }
             }
@@ -442,7 +614,11 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_rows() {
     }
     run_ok(&mut labels_cmd(&root, &out));
     assert_eq!(sorted_tables(&out), reference);
-    assert!(hidden_or_temp_files(&out).is_empty(), "{:?}", hidden_or_temp_files(&out));
+    assert!(
+        hidden_or_temp_files(&out).is_empty(),
+        "{:?}",
+        hidden_or_temp_files(&out)
+    );
 }
 
 #[test]
@@ -455,10 +631,17 @@ fn sigterm_stops_cleanly_and_the_same_command_resumes() {
 
     let out = dir.path().join("out");
     // Slow the run down with DIS-free imported flow but a single thread, and stop it early.
-    let child = labels_cmd(&root, &out).args(["--threads", "1"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = labels_cmd(&root, &out)
+        .args(["--threads", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait until the run is under way (the first unit is done), then ask it to stop.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::read_dir(out.join("_done")).map_or(true, |mut d| d.next().is_none()) && std::time::Instant::now() < deadline {
+    while std::fs::read_dir(out.join("_done")).map_or(true, |mut d| d.next().is_none())
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let pid = child.id().to_string();
@@ -495,18 +678,28 @@ fn three_shards_equal_one_run_and_status_and_finalize_track_them() {
     assert!(String::from_utf8_lossy(&fin.stderr).contains("not finalized"));
 
     // Slurm's variables select the shard when --shard is absent.
-    run_ok(labels_cmd(&root, &out).env("SLURM_ARRAY_TASK_ID", "1").env("SLURM_ARRAY_TASK_COUNT", "3"));
+    run_ok(
+        labels_cmd(&root, &out)
+            .env("SLURM_ARRAY_TASK_ID", "1")
+            .env("SLURM_ARRAY_TASK_COUNT", "3"),
+    );
     run_ok(labels_cmd(&root, &out).args(["--shard", "2/3"]));
     assert_eq!(sorted_tables(&out), sorted_tables(&single));
     let status = run_ok(mrdino().arg("status").arg("--out").arg(&out));
     assert!(String::from_utf8_lossy(&status.stdout).contains("all shards complete"));
     let fin = run_ok(mrdino().arg("finalize").arg("--out").arg(&out));
-    let path = String::from_utf8_lossy(&fin.stdout).trim().trim_start_matches("finalized: ").to_string();
+    let path = String::from_utf8_lossy(&fin.stdout)
+        .trim()
+        .trim_start_matches("finalized: ")
+        .to_string();
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(manifest["units"], 8);
     assert_eq!(manifest["frames"], 8 * 23);
     let (frames, instances) = sorted_tables(&single);
-    assert_eq!(manifest["labelled_frames"].as_u64().unwrap() as usize, frames.iter().filter(|f| f.labelled).count());
+    assert_eq!(
+        manifest["labelled_frames"].as_u64().unwrap() as usize,
+        frames.iter().filter(|f| f.labelled).count()
+    );
     assert_eq!(manifest["instances"].as_u64().unwrap() as usize, instances.len());
 }
 
@@ -543,7 +736,12 @@ fn corrupt_frames_nan_flow_and_truncated_video_are_recorded_and_the_rest_complet
     std::fs::write(root.join("flow/seq_05/0012.npy"), encode_npy(&nan)).unwrap();
     let out = dir.path().join("out");
     let result = labels_cmd(&root, &out).output().unwrap();
-    assert_eq!(result.status.code(), Some(3), "{}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(
+        result.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let units = manifest_units(&out);
     assert_eq!(units.len(), 8);
     assert!(units.iter().all(|u| u["status"] == "done"));
@@ -551,15 +749,34 @@ fn corrupt_frames_nan_flow_and_truncated_video_are_recorded_and_the_rest_complet
         .iter()
         .flat_map(|u| {
             u["failures"].as_array().unwrap().iter().map(move |f| {
-                (u["unit"].as_str().unwrap().to_string(), f["frame_index"].as_u64().unwrap(), f["reason"].as_str().unwrap().to_string())
+                (
+                    u["unit"].as_str().unwrap().to_string(),
+                    f["frame_index"].as_u64().unwrap(),
+                    f["reason"].as_str().unwrap().to_string(),
+                )
             })
         })
         .collect();
     assert_eq!(failures.len(), 2, "{failures:?}");
-    assert!(failures[0].0 == "seq_03" && failures[0].1 == 7 && failures[0].2.contains("0007.png"), "{failures:?}");
-    assert!(failures[1].0 == "seq_05" && failures[1].1 == 12 && failures[1].2.contains("non-finite flow value at row 10, column 20"), "{failures:?}");
+    assert!(
+        failures[0].0 == "seq_03" && failures[0].1 == 7 && failures[0].2.contains("0007.png"),
+        "{failures:?}"
+    );
+    assert!(
+        failures[1].0 == "seq_05"
+            && failures[1].1 == 12
+            && failures[1].2.contains("non-finite flow value at row 10, column 20"),
+        "{failures:?}"
+    );
     let (frames, _) = sorted_tables(&out);
-    let reason = |seq: &str, i: u32| frames.iter().find(|f| f.sequence_id == seq && f.frame_index == i).unwrap().excluded_reason.clone();
+    let reason = |seq: &str, i: u32| {
+        frames
+            .iter()
+            .find(|f| f.sequence_id == seq && f.frame_index == i)
+            .unwrap()
+            .excluded_reason
+            .clone()
+    };
     // With imported flow, frame 6 keeps its flow file; only the undecodable frame itself has no row data.
     assert_eq!(reason("seq_03", 6), None);
     assert_eq!(reason("seq_03", 7).as_deref(), Some("unreadable"));
@@ -572,7 +789,14 @@ fn corrupt_frames_nan_flow_and_truncated_video_are_recorded_and_the_rest_complet
     for name in ["good", "truncated"] {
         let path = videos.join(format!("{name}.avi"));
         let fourcc = opencv::videoio::VideoWriter::fourcc('M', 'J', 'P', 'G').unwrap();
-        let mut writer = opencv::videoio::VideoWriter::new(path.to_str().unwrap(), fourcc, 10.0, opencv::core::Size::new(96, 64), true).unwrap();
+        let mut writer = opencv::videoio::VideoWriter::new(
+            path.to_str().unwrap(),
+            fourcc,
+            10.0,
+            opencv::core::Size::new(96, 64),
+            true,
+        )
+        .unwrap();
         for k in 0..30 {
             let frame = dir.path().join("tmp.png");
             write_frame(&frame, k);
@@ -585,14 +809,29 @@ fn corrupt_frames_nan_flow_and_truncated_video_are_recorded_and_the_rest_complet
     let bytes = std::fs::read(&truncated).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let vout = dir.path().join("vout");
-    let result = mrdino().args(["labels", "--dataset", "video", "--quiet"]).arg("--root").arg(&videos).arg("--out").arg(&vout).output().unwrap();
-    assert_eq!(result.status.code(), Some(3), "{}", String::from_utf8_lossy(&result.stderr));
+    let result = mrdino()
+        .args(["labels", "--dataset", "video", "--quiet"])
+        .arg("--root")
+        .arg(&videos)
+        .arg("--out")
+        .arg(&vout)
+        .output()
+        .unwrap();
+    assert_eq!(
+        result.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let units = manifest_units(&vout);
     let good = units.iter().find(|u| u["unit"] == "good").unwrap();
     assert!(good["status"] == "done" && good["failures"].as_array().unwrap().is_empty());
     let bad = units.iter().find(|u| u["unit"] == "truncated").unwrap();
     let text = bad.to_string();
-    assert!(text.contains("truncated.avi") && text.contains("video ended after"), "{text}");
+    assert!(
+        text.contains("truncated.avi") && text.contains("video ended after"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -605,10 +844,18 @@ fn changed_parameters_are_kept_apart() {
     let first = tables(&out);
     let second = run_ok(labels_cmd(&root, &out).args(["--min-instance-px", "200"]));
     assert!(String::from_utf8_lossy(&second.stderr).contains("also holds labels made with other parameters"));
-    let partitions: Vec<String> = std::fs::read_dir(out.join("instances")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let partitions: Vec<String> = std::fs::read_dir(out.join("instances"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(partitions.len(), 2);
     // The first partition is untouched; the second has only the 300 px boxes.
-    let mut parts: Vec<PathBuf> = std::fs::read_dir(out.join("instances")).unwrap().flatten().map(|e| e.path()).collect();
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(out.join("instances"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     parts.sort();
     let rows_of = |part: &Path| -> Vec<InstanceRow> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(part).unwrap().flatten().map(|e| e.path()).collect();
@@ -647,7 +894,12 @@ fn kitti_layout_resizes_to_the_reference_grid_and_excludes_benchmark_frames_on_b
                     data.extend([v, v, v]);
                 }
             }
-            let mat = Mat::new_rows_cols_with_data(375, 1242 * 3, &data).unwrap().reshape(3, 375).unwrap().try_clone().unwrap();
+            let mat = Mat::new_rows_cols_with_data(375, 1242 * 3, &data)
+                .unwrap()
+                .reshape(3, 375)
+                .unwrap()
+                .try_clone()
+                .unwrap();
             let path = root.join(format!("2011_09_26/{drive}/{camera}/data/{frame:010}.png"));
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             opencv::imgcodecs::imwrite_def(path.to_str().unwrap(), &mat).unwrap();
@@ -679,12 +931,22 @@ fn kitti_layout_resizes_to_the_reference_grid_and_excludes_benchmark_frames_on_b
         }
     }
     assert_eq!(instances.len(), 12);
-    assert!(instances.iter().all(|i| i.area_px == 4800 && i.bbox_xywh == [500.0, 150.0, 80.0, 60.0]));
+    assert!(instances
+        .iter()
+        .all(|i| i.area_px == 4800 && i.bbox_xywh == [500.0, 150.0, 80.0, 60.0]));
     // `--keep-eval-overlap` keeps them (a different parameter set).
     let kept = dir.path().join("kept");
     run_ok(
         mrdino()
-            .args(["labels", "--dataset", "kitti", "--quiet", "--flow", "import", "--keep-eval-overlap"])
+            .args([
+                "labels",
+                "--dataset",
+                "kitti",
+                "--quiet",
+                "--flow",
+                "import",
+                "--keep-eval-overlap",
+            ])
             .arg("--root")
             .arg(&root)
             .arg("--flow-dir")
@@ -704,9 +966,16 @@ fn time_budget_stops_cleanly_and_the_rerun_completes() {
     run_ok(&mut labels_cmd(&root, &reference_out));
     let out = dir.path().join("out");
     let first = labels_cmd(&root, &out).args(["--time-budget", "0"]).output().unwrap();
-    assert_eq!(first.status.code(), Some(4), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(
+        first.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert!(String::from_utf8_lossy(&first.stderr).contains("run the same command again to resume"));
-    assert!(std::fs::read_dir(out.join("_done")).map_or(true, |d| d.flatten().all(|p| std::fs::read_dir(p.path()).unwrap().next().is_none())));
+    assert!(std::fs::read_dir(out.join("_done")).map_or(true, |d| d
+        .flatten()
+        .all(|p| std::fs::read_dir(p.path()).unwrap().next().is_none())));
     run_ok(&mut labels_cmd(&root, &out));
     assert_eq!(sorted_tables(&out), sorted_tables(&reference_out));
 }
@@ -717,14 +986,31 @@ fn preset_config_file_and_flags_resolve_in_that_order() {
     let root = dir.path().join("data");
     fixture(&root);
     let config = dir.path().join("params.json");
-    std::fs::write(&config, r#"{"preset": "tri-pd", "min_instance_px": 150, "corner_threshold_px": 0.8}"#).unwrap();
+    std::fs::write(
+        &config,
+        r#"{"preset": "tri-pd", "min_instance_px": 150, "corner_threshold_px": 0.8}"#,
+    )
+    .unwrap();
     let resolved = |extra: &[&str]| -> serde_json::Value {
         let out = dir.path().join(format!("out{}", extra.len()));
         let plan = run_ok(
-            mrdino().args(["plan", "--dataset", "frames", "--quiet"]).arg("--root").arg(root.join("frames")).arg("--out").arg(&out).arg("--config").arg(&config).args(extra),
+            mrdino()
+                .args(["plan", "--dataset", "frames", "--quiet"])
+                .arg("--root")
+                .arg(root.join("frames"))
+                .arg("--out")
+                .arg(&out)
+                .arg("--config")
+                .arg(&config)
+                .args(extra),
         );
         assert!(String::from_utf8_lossy(&plan.stdout).contains("cam_a\t12"));
-        let file = std::fs::read_dir(out.join("_params")).unwrap().next().unwrap().unwrap().path();
+        let file = std::fs::read_dir(out.join("_params"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         serde_json::from_slice::<serde_json::Value>(&std::fs::read(file).unwrap()).unwrap()["params"].clone()
     };
     let from_file = resolved(&[]);
@@ -736,10 +1022,22 @@ fn preset_config_file_and_flags_resolve_in_that_order() {
     assert_eq!(with_flag["instances"]["min_instance_px"], 150);
 
     std::fs::write(&config, r#"{"corner_treshold_px": 0.8}"#).unwrap();
-    let bad = mrdino().args(["plan", "--dataset", "frames"]).arg("--root").arg(root.join("frames")).arg("--out").arg(dir.path().join("bad")).arg("--config").arg(&config).output().unwrap();
+    let bad = mrdino()
+        .args(["plan", "--dataset", "frames"])
+        .arg("--root")
+        .arg(root.join("frames"))
+        .arg("--out")
+        .arg(dir.path().join("bad"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.contains("params.json") && stderr.contains("corner_treshold_px"), "{stderr}");
+    assert!(
+        stderr.contains("params.json") && stderr.contains("corner_treshold_px"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -747,35 +1045,85 @@ fn movi_kubric_scenes_use_their_own_flow_files() {
     let dir = tempfile::tempdir().unwrap();
     let scene = dir.path().join("movi/scene_0007");
     std::fs::create_dir_all(&scene).unwrap();
-    std::fs::write(scene.join("data_ranges.json"), r#"{"forward_flow": {"min": -8.0, "max": 8.0}, "depth": {"min": 0, "max": 1}}"#).unwrap();
+    std::fs::write(
+        scene.join("data_ranges.json"),
+        r#"{"forward_flow": {"min": -8.0, "max": 8.0}, "depth": {"min": 0, "max": 1}}"#,
+    )
+    .unwrap();
     let encode = |x: f32| (((x + 8.0) / 16.0) * 65535.0).round() as u16;
     for k in 0..8 {
         write_frame(&scene.join(format!("rgba_{k:05}.png")), k);
         // Ground truth: the box is object 5.
-        let ids: Vec<u16> = (0..H * W).map(|i| if (20..35).contains(&(i / W)) && (30..50).contains(&(i % W)) { 5 } else { 0 }).collect();
-        let seg = Mat::new_rows_cols_with_data(H as i32, W as i32, &ids).unwrap().try_clone().unwrap();
+        let ids: Vec<u16> = (0..H * W)
+            .map(|i| {
+                if (20..35).contains(&(i / W)) && (30..50).contains(&(i % W)) {
+                    5
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let seg = Mat::new_rows_cols_with_data(H as i32, W as i32, &ids)
+            .unwrap()
+            .try_clone()
+            .unwrap();
         opencv::imgcodecs::imwrite_def(scene.join(format!("segmentation_{k:05}.png")).to_str().unwrap(), &seg).unwrap();
         // A 20×15 box moving right by 4 px: the file stores (Δrow, Δcol, 0); OpenCV writes B, G, R.
         let mut px = Vec::with_capacity(H * W * 3);
         for r in 0..H {
             for c in 0..W {
-                let dcol = if (20..35).contains(&r) && (30..50).contains(&c) { 4.0 } else { 0.0 };
+                let dcol = if (20..35).contains(&r) && (30..50).contains(&c) {
+                    4.0
+                } else {
+                    0.0
+                };
                 px.extend([0u16, encode(dcol), encode(0.0)]);
             }
         }
-        let mat = Mat::new_rows_cols_with_data(H as i32, (W * 3) as i32, &px).unwrap().reshape(3, H as i32).unwrap().try_clone().unwrap();
+        let mat = Mat::new_rows_cols_with_data(H as i32, (W * 3) as i32, &px)
+            .unwrap()
+            .reshape(3, H as i32)
+            .unwrap()
+            .try_clone()
+            .unwrap();
         opencv::imgcodecs::imwrite_def(scene.join(format!("forward_flow_{k:05}.png")).to_str().unwrap(), &mat).unwrap();
     }
     let out = dir.path().join("out");
-    run_ok(mrdino().args(["labels", "--dataset", "movi-e", "--quiet", "--flow", "kubric"]).arg("--root").arg(dir.path().join("movi")).arg("--out").arg(&out));
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "movi-e", "--quiet", "--flow", "kubric"])
+            .arg("--root")
+            .arg(dir.path().join("movi"))
+            .arg("--out")
+            .arg(&out),
+    );
     let (frames, instances) = sorted_tables(&out);
     assert_eq!(frames.len(), 7);
-    assert!(frames.iter().all(|f| f.sequence_id == "scene_0007" && f.labelled && f.frame_name.starts_with("rgba_")), "{frames:?}");
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.sequence_id == "scene_0007" && f.labelled && f.frame_name.starts_with("rgba_")),
+        "{frames:?}"
+    );
     assert_eq!(instances.len(), 7);
-    assert!(instances.iter().all(|i| i.area_px == 300 && i.bbox_xywh == [30.0, 20.0, 20.0, 15.0] && (i.mean_flow_px - 4.0).abs() < 1e-3));
+    assert!(instances
+        .iter()
+        .all(|i| i.area_px == 300 && i.bbox_xywh == [30.0, 20.0, 20.0, 15.0] && (i.mean_flow_px - 4.0).abs() < 1e-3));
     // Kubric's segmentation beside the frames scores the labels.
     let json = dir.path().join("eval.json");
-    run_ok(mrdino().args(["eval", "--gt-format", "kubric"]).arg("--labels").arg(&out).arg("--gt").arg(dir.path().join("movi")).arg("--json").arg(&json));
+    run_ok(
+        mrdino()
+            .args(["eval", "--gt-format", "kubric"])
+            .arg("--labels")
+            .arg(&out)
+            .arg("--gt")
+            .arg(dir.path().join("movi"))
+            .arg("--json")
+            .arg(&json),
+    );
     let text = std::fs::read_to_string(&json).unwrap();
-    assert!(text.contains("\"f1_50\": 1.0") || text.contains("\"f1_50\":1.0"), "{text}");
+    assert!(
+        text.contains("\"f1_50\": 1.0") || text.contains("\"f1_50\":1.0"),
+        "{text}"
+    );
 }

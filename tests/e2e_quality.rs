@@ -50,7 +50,10 @@ fn read_json(path: &Path) -> Value {
 }
 
 fn number(value: &Value, pointer: &str) -> f64 {
-    value.pointer(pointer).and_then(Value::as_f64).unwrap_or_else(|| panic!("no number at {pointer} in {value}"))
+    value
+        .pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number at {pointer} in {value}"))
 }
 
 #[test]
@@ -68,7 +71,16 @@ fn exact_flow_labels_score_high_and_quasi_static_retrieval_is_perfect() {
             .arg(&json),
     );
     let table = String::from_utf8_lossy(&out.stdout);
-    for column in ["F1@50", "AP50", "AR50", "fg-ARI", "all-ARI", "quasi-static retrieval", "seq000", "seq002"] {
+    for column in [
+        "F1@50",
+        "AP50",
+        "AR50",
+        "fg-ARI",
+        "all-ARI",
+        "quasi-static retrieval",
+        "seq000",
+        "seq002",
+    ] {
         assert!(table.contains(column), "table lacks {column}:\n{table}");
     }
     let result = read_json(&json);
@@ -103,9 +115,19 @@ fn exact_flow_labels_score_high_and_quasi_static_retrieval_is_perfect() {
     assert!(number(metrics, "/all_ari") >= 0.95, "{metrics}");
 
     // Without --json the file goes beside the labels, named by the parameter hash.
-    run_ok(mrdino().args(["eval", "--labels"]).arg(&labels).arg("--gt").arg(&data).args(["--gt-format", "synth"]));
+    run_ok(
+        mrdino()
+            .args(["eval", "--labels"])
+            .arg(&labels)
+            .arg("--gt")
+            .arg(&data)
+            .args(["--gt-format", "synth"]),
+    );
     let hash = result["params_hash"].as_str().expect("hash");
-    assert_eq!(read_json(&labels.join(format!("_eval-{hash}.json")))["metrics"], result["metrics"]);
+    assert_eq!(
+        read_json(&labels.join(format!("_eval-{hash}.json")))["metrics"],
+        result["metrics"]
+    );
 }
 
 const SIDE: usize = 10;
@@ -138,7 +160,8 @@ fn frame_row(index: u32, labelled: bool, num_instances: u32) -> FrameRow {
 
 /// Pixels (row-major) of the block rows × cols of the 10×10 frame.
 fn block(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Vec<u32> {
-    rows.flat_map(|r| cols.clone().map(move |c| (r * SIDE + c) as u32)).collect()
+    rows.flat_map(|r| cols.clone().map(move |c| (r * SIDE + c) as u32))
+        .collect()
 }
 
 fn instance_row(frame_index: u32, instance_id: u32, pixels: &[u32]) -> InstanceRow {
@@ -166,7 +189,10 @@ fn write_ids_png(path: &Path, objects: &[(u16, Vec<u32>)]) {
             ids[p as usize] = *id;
         }
     }
-    let mat = Mat::new_rows_cols_with_data(SIDE as i32, SIDE as i32, &ids).expect("mat").try_clone().expect("clone");
+    let mat = Mat::new_rows_cols_with_data(SIDE as i32, SIDE as i32, &ids)
+        .expect("mat")
+        .try_clone()
+        .expect("clone");
     let mut buf = Vector::<u8>::new();
     opencv::imgcodecs::imencode_def(".png", &mat, &mut buf).expect("encode");
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -176,7 +202,11 @@ fn write_ids_png(path: &Path, objects: &[(u16, Vec<u32>)]) {
 /// The reference's ARI of a contingency table given as its cell counts, row (GT) and column marginals.
 fn ari(cells: &[f64], gt: &[f64], pred: &[f64]) -> f64 {
     let pairs = |n: &f64| n * (n - 1.0);
-    let (ri, a, b) = (cells.iter().map(pairs).sum::<f64>(), gt.iter().map(pairs).sum::<f64>(), pred.iter().map(pairs).sum::<f64>());
+    let (ri, a, b) = (
+        cells.iter().map(pairs).sum::<f64>(),
+        gt.iter().map(pairs).sum::<f64>(),
+        pred.iter().map(pairs).sum::<f64>(),
+    );
     let n: f64 = gt.iter().sum();
     let e = a * b / (n * (n - 1.0));
     (ri - e) / ((a + b) / 2.0 - e + 1e-12)
@@ -201,7 +231,12 @@ fn hand_made_prediction_has_the_worked_out_scores() {
         instance_row(1, 1, &block(2..6, 2..6)),
     ];
     write_parquet(&layout.frames_file("hand"), &frames_batch(&frames).expect("batch"), &[]).expect("frames");
-    write_parquet(&layout.instances_file("hand"), &instances_batch(&instances).expect("batch"), &[]).expect("instances");
+    write_parquet(
+        &layout.instances_file("hand"),
+        &instances_batch(&instances).expect("batch"),
+        &[],
+    )
+    .expect("instances");
     std::fs::create_dir_all(layout.done_dir()).expect("mkdir");
     std::fs::write(layout.done_marker("hand"), b"{}").expect("marker");
     write_ids_png(&gt.join("hand/000000.png"), &[(7, a.clone()), (9, b.clone())]);
@@ -210,7 +245,12 @@ fn hand_made_prediction_has_the_worked_out_scores() {
     let json = tmp.path().join("eval.json");
     let eval = |extra: &[&str]| {
         let mut cmd = mrdino();
-        cmd.args(["eval", "--labels"]).arg(&labels).arg("--gt").arg(&gt).args(["--gt-format", "ids", "--json"]).arg(&json);
+        cmd.args(["eval", "--labels"])
+            .arg(&labels)
+            .arg("--gt")
+            .arg(&gt)
+            .args(["--gt-format", "ids", "--json"])
+            .arg(&json);
         cmd.args(extra);
         cmd
     };
@@ -218,7 +258,12 @@ fn hand_made_prediction_has_the_worked_out_scores() {
     let result = read_json(&json);
     let m = &result["metrics"];
     assert_eq!(
-        [m["images"].clone(), m["true_positives"].clone(), m["predictions"].clone(), m["ground_truth_objects"].clone()],
+        [
+            m["images"].clone(),
+            m["true_positives"].clone(),
+            m["predictions"].clone(),
+            m["ground_truth_objects"].clone()
+        ],
         [2, 3, 4, 3].map(Value::from)
     );
     let (precision, recall) = (0.75, 1.0);
@@ -228,7 +273,11 @@ fn hand_made_prediction_has_the_worked_out_scores() {
     // fg-ARI of frame 0: object 7 → {1: 25}, object 9 → {2: 10, 3: 15}.
     let fg = ari(&[25.0, 10.0, 15.0], &[25.0, 25.0], &[25.0, 10.0, 15.0]);
     // all-ARI adds the 50 background pixels, all predicted 0.
-    let all = ari(&[50.0, 25.0, 10.0, 15.0], &[50.0, 25.0, 25.0], &[50.0, 25.0, 10.0, 15.0]);
+    let all = ari(
+        &[50.0, 25.0, 10.0, 15.0],
+        &[50.0, 25.0, 25.0],
+        &[50.0, 25.0, 10.0, 15.0],
+    );
     assert_eq!(number(m, "/ari_images"), 1.0);
     assert!((number(m, "/fg_ari") - fg).abs() < 1e-12, "{m} vs {fg}");
     assert!((number(m, "/all_ari") - all).abs() < 1e-12, "{m} vs {all}");
@@ -239,7 +288,10 @@ fn hand_made_prediction_has_the_worked_out_scores() {
     let out = eval(&[]).output().expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("000001.png") && stderr.contains("no ground truth"), "{stderr}");
+    assert!(
+        stderr.contains("000001.png") && stderr.contains("no ground truth"),
+        "{stderr}"
+    );
     run_ok(&mut eval(&["--skip-missing-gt"]));
     let result = read_json(&json);
     assert_eq!(result["missing_gt_frames"], 1);
@@ -259,7 +311,8 @@ fn links(html: &str) -> Vec<String> {
 }
 
 fn png_size(path: &Path) -> (i32, i32) {
-    let mat = opencv::imgcodecs::imread(path.to_str().expect("utf-8"), opencv::imgcodecs::IMREAD_UNCHANGED).expect("read");
+    let mat =
+        opencv::imgcodecs::imread(path.to_str().expect("utf-8"), opencv::imgcodecs::IMREAD_UNCHANGED).expect("read");
     (mat.rows(), mat.cols())
 }
 
@@ -284,9 +337,17 @@ fn report_renders_statistics_plots_overlays_and_flow() {
     // foreground chart per sequence.
     assert!(html.contains("<table id=\"sequences\">"));
     for sequence in ["seq000", "seq001", "seq002"] {
-        assert!(html.contains(&format!("<tr><td>{sequence}</td>")), "no row for {sequence}");
+        assert!(
+            html.contains(&format!("<tr><td>{sequence}</td>")),
+            "no row for {sequence}"
+        );
     }
-    for title in ["Frames per sequence", "Instances per labelled frame", "Instance areas", "Foreground fraction of seq002"] {
+    for title in [
+        "Frames per sequence",
+        "Instances per labelled frame",
+        "Instance areas",
+        "Foreground fraction of seq002",
+    ] {
         assert!(html.contains(title), "no plot {title}");
     }
     assert!(html.matches("<svg").count() >= 6);
@@ -310,9 +371,18 @@ fn report_renders_statistics_plots_overlays_and_flow() {
 
     // Without --flow-dir the flow is recomputed with DIS from the source frames, and the page says so.
     let dis_report = tmp.path().join("report-dis");
-    run_ok(mrdino().args(["report", "--samples", "2", "--labels"]).arg(&labels).arg("--out").arg(&dis_report));
+    run_ok(
+        mrdino()
+            .args(["report", "--samples", "2", "--labels"])
+            .arg(&labels)
+            .arg("--out")
+            .arg(&dis_report),
+    );
     let html = std::fs::read_to_string(dis_report.join("index.html")).expect("index.html");
-    assert!(html.contains("recomputed from the source frames with OpenCV DIS"), "flow note missing");
+    assert!(
+        html.contains("recomputed from the source frames with OpenCV DIS"),
+        "flow note missing"
+    );
     let flows: Vec<String> = links_of(&html, "flow/");
     assert_eq!(flows.len(), 2);
     for link in flows {

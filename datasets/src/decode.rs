@@ -92,10 +92,16 @@ impl Processing {
 
 /// `imgcodecs::imread` with `flags`, turning a missing, unreadable or undecodable file into an error naming it.
 fn read_image(path: &Path, flags: i32) -> Result<Mat, DatasetError> {
-    let decode = |message: String| DatasetError::Decode { path: path.to_path_buf(), message };
+    let decode = |message: String| DatasetError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
     let name = path.to_str().ok_or_else(|| decode("path is not valid UTF-8".into()))?;
     if !path.is_file() {
-        return Err(DatasetError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        return Err(DatasetError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
     }
     let mat = imgcodecs::imread(name, flags).map_err(|e| decode(e.to_string()))?;
     if mat.empty() {
@@ -112,7 +118,10 @@ pub fn read_bgr(path: &Path) -> Result<Mat, DatasetError> {
 /// Reads an image file and applies `processing`.
 pub fn read_processed(path: &Path, processing: &Processing) -> Result<(RgbImage, Geometry), DatasetError> {
     let bgr = read_bgr(path)?;
-    processing.apply(&bgr).map_err(|message| DatasetError::Decode { path: path.to_path_buf(), message })
+    processing.apply(&bgr).map_err(|message| DatasetError::Decode {
+        path: path.to_path_buf(),
+        message,
+    })
 }
 
 /// Reads an image keeping its bit depth and channels (16-bit instance maps, KITTI flow PNGs).

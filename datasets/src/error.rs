@@ -11,20 +11,36 @@ pub enum DatasetError {
     #[error("{path}: cannot decode image: {message}")]
     Decode { path: PathBuf, message: String },
     #[error("{path}: frame is {got_width}x{got_height} but the sequence started at {width}x{height}")]
-    SizeChange { path: PathBuf, width: usize, height: usize, got_width: usize, got_height: usize },
+    SizeChange {
+        path: PathBuf,
+        width: usize,
+        height: usize,
+        got_width: usize,
+        got_height: usize,
+    },
     #[error("{path}: video ended after {frames} frames: {message}")]
-    Video { path: PathBuf, frames: usize, message: String },
+    Video {
+        path: PathBuf,
+        frames: usize,
+        message: String,
+    },
     #[error("invalid option: {0}")]
     Option(String),
 }
 
 impl DatasetError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn layout(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self::Layout { path: path.into(), message: message.into() }
+        Self::Layout {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     /// The file the error is about, when there is one.

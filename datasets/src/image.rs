@@ -16,7 +16,11 @@ pub struct RgbImage {
 
 impl RgbImage {
     pub fn new(height: usize, width: usize, data: Vec<u8>) -> Self {
-        assert_eq!(data.len(), height * width * 3, "RgbImage buffer does not match {height}x{width}x3");
+        assert_eq!(
+            data.len(),
+            height * width * 3,
+            "RgbImage buffer does not match {height}x{width}x3"
+        );
         Self { height, width, data }
     }
 

@@ -7,8 +7,8 @@
 pub mod decode;
 pub mod error;
 pub mod image;
-pub mod synth;
 pub mod source;
+pub mod synth;
 
 pub use decode::Processing;
 pub use error::DatasetError;

@@ -22,8 +22,14 @@ use crate::{DatasetError, Frame};
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp", "ppm", "pgm"];
 const VIDEO_EXTENSIONS: &[&str] = &["avi", "mp4", "mkv", "mov", "webm", "m4v", "mpg", "mpeg", "wmv"];
 /// Kubric writes these beside the RGB frames of a MOVi scene; they are not frames.
-const KUBRIC_NON_FRAME_PREFIXES: &[&str] =
-    &["segmentation_", "forward_flow_", "backward_flow_", "depth_", "normal_", "object_coordinates_"];
+const KUBRIC_NON_FRAME_PREFIXES: &[&str] = &[
+    "segmentation_",
+    "forward_flow_",
+    "backward_flow_",
+    "depth_",
+    "normal_",
+    "object_coordinates_",
+];
 
 /// The dataset layouts mrdino reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -37,8 +43,13 @@ pub enum DatasetKind {
 }
 
 impl DatasetKind {
-    pub const ALL: [DatasetKind; 5] =
-        [DatasetKind::Frames, DatasetKind::Video, DatasetKind::Kitti, DatasetKind::TriPd, DatasetKind::MoviE];
+    pub const ALL: [DatasetKind; 5] = [
+        DatasetKind::Frames,
+        DatasetKind::Video,
+        DatasetKind::Kitti,
+        DatasetKind::TriPd,
+        DatasetKind::MoviE,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -57,7 +68,10 @@ impl DatasetKind {
     /// The processing the reference applies before computing flow.
     pub fn reference_processing(self) -> Processing {
         match self {
-            DatasetKind::Kitti => Processing::Resize { width: 1240, height: 376 },
+            DatasetKind::Kitti => Processing::Resize {
+                width: 1240,
+                height: 376,
+            },
             DatasetKind::TriPd => Processing::HalveCropTop { crop_top: 128 },
             DatasetKind::Frames | DatasetKind::Video | DatasetKind::MoviE => Processing::Native,
         }
@@ -115,8 +129,13 @@ pub fn list_sequences(options: &SourceOptions) -> Result<Vec<Sequence>, DatasetE
     if !root.exists() {
         return Err(DatasetError::layout(root, "dataset root does not exist"));
     }
-    let processing = options.processing.unwrap_or_else(|| options.kind.reference_processing());
-    let cameras = options.cameras.clone().unwrap_or_else(|| options.kind.default_cameras());
+    let processing = options
+        .processing
+        .unwrap_or_else(|| options.kind.reference_processing());
+    let cameras = options
+        .cameras
+        .clone()
+        .unwrap_or_else(|| options.kind.default_cameras());
     let make = |id: String, input: SequenceInput| Sequence {
         id,
         dataset: options.kind,
@@ -150,7 +169,10 @@ pub fn list_sequences(options: &SourceOptions) -> Result<Vec<Sequence>, DatasetE
     if sequences.is_empty() {
         return Err(DatasetError::layout(
             root,
-            format!("no sequences found for dataset `{}` (see `mrdino labels --help` for the expected layout)", options.kind.name()),
+            format!(
+                "no sequences found for dataset `{}` (see `mrdino labels --help` for the expected layout)",
+                options.kind.name()
+            ),
         ));
     }
     Ok(sequences)
@@ -199,24 +221,49 @@ impl Sequence {
         let inner = match &self.input {
             SequenceInput::Images(files) => FrameIterInner::Images { files, next: 0 },
             SequenceInput::Video(path) => {
-                let open_err = |message: String| DatasetError::Video { path: path.clone(), frames: 0, message };
-                let name = path.to_str().ok_or_else(|| open_err("path is not valid UTF-8".into()))?;
-                let capture = videoio::VideoCapture::from_file(name, videoio::CAP_ANY)
-                    .map_err(|e| open_err(e.to_string()))?;
+                let open_err = |message: String| DatasetError::Video {
+                    path: path.clone(),
+                    frames: 0,
+                    message,
+                };
+                let name = path
+                    .to_str()
+                    .ok_or_else(|| open_err("path is not valid UTF-8".into()))?;
+                let capture =
+                    videoio::VideoCapture::from_file(name, videoio::CAP_ANY).map_err(|e| open_err(e.to_string()))?;
                 if !capture.is_opened().map_err(|e| open_err(e.to_string()))? {
                     return Err(open_err("cannot open video (missing codec or not a video)".into()));
                 }
                 let expected = capture.get(videoio::CAP_PROP_FRAME_COUNT).unwrap_or(0.0).max(0.0) as usize;
-                FrameIterInner::Video { path, capture, next: 0, expected, done: false }
+                FrameIterInner::Video {
+                    path,
+                    capture,
+                    next: 0,
+                    expected,
+                    done: false,
+                }
             }
         };
-        Ok(FrameIter { sequence: self, inner, size: None })
+        Ok(FrameIter {
+            sequence: self,
+            inner,
+            size: None,
+        })
     }
 }
 
 enum FrameIterInner<'a> {
-    Images { files: &'a [ImageFile], next: usize },
-    Video { path: &'a Path, capture: videoio::VideoCapture, next: usize, expected: usize, done: bool },
+    Images {
+        files: &'a [ImageFile],
+        next: usize,
+    },
+    Video {
+        path: &'a Path,
+        capture: videoio::VideoCapture,
+        next: usize,
+        expected: usize,
+        done: bool,
+    },
 }
 
 /// Frames of one sequence, decoded once each, in order.
@@ -265,7 +312,13 @@ impl Iterator for FrameIter<'_> {
                 let path = file.path.clone();
                 Some((index, result.and_then(|frame| self.check_size(frame, &path))))
             }
-            FrameIterInner::Video { path, capture, next, expected, done } => {
+            FrameIterInner::Video {
+                path,
+                capture,
+                next,
+                expected,
+                done,
+            } => {
                 if *done {
                     return None;
                 }
@@ -279,7 +332,14 @@ impl Iterator for FrameIter<'_> {
                     Err(e) => {
                         *done = true;
                         let message = e.to_string();
-                        return Some((index, Err(DatasetError::Video { path, frames: index, message })));
+                        return Some((
+                            index,
+                            Err(DatasetError::Video {
+                                path,
+                                frames: index,
+                                message,
+                            }),
+                        ));
                     }
                 };
                 if ended {
@@ -287,15 +347,30 @@ impl Iterator for FrameIter<'_> {
                     // The container announced more frames than could be decoded: a truncated or damaged file.
                     if *expected > index + 1 {
                         let message = format!("container announces {expected} frames");
-                        return Some((index, Err(DatasetError::Video { path, frames: index, message })));
+                        return Some((
+                            index,
+                            Err(DatasetError::Video {
+                                path,
+                                frames: index,
+                                message,
+                            }),
+                        ));
                     }
                     return None;
                 }
                 *next += 1;
                 let result = processing
                     .apply(&bgr)
-                    .map_err(|message| DatasetError::Decode { path: path.clone(), message })
-                    .map(|(image, geometry)| Frame { index, name: format!("{index:06}"), image, geometry });
+                    .map_err(|message| DatasetError::Decode {
+                        path: path.clone(),
+                        message,
+                    })
+                    .map(|(image, geometry)| Frame {
+                        index,
+                        name: format!("{index:06}"),
+                        image,
+                        geometry,
+                    });
                 Some((index, result.and_then(|frame| self.check_size(frame, &path))))
             }
         }
@@ -306,7 +381,9 @@ fn relative(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
     let text = rel.to_string_lossy().into_owned();
     if text.is_empty() {
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     } else {
         text
     }
@@ -358,7 +435,9 @@ fn frames_layout(root: &Path) -> Result<Vec<(String, Vec<ImageFile>)>, DatasetEr
         let files = image_files_in(&dir, |_| true)?;
         if !files.is_empty() {
             let id = if dir == root {
-                root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "frames".into())
+                root.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "frames".into())
             } else {
                 relative(root, &dir)
             };
@@ -395,7 +474,10 @@ fn movi_layout(root: &Path) -> Result<Vec<(String, Vec<ImageFile>)>, DatasetErro
 
 fn video_layout(root: &Path) -> Result<Vec<(String, PathBuf)>, DatasetError> {
     if root.is_file() {
-        let id = root.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "video".into());
+        let id = root
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "video".into());
         return Ok(vec![(id, root.to_path_buf())]);
     }
     let mut out = Vec::new();
@@ -432,7 +514,10 @@ fn kitti_layout(root: &Path, cameras: &[String]) -> Result<Vec<(String, Vec<Imag
     }
     let mut out = Vec::new();
     for drive in drives {
-        let drive_name = drive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let drive_name = drive
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for camera in cameras {
             let data = drive.join(camera).join("data");
             if data.is_dir() {
@@ -458,7 +543,10 @@ fn tri_pd_layout(root: &Path, cameras: &[String]) -> Result<Vec<(String, Vec<Ima
     );
     let mut out = Vec::new();
     for scene in scenes {
-        let scene_name = scene.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let scene_name = scene
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for camera in cameras {
             let dir = scene.join("rgb").join(camera);
             if dir.is_dir() {
@@ -509,7 +597,12 @@ mod tests {
                 touch_png(&root.join(format!("kitti/2011_09_26/2011_09_26_drive_0001_sync/{cam}/data/{f}")));
             }
         }
-        let opts = |kind, sub: &str| SourceOptions { kind, root: root.join(sub), cameras: None, processing: None };
+        let opts = |kind, sub: &str| SourceOptions {
+            kind,
+            root: root.join(sub),
+            cameras: None,
+            processing: None,
+        };
         let kitti = list_sequences(&opts(DatasetKind::Kitti, "kitti")).unwrap();
         let ids: Vec<&str> = kitti.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(
@@ -521,9 +614,20 @@ mod tests {
                 "2011_09_26_drive_0002_sync/image_03"
             ]
         );
-        let names: Vec<&str> = kitti[0].image_files().unwrap().iter().map(|f| f.name.as_str()).collect();
+        let names: Vec<&str> = kitti[0]
+            .image_files()
+            .unwrap()
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
         assert_eq!(names, ["0000000000", "0000000001"]);
-        assert_eq!(kitti[0].processing, Processing::Resize { width: 1240, height: 376 });
+        assert_eq!(
+            kitti[0].processing,
+            Processing::Resize {
+                width: 1240,
+                height: 376
+            }
+        );
 
         for cam in ["camera_01", "camera_04", "camera_05"] {
             touch_png(&root.join(format!("pd/scene_000002/rgb/{cam}/000000000000000005.png")));
@@ -531,7 +635,15 @@ mod tests {
         }
         let pd = list_sequences(&opts(DatasetKind::TriPd, "pd")).unwrap();
         let ids: Vec<&str> = pd.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["scene_000001/camera_01", "scene_000001/camera_05", "scene_000002/camera_01", "scene_000002/camera_05"]);
+        assert_eq!(
+            ids,
+            [
+                "scene_000001/camera_01",
+                "scene_000001/camera_05",
+                "scene_000002/camera_01",
+                "scene_000002/camera_05"
+            ]
+        );
 
         touch_png(&root.join("frames/b/2.png"));
         touch_png(&root.join("frames/a/x/1.png"));
@@ -557,7 +669,10 @@ mod tests {
     #[test]
     fn tri_pd_geometry_halves_and_crops() {
         let g = Processing::HalveCropTop { crop_top: 128 }.geometry(1216, 1936).unwrap();
-        assert_eq!((g.resized_width, g.resized_height, g.width, g.height, g.crop_top), (968, 608, 968, 480, 128));
+        assert_eq!(
+            (g.resized_width, g.resized_height, g.width, g.height, g.crop_top),
+            (968, 608, 968, 480, 128)
+        );
         let odd = Processing::HalveCropTop { crop_top: 128 }.geometry(1215, 1935).unwrap();
         assert_eq!((odd.resized_width, odd.resized_height), (968, 608));
     }

@@ -116,10 +116,7 @@ pub enum SynthError {
     #[error("invalid synth parameters: {message}")]
     InvalidParams { message: String },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: encoding failed: {message}")]
     Encode { path: PathBuf, message: String },
 }
@@ -135,11 +132,7 @@ pub struct SynthSummary {
 impl SynthSummary {
     /// Number of files written, `synth.json` included.
     pub fn files_written(&self) -> usize {
-        1 + self
-            .sequences
-            .iter()
-            .map(|s| s.files_written)
-            .sum::<usize>()
+        1 + self.sequences.iter().map(|s| s.files_written).sum::<usize>()
     }
 }
 
@@ -290,12 +283,7 @@ fn write_sequence(scene: &Scene, out_dir: &Path) -> Result<SequenceSummary, Synt
         )?;
         files_written += 2;
         if let Some(flow) = &rendered.flow_uv {
-            write_flow_npy(
-                &flow_dir.join(format!("{stem}.npy")),
-                scene.height,
-                scene.width,
-                flow,
-            )?;
+            write_flow_npy(&flow_dir.join(format!("{stem}.npy")), scene.height, scene.width, flow)?;
             files_written += 1;
         }
         frames.push(scene.frame_meta(t, &rendered.ids));
@@ -431,11 +419,7 @@ struct Stripes {
 
 impl Texture {
     fn random(rng: &mut SplitMix64, noise_cell_px: f64) -> Self {
-        let dark = [
-            rng.range(10.0, 110.0),
-            rng.range(10.0, 110.0),
-            rng.range(10.0, 110.0),
-        ];
+        let dark = [rng.range(10.0, 110.0), rng.range(10.0, 110.0), rng.range(10.0, 110.0)];
         let light = [
             rng.range(140.0, 245.0),
             rng.range(140.0, 245.0),
@@ -464,12 +448,7 @@ impl Texture {
         let mut mix = 0.0;
         let mut cell = self.noise_cell_px;
         for (octave, amplitude) in [0.5, 0.3, 0.2].into_iter().enumerate() {
-            mix += amplitude
-                * value_noise(
-                    self.noise_seed.wrapping_add(octave as u64),
-                    x / cell,
-                    y / cell,
-                );
+            mix += amplitude * value_noise(self.noise_seed.wrapping_add(octave as u64), x / cell, y / cell);
             cell *= 0.5;
         }
         mix *= 0.6;
@@ -544,10 +523,7 @@ impl Shape {
                 radius_x_px,
                 radius_y_px,
             } => radius_x_px.max(*radius_y_px),
-            Shape::Polygon { vertices } => vertices
-                .iter()
-                .map(|(x, y)| x.hypot(*y))
-                .fold(0.0, f64::max),
+            Shape::Polygon { vertices } => vertices.iter().map(|(x, y)| x.hypot(*y)).fold(0.0, f64::max),
         }
     }
 
@@ -556,9 +532,7 @@ impl Shape {
         match self {
             Shape::Rect { half_width_px, .. } => *half_width_px,
             Shape::Ellipse { radius_x_px, .. } => *radius_x_px,
-            Shape::Polygon { vertices } => {
-                vertices.iter().map(|(x, _)| x.abs()).fold(0.0, f64::max)
-            }
+            Shape::Polygon { vertices } => vertices.iter().map(|(x, _)| x.abs()).fold(0.0, f64::max),
         }
     }
 }
@@ -576,10 +550,7 @@ impl Pose {
     fn to_surface(self, wx: f64, wy: f64) -> (f64, f64) {
         let (sin, cos) = self.angle_rad.sin_cos();
         let (dx, dy) = (wx - self.x, wy - self.y);
-        (
-            (cos * dx + sin * dy) / self.scale,
-            (-sin * dx + cos * dy) / self.scale,
-        )
+        ((cos * dx + sin * dy) / self.scale, (-sin * dx + cos * dy) / self.scale)
     }
 
     fn to_world(self, sx: f64, sy: f64) -> (f64, f64) {
@@ -706,17 +677,13 @@ impl Scene {
         for row in 0..height {
             for col in 0..width {
                 let (wx, wy) = camera.to_world(col as f64, row as f64);
-                let hit = self
-                    .objects
-                    .iter()
-                    .zip(&bounds)
-                    .find_map(|(object, &(cx, cy, r))| {
-                        if (wx - cx).powi(2) + (wy - cy).powi(2) > r * r {
-                            return None;
-                        }
-                        let (sx, sy) = object.poses[t].to_surface(wx, wy);
-                        object.shape.contains(sx, sy).then_some((object, sx, sy))
-                    });
+                let hit = self.objects.iter().zip(&bounds).find_map(|(object, &(cx, cy, r))| {
+                    if (wx - cx).powi(2) + (wy - cy).powi(2) > r * r {
+                        return None;
+                    }
+                    let (sx, sy) = object.poses[t].to_surface(wx, wy);
+                    object.shape.contains(sx, sy).then_some((object, sx, sy))
+                });
                 // The surface point in world coordinates now and at t+1. Mapping both through the cameras
                 // (instead of subtracting the pixel position) makes the flow exactly zero when neither the
                 // surface nor the camera moves, free of round-off from the inverse mapping.
@@ -733,21 +700,12 @@ impl Scene {
                     None => (self.background.color(wx, wy), 0, (wx, wy), Some((wx, wy))),
                 };
                 for (channel, value) in color.iter().enumerate() {
-                    let noise =
-                        (2.0 * hash_unit(&[
-                            self.seed,
-                            t as u64,
-                            row as u64,
-                            col as u64,
-                            channel as u64,
-                        ]) - 1.0)
-                            * NOISE_AMPLITUDE;
+                    let noise = (2.0 * hash_unit(&[self.seed, t as u64, row as u64, col as u64, channel as u64]) - 1.0)
+                        * NOISE_AMPLITUDE;
                     rgb.push((value + noise).round().clamp(0.0, 255.0) as u8);
                 }
                 ids.push(id);
-                if let (Some(flow), Some(next_camera), Some((nwx, nwy))) =
-                    (flow_uv.as_mut(), next_camera, next_world)
-                {
+                if let (Some(flow), Some(next_camera), Some((nwx, nwy))) = (flow_uv.as_mut(), next_camera, next_world) {
                     let (x0, y0) = camera.to_image(world.0, world.1);
                     let (x1, y1) = next_camera.to_image(nwx, nwy);
                     flow.push((x1 - x0) as f32);
@@ -800,10 +758,7 @@ fn camera_schedule(rng: &mut SplitMix64, pairs: usize, sequence_index: usize) ->
             kind += 1;
             (MOVING[(kind - 1) % MOVING.len()], rng.int(3, 5))
         };
-        schedule.extend(std::iter::repeat_n(
-            motion,
-            length.min(pairs - schedule.len()),
-        ));
+        schedule.extend(std::iter::repeat_n(motion, length.min(pairs - schedule.len())));
         is_static = !is_static;
     }
     schedule
@@ -813,12 +768,7 @@ fn camera_schedule(rng: &mut SplitMix64, pairs: usize, sequence_index: usize) ->
 /// mostly horizontal, alternating between segments so the camera does not drift away), zoom scales about the
 /// image centre so that the corner regions move by 3.5–5 px per frame, shake jumps 2.5–4 px in a random
 /// direction every frame.
-fn camera_path(
-    rng: &mut SplitMix64,
-    motions: &[CameraMotion],
-    height: usize,
-    width: usize,
-) -> Vec<Camera> {
+fn camera_path(rng: &mut SplitMix64, motions: &[CameraMotion], height: usize, width: usize) -> Vec<Camera> {
     let image_centre_x = (width as f64 - 1.0) / 2.0;
     let image_centre_y = (height as f64 - 1.0) / 2.0;
     let mut camera = Camera {
@@ -923,19 +873,12 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
             0 => (rng.range(0.3, 0.5) * w, rng.range(0.35, 0.65) * h),
             1 => {
                 let first = &objects[0];
-                let touching_x =
-                    first.poses[0].x + first.shape.half_width_px() + shape.half_width_px();
-                (
-                    touching_x,
-                    first.poses[0].y + rng.range(-0.3, 0.3) * base_px,
-                )
+                let touching_x = first.poses[0].x + first.shape.half_width_px() + shape.half_width_px();
+                (touching_x, first.poses[0].y + rng.range(-0.3, 0.3) * base_px)
             }
             2 if motion != ObjectMotion::Static => {
                 let first = &objects[0];
-                (
-                    first.poses[0].x + 0.5 * radius_px,
-                    first.poses[0].y + 0.4 * radius_px,
-                )
+                (first.poses[0].x + 0.5 * radius_px, first.poses[0].y + 0.4 * radius_px)
             }
             _ if motion != ObjectMotion::Static && rng.chance(0.4) => {
                 // Enter from the left or right edge, heading into the frame.
@@ -952,18 +895,13 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
         if index == 2 && motion != ObjectMotion::Static {
             // Overlapping object 1 but heading roughly the opposite way.
             let first = &objects[0];
-            let (first_dx, first_dy) = (
-                first.poses[1].x - first.poses[0].x,
-                first.poses[1].y - first.poses[0].y,
-            );
+            let (first_dx, first_dy) = (first.poses[1].x - first.poses[0].x, first.poses[1].y - first.poses[0].y);
             let opposite = first_dy.atan2(first_dx) + PI + rng.range(-0.5, 0.5);
             velocity = (speed_px * opposite.cos(), speed_px * opposite.sin());
         }
 
         let rotation_rad = match motion {
-            ObjectMotion::TranslateRotate => {
-                rng.sign() * rng.range(0.2, 0.4) * speed_px / radius_px
-            }
+            ObjectMotion::TranslateRotate => rng.sign() * rng.range(0.2, 0.4) * speed_px / radius_px,
             _ => 0.0,
         };
         let scale_rate = match motion {
@@ -971,12 +909,11 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
             _ => 0.0,
         };
         // A quarter of the moving objects (never object 1) stop for a few frames.
-        let pause = (index > 0 && motion != ObjectMotion::Static && rng.chance(0.25) && frames > 8)
-            .then(|| {
-                let length = rng.int(3, 5);
-                let start = rng.int(1, frames.saturating_sub(length + 1).max(1));
-                start..start + length
-            });
+        let pause = (index > 0 && motion != ObjectMotion::Static && rng.chance(0.25) && frames > 8).then(|| {
+            let length = rng.int(3, 5);
+            let start = rng.int(1, frames.saturating_sub(length + 1).max(1));
+            start..start + length
+        });
 
         let mut pose = Pose {
             x: start_x,
@@ -997,9 +934,7 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
                 pose.y += velocity.1;
                 pose.angle_rad += rotation_rad;
                 if scale_rate > 0.0 {
-                    if (pose.scale > 1.5 && scale_direction > 0.0)
-                        || (pose.scale < 0.7 && scale_direction < 0.0)
-                    {
+                    if (pose.scale > 1.5 && scale_direction > 0.0) || (pose.scale < 0.7 && scale_direction < 0.0) {
                         scale_direction = -scale_direction;
                     }
                     pose.scale *= 1.0 + scale_direction * scale_rate / pose.scale.max(1.0);
@@ -1035,12 +970,7 @@ fn random_polygon(rng: &mut SplitMix64, base_px: f64) -> Shape {
     let vertices = (0..corners)
         .map(|k| {
             let angle = 2.0 * PI * (k as f64 + rng.range(-0.2, 0.2)) / corners as f64;
-            let r = radius_px
-                * if k % 2 == 0 {
-                    1.0
-                } else {
-                    rng.range(0.55, 0.9)
-                };
+            let r = radius_px * if k % 2 == 0 { 1.0 } else { rng.range(0.55, 0.9) };
             (r * angle.cos(), r * angle.sin())
         })
         .collect();
@@ -1088,43 +1018,29 @@ fn encode_png(path: &Path, mat: &impl ToInputArray) -> Result<Vec<u8>, SynthErro
     let params = Vector::<i32>::from_slice(&[imgcodecs::IMWRITE_PNG_COMPRESSION, 3]);
     match imgcodecs::imencode(".png", mat, &mut buffer, &params) {
         Ok(true) => Ok(buffer.iter().collect()),
-        Ok(false) => Err(encode_error(
-            "OpenCV refused to encode the image as PNG".into(),
-        )),
+        Ok(false) => Err(encode_error("OpenCV refused to encode the image as PNG".into())),
         Err(e) => Err(encode_error(e.to_string())),
     }
 }
 
 fn write_png_rgb(path: &Path, height: usize, width: usize, rgb: &[u8]) -> Result<(), SynthError> {
-    let bgr: Vec<Vec3b> = rgb
-        .chunks_exact(3)
-        .map(|p| Vec3b::from([p[2], p[1], p[0]]))
-        .collect();
-    let mat = Mat::new_rows_cols_with_data(height as i32, width as i32, &bgr).map_err(|e| {
-        SynthError::Encode {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
+    let bgr: Vec<Vec3b> = rgb.chunks_exact(3).map(|p| Vec3b::from([p[2], p[1], p[0]])).collect();
+    let mat = Mat::new_rows_cols_with_data(height as i32, width as i32, &bgr).map_err(|e| SynthError::Encode {
+        path: path.to_path_buf(),
+        message: e.to_string(),
     })?;
     write_atomic(path, &encode_png(path, &mat)?)
 }
 
 fn write_png_u16(path: &Path, height: usize, width: usize, ids: &[u16]) -> Result<(), SynthError> {
-    let mat = Mat::new_rows_cols_with_data(height as i32, width as i32, ids).map_err(|e| {
-        SynthError::Encode {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
+    let mat = Mat::new_rows_cols_with_data(height as i32, width as i32, ids).map_err(|e| SynthError::Encode {
+        path: path.to_path_buf(),
+        message: e.to_string(),
     })?;
     write_atomic(path, &encode_png(path, &mat)?)
 }
 
-fn write_flow_npy(
-    path: &Path,
-    height: usize,
-    width: usize,
-    flow_uv: &[f32],
-) -> Result<(), SynthError> {
+fn write_flow_npy(path: &Path, height: usize, width: usize, flow_uv: &[f32]) -> Result<(), SynthError> {
     let io_error = |source| SynthError::Io {
         path: path.to_path_buf(),
         source,

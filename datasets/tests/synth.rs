@@ -26,18 +26,13 @@ struct Pair {
 }
 
 fn read_rgb(path: &Path) -> Vec<u8> {
-    let mat = imgcodecs::imread(path.to_str().expect("utf-8 path"), imgcodecs::IMREAD_COLOR)
-        .expect("imread");
+    let mat = imgcodecs::imread(path.to_str().expect("utf-8 path"), imgcodecs::IMREAD_COLOR).expect("imread");
     assert_eq!(mat.typ(), opencv::core::CV_8UC3, "{}", path.display());
     mat.data_bytes().expect("continuous").to_vec()
 }
 
 fn read_ids(path: &Path) -> Vec<u16> {
-    let mat: Mat = imgcodecs::imread(
-        path.to_str().expect("utf-8 path"),
-        imgcodecs::IMREAD_UNCHANGED,
-    )
-    .expect("imread");
+    let mat: Mat = imgcodecs::imread(path.to_str().expect("utf-8 path"), imgcodecs::IMREAD_UNCHANGED).expect("imread");
     assert_eq!(
         mat.typ(),
         opencv::core::CV_16UC1,
@@ -50,19 +45,13 @@ fn read_ids(path: &Path) -> Vec<u16> {
 fn read_flow(path: &Path, height: usize, width: usize) -> Vec<f32> {
     let bytes = fs::read(path).expect("read flow");
     let npy = npyz::NpyFile::new(&bytes[..]).expect("npy header");
-    assert_eq!(
-        npy.shape(),
-        &[height as u64, width as u64, 2],
-        "{}",
-        path.display()
-    );
+    assert_eq!(npy.shape(), &[height as u64, width as u64, 2], "{}", path.display());
     assert_eq!(npy.order(), npyz::Order::C);
     npy.into_vec::<f32>().expect("float32 flow")
 }
 
 fn read_meta(dir: &Path, sequence: &str) -> Value {
-    let text =
-        fs::read_to_string(dir.join("meta").join(format!("{sequence}.json"))).expect("meta json");
+    let text = fs::read_to_string(dir.join("meta").join(format!("{sequence}.json"))).expect("meta json");
     serde_json::from_str(&text).expect("valid json")
 }
 
@@ -73,18 +62,13 @@ fn load_pairs(dir: &Path, params: &SynthParams, sequence: usize) -> Vec<Pair> {
     (0..params.frames - 1)
         .map(|t| {
             let (stem, next) = (frame_name(t), frame_name(t + 1));
-            let png =
-                |kind: &str, stem: &str| dir.join(kind).join(&name).join(format!("{stem}.png"));
+            let png = |kind: &str, stem: &str| dir.join(kind).join(&name).join(format!("{stem}.png"));
             Pair {
                 frame: read_rgb(&png("frames", &stem)),
                 next_frame: read_rgb(&png("frames", &next)),
                 ids: read_ids(&png("instances", &stem)),
                 next_ids: read_ids(&png("instances", &next)),
-                flow_uv: read_flow(
-                    &dir.join("flow").join(&name).join(format!("{stem}.npy")),
-                    h,
-                    w,
-                ),
+                flow_uv: read_flow(&dir.join("flow").join(&name).join(format!("{stem}.npy")), h, w),
                 camera_motion: meta["frames"][t]["camera"]["motion"]
                     .as_str()
                     .expect("camera motion")
@@ -133,10 +117,7 @@ fn same_seed_gives_identical_bytes_and_another_seed_does_not() {
         1 + 2 * (9 + 9 + 8 + 1),
         "synth.json + per sequence frames, instances, flows, meta"
     );
-    assert_eq!(
-        files_a.keys().collect::<Vec<_>>(),
-        files_b.keys().collect::<Vec<_>>()
-    );
+    assert_eq!(files_a.keys().collect::<Vec<_>>(), files_b.keys().collect::<Vec<_>>());
     for (path, bytes) in &files_a {
         assert!(
             bytes == &files_b[path],
@@ -145,9 +126,7 @@ fn same_seed_gives_identical_bytes_and_another_seed_does_not() {
         );
     }
     assert!(
-        files_a
-            .keys()
-            .all(|p| !p.to_string_lossy().contains(".tmp")),
+        files_a.keys().all(|p| !p.to_string_lossy().contains(".tmp")),
         "temporary files left behind"
     );
 
@@ -177,10 +156,7 @@ fn invalid_parameters_are_rejected() {
             ..SynthParams::default()
         },
     ] {
-        assert!(
-            generate(&params, dir.path()).is_err(),
-            "{params:?} accepted"
-        );
+        assert!(generate(&params, dir.path()).is_err(), "{params:?} accepted");
     }
 }
 
@@ -218,8 +194,7 @@ fn warp_errors(pair: &Pair, height: usize, width: usize) -> (f64, f64, usize) {
             }
             for channel in 0..3 {
                 let reference = pair.frame[p * 3 + channel] as f32;
-                warped +=
-                    (reference - bilinear(&pair.next_frame, width, x, y, channel)).abs() as f64;
+                warped += (reference - bilinear(&pair.next_frame, width, x, y, channel)).abs() as f64;
                 unwarped += (reference - pair.next_frame[p * 3 + channel] as f32).abs() as f64;
             }
             count += 1;
@@ -372,12 +347,8 @@ fn moving_objects_exceed_the_foreground_threshold_and_static_ones_do_not_move() 
         for (t, pair) in load_pairs(dir.path(), &params, sequence).iter().enumerate() {
             for object in frames[t]["objects"].as_array().expect("objects") {
                 let id = object["id"].as_u64().expect("id") as u16;
-                let pixels: Vec<usize> =
-                    (0..pair.ids.len()).filter(|&p| pair.ids[p] == id).collect();
-                assert_eq!(
-                    pixels.len() as u64,
-                    object["visible_px"].as_u64().expect("visible_px")
-                );
+                let pixels: Vec<usize> = (0..pair.ids.len()).filter(|&p| pair.ids[p] == id).collect();
+                assert_eq!(pixels.len() as u64, object["visible_px"].as_u64().expect("visible_px"));
                 let magnitudes = pixels
                     .iter()
                     .map(|&p| pair.flow_uv[2 * p].hypot(pair.flow_uv[2 * p + 1]));
@@ -393,10 +364,7 @@ fn moving_objects_exceed_the_foreground_threshold_and_static_ones_do_not_move() 
                     moving_checked += 1;
                 } else {
                     let fastest = magnitudes.fold(0.0, f32::max);
-                    assert_eq!(
-                        fastest, 0.0,
-                        "seq {sequence} frame {t}: static object {id} has flow"
-                    );
+                    assert_eq!(fastest, 0.0, "seq {sequence} frame {t}: static object {id} has flow");
                     static_checked += 1;
                 }
             }

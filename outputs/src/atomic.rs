@@ -23,11 +23,17 @@ pub enum OutputError {
 
 impl OutputError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub fn format(path: &Path, message: impl std::fmt::Display) -> Self {
-        Self::Format { path: path.to_path_buf(), message: message.to_string() }
+        Self::Format {
+            path: path.to_path_buf(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -41,13 +47,23 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Starts writing `target`; its directory is created if needed.
     pub fn create(target: &Path) -> Result<Self, OutputError> {
-        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| OutputError::io(dir, e))?;
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
         let file = File::create(&temp).map_err(|e| OutputError::io(&temp, e))?;
-        Ok(Self { target: target.to_path_buf(), temp, writer: Some(BufWriter::new(file)) })
+        Ok(Self {
+            target: target.to_path_buf(),
+            temp,
+            writer: Some(BufWriter::new(file)),
+        })
     }
 
     pub fn target(&self) -> &Path {
@@ -57,7 +73,9 @@ impl AtomicFile {
     /// Flushes, syncs and renames the file into place.
     pub fn commit(mut self) -> Result<(), OutputError> {
         let writer = self.writer.take().expect("writer present until commit");
-        let file = writer.into_inner().map_err(|e| OutputError::io(&self.temp, e.into_error()))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| OutputError::io(&self.temp, e.into_error()))?;
         file.sync_all().map_err(|e| OutputError::io(&self.temp, e))?;
         drop(file);
         std::fs::rename(&self.temp, &self.target).map_err(|e| OutputError::io(&self.target, e))?;

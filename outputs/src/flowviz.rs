@@ -81,7 +81,12 @@ pub fn flow_to_image(height: usize, width: usize, uv: &[f32]) -> FlowImage {
         .take(height * width)
         .flat_map(|p| normalised_colour(&wheel, p[0] * scale, p[1] * scale))
         .collect();
-    FlowImage { height, width, rgb, max_magnitude_px }
+    FlowImage {
+        height,
+        width,
+        rgb,
+        max_magnitude_px,
+    }
 }
 
 /// The legend: a disc of `size`×`size` pixels whose pixel at offset (dx, dy) from the centre has the colour
@@ -100,14 +105,22 @@ pub fn wheel_legend(size: usize) -> FlowImage {
             }
         }
     }
-    FlowImage { height: size, width: size, rgb, max_magnitude_px: 1.0 }
+    FlowImage {
+        height: size,
+        width: size,
+        rgb,
+        max_magnitude_px: 1.0,
+    }
 }
 
 /// Writes a row-major RGB image as a PNG, atomically.
 pub fn write_rgb_png(path: &Path, rgb: &[u8], height: usize, width: usize) -> Result<(), OutputError> {
     let cv = |e: opencv::Error| OutputError::format(path, e);
     if rgb.len() != height * width * 3 || height == 0 || width == 0 {
-        return Err(OutputError::format(path, format!("{} bytes do not make a {height}x{width} RGB image", rgb.len())));
+        return Err(OutputError::format(
+            path,
+            format!("{} bytes do not make a {height}x{width} RGB image", rgb.len()),
+        ));
     }
     // OpenCV encodes BGR.
     let mut bgr = rgb.to_vec();

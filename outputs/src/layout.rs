@@ -30,7 +30,13 @@ pub fn unit_key(unit_id: &str) -> String {
     let readable: String = unit_id
         .replace('/', "__")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let readable = readable.trim_start_matches(['.', '_']);
     let readable: String = readable.chars().take(120).collect();
@@ -46,7 +52,10 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(root: &Path, params_hash: &str) -> Self {
-        Self { root: root.to_path_buf(), params_hash: params_hash.to_string() }
+        Self {
+            root: root.to_path_buf(),
+            params_hash: params_hash.to_string(),
+        }
     }
 
     fn partition(&self) -> String {
@@ -99,7 +108,12 @@ impl Layout {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("params=").map(str::to_string))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("params=")
+                    .map(str::to_string)
+            })
             .collect();
         out.sort();
         out
@@ -122,6 +136,8 @@ mod tests {
         assert!(a.starts_with("2011_09_26_drive_0001_sync__image_02-"));
         assert_ne!(unit_key("a/b"), unit_key("a__b"));
         assert!(!unit_key(".hidden").starts_with('.'));
-        assert!(unit_key("x=1;y").chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+        assert!(unit_key("x=1;y")
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
     }
 }

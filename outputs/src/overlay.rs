@@ -24,7 +24,11 @@ pub fn instance_colour(id: u32) -> [u8; 3] {
         _ => (c, 0.0, x),
     };
     let m = v - c;
-    [((r + m) * 255.0) as u8, ((g + m) * 255.0) as u8, ((b + m) * 255.0) as u8]
+    [
+        ((r + m) * 255.0) as u8,
+        ((g + m) * 255.0) as u8,
+        ((b + m) * 255.0) as u8,
+    ]
 }
 
 /// One instance to draw.
@@ -72,10 +76,30 @@ pub fn write_overlay(
         imgproc::rectangle(&mut mat, Rect::new(x, y, w, h), colour, 2, imgproc::LINE_8, 0).map_err(cv)?;
         let label = format!("{}", inst.id);
         let origin = Point::new(x + 2, (y - 4).max(12));
-        imgproc::put_text(&mut mat, &label, origin, imgproc::FONT_HERSHEY_SIMPLEX, 0.5, Scalar::all(0.0), 3, imgproc::LINE_AA, false)
-            .map_err(cv)?;
-        imgproc::put_text(&mut mat, &label, origin, imgproc::FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, imgproc::LINE_AA, false)
-            .map_err(cv)?;
+        imgproc::put_text(
+            &mut mat,
+            &label,
+            origin,
+            imgproc::FONT_HERSHEY_SIMPLEX,
+            0.5,
+            Scalar::all(0.0),
+            3,
+            imgproc::LINE_AA,
+            false,
+        )
+        .map_err(cv)?;
+        imgproc::put_text(
+            &mut mat,
+            &label,
+            origin,
+            imgproc::FONT_HERSHEY_SIMPLEX,
+            0.5,
+            colour,
+            1,
+            imgproc::LINE_AA,
+            false,
+        )
+        .map_err(cv)?;
     }
     let mut buf = Vector::<u8>::new();
     imgcodecs::imencode_def(".png", &mat, &mut buf).map_err(cv)?;

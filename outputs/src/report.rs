@@ -16,12 +16,19 @@ use std::fmt::Write as _;
 use crate::tables::{FrameRow, InstanceRow};
 
 /// Excluded reasons in the order the pipeline applies its tests; unknown reasons follow, sorted.
-pub const REASON_ORDER: [&str; 6] =
-    ["unreadable", "camera_motion", "short_run", "fg_too_small", "short_segment", "eval_overlap"];
+pub const REASON_ORDER: [&str; 6] = [
+    "unreadable",
+    "camera_motion",
+    "short_run",
+    "fg_too_small",
+    "short_segment",
+    "eval_overlap",
+];
 
 /// Colour of "labelled" and of each reason in [`REASON_ORDER`], then of further reasons in turn.
-const CATEGORY_COLOURS: [&str; 10] =
-    ["#2b8a3e", "#495057", "#e8590c", "#f59f00", "#1c7ed6", "#9c36b5", "#c92a2a", "#0ca678", "#5c7cfa", "#868e96"];
+const CATEGORY_COLOURS: [&str; 10] = [
+    "#2b8a3e", "#495057", "#e8590c", "#f59f00", "#1c7ed6", "#9c36b5", "#c92a2a", "#0ca678", "#5c7cfa", "#868e96",
+];
 
 /// At most this many per-sequence foreground charts are drawn (the table still lists every sequence).
 pub const MAX_FG_CHARTS: usize = 24;
@@ -158,15 +165,30 @@ fn category_colour(index: usize) -> &'static str {
 
 /// The categories of the stacked bars: "labelled", the known reasons present, then other reasons, sorted.
 fn categories(stats: &[SequenceStats]) -> Vec<String> {
-    let present: BTreeSet<&str> = stats.iter().flat_map(|s| s.excluded.keys().map(String::as_str)).collect();
+    let present: BTreeSet<&str> = stats
+        .iter()
+        .flat_map(|s| s.excluded.keys().map(String::as_str))
+        .collect();
     let mut out = vec!["labelled".to_string()];
-    out.extend(REASON_ORDER.iter().filter(|r| present.contains(*r)).map(|r| r.to_string()));
-    out.extend(present.iter().filter(|r| !REASON_ORDER.contains(r)).map(|r| r.to_string()));
+    out.extend(
+        REASON_ORDER
+            .iter()
+            .filter(|r| present.contains(*r))
+            .map(|r| r.to_string()),
+    );
+    out.extend(
+        present
+            .iter()
+            .filter(|r| !REASON_ORDER.contains(r))
+            .map(|r| r.to_string()),
+    );
     out
 }
 
 fn fixed_colour(category: &str, all: &[String]) -> &'static str {
-    let known = std::iter::once("labelled").chain(REASON_ORDER).position(|c| c == category);
+    let known = std::iter::once("labelled")
+        .chain(REASON_ORDER)
+        .position(|c| c == category);
     match known {
         Some(i) => category_colour(i),
         None => category_colour(REASON_ORDER.len() + 1 + all.iter().position(|c| c == category).unwrap_or(0)),
@@ -206,7 +228,11 @@ pub fn svg_reason_bars(stats: &[SequenceStats]) -> String {
         );
         let mut x = label_w;
         for category in &categories {
-            let n = if category == "labelled" { s.labelled_frames } else { s.excluded.get(category).copied().unwrap_or(0) };
+            let n = if category == "labelled" {
+                s.labelled_frames
+            } else {
+                s.excluded.get(category).copied().unwrap_or(0)
+            };
             if n == 0 {
                 continue;
             }
@@ -223,9 +249,22 @@ pub fn svg_reason_bars(stats: &[SequenceStats]) -> String {
             );
             x += w;
         }
-        let _ = write!(svg, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, x + 6.0, y + row_h * 0.7, s.frames);
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            x + 6.0,
+            y + row_h * 0.7,
+            s.frames
+        );
     }
-    axis_ticks_x(&mut svg, label_w, bar_w, top + row_h * stats.len() as f64 + 4.0, max_frames, "frames");
+    axis_ticks_x(
+        &mut svg,
+        label_w,
+        bar_w,
+        top + row_h * stats.len() as f64 + 4.0,
+        max_frames,
+        "frames",
+    );
     svg.push_str("</svg>");
     svg
 }
@@ -273,11 +312,18 @@ pub fn svg_histogram(title: &str, x_label: &str, bins: &[(String, usize)]) -> St
 /// Bins of instances per labelled frame: one per count 0..=max, counts of 20 or more together.
 pub fn instances_per_frame_bins(frames: &[FrameRow]) -> Vec<(String, usize)> {
     const CAP: usize = 20;
-    let counts: Vec<usize> = frames.iter().filter(|r| r.labelled).map(|r| r.num_instances as usize).collect();
+    let counts: Vec<usize> = frames
+        .iter()
+        .filter(|r| r.labelled)
+        .map(|r| r.num_instances as usize)
+        .collect();
     let max = counts.iter().copied().max().unwrap_or(0).min(CAP);
     (0..=max)
         .map(|k| {
-            let n = counts.iter().filter(|&&c| if k == CAP { c >= CAP } else { c == k }).count();
+            let n = counts
+                .iter()
+                .filter(|&&c| if k == CAP { c >= CAP } else { c == k })
+                .count();
             (if k == CAP { format!("≥{CAP}") } else { k.to_string() }, n)
         })
         .collect()
@@ -286,7 +332,9 @@ pub fn instances_per_frame_bins(frames: &[FrameRow]) -> Vec<(String, usize)> {
 /// Bins of instance areas in powers of two: [2^k, 2^(k+1)) px.
 pub fn area_bins(instances: &[InstanceRow]) -> Vec<(String, usize)> {
     let exponent = |a: u32| 31 - a.max(1).leading_zeros();
-    let Some(low) = instances.iter().map(|i| exponent(i.area_px)).min() else { return Vec::new() };
+    let Some(low) = instances.iter().map(|i| exponent(i.area_px)).min() else {
+        return Vec::new();
+    };
     let high = instances.iter().map(|i| exponent(i.area_px)).max().unwrap_or(low);
     (low..=high)
         .map(|k| {
@@ -311,7 +359,11 @@ pub fn svg_fg_chart(sequence_id: &str, rows: &[&FrameRow], y_max: f64) -> String
         (x, y)
     };
     let mut svg = svg_open(width, height, &format!("Foreground fraction of {sequence_id}"));
-    let _ = write!(svg, r#"<text x="{left}" y="14" class="title">{}</text>"#, escape(&truncate(sequence_id, 44)));
+    let _ = write!(
+        svg,
+        r#"<text x="{left}" y="14" class="title">{}</text>"#,
+        escape(&truncate(sequence_id, 44))
+    );
     for r in rows.iter().filter(|r| r.quasi_static) {
         let x = left + plot_w * f64::from(r.frame_index) / last;
         let w = (plot_w / last).max(1.0);
@@ -330,7 +382,11 @@ pub fn svg_fg_chart(sequence_id: &str, rows: &[&FrameRow], y_max: f64) -> String
         })
         .collect();
     if !path.is_empty() {
-        let _ = write!(svg, r##"<polyline points="{}" fill="none" stroke="#868e96" stroke-width="1"/>"##, path.join(" "));
+        let _ = write!(
+            svg,
+            r##"<polyline points="{}" fill="none" stroke="#868e96" stroke-width="1"/>"##,
+            path.join(" ")
+        );
     }
     for r in rows.iter().filter(|r| r.labelled) {
         let (x, y) = point(r);
@@ -373,9 +429,16 @@ fn svg_open(width: f64, height: f64, label: &str) -> String {
 fn ticks(max: f64) -> Vec<f64> {
     let raw = max / 5.0;
     let power = 10f64.powf(raw.max(1e-12).log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * power).find(|s| *s >= raw).unwrap_or(power * 10.0);
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|s| *s >= raw)
+        .unwrap_or(power * 10.0);
     let step = step.max(1.0);
-    (0..).map(|i| i as f64 * step).take_while(|v| *v <= max + 1e-9).collect()
+    (0..)
+        .map(|i| i as f64 * step)
+        .take_while(|v| *v <= max + 1e-9)
+        .collect()
 }
 
 fn axis_ticks_x(svg: &mut String, left: f64, plot_w: f64, y: f64, max: f64, label: &str) {
@@ -389,7 +452,13 @@ fn axis_ticks_x(svg: &mut String, left: f64, plot_w: f64, y: f64, max: f64, labe
             v as u64
         );
     }
-    let _ = write!(svg, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, left + plot_w + 8.0, y + 16.0, escape(label));
+    let _ = write!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+        left + plot_w + 8.0,
+        y + 16.0,
+        escape(label)
+    );
 }
 
 fn axis_ticks_y(svg: &mut String, left: f64, top: f64, plot_h: f64, max: f64, decimals: usize) {
@@ -414,7 +483,14 @@ fn truncate(text: &str, max_chars: usize) -> String {
     if text.chars().count() <= max_chars {
         text.to_string()
     } else {
-        let tail: String = text.chars().rev().take(max_chars - 1).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = text
+            .chars()
+            .rev()
+            .take(max_chars - 1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!("…{tail}")
     }
 }
@@ -456,7 +532,10 @@ figure{margin:0 0 18px}figcaption{color:#495057;margin-top:4px}\
 /// Renders the whole page.
 pub fn render_html(input: &ReportInput) -> String {
     let groups = group_by_sequence(&input.frames);
-    let stats: Vec<SequenceStats> = groups.iter().map(|(id, rows)| SequenceStats::from_rows(id, rows)).collect();
+    let stats: Vec<SequenceStats> = groups
+        .iter()
+        .map(|(id, rows)| SequenceStats::from_rows(id, rows))
+        .collect();
     let mut html = String::new();
     let _ = write!(
         html,
@@ -484,11 +563,21 @@ fn sequence_table(html: &mut String, stats: &[SequenceStats]) {
     }
     html.push_str("</tr></thead><tbody>\n");
     for s in stats {
-        let _ = writeln!(html, "<tr><td>{}</td>{}</tr>", escape(&s.sequence_id), row_cells(s, &reasons));
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td>{}</tr>",
+            escape(&s.sequence_id),
+            row_cells(s, &reasons)
+        );
     }
     if stats.len() > 1 {
         let total = totals(stats);
-        let _ = writeln!(html, "<tr><th>all ({})</th>{}</tr>", stats.len(), row_cells(&total, &reasons));
+        let _ = writeln!(
+            html,
+            "<tr><th>all ({})</th>{}</tr>",
+            stats.len(),
+            row_cells(&total, &reasons)
+        );
     }
     html.push_str("</tbody></table>\n");
 }
@@ -516,8 +605,10 @@ fn totals(stats: &[SequenceStats]) -> SequenceStats {
     let sum = |f: fn(&SequenceStats) -> usize| stats.iter().map(f).sum::<usize>();
     let labelled = sum(|s| s.labelled_frames);
     let instances = sum(|s| s.instances);
-    let fg_weighted: f64 =
-        stats.iter().filter_map(|s| s.fg_fraction_labelled.map(|f| f * s.labelled_frames as f64)).sum();
+    let fg_weighted: f64 = stats
+        .iter()
+        .filter_map(|s| s.fg_fraction_labelled.map(|f| f * s.labelled_frames as f64))
+        .sum();
     let mut excluded = BTreeMap::new();
     for (reason, n) in stats.iter().flat_map(|s| s.excluded.iter()) {
         *excluded.entry(reason.clone()).or_insert(0) += n;
@@ -536,12 +627,7 @@ fn totals(stats: &[SequenceStats]) -> SequenceStats {
     }
 }
 
-fn plots(
-    html: &mut String,
-    input: &ReportInput,
-    stats: &[SequenceStats],
-    groups: &BTreeMap<&str, Vec<&FrameRow>>,
-) {
+fn plots(html: &mut String, input: &ReportInput, stats: &[SequenceStats], groups: &BTreeMap<&str, Vec<&FrameRow>>) {
     html.push_str("<h2>Where frames go</h2>\n<div class=\"plots\">");
     html.push_str(&svg_reason_bars(stats));
     html.push_str("</div>\n<h2>Instances</h2>\n<div class=\"plots\">");
@@ -550,7 +636,11 @@ fn plots(
         "instances in the frame",
         &instances_per_frame_bins(&input.frames),
     ));
-    html.push_str(&svg_histogram("Instance areas", "area (px, power-of-two bins)", &area_bins(&input.instances)));
+    html.push_str(&svg_histogram(
+        "Instance areas",
+        "area (px, power-of-two bins)",
+        &area_bins(&input.instances),
+    ));
     html.push_str("</div>\n<h2>Foreground fraction over frame index</h2>\n");
     html.push_str(
         "<p class=\"note\">Grey line: fraction of pixels above the foreground threshold, every frame with a flow; \
@@ -562,13 +652,21 @@ fn plots(
     }
     html.push_str("</div>\n");
     if groups.len() > MAX_FG_CHARTS {
-        let _ = writeln!(html, "<p class=\"note\">First {MAX_FG_CHARTS} of {} sequences shown.</p>", groups.len());
+        let _ = writeln!(
+            html,
+            "<p class=\"note\">First {MAX_FG_CHARTS} of {} sequences shown.</p>",
+            groups.len()
+        );
     }
 }
 
 fn samples(html: &mut String, input: &ReportInput) {
     html.push_str("<h2>Sampled labelled frames</h2>\n");
-    let _ = writeln!(html, "<p class=\"note\" id=\"flow-source\">{}</p>", escape(&input.flow_note));
+    let _ = writeln!(
+        html,
+        "<p class=\"note\" id=\"flow-source\">{}</p>",
+        escape(&input.flow_note)
+    );
     for note in &input.notes {
         let _ = writeln!(html, "<p class=\"note\">{}</p>", escape(note));
     }
@@ -590,9 +688,17 @@ fn samples(html: &mut String, input: &ReportInput) {
             escape(&sample.frame_name)
         );
         if let Some(flow) = &sample.flow_href {
-            let _ = write!(html, "<img src=\"{}\" alt=\"flow of {} frame {}\">", escape_href(flow), escape(&sample.sequence_id), escape(&sample.frame_name));
+            let _ = write!(
+                html,
+                "<img src=\"{}\" alt=\"flow of {} frame {}\">",
+                escape_href(flow),
+                escape(&sample.sequence_id),
+                escape(&sample.frame_name)
+            );
         }
-        let max_flow = sample.max_flow_px.map_or(String::new(), |m| format!("; largest flow {m:.1} px"));
+        let max_flow = sample
+            .max_flow_px
+            .map_or(String::new(), |m| format!("; largest flow {m:.1} px"));
         let _ = writeln!(
             html,
             "</div><figcaption>{} · frame {} · {} instances{}</figcaption></figure>",
@@ -608,7 +714,14 @@ fn samples(html: &mut String, input: &ReportInput) {
 mod tests {
     use super::*;
 
-    fn frame(seq: &str, index: u32, quasi_static: bool, reason: Option<&str>, segment: Option<u32>, n: u32) -> FrameRow {
+    fn frame(
+        seq: &str,
+        index: u32,
+        quasi_static: bool,
+        reason: Option<&str>,
+        segment: Option<u32>,
+        n: u32,
+    ) -> FrameRow {
         FrameRow {
             dataset: "frames".into(),
             sequence_id: seq.into(),
@@ -644,12 +757,18 @@ mod tests {
         ];
         let refs: Vec<&FrameRow> = rows.iter().collect();
         let s = SequenceStats::from_rows("a", &refs);
-        assert_eq!((s.frames, s.quasi_static_frames, s.quasi_static_runs, s.segments), (5, 4, 2, 1));
+        assert_eq!(
+            (s.frames, s.quasi_static_frames, s.quasi_static_runs, s.segments),
+            (5, 4, 2, 1)
+        );
         assert_eq!((s.labelled_frames, s.instances), (2, 3));
         assert_eq!(s.instances_per_labelled_frame, Some(1.5));
         assert_eq!(s.fg_fraction_labelled, Some(0.25));
         assert_eq!(s.excluded.get("camera_motion"), Some(&1));
-        assert_eq!(categories(&[s]), vec!["labelled", "camera_motion", "short_run", "fg_too_small"]);
+        assert_eq!(
+            categories(&[s]),
+            vec!["labelled", "camera_motion", "short_run", "fg_too_small"]
+        );
     }
 
     #[test]
@@ -676,8 +795,14 @@ mod tests {
 
     #[test]
     fn bins_and_ticks() {
-        let rows = vec![frame("a", 0, true, None, Some(0), 2), frame("a", 1, true, None, Some(0), 0)];
-        assert_eq!(instances_per_frame_bins(&rows), vec![("0".into(), 1), ("1".into(), 0), ("2".into(), 1)]);
+        let rows = vec![
+            frame("a", 0, true, None, Some(0), 2),
+            frame("a", 1, true, None, Some(0), 0),
+        ];
+        assert_eq!(
+            instances_per_frame_bins(&rows),
+            vec![("0".into(), 1), ("1".into(), 0), ("2".into(), 1)]
+        );
         assert_eq!(ticks(10.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
         assert_eq!(ticks(3.0), vec![0.0, 1.0, 2.0, 3.0]);
         assert_eq!(compact(2047), "2047");

@@ -90,7 +90,9 @@ pub fn decode_counts(s: &str) -> Result<Vec<u32>, RleError> {
     while p < bytes.len() {
         let (mut x, mut k) = (0i64, 0u32);
         loop {
-            let Some(&b) = bytes.get(p) else { return Err(RleError::Truncated) };
+            let Some(&b) = bytes.get(p) else {
+                return Err(RleError::Truncated);
+            };
             if !(48..48 + 64).contains(&b) {
                 return Err(RleError::BadCharacter(b as char));
             }
@@ -116,7 +118,11 @@ pub fn decode_counts(s: &str) -> Result<Vec<u32>, RleError> {
 impl CocoRle {
     /// Encodes a mask given by its pixels (row-major indices).
     pub fn from_pixels(pixels: &[u32], height: u32, width: u32) -> Self {
-        Self { height, width, counts: encode_counts(&runs_from_pixels(pixels, height, width)) }
+        Self {
+            height,
+            width,
+            counts: encode_counts(&runs_from_pixels(pixels, height, width)),
+        }
     }
 
     /// Decodes into row-major pixel indices, ascending.
@@ -125,7 +131,10 @@ impl CocoRle {
         let (h, w) = (u64::from(self.height), u64::from(self.width));
         let covered: u64 = runs.iter().map(|&r| u64::from(r)).sum();
         if covered != h * w {
-            return Err(RleError::WrongLength { covered, expected: h * w });
+            return Err(RleError::WrongLength {
+                covered,
+                expected: h * w,
+            });
         }
         let mut pixels = Vec::new();
         let mut position = 0u64;
@@ -190,7 +199,17 @@ mod tests {
     fn bad_strings_are_errors() {
         assert_eq!(decode_counts("0\u{7f}"), Err(RleError::BadCharacter('\u{7f}')));
         assert_eq!(decode_counts("T"), Err(RleError::Truncated));
-        let rle = CocoRle { height: 2, width: 2, counts: "3".into() };
-        assert_eq!(rle.to_pixels(), Err(RleError::WrongLength { covered: 3, expected: 4 }));
+        let rle = CocoRle {
+            height: 2,
+            width: 2,
+            counts: "3".into(),
+        };
+        assert_eq!(
+            rle.to_pixels(),
+            Err(RleError::WrongLength {
+                covered: 3,
+                expected: 4
+            })
+        );
     }
 }

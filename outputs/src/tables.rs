@@ -82,7 +82,11 @@ fn f32x4() -> DataType {
 
 fn mask_fields() -> Fields {
     Fields::from(vec![
-        field("size", DataType::List(Arc::new(Field::new("item", DataType::UInt32, false))), false),
+        field(
+            "size",
+            DataType::List(Arc::new(Field::new("item", DataType::UInt32, false))),
+            false,
+        ),
         field("counts", DataType::Utf8, false),
     ])
 }
@@ -139,7 +143,10 @@ fn u32s(values: impl Iterator<Item = u32>) -> ArrayRef {
 
 fn fixed4(values: &[Option<[f32; 4]>]) -> ArrayRef {
     let flat = Float32Array::from_iter_values(values.iter().flat_map(|v| v.unwrap_or([0.0; 4])));
-    let nulls = values.iter().any(Option::is_none).then(|| values.iter().map(Option::is_some).collect());
+    let nulls = values
+        .iter()
+        .any(Option::is_none)
+        .then(|| values.iter().map(Option::is_some).collect());
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     Arc::new(FixedSizeListArray::new(item, 4, Arc::new(flat), nulls))
 }
@@ -163,7 +170,9 @@ pub fn frames_batch(rows: &[FrameRow]) -> Result<RecordBatch, arrow::error::Arro
         fixed4(&rows.iter().map(|r| r.corner_flow_px).collect::<Vec<_>>()),
         Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.fg_fraction))),
         Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.labelled)))),
-        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.excluded_reason.as_deref()))),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.excluded_reason.as_deref()),
+        )),
         Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.segment))),
         u32s(rows.iter().map(|r| r.num_instances)),
     ];
@@ -180,7 +189,10 @@ pub fn instances_batch(rows: &[InstanceRow]) -> Result<RecordBatch, arrow::error
     );
     let mask = StructArray::new(
         mask_fields(),
-        vec![Arc::new(size_list) as ArrayRef, strings(rows.iter().map(|r| r.mask.counts.as_str()))],
+        vec![
+            Arc::new(size_list) as ArrayRef,
+            strings(rows.iter().map(|r| r.mask.counts.as_str())),
+        ],
         None,
     );
     let columns: Vec<ArrayRef> = vec![
@@ -232,15 +244,23 @@ pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, KeyValues), Output
         .metadata()
         .file_metadata()
         .key_value_metadata()
-        .map(|kv| kv.iter().map(|e| (e.key.clone(), e.value.clone().unwrap_or_default())).collect())
+        .map(|kv| {
+            kv.iter()
+                .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default();
     let reader = builder.build().map_err(|e| OutputError::format(path, e))?;
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| OutputError::format(path, e))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| OutputError::format(path, e))?;
     Ok((batches, metadata))
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef, OutputError> {
-    batch.column_by_name(name).ok_or_else(|| OutputError::format(path, format!("missing column `{name}`")))
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| OutputError::format(path, format!("missing column `{name}`")))
 }
 
 fn fixed4_at(array: &ArrayRef, i: usize) -> Option<[f32; 4]> {
@@ -261,9 +281,20 @@ pub fn read_frames(path: &Path) -> Result<Vec<FrameRow>, OutputError> {
         let s = |n: &str| -> Result<&StringArray, OutputError> { Ok(column(b, n, path)?.as_string::<i32>()) };
         let u = |n: &str| -> Result<&UInt32Array, OutputError> { Ok(column(b, n, path)?.as_primitive::<UInt32Type>()) };
         let flag = |n: &str| -> Result<&BooleanArray, OutputError> { Ok(column(b, n, path)?.as_boolean()) };
-        let (dataset, seq, idx, name, src) = (s("dataset")?, s("sequence_id")?, u("frame_index")?, s("frame_name")?, s("source_path")?);
+        let (dataset, seq, idx, name, src) = (
+            s("dataset")?,
+            s("sequence_id")?,
+            u("frame_index")?,
+            s("frame_name")?,
+            s("source_path")?,
+        );
         let (h, w, oh, ow) = (u("height")?, u("width")?, u("orig_height")?, u("orig_width")?);
-        let (rh, rw, ct, cl) = (u("resized_height")?, u("resized_width")?, u("crop_top")?, u("crop_left")?);
+        let (rh, rw, ct, cl) = (
+            u("resized_height")?,
+            u("resized_width")?,
+            u("crop_top")?,
+            u("crop_left")?,
+        );
         let (qs, lab) = (flag("quasi_static")?, flag("labelled")?);
         let corners = column(b, "corner_flow_px", path)?;
         let fg = column(b, "fg_fraction", path)?.as_primitive::<Float32Type>();
@@ -317,7 +348,10 @@ pub fn read_instances(path: &Path) -> Result<Vec<InstanceRow>, OutputError> {
             let size = sizes.value(i);
             let size = size.as_primitive::<UInt32Type>();
             if size.len() != 2 {
-                return Err(OutputError::format(path, format!("row {i}: mask size has {} values", size.len())));
+                return Err(OutputError::format(
+                    path,
+                    format!("row {i}: mask size has {} values", size.len()),
+                ));
             }
             rows.push(InstanceRow {
                 dataset: dataset.value(i).to_owned(),
@@ -325,7 +359,11 @@ pub fn read_instances(path: &Path) -> Result<Vec<InstanceRow>, OutputError> {
                 frame_index: idx.value(i),
                 frame_name: name.value(i).to_owned(),
                 instance_id: id.value(i),
-                mask: CocoRle { height: size.value(0), width: size.value(1), counts: counts.value(i).to_owned() },
+                mask: CocoRle {
+                    height: size.value(0),
+                    width: size.value(1),
+                    counts: counts.value(i).to_owned(),
+                },
                 bbox_xywh: fixed4_at(bbox, i).unwrap_or([0.0; 4]),
                 area_px: area.value(i),
                 origin: origin.value(i).to_owned(),

@@ -34,13 +34,13 @@ fn noise(state: &mut u64) -> f32 {
 /// (top, left, height, width, u, v) of the moving objects: the layout of the reference measurement in
 /// spec §8 — seven objects, two touching pairs of about 8k pixels each that need the HDBSCAN split.
 const OBJECTS: [(usize, usize, usize, usize, f32, f32); 7] = [
-    (180, 60, 90, 160, 6.0, 0.5),    // car
-    (170, 420, 70, 60, 4.0, 0.0),    // touching pair (8050 px): slow ...
-    (170, 480, 70, 55, -9.0, 0.3),   // ... and fast in the other direction
-    (200, 700, 60, 25, 3.5, 1.0),    // pedestrian
-    (150, 900, 65, 60, 8.0, -1.0),   // touching pair (7800 px): ...
-    (150, 960, 65, 60, 2.8, 4.5),    // ... different direction
-    (300, 1150, 50, 60, -5.0, 0.0),  // small car near the border
+    (180, 60, 90, 160, 6.0, 0.5),   // car
+    (170, 420, 70, 60, 4.0, 0.0),   // touching pair (8050 px): slow ...
+    (170, 480, 70, 55, -9.0, 0.3),  // ... and fast in the other direction
+    (200, 700, 60, 25, 3.5, 1.0),   // pedestrian
+    (150, 900, 65, 60, 8.0, -1.0),  // touching pair (7800 px): ...
+    (150, 960, 65, 60, 2.8, 4.5),   // ... different direction
+    (300, 1150, 50, 60, -5.0, 0.0), // small car near the border
 ];
 
 fn frame(seed: u64) -> FlowField {
@@ -70,7 +70,10 @@ fn reference_params() -> (SelectParams, InstanceParams) {
 }
 
 fn main() {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("thread pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("thread pool");
     let (select, params) = reference_params();
     let fg_test = params.foreground_test();
     // One unit of 12 frames: rows are RLE-encoded per frame, and written once per unit, as `mrdino labels` does.
@@ -106,8 +109,15 @@ fn main() {
                 mean_flow_px: i.mean_flow_px,
             }));
             let t3 = Instant::now();
-            per_frame.push([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()]);
-            stats = (instances.len(), instances.iter().filter(|i| i.hdbscan_label.is_some()).count());
+            per_frame.push([
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64(),
+            ]);
+            stats = (
+                instances.len(),
+                instances.iter().filter(|i| i.hdbscan_label.is_some()).count(),
+            );
         }
         let t = Instant::now();
         let batch = instances_batch(&rows).expect("batch");

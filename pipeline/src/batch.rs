@@ -66,24 +66,39 @@ pub fn choose_params(out: &Path, given: Option<&str>) -> Result<String> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("params=").and_then(|n| n.strip_suffix(".json")).map(str::to_string)
+            name.strip_prefix("params=")
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
         })
         .collect();
     let all: BTreeSet<String> = present.into_iter().chain(planned).collect();
     match given {
         Some(h) if all.contains(h) => Ok(h.to_string()),
-        Some(h) => bail!("{} has no outputs or plan for params={h} (present: {:?})", out.display(), all),
+        Some(h) => bail!(
+            "{} has no outputs or plan for params={h} (present: {:?})",
+            out.display(),
+            all
+        ),
         None => match all.len() {
             0 => bail!("{} holds no mrdino plan or outputs", out.display()),
             1 => Ok(all.into_iter().next().unwrap_or_default()),
-            _ => bail!("{} holds several parameter sets ({:?}); choose one with --params", out.display(), all),
+            _ => bail!(
+                "{} holds several parameter sets ({:?}); choose one with --params",
+                out.display(),
+                all
+            ),
         },
     }
 }
 
 fn read_plan(layout: &Layout) -> Result<Plan> {
     let path = layout.plan_file();
-    let bytes = std::fs::read(&path).with_context(|| format!("no plan at {} (run `mrdino plan` or `mrdino labels` first)", path.display()))?;
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "no plan at {} (run `mrdino plan` or `mrdino labels` first)",
+            path.display()
+        )
+    })?;
     serde_json::from_slice(&bytes).with_context(|| format!("{}: not a valid plan", path.display()))
 }
 
@@ -118,7 +133,11 @@ pub fn array_expression(indices: &BTreeSet<u64>) -> String {
             end += 1;
             iter.next();
         }
-        parts.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
     }
     parts.join(",")
 }
@@ -151,10 +170,12 @@ pub fn status(out: &Path, params: Option<&str>, num_shards: Option<u64>) -> Resu
             }
         }
     }
-    let shards_from_manifests = manifests
-        .iter()
-        .rev()
-        .find_map(|m| m.shard.as_deref().and_then(|s| s.split_once('/')).and_then(|(_, n)| n.parse().ok()));
+    let shards_from_manifests = manifests.iter().rev().find_map(|m| {
+        m.shard
+            .as_deref()
+            .and_then(|s| s.split_once('/'))
+            .and_then(|(_, n)| n.parse().ok())
+    });
     let mut done = BTreeMap::new();
     let mut failed = BTreeMap::new();
     let mut missing = Vec::new();
@@ -167,14 +188,26 @@ pub fn status(out: &Path, params: Option<&str>, num_shards: Option<u64>) -> Resu
             missing.push(unit.id.clone());
         }
     }
-    Ok(StatusReport { plan, done, failed, missing, num_shards: num_shards.or(shards_from_manifests) })
+    Ok(StatusReport {
+        plan,
+        done,
+        failed,
+        missing,
+        num_shards: num_shards.or(shards_from_manifests),
+    })
 }
 
 impl StatusReport {
     /// Shard indices holding a unit that is not done.
     pub fn shards_to_rerun(&self) -> Option<BTreeSet<u64>> {
         let n = self.num_shards?;
-        Some(self.failed.keys().chain(&self.missing).map(|u| stable_hash64(u) % n).collect())
+        Some(
+            self.failed
+                .keys()
+                .chain(&self.missing)
+                .map(|u| stable_hash64(u) % n)
+                .collect(),
+        )
     }
 
     pub fn print(&self) {
@@ -182,7 +215,12 @@ impl StatusReport {
         let labelled: usize = self.done.values().map(|m| m.labelled_frames).sum();
         let instances: usize = self.done.values().map(|m| m.instances).sum();
         let frame_failures: usize = self.done.values().map(|m| m.failures.len()).sum();
-        println!("params {} ({}) — {} units planned", self.plan.params_hash, self.plan.dataset, self.plan.units.len());
+        println!(
+            "params {} ({}) — {} units planned",
+            self.plan.params_hash,
+            self.plan.dataset,
+            self.plan.units.len()
+        );
         println!("  done     {:>6}  ({frames} frames, {labelled} labelled, {instances} instances, {frame_failures} frame failures)", self.done.len());
         println!("  failed   {:>6}", self.failed.len());
         for (unit, error) in &self.failed {
@@ -197,10 +235,16 @@ impl StatusReport {
         }
         match self.shards_to_rerun() {
             Some(shards) if !shards.is_empty() => {
-                println!("  shards to rerun (of {}): --array={}", self.num_shards.unwrap_or(0), array_expression(&shards));
+                println!(
+                    "  shards to rerun (of {}): --array={}",
+                    self.num_shards.unwrap_or(0),
+                    array_expression(&shards)
+                );
             }
             Some(_) => println!("  all shards complete; next: mrdino finalize --out …"),
-            None if self.failed.is_empty() && self.missing.is_empty() => println!("  complete; next: mrdino finalize --out …"),
+            None if self.failed.is_empty() && self.missing.is_empty() => {
+                println!("  complete; next: mrdino finalize --out …")
+            }
             None => println!("  (pass --num-shards N to list the shards to rerun)"),
         }
     }
@@ -239,7 +283,12 @@ pub fn finalize(out: &Path, params: Option<&str>) -> Result<PathBuf> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(serde_json::Value::Null);
-    let markers: Vec<&DoneMarker> = report.plan.units.iter().filter_map(|u| report.done.get(&u.id)).collect();
+    let markers: Vec<&DoneMarker> = report
+        .plan
+        .units
+        .iter()
+        .filter_map(|u| report.done.get(&u.id))
+        .collect();
     let manifest = FinalManifest {
         params_hash: &report.plan.params_hash,
         dataset: &report.plan.dataset,

@@ -79,7 +79,8 @@ pub struct EvalArgs {
 }
 
 fn parse_preset(text: &str) -> Result<EvalPreset, String> {
-    text.parse().map_err(|e: mrdino_stages::metrics::MetricsError| e.to_string())
+    text.parse()
+        .map_err(|e: mrdino_stages::metrics::MetricsError| e.to_string())
 }
 
 /// The rows of one parameter partition of a labels run: complete units only (those with a done marker).
@@ -102,9 +103,15 @@ fn resolve_params(labels: &Path, params: Option<&str>) -> Result<String> {
         return choose_params(labels, None);
     }
     let started = |hash: &String| {
-        std::fs::metadata(Layout::new(labels, hash).params_file()).and_then(|m| m.modified()).ok()
+        std::fs::metadata(Layout::new(labels, hash).params_file())
+            .and_then(|m| m.modified())
+            .ok()
     };
-    let newest = partitions.iter().max_by_key(|h| started(h)).cloned().unwrap_or_default();
+    let newest = partitions
+        .iter()
+        .max_by_key(|h| started(h))
+        .cloned()
+        .unwrap_or_default();
     eprintln!(
         "note: {} holds labels of several parameter sets (params={}); using the latest run, params={newest} \
          (choose with --params)",
@@ -138,7 +145,12 @@ pub fn read_label_tables(labels: &Path, params: Option<&str>) -> Result<LabelTab
         frames.extend(read_frames(&frames_file)?);
         instances.extend(read_instances(&instances_file)?);
     }
-    Ok(LabelTables { layout, frames, instances, incomplete_units })
+    Ok(LabelTables {
+        layout,
+        frames,
+        instances,
+        incomplete_units,
+    })
 }
 
 /// The prediction of one frame: its instance masks painted into an id map at the label grid.
@@ -158,10 +170,12 @@ fn prediction_map(frame: &FrameRow, instances: &[&InstanceRow]) -> Result<LabelM
                 frame.width
             );
         }
-        let pixels = inst
-            .mask
-            .to_pixels()
-            .with_context(|| format!("{} frame {}: instance {}", frame.sequence_id, frame.frame_name, inst.instance_id))?;
+        let pixels = inst.mask.to_pixels().with_context(|| {
+            format!(
+                "{} frame {}: instance {}",
+                frame.sequence_id, frame.frame_name, inst.instance_id
+            )
+        })?;
         for p in pixels {
             labels[p as usize] = inst.instance_id;
         }
@@ -173,14 +187,21 @@ fn prediction_map(frame: &FrameRow, instances: &[&InstanceRow]) -> Result<LabelM
 fn read_id_png(path: &Path) -> Result<(usize, usize, Vec<u16>)> {
     let mat = read_unchanged(path)?;
     if mat.channels() != 1 {
-        bail!("{}: {} channels; ground-truth id images must have one", path.display(), mat.channels());
+        bail!(
+            "{}: {} channels; ground-truth id images must have one",
+            path.display(),
+            mat.channels()
+        );
     }
     let (height, width) = (mat.rows() as usize, mat.cols() as usize);
     let mat = if mat.is_continuous() { mat } else { mat.try_clone()? };
     let values: Vec<u16> = match mat.depth() {
         opencv::core::CV_8U => mat.data_typed::<u8>()?.iter().map(|&v| u16::from(v)).collect(),
         CV_16U => mat.data_typed::<u16>()?.to_vec(),
-        other => bail!("{}: pixel depth {other} is neither 8- nor 16-bit unsigned", path.display()),
+        other => bail!(
+            "{}: pixel depth {other} is neither 8- nor 16-bit unsigned",
+            path.display()
+        ),
     };
     Ok((height, width, values))
 }
@@ -225,7 +246,11 @@ impl GroundTruth {
         if format == GtFormat::Synth && !dir.join("meta").is_dir() {
             bail!("{} is not a `mrdino synth` directory (no meta/ inside)", dir.display());
         }
-        Ok(Self { dir: dir.to_path_buf(), format, synth_meta: HashMap::new() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            format,
+            synth_meta: HashMap::new(),
+        })
     }
 
     fn file(&self, frame: &FrameRow) -> PathBuf {
@@ -247,8 +272,12 @@ impl GroundTruth {
     fn meta(&mut self, sequence_id: &str) -> Result<&BTreeMap<String, SynthFrameMeta>> {
         if !self.synth_meta.contains_key(sequence_id) {
             let path = self.dir.join("meta").join(format!("{sequence_id}.json"));
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("no synth metadata for sequence {sequence_id}: cannot read {}", path.display()))?;
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "no synth metadata for sequence {sequence_id}: cannot read {}",
+                    path.display()
+                )
+            })?;
             let meta: SynthMeta =
                 serde_json::from_slice(&bytes).with_context(|| format!("{}: not synth metadata", path.display()))?;
             let by_name = meta.frames.into_iter().map(|f| (f.frame.clone(), f)).collect();
@@ -260,7 +289,10 @@ impl GroundTruth {
     fn frame_meta(&mut self, frame: &FrameRow) -> Result<&SynthFrameMeta> {
         let meta = self.meta(&frame.sequence_id)?;
         meta.get(&frame.frame_name).with_context(|| {
-            format!("synth metadata of {} has no frame {}", frame.sequence_id, frame.frame_name)
+            format!(
+                "synth metadata of {} has no frame {}",
+                frame.sequence_id, frame.frame_name
+            )
         })
     }
 
@@ -276,9 +308,22 @@ impl GroundTruth {
             GtFormat::Ids | GtFormat::Kubric => values.into_iter().map(u32::from).collect(),
             GtFormat::Synth => {
                 let meta = self.frame_meta(frame)?;
-                let moving: Vec<u32> =
-                    meta.objects.iter().filter(|o| o.moving == Some(true)).map(|o| o.id).collect();
-                values.into_iter().map(|v| if moving.contains(&u32::from(v)) { u32::from(v) } else { 0 }).collect()
+                let moving: Vec<u32> = meta
+                    .objects
+                    .iter()
+                    .filter(|o| o.moving == Some(true))
+                    .map(|o| o.id)
+                    .collect();
+                values
+                    .into_iter()
+                    .map(|v| {
+                        if moving.contains(&u32::from(v)) {
+                            u32::from(v)
+                        } else {
+                            0
+                        }
+                    })
+                    .collect()
             }
         };
         let map = LabelMap::new(height, width, labels)?;
@@ -321,10 +366,19 @@ fn to_label_frame(gt: LabelMap, frame: &FrameRow, path: &Path) -> Result<LabelMa
     let (top, left) = (frame.crop_top as usize, frame.crop_left as usize);
     let (height, width) = (frame.height as usize, frame.width as usize);
     if top + height > resized.height || left + width > resized.width {
-        bail!("{}: the crop of frame {} of {} lies outside the resized frame", path.display(), frame.frame_name, frame.sequence_id);
+        bail!(
+            "{}: the crop of frame {} of {} lies outside the resized frame",
+            path.display(),
+            frame.frame_name,
+            frame.sequence_id
+        );
     }
     let labels = (top..top + height)
-        .flat_map(|r| resized.labels[r * resized.width + left..r * resized.width + left + width].iter().copied())
+        .flat_map(|r| {
+            resized.labels[r * resized.width + left..r * resized.width + left + width]
+                .iter()
+                .copied()
+        })
         .collect();
     Ok(LabelMap::new(height, width, labels)?)
 }
@@ -371,7 +425,10 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
     let mut gt = GroundTruth::new(&args.gt, args.gt_format)?;
     let mut by_frame: BTreeMap<(&str, u32), Vec<&InstanceRow>> = BTreeMap::new();
     for inst in &tables.instances {
-        by_frame.entry((inst.sequence_id.as_str(), inst.frame_index)).or_default().push(inst);
+        by_frame
+            .entry((inst.sequence_id.as_str(), inst.frame_index))
+            .or_default()
+            .push(inst);
     }
     let mut overall = Evaluator::new(args.resolution);
     let mut per_sequence: BTreeMap<&str, Evaluator> = BTreeMap::new();
@@ -391,7 +448,10 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
                 gt.file(frame).display()
             );
         };
-        let instances = by_frame.get(&(frame.sequence_id.as_str(), frame.frame_index)).map(Vec::as_slice).unwrap_or(&[]);
+        let instances = by_frame
+            .get(&(frame.sequence_id.as_str(), frame.frame_index))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let prediction = prediction_map(frame, instances)?;
         let context = || format!("frame {} of {}", frame.frame_name, frame.sequence_id);
         overall.add_image(&prediction, &truth).with_context(context)?;
@@ -401,7 +461,11 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
             .add_image(&prediction, &truth)
             .with_context(context)?;
     }
-    let quasi_static = if args.gt_format == GtFormat::Synth { Some(retrieval(&tables.frames, &mut gt)?) } else { None };
+    let quasi_static = if args.gt_format == GtFormat::Synth {
+        Some(retrieval(&tables.frames, &mut gt)?)
+    } else {
+        None
+    };
     Ok(EvalResult {
         labels: args.labels.clone(),
         params_hash: tables.layout.params_hash.clone(),
@@ -414,7 +478,10 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
         metrics: overall.report(),
         per_sequence: per_sequence
             .into_iter()
-            .map(|(id, e)| SequenceMetrics { sequence_id: id.to_string(), metrics: e.report() })
+            .map(|(id, e)| SequenceMetrics {
+                sequence_id: id.to_string(),
+                metrics: e.report(),
+            })
             .collect(),
         quasi_static,
     })
@@ -445,9 +512,15 @@ pub fn format_table(result: &EvalResult) -> String {
         "{} (params {}) vs {} ground truth {}; resolution {}\n",
         result.labels.display(),
         result.params_hash,
-        serde_json::to_value(result.gt_format).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        serde_json::to_value(result.gt_format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         result.gt.display(),
-        serde_json::to_value(result.resolution).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        serde_json::to_value(result.resolution)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
     );
     out.push_str(&format!(
         "{} labelled frames, {} evaluated, {} without ground truth\n\n",
@@ -488,10 +561,20 @@ pub fn format_table(result: &EvalResult) -> String {
             "{:<24} {:>5} {:>5} {:>5} {:>5} {:>9} {:>9} {:>7}\n",
             "selection", "TP", "FP", "FN", "TN", "accuracy", "precision", "recall"
         ));
-        for (name, s) in [("corner test (per frame)", &q.corner_test), ("in a run (segment)", &q.in_run)] {
+        for (name, s) in [
+            ("corner test (per frame)", &q.corner_test),
+            ("in a run (segment)", &q.in_run),
+        ] {
             out.push_str(&format!(
                 "{:<24} {:>5} {:>5} {:>5} {:>5} {:>9.3} {:>9.3} {:>7.3}\n",
-                name, s.true_positives, s.false_positives, s.false_negatives, s.true_negatives, s.accuracy, s.precision, s.recall
+                name,
+                s.true_positives,
+                s.false_positives,
+                s.false_negatives,
+                s.true_negatives,
+                s.accuracy,
+                s.precision,
+                s.recall
             ));
         }
     }
@@ -504,7 +587,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         eprintln!("warning: no labelled frame was evaluated; every metric is 0");
     }
     print!("{}", format_table(&result));
-    let json = args.json.clone().unwrap_or_else(|| args.labels.join(format!("_eval-{}.json", result.params_hash)));
+    let json = args
+        .json
+        .clone()
+        .unwrap_or_else(|| args.labels.join(format!("_eval-{}.json", result.params_hash)));
     write_atomic(&json, &serde_json::to_vec_pretty(&result)?)
         .with_context(|| format!("cannot write {}", json.display()))?;
     println!("JSON: {}", json.display());

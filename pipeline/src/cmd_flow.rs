@@ -79,7 +79,9 @@ pub fn run(args: &FlowCmdArgs) -> Result<ExitCode> {
                 return Ok(0);
             }
             let pairs: Vec<_> = pending.iter().map(|(a, b)| (&a.image, &b.image)).collect();
-            let fields = estimator.estimate(&pairs).with_context(|| format!("flow of {}", sequence.id))?;
+            let fields = estimator
+                .estimate(&pairs)
+                .with_context(|| format!("flow of {}", sequence.id))?;
             for ((a, _), field) in pending.iter().zip(&fields) {
                 let bytes = match args.format {
                     FlowFormat::Npy => encode_npy(field),
@@ -121,6 +123,13 @@ pub fn run(args: &FlowCmdArgs) -> Result<ExitCode> {
             eprintln!("{}: done", sequence.id);
         }
     }
-    eprintln!("{written} flow files written, {skipped} already present, {failed} unreadable frames; {}", args.out.display());
-    Ok(if failed > 0 { ExitCode::from(crate::EXIT_FAILURES) } else { ExitCode::SUCCESS })
+    eprintln!(
+        "{written} flow files written, {skipped} already present, {failed} unreadable frames; {}",
+        args.out.display()
+    );
+    Ok(if failed > 0 {
+        ExitCode::from(crate::EXIT_FAILURES)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -101,7 +101,11 @@ impl FlowImages {
             let note = format!(
                 "Flow images: read from {} (the flow files the labels {}).",
                 dir.display(),
-                if labels_flow.is_some_and(|f| f.backend == "import") { "imported" } else { "were given as --flow-dir" }
+                if labels_flow.is_some_and(|f| f.backend == "import") {
+                    "imported"
+                } else {
+                    "were given as --flow-dir"
+                }
             );
             return Ok((FlowImages::Files(dir.to_path_buf()), note));
         }
@@ -130,7 +134,11 @@ impl FlowImages {
         match self {
             FlowImages::Files(dir) => {
                 let path = find_flow_file(dir, sequence_id, &frame.name).with_context(|| {
-                    format!("no flow file for frame {} of {sequence_id} in {}", frame.name, dir.display())
+                    format!(
+                        "no flow file for frame {} of {sequence_id} in {}",
+                        frame.name,
+                        dir.display()
+                    )
                 })?;
                 Ok(read_flow_file(&path)?)
             }
@@ -154,11 +162,21 @@ fn decode_frames(sequence: &Sequence, indices: &BTreeSet<usize>) -> Result<BTree
         for &index in indices {
             let Some(file) = files.get(index) else { continue };
             let (image, geometry) = read_processed(&file.path, &sequence.processing)?;
-            out.insert(index, Frame { index, name: file.name.clone(), image, geometry });
+            out.insert(
+                index,
+                Frame {
+                    index,
+                    name: file.name.clone(),
+                    image,
+                    geometry,
+                },
+            );
         }
         return Ok(out);
     }
-    let Some(&last) = indices.iter().next_back() else { return Ok(out) };
+    let Some(&last) = indices.iter().next_back() else {
+        return Ok(out);
+    };
     for (index, item) in sequence.frames()? {
         if indices.contains(&index) {
             out.insert(index, item?);
@@ -173,8 +191,11 @@ fn decode_frames(sequence: &Sequence, indices: &BTreeSet<usize>) -> Result<BTree
 /// Up to `count` labelled frames, evenly spaced, preferring frames with instances.
 fn sample_frames(frames: &[FrameRow], count: usize) -> Vec<&FrameRow> {
     let with_instances: Vec<&FrameRow> = frames.iter().filter(|f| f.labelled && f.num_instances > 0).collect();
-    let candidates =
-        if with_instances.is_empty() { frames.iter().filter(|f| f.labelled).collect() } else { with_instances };
+    let candidates = if with_instances.is_empty() {
+        frames.iter().filter(|f| f.labelled).collect()
+    } else {
+        with_instances
+    };
     if candidates.len() <= count {
         return candidates;
     }
@@ -184,8 +205,12 @@ fn sample_frames(frames: &[FrameRow], count: usize) -> Vec<&FrameRow> {
 /// Where the source frames are: the dataset listed as the labels run listed it.
 fn source_sequences(tables: &LabelTables, params: Option<&ParamsFile>) -> Result<Vec<Sequence>> {
     let plan_file = tables.layout.plan_file();
-    let bytes = std::fs::read(&plan_file)
-        .with_context(|| format!("no plan file {} (rerun `mrdino labels` to write it)", plan_file.display()))?;
+    let bytes = std::fs::read(&plan_file).with_context(|| {
+        format!(
+            "no plan file {} (rerun `mrdino labels` to write it)",
+            plan_file.display()
+        )
+    })?;
     let plan: Plan = serde_json::from_slice(&bytes).with_context(|| format!("{}: not a plan", plan_file.display()))?;
     let params = params.context("no parameter file, so the frames' processing is unknown")?;
     let source = SourceOptions {
@@ -194,8 +219,13 @@ fn source_sequences(tables: &LabelTables, params: Option<&ParamsFile>) -> Result
         cameras: Some(params.params.cameras.clone()),
         processing: Some(params.params.processing),
     };
-    let sequences = list_sequences(&source)
-        .with_context(|| format!("cannot list the source frames of `{}` at {}", plan.dataset, plan.root.display()))?;
+    let sequences = list_sequences(&source).with_context(|| {
+        format!(
+            "cannot list the source frames of `{}` at {}",
+            plan.dataset,
+            plan.root.display()
+        )
+    })?;
     Ok(sequences)
 }
 
@@ -209,7 +239,10 @@ fn write_samples(
     let chosen = sample_frames(&tables.frames, args.samples);
     let mut instances: BTreeMap<(&str, u32), Vec<&InstanceRow>> = BTreeMap::new();
     for inst in &tables.instances {
-        instances.entry((inst.sequence_id.as_str(), inst.frame_index)).or_default().push(inst);
+        instances
+            .entry((inst.sequence_id.as_str(), inst.frame_index))
+            .or_default()
+            .push(inst);
     }
     let mut wanted: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
     for frame in &chosen {
@@ -248,9 +281,18 @@ fn write_samples(
                 row.height
             );
         }
-        let rows = instances.get(&(row.sequence_id.as_str(), row.frame_index)).map(Vec::as_slice).unwrap_or(&[]);
-        let items: Vec<OverlayInstance<'_>> =
-            rows.iter().map(|r| OverlayInstance { id: r.instance_id, mask: &r.mask, bbox_xywh: r.bbox_xywh }).collect();
+        let rows = instances
+            .get(&(row.sequence_id.as_str(), row.frame_index))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let items: Vec<OverlayInstance<'_>> = rows
+            .iter()
+            .map(|r| OverlayInstance {
+                id: r.instance_id,
+                mask: &r.mask,
+                bbox_xywh: r.bbox_xywh,
+            })
+            .collect();
         let stem = format!("{}-{}", unit_key(&row.sequence_id), row.frame_name);
         let overlay_href = format!("overlays/{stem}.png");
         write_overlay(&args.out.join(&overlay_href), &frame.image.data, height, width, &items)?;
@@ -300,13 +342,21 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         None
     } else {
         let legend = wheel_legend(LEGEND_PX);
-        write_rgb_png(&args.out.join("flow-wheel.png"), &legend.rgb, legend.height, legend.width)?;
+        write_rgb_png(
+            &args.out.join("flow-wheel.png"),
+            &legend.rgb,
+            legend.height,
+            legend.width,
+        )?;
         Some("flow-wheel.png".to_string())
     };
     let labelled = tables.frames.iter().filter(|f| f.labelled).count();
     let mut facts = vec![
         ("labels".to_string(), args.labels.display().to_string()),
-        ("parameters".to_string(), format!("params={}", tables.layout.params_hash)),
+        (
+            "parameters".to_string(),
+            format!("params={}", tables.layout.params_hash),
+        ),
     ];
     if let Some(p) = &params {
         facts.push(("dataset".into(), p.params.dataset.name().to_string()));
@@ -317,7 +367,12 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         "totals".into(),
         format!(
             "sequences {}, frames {}, labelled {}, instances {}",
-            tables.frames.iter().map(|f| f.sequence_id.as_str()).collect::<BTreeSet<_>>().len(),
+            tables
+                .frames
+                .iter()
+                .map(|f| f.sequence_id.as_str())
+                .collect::<BTreeSet<_>>()
+                .len(),
             tables.frames.len(),
             labelled,
             tables.instances.len()

@@ -38,11 +38,7 @@ fn parse_size(text: &str) -> Result<FrameSize, String> {
     let (height, width) = text
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("expected HEIGHTxWIDTH, e.g. 128x320, got {text:?}"))?;
-    let side = |s: &str| {
-        s.trim()
-            .parse::<usize>()
-            .map_err(|e| format!("{s:?} in {text:?}: {e}"))
-    };
+    let side = |s: &str| s.trim().parse::<usize>().map_err(|e| format!("{s:?} in {text:?}: {e}"));
     Ok(FrameSize {
         height: side(height)?,
         width: side(width)?,
@@ -95,13 +91,7 @@ mod tests {
                 width: 320
             })
         );
-        assert_eq!(
-            parse_size("64X96"),
-            Ok(FrameSize {
-                height: 64,
-                width: 96
-            })
-        );
+        assert_eq!(parse_size("64X96"), Ok(FrameSize { height: 64, width: 96 }));
         assert!(parse_size("128").is_err());
         assert!(parse_size("ax3").is_err());
     }

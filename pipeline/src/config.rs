@@ -59,13 +59,20 @@ impl Preset {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "kebab-case")]
 pub enum FlowParams {
-    Dis { preset: String },
+    Dis {
+        preset: String,
+    },
     Farneback,
     Import,
     Kubric,
     /// A RAFT-family network (`smurf`, `raft-large`, `raft-small`); the weights are identified by their
     /// SHA-256, so labels from different checkpoints never share a partition.
-    Network { model: String, weights_sha256: String, iterations: usize, dtype: String },
+    Network {
+        model: String,
+        weights_sha256: String,
+        iterations: usize,
+        dtype: String,
+    },
 }
 
 impl FlowParams {
@@ -163,15 +170,24 @@ impl Params {
         let s = &self.select;
         let i = &self.instances;
         let checks: [(bool, &str); 9] = [
-            (s.corner_fraction > 0.0 && s.corner_fraction <= 0.5, "corner_fraction must be in (0, 0.5]"),
+            (
+                s.corner_fraction > 0.0 && s.corner_fraction <= 0.5,
+                "corner_fraction must be in (0, 0.5]",
+            ),
             ((1..=4).contains(&s.required_corners), "required_corners must be 1..4"),
             (s.min_run_frames >= 1, "min_run_frames must be at least 1"),
-            (i.min_fg_fraction >= 0.0 && i.min_fg_fraction <= 1.0, "min_fg_fraction must be in [0, 1]"),
+            (
+                i.min_fg_fraction >= 0.0 && i.min_fg_fraction <= 1.0,
+                "min_fg_fraction must be in [0, 1]",
+            ),
             (i.direction_bins >= 1, "direction_bins must be at least 1"),
             (i.min_cluster_size >= 2, "min_cluster_size must be at least 2"),
             (i.min_samples >= 1, "min_samples must be at least 1"),
             (i.erosion_radius_px <= 200, "erosion_radius_px must be at most 200"),
-            (i.fg_round_decimals.is_none_or(|d| d <= 9), "fg_round_decimals must be at most 9"),
+            (
+                i.fg_round_decimals.is_none_or(|d| d <= 9),
+                "fg_round_decimals must be at most 9",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, message)) => Err((*message).to_string()),
@@ -202,7 +218,9 @@ mod tests {
             preset,
             cameras: dataset.default_cameras(),
             processing: dataset.reference_processing(),
-            flow: FlowParams::Dis { preset: "medium".into() },
+            flow: FlowParams::Dis {
+                preset: "medium".into(),
+            },
             select: preset.select(),
             instances: preset.instances(),
             exclude_eval_overlap: preset == Preset::Kitti,
@@ -215,8 +233,17 @@ mod tests {
         assert_eq!(Preset::MoviE.select().corner_threshold_px, 1.7);
         assert_eq!(Preset::TriPd.select().corner_threshold_px, 0.5);
         assert_eq!(Preset::Custom.select(), Preset::Kitti.select());
-        assert_eq!(params(DatasetKind::Kitti).processing, Processing::Resize { width: 1240, height: 376 });
-        assert_eq!(params(DatasetKind::TriPd).processing, Processing::HalveCropTop { crop_top: 128 });
+        assert_eq!(
+            params(DatasetKind::Kitti).processing,
+            Processing::Resize {
+                width: 1240,
+                height: 376
+            }
+        );
+        assert_eq!(
+            params(DatasetKind::TriPd).processing,
+            Processing::HalveCropTop { crop_top: 128 }
+        );
     }
 
     #[test]
@@ -231,7 +258,8 @@ mod tests {
 
     #[test]
     fn config_file_overrides_only_what_it_names() {
-        let file: ConfigFile = serde_json::from_str(r#"{"corner_threshold_px": 0.9, "fg_round_decimals": null}"#).unwrap();
+        let file: ConfigFile =
+            serde_json::from_str(r#"{"corner_threshold_px": 0.9, "fg_round_decimals": null}"#).unwrap();
         let mut p = params(DatasetKind::Video);
         file.apply(&mut p.select, &mut p.instances);
         assert_eq!(p.select.corner_threshold_px, 0.9);

@@ -77,7 +77,11 @@ pub struct FlowArgs {
 /// Parses `--device`.
 pub fn parse_device(text: &str) -> Result<Device> {
     match text {
-        "auto" => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+        "auto" => Ok(if tch::Cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
         "cpu" => Ok(Device::Cpu),
         other => {
             let index: usize = other
@@ -85,7 +89,10 @@ pub fn parse_device(text: &str) -> Result<Device> {
                 .and_then(|n| n.parse().ok())
                 .with_context(|| format!("unknown device `{other}` (expected auto, cpu or cuda:N)"))?;
             if !tch::Cuda::is_available() || index >= tch::Cuda::device_count() as usize {
-                bail!("device `{other}` is not available (libtorch sees {} CUDA devices)", tch::Cuda::device_count());
+                bail!(
+                    "device `{other}` is not available (libtorch sees {} CUDA devices)",
+                    tch::Cuda::device_count()
+                );
             }
             Ok(Device::Cuda(index))
         }
@@ -110,18 +117,35 @@ pub struct BuiltFlow {
 }
 
 pub fn build_flow(args: &FlowArgs) -> Result<BuiltFlow> {
-    let simple = |source: FlowSource, params: FlowParams| BuiltFlow { source, params, weights_sha256: None, device: "cpu".into() };
+    let simple = |source: FlowSource, params: FlowParams| BuiltFlow {
+        source,
+        params,
+        weights_sha256: None,
+        device: "cpu".into(),
+    };
     match args.flow {
         FlowChoice::Dis => {
             let preset = DisPreset::parse(&args.dis_preset).with_context(|| {
-                format!("unknown DIS preset `{}` (expected ultrafast, fast or medium)", args.dis_preset)
+                format!(
+                    "unknown DIS preset `{}` (expected ultrafast, fast or medium)",
+                    args.dis_preset
+                )
             })?;
             let estimator: Box<dyn FlowEstimator> = Box::new(DisFlow::new(preset)?);
-            Ok(simple(FlowSource::Estimator { estimator, batch: 1 }, FlowParams::Dis { preset: args.dis_preset.clone() }))
+            Ok(simple(
+                FlowSource::Estimator { estimator, batch: 1 },
+                FlowParams::Dis {
+                    preset: args.dis_preset.clone(),
+                },
+            ))
         }
-        FlowChoice::Farneback => {
-            Ok(simple(FlowSource::Estimator { estimator: Box::new(FarnebackFlow), batch: 1 }, FlowParams::Farneback))
-        }
+        FlowChoice::Farneback => Ok(simple(
+            FlowSource::Estimator {
+                estimator: Box::new(FarnebackFlow),
+                batch: 1,
+            },
+            FlowParams::Farneback,
+        )),
         FlowChoice::Import => {
             let dir = args.flow_dir.clone().context("--flow import needs --flow-dir DIR")?;
             if !dir.is_dir() {
@@ -131,10 +155,15 @@ pub fn build_flow(args: &FlowArgs) -> Result<BuiltFlow> {
         }
         FlowChoice::Kubric => Ok(simple(FlowSource::Kubric, FlowParams::Kubric)),
         FlowChoice::Smurf | FlowChoice::RaftLarge | FlowChoice::RaftSmall => {
-            let weights = args.weights.clone().with_context(|| format!("--flow {} needs --weights FILE", args.flow.model_name()))?;
+            let weights = args
+                .weights
+                .clone()
+                .with_context(|| format!("--flow {} needs --weights FILE", args.flow.model_name()))?;
             let device = parse_device(&args.device)?;
             let kind = parse_kind(&args.flow_dtype)?;
-            let threads = args.torch_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+            let threads = args
+                .torch_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
             tch::set_num_threads(threads.max(1));
             let mut raft = RaftFlow::load_with_kind(&weights, device, kind)
                 .with_context(|| format!("cannot load flow weights {}", weights.display()))?
@@ -144,7 +173,11 @@ pub fn build_flow(args: &FlowArgs) -> Result<BuiltFlow> {
             }
             let model = raft.name();
             if model != args.flow.model_name() {
-                bail!("{} holds {model} weights, not {}", weights.display(), args.flow.model_name());
+                bail!(
+                    "{} holds {model} weights, not {}",
+                    weights.display(),
+                    args.flow.model_name()
+                );
             }
             let sha = raft.sha256().to_string();
             let params = FlowParams::Network {
@@ -155,7 +188,10 @@ pub fn build_flow(args: &FlowArgs) -> Result<BuiltFlow> {
             };
             let device_name = format!("{device:?}");
             Ok(BuiltFlow {
-                source: FlowSource::Estimator { estimator: Box::new(raft), batch: args.flow_batch.max(1) },
+                source: FlowSource::Estimator {
+                    estimator: Box::new(raft),
+                    batch: args.flow_batch.max(1),
+                },
                 params,
                 weights_sha256: Some(sha),
                 device: device_name,

@@ -28,8 +28,8 @@ use mrdino_datasets::{DatasetKind, Processing, SourceOptions};
 use mrdino_outputs::layout::Layout;
 
 use config::{ConfigFile, FlowParams, Params, Preset};
-use run::{plan_units, run_labels, RunOptions, STOP};
 use flowsel::{build_flow, FlowArgs};
+use run::{plan_units, run_labels, RunOptions, STOP};
 
 const EXIT_FAILURES: u8 = 3;
 const EXIT_STOPPED: u8 = 4;
@@ -170,7 +170,9 @@ fn parse_dataset(s: &str) -> Result<DatasetKind, String> {
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("expected WxH, got `{s}`"))?;
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected WxH, got `{s}`"))?;
     let w: usize = w.parse().map_err(|_| format!("bad width in `{s}`"))?;
     let h: usize = h.parse().map_err(|_| format!("bad height in `{s}`"))?;
     if w == 0 || h == 0 {
@@ -191,14 +193,28 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 
 /// Shard from Slurm's array variables when `--shard` is absent.
 fn shard_from_env() -> Result<Option<(u64, u64)>> {
-    let (Ok(id), Ok(count)) = (std::env::var("SLURM_ARRAY_TASK_ID"), std::env::var("SLURM_ARRAY_TASK_COUNT")) else {
+    let (Ok(id), Ok(count)) = (
+        std::env::var("SLURM_ARRAY_TASK_ID"),
+        std::env::var("SLURM_ARRAY_TASK_COUNT"),
+    ) else {
         return Ok(None);
     };
-    let min: u64 = std::env::var("SLURM_ARRAY_TASK_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let id: u64 = id.parse().with_context(|| format!("SLURM_ARRAY_TASK_ID is not a number: {id}"))?;
-    let count: u64 = count.parse().with_context(|| format!("SLURM_ARRAY_TASK_COUNT is not a number: {count}"))?;
-    let index = id.checked_sub(min).context("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN")?;
-    parse_shard(&format!("{index}/{count}")).map(Some).map_err(anyhow::Error::msg)
+    let min: u64 = std::env::var("SLURM_ARRAY_TASK_MIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let id: u64 = id
+        .parse()
+        .with_context(|| format!("SLURM_ARRAY_TASK_ID is not a number: {id}"))?;
+    let count: u64 = count
+        .parse()
+        .with_context(|| format!("SLURM_ARRAY_TASK_COUNT is not a number: {count}"))?;
+    let index = id
+        .checked_sub(min)
+        .context("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN")?;
+    parse_shard(&format!("{index}/{count}"))
+        .map(Some)
+        .map_err(anyhow::Error::msg)
 }
 
 fn resolve_params(args: &LabelsArgs, flow: FlowParams) -> Result<Params> {
@@ -272,9 +288,17 @@ fn plan(args: &LabelsArgs) -> Result<ExitCode> {
     batch::write_plan(&layout, &plan)?;
     run::write_params(&layout, &params)?;
     for unit in &plan.units {
-        println!("{}\t{}", unit.id, unit.frames.map_or("?".to_string(), |n| n.to_string()));
+        println!(
+            "{}\t{}",
+            unit.id,
+            unit.frames.map_or("?".to_string(), |n| n.to_string())
+        );
     }
-    eprintln!("{} units, params {hash}; plan written to {}", plan.units.len(), layout.plan_file().display());
+    eprintln!(
+        "{} units, params {hash}; plan written to {}",
+        plan.units.len(),
+        layout.plan_file().display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -282,7 +306,10 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
     let built = build_flow(&args.flow)?;
     let params = resolve_params(args, built.params.clone())?;
     if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("cannot size the thread pool")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("cannot size the thread pool")?;
     }
     let shard = match args.shard {
         Some(s) => Some(s),
@@ -325,17 +352,28 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
         t.seconds
     );
     let layout = Layout::new(&args.out, &params.hash());
-    eprintln!("tables: {} and {}", layout.frames_dir().display(), layout.instances_dir().display());
+    eprintln!(
+        "tables: {} and {}",
+        layout.frames_dir().display(),
+        layout.instances_dir().display()
+    );
     if args.overlays > 0 && t.units_interrupted == 0 {
         let written = overlays::write_overlays(&layout, &sequences, args.overlays)?;
         eprintln!("{} overlays in {}", written.len(), args.out.join("overlays").display());
     }
     if t.units_interrupted > 0 || STOP.load(Ordering::SeqCst) {
-        eprintln!("stopped early: {} sequences not done; run the same command again to resume", t.units_interrupted);
+        eprintln!(
+            "stopped early: {} sequences not done; run the same command again to resume",
+            t.units_interrupted
+        );
         return Ok(ExitCode::from(EXIT_STOPPED));
     }
     if t.units_failed + t.frame_failures > args.max_failures {
-        for unit in manifest.units.iter().filter(|u| u.error.is_some() || !u.failures.is_empty()) {
+        for unit in manifest
+            .units
+            .iter()
+            .filter(|u| u.error.is_some() || !u.failures.is_empty())
+        {
             if let Some(e) = &unit.error {
                 eprintln!("failed unit {}: {e}", unit.unit);
             }
@@ -367,7 +405,11 @@ fn main() -> ExitCode {
         Command::Report(args) => cmd_report::run(args).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => batch::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
             r.print();
-            if r.failed.is_empty() && r.missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURES) }
+            if r.failed.is_empty() && r.missing.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURES)
+            }
         }),
         Command::Finalize(args) => batch::finalize(&args.out, args.params.as_deref()).map(|path| {
             println!("finalized: {}", path.display());

@@ -29,7 +29,10 @@ pub fn write_overlays(layout: &Layout, sequences: &[Sequence], count: usize) -> 
             }
         }
         for row in read_instances(&layout.instances_file(&sequence.id))? {
-            instances.entry((row.sequence_id.clone(), row.frame_index)).or_default().push(row);
+            instances
+                .entry((row.sequence_id.clone(), row.frame_index))
+                .or_default()
+                .push(row);
         }
     }
     let chosen: Vec<&(String, u32, String)> = if candidates.len() <= count {
@@ -40,12 +43,23 @@ pub fn write_overlays(layout: &Layout, sequences: &[Sequence], count: usize) -> 
     let dir = layout.root.join("overlays");
     let mut written = Vec::new();
     for (sequence_id, frame_index, frame_name) in chosen {
-        let Some(sequence) = sequences.iter().find(|s| &s.id == sequence_id) else { continue };
+        let Some(sequence) = sequences.iter().find(|s| &s.id == sequence_id) else {
+            continue;
+        };
         let frame = decode_frame(sequence, *frame_index as usize)
             .with_context(|| format!("cannot re-read frame {frame_index} of {sequence_id} for its overlay"))?;
-        let rows = instances.get(&(sequence_id.clone(), *frame_index)).map(Vec::as_slice).unwrap_or(&[]);
-        let items: Vec<OverlayInstance<'_>> =
-            rows.iter().map(|r| OverlayInstance { id: r.instance_id, mask: &r.mask, bbox_xywh: r.bbox_xywh }).collect();
+        let rows = instances
+            .get(&(sequence_id.clone(), *frame_index))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let items: Vec<OverlayInstance<'_>> = rows
+            .iter()
+            .map(|r| OverlayInstance {
+                id: r.instance_id,
+                mask: &r.mask,
+                bbox_xywh: r.bbox_xywh,
+            })
+            .collect();
         let path = dir.join(format!("{}-{}.png", unit_key(sequence_id), frame_name));
         write_overlay(&path, &frame.image.data, frame.image.height, frame.image.width, &items)?;
         written.push(path);
@@ -57,7 +71,12 @@ fn decode_frame(sequence: &Sequence, index: usize) -> Result<mrdino_datasets::Fr
     if let Some(files) = sequence.image_files() {
         let file = files.get(index).context("frame index beyond the sequence")?;
         let (image, geometry) = mrdino_datasets::decode::read_processed(&file.path, &sequence.processing)?;
-        return Ok(mrdino_datasets::Frame { index, name: file.name.clone(), image, geometry });
+        return Ok(mrdino_datasets::Frame {
+            index,
+            name: file.name.clone(),
+            image,
+            geometry,
+        });
     }
     for (i, item) in sequence.frames()? {
         if i == index {
@@ -66,4 +85,3 @@ fn decode_frame(sequence: &Sequence, index: usize) -> Result<mrdino_datasets::Fr
     }
     anyhow::bail!("video ended before frame {index}")
 }
-

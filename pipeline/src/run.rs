@@ -95,7 +95,10 @@ pub struct RunManifest {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// SHA-256 over the relative paths, sizes and modification times of a unit's inputs (first 16 hex digits).
@@ -106,7 +109,10 @@ pub fn input_fingerprint(sequence: &Sequence) -> String {
         h.update(rel.to_string_lossy().as_bytes());
         if let Ok(meta) = std::fs::metadata(path) {
             h.update(meta.len().to_le_bytes());
-            let mtime = meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
             h.update(mtime.map(|d| d.as_nanos()).unwrap_or(0).to_le_bytes());
         }
         h.update([0]);
@@ -171,7 +177,8 @@ pub fn run_labels(
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("cannot create output directory {}", options.out.display()))?;
     let probe = options.out.join(format!(".mrdino-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").with_context(|| format!("output directory {} is not writable", options.out.display()))?;
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("output directory {} is not writable", options.out.display()))?;
     let _ = std::fs::remove_file(&probe);
     for dir in [layout.frames_dir(), layout.instances_dir(), layout.done_dir()] {
         remove_stale_temporaries(&dir)?;
@@ -180,10 +187,15 @@ pub fn run_labels(
     let root = sequences.first().map(|s| s.root.clone()).unwrap_or_default();
     let plan = crate::batch::build_plan(&params_hash, params.dataset.name(), &root, sequences);
     crate::batch::write_plan(&layout, &plan)?;
-    let fingerprints: std::collections::BTreeMap<&str, &str> =
-        plan.units.iter().map(|u| (u.id.as_str(), u.input_fingerprint.as_str())).collect();
-    let others: Vec<String> =
-        Layout::existing_partitions(&options.out).into_iter().filter(|h| *h != params_hash).collect();
+    let fingerprints: std::collections::BTreeMap<&str, &str> = plan
+        .units
+        .iter()
+        .map(|u| (u.id.as_str(), u.input_fingerprint.as_str()))
+        .collect();
+    let others: Vec<String> = Layout::existing_partitions(&options.out)
+        .into_iter()
+        .filter(|h| *h != params_hash)
+        .collect();
     if !others.is_empty() {
         eprintln!(
             "note: {} also holds labels made with other parameters (params={}); they stay in their own partitions",
@@ -193,7 +205,10 @@ pub fn run_labels(
     }
 
     let units: Vec<&Sequence> = sequences.iter().filter(|s| in_shard(&s.id, options.shard)).collect();
-    let total_frames: u64 = units.iter().map(|s| s.frame_count_hint().map_or(0, |n| n.saturating_sub(1) as u64)).sum();
+    let total_frames: u64 = units
+        .iter()
+        .map(|s| s.frame_count_hint().map_or(0, |n| n.saturating_sub(1) as u64))
+        .sum();
     let multi = MultiProgress::with_draw_target(if options.progress {
         ProgressDrawTarget::stderr()
     } else {
@@ -208,7 +223,10 @@ pub fn run_labels(
 
     let metadata = file_metadata(params, options);
     let mut statuses = Vec::new();
-    let mut totals = Totals { units_planned: units.len(), ..Totals::default() };
+    let mut totals = Totals {
+        units_planned: units.len(),
+        ..Totals::default()
+    };
     for sequence in units {
         if let Some(budget) = options.time_budget {
             if started.elapsed() >= budget {
@@ -221,7 +239,9 @@ pub fn run_labels(
             continue;
         }
         unit_bar.set_message(sequence.id.clone());
-        let fingerprint = fingerprints.get(sequence.id.as_str()).map_or_else(|| input_fingerprint(sequence), |f| f.to_string());
+        let fingerprint = fingerprints
+            .get(sequence.id.as_str())
+            .map_or_else(|| input_fingerprint(sequence), |f| f.to_string());
         let marker_path = layout.done_marker(&sequence.id);
         if let Some(marker) = read_marker(&marker_path) {
             if marker.params_hash == params_hash
@@ -247,7 +267,10 @@ pub fn run_labels(
         }
         let unit_start = Instant::now();
         let on_frame = || frame_bar.inc(1);
-        let budget_stop = StopWithBudget { started, budget: options.time_budget };
+        let budget_stop = StopWithBudget {
+            started,
+            budget: options.time_budget,
+        };
         let result = budget_stop.guard(|| process_unit(sequence, params, flow, &STOP, &on_frame));
         let seconds = unit_start.elapsed().as_secs_f64();
         match result {
@@ -313,8 +336,13 @@ pub fn run_labels(
         units: statuses,
         totals,
     };
-    let shard_name = options.shard.map(|(i, n)| format!("shard-{i}-of-{n}")).unwrap_or_else(|| "all".into());
-    let manifest_path = layout.manifest_dir().join(format!("{shard_name}-{started_unix_s}-{}.json", std::process::id()));
+    let shard_name = options
+        .shard
+        .map(|(i, n)| format!("shard-{i}-of-{n}"))
+        .unwrap_or_else(|| "all".into());
+    let manifest_path = layout
+        .manifest_dir()
+        .join(format!("{shard_name}-{started_unix_s}-{}.json", std::process::id()));
     write_atomic(&manifest_path, &serde_json::to_vec_pretty(&manifest)?)?;
     if manifest.units.is_empty() {
         bail!("no units to process in this shard");

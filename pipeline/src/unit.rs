@@ -25,8 +25,13 @@ use crate::config::Params;
 
 /// Where flow comes from.
 pub enum FlowSource {
-    Estimator { estimator: Box<dyn FlowEstimator>, batch: usize },
-    Import { dir: PathBuf },
+    Estimator {
+        estimator: Box<dyn FlowEstimator>,
+        batch: usize,
+    },
+    Import {
+        dir: PathBuf,
+    },
     /// Kubric's `forward_flow_XXXXX.png` beside each `rgba_XXXXX.png` (MOVi scenes).
     Kubric,
 }
@@ -170,7 +175,11 @@ fn imported_flow(dir: Option<&Path>, sequence: &Sequence, meta: &FrameMeta) -> R
         None => {
             let scene = sequence.root.join(&sequence.id);
             let path = kubric_flow_file(&scene, &meta.name).ok_or_else(|| {
-                format!("{}: no Kubric forward_flow PNG for frame {}", scene.display(), meta.name)
+                format!(
+                    "{}: no Kubric forward_flow PNG for frame {}",
+                    scene.display(),
+                    meta.name
+                )
             })?;
             let flow = read_kubric_flow(&path).map_err(flow_error_text)?;
             (path, flow)
@@ -233,14 +242,18 @@ pub fn process_unit(
             if pending.is_empty() {
                 return Ok(());
             }
-            let FlowSource::Estimator { estimator, .. } = flow else { unreachable!("only estimators batch") };
+            let FlowSource::Estimator { estimator, .. } = flow else {
+                unreachable!("only estimators batch")
+            };
             let pairs: Vec<_> = pending.iter().map(|(_, a, b)| (&a.image, &b.image)).collect();
             let results: Vec<Result<FlowField, String>> = match estimator.estimate(&pairs) {
                 Ok(fields) => fields.into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(flow_error_text(e)); pending.len()],
             };
             for ((index, _, _), flow) in pending.drain(..).zip(results) {
-                job_tx.send(FlowJob { index, flow }).map_err(|_| UnitError::Failed("analysis stage ended".into()))?;
+                job_tx
+                    .send(FlowJob { index, flow })
+                    .map_err(|_| UnitError::Failed("analysis stage ended".into()))?;
             }
             Ok(())
         };
@@ -254,13 +267,21 @@ pub fn process_unit(
                 Ok(frame) => Some(frame),
                 Err(e) => {
                     let path = e.path().map(|p| p.display().to_string()).unwrap_or_default();
-                    failures.push(FrameFailure { frame_index: index, path, reason: e.to_string() });
+                    failures.push(FrameFailure {
+                        frame_index: index,
+                        path,
+                        reason: e.to_string(),
+                    });
                     None
                 }
             };
             metas.push(FrameMeta {
                 name: frame.as_ref().map(|f| f.name.clone()).unwrap_or_else(|| {
-                    sequence.image_files().and_then(|f| f.get(index)).map(|f| f.name.clone()).unwrap_or(format!("{index:06}"))
+                    sequence
+                        .image_files()
+                        .and_then(|f| f.get(index))
+                        .map(|f| f.name.clone())
+                        .unwrap_or(format!("{index:06}"))
                 }),
                 source_path: sequence.source_path(index),
                 geometry: frame.as_ref().map(|f| f.geometry),
@@ -274,8 +295,13 @@ pub fn process_unit(
                             FlowSource::Import { dir } => Some(dir.as_path()),
                             _ => None,
                         };
-                        let job = FlowJob { index: index - 1, flow: imported_flow(dir, sequence, &metas[index - 1]) };
-                        job_tx.send(job).map_err(|_| UnitError::Failed("analysis stage ended".into()))?;
+                        let job = FlowJob {
+                            index: index - 1,
+                            flow: imported_flow(dir, sequence, &metas[index - 1]),
+                        };
+                        job_tx
+                            .send(job)
+                            .map_err(|_| UnitError::Failed("analysis stage ended".into()))?;
                     }
                 }
                 FlowSource::Estimator { batch, .. } => {
@@ -296,25 +322,39 @@ pub fn process_unit(
             flush(&mut pending, flow)?;
         }
         drop(job_tx);
-        analysis.join().map_err(|_| UnitError::Failed("analysis stage panicked".into()))
+        analysis
+            .join()
+            .map_err(|_| UnitError::Failed("analysis stage panicked".into()))
     })?;
     if interrupted || stop.load(Ordering::Relaxed) {
         return Err(UnitError::Interrupted);
     }
     if metas.len() < 2 {
-        return Err(UnitError::Failed(format!("sequence has {} readable frame(s); at least 2 are needed", metas.len())));
+        return Err(UnitError::Failed(format!(
+            "sequence has {} readable frame(s); at least 2 are needed",
+            metas.len()
+        )));
     }
     let Some(geometry) = metas.iter().find_map(|m| m.geometry) else {
         return Err(UnitError::Failed("no frame of the sequence could be decoded".into()));
     };
     for a in &analyses {
         if let Some(error) = &a.error {
-            failures.push(FrameFailure { frame_index: a.index, path: metas[a.index].source_path.clone(), reason: error.clone() });
+            failures.push(FrameFailure {
+                frame_index: a.index,
+                path: metas[a.index].source_path.clone(),
+                reason: error.clone(),
+            });
         }
     }
     failures.sort_by_key(|f| f.frame_index);
     let (frames, instances) = resolve(sequence, params, &metas, analyses, geometry);
-    Ok(UnitOutput { frames, instances, failures, decoded_frames: metas.len() })
+    Ok(UnitOutput {
+        frames,
+        instances,
+        failures,
+        decoded_frames: metas.len(),
+    })
 }
 
 static EVAL_OVERLAP: std::sync::LazyLock<std::collections::BTreeSet<(String, String)>> =
@@ -364,7 +404,9 @@ fn resolve(
             (Some(a), None) if !a.passes => Some("camera_motion"),
             (Some(_), None) => Some("short_run"),
             (Some(a), Some(_)) if !a.enough_fg => Some("fg_too_small"),
-            (Some(_), Some(seg)) if labelled_per_segment.get(&seg).copied().unwrap_or(0) < params.instances.min_segment_frames => {
+            (Some(_), Some(seg))
+                if labelled_per_segment.get(&seg).copied().unwrap_or(0) < params.instances.min_segment_frames =>
+            {
                 Some("short_segment")
             }
             (Some(_), Some(_)) => None,

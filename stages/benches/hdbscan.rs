@@ -14,7 +14,10 @@ use std::time::Instant;
 use hdbscan_support::{adjusted_rand_index, component_points, python_labels, PythonOptions};
 use mrdino_stages::hdbscan::{cluster, cluster_pixels, HdbscanParams};
 
-const PARAMS: HdbscanParams = HdbscanParams { min_cluster_size: 30, min_samples: 30 };
+const PARAMS: HdbscanParams = HdbscanParams {
+    min_cluster_size: 30,
+    min_samples: 30,
+};
 
 fn main() {
     println!(
@@ -25,7 +28,10 @@ fn main() {
     for (target_pixels, repeats) in [(2_000, 10), (10_000, 5), (50_000, 3)] {
         let points = component_points(target_pixels, 3, target_pixels as u64);
         // The features' spatial columns are 60·row and 60·col exactly.
-        let pixels: Vec<(u32, u32)> = points.iter().map(|p| ((p[2] / 60.0) as u32, (p[3] / 60.0) as u32)).collect();
+        let pixels: Vec<(u32, u32)> = points
+            .iter()
+            .map(|p| ((p[2] / 60.0) as u32, (p[3] / 60.0) as u32))
+            .collect();
         let mut ours_seconds = f64::INFINITY;
         let mut kd_seconds = f64::INFINITY;
         let mut ours = Vec::new();
@@ -39,7 +45,11 @@ fn main() {
             assert_eq!(kd, ours, "the pixel grid and the kd-tree disagree");
         }
         let python = |approx_min_span_tree, core_dist_n_jobs| {
-            let options = PythonOptions { approx_min_span_tree, core_dist_n_jobs, repeats };
+            let options = PythonOptions {
+                approx_min_span_tree,
+                core_dist_n_jobs,
+                repeats,
+            };
             python_labels(&points, options).unwrap_or_else(|e| panic!("Python reference failed: {e}"))
         };
         let (default_labels, default_seconds) = python(true, 4);

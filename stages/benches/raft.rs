@@ -41,11 +41,7 @@ fn random_weights(arch: Arch, path: &std::path::Path) -> Result<(), tch::TchErro
         .into_iter()
         .map(|(key, shape)| {
             let t = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 0.05;
-            let t = if key.ends_with("running_var") {
-                t.abs() + 1.0
-            } else {
-                t
-            };
+            let t = if key.ends_with("running_var") { t.abs() + 1.0 } else { t };
             (key, t)
         })
         .collect();
@@ -53,9 +49,7 @@ fn random_weights(arch: Arch, path: &std::path::Path) -> Result<(), tch::TchErro
 }
 
 fn textured_frame(seed: u64) -> RgbImage {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let data = (0..HEIGHT * WIDTH * 3)
         .map(|_| {
             state = state
@@ -95,23 +89,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| model | device | s / pair |");
     println!("|---|---|---|");
     for arch in [Arch::Small, Arch::Large] {
-        let path = dir
-            .path()
-            .join(format!("raft_{}.safetensors", arch.as_str()));
+        let path = dir.path().join(format!("raft_{}.safetensors", arch.as_str()));
         random_weights(arch, &path)?;
         for &(device, kind) in &devices {
-            let mut raft =
-                RaftFlow::load_with_kind(&path, device, kind)?.with_iterations(ITERATIONS)?;
+            let mut raft = RaftFlow::load_with_kind(&path, device, kind)?.with_iterations(ITERATIONS)?;
             let secs = seconds_per_pair(&mut raft, runs)?;
             let device_name = match device {
                 Device::Cuda(n) => format!("cuda:{n}"),
                 _ => "cpu".to_string(),
             };
             let kind_name = if kind == Kind::Half { "f16" } else { "f32" };
-            println!(
-                "| raft-{} | {device_name} {kind_name} | {secs:.3} |",
-                arch.as_str()
-            );
+            println!("| raft-{} | {device_name} {kind_name} | {secs:.3} |", arch.as_str());
         }
     }
     Ok(())

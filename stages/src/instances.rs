@@ -119,7 +119,9 @@ impl ForegroundTest {
         // Non-negative float32s are ordered like their bit patterns, and the test is monotone in m.
         let (mut lo, mut hi) = (0u32, f32::MAX.to_bits());
         if !passes(f32::from_bits(hi)) {
-            return Self { min_magnitude: f32::INFINITY };
+            return Self {
+                min_magnitude: f32::INFINITY,
+            };
         }
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -129,7 +131,9 @@ impl ForegroundTest {
                 lo = mid + 1;
             }
         }
-        Self { min_magnitude: f32::from_bits(lo) }
+        Self {
+            min_magnitude: f32::from_bits(lo),
+        }
     }
 
     #[inline]
@@ -287,7 +291,15 @@ pub fn disk_offsets(radius: usize) -> Vec<(i32, i32)> {
 }
 
 /// Whether the disk around (row, col) lies in component `label` (pixels outside the image count as inside).
-fn is_interior(labels: &[u32], height: usize, width: usize, row: usize, col: usize, label: u32, disk: &[(i32, i32)]) -> bool {
+fn is_interior(
+    labels: &[u32],
+    height: usize,
+    width: usize,
+    row: usize,
+    col: usize,
+    label: u32,
+    disk: &[(i32, i32)],
+) -> bool {
     disk.iter().all(|&(dy, dx)| {
         let (r, c) = (row as i32 + dy, col as i32 + dx);
         r < 0 || c < 0 || r >= height as i32 || c >= width as i32 || labels[r as usize * width + c as usize] == label
@@ -324,7 +336,10 @@ pub fn separate_instances(flow: &FlowField, fg: &[bool], params: &InstanceParams
     let (h, w) = (flow.height, flow.width);
     let (labels, components) = connected_components(fg, h, w);
     let disk = disk_offsets(params.erosion_radius_px);
-    let hdbscan_params = HdbscanParams { min_cluster_size: params.min_cluster_size, min_samples: params.min_samples };
+    let hdbscan_params = HdbscanParams {
+        min_cluster_size: params.min_cluster_size,
+        min_samples: params.min_samples,
+    };
     let mut groups: Vec<(u32, Option<i32>, Vec<u32>)> = Vec::new();
     for (k, pixels) in components.into_iter().enumerate() {
         let label = k as u32 + 1;
@@ -350,8 +365,12 @@ pub fn separate_instances(flow: &FlowField, fg: &[bool], params: &InstanceParams
         let cluster_labels = cluster_pixels(&features, &grid_pixels, params.spatial_weight, &hdbscan_params);
         let max_label = cluster_labels.iter().copied().max().unwrap_or(-1);
         for cl in 0..=max_label {
-            let members: Vec<u32> =
-                pixels.iter().zip(&cluster_labels).filter(|(_, &l)| l == cl).map(|(&p, _)| p).collect();
+            let members: Vec<u32> = pixels
+                .iter()
+                .zip(&cluster_labels)
+                .filter(|(_, &l)| l == cl)
+                .map(|(&p, _)| p)
+                .collect();
             if !members.is_empty() {
                 groups.push((label, Some(cl), members));
             }
@@ -362,7 +381,13 @@ pub fn separate_instances(flow: &FlowField, fg: &[bool], params: &InstanceParams
         if pixels.len() < params.min_instance_px {
             continue;
         }
-        out.push(make_instance(flow, out.len() as u32 + 1, component, hdbscan_label, pixels));
+        out.push(make_instance(
+            flow,
+            out.len() as u32 + 1,
+            component,
+            hdbscan_label,
+            pixels,
+        ));
     }
     out
 }
@@ -384,7 +409,11 @@ fn make_instance(flow: &FlowField, id: u32, component: u32, hdbscan_label: Optio
         id,
         component,
         hdbscan_label,
-        origin: if hdbscan_label.is_some() { Origin::Hdbscan } else { Origin::Component },
+        origin: if hdbscan_label.is_some() {
+            Origin::Hdbscan
+        } else {
+            Origin::Component
+        },
         bbox_xywh: [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
         mean_flow_px: (sum / pixels.len() as f64) as f32,
         pixels,
@@ -528,7 +557,11 @@ mod tests {
         let step_col = right - margin.max(3);
         let flow = flow_with(h, width, |r, c| {
             if r >= top && r < bottom && c >= left && c < right {
-                if c >= step_col { (9.0, 0.0) } else { (3.0, 0.0) }
+                if c >= step_col {
+                    (9.0, 0.0)
+                } else {
+                    (3.0, 0.0)
+                }
             } else {
                 (0.0, 0.0)
             }
@@ -561,7 +594,11 @@ mod tests {
             let inside = (r < 9 && c < 11)
                 || ((12..22).contains(&r) && (20..30).contains(&c))
                 || (r < 15 && (45..55).contains(&c));
-            if inside { (4.0, 0.0) } else { (0.0, 0.0) }
+            if inside {
+                (4.0, 0.0)
+            } else {
+                (0.0, 0.0)
+            }
         });
         let mut fg: Vec<bool> = flow.magnitude().iter().map(|&m| m > 2.5).collect();
         fg[0] = false; // 9·11 = 99 → 98 pixels after removing one
@@ -571,7 +608,9 @@ mod tests {
         assert_eq!(instances.iter().map(|i| i.id).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(instances.iter().map(|i| i.component).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(instances[0].bbox_xywh, [45, 0, 10, 15]);
-        assert!(instances.iter().all(|i| i.origin == Origin::Component && (i.mean_flow_px - 4.0).abs() < 1e-6));
+        assert!(instances
+            .iter()
+            .all(|i| i.origin == Origin::Component && (i.mean_flow_px - 4.0).abs() < 1e-6));
     }
 
     #[test]
@@ -580,7 +619,11 @@ mod tests {
         // Two touching cars moving at 3 px and 12 px: one component with a vertical flow step inside it.
         let flow = flow_with(60, 120, |r, c| {
             if (10..50).contains(&r) && (10..110).contains(&c) {
-                if c < 60 { (3.0, 0.0) } else { (12.0, 0.0) }
+                if c < 60 {
+                    (3.0, 0.0)
+                } else {
+                    (12.0, 0.0)
+                }
             } else {
                 (0.0, 0.0)
             }
@@ -592,7 +635,9 @@ mod tests {
         // row orders of these points. What is fixed is that the component goes through HDBSCAN and that its
         // noise points become background.
         assert!(!instances.is_empty());
-        assert!(instances.iter().all(|i| i.origin == Origin::Hdbscan && i.component == 1 && i.hdbscan_label.is_some()));
+        assert!(instances
+            .iter()
+            .all(|i| i.origin == Origin::Hdbscan && i.component == 1 && i.hdbscan_label.is_some()));
         let covered: usize = instances.iter().map(|i| i.pixels.len()).sum();
         assert!(covered < 40 * 100, "noise points must become background");
     }
@@ -614,7 +659,11 @@ mod tests {
             let fg: Vec<bool> = flow.magnitude().iter().map(|&m| m > 2.5).collect();
             let (labels, comps) = connected_components(&fg, 60, 120);
             assert_eq!(sobel_x_edge(&flow, 30, 59), 4.0 * step);
-            assert_eq!(has_interior_edge(&flow, &labels, 1, &comps[0], &p, &disk), expected, "step {step}");
+            assert_eq!(
+                has_interior_edge(&flow, &labels, 1, &comps[0], &p, &disk),
+                expected,
+                "step {step}"
+            );
         }
     }
 
@@ -623,7 +672,11 @@ mod tests {
         let p = InstanceParams::reference();
         let flow = flow_with(60, 120, |r, c| {
             if (10..50).contains(&r) && (10..110).contains(&c) {
-                if r < 30 { (3.0, 0.0) } else { (12.0, 0.0) }
+                if r < 30 {
+                    (3.0, 0.0)
+                } else {
+                    (12.0, 0.0)
+                }
             } else {
                 (0.0, 0.0)
             }

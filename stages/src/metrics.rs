@@ -91,11 +91,7 @@ impl LabelMap {
                 actual: labels.len(),
             });
         }
-        Ok(Self {
-            height,
-            width,
-            labels,
-        })
+        Ok(Self { height, width, labels })
     }
 
     /// Resized with PyTorch's legacy `nearest` rule (see [`legacy_nearest_indices`]).
@@ -132,20 +128,12 @@ impl LabelMap {
             .iter()
             .flat_map(|&r| cols.iter().map(move |&c| self.labels[r * self.width + c]))
             .collect();
-        Ok(Self {
-            height,
-            width,
-            labels,
-        })
+        Ok(Self { height, width, labels })
     }
 
     /// Number of distinct non-zero ids.
     pub fn object_count(&self) -> usize {
-        self.labels
-            .iter()
-            .filter(|&&l| l != 0)
-            .collect::<BTreeSet<_>>()
-            .len()
+        self.labels.iter().filter(|&&l| l != 0).collect::<BTreeSet<_>>().len()
     }
 }
 
@@ -210,19 +198,14 @@ impl EvalPreset {
         prediction: &LabelMap,
         ground_truth: &LabelMap,
     ) -> Result<(LabelMap, LabelMap), MetricsError> {
-        let (height, width) = self
-            .resolution()
-            .unwrap_or((ground_truth.height, ground_truth.width));
+        let (height, width) = self.resolution().unwrap_or((ground_truth.height, ground_truth.width));
         let ground_truth = match self.ground_truth_canvas() {
             Some((h, w)) => ground_truth
                 .resize_nearest_exact(h, w)?
                 .resize_legacy_nearest(height, width)?,
             None => ground_truth.resize_legacy_nearest(height, width)?,
         };
-        Ok((
-            prediction.resize_legacy_nearest(height, width)?,
-            ground_truth,
-        ))
+        Ok((prediction.resize_legacy_nearest(height, width)?, ground_truth))
     }
 }
 
@@ -267,25 +250,10 @@ struct Contingency {
 
 impl Contingency {
     fn new(prediction: &[u32], ground_truth: &[u32], keep: impl Fn(u32) -> bool) -> Self {
-        let kept = || {
-            prediction
-                .iter()
-                .zip(ground_truth)
-                .filter(|(_, &g)| keep(g))
-        };
-        let gt_ids: Vec<u32> = kept()
-            .map(|(_, &g)| g)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let pred_ids: Vec<u32> = kept()
-            .map(|(&p, _)| p)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let index = |ids: &[u32]| -> HashMap<u32, usize> {
-            ids.iter().enumerate().map(|(i, &id)| (id, i)).collect()
-        };
+        let kept = || prediction.iter().zip(ground_truth).filter(|(_, &g)| keep(g));
+        let gt_ids: Vec<u32> = kept().map(|(_, &g)| g).collect::<BTreeSet<_>>().into_iter().collect();
+        let pred_ids: Vec<u32> = kept().map(|(&p, _)| p).collect::<BTreeSet<_>>().into_iter().collect();
+        let index = |ids: &[u32]| -> HashMap<u32, usize> { ids.iter().enumerate().map(|(i, &id)| (id, i)).collect() };
         let (gt_index, pred_index) = (index(&gt_ids), index(&pred_ids));
         let mut counts = vec![0u64; gt_ids.len() * pred_ids.len()];
         for (p, g) in kept() {
@@ -315,11 +283,7 @@ impl Contingency {
     }
 }
 
-fn check_same_length(
-    what: &'static str,
-    prediction: &[u32],
-    ground_truth: &[u32],
-) -> Result<(), MetricsError> {
+fn check_same_length(what: &'static str, prediction: &[u32], ground_truth: &[u32]) -> Result<(), MetricsError> {
     if prediction.len() != ground_truth.len() {
         return Err(MetricsError::LengthMismatch {
             what,
@@ -332,18 +296,13 @@ fn check_same_length(
 
 /// Matches the predictions of one image (already at the evaluation resolution) against its ground truth;
 /// see the module docs for the rule.
-pub fn match_predictions(
-    prediction: &[u32],
-    ground_truth: &[u32],
-) -> Result<MatchCounts, MetricsError> {
+pub fn match_predictions(prediction: &[u32], ground_truth: &[u32]) -> Result<MatchCounts, MetricsError> {
     check_same_length("prediction vs ground truth", prediction, ground_truth)?;
     let table = Contingency::new(prediction, ground_truth, |_| true);
     let pred_areas = table.pred_sums();
     let gt_areas = table.gt_sums();
     // Ground-truth objects: non-zero ids present at this resolution.
-    let gt_objects: Vec<usize> = (0..table.gt_ids.len())
-        .filter(|&g| table.gt_ids[g] != 0)
-        .collect();
+    let gt_objects: Vec<usize> = (0..table.gt_ids.len()).filter(|&g| table.gt_ids[g] != 0).collect();
     let mut claimed = vec![false; table.gt_ids.len()];
     let mut counts = MatchCounts {
         ground_truth: gt_objects.len(),
@@ -455,18 +414,12 @@ impl Evaluator {
 
     /// Adds one image: `prediction` and `ground_truth` at their own resolutions (the ground truth as loaded,
     /// e.g. by [`decode_kitti_instances`]); both are brought to the preset's evaluation resolution.
-    pub fn add_image(
-        &mut self,
-        prediction: &LabelMap,
-        ground_truth: &LabelMap,
-    ) -> Result<ImageScores, MetricsError> {
-        let (prediction_eval, ground_truth_eval) =
-            self.preset.to_eval_resolution(prediction, ground_truth)?;
+    pub fn add_image(&mut self, prediction: &LabelMap, ground_truth: &LabelMap) -> Result<ImageScores, MetricsError> {
+        let (prediction_eval, ground_truth_eval) = self.preset.to_eval_resolution(prediction, ground_truth)?;
         let counts = match_predictions(&prediction_eval.labels, &ground_truth_eval.labels)?;
         let (fg_ari, all_ari) = if ground_truth.object_count() >= 2 {
             let fg = adjusted_rand_index(&prediction_eval.labels, &ground_truth_eval.labels, true)?;
-            let all =
-                adjusted_rand_index(&prediction_eval.labels, &ground_truth_eval.labels, false)?;
+            let all = adjusted_rand_index(&prediction_eval.labels, &ground_truth_eval.labels, false)?;
             self.fg_ari_sum += fg;
             self.all_ari_sum += all;
             self.ari_images += 1;
@@ -496,10 +449,7 @@ impl Evaluator {
                 num as f64 / den as f64
             }
         };
-        let (precision, recall) = (
-            ratio(true_positives, predictions),
-            ratio(true_positives, ground_truth),
-        );
+        let (precision, recall) = (ratio(true_positives, predictions), ratio(true_positives, ground_truth));
         let mean = |sum: f64| (self.ari_images > 0).then(|| sum / self.ari_images as f64);
         MetricsReport {
             preset: self.preset,
@@ -543,10 +493,7 @@ pub struct RetrievalScores {
 
 /// Compares per-frame selections (`selected[i]`: frame i was kept as quasi-static) with the truth
 /// (`camera_static[i]`: the camera does not move from frame i to i+1).
-pub fn quasi_static_retrieval(
-    selected: &[bool],
-    camera_static: &[bool],
-) -> Result<RetrievalScores, MetricsError> {
+pub fn quasi_static_retrieval(selected: &[bool], camera_static: &[bool]) -> Result<RetrievalScores, MetricsError> {
     if selected.len() != camera_static.len() {
         return Err(MetricsError::LengthMismatch {
             what: "selected vs static-camera frames",
@@ -598,15 +545,8 @@ pub fn decode_kitti_instances(values: &[u16]) -> Vec<u32> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let ids: HashMap<u16, u32> = instances
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (v, i as u32 + 1))
-        .collect();
-    values
-        .iter()
-        .map(|v| ids.get(v).copied().unwrap_or(0))
-        .collect()
+    let ids: HashMap<u16, u32> = instances.iter().enumerate().map(|(i, &v)| (v, i as u32 + 1)).collect();
+    values.iter().map(|v| ids.get(v).copied().unwrap_or(0)).collect()
 }
 
 #[cfg(test)]
@@ -634,11 +574,7 @@ mod tests {
         let report = evaluator.report();
         // Background got id 7, objects 3 and 9: the first id in order (3) is dropped as "background".
         assert_eq!(
-            (
-                report.true_positives,
-                report.predictions,
-                report.ground_truth_objects
-            ),
+            (report.true_positives, report.predictions, report.ground_truth_objects),
             (1, 2, 2)
         );
 
@@ -712,17 +648,9 @@ mod tests {
         // GT object of 4 px, prediction covering it plus 4 background px: IoU = 4/8 = 0.5.
         let gt = vec![1, 1, 1, 1, 0, 0, 0, 0, 0];
         let half = vec![1, 1, 1, 1, 1, 1, 1, 1, 0];
-        assert_eq!(
-            match_predictions(&half, &gt).expect("match").true_positives,
-            0
-        );
+        assert_eq!(match_predictions(&half, &gt).expect("match").true_positives, 0);
         let above = vec![1, 1, 1, 1, 1, 1, 1, 0, 0];
-        assert_eq!(
-            match_predictions(&above, &gt)
-                .expect("match")
-                .true_positives,
-            1
-        );
+        assert_eq!(match_predictions(&above, &gt).expect("match").true_positives, 1);
     }
 
     #[test]
@@ -772,10 +700,7 @@ mod tests {
         assert_eq!((scores.fg_ari, scores.all_ari), (None, None));
         assert_eq!(scores.counts.true_positives, 1);
         let report = evaluator.report();
-        assert_eq!(
-            (report.fg_ari, report.all_ari, report.ari_images),
-            (None, None, 0)
-        );
+        assert_eq!((report.fg_ari, report.all_ari, report.ari_images), (None, None, 0));
         assert_eq!(report.f1_50, 1.0);
 
         let gt = two_objects();
@@ -795,12 +720,7 @@ mod tests {
             adjusted_rand_index(&prediction, &only_object_one, true).expect("ari"),
             0.0
         );
-        assert!(
-            adjusted_rand_index(&prediction, &gt, false)
-                .expect("ari")
-                .abs()
-                < 1e-12
-        );
+        assert!(adjusted_rand_index(&prediction, &gt, false).expect("ari").abs() < 1e-12);
     }
 
     #[test]
@@ -811,26 +731,12 @@ mod tests {
         assert_eq!(legacy_nearest_indices(5, 5), vec![0, 1, 2, 3, 4]);
         assert_eq!(nearest_exact_indices(10, 4), vec![1, 3, 6, 8]);
         // The float32 rule agrees with exact integer arithmetic on the presets' sizes.
-        for (input, output) in [
-            (378, 95),
-            (1260, 315),
-            (375, 95),
-            (1242, 315),
-            (480, 123),
-            (968, 245),
-        ] {
+        for (input, output) in [(378, 95), (1260, 315), (375, 95), (1242, 315), (480, 123), (968, 245)] {
             let exact: Vec<usize> = (0..output).map(|d| d * input / output).collect();
-            assert_eq!(
-                legacy_nearest_indices(input, output),
-                exact,
-                "{input} -> {output}"
-            );
+            assert_eq!(legacy_nearest_indices(input, output), exact, "{input} -> {output}");
         }
         let gt = map(2, 4, vec![1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(
-            gt.resize_legacy_nearest(1, 2).expect("resize").labels,
-            vec![1, 3]
-        );
+        assert_eq!(gt.resize_legacy_nearest(1, 2).expect("resize").labels, vec![1, 3]);
     }
 
     #[test]
@@ -838,9 +744,7 @@ mod tests {
         // Object 2 is a single pixel at column 1, skipped by a 4 → 2 column resize (columns 0 and 2 kept).
         let gt = map(1, 4, vec![1, 2, 3, 3]);
         let prediction = map(1, 4, vec![0, 0, 5, 5]);
-        let (p, g) = EvalPreset::Native
-            .to_eval_resolution(&prediction, &gt)
-            .expect("resize");
+        let (p, g) = EvalPreset::Native.to_eval_resolution(&prediction, &gt).expect("resize");
         assert_eq!(
             (p.labels.as_slice(), g.labels.as_slice()),
             (prediction.labels.as_slice(), gt.labels.as_slice())
@@ -848,10 +752,7 @@ mod tests {
         let small_gt = gt.resize_legacy_nearest(1, 2).expect("resize");
         assert_eq!(small_gt.labels, vec![1, 3]);
         let counts = match_predictions(
-            &prediction
-                .resize_legacy_nearest(1, 2)
-                .expect("resize")
-                .labels,
+            &prediction.resize_legacy_nearest(1, 2).expect("resize").labels,
             &small_gt.labels,
         )
         .expect("match");
@@ -869,9 +770,7 @@ mod tests {
     fn kitti_preset_resizes_to_95_by_315() {
         let gt = map(375, 1242, vec![0; 375 * 1242]);
         let prediction = map(378, 1260, vec![0; 378 * 1260]);
-        let (p, g) = EvalPreset::Kitti
-            .to_eval_resolution(&prediction, &gt)
-            .expect("resize");
+        let (p, g) = EvalPreset::Kitti.to_eval_resolution(&prediction, &gt).expect("resize");
         assert_eq!((p.height, p.width, g.height, g.width), (95, 315, 95, 315));
         assert_eq!("tri-pd".parse::<EvalPreset>(), Ok(EvalPreset::TriPd));
         assert!("coco".parse::<EvalPreset>().is_err());
@@ -897,10 +796,7 @@ mod tests {
             34 * 256 + 1,
             23 * 256 + 2,
         ];
-        assert_eq!(
-            decode_kitti_instances(&values),
-            vec![3, 0, 1, 2, 0, 3, 0, 0]
-        );
+        assert_eq!(decode_kitti_instances(&values), vec![3, 0, 1, 2, 0, 3, 0, 0]);
     }
 
     #[test]

@@ -51,22 +51,39 @@ pub fn corner_means_of_magnitude(magnitude: &[f32], height: usize, width: usize,
     let mean = |row0: usize, col0: usize| -> f32 {
         let mut sum = 0.0f64;
         for r in row0..row0 + ch {
-            sum += magnitude[r * width + col0..r * width + col0 + cw].iter().map(|&m| f64::from(m)).sum::<f64>();
+            sum += magnitude[r * width + col0..r * width + col0 + cw]
+                .iter()
+                .map(|&m| f64::from(m))
+                .sum::<f64>();
         }
         (sum / (ch * cw) as f64) as f32
     };
-    [mean(0, 0), mean(0, width - cw), mean(height - ch, 0), mean(height - ch, width - cw)]
+    [
+        mean(0, 0),
+        mean(0, width - cw),
+        mean(height - ch, 0),
+        mean(height - ch, width - cw),
+    ]
 }
 
 impl SelectParams {
     /// The reference's values with a dataset's corner threshold (1.7 px KITTI / MOVi-E, 0.5 px TRI-PD).
     pub fn reference(corner_threshold_px: f64) -> Self {
-        SelectParams { corner_fraction: 0.15, corner_threshold_px, required_corners: 3, min_run_frames: 5 }
+        SelectParams {
+            corner_fraction: 0.15,
+            corner_threshold_px,
+            required_corners: 3,
+            min_run_frames: 5,
+        }
     }
 
     /// Whether a frame passes the corner test.
     pub fn passes(&self, means: &CornerMeans) -> bool {
-        means.iter().filter(|&&m| f64::from(m) < self.corner_threshold_px).count() >= self.required_corners
+        means
+            .iter()
+            .filter(|&&m| f64::from(m) < self.corner_threshold_px)
+            .count()
+            >= self.required_corners
     }
 
     /// Segments of a sequence: for every frame, `Some(k)` if it belongs to the k-th run of at least
@@ -140,10 +157,25 @@ mod tests {
         let passes: Vec<bool> = pattern.iter().map(|&x| x == 1).collect();
         let segs = p.segments(&passes);
         let expect: Vec<Option<u32>> = [
-            None, None, None, None, None,
-            Some(0), Some(0), Some(0), Some(0), Some(0),
-            None, None,
-            Some(1), Some(1), Some(1), Some(1), Some(1), Some(1), Some(1),
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some(0),
+            Some(0),
+            Some(0),
+            Some(0),
+            Some(0),
+            None,
+            None,
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
         ]
         .to_vec();
         assert_eq!(segs, expect);

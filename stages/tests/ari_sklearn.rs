@@ -94,8 +94,7 @@ fn python() -> PathBuf {
     match std::env::var_os("MRDINO_PYTHON") {
         Some(path) => PathBuf::from(path),
         None => {
-            let home =
-                std::env::var_os("HOME").expect("HOME is not set, and MRDINO_PYTHON neither");
+            let home = std::env::var_os("HOME").expect("HOME is not set, and MRDINO_PYTHON neither");
             PathBuf::from(home).join(".cache/mrdino/venv/bin/python")
         }
     }
@@ -105,13 +104,7 @@ fn sklearn_scores(cases: &[Case]) -> Vec<(f64, f64)> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/reference/ari_ref.py");
     let interpreter = python();
     let mut input = format!("{}\n", cases.len());
-    let join = |labels: &[u32]| {
-        labels
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let join = |labels: &[u32]| labels.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
     for case in cases {
         input += &format!("{}\n{}\n", join(&case.prediction), join(&case.ground_truth));
     }
@@ -135,9 +128,7 @@ fn sklearn_scores(cases: &[Case]) -> Vec<(f64, f64)> {
         .expect("stdin")
         .write_all(input.as_bytes())
         .expect("write cases to the reference script");
-    let output = child
-        .wait_with_output()
-        .expect("wait for the reference script");
+    let output = child.wait_with_output().expect("wait for the reference script");
     assert!(
         output.status.success(),
         "the ARI reference {} failed under {}: {}",
@@ -149,9 +140,7 @@ fn sklearn_scores(cases: &[Case]) -> Vec<(f64, f64)> {
         .expect("utf-8 output")
         .lines()
         .map(|line| {
-            let mut values = line
-                .split_whitespace()
-                .map(|v| v.parse::<f64>().expect("a float"));
+            let mut values = line.split_whitespace().map(|v| v.parse::<f64>().expect("a float"));
             (values.next().expect("fg"), values.next().expect("all"))
         })
         .collect()
@@ -165,10 +154,8 @@ fn fg_and_all_ari_agree_with_scikit_learn() {
     assert_eq!(reference.len(), cases.len(), "one reference line per case");
     let mut worst = 0.0f64;
     for (i, (case, &(fg_ref, all_ref))) in cases.iter().zip(&reference).enumerate() {
-        let fg =
-            adjusted_rand_index(&case.prediction, &case.ground_truth, true).expect("same length");
-        let all =
-            adjusted_rand_index(&case.prediction, &case.ground_truth, false).expect("same length");
+        let fg = adjusted_rand_index(&case.prediction, &case.ground_truth, true).expect("same length");
+        let all = adjusted_rand_index(&case.prediction, &case.ground_truth, false).expect("same length");
         assert!(
             (fg - fg_ref).abs() < TOLERANCE,
             "case {i}: fg-ARI {fg} vs scikit-learn {fg_ref}"
@@ -186,5 +173,10 @@ fn fg_and_all_ari_agree_with_scikit_learn() {
             .map(pick)
             .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
     };
-    println!("{} cases, worst |ours - sklearn| = {worst:.2e}; sklearn fg-ARI range {:?}, all-ARI range {:?}", cases.len(), spread(|r| r.0), spread(|r| r.1));
+    println!(
+        "{} cases, worst |ours - sklearn| = {worst:.2e}; sklearn fg-ARI range {:?}, all-ARI range {:?}",
+        cases.len(),
+        spread(|r| r.0),
+        spread(|r| r.1)
+    );
 }

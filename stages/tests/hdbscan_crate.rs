@@ -69,8 +69,16 @@ fn matches_crate_on_gaussian_blobs_with_noise() {
         points.push(std::array::from_fn(|_| 24.0 * rng.uniform() - 2.0));
     }
     for (min_cluster_size, min_samples, min_ari) in [(30, 1, 1.0), (30, 30, 0.998), (25, 10, 0.998)] {
-        let params = HdbscanParams { min_cluster_size, min_samples };
-        compare(&format!("blobs mcs {min_cluster_size} ms {min_samples}"), &points, params, min_ari);
+        let params = HdbscanParams {
+            min_cluster_size,
+            min_samples,
+        };
+        compare(
+            &format!("blobs mcs {min_cluster_size} ms {min_samples}"),
+            &points,
+            params,
+            min_ari,
+        );
     }
 }
 
@@ -79,8 +87,16 @@ fn matches_crate_on_component_features() {
     for (objects, seed) in [(2, 5), (3, 6)] {
         let points = component_points(2_000, objects, seed);
         for (min_samples, min_ari) in [(1, 1.0), (30, 0.998)] {
-            let params = HdbscanParams { min_cluster_size: 30, min_samples };
-            compare(&format!("component, {objects} objects, ms {min_samples}"), &points, params, min_ari);
+            let params = HdbscanParams {
+                min_cluster_size: 30,
+                min_samples,
+            };
+            compare(
+                &format!("component, {objects} objects, ms {min_samples}"),
+                &points,
+                params,
+                min_ari,
+            );
         }
     }
 }

@@ -8,14 +8,23 @@ mod hdbscan_support;
 use hdbscan_support::{adjusted_rand_index, component_points, python_labels, PythonOptions};
 use mrdino_stages::hdbscan::{cluster, HdbscanParams};
 
-const PARAMS: HdbscanParams = HdbscanParams { min_cluster_size: 30, min_samples: 30 };
+const PARAMS: HdbscanParams = HdbscanParams {
+    min_cluster_size: 30,
+    min_samples: 30,
+};
 
 fn check(target_pixels: usize, objects: usize, seed: u64) {
     let points = component_points(target_pixels, objects, seed);
     let ours = cluster(&points, &PARAMS);
     let run = |approx_min_span_tree| {
-        let options = PythonOptions { approx_min_span_tree, core_dist_n_jobs: 1, repeats: 1 };
-        python_labels(&points, options).unwrap_or_else(|e| panic!("Python reference failed: {e}")).0
+        let options = PythonOptions {
+            approx_min_span_tree,
+            core_dist_n_jobs: 1,
+            repeats: 1,
+        };
+        python_labels(&points, options)
+            .unwrap_or_else(|e| panic!("Python reference failed: {e}"))
+            .0
     };
     let exact = run(false);
     let default = run(true);
@@ -31,7 +40,10 @@ fn check(target_pixels: usize, objects: usize, seed: u64) {
         clusters(&default),
         ours == exact
     );
-    assert!(ari_exact >= 0.99, "ARI {ari_exact} against Python with approx_min_span_tree=False");
+    assert!(
+        ari_exact >= 0.99,
+        "ARI {ari_exact} against Python with approx_min_span_tree=False"
+    );
 }
 
 #[test]

@@ -75,7 +75,11 @@ fn ari(a: &[i64], b: &[i64]) -> f64 {
     let sb: f64 = rb.values().map(|&n| c2(n)).sum();
     let expected = sa * sb / c2(a.len() as f64);
     let max = (sa + sb) / 2.0;
-    if (max - expected).abs() < 1e-12 { 1.0 } else { (index - expected) / (max - expected) }
+    if (max - expected).abs() < 1e-12 {
+        1.0
+    } else {
+        (index - expected) / (max - expected)
+    }
 }
 
 #[test]
@@ -90,7 +94,10 @@ fn instance_stage_matches_the_python_reference() {
         let out_path = dir.path().join(format!("ref{seed}.npz"));
         std::fs::write(&flow_path, encode_npy(&flow)).unwrap();
         let run = Command::new(python())
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/reference/instances_ref.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tools/reference/instances_ref.py"
+            ))
             .arg(&flow_path)
             .arg(&out_path)
             .output()
@@ -108,12 +115,22 @@ fn instance_stage_matches_the_python_reference() {
         assert_eq!(fg, ref_fg, "seed {seed}: foreground differs");
         // Components: same labels in the same order.
         let (labels, comps) = connected_components(&fg, h, w);
-        assert_eq!(labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>(), ref_components, "seed {seed}");
+        assert_eq!(
+            labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>(),
+            ref_components,
+            "seed {seed}"
+        );
         // The interior edge decision of every component.
-        let split: Vec<i64> =
-            comps.iter().enumerate().map(|(k, px)| i64::from(has_interior_edge(&flow, &labels, k as u32 + 1, px, &p, &disk))).collect();
+        let split: Vec<i64> = comps
+            .iter()
+            .enumerate()
+            .map(|(k, px)| i64::from(has_interior_edge(&flow, &labels, k as u32 + 1, px, &p, &disk)))
+            .collect();
         assert_eq!(split, ref_split, "seed {seed}: split decisions differ");
-        assert!(split.contains(&1) && split.contains(&0), "seed {seed}: the scene should exercise both paths");
+        assert!(
+            split.contains(&1) && split.contains(&0),
+            "seed {seed}: the scene should exercise both paths"
+        );
         // Instances: whole components equal; HDBSCAN partitions agree up to ties.
         let instances = separate_instances(&flow, &fg, &p);
         for (k, px) in comps.iter().enumerate() {
@@ -144,7 +161,11 @@ fn instance_stage_matches_the_python_reference() {
                 .iter()
                 .map(|&q| {
                     let c = ref_clusters[q as usize];
-                    if c > 0 && sizes[&c] >= p.min_instance_px { c } else { 0 }
+                    if c > 0 && sizes[&c] >= p.min_instance_px {
+                        c
+                    } else {
+                        0
+                    }
                 })
                 .collect();
             let ours_on_px: Vec<i64> = px.iter().map(|&q| mine[q as usize]).collect();

@@ -69,8 +69,7 @@ struct Io {
 impl Io {
     fn load() -> Self {
         let path = fixtures().join("io.safetensors");
-        let tensors =
-            Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let tensors = Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         Self { tensors }
     }
 
@@ -101,8 +100,7 @@ impl Io {
         (0..b)
             .map(|i| {
                 let uv =
-                    Vec::<f32>::try_from(t.get(i).permute([1, 2, 0]).contiguous().flatten(0, -1))
-                        .expect("float flow");
+                    Vec::<f32>::try_from(t.get(i).permute([1, 2, 0]).contiguous().flatten(0, -1)).expect("float flow");
                 FlowField::new(h as usize, w as usize, uv)
             })
             .collect()
@@ -132,9 +130,7 @@ fn check_model(model: &str) {
 
     let (a1, a2) = (io.images("a.img1"), io.images("a.img2"));
     let pairs: Vec<(&RgbImage, &RgbImage)> = a1.iter().zip(&a2).collect();
-    let batched = raft
-        .estimate(&pairs)
-        .unwrap_or_else(|e| panic!("{model}: {e}"));
+    let batched = raft.estimate(&pairs).unwrap_or_else(|e| panic!("{model}: {e}"));
     let err_a = max_abs_diff(&batched, &io.flows(&format!("{model}.a.flow")));
 
     let mut singles = Vec::new();
@@ -148,9 +144,7 @@ fn check_model(model: &str) {
 
     let (b1, b2) = (io.images("b.img1"), io.images("b.img2"));
     let pairs_b: Vec<(&RgbImage, &RgbImage)> = b1.iter().zip(&b2).collect();
-    let flows_b = raft
-        .estimate(&pairs_b)
-        .unwrap_or_else(|e| panic!("{model}: {e}"));
+    let flows_b = raft.estimate(&pairs_b).unwrap_or_else(|e| panic!("{model}: {e}"));
     let err_b = max_abs_diff(&flows_b, &io.flows(&format!("{model}.b.flow")));
 
     eprintln!(
@@ -214,8 +208,7 @@ fn metadata_and_identity() {
 
 #[test]
 fn refuses_inputs_below_minimum() {
-    let raft = RaftFlow::load(fixtures().join("raft_small.safetensors"), Device::Cpu)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let raft = RaftFlow::load(fixtures().join("raft_small.safetensors"), Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
     let small = Tensor::zeros([1, 3, 120, 200], (Kind::Float, Device::Cpu));
     match raft.forward(&small, &small) {
         Err(RaftError::TooSmall {
@@ -277,10 +270,7 @@ fn names_missing_and_misshaped_keys() {
         "{err}"
     );
 
-    let mut extra: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
+    let mut extra: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
     extra.push((
         "update_block.bogus.weight".to_string(),
         Tensor::zeros([3], (Kind::Float, Device::Cpu)),

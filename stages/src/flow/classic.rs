@@ -136,7 +136,9 @@ impl FlowEstimator for FarnebackFlow {
     }
 
     fn estimate(&mut self, pairs: &[(&RgbImage, &RgbImage)]) -> Result<Vec<FlowField>, FlowError> {
-        per_grey_pair(pairs, |g0, g1, flow| video::calc_optical_flow_farneback(g0, g1, flow, 0.5, 3, 15, 3, 5, 1.2, 0))
+        per_grey_pair(pairs, |g0, g1, flow| {
+            video::calc_optical_flow_farneback(g0, g1, flow, 0.5, 3, 15, 3, 5, 1.2, 0)
+        })
     }
 }
 

@@ -27,7 +27,10 @@ const FLO_MAGIC: f32 = 202021.25;
 pub const FLOW_EXTENSIONS: [&str; 3] = ["npy", "flo", "png"];
 
 fn file_err(path: &Path, message: impl Into<String>) -> FlowError {
-    FlowError::File { path: path.to_path_buf(), message: message.into() }
+    FlowError::File {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 /// The flow file for `frame_name` of `sequence_id` under `flow_dir`, if one exists.
@@ -41,7 +44,11 @@ pub fn find_flow_file(flow_dir: &Path, sequence_id: &str, frame_name: &str) -> O
 
 /// Reads a flow file (format from its extension) and checks it holds only finite values.
 pub fn read_flow_file(path: &Path) -> Result<FlowField, FlowError> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let field = match ext.as_str() {
         "npy" => read_npy(path)?,
         "flo" => read_flo(path)?,
@@ -52,7 +59,11 @@ pub fn read_flow_file(path: &Path) -> Result<FlowField, FlowError> {
         let pixel = i / 2;
         return Err(file_err(
             path,
-            format!("non-finite flow value at row {}, column {}", pixel / field.width, pixel % field.width),
+            format!(
+                "non-finite flow value at row {}, column {}",
+                pixel / field.width,
+                pixel % field.width
+            ),
         ));
     }
     Ok(field)
@@ -66,7 +77,10 @@ fn read_npy(path: &Path) -> Result<FlowField, FlowError> {
         return Err(file_err(path, format!("expected shape (H, W, 2), found {shape:?}")));
     }
     if npy.order() != npyz::Order::C {
-        return Err(file_err(path, "Fortran-ordered arrays are not supported; save with C order"));
+        return Err(file_err(
+            path,
+            "Fortran-ordered arrays are not supported; save with C order",
+        ));
     }
     let (height, width) = (shape[0] as usize, shape[1] as usize);
     let uv: Vec<f32> = match npy.dtype() {
@@ -79,7 +93,12 @@ fn read_npy(path: &Path) -> Result<FlowField, FlowError> {
             .into_iter()
             .map(|x| x as f32)
             .collect(),
-        other => return Err(file_err(path, format!("expected float32 or float64 data, found {}", other.descr()))),
+        other => {
+            return Err(file_err(
+                path,
+                format!("expected float32 or float64 data, found {}", other.descr()),
+            ))
+        }
     };
     Ok(FlowField::new(height, width, uv))
 }
@@ -87,7 +106,8 @@ fn read_npy(path: &Path) -> Result<FlowField, FlowError> {
 fn read_flo(path: &Path) -> Result<FlowField, FlowError> {
     let mut file = std::fs::File::open(path).map_err(|e| file_err(path, e.to_string()))?;
     let mut header = [0u8; 12];
-    file.read_exact(&mut header).map_err(|e| file_err(path, format!("truncated header: {e}")))?;
+    file.read_exact(&mut header)
+        .map_err(|e| file_err(path, format!("truncated header: {e}")))?;
     let magic = f32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     if magic != FLO_MAGIC {
         return Err(file_err(path, "not a Middlebury .flo file (bad magic)"));
@@ -101,9 +121,19 @@ fn read_flo(path: &Path) -> Result<FlowField, FlowError> {
     let mut data = Vec::with_capacity(height * width * 8);
     file.read_to_end(&mut data).map_err(|e| file_err(path, e.to_string()))?;
     if data.len() != height * width * 8 {
-        return Err(file_err(path, format!("expected {} bytes of flow for {width}x{height}, found {}", height * width * 8, data.len())));
+        return Err(file_err(
+            path,
+            format!(
+                "expected {} bytes of flow for {width}x{height}, found {}",
+                height * width * 8,
+                data.len()
+            ),
+        ));
     }
-    let uv = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let uv = data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     Ok(FlowField::new(height, width, uv))
 }
 
@@ -177,7 +207,9 @@ pub fn encode_npy(field: &FlowField) -> Vec<u8> {
             .writer(&mut out)
             .begin_nd()
             .expect("writing into a Vec cannot fail");
-        writer.extend(field.uv.iter().copied()).expect("writing into a Vec cannot fail");
+        writer
+            .extend(field.uv.iter().copied())
+            .expect("writing into a Vec cannot fail");
         writer.finish().expect("writing into a Vec cannot fail");
     }
     out
@@ -237,21 +269,38 @@ mod tests {
     #[test]
     fn kubric_png_decoding() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("data_ranges.json"), r#"{"forward_flow": {"min": -10.0, "max": 10.0}}"#).unwrap();
+        std::fs::write(
+            dir.path().join("data_ranges.json"),
+            r#"{"forward_flow": {"min": -10.0, "max": 10.0}}"#,
+        )
+        .unwrap();
         // Two pixels, stored B, G, R by OpenCV = (unused, Δcol, Δrow) of the file's (Δrow, Δcol, 0).
         let px: Vec<u16> = vec![0, 65535, 0, 0, 32768, 49151];
-        let mat = opencv::core::Mat::new_rows_cols_with_data(1, 6, &px).unwrap().reshape(3, 1).unwrap().try_clone().unwrap();
+        let mat = opencv::core::Mat::new_rows_cols_with_data(1, 6, &px)
+            .unwrap()
+            .reshape(3, 1)
+            .unwrap()
+            .try_clone()
+            .unwrap();
         let path = dir.path().join("forward_flow_00003.png");
         opencv::imgcodecs::imwrite_def(path.to_str().unwrap(), &mat).unwrap();
         assert_eq!(kubric_flow_file(dir.path(), "rgba_00003"), Some(path.clone()));
         assert_eq!(kubric_flow_file(dir.path(), "rgba_00004"), None);
         let field = read_kubric_flow(&path).unwrap();
-        let expect = [10.0, -10.0, 32768.0 / 65535.0 * 20.0 - 10.0, 49151.0 / 65535.0 * 20.0 - 10.0];
+        let expect = [
+            10.0,
+            -10.0,
+            32768.0 / 65535.0 * 20.0 - 10.0,
+            49151.0 / 65535.0 * 20.0 - 10.0,
+        ];
         for (got, want) in field.uv.iter().zip(expect) {
             assert!((got - want).abs() < 1e-5, "{:?}", field.uv);
         }
         std::fs::remove_file(dir.path().join("data_ranges.json")).unwrap();
-        assert!(read_kubric_flow(&path).unwrap_err().to_string().contains("data_ranges.json"));
+        assert!(read_kubric_flow(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("data_ranges.json"));
     }
 
     #[test]
@@ -260,7 +309,12 @@ mod tests {
         let path = dir.path().join("k.png");
         // One valid pixel (u = 1.5, v = -2.0) and one invalid pixel, stored B, G, R.
         let px: Vec<u16> = vec![1, 32768 - 128, 32768 + 96, 0, 40000, 40000];
-        let mat = opencv::core::Mat::new_rows_cols_with_data(1, 6, &px).unwrap().reshape(3, 1).unwrap().try_clone().unwrap();
+        let mat = opencv::core::Mat::new_rows_cols_with_data(1, 6, &px)
+            .unwrap()
+            .reshape(3, 1)
+            .unwrap()
+            .try_clone()
+            .unwrap();
         opencv::imgcodecs::imwrite_def(path.to_str().unwrap(), &mat).unwrap();
         let field = read_flow_file(&path).unwrap();
         assert_eq!(field.uv, vec![1.5, -2.0, 0.0, 0.0]);

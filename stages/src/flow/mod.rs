@@ -21,7 +21,11 @@ pub struct FlowField {
 
 impl FlowField {
     pub fn new(height: usize, width: usize, uv: Vec<f32>) -> Self {
-        assert_eq!(uv.len(), height * width * 2, "flow buffer does not match {height}x{width}x2");
+        assert_eq!(
+            uv.len(),
+            height * width * 2,
+            "flow buffer does not match {height}x{width}x2"
+        );
         Self { height, width, uv }
     }
 
@@ -41,7 +45,10 @@ impl FlowField {
 
     /// Per-pixel magnitude sqrt(u² + v²) in float32, as the reference computes it.
     pub fn magnitude(&self) -> Vec<f32> {
-        self.uv.chunks_exact(2).map(|p| (p[0] * p[0] + p[1] * p[1]).sqrt()).collect()
+        self.uv
+            .chunks_exact(2)
+            .map(|p| (p[0] * p[0] + p[1] * p[1]).sqrt())
+            .collect()
     }
 }
 

@@ -37,7 +37,12 @@ pub(super) fn single_linkage(n: usize, sorted_edges: &[(u32, u32, f64)]) -> Vec<
         size[merged as usize] = size[left as usize] + size[right as usize];
         parent[left as usize] = merged;
         parent[right as usize] = merged;
-        merges.push(Merge { left, right, distance, size: size[merged as usize] });
+        merges.push(Merge {
+            left,
+            right,
+            distance,
+            size: size[merged as usize],
+        });
     }
     merges
 }
@@ -60,7 +65,13 @@ fn find_compress(parent: &mut [u32], x: u32) -> u32 {
 /// `min_cluster_size` points makes two new clusters, a smaller part's points fall out of the current cluster.
 pub(super) fn condense(n: usize, merges: &[Merge], min_cluster_size: usize) -> Vec<CondensedRow> {
     let root = 2 * n - 2;
-    let node_size = |node: u32| if (node as usize) < n { 1 } else { merges[node as usize - n].size };
+    let node_size = |node: u32| {
+        if (node as usize) < n {
+            1
+        } else {
+            merges[node as usize - n].size
+        }
+    };
     let mut relabel = vec![0u32; root + 1];
     relabel[root] = n as u32;
     let mut next_label = n as u32 + 1;
@@ -75,7 +86,11 @@ pub(super) fn condense(n: usize, merges: &[Merge], min_cluster_size: usize) -> V
             continue;
         }
         let merge = merges[node as usize - n];
-        let lambda = if merge.distance > 0.0 { 1.0 / merge.distance } else { f64::INFINITY };
+        let lambda = if merge.distance > 0.0 {
+            1.0 / merge.distance
+        } else {
+            f64::INFINITY
+        };
         let (left, right) = (merge.left, merge.right);
         let left_big = node_size(left) as usize >= min_cluster_size;
         let right_big = node_size(right) as usize >= min_cluster_size;
@@ -83,7 +98,12 @@ pub(super) fn condense(n: usize, merges: &[Merge], min_cluster_size: usize) -> V
         if left_big && right_big {
             for child in [left, right] {
                 relabel[child as usize] = next_label;
-                rows.push(CondensedRow { parent, child: next_label, lambda, child_size: node_size(child) });
+                rows.push(CondensedRow {
+                    parent,
+                    child: next_label,
+                    lambda,
+                    child_size: node_size(child),
+                });
                 next_label += 1;
             }
             continue;
@@ -100,7 +120,12 @@ pub(super) fn condense(n: usize, merges: &[Merge], min_cluster_size: usize) -> V
             }
             for &sub_node in breadth_first(n, merges, child, &mut scratch).iter() {
                 if (sub_node as usize) < n {
-                    rows.push(CondensedRow { parent, child: sub_node, lambda, child_size: 1 });
+                    rows.push(CondensedRow {
+                        parent,
+                        child: sub_node,
+                        lambda,
+                        child_size: 1,
+                    });
                 }
                 ignore[sub_node as usize] = true;
             }
@@ -130,7 +155,12 @@ fn breadth_first<'s>(n: usize, merges: &[Merge], start: u32, queue: &'s mut Vec<
 /// increasing condensed-tree id.
 pub(super) fn select_and_label(n: usize, rows: &[CondensedRow]) -> Vec<i32> {
     let mut labels = vec![-1; n];
-    let cluster_count = rows.iter().map(|r| r.parent.max(r.child) as usize + 1).max().unwrap_or(n).saturating_sub(n);
+    let cluster_count = rows
+        .iter()
+        .map(|r| r.parent.max(r.child) as usize + 1)
+        .max()
+        .unwrap_or(n)
+        .saturating_sub(n);
     if cluster_count < 2 {
         return labels;
     }

@@ -101,7 +101,14 @@ impl<'p> PixelGrid<'p> {
             at.push((r as i32, c as i32));
         }
         let bound_scale = spatial_weight * spatial_weight * (1.0 - SLACK);
-        Some(PixelGrid { points, at, height: height as i32, width: width as i32, index, bound_scale })
+        Some(PixelGrid {
+            points,
+            at,
+            height: height as i32,
+            width: width as i32,
+            index,
+            bound_scale,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -177,7 +184,11 @@ impl<'p> PixelGrid<'p> {
         let n = self.points.len();
         let mut knn = Knn::new(n, k);
         for p in 0..n {
-            let mut nearest = Nearest { query: &self.points[p], points: self.points, row: knn.row(p, f64::INFINITY) };
+            let mut nearest = Nearest {
+                query: &self.points[p],
+                points: self.points,
+                row: knn.row(p, f64::INFINITY),
+            };
             self.scan(p, &mut nearest);
             knn.complete[p] = nearest.row.finish();
         }
@@ -255,7 +266,10 @@ struct Box5 {
 
 impl Box5 {
     fn of(points: &[[f64; 5]], ids: &[u32]) -> Self {
-        let mut bounds = Box5 { lo: [f64::INFINITY; 5], hi: [f64::NEG_INFINITY; 5] };
+        let mut bounds = Box5 {
+            lo: [f64::INFINITY; 5],
+            hi: [f64::NEG_INFINITY; 5],
+        };
         for &i in ids {
             for ((lo, hi), &x) in bounds.lo.iter_mut().zip(&mut bounds.hi).zip(&points[i as usize]) {
                 *lo = lo.min(x);
@@ -287,12 +301,19 @@ fn split_leaves(points: &[[f64; 5]], core2: &[f64], ids: &mut [u32], offset: usi
     if ids.len() <= LEAF || bounds.hi[widest] <= bounds.lo[widest] {
         let min_core2 = ids.iter().map(|&i| core2[i as usize]).fold(f64::INFINITY, f64::min);
         let (start, end) = (offset as u32, (offset + ids.len()) as u32);
-        leaves.push(Leaf { start, end, bounds, min_core2 });
+        leaves.push(Leaf {
+            start,
+            end,
+            bounds,
+            min_core2,
+        });
         return;
     }
     let half = ids.len() / 2;
     ids.select_nth_unstable_by(half, |&a, &b| {
-        points[a as usize][widest].total_cmp(&points[b as usize][widest]).then(a.cmp(&b))
+        points[a as usize][widest]
+            .total_cmp(&points[b as usize][widest])
+            .then(a.cmp(&b))
     });
     let (left, right) = ids.split_at_mut(half);
     split_leaves(points, core2, left, offset, leaves);
@@ -328,7 +349,13 @@ impl<'g, 'p> GridSpace<'g, 'p> {
             block_leaves.push(leaves.len() as u32);
             let range = block_start[b]..block_start[b + 1];
             if !range.is_empty() {
-                split_leaves(grid.points, core2, &mut leaf_points[range.clone()], range.start, &mut leaves);
+                split_leaves(
+                    grid.points,
+                    core2,
+                    &mut leaf_points[range.clone()],
+                    range.start,
+                    &mut leaves,
+                );
             }
         }
         block_leaves.push(leaves.len() as u32);
@@ -382,7 +409,11 @@ impl Space for GridSpace<'_, '_> {
         for (leaf, slot) in self.leaves.iter().zip(&mut self.leaf_comp) {
             let ids = &self.leaf_points[leaf.start as usize..leaf.end as usize];
             let first = comp[ids[0] as usize];
-            *slot = if ids.iter().all(|&q| comp[q as usize] == first) { first } else { MIXED };
+            *slot = if ids.iter().all(|&q| comp[q as usize] == first) {
+                first
+            } else {
+                MIXED
+            };
         }
         for (b, slot) in self.block_comp.iter_mut().enumerate() {
             let leaves = &self.leaf_comp[self.block_leaves[b] as usize..self.block_leaves[b + 1] as usize];
@@ -432,7 +463,11 @@ impl Space for GridSpace<'_, '_> {
             if round.done(points, c, p) {
                 return;
             }
-            let gap = if ring == 0 { 0.0 } else { ((ring - 1) as usize * BLOCK + 1) as f64 };
+            let gap = if ring == 0 {
+                0.0
+            } else {
+                ((ring - 1) as usize * BLOCK + 1) as f64
+            };
             if self.grid.bound_scale * gap * gap >= round.best_weight2[c as usize] {
                 return;
             }

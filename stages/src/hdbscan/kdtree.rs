@@ -77,7 +77,11 @@ impl<const D: usize> KdTree<D> {
             build_node(points, &mut order, 0, &mut nodes);
         }
         let tree_points = order.iter().map(|&i| points[i as usize]).collect();
-        KdTree { points: tree_points, original: order, nodes }
+        KdTree {
+            points: tree_points,
+            original: order,
+            nodes,
+        }
     }
 
     /// For every point (in tree order), its `k` nearest points, the point itself included (`k <= n`).
@@ -132,8 +136,11 @@ impl<const D: usize> KdTree<D> {
         let (left, right) = (node.left as usize, node.right as usize);
         let left_d2 = self.nodes[left].box_dist2(p);
         let right_d2 = self.nodes[right].box_dist2(p);
-        let (near, near_d2, far, far_d2) =
-            if left_d2 <= right_d2 { (left, left_d2, right, right_d2) } else { (right, right_d2, left, left_d2) };
+        let (near, near_d2, far, far_d2) = if left_d2 <= right_d2 {
+            (left, left_d2, right, right_d2)
+        } else {
+            (right, right_d2, left, left_d2)
+        };
         for (child, child_d2) in [(near, near_d2), (far, far_d2)] {
             if child_d2 < row.worst() {
                 self.knn_visit(child, p, row);
@@ -158,7 +165,12 @@ pub(super) struct Knn {
 
 impl Knn {
     pub fn new(n: usize, k: usize) -> Self {
-        Knn { k, dist2: vec![f64::INFINITY; n * k], ids: vec![NO_POINT; n * k], complete: vec![false; n] }
+        Knn {
+            k,
+            dist2: vec![f64::INFINITY; n * k],
+            ids: vec![NO_POINT; n * k],
+            complete: vec![false; n],
+        }
     }
 
     /// The squared core distances: each row's k-th nearest distance.
@@ -171,7 +183,11 @@ impl Knn {
         let range = p * self.k..(p + 1) * self.k;
         self.dist2[range.clone()].fill(start);
         self.ids[range.clone()].fill(NO_POINT);
-        KnnRow { dist2: &mut self.dist2[range.clone()], id: &mut self.ids[range], last_tie: f64::NAN }
+        KnnRow {
+            dist2: &mut self.dist2[range.clone()],
+            id: &mut self.ids[range],
+            last_tie: f64::NAN,
+        }
     }
 }
 
@@ -232,7 +248,11 @@ impl KnnRow<'_> {
                 break;
             }
             let right = left + 1;
-            let child = if right < len && self.dist2[right] > self.dist2[left] { right } else { left };
+            let child = if right < len && self.dist2[right] > self.dist2[left] {
+                right
+            } else {
+                left
+            };
             if self.dist2[child] <= d2 {
                 break;
             }
@@ -257,7 +277,14 @@ fn build_node<const D: usize>(points: &[[f64; D]], order: &mut [u32], start: usi
     }
     let id = nodes.len();
     let end = start + order.len();
-    nodes.push(Node { lo, hi, start: start as u32, end: end as u32, left: NO_CHILD, right: NO_CHILD });
+    nodes.push(Node {
+        lo,
+        hi,
+        start: start as u32,
+        end: end as u32,
+        left: NO_CHILD,
+        right: NO_CHILD,
+    });
 
     let mut widest = 0;
     for d in 1..D {
@@ -276,7 +303,9 @@ fn build_node<const D: usize>(points: &[[f64; D]], order: &mut [u32], start: usi
     }
     let half = order.len() / 2;
     order.select_nth_unstable_by(half, |&a, &b| {
-        points[a as usize][widest].total_cmp(&points[b as usize][widest]).then(a.cmp(&b))
+        points[a as usize][widest]
+            .total_cmp(&points[b as usize][widest])
+            .then(a.cmp(&b))
     });
     let (left_part, right_part) = order.split_at_mut(half);
     let left = build_node(points, left_part, start, nodes);

@@ -108,9 +108,10 @@ pub fn cluster_pixels(
     assert_eq!(points.len(), pixels.len(), "one pixel per point");
     let on_grid = spatial_weight.is_finite()
         && (spatial_weight * spatial_weight).is_normal()
-        && points.iter().zip(pixels).all(|(p, &(row, col))| {
-            p[2] == spatial_weight * f64::from(row) && p[3] == spatial_weight * f64::from(col)
-        });
+        && points
+            .iter()
+            .zip(pixels)
+            .all(|(p, &(row, col))| p[2] == spatial_weight * f64::from(row) && p[3] == spatial_weight * f64::from(col));
     if !on_grid {
         return cluster(points, params);
     }
@@ -127,7 +128,9 @@ pub fn cluster_pixels(
 }
 
 fn finite_indices<const D: usize>(points: &[[f64; D]]) -> Vec<u32> {
-    (0..points.len() as u32).filter(|&i| points[i as usize].iter().all(|x| x.is_finite())).collect()
+    (0..points.len() as u32)
+        .filter(|&i| points[i as usize].iter().all(|x| x.is_finite()))
+        .collect()
 }
 
 /// Labels of the points `finite` (in order) spread over all `n` points; the others are noise.
@@ -166,7 +169,11 @@ fn sorted_mst<const D: usize>(points: &[[f64; D]], min_samples: usize) -> Vec<(u
     let knn = tree.knn_all(neighbours(n, min_samples));
     let core2 = knn.core2();
     let mut space = mst::KdSpace::new(&tree, &core2);
-    let mst_points = mst::Points { core2: &core2, complete: &knn.complete, original: &tree.original };
+    let mst_points = mst::Points {
+        core2: &core2,
+        complete: &knn.complete,
+        original: &tree.original,
+    };
     let edges = mst::minimum_spanning_tree(&mut space, &mst_points, &knn);
     sort_edges(edges.into_iter().map(|edge| mst::Edge {
         a: tree.original[edge.a as usize],
@@ -185,19 +192,35 @@ fn grid_mst(grid: &grid::PixelGrid<'_>, min_samples: usize) -> Vec<(u32, u32, f6
     let core2 = knn.core2();
     let original: Vec<u32> = (0..n as u32).collect();
     let mut space = grid::GridSpace::new(grid, &core2);
-    let mst_points = mst::Points { core2: &core2, complete: &knn.complete, original: &original };
+    let mst_points = mst::Points {
+        core2: &core2,
+        complete: &knn.complete,
+        original: &original,
+    };
     let edges = mst::minimum_spanning_tree(&mut space, &mst_points, &knn);
     sort_edges(edges.into_iter())
 }
 
 /// Edges (caller's indices) in the order of `mst.rs` as `(smaller index, larger index, distance)`.
 fn sort_edges(edges: impl Iterator<Item = mst::Edge>) -> Vec<(u32, u32, f64)> {
-    let mut edges: Vec<mst::Edge> =
-        edges.map(|edge| mst::Edge { a: edge.a.min(edge.b), b: edge.a.max(edge.b), ..edge }).collect();
+    let mut edges: Vec<mst::Edge> = edges
+        .map(|edge| mst::Edge {
+            a: edge.a.min(edge.b),
+            b: edge.a.max(edge.b),
+            ..edge
+        })
+        .collect();
     edges.sort_unstable_by(|x, y| {
-        x.weight2.total_cmp(&y.weight2).then(x.dist2.total_cmp(&y.dist2)).then(x.a.cmp(&y.a)).then(x.b.cmp(&y.b))
+        x.weight2
+            .total_cmp(&y.weight2)
+            .then(x.dist2.total_cmp(&y.dist2))
+            .then(x.a.cmp(&y.a))
+            .then(x.b.cmp(&y.b))
     });
-    edges.into_iter().map(|edge| (edge.a, edge.b, edge.weight2.sqrt())).collect()
+    edges
+        .into_iter()
+        .map(|edge| (edge.a, edge.b, edge.weight2.sqrt()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -208,13 +231,19 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (self.0 >> 11) as f64 / (1u64 << 53) as f64
         }
     }
 
     fn params(min_cluster_size: usize, min_samples: usize) -> HdbscanParams {
-        HdbscanParams { min_cluster_size, min_samples }
+        HdbscanParams {
+            min_cluster_size,
+            min_samples,
+        }
     }
 
     /// Brute-force exact MST weight: O(n²) core distances and Prim on the dense mutual-reachability graph.
@@ -234,7 +263,10 @@ mod tests {
         best[0] = 0.0;
         let mut total = 0.0;
         for _ in 0..n {
-            let next = (0..n).filter(|&i| !in_tree[i]).min_by(|&a, &b| best[a].total_cmp(&best[b])).unwrap();
+            let next = (0..n)
+                .filter(|&i| !in_tree[i])
+                .min_by(|&a, &b| best[a].total_cmp(&best[b]))
+                .unwrap();
             in_tree[next] = true;
             total += best[next];
             for other in 0..n {
@@ -303,7 +335,9 @@ mod tests {
         let points: Vec<[f64; 2]> = (0..29).map(|i| [i as f64, 0.0]).collect();
         assert_eq!(cluster(&points, &params(30, 30)), vec![-1; 29]);
         // 59 points cannot split into two clusters of 30, and the root is never selected.
-        let points: Vec<[f64; 2]> = (0..59).map(|i| [(i / 30) as f64 * 1000.0 + (i % 30) as f64, 0.0]).collect();
+        let points: Vec<[f64; 2]> = (0..59)
+            .map(|i| [(i / 30) as f64 * 1000.0 + (i % 30) as f64, 0.0])
+            .collect();
         assert_eq!(cluster(&points, &params(30, 30)), vec![-1; 59]);
     }
 
@@ -341,7 +375,12 @@ mod tests {
         let labels = cluster(&dirty, &params(30, 30));
         assert_eq!(labels[10], -1);
         assert_eq!(labels[labels.len() - 1], -1);
-        let kept: Vec<i32> = labels.iter().enumerate().filter(|&(i, _)| i != 10).map(|(_, &l)| l).collect();
+        let kept: Vec<i32> = labels
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != 10)
+            .map(|(_, &l)| l)
+            .collect();
         assert_eq!(&kept[..kept.len() - 1], &clean[..]);
     }
 
@@ -352,23 +391,41 @@ mod tests {
         for min_samples in [1, 5, 30] {
             let ours: f64 = sorted_mst(&points, min_samples).iter().map(|e| e.2).sum();
             let exact = prim_total_weight(&points, min_samples);
-            assert!((ours - exact).abs() <= 1e-9 * exact, "min_samples {min_samples}: {ours} vs {exact}");
+            assert!(
+                (ours - exact).abs() <= 1e-9 * exact,
+                "min_samples {min_samples}: {ours} vs {exact}"
+            );
         }
         // A perfect grid with two constant flows: nearly every weight is tied.
         let grid: Vec<[f64; 5]> = (0..30 * 40)
-            .map(|i| [if i % 40 < 20 { 3.0 } else { 12.0 }, 0.0, 60.0 * (i / 40) as f64, 60.0 * (i % 40) as f64, 0.0])
+            .map(|i| {
+                [
+                    if i % 40 < 20 { 3.0 } else { 12.0 },
+                    0.0,
+                    60.0 * (i / 40) as f64,
+                    60.0 * (i % 40) as f64,
+                    0.0,
+                ]
+            })
             .collect();
         for min_samples in [1, 30] {
             let ours: f64 = sorted_mst(&grid, min_samples).iter().map(|e| e.2).sum();
             let exact = prim_total_weight(&grid, min_samples);
-            assert!((ours - exact).abs() <= 1e-9 * exact, "grid, min_samples {min_samples}: {ours} vs {exact}");
+            assert!(
+                (ours - exact).abs() <= 1e-9 * exact,
+                "grid, min_samples {min_samples}: {ours} vs {exact}"
+            );
         }
         let labels = cluster(&points, &params(30, 30));
         assert!(cluster_count(&labels) >= 2);
         // The two halves have flow 8 px apart: no cluster may straddle them.
         for label in 0..cluster_count(&labels) as i32 {
-            let sides: Vec<bool> =
-                points.iter().zip(&labels).filter(|&(_, &l)| l == label).map(|(p, _)| p[3] < 60.0 * 20.0).collect();
+            let sides: Vec<bool> = points
+                .iter()
+                .zip(&labels)
+                .filter(|&(_, &l)| l == label)
+                .map(|(p, _)| p[3] < 60.0 * 20.0)
+                .collect();
             assert!(sides.iter().all(|&s| s == sides[0]));
         }
     }
@@ -412,7 +469,10 @@ mod tests {
                     (30.0 * rng.next() - 15.0, 30.0 * rng.next() - 15.0)
                 } else {
                     let gradient = 0.004 * f64::from(row);
-                    (u + gradient + noise * (rng.next() - 0.5), v - gradient + noise * (rng.next() - 0.5))
+                    (
+                        u + gradient + noise * (rng.next() - 0.5),
+                        v - gradient + noise * (rng.next() - 0.5),
+                    )
                 };
                 let (u, v) = (f64::from(u as f32), f64::from(v as f32));
                 let angle = v.atan2(u).rem_euclid(std::f64::consts::TAU);
@@ -441,7 +501,10 @@ mod tests {
         let cases = [
             ("noisy, three objects", pixel_component(48, 80, 3, 0.6, 1)),
             ("noisy, two objects", pixel_component(40, 70, 2, 0.3, 2)),
-            ("constant flows: nearly all weights tie", pixel_component(30, 60, 2, 0.0, 3)),
+            (
+                "constant flows: nearly all weights tie",
+                pixel_component(30, 60, 2, 0.0, 3),
+            ),
         ];
         for (name, (points, pixels)) in &cases {
             let grid = grid_of(points, pixels);
@@ -453,9 +516,16 @@ mod tests {
                 let (grid_core2, tree_core2) = (by_grid.core2(), by_tree.core2());
                 for (position, &p) in tree.original.iter().enumerate() {
                     let p = p as usize;
-                    assert_eq!(grid_core2[p].to_bits(), tree_core2[position].to_bits(), "{name}: core distance of {p}");
+                    assert_eq!(
+                        grid_core2[p].to_bits(),
+                        tree_core2[position].to_bits(),
+                        "{name}: core distance of {p}"
+                    );
                     if by_grid.complete[p] {
-                        assert!(brute_complete(points, p, grid_core2[p], k), "{name}: grid row {p} is not complete");
+                        assert!(
+                            brute_complete(points, p, grid_core2[p], k),
+                            "{name}: grid row {p} is not complete"
+                        );
                     }
                 }
                 let (ours, reference) = (grid_mst(&grid, min_samples), sorted_mst(points, min_samples));
@@ -533,7 +603,10 @@ mod tests {
         assert_eq!((labels[10], labels[500]), (-1, -1));
         // Tiny inputs.
         assert!(cluster_pixels(&[], &[], 60.0, &params(30, 30)).is_empty());
-        assert_eq!(cluster_pixels(&points[..1], &pixels[..1], 60.0, &params(30, 30)), vec![-1]);
+        assert_eq!(
+            cluster_pixels(&points[..1], &pixels[..1], 60.0, &params(30, 30)),
+            vec![-1]
+        );
         let few = cluster_pixels(&points[..20], &pixels[..20], 60.0, &params(5, 5));
         assert_eq!(few, cluster(&points[..20], &params(5, 5)));
     }

@@ -104,7 +104,10 @@ pub(super) struct UnionFind {
 
 impl UnionFind {
     pub fn new(n: usize) -> Self {
-        UnionFind { parent: (0..n as u32).collect(), size: vec![1; n] }
+        UnionFind {
+            parent: (0..n as u32).collect(),
+            size: vec![1; n],
+        }
     }
 
     pub fn find(&mut self, mut x: u32) -> u32 {
@@ -122,7 +125,11 @@ impl UnionFind {
         if ra == rb {
             return false;
         }
-        let (big, small) = if self.size[ra as usize] >= self.size[rb as usize] { (ra, rb) } else { (rb, ra) };
+        let (big, small) = if self.size[ra as usize] >= self.size[rb as usize] {
+            (ra, rb)
+        } else {
+            (rb, ra)
+        };
         self.parent[small as usize] = big;
         self.size[big as usize] += self.size[small as usize];
         true
@@ -164,7 +171,12 @@ pub(super) fn minimum_spanning_tree<S: Space>(space: &mut S, points: &Points<'_>
             }
             let (a, b) = round.best_edge[c];
             if union_find.union(a, b) {
-                edges.push(Edge { a, b, weight2: round.best_weight2[c], dist2: round.best_dist2[c] });
+                edges.push(Edge {
+                    a,
+                    b,
+                    weight2: round.best_weight2[c],
+                    dist2: round.best_dist2[c],
+                });
             }
         }
         for p in 0..n {
@@ -222,7 +234,11 @@ impl<'t, const D: usize> KdSpace<'t, D> {
                 node_min_core2[node.left as usize].min(node_min_core2[node.right as usize])
             };
         }
-        KdSpace { tree, node_min_core2, node_comp: vec![MIXED; tree.nodes.len()] }
+        KdSpace {
+            tree,
+            node_min_core2,
+            node_comp: vec![MIXED; tree.nodes.len()],
+        }
     }
 }
 
@@ -301,6 +317,8 @@ impl<const D: usize> KdSpace<'_, D> {
         if self.node_comp[node_id] == c {
             return f64::INFINITY;
         }
-        self.tree.nodes[node_id].box_dist2(query).max(self.node_min_core2[node_id])
+        self.tree.nodes[node_id]
+            .box_dist2(query)
+            .max(self.node_min_core2[node_id])
     }
 }

@@ -13,7 +13,10 @@ impl Rng {
     }
 
     pub fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
 
@@ -49,7 +52,10 @@ pub fn component_points(target_pixels: usize, objects: usize, seed: u64) -> Vec<
                 (30.0 * rng.uniform() - 15.0, 30.0 * rng.uniform() - 15.0)
             } else {
                 let gradient = 0.004 * row as f64;
-                (base_u + gradient + 0.3 * rng.normal(), base_v - gradient + 0.3 * rng.normal())
+                (
+                    base_u + gradient + 0.3 * rng.normal(),
+                    base_v - gradient + 0.3 * rng.normal(),
+                )
             };
             let (u, v) = (f64::from(u as f32), f64::from(v as f32));
             let angle = v.atan2(u).rem_euclid(std::f64::consts::TAU);
@@ -121,7 +127,10 @@ pub fn python_labels(points: &[[f64; 5]], options: PythonOptions) -> Result<(Vec
         .arg(&input)
         .arg(&output)
         .args(["--min-cluster-size", "30"])
-        .args(["--approx-min-span-tree", if options.approx_min_span_tree { "true" } else { "false" }])
+        .args([
+            "--approx-min-span-tree",
+            if options.approx_min_span_tree { "true" } else { "false" },
+        ])
         .args(["--core-dist-n-jobs", &options.core_dist_n_jobs.to_string()])
         .args(["--repeats", &options.repeats.to_string()])
         .output()
@@ -152,8 +161,11 @@ pub fn python_labels(points: &[[f64; 5]], options: PythonOptions) -> Result<(Vec
 fn write_points(path: &std::path::Path, points: &[[f64; 5]]) -> std::io::Result<()> {
     use npyz::WriterBuilder;
     let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut writer =
-        npyz::WriteOptions::new().default_dtype().shape(&[points.len() as u64, 5]).writer(file).begin_nd()?;
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[points.len() as u64, 5])
+        .writer(file)
+        .begin_nd()?;
     writer.extend(points.iter().flatten().copied())?;
     writer.finish()
 }

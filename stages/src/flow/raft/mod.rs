@@ -47,10 +47,7 @@ pub const MIN_SIDE: i64 = 128;
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{path}: metadata `{key}` = `{value}`: {message}")]
@@ -82,11 +79,7 @@ pub enum RaftError {
         found: String,
     },
     #[error("{path}: key `{key}` has unsupported dtype {dtype} (expected a float type)")]
-    Dtype {
-        path: PathBuf,
-        key: String,
-        dtype: String,
-    },
+    Dtype { path: PathBuf, key: String, dtype: String },
     #[error("compute kind {kind:?} is not supported on {device:?} (use Float, or Half/BFloat16 on CUDA)")]
     Kind { kind: Kind, device: Device },
     #[error("iterations must be at least 1")]
@@ -149,11 +142,7 @@ impl RaftFlow {
 
     /// As [`RaftFlow::load`], computing in `kind`: `Float` anywhere, `Half` or `BFloat16` on CUDA only. Weights
     /// and inputs are cast; the correlation volume and the flow accumulator stay in float32.
-    pub fn load_with_kind(
-        path: impl AsRef<Path>,
-        device: Device,
-        kind: Kind,
-    ) -> Result<Self, RaftError> {
+    pub fn load_with_kind(path: impl AsRef<Path>, device: Device, kind: Kind) -> Result<Self, RaftError> {
         let supported = match kind {
             Kind::Float => true,
             Kind::Half | Kind::BFloat16 => device.is_cuda(),
@@ -219,9 +208,7 @@ impl RaftFlow {
         let s2 = image2.size();
         if s1.len() != 4 || s1[1] != 3 || s1 != s2 {
             return Err(RaftError::Input {
-                message: format!(
-                    "expected two (B, 3, H, W) tensors of the same shape, got {s1:?} and {s2:?}"
-                ),
+                message: format!("expected two (B, 3, H, W) tensors of the same shape, got {s1:?} and {s2:?}"),
             });
         }
         let (height, width) = (s1[2], s1[3]);
@@ -256,17 +243,12 @@ impl RaftFlow {
                 w: &self.tensors,
             };
             let flow = net.forward(&a, &b, self.iterations)?;
-            flow.f_narrow(2, top, height)?
-                .f_narrow(3, left, width)?
-                .f_contiguous()
+            flow.f_narrow(2, top, height)?.f_narrow(3, left, width)?.f_contiguous()
         })?;
         Ok(flow)
     }
 
-    fn estimate_batch(
-        &self,
-        pairs: &[(&RgbImage, &RgbImage)],
-    ) -> Result<Vec<FlowField>, RaftError> {
+    fn estimate_batch(&self, pairs: &[(&RgbImage, &RgbImage)]) -> Result<Vec<FlowField>, RaftError> {
         let (h, w) = (pairs[0].0.height, pairs[0].0.width);
         let to_tensor = |img: &RgbImage| -> Result<Tensor, tch::TchError> {
             Tensor::f_from_slice(&img.data)?
@@ -280,10 +262,7 @@ impl RaftFlow {
             second.push(to_tensor(b)?);
         }
         let flow = self.forward(&Tensor::f_stack(&first, 0)?, &Tensor::f_stack(&second, 0)?)?;
-        let flow = flow
-            .f_permute([0, 2, 3, 1])?
-            .f_to_device(Device::Cpu)?
-            .f_contiguous()?;
+        let flow = flow.f_permute([0, 2, 3, 1])?.f_to_device(Device::Cpu)?.f_contiguous()?;
         let values = Vec::<f32>::try_from(flow.f_flatten(0, -1)?)?;
         let per_pair = h * w * 2;
         Ok(values
@@ -319,9 +298,7 @@ impl FlowEstimator for RaftFlow {
         while start < pairs.len() {
             let size = (pairs[start].0.height, pairs[start].0.width);
             let mut end = start + 1;
-            while end < pairs.len()
-                && end - start < self.max_batch
-                && (pairs[end].0.height, pairs[end].0.width) == size
+            while end < pairs.len() && end - start < self.max_batch && (pairs[end].0.height, pairs[end].0.width) == size
             {
                 end += 1;
             }

@@ -46,23 +46,13 @@ impl Net<'_> {
                 1e-5,
                 false,
             ),
-            Norm::Instance => {
-                x.f_instance_norm(None::<Tensor>, None, None, None, true, 0.1, 1e-5, false)
-            }
+            Norm::Instance => x.f_instance_norm(None::<Tensor>, None, None, None, true, 0.1, 1e-5, false),
             Norm::None => Ok(x.shallow_clone()),
         }
     }
 
     /// torchvision `Conv2dNormActivation`: conv (padding k/2) → norm → optional ReLU.
-    fn conv_norm(
-        &self,
-        x: &Tensor,
-        name: &str,
-        k: i64,
-        stride: i64,
-        norm: Norm,
-        relu: bool,
-    ) -> TResult<Tensor> {
+    fn conv_norm(&self, x: &Tensor, name: &str, k: i64, stride: i64, norm: Norm, relu: bool) -> TResult<Tensor> {
         let y = self.conv(x, &format!("{name}.0"), stride, [k / 2, k / 2])?;
         let y = self.norm(&y, &format!("{name}.1"), norm)?;
         if relu {
@@ -131,9 +121,7 @@ impl Net<'_> {
         let dx = d.f_view([side, 1])?.f_expand([side, side], false)?;
         let dy = d.f_view([1, side])?.f_expand([side, side], false)?;
         let delta = Tensor::f_stack(&[dx, dy], -1)?.f_view([1, side, side, 2])?;
-        let mut centre = coords
-            .f_permute([0, 2, 3, 1])?
-            .f_reshape([b * h * w, 1, 1, 2])?;
+        let mut centre = coords.f_permute([0, 2, 3, 1])?.f_reshape([b * h * w, 1, 1, 2])?;
         let mut out = Vec::with_capacity(pyramid.len());
         for corr in pyramid {
             let (_, _, hl, wl) = corr.size4()?;
@@ -149,9 +137,7 @@ impl Net<'_> {
             out.push(sampled.f_view([b, h, w, side * side])?);
             centre = centre.f_div_scalar(2.0)?;
         }
-        Tensor::f_cat(&out, -1)?
-            .f_permute([0, 3, 1, 2])?
-            .f_contiguous()
+        Tensor::f_cat(&out, -1)?.f_permute([0, 3, 1, 2])?.f_contiguous()
     }
 
     fn motion_encoder(&self, flow: &Tensor, corr: &Tensor) -> TResult<Tensor> {
@@ -172,25 +158,17 @@ impl Net<'_> {
         for (i, (_, padding)) in self.arch.gru.iter().enumerate() {
             let name = format!("update_block.recurrent_block.convgru{}", i + 1);
             let hx = Tensor::f_cat(&[&h, x], 1)?;
-            let z = self
-                .conv(&hx, &format!("{name}.convz"), 1, *padding)?
-                .f_sigmoid()?;
-            let r = self
-                .conv(&hx, &format!("{name}.convr"), 1, *padding)?
-                .f_sigmoid()?;
+            let z = self.conv(&hx, &format!("{name}.convz"), 1, *padding)?.f_sigmoid()?;
+            let r = self.conv(&hx, &format!("{name}.convr"), 1, *padding)?.f_sigmoid()?;
             let rhx = Tensor::f_cat(&[&(&r * &h), x], 1)?;
-            let q = self
-                .conv(&rhx, &format!("{name}.convq"), 1, *padding)?
-                .f_tanh()?;
+            let q = self.conv(&rhx, &format!("{name}.convq"), 1, *padding)?.f_tanh()?;
             h = (z.f_neg()? + 1.0) * &h + z * q;
         }
         Ok(h)
     }
 
     fn flow_head(&self, h: &Tensor) -> TResult<Tensor> {
-        let y = self
-            .conv(h, "update_block.flow_head.conv1", 1, [1, 1])?
-            .f_relu()?;
+        let y = self.conv(h, "update_block.flow_head.conv1", 1, [1, 1])?.f_relu()?;
         self.conv(&y, "update_block.flow_head.conv2", 1, [1, 1])
     }
 
@@ -202,15 +180,12 @@ impl Net<'_> {
         }
         let m = self.conv_norm(hidden, "mask_predictor.convrelu", 3, 1, Norm::None, true)?;
         let m = self.conv(&m, "mask_predictor.conv", 1, [0, 0])? * 0.25;
-        let m = m
-            .f_view(&[b, 1, 9, 8, 8, h, w][..])?
-            .f_softmax(2, m.kind())?;
+        let m = m.f_view(&[b, 1, 9, 8, 8, h, w][..])?.f_softmax(2, m.kind())?;
         let neighbours = (flow * 8.0)
             .f_im2col([3, 3], [1, 1], [1, 1], [1, 1])?
             .f_view(&[b, c, 9, 1, 1, h, w][..])?;
         let fine = (m * neighbours).f_sum_dim_intlist(2, false, None::<Kind>)?;
-        fine.f_permute([0, 1, 4, 2, 5, 3])?
-            .f_reshape([b, c, 8 * h, 8 * w])
+        fine.f_permute([0, 1, 4, 2, 5, 3])?.f_reshape([b, c, 8 * h, 8 * w])
     }
 
     /// Flow (B, 2, H, W) for normalised inputs whose H and W are multiples of 8 and at least 128.

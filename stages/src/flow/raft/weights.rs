@@ -238,12 +238,7 @@ impl Architecture {
             self.hidden,
             [3, 3],
         );
-        conv(
-            "update_block.flow_head.conv2".into(),
-            2,
-            self.flow_head_hidden,
-            [3, 3],
-        );
+        conv("update_block.flow_head.conv2".into(), 2, self.flow_head_hidden, [3, 3]);
         if self.mask_predictor {
             conv("mask_predictor.convrelu.0".into(), 256, self.hidden, [3, 3]);
             conv("mask_predictor.conv".into(), 8 * 8 * 9, 256, [1, 1]);
@@ -252,14 +247,7 @@ impl Architecture {
     }
 }
 
-fn conv_norm_keys(
-    name: &str,
-    out: i64,
-    inp: i64,
-    k: i64,
-    norm: Norm,
-    keys: &mut Vec<(String, Vec<i64>)>,
-) {
+fn conv_norm_keys(name: &str, out: i64, inp: i64, k: i64, norm: Norm, keys: &mut Vec<(String, Vec<i64>)>) {
     keys.push((format!("{name}.0.weight"), vec![out, inp, k, k]));
     keys.push((format!("{name}.0.bias"), vec![out]));
     if norm == Norm::Batch {
@@ -279,48 +267,13 @@ fn encoder_keys(enc: &EncoderSpec, keys: &mut Vec<(String, Vec<i64>)>) {
             let name = format!("{p}.layer{}.{block}", layer + 1);
             match enc.block {
                 Block::Residual => {
-                    conv_norm_keys(
-                        &format!("{name}.convnormrelu1"),
-                        out,
-                        bin,
-                        3,
-                        enc.norm,
-                        keys,
-                    );
-                    conv_norm_keys(
-                        &format!("{name}.convnormrelu2"),
-                        out,
-                        out,
-                        3,
-                        enc.norm,
-                        keys,
-                    );
+                    conv_norm_keys(&format!("{name}.convnormrelu1"), out, bin, 3, enc.norm, keys);
+                    conv_norm_keys(&format!("{name}.convnormrelu2"), out, out, 3, enc.norm, keys);
                 }
                 Block::Bottleneck => {
-                    conv_norm_keys(
-                        &format!("{name}.convnormrelu1"),
-                        out / 4,
-                        bin,
-                        1,
-                        enc.norm,
-                        keys,
-                    );
-                    conv_norm_keys(
-                        &format!("{name}.convnormrelu2"),
-                        out / 4,
-                        out / 4,
-                        3,
-                        enc.norm,
-                        keys,
-                    );
-                    conv_norm_keys(
-                        &format!("{name}.convnormrelu3"),
-                        out,
-                        out / 4,
-                        1,
-                        enc.norm,
-                        keys,
-                    );
+                    conv_norm_keys(&format!("{name}.convnormrelu1"), out / 4, bin, 1, enc.norm, keys);
+                    conv_norm_keys(&format!("{name}.convnormrelu2"), out / 4, out / 4, 3, enc.norm, keys);
+                    conv_norm_keys(&format!("{name}.convnormrelu3"), out, out / 4, 1, enc.norm, keys);
                 }
             }
             if bstride != 1 {
@@ -381,12 +334,7 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedWeights, Ra
         message: format!("{e:?}"),
     };
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format_error)?;
-    let metadata: BTreeMap<String, String> = header
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
     let st = SafeTensors::deserialize(&bytes).map_err(format_error)?;
 
     let mut found: BTreeMap<String, Vec<i64>> = BTreeMap::new();
@@ -395,23 +343,13 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedWeights, Ra
             continue;
         }
         let view = st.tensor(name).map_err(format_error)?;
-        found.insert(
-            name.clone(),
-            view.shape().iter().map(|&d| d as i64).collect(),
-        );
+        found.insert(name.clone(), view.shape().iter().map(|&d| d as i64).collect());
     }
 
     let arch = match metadata.get("arch").map(String::as_str) {
         Some("large") => Arch::Large,
         Some("small") => Arch::Small,
-        Some(other) => {
-            return Err(meta_error(
-                path,
-                "arch",
-                other,
-                "expected `large` or `small`",
-            ))
-        }
+        Some(other) => return Err(meta_error(path, "arch", other, "expected `large` or `small`")),
         None if found.contains_key("mask_predictor.conv.weight") => Arch::Large,
         None => Arch::Small,
     };
@@ -444,31 +382,15 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedWeights, Ra
         }
     }
     let input_range = match metadata.get("input_range") {
-        Some(v) => InputRange::parse(v).ok_or_else(|| {
-            meta_error(
-                path,
-                "input_range",
-                v,
-                "expected `[-1,1]`, `[0,1]` or `[0,255]`",
-            )
-        })?,
+        Some(v) => InputRange::parse(v)
+            .ok_or_else(|| meta_error(path, "input_range", v, "expected `[-1,1]`, `[0,1]` or `[0,255]`"))?,
         None => InputRange::MinusOneOne,
     };
-    let family = metadata
-        .get("family")
-        .cloned()
-        .unwrap_or_else(|| "unknown".to_string());
+    let family = metadata.get("family").cloned().unwrap_or_else(|| "unknown".to_string());
     let iterations = match metadata.get("iterations") {
         Some(v) => match v.parse::<usize>() {
             Ok(n) if n > 0 => n,
-            _ => {
-                return Err(meta_error(
-                    path,
-                    "iterations",
-                    v,
-                    "expected a positive integer",
-                ))
-            }
+            _ => return Err(meta_error(path, "iterations", v, "expected a positive integer")),
         },
         None if family == "princeton" => 20,
         None => 12,
@@ -496,12 +418,8 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedWeights, Ra
             Some(_) => {}
         }
     }
-    let expected_names: std::collections::HashSet<&str> =
-        expected.iter().map(|(k, _)| k.as_str()).collect();
-    if let Some((key, shape)) = found
-        .iter()
-        .find(|(k, _)| !expected_names.contains(k.as_str()))
-    {
+    let expected_names: std::collections::HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
+    if let Some((key, shape)) = found.iter().find(|(k, _)| !expected_names.contains(k.as_str())) {
         return Err(RaftError::UnexpectedKey {
             path: path.to_path_buf(),
             key: key.clone(),
