@@ -9,7 +9,7 @@
 //! The per-frame work is timed stage by stage; the Parquet write happens once per unit (12 frames here), as in
 //! `mrdino labels`, and is reported divided by the frames.
 //!
-//! Measured on the shared 2-core machine (load average 1.0–1.7): 29–32 ms/frame in total, of which ~30 ms is
+//! Measured on the shared 2-core machine (load average about 1): 29.9–30.6 ms/frame in total, of which ~29 ms is
 //! the instance stage (HDBSCAN on the two touching pairs about 22 ms, with `hdbscan::cluster_pixels`; the
 //! kd-tree path it replaced gave 41–44 ms/frame in total).
 
