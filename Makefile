@@ -1,8 +1,9 @@
 # mrdino — build, test, demo and per-dataset batch jobs.
 #
 # Everything heavy lives outside the clone so fresh clones on the same machine reuse it:
-#   MRDINO_CACHE (default ~/.cache/mrdino) holds the Python venv (libtorch 2.13.0 for tch, test references)
-#   and the cargo target directory. Both are created on first use; every step below is idempotent.
+#   MRDINO_CACHE (default ~/.cache/mrdino) holds the Python venv (libtorch 2.13.0 for tch, test references),
+#   a second venv with TensorFlow (the TF SMURF converter and its test) and the cargo target directory. All are
+#   created on first use; every step below is idempotent.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -10,6 +11,7 @@ SHELL := /bin/bash
 
 MRDINO_CACHE ?= $(HOME)/.cache/mrdino
 VENV ?= $(MRDINO_CACHE)/venv
+VENV_TF ?= $(MRDINO_CACHE)/venv-tf
 CARGO_TARGET_DIR ?= $(MRDINO_CACHE)/target
 PYTHON_BOOTSTRAP ?= python3
 APT_PACKAGES := libopencv-dev clang libclang-dev pkg-config opencv-doc
@@ -22,8 +24,9 @@ MRDINO := $(CARGO_TARGET_DIR)/release/mrdino
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_STAMP := $(MRDINO_CACHE)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-12)
 VENV_STAMP := $(VENV)/.stamp-$(shell md5sum < tools/requirements.txt | cut -c1-12)
+VENV_TF_STAMP := $(VENV_TF)/.stamp-$(shell md5sum < tools/requirements-tf.txt | cut -c1-12)
 
-.PHONY: help setup apt venv build test bench demo demo-synth clean-cache
+.PHONY: help setup apt venv venv-tf build test bench demo demo-synth clean-cache
 
 help:
 	@echo "make demo   - pseudo-labels for the bundled vtest.avi clip and their HTML report (installs what it needs)"
@@ -31,7 +34,7 @@ help:
 	@echo "make test   - the whole test suite (installs what it needs)"
 	@echo "make bench  - post-processing and HDBSCAN benchmarks"
 
-setup: apt venv
+setup: apt venv venv-tf
 
 apt: $(APT_STAMP)
 $(APT_STAMP):
@@ -50,11 +53,18 @@ $(VENV_STAMP): tools/requirements.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tools/requirements.txt
 	@rm -f $(VENV)/.stamp-* && touch $@
 
+venv-tf: $(VENV_TF_STAMP)
+$(VENV_TF_STAMP): tools/requirements-tf.txt
+	@mkdir -p $(MRDINO_CACHE)
+	@[ -x $(VENV_TF)/bin/python ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV_TF)
+	$(VENV_TF)/bin/pip install -q --disable-pip-version-check -r tools/requirements-tf.txt
+	@rm -f $(VENV_TF)/.stamp-* && touch $@
+
 build: setup
 	cargo build --release --locked -p mrdino
 
 test: build
-	MRDINO_PYTHON=$(VENV)/bin/python cargo test --release --locked --workspace
+	MRDINO_PYTHON=$(VENV)/bin/python MRDINO_TF_PYTHON=$(VENV_TF)/bin/python cargo test --release --locked --workspace
 
 bench: build
 	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino --bench postprocess

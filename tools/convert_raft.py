@@ -7,7 +7,8 @@ Accepted inputs (a pickled state dict, optionally wrapped in {"state_dict": ...}
   torchvision names, the duplicated `norm3` (large) / `norm4` (small) downsample norms dropped;
 - the SMURF PyTorch port `.pt` (`smurf_kitti.pt`): torchvision raft_large names without context-encoder
   BatchNorm. Its correlation features are y-major inside each 9×9 level, so `convcorr1`'s input channels are
-  transposed here and the runtime keeps one x-major lookup.
+  transposed here and the runtime keeps one x-major lookup. Google's TF checkpoint goes through
+  `convert_smurf_tf.py` instead, which writes the same tensors and metadata (tested).
 
 `num_batches_tracked` counters are dropped. The output carries string metadata: `family`, `arch`,
 `context_norm`, `corr_order` ("xmajor"), `input_range`, `iterations`, `source` and `source_sha256`.
@@ -52,45 +53,6 @@ PRINCETON_RULES = [
     (r"update_block\.mask\.0\.", "mask_predictor.convrelu.0."),
     (r"update_block\.mask\.2\.", "mask_predictor.conv."),
 ]
-
-# Google's TF SMURF checkpoint → torchvision names. Object paths in the TF checkpoint mirror the Keras model
-# (feature_model/{fnet,cnet}, flow_model/update_block/...); built here once and shared with convert_smurf_tf.py.
-TF_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def smurf_tf_names() -> dict:
-    """TF variable name (without TF_SUFFIX) → torchvision key, 94 entries for SMURF's raft-large."""
-    table = {}
-
-    def conv(tf: str, pt: str) -> None:
-        table[f"{tf}/kernel"] = f"{pt}.weight"
-        table[f"{tf}/bias"] = f"{pt}.bias"
-
-    for tf_enc, pt_enc in (("fnet", "feature_encoder"), ("cnet", "context_encoder")):
-        base = f"feature_model/{tf_enc}"
-        conv(f"{base}/conv1", f"{pt_enc}.convnormrelu.0")
-        conv(f"{base}/conv2", f"{pt_enc}.conv")
-        for layer in (1, 2, 3):
-            for block in (0, 1):
-                tf_block = f"{base}/layer{layer}/layer_with_weights-{block}"
-                pt_block = f"{pt_enc}.layer{layer}.{block}"
-                conv(f"{tf_block}/conv1", f"{pt_block}.convnormrelu1.0")
-                conv(f"{tf_block}/conv2", f"{pt_block}.convnormrelu2.0")
-                if layer > 1 and block == 0:
-                    conv(f"{tf_block}/downsample/layer_with_weights-0", f"{pt_block}.downsample.0")
-    upd = "flow_model/update_block"
-    for tf_name, pt_name in (("convc1", "convcorr1"), ("convc2", "convcorr2"), ("convf1", "convflow1"),
-                             ("convf2", "convflow2"), ("conv", "conv")):
-        conv(f"{upd}/encoder/{tf_name}", f"update_block.motion_encoder.{pt_name}.0")
-    for step in (1, 2):
-        for gate in "zrq":
-            conv(f"{upd}/gru/conv{gate}{step}", f"update_block.recurrent_block.convgru{step}.conv{gate}")
-    conv(f"{upd}/flow_head/conv1", "update_block.flow_head.conv1")
-    conv(f"{upd}/flow_head/conv2", "update_block.flow_head.conv2")
-    conv(f"{upd}/mask/layer_with_weights-0", "mask_predictor.convrelu.0")
-    conv(f"{upd}/mask/layer_with_weights-1", "mask_predictor.conv")
-    return table
-
 
 def princeton_key(key: str, keys: set):
     """torchvision name of a princeton key, or None for the duplicated downsample norm."""
