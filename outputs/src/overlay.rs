@@ -38,6 +38,17 @@ pub struct OverlayInstance<'a> {
     pub bbox_xywh: [f32; 4],
 }
 
+impl<'a> OverlayInstance<'a> {
+    /// The instance of an `instances` row.
+    pub fn of_row(row: &'a crate::InstanceRow) -> Self {
+        OverlayInstance {
+            id: row.instance_id,
+            mask: &row.mask,
+            bbox_xywh: row.bbox_xywh,
+        }
+    }
+}
+
 /// Blends each instance's colour over an RGB frame (row-major, 3 channels), draws its box and id, and writes
 /// the PNG atomically.
 pub fn write_overlay(

@@ -285,14 +285,7 @@ fn write_samples(
             .get(&(row.sequence_id.as_str(), row.frame_index))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let items: Vec<OverlayInstance<'_>> = rows
-            .iter()
-            .map(|r| OverlayInstance {
-                id: r.instance_id,
-                mask: &r.mask,
-                bbox_xywh: r.bbox_xywh,
-            })
-            .collect();
+        let items: Vec<OverlayInstance<'_>> = rows.iter().map(|r| OverlayInstance::of_row(r)).collect();
         let stem = format!("{}-{}", unit_key(&row.sequence_id), row.frame_name);
         let overlay_href = format!("overlays/{stem}.png");
         write_overlay(&args.out.join(&overlay_href), &frame.image.data, height, width, &items)?;

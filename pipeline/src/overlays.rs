@@ -52,14 +52,7 @@ pub fn write_overlays(layout: &Layout, sequences: &[Sequence], count: usize) -> 
             .get(&(sequence_id.clone(), *frame_index))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let items: Vec<OverlayInstance<'_>> = rows
-            .iter()
-            .map(|r| OverlayInstance {
-                id: r.instance_id,
-                mask: &r.mask,
-                bbox_xywh: r.bbox_xywh,
-            })
-            .collect();
+        let items: Vec<OverlayInstance<'_>> = rows.iter().map(OverlayInstance::of_row).collect();
         let path = dir.join(format!("{}-{}.png", unit_key(sequence_id), frame_name));
         write_overlay(&path, &frame.image.data, frame.image.height, frame.image.width, &items)?;
         written.push(path);
