@@ -167,8 +167,19 @@ fn labels_from_imported_flow_follow_the_reference_rules() {
     let dir = tempfile::tempdir().unwrap();
     let (root, out) = (dir.path().join("data"), dir.path().join("out"));
     fixture(&root);
-    run_ok(&mut labels_cmd(&root, &out));
+    run_ok(labels_cmd(&root, &out).args(["--overlays", "2"]));
     let (frames, instances) = tables(&out);
+
+    // Overlays of labelled frames, at the frame size.
+    let overlays: Vec<PathBuf> = std::fs::read_dir(out.join("overlays"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(overlays.len(), 2);
+    for path in &overlays {
+        let image = opencv::imgcodecs::imread(path.to_str().unwrap(), opencv::imgcodecs::IMREAD_COLOR).unwrap();
+        assert_eq!((image.rows(), image.cols()), (H as i32, W as i32), "{}", path.display());
+    }
 
     // Every frame but the last of each sequence has a row, in order.
     let a: Vec<&FrameRow> = frames.iter().filter(|f| f.sequence_id == "cam_a").collect();
