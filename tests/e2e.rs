@@ -150,16 +150,22 @@ fn tables(out: &Path) -> (Vec<FrameRow>, Vec<InstanceRow>) {
     (frames, instances)
 }
 
-fn labels_cmd(root: &Path, out: &Path) -> Command {
+/// `mrdino labels` on `frames` with flow imported from `flow_dir`.
+fn import_cmd(frames: &Path, flow_dir: &Path, out: &Path) -> Command {
     let mut cmd = mrdino();
     cmd.args(["labels", "--dataset", "frames", "--quiet", "--flow", "import"])
         .arg("--root")
-        .arg(root.join("frames"))
+        .arg(frames)
         .arg("--flow-dir")
-        .arg(root.join("flow"))
+        .arg(flow_dir)
         .arg("--out")
         .arg(out);
     cmd
+}
+
+/// `import_cmd` on a fixture root holding `frames/` and `flow/`.
+fn labels_cmd(root: &Path, out: &Path) -> Command {
+    import_cmd(&root.join("frames"), &root.join("flow"), out)
 }
 
 #[test]
@@ -423,16 +429,7 @@ fn dis_flow_finds_the_moving_box_and_flow_export_round_trips() {
     );
     assert_eq!(std::fs::read_dir(flow_dir.join("clip")).unwrap().count(), 7);
     let out2 = dir.path().join("out2");
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--quiet", "--flow", "import"])
-            .arg("--root")
-            .arg(&root)
-            .arg("--flow-dir")
-            .arg(&flow_dir)
-            .arg("--out")
-            .arg(&out2),
-    );
+    run_ok(&mut import_cmd(&root, &flow_dir, &out2));
     let (frames2, instances2) = tables(&out2);
     assert_eq!(instances2, instances);
     assert_eq!(frames2.len(), frames.len());
@@ -524,16 +521,7 @@ fn raft_small_with_random_weights_runs_end_to_end() {
     net(&mut export);
     run_ok(&mut export);
     let out2 = dir.path().join("out2");
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--quiet", "--flow", "import"])
-            .arg("--root")
-            .arg(&root)
-            .arg("--flow-dir")
-            .arg(&flow_dir)
-            .arg("--out")
-            .arg(&out2),
-    );
+    run_ok(&mut import_cmd(&root, &flow_dir, &out2));
     let (frames2, instances2) = tables(&out2);
     assert_eq!(instances2, instances);
     assert!(frames2

@@ -87,30 +87,21 @@ pub fn write_overlay(
         imgproc::rectangle(&mut mat, Rect::new(x, y, w, h), colour, 2, imgproc::LINE_8, 0).map_err(cv)?;
         let label = format!("{}", inst.id);
         let origin = Point::new(x + 2, (y - 4).max(12));
-        imgproc::put_text(
-            &mut mat,
-            &label,
-            origin,
-            imgproc::FONT_HERSHEY_SIMPLEX,
-            0.5,
-            Scalar::all(0.0),
-            3,
-            imgproc::LINE_AA,
-            false,
-        )
-        .map_err(cv)?;
-        imgproc::put_text(
-            &mut mat,
-            &label,
-            origin,
-            imgproc::FONT_HERSHEY_SIMPLEX,
-            0.5,
-            colour,
-            1,
-            imgproc::LINE_AA,
-            false,
-        )
-        .map_err(cv)?;
+        // A dark outline under the coloured id keeps it readable on any background.
+        for (ink, thickness) in [(Scalar::all(0.0), 3), (colour, 1)] {
+            imgproc::put_text(
+                &mut mat,
+                &label,
+                origin,
+                imgproc::FONT_HERSHEY_SIMPLEX,
+                0.5,
+                ink,
+                thickness,
+                imgproc::LINE_AA,
+                false,
+            )
+            .map_err(cv)?;
+        }
     }
     let mut buf = Vector::<u8>::new();
     imgcodecs::imencode_def(".png", &mat, &mut buf).map_err(cv)?;
