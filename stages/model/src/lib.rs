@@ -6,3 +6,4 @@
 //! Like every stage, nothing here knows about files beyond explicit weight loaders, threads or the command line.
 
 pub mod matching;
+pub mod refine;
