@@ -7,3 +7,5 @@
 
 pub mod matching;
 pub mod refine;
+pub mod views;
+pub mod windows;
