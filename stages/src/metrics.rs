@@ -30,6 +30,21 @@
 //! * **Quasi-static retrieval** ([`quasi_static_retrieval`]): the frames a run selected as quasi-static
 //!   against the ground-truth static camera (the synthetic generator's metadata); positive = quasi-static.
 //!
+//! * **Model predictions** ([`prediction_ids`], [`PredictionRule`]). A merged prediction canvas is the
+//!   argmax channel of every pixel. For an MR-DINOSAUR (stage-2) model the reference sets `combination_num` =
+//!   the number of windows: every channel whose index is a multiple of channels / windows (each window's
+//!   background channel) becomes id 0, and the first remaining non-empty id is discarded as background
+//!   ([`PredictionRule::DiscardFirst`], the rule above). Without `combination_num` (the baseline DINOSAUR) every
+//!   non-empty channel is a prediction ([`PredictionRule::KeepAll`]). ARI is invariant to relabelling, so
+//!   only the background mapping matters for it.
+//! * **TRI-PD ground truth** ([`tri_pd_ground_truth`]): the evaluation label PNG is resized to 968×608 with
+//!   PIL's NEAREST (source index ⌊x_o⌋, x_o starting at s/2 and advanced by s = in/out in float64, Pillow's
+//!   accumulation; the same rule as `mrdino_model::views`), its top 128 rows are cropped (968×480), values
+//!   with fewer than 500 pixels become 0 and the others are renumbered 0, 1, 2, … in ascending value order —
+//!   so the background value 0 stays background only if it has ≥ 500 pixels, and otherwise the smallest
+//!   large value becomes background, as in the reference. The reference then stores uint8, wrapping ids above
+//!   255; here they stay distinct (only possible with more than 255 objects of ≥ 500 px).
+//!
 //! Also here: the decoder of KITTI instance-benchmark PNG values ([`decode_kitti_instances`]).
 
 use std::collections::{BTreeSet, HashMap};
@@ -71,6 +86,10 @@ pub enum MetricsError {
     },
     #[error("unknown evaluation preset {0:?}; expected kitti, tri-pd or native")]
     UnknownPreset(String),
+    #[error("{channels} prediction channels cannot be split over {windows} windows")]
+    Channels { channels: usize, windows: usize },
+    #[error("predicted channel {channel} is outside the {channels} channels of the canvas")]
+    ChannelOutOfRange { channel: u32, channels: usize },
 }
 
 /// An instance-id map, row-major, 0 = background.
@@ -294,9 +313,55 @@ fn check_same_length(what: &'static str, prediction: &[u32], ground_truth: &[u32
     Ok(())
 }
 
+/// Which non-empty predicted ids count as predictions for F1@50 / AP50 / AR50.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PredictionRule {
+    /// The first non-empty id in id order is background and dropped (pseudo-labels; models evaluated with
+    /// `combination_num`).
+    #[default]
+    DiscardFirst,
+    /// Every non-empty id is a prediction (models evaluated without `combination_num`: the baseline).
+    KeepAll,
+}
+
+/// Predicted ids of a merged canvas: `channel_of_pixel` holds the argmax channel (0..`channels`) of every
+/// pixel; with `windows` = Some(n) (the reference's `combination_num`), channels that are multiples of
+/// `channels / n` (each window's first, background channel) become 0, other ids are the channel index.
+pub fn prediction_ids(
+    channel_of_pixel: &[u32],
+    channels: usize,
+    windows: Option<usize>,
+) -> Result<Vec<u32>, MetricsError> {
+    let per_window = match windows {
+        Some(n) if n == 0 || channels / n == 0 => return Err(MetricsError::Channels { channels, windows: n }),
+        Some(n) => Some((channels / n) as u32),
+        None => None,
+    };
+    if let Some(&channel) = channel_of_pixel.iter().find(|&&c| c as usize >= channels) {
+        return Err(MetricsError::ChannelOutOfRange { channel, channels });
+    }
+    Ok(channel_of_pixel
+        .iter()
+        .map(|&c| match per_window {
+            Some(block) if c % block == 0 => 0,
+            _ => c,
+        })
+        .collect())
+}
+
 /// Matches the predictions of one image (already at the evaluation resolution) against its ground truth;
 /// see the module docs for the rule.
 pub fn match_predictions(prediction: &[u32], ground_truth: &[u32]) -> Result<MatchCounts, MetricsError> {
+    match_predictions_with(prediction, ground_truth, PredictionRule::DiscardFirst)
+}
+
+/// [`match_predictions`] with an explicit rule for the first non-empty predicted id.
+pub fn match_predictions_with(
+    prediction: &[u32],
+    ground_truth: &[u32],
+    rule: PredictionRule,
+) -> Result<MatchCounts, MetricsError> {
     check_same_length("prediction vs ground truth", prediction, ground_truth)?;
     let table = Contingency::new(prediction, ground_truth, |_| true);
     let pred_areas = table.pred_sums();
@@ -308,8 +373,9 @@ pub fn match_predictions(prediction: &[u32], ground_truth: &[u32]) -> Result<Mat
         ground_truth: gt_objects.len(),
         ..MatchCounts::default()
     };
-    // The first non-empty prediction (in id order) is taken as background and dropped.
-    for (p, &pred_area) in pred_areas.iter().enumerate().skip(1) {
+    // Under `DiscardFirst` the first non-empty prediction (in id order) is taken as background and dropped.
+    let first = usize::from(rule == PredictionRule::DiscardFirst);
+    for (p, &pred_area) in pred_areas.iter().enumerate().skip(first) {
         counts.predictions += 1;
         let mut best: Option<(usize, u64, u64)> = None;
         for &g in &gt_objects {
@@ -393,6 +459,7 @@ pub struct MetricsReport {
 #[derive(Clone, Debug)]
 pub struct Evaluator {
     preset: EvalPreset,
+    rule: PredictionRule,
     images: usize,
     counts: MatchCounts,
     fg_ari_sum: f64,
@@ -404,6 +471,7 @@ impl Evaluator {
     pub fn new(preset: EvalPreset) -> Self {
         Self {
             preset,
+            rule: PredictionRule::DiscardFirst,
             images: 0,
             counts: MatchCounts::default(),
             fg_ari_sum: 0.0,
@@ -412,11 +480,18 @@ impl Evaluator {
         }
     }
 
+    /// The same evaluator with another rule for the first predicted id (default
+    /// [`PredictionRule::DiscardFirst`]).
+    pub fn with_rule(mut self, rule: PredictionRule) -> Self {
+        self.rule = rule;
+        self
+    }
+
     /// Adds one image: `prediction` and `ground_truth` at their own resolutions (the ground truth as loaded,
     /// e.g. by [`decode_kitti_instances`]); both are brought to the preset's evaluation resolution.
     pub fn add_image(&mut self, prediction: &LabelMap, ground_truth: &LabelMap) -> Result<ImageScores, MetricsError> {
         let (prediction_eval, ground_truth_eval) = self.preset.to_eval_resolution(prediction, ground_truth)?;
-        let counts = match_predictions(&prediction_eval.labels, &ground_truth_eval.labels)?;
+        let counts = match_predictions_with(&prediction_eval.labels, &ground_truth_eval.labels, self.rule)?;
         let (fg_ari, all_ari) = if ground_truth.object_count() >= 2 {
             let fg = adjusted_rand_index(&prediction_eval.labels, &ground_truth_eval.labels, true)?;
             let all = adjusted_rand_index(&prediction_eval.labels, &ground_truth_eval.labels, false)?;
@@ -531,6 +606,65 @@ pub fn quasi_static_retrieval(selected: &[bool], camera_static: &[bool]) -> Resu
         precision: ratio(tp, tp + fp),
         recall: ratio(tp, tp + fn_),
     })
+}
+
+/// Resize, crop and size filter of the TRI-PD evaluation ground truth (see the module docs).
+pub const TRI_PD_GT_RESIZE: (usize, usize) = (608, 968);
+pub const TRI_PD_GT_TOP_CROP_PX: usize = 128;
+pub const TRI_PD_GT_MIN_PX: usize = 500;
+
+/// Pillow's NEAREST source index for every output index (float64 accumulation from s/2 in steps of s).
+pub fn pil_nearest_indices(input_len: usize, output_len: usize) -> Vec<usize> {
+    let scale = input_len as f64 / output_len as f64;
+    let mut position = scale * 0.5;
+    (0..output_len)
+        .map(|_| {
+            let index = (position as usize).min(input_len.saturating_sub(1));
+            position += scale;
+            index
+        })
+        .collect()
+}
+
+/// The TRI-PD evaluation ground truth (968×480 ids) of a label PNG's values (see the module docs).
+pub fn tri_pd_ground_truth(labels: &LabelMap) -> Result<LabelMap, MetricsError> {
+    let (height, width) = TRI_PD_GT_RESIZE;
+    if labels.height == 0 || labels.width == 0 {
+        return Err(MetricsError::EmptyResize {
+            what: "TRI-PD ground truth",
+            height: labels.height,
+            width: labels.width,
+        });
+    }
+    let rows = pil_nearest_indices(labels.height, height);
+    let cols = pil_nearest_indices(labels.width, width);
+    let cropped: Vec<u32> = rows[TRI_PD_GT_TOP_CROP_PX..]
+        .iter()
+        .flat_map(|&r| cols.iter().map(move |&c| labels.labels[r * labels.width + c]))
+        .collect();
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for &v in &cropped {
+        *counts.entry(v).or_default() += 1;
+    }
+    let mut values: Vec<u32> = counts.keys().copied().collect();
+    values.sort_unstable();
+    let mut next = 0u32;
+    let mapping: HashMap<u32, u32> = values
+        .into_iter()
+        .map(|v| {
+            if counts[&v] >= TRI_PD_GT_MIN_PX {
+                next += 1;
+                (v, next - 1)
+            } else {
+                (v, 0)
+            }
+        })
+        .collect();
+    LabelMap::new(
+        height - TRI_PD_GT_TOP_CROP_PX,
+        width,
+        cropped.iter().map(|v| mapping[v]).collect(),
+    )
 }
 
 /// Decodes the values of a KITTI instance-benchmark PNG (uint16, class · 256 + instance) into an instance-id
@@ -797,6 +931,115 @@ mod tests {
             23 * 256 + 2,
         ];
         assert_eq!(decode_kitti_instances(&values), vec![3, 0, 1, 2, 0, 3, 0, 0]);
+    }
+
+    #[test]
+    fn window_background_channels_become_background_with_combination_num() {
+        // Two windows of 3 channels: channels 0 and 3 are the windows' background channels.
+        assert_eq!(
+            prediction_ids(&[0, 1, 2, 3, 4, 5], 6, Some(2)).expect("ids"),
+            vec![0, 1, 2, 0, 4, 5]
+        );
+        assert_eq!(
+            prediction_ids(&[0, 1, 2, 3, 4, 5], 6, None).expect("ids"),
+            vec![0, 1, 2, 3, 4, 5]
+        );
+        assert!(prediction_ids(&[6], 6, Some(2)).is_err());
+        assert!(prediction_ids(&[0], 6, Some(0)).is_err());
+        assert!(prediction_ids(&[0], 2, Some(3)).is_err());
+    }
+
+    #[test]
+    fn stage2_and_baseline_prediction_rules_on_one_canvas() {
+        // GT: object 1 in columns 0-1, object 2 in columns 4-5, background in columns 2-3 (2 rows).
+        let gt = map(2, 6, [1, 1, 0, 0, 2, 2].repeat(2));
+        // Canvas channels: window 0 slot channel 1, its background 0, window 1 background 3, slot channel 4.
+        let canvas = [1, 1, 0, 3, 4, 4].repeat(2);
+
+        // Stage 2 (combination_num = 2): ids [1, 1, 0, 0, 4, 4]; id 0 dropped; both objects found.
+        let ids = prediction_ids(&canvas, 6, Some(2)).expect("ids");
+        let mut stage2 = Evaluator::new(EvalPreset::Native);
+        let scores = stage2.add_image(&map(2, 6, ids), &gt).expect("add");
+        assert_eq!(
+            scores.counts,
+            MatchCounts {
+                true_positives: 2,
+                predictions: 2,
+                ground_truth: 2
+            }
+        );
+        assert_eq!(stage2.report().f1_50, 1.0);
+
+        // Baseline (no combination_num, keep all): channels 0 and 3 are two more predictions, both false.
+        let ids = prediction_ids(&canvas, 6, None).expect("ids");
+        let mut baseline = Evaluator::new(EvalPreset::Native).with_rule(PredictionRule::KeepAll);
+        baseline.add_image(&map(2, 6, ids.clone()), &gt).expect("add");
+        let report = baseline.report();
+        assert_eq!((report.true_positives, report.predictions), (2, 4));
+        assert_eq!((report.ap50, report.ar50), (0.5, 1.0));
+        assert!((report.f1_50 - 2.0 / 3.0).abs() < 1e-15);
+
+        // The same ids under DiscardFirst: only channel 0 is dropped.
+        let counts = match_predictions_with(&ids, &gt.labels, PredictionRule::DiscardFirst).expect("match");
+        assert_eq!((counts.true_positives, counts.predictions), (2, 3));
+    }
+
+    #[test]
+    fn combination_num_joins_window_backgrounds_into_one_ari_cluster() {
+        // GT objects 1 (columns 0-3) and 2 (columns 4-7); half of each predicted as a window's background.
+        let gt = [1, 1, 1, 1, 2, 2, 2, 2];
+        let canvas = [1, 1, 0, 0, 4, 4, 3, 3];
+        let mapped = prediction_ids(&canvas, 6, Some(2)).expect("ids");
+        assert_eq!(mapped, vec![1, 1, 0, 0, 4, 4, 0, 0]);
+        // Mapped: RI = 8, A = 24, B = 2 + 12 + 2 = 16, E = 24·16/56, ARI = (8/7)/(92/7) = 2/23.
+        let ari = adjusted_rand_index(&mapped, &gt, true).expect("ari");
+        assert!((ari - 2.0 / 23.0).abs() < 1e-12, "{ari}");
+        // Unmapped: B = 8, E = 24·8/56, ARI = (32/7)/(88/7) = 4/11.
+        let unmapped = prediction_ids(&canvas, 6, None).expect("ids");
+        let ari = adjusted_rand_index(&unmapped, &gt, true).expect("ari");
+        assert!((ari - 4.0 / 11.0).abs() < 1e-12, "{ari}");
+    }
+
+    #[test]
+    fn tri_pd_ground_truth_drops_small_ids_after_the_crop_and_renumbers() {
+        let (h, w) = TRI_PD_GT_RESIZE;
+        let mut labels = vec![0u32; h * w];
+        let mut fill = |value: u32, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+            for r in rows {
+                for c in cols.clone() {
+                    labels[r * w + c] = value;
+                }
+            }
+        };
+        fill(3, 100..150, 0..20); // 1000 px, only rows 128..150 (440 px) survive the crop: removed
+        fill(7, 200..220, 0..30); // 600 px: id 1
+        fill(9, 300..301, 0..499); // 499 px: removed
+        fill(12, 400..410, 0..70); // 700 px: id 2
+        let gt = tri_pd_ground_truth(&map(h, w, labels.clone())).expect("gt");
+        assert_eq!((gt.height, gt.width), (480, 968));
+        let at = |m: &LabelMap, r: usize, c: usize| m.labels[(r - TRI_PD_GT_TOP_CROP_PX) * m.width + c];
+        assert_eq!(
+            (at(&gt, 140, 5), at(&gt, 210, 5), at(&gt, 300, 5), at(&gt, 405, 5)),
+            (0, 1, 0, 2)
+        );
+        assert_eq!(gt.object_count(), 2);
+
+        // Background with fewer than 500 px: the smallest large value becomes id 0.
+        let mut labels = vec![5u32; h * w];
+        labels[(h - 1) * w] = 0;
+        labels[(h - 1) * w + 1] = 0;
+        let gt = tri_pd_ground_truth(&map(h, w, labels)).expect("gt");
+        assert!(gt.labels.iter().all(|&l| l == 0));
+
+        // From the native 1216×1936: PIL NEAREST halves to source index 2k + 1.
+        assert_eq!(pil_nearest_indices(1936, 968)[..3], [1, 3, 5]);
+        // Source columns 3 and 5 land on output columns 1 and 2: 960 px, kept.
+        let native: Vec<u32> = (0..1216 * 1936)
+            .map(|p| u32::from([3, 4, 5].contains(&(p % 1936))) * 4)
+            .collect();
+        let gt = tri_pd_ground_truth(&map(1216, 1936, native)).expect("gt");
+        assert_eq!(gt.labels[..4], [0, 1, 1, 0]);
+        assert_eq!(gt.labels.iter().filter(|&&l| l == 1).count(), 960);
     }
 
     #[test]
