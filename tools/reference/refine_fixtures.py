@@ -101,6 +101,13 @@ def stage1_case(gen, out, name, batch, slots, channels, height, width, empty_ele
     out[f"{name}.loss"] = loss.detach().reshape(1)
     out[f"{name}.grad_alpha"] = alpha.grad
     out[f"{name}.pairs"] = torch.tensor(pairs, dtype=torch.int64).reshape(-1, 3)
+    costs = [
+        F.binary_cross_entropy(alpha[b, j].detach(), masks[b, i], reduction="none").mean().item()
+        for b in range(batch)
+        for i in range(channels)
+        for j in range(slots)
+    ]
+    out[f"{name}.costs"] = torch.tensor(costs).reshape(batch, channels, slots)
 
 
 def stage2_loss(slots, alpha, weights, masks, background_weight, keep_largest, per_image):

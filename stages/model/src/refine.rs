@@ -9,6 +9,11 @@
 //!   PyTorch's `binary_cross_entropy(alpha_j, mask_i)` (each log clamped at −100). All costs of the batch come
 //!   from one batched product on the tensors' device (no per-pair host round trip), computed in float64 and
 //!   rounded to float32 before the solver, as the reference's `.item()` → `torch.tensor` round trip rounds them.
+//!   The reference's float32 means themselves carry about one ulp of reduction-order noise that depends on
+//!   device and thread count (on a 378×378 window even PyTorch's batched mean differs from its per-pair mean in
+//!   ~40% of the entries), so their last bit is not reproducible; the float64 mean rounded once is
+//!   deterministic everywhere and within 1.8e-7 relative of PyTorch's per-pair CPU values (measured in
+//!   `tests/refine_parity.rs`, where the assignments agree exactly).
 //! * **Stage 1** ([`stage1_loss`]): Σ over matched pairs of mean[−(2 − r)·m·log W − (1 − m)·log(1 − W)], W the
 //!   slot's alpha clamped to [1e-6, 1 − 1e-6], r the mask's pixel fraction; summed over the batch and divided by
 //!   max(1, #elements with at least one non-empty mask). Differentiable w.r.t. `alpha`.
@@ -106,14 +111,24 @@ impl ElementMatch {
 
 /// All (mask, slot) BCE costs of a batch as one (B, C, K) float32 tensor on the host:
 /// cost[b, i, j] = −mean_p[m·max(log a, −100) + (1 − m)·max(log(1 − a), −100)].
+///
+/// Computed in float64 as one batched product, using Σ_p [m·L₁ + (1 − m)·L₀] = Σ_p m·(L₁ − L₀) + Σ_p L₀ (exact
+/// for any mask values), then rounded to float32 as the reference's costs are.
 pub fn bce_cost_matrices(alpha: &Tensor, masks: &Tensor) -> Result<Tensor, RefineError> {
     let (b, k, c, pixels) = check_alpha_and_masks(alpha, masks)?;
     let _guard = tch::no_grad_guard();
-    let a = alpha.detach().to_kind(Kind::Double).reshape([b, k, pixels]);
+    let (log_a, log_not_a) = {
+        let a = alpha.detach().to_kind(Kind::Double).reshape([b, k, pixels]);
+        (
+            a.log().clamp_min(BCE_LOG_CLAMP),
+            (-&a + 1.0).log().clamp_min(BCE_LOG_CLAMP),
+        )
+    };
+    let background_sum = log_not_a.sum_dim_intlist([-1i64].as_slice(), false, Kind::Double);
+    let difference = log_a - &log_not_a;
+    drop(log_not_a);
     let m = masks.to_kind(Kind::Double).reshape([b, c, pixels]);
-    let log_a = a.log().clamp_min(BCE_LOG_CLAMP);
-    let log_not_a = (-&a + 1.0).log().clamp_min(BCE_LOG_CLAMP);
-    let total = m.bmm(&log_a.transpose(1, 2)) + (-&m + 1.0).bmm(&log_not_a.transpose(1, 2));
+    let total = m.bmm(&difference.transpose(1, 2)) + background_sum.unsqueeze(1);
     Ok((total / -(pixels as f64))
         .to_kind(Kind::Float)
         .to_device(tch::Device::Cpu))

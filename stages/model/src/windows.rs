@@ -491,7 +491,7 @@ pub fn merge_windows(
     let feature = |channel: usize| -> Result<&[f32], WindowError> {
         let w = channel / per_window;
         let index = channel % per_window;
-        if index == 0 || index - 1 >= slots as usize {
+        if index == 0 || index > slots as usize {
             return Err(WindowError::SlotFeature {
                 window: w,
                 channel,

@@ -15,7 +15,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use mrdino_model::matching::linear_sum_assignment;
-use mrdino_model::refine::{stage1_loss, stage2_loss, SlotDeactivation, Stage2Inputs, Stage2Options};
+use mrdino_model::refine::{
+    bce_cost_matrices, stage1_loss, stage2_loss, SlotDeactivation, Stage2Inputs, Stage2Options,
+};
 use mrdino_model::views::{pil_nearest_indices, pil_resize_bilinear_u8};
 use tch::{nn, Kind, Tensor};
 
@@ -199,6 +201,22 @@ fn stage1_loss_matches_the_pytorch_statement() {
     for case in ["fewer_masks", "more_masks"] {
         let alpha = get(&fx, &format!("{case}.alpha")).detach().set_requires_grad(true);
         let masks = get(&fx, &format!("{case}.masks"));
+        // The batched float64 costs, rounded to float32, against PyTorch's per-pair float32 means.
+        let costs = bce_cost_matrices(&alpha, masks).expect("costs");
+        let expected_costs = get(&fx, &format!("{case}.costs"));
+        let relative = ((&costs - expected_costs).abs() / expected_costs.abs().clamp_min(1e-12))
+            .max()
+            .double_value(&[]);
+        let exact = costs
+            .eq_tensor(expected_costs)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
+        eprintln!(
+            "stage 1 {case} costs: max relative |Δ| = {relative:.3e}, {:.1}% bit-identical",
+            100.0 * exact
+        );
+        assert!(relative <= 4.0 * f64::from(f32::EPSILON), "{case}");
         let result = stage1_loss(&alpha, masks).expect("stage 1 loss");
         result.loss.backward();
         let loss_diff = max_abs_diff(&result.loss.reshape([1]), get(&fx, &format!("{case}.loss")));
