@@ -19,6 +19,7 @@ use mrdino_model::refine::{
     bce_cost_matrices, stage1_loss, stage2_loss, SlotDeactivation, Stage2Inputs, Stage2Options,
 };
 use mrdino_model::views::{pil_nearest_indices, pil_resize_bilinear_u8};
+use mrdino_model::windows::{join_windows, merge_windows, MergeOptions, WindowOffset};
 use tch::{nn, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-6;
@@ -366,4 +367,42 @@ fn pil_resizes_match_pillow() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!((nearest, bilinear), (20, 8));
+}
+
+/// `stages/model/tests/data/merge_windows_reference.safetensors` holds what the reference's own `JoinWindows`
+/// and `MergeWindows` returned on 40 random 4-window canvases (made once by
+/// `tools/reference/merge_windows_fixture.py` from visinf/mr-dinosaur's `ocl/utils/windows.py`).
+#[test]
+fn merge_matches_the_reference_modules_on_random_canvases() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/merge_windows_reference.safetensors");
+    let fx: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect();
+    let offsets: Vec<WindowOffset> = Vec::<i64>::try_from(get(&fx, "offsets"))
+        .expect("offsets")
+        .into_iter()
+        .map(|x_px| WindowOffset { x_px, y_px: 0 })
+        .collect();
+    let (mut cases, mut merges) = (0, 0);
+    while let Some(masks) = fx.get(&format!("{cases:03}.masks")) {
+        let features = get(&fx, &format!("{cases:03}.features"));
+        let joined = join_windows(masks, &offsets, (6, 18)).expect("join");
+        let merged = merge_windows(&joined, features, &offsets, (6, 6), &MergeOptions::default()).expect("merge");
+        let expected: Vec<u32> = Vec::<i64>::try_from(get(&fx, &format!("{cases:03}.merged")).flatten(0, -1))
+            .expect("ids")
+            .into_iter()
+            .map(|c| c as u32)
+            .collect();
+        assert_eq!(
+            merged.channel_of_pixel, expected,
+            "case {cases}: merges {:?}",
+            merged.merges
+        );
+        merges += merged.merges.len();
+        cases += 1;
+    }
+    eprintln!("MergeWindows: {cases} reference canvases identical, {merges} merges among them");
+    assert_eq!(cases, 40);
+    assert!(merges >= 20, "{merges} merges");
 }
