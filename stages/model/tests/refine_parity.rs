@@ -7,6 +7,11 @@
 //! assignments, droppable slots and resized pixels exactly. The Hungarian solver is also checked against brute
 //! force on random matrices.
 //!
+//! Two small committed files under `tests/data/` hold numbers made once by running the reference's own modules
+//! (visinf/mr-dinosaur `ocl/losses.py` `wbce` / `NLLloss_batch`, `ocl/utils/windows.py` `JoinWindows` /
+//! `MergeWindows`; scripts `tools/reference/{losses_reference_fixture,merge_windows_fixture}.py`): the
+//! default losses must match them to 1e-6 and the merged canvases exactly.
+//!
 //! `MRDINO_REFINE_FIXTURES=<dir>` reuses fixtures the script wrote to `<dir>` earlier instead of regenerating.
 
 use std::collections::HashMap;
@@ -405,4 +410,50 @@ fn merge_matches_the_reference_modules_on_random_canvases() {
     eprintln!("MergeWindows: {cases} reference canvases identical, {merges} merges among them");
     assert_eq!(cases, 40);
     assert!(merges >= 20, "{merges} merges");
+}
+
+/// `stages/model/tests/data/losses_reference.safetensors` holds what the reference's own `wbce` and
+/// `NLLloss_batch` (`ocl/losses.py`) returned on random tensors (made once by
+/// `tools/reference/losses_reference_fixture.py`); the defaults (no fix flag) must agree to 1e-6.
+#[test]
+fn losses_match_the_reference_modules() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/losses_reference.safetensors");
+    let fx: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect();
+    let alpha = get(&fx, "stage1.alpha").detach().set_requires_grad(true);
+    let result = stage1_loss(&alpha, get(&fx, "stage1.masks")).expect("stage 1");
+    result.loss.backward();
+    let loss_diff = max_abs_diff(&result.loss.reshape([1]), get(&fx, "stage1.loss"));
+    let grad_diff = max_abs_diff(&alpha.grad(), get(&fx, "stage1.grad_alpha"));
+    eprintln!("reference wbce: |Δloss| = {loss_diff:.3e}, max |Δgrad| = {grad_diff:.3e}");
+    assert!(loss_diff <= TOLERANCE && grad_diff <= TOLERANCE);
+
+    let (slots, alpha, masks) = (
+        get(&fx, "stage2.features"),
+        get(&fx, "stage2.alpha"),
+        get(&fx, "stage2.masks"),
+    );
+    for background_weight in [0.4, 0.2] {
+        let weights = get(&fx, "stage2.weights").detach().set_requires_grad(true);
+        let weighted_alpha = alpha * weights.unsqueeze(-1).unsqueeze(-1);
+        let foreground = weighted_alpha.sum_dim_intlist([1].as_slice(), true, Kind::Float);
+        let inputs = Stage2Inputs {
+            slots,
+            alpha,
+            weighted_alpha: &weighted_alpha,
+            foreground: &foreground,
+            masks,
+        };
+        let result = stage2_loss(&inputs, &Stage2Options::reference(background_weight)).expect("stage 2");
+        result.loss.backward();
+        let name = format!("stage2.{background_weight}");
+        let loss_diff = max_abs_diff(&result.loss.reshape([1]), get(&fx, &format!("{name}.loss")));
+        let grad_diff = max_abs_diff(&weights.grad(), get(&fx, &format!("{name}.grad_weights")));
+        eprintln!(
+            "reference NLLloss_batch α = {background_weight}: |Δloss| = {loss_diff:.3e}, max |Δgrad| = {grad_diff:.3e}"
+        );
+        assert!(loss_diff <= TOLERANCE && grad_diff <= TOLERANCE, "{name}");
+    }
 }
