@@ -26,7 +26,9 @@
 //!   background pixel, and its term2 is 0 (the reference computes 0/0 = NaN); an unmatched slot with no matched
 //!   slot to compare with (no mask anywhere in its comparison set; the reference fails on an empty `amax`) is
 //!   droppable.
-//! * **Inference** ([`deactivated_masks`]): w > 0.5 binarised, masks = [1 − Σ w·α, w_1·α_1, …, w_K·α_K].
+//! * **Stage-2 masks**: in training ([`weighted_masks`]) the soft w gives w·α, fg = Σ w·α and
+//!   [1 − fg, w·α…]; at inference ([`deactivated_masks`]) w > 0.5 is binarised, masks = [1 − Σ w·α, w_1·α_1,
+//!   …, w_K·α_K].
 
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -294,6 +296,37 @@ pub fn deactivated_masks(alpha: &Tensor, weights: &Tensor) -> Result<Tensor, Ref
     Ok(Tensor::cat(&[background, changed], 1))
 }
 
+/// The soft (training-mode) outputs of the slot-deactivation head, at whatever resolution `alpha` has.
+#[derive(Debug)]
+pub struct WeightedMasks {
+    /// w·α (B, K, …).
+    pub weighted_alpha: Tensor,
+    /// Σ_k w_k α_k (B, 1, …).
+    pub foreground: Tensor,
+    /// [1 − Σ_k w_k α_k, w_1 α_1, …, w_K α_K] (B, K + 1, …).
+    pub masks: Tensor,
+}
+
+/// Training-mode outputs of stage 2 (spec §5) from `alpha` (B, K, …) and soft weights (B, K). The reference
+/// computes them on patches and upsamples each of them to pixels separately; callers reproduce that by
+/// upsampling these tensors, not by recomputing them from upsampled alphas.
+pub fn weighted_masks(alpha: &Tensor, weights: &Tensor) -> Result<WeightedMasks, RefineError> {
+    let a = alpha.size();
+    if a.len() < 2 || weights.size() != a[..2] {
+        return Err(shape_error("weights", format!("({:?})", &a[..a.len().min(2)]), weights));
+    }
+    let mut view = a[..2].to_vec();
+    view.extend(std::iter::repeat_n(1, a.len() - 2));
+    let weighted_alpha = alpha * weights.reshape(view);
+    let foreground = weighted_alpha.sum_dim_intlist([1].as_slice(), true, alpha.kind());
+    let masks = Tensor::cat(&[-&foreground + 1.0, weighted_alpha.shallow_clone()], 1);
+    Ok(WeightedMasks {
+        weighted_alpha,
+        foreground,
+        masks,
+    })
+}
+
 /// The two reference quirks of the stage-2 loss, each with its fix, and its weights.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stage2Options {
@@ -504,6 +537,22 @@ mod tests {
             "{values:?}"
         );
         assert!(deactivated_masks(&alpha, &tensor(&[0.7], &[1, 1])).is_err());
+    }
+
+    #[test]
+    fn training_masks_keep_the_soft_weights() {
+        let alpha = tensor(&[0.6, 0.2, 0.5, 0.4, 0.8, 0.5], &[1, 2, 3]);
+        let weights = tensor(&[0.7, 0.5], &[1, 2]);
+        let out = weighted_masks(&alpha, &weights).expect("masks");
+        let fg = [0.6 * 0.7 + 0.4 * 0.5, 0.2 * 0.7 + 0.8 * 0.5, 0.5 * 0.7 + 0.5 * 0.5];
+        let values = Vec::<f32>::try_from(out.masks.flatten(0, -1)).expect("values");
+        let expected = [1.0 - fg[0], 1.0 - fg[1], 1.0 - fg[2], 0.42, 0.14, 0.35, 0.2, 0.4, 0.25];
+        assert!(
+            values.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{values:?}"
+        );
+        assert_eq!(out.foreground.size(), vec![1, 1, 3]);
+        assert!(weighted_masks(&alpha, &tensor(&[0.7], &[1, 1])).is_err());
     }
 
     #[test]
