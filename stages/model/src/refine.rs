@@ -246,6 +246,7 @@ pub fn stage1_loss(alpha: &Tensor, masks: &Tensor) -> Result<RefineLoss, RefineE
 /// (U(±1/√fan_in)) and biases at zero, as the reference's stage 2 starts.
 #[derive(Debug)]
 pub struct SlotDeactivation {
+    slot_dim: i64,
     layers: [nn::Linear; 4],
 }
 
@@ -262,6 +263,7 @@ impl SlotDeactivation {
             nn::linear(path / name, fan_in, fan_out, config)
         };
         Self {
+            slot_dim,
             layers: [
                 layer("0", slot_dim, hidden),
                 layer("2", hidden, hidden),
@@ -272,11 +274,15 @@ impl SlotDeactivation {
     }
 
     /// Deactivation weights w ∈ (0, 1) of slots (B, K, D), shape (B, K).
-    pub fn weights(&self, slots: &Tensor) -> Tensor {
+    pub fn weights(&self, slots: &Tensor) -> Result<Tensor, RefineError> {
+        let size = slots.size();
+        if size.len() != 3 || size[2] != self.slot_dim {
+            return Err(shape_error("slots", format!("(B, K, {})", self.slot_dim), slots));
+        }
         let mut x = self.layers[0].forward(slots).relu();
         x = self.layers[1].forward(&x).relu();
         x = self.layers[2].forward(&x).relu();
-        self.layers[3].forward(&x).sigmoid().squeeze_dim(-1)
+        Ok(self.layers[3].forward(&x).sigmoid().squeeze_dim(-1))
     }
 }
 

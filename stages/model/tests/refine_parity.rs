@@ -327,7 +327,10 @@ fn slot_deactivation_mlp_matches_pytorch() {
             var.copy_(get(&fx, &name));
         }
     });
-    let weights = tch::no_grad(|| mlp.weights(get(&fx, "mlp.slots")));
+    let weights = tch::no_grad(|| mlp.weights(get(&fx, "mlp.slots"))).expect("weights");
+    assert!(mlp
+        .weights(&Tensor::zeros([2, 5, 7], (Kind::Float, tch::Device::Cpu)))
+        .is_err());
     let diff = max_abs_diff(&weights, get(&fx, "mlp.weights"));
     eprintln!("slot-deactivation MLP: max |Δw| = {diff:.3e}");
     assert!(diff <= TOLERANCE);
