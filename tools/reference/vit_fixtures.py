@@ -36,7 +36,7 @@ script converts each and requires the converted tensors to be bit-identical. Mod
 `<model>.<mode>.<H>x<W>.{patches,cls,registers}` (patches after the final LayerNorm, CLS and registers
 dropped), `<model>.<mode>.<H>x<W>.layer0` (block 0, normed), position embeddings
 `<model>.pos.<mode>.<h0>x<w0>` and `dinov2_reg.attn_logits.<H>x<W>`. The script also checks that the
-converter refuses a missing key and a wrong shape, naming the key and both shapes.
+converter refuses a missing key, an unknown key and a wrong shape, naming the key and the shapes.
 """
 
 import contextlib
@@ -173,8 +173,12 @@ def check_refusals(out: Path, good: Path) -> None:
     torch.save(broken, out / "broken_shape.pth")
     missing = {k: v for k, v in state.items() if k != "blocks.0.attn.proj.bias"}
     torch.save(missing, out / "broken_missing.pth")
+    extra = dict(state)
+    extra["blocks.0.attn.rel_pos"] = torch.zeros(3, 5)
+    torch.save(extra, out / "broken_extra.pth")
     for path, needles in ((out / "broken_shape.pth", ["blocks.1.mlp.fc1.weight", "[100, 64]", "[256, 64]"]),
-                          (out / "broken_missing.pth", ["blocks.0.attn.proj.bias", "[64]"])):
+                          (out / "broken_missing.pth", ["blocks.0.attn.proj.bias", "[64]"]),
+                          (out / "broken_extra.pth", ["unknown key: blocks.0.attn.rel_pos", "[3, 5]"])):
         stderr = StringIO()
         with contextlib.redirect_stderr(stderr):
             status = convert_vit.main([str(path), str(out / "x.safetensors"), "--name",

@@ -9,7 +9,8 @@
 //! Peak memory: the process's VmHWM from /proc/self/status after the forwards, with the high-water mark reset
 //! (`/proc/self/clear_refs` ← 5) once the model is loaded, so the column is weights + activations of the
 //! forward, not the transient copies of loading; `load peak` is the high-water mark while loading (file bytes
-//! plus tensors). Each row is printed as it finishes.
+//! plus tensors). The baseline printed first is the resident size of the process with libtorch loaded and no
+//! model (the shared libraries account for most of it). Each row is printed as it finishes.
 
 use std::time::Instant;
 
@@ -50,7 +51,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rows.push((Device::Cuda(0), Precision::F32));
         rows.push((Device::Cuda(0), Precision::F16));
     }
-    println!("ViT forward at {SIDE_PX}×{SIDE_PX}, batch 1, {runs} timed runs, {threads} CPU threads");
+    let _ = Tensor::zeros([1], (Kind::Float, Device::Cpu)).sum(Kind::Float);
+    println!(
+        "ViT forward at {SIDE_PX}×{SIDE_PX}, batch 1, {runs} timed runs, {threads} CPU threads; baseline RSS {} MiB",
+        mib(status_kib("VmRSS:"))
+    );
     println!("| model | device | precision | s / image | images / s | peak RSS forward (MiB) | load peak (MiB) |");
     println!("|---|---|---|---|---|---|---|");
     for name in ["dinov2-vits14", "dinov2-vitb14"] {

@@ -287,6 +287,12 @@ fn clip_matches_transformers_and_openai_layout() {
 }
 
 #[test]
+fn vit_can_move_to_a_worker_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Vit>();
+}
+
+#[test]
 fn real_vitb14_widths() {
     let vit = load("vitb14", None);
     assert_eq!(
