@@ -17,13 +17,15 @@ script converts each and requires the converted tensors to be bit-identical. Mod
   applied whenever npatch ≠ 37² or H ≠ W);
 - `dinov2_reg`: Dinov2WithRegistersModel, 4 registers (HF = hub `_reg`: antialiased, size-based), also
   re-run with the hub `_reg` rule re-stated; saves the last block's CLS→patch attention logits;
-- `dino`: ViTModel with the DINOv1 settings (qkv_bias, LayerNorm eps 1e-6, patch 16, 224 px),
+- `dino`: ViTModel with the DINOv1 settings (qkv_bias, LayerNorm eps 1e-6, patch 16, 224 px; saved with
+  `save_pretrained` and as its transformers-5 state dict),
   `interpolate_pos_encoding=True`, and with DINOv1's hub resize re-stated (offset 0.1, scale factor); also
   written as a DINOv1 training checkpoint (`teacher` → `module.backbone.*` plus a `head.*` DINO head);
 - `mae`: ViTMAEModel with mask_ratio 0 and `noise = arange(P)`, so `random_masking` keeps every patch in
   grid order and the encoder is the MAE encoder without masking (ViTModel would need the same weights and
   is the same network; ViTMAEModel is the class MAE checkpoints load into). Saved as the official MAE `.pth`
-  (`{"model": state}`) and with `save_pretrained` (model_type vit_mae);
+  (`{"model": state}`, with a decoder entry and MAE's decoder mask_token to drop), with `save_pretrained`
+  (model_type vit_mae) and as its transformers-5 state dict;
 - `clip`: CLIPVisionModel (no conv bias, pre_layrnorm, QuickGELU, LN eps 1e-5) plus an output projection;
   weights rounded to float16 first so that the OpenAI layout (a TorchScript `.pt` with fp16 tensors and the
   text tower) and the HF CLIPModel layout (`vision_model.*`, `visual_projection.weight` = proj^T, text keys)
@@ -279,6 +281,8 @@ def main(out: Path) -> None:
     (out / "dino_hf").mkdir(exist_ok=True)
     model.save_pretrained(out / "dino_hf")
     hf = convert(out / "dino_hf" / "model.safetensors", out / "dino.safetensors")
+    torch.save(model.state_dict(), out / "dino_hf" / "pytorch_model.bin")
+    require_same("dino 4.x vs 5.x names", hf, convert(out / "dino_hf" / "pytorch_model.bin", out / "dino_v5.safetensors"))
     heads = {"module.head.mlp.0.weight": torch.randn(32, 64), "module.head.last_layer.weight_g": torch.ones(1, 8)}
     ckpt = {"teacher": {"module.backbone." + k: v for k, v in hf.items()} | heads, "student": {}, "epoch": 3}
     torch.save(ckpt, out / "dino_checkpoint.pth")
@@ -302,6 +306,8 @@ def main(out: Path) -> None:
     (out / "mae_hf").mkdir(exist_ok=True)
     model.save_pretrained(out / "mae_hf")
     hf = convert(out / "mae_hf" / "model.safetensors", out / "mae.safetensors")
+    torch.save(model.state_dict(), out / "mae_hf" / "pytorch_model.bin")
+    require_same("MAE 4.x vs 5.x names", hf, convert(out / "mae_hf" / "pytorch_model.bin", out / "mae_v5.safetensors"))
     official = {k: v for k, v in hf.items()}
     official["decoder_embed.weight"] = torch.randn(32, 64)
     official["mask_token"] = torch.randn(1, 1, 32)
