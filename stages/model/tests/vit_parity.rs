@@ -286,6 +286,44 @@ fn clip_matches_transformers_and_openai_layout() {
     assert!(matches!(vit.features(&x, None), Err(VitError::NoResize { .. })));
 }
 
+/// CUDA runs the same comparison when libtorch sees a device: float32 to the CPU tolerance, f16 autocast and
+/// bf16 weights to 5e-2 (features have max |x| ≈ 5). On a machine without CUDA only the CPU refusal is checked.
+#[test]
+fn reduced_precision_needs_cuda_and_matches_on_it() {
+    use mrdino_model::device::Precision;
+    let path = fixtures().join("dinov2.safetensors");
+    let err = Vit::load_with_precision(&path, None, Device::Cpu, Precision::F16)
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.unwrap_or_default().contains("needs a CUDA device"));
+    if !tch::Cuda::is_available() {
+        return;
+    }
+    let io = Io::get();
+    let want = io.tensor("dinov2.hub-offset.378x378.patches");
+    for (precision, tolerance) in [
+        (Precision::F32, TOLERANCE),
+        (Precision::F16, 5e-2),
+        (Precision::Bf16, 5e-2),
+    ] {
+        let vit = Vit::load_with_precision(&path, None, Device::Cuda(0), precision).unwrap_or_else(|e| panic!("{e}"));
+        let x = vit
+            .normalize(io.tensor("dinov2.images.378x378"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = vit
+            .features(&x, None)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_device(Device::Cpu);
+        let err = max_abs(&got, want, precision.as_str());
+        eprintln!("cuda {}: max |Δ| {err:.2e}", precision.as_str());
+        assert!(
+            err <= tolerance,
+            "cuda {}: max |Δ| {err:.3e} > {tolerance:e}",
+            precision.as_str()
+        );
+    }
+}
+
 #[test]
 fn vit_can_move_to_a_worker_thread() {
     fn assert_send<T: Send>() {}
