@@ -36,7 +36,8 @@ script converts each and requires the converted tensors to be bit-identical. Mod
 
 `io.safetensors` holds per model `<model>.images.<H>x<W>` ([0,1] RGB, B×3×H×W) and the references
 `<model>.<mode>.<H>x<W>.{patches,cls,registers}` (patches after the final LayerNorm, CLS and registers
-dropped), `<model>.<mode>.<H>x<W>.layer0` (block 0, normed), position embeddings
+dropped), `<model>.<mode>.<H>x<W>.layer0` (block 0, normed), `….prenorm` (last block, no final norm),
+position embeddings
 `<model>.pos.<mode>.<h0>x<w0>` and `dinov2_reg.attn_logits.<H>x<W>`. The script also checks that the
 converter refuses a missing key, an unknown key and a wrong shape, naming the key and the shapes.
 """
@@ -143,7 +144,8 @@ def normalise(x, mean, std):
 
 
 def features(model, pixel_values, final_norm, skip, **kwargs):
-    """(patches of the last block, CLS, registers, patches of block 0), all after `final_norm`."""
+    """(patches of the last block, CLS, registers, patches of block 0) after `final_norm`, and the last block's
+    patches without it."""
     with torch.no_grad():
         out = model(pixel_values=pixel_values, output_hidden_states=True, **kwargs)
         hidden = out.hidden_states
@@ -156,11 +158,12 @@ def features(model, pixel_values, final_norm, skip, **kwargs):
         if not torch.allclose(last, want, atol=1e-6):
             raise SystemExit(f"{type(model).__name__}: hidden_states[-1] is not the last block's output")
         first = final_norm(hidden[1])
-    return last[:, skip:], last[:, 0], last[:, 1:skip], first[:, skip:]
+    return last[:, skip:], last[:, 0], last[:, 1:skip], first[:, skip:], hidden[-1][:, skip:]
 
 
 def record(io, prefix, refs):
-    patches, cls, registers, layer0 = refs
+    patches, cls, registers, layer0, prenorm = refs
+    io[f"{prefix}.prenorm"] = prenorm.contiguous()
     io[f"{prefix}.patches"] = patches.contiguous()
     io[f"{prefix}.cls"] = cls.contiguous()
     io[f"{prefix}.registers"] = registers.contiguous()

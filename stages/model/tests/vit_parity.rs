@@ -113,7 +113,7 @@ fn check(vit: &Vit, model: &str, mode: &str, sizes: &[(i64, i64)]) -> f64 {
         let key = format!("{model}.{mode}.{h}x{w}");
         let p = vit.patch_size();
         assert_eq!(tokens.grid, (h / p, w / p), "{key}: grid");
-        let errs = [
+        let mut errs = vec![
             max_abs(&tokens.patches, io.tensor(&format!("{key}.patches")), &key),
             max_abs(&tokens.cls, io.tensor(&format!("{key}.cls")), &key),
             max_abs(&tokens.registers, io.tensor(&format!("{key}.registers")), &key),
@@ -123,6 +123,12 @@ fn check(vit: &Vit, model: &str, mode: &str, sizes: &[(i64, i64)]) -> f64 {
                 &key,
             ),
         ];
+        let raw = ForwardOptions {
+            norm: false,
+            ..ForwardOptions::default()
+        };
+        let prenorm = vit.forward(&x, raw).unwrap_or_else(|e| panic!("{e}")).patches;
+        errs.push(max_abs(&prenorm, io.tensor(&format!("{key}.prenorm")), &key));
         let features = vit.features(&x, None).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             features.equal(&tokens.patches),
@@ -130,10 +136,11 @@ fn check(vit: &Vit, model: &str, mode: &str, sizes: &[(i64, i64)]) -> f64 {
         );
         let scale = io.tensor(&format!("{key}.patches")).abs().max().double_value(&[]);
         eprintln!(
-            "{key}: max |Δ| patches {:.2e} cls {:.2e} registers {:.2e} layer0 {:.2e} (max |ref| {scale:.2})",
-            errs[0], errs[1], errs[2], errs[3]
+            "{key}: max |Δ| patches {:.2e} cls {:.2e} registers {:.2e} layer0 {:.2e} prenorm {:.2e} (max |ref| \
+             {scale:.2})",
+            errs[0], errs[1], errs[2], errs[3], errs[4]
         );
-        for (err, what) in errs.iter().zip(["patches", "cls", "registers", "layer0"]) {
+        for (err, what) in errs.iter().zip(["patches", "cls", "registers", "layer0", "prenorm"]) {
             assert!(*err <= TOLERANCE, "{key}.{what}: max |Δ| {err:.3e} > {TOLERANCE:e}");
         }
         worst = worst.max(errs.iter().cloned().fold(0.0, f64::max));
