@@ -20,6 +20,7 @@ Accepted inputs (layout detected from the key names):
   `intermediate.dense`, ...) and the transformers-5 in-memory names (`attention.q_proj`, `layers.i`,
   `mlp.fc1`, ...) are read; separate q, k, v are concatenated on dim 0. A `config.json` beside the file is
   read for `model_type` and `num_attention_heads`;
+- an mrdino ViT safetensors file (re-written with its stored configuration unless `--name` is given);
 - OpenAI CLIP `.pt` (`ViT-B-16.pt`, a TorchScript archive with fp16 weights; a pickled state dict works
   too): the `visual.*` keys, cast to float32, the text tower dropped. `visual.proj` is stored (in, out) like
   OpenAI; HF's `visual_projection.weight` is its transpose.
@@ -42,6 +43,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -180,7 +182,7 @@ OPTIONAL = {"mask_token", "proj"}
 def read_input(path: Path, allow_pickle: bool):
     """State dict (name → tensor) of `path` plus a hint about the wrapper it came in."""
     if path.suffix == ".safetensors":
-        return load_file(str(path)), None
+        return load_file(str(path)), "safetensors"
     if zipfile.is_zipfile(path):
         try:  # a TorchScript archive (OpenAI CLIP)
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), "torchscript"
@@ -394,7 +396,7 @@ def rename_hub(state: dict, wrapper):
 # Architecture
 
 
-def infer_config(state: dict, family: str, heads, interp) -> dict:
+def infer_config(state: dict, family: str, heads) -> dict:
     def shape(key):
         if key not in state:
             raise ConversionError(f"missing key: {key}")
@@ -415,11 +417,9 @@ def infer_config(state: dict, family: str, heads, interp) -> dict:
     heads = heads or max(1, dim // 64)
     for name, (fam, *arch) in PRESETS.items():
         if fam == family and arch == [depth, dim, heads, patch, registers, pos_grid, proj] and mlp == 4 * dim:
-            if interp is None or interp == default_interp(family, registers):
-                return make_config(name, *PRESETS[name])
-    spec = custom_name(family, depth, dim, heads, patch, registers, pos_grid, None if mlp == 4 * dim else mlp, proj,
-                       interp if interp != default_interp(family, registers) else None)
-    return config_by_name(spec)
+            return make_config(name, *PRESETS[name])
+    return config_by_name(custom_name(family, depth, dim, heads, patch, registers, pos_grid,
+                                      None if mlp == 4 * dim else mlp, proj, None))
 
 
 def check_keys(state: dict, config: dict) -> None:
@@ -441,6 +441,11 @@ def convert(src: Path, dst: Path, family=None, name=None, pos_interp=None, part=
     """Converts `src` to `dst`; returns the configuration written."""
     obj, hint = read_input(src, allow_pickle)
     state, wrapper = unwrap(obj, part) if hint is None else (obj, hint)
+    stored = None
+    if hint == "safetensors":  # an mrdino file: its own configuration is the default
+        with safe_open(str(src), "pt") as f:
+            text = (f.metadata() or {}).get("mrdino.vit_config")
+        stored = json.loads(text) if text else None
     state = strip_prefixes({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     layout = detect_layout(state.keys())
     meta = hf_config(src) if layout.startswith("hf") else {}
@@ -466,25 +471,32 @@ def convert(src: Path, dst: Path, family=None, name=None, pos_interp=None, part=
             detected = "mae"
         else:
             detected = "dino"
-    if name is not None:
+    if name is None and stored is not None and family in (None, stored["family"]):
+        config = stored
+    elif name is not None:
         config = config_by_name(name)
         if family is not None and family != config["family"]:
             raise ConversionError(f"--family {family} contradicts --name {name} (family {config['family']})")
-        if pos_interp is not None:
-            config["pos_interp"] = pos_interp
     else:
         family = family or detected
         if family is None:
             raise ConversionError("cannot tell the family from the keys; pass --family or --name")
-        config = infer_config(canonical, family, meta.get("num_attention_heads"), pos_interp)
+        config = infer_config(canonical, family, meta.get("num_attention_heads"))
+    if pos_interp is not None:  # the name keeps naming the architecture; the resize is its own field
+        config["pos_interp"] = pos_interp
     check_keys(canonical, config)
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in sorted(canonical.items())}
     digest = hashlib.sha256()
     with open(src, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    source_format = layout if layout != "hub" else {"dinov2": "hub-dinov2", "dino": "hub-dino"}.get(
-        config["family"], "mae")
+    if hint == "safetensors" and stored is not None:
+        with safe_open(str(src), "pt") as f:
+            source_format = (f.metadata() or {}).get("mrdino.source_format", "mrdino")
+    elif layout == "hub":
+        source_format = "mae" if config["family"] == "mae" else f"hub-{config['family']}"
+    else:
+        source_format = layout
     metadata = {
         "mrdino.vit_config": json.dumps(config),
         "mrdino.source_format": source_format,
