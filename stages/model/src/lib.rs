@@ -4,8 +4,16 @@
 //! A sibling of `mrdino-stages` under `stages/`: the pseudo-label stages and the model stages are split along
 //! the data flow (pixels → labels, then labels + features → slots), so each crate stays readable on its own.
 //! Like every stage, nothing here knows about files beyond explicit weight loaders, threads or the command line.
+//!
+//! - [`device`]: `--device auto|cpu|cuda:N` and the precision of a forward;
+//! - [`vit`]: one ViT for DINOv2 (± registers), DINOv1, CLIP's image tower and MAE, with the official
+//!   position-embedding resizes;
+//! - [`views`], [`windows`]: training views from pseudo-labels, inference windows, their join and merge;
+//! - [`matching`], [`refine`]: the Hungarian assignment and the stage-1 / stage-2 losses.
 
+pub mod device;
 pub mod matching;
 pub mod refine;
 pub mod views;
+pub mod vit;
 pub mod windows;
