@@ -5,6 +5,7 @@
 //! the data flow (pixels → labels, then labels + features → slots), so each crate stays readable on its own.
 //! Like every stage, nothing here knows about files beyond explicit weight loaders, threads or the command line.
 
+pub mod clip_tokenizer;
 pub mod resnet;
 pub mod similarity;
 pub mod variants;
