@@ -8,4 +8,5 @@
 pub mod clip_tokenizer;
 pub mod resnet;
 pub mod similarity;
+pub mod talk2dino;
 pub mod variants;
