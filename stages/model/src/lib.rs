@@ -4,9 +4,18 @@
 //! A sibling of `mrdino-stages` under `stages/`: the pseudo-label stages and the model stages are split along
 //! the data flow (pixels → labels, then labels + features → slots), so each crate stays readable on its own.
 //! Like every stage, nothing here knows about files beyond explicit weight loaders, threads or the command line.
+//!
+//! - [`device`]: `--device auto|cpu|cuda:N` and the precision of a forward;
+//! - [`vit`]: one ViT for DINOv2 (± registers), DINOv1, CLIP's image tower and MAE, with the official
+//!   position-embedding resizes;
+//! - [`resnet`]: SwaV's ResNet-50 (torchvision layout) for the robustness analysis;
+//! - [`clip_tokenizer`], [`talk2dino`]: CLIP's BPE tokenizer and Talk2DINO's ψ, class embeddings and masks;
+//! - [`similarity`], [`variants`]: the robustness analysis' statistics and image variants.
 
 pub mod clip_tokenizer;
+pub mod device;
 pub mod resnet;
 pub mod similarity;
 pub mod talk2dino;
 pub mod variants;
+pub mod vit;

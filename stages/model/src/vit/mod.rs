@@ -1,0 +1,652 @@
+//! One Vision Transformer for every frozen backbone of the model half: DINOv2 (with and without registers),
+//! DINOv1, the OpenAI CLIP image tower and the MAE encoder, selected by a [`VitConfig`] (presets by name, or a
+//! custom size of any family).
+//!
+//! Contract: [`Vit::features`] returns the tokens of one block (0-based, default the last) passed through the
+//! final LayerNorm with CLS and register tokens dropped, as (B, P, C) with P = (H/patch)·(W/patch) in row-major
+//! patch order — what hub DINOv2's `get_intermediate_layers(x, [layer], norm=True)` returns and what
+//! MR-DINOSAUR's feature extractor uses (ViT-B/14, layer 11). H and W must be multiples of the patch size.
+//! The forward runs without autograd (the backbone is frozen); weights never change after loading.
+//!
+//! Token pipeline (models.md §3.1, §4), each step switched by the configuration, never by the family name:
+//! 1. patch conv (stride = patch, bias unless CLIP), flattened to (B, h0·w0, D);
+//! 2. CLS prepended, the position embedding — resized to (h0, w0) by [`PosInterp`], CLS row untouched — added;
+//! 3. registers inserted between CLS and the patches, after the position add (they get no position);
+//! 4. `ln_pre` (CLIP);
+//! 5. pre-norm blocks: x += ls1 ⊙ proj(attn(norm1(x))), x += ls2 ⊙ fc2(act(fc1(norm2(x)))), with fused [q|k|v]
+//!    weights split by heads and `scaled_dot_product_attention` (scale head_dim^-½); LayerScale only in DINOv2;
+//!    GELU (erf) or QuickGELU (CLIP);
+//! 6. the final LayerNorm `norm` (CLIP's `ln_post`, applied here to every token; the official CLIP applies it to
+//!    the CLS token only, which [`VitTokens::cls`] reproduces, and [`Vit::project`] applies CLIP's `proj`).
+//!
+//! The position-embedding trap (models.md §3.3): hub DINOv2 without registers and DINOv1 resize with
+//! `scale_factor = (h0+0.1)/M` (sampling ratio M/(h0+0.1), not M/h0), which differs by about 1 % from the
+//! size-based resize transformers uses. The default of each preset is the official implementation's; the other
+//! modes are selectable for parity with transformers or a custom choice.
+//!
+//! Precision: CPU runs in float32. On CUDA, [`Precision::F16`] runs the forward under autocast and
+//! [`Precision::Bf16`] casts the weights (see [`crate::device`]); the position-embedding resize is always done
+//! in float32, as the references do, and outputs are returned as float32.
+//!
+//! ```no_run
+//! use mrdino_model::vit::{Vit, VitConfig};
+//! let config = VitConfig::by_name("dinov2-vitb14")?;
+//! let vit = Vit::load("dinov2_vitb14.safetensors".as_ref(), Some(config), tch::Device::Cpu)?;
+//! let images01 = tch::Tensor::rand([1, 3, 378, 378], (tch::Kind::Float, tch::Device::Cpu));
+//! let features = vit.features(&vit.normalize(&images01)?, None)?; // (1, 729, 768)
+//! # Ok::<(), mrdino_model::vit::VitError>(())
+//! ```
+
+pub mod config;
+pub mod weights;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tch::{nn, Device, Kind, Tensor};
+
+pub use config::{Activation, Family, PosInterp, VitConfig, VitSize};
+pub use weights::{CONFIG_METADATA_KEY, SOURCE_METADATA_KEY};
+
+use crate::device::{DeviceError, Precision};
+
+type TResult<T> = Result<T, tch::TchError>;
+
+/// Errors of loading or running a ViT; file errors name the path and the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum VitError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{path}: metadata `{key}`: {message}")]
+    Metadata {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error(
+        "{path}: the file has no `mrdino.vit_config` metadata, so the backbone must be named (one of {known}, or \
+         custom:…)",
+        known = VitConfig::names().join(", ")
+    )]
+    NoConfig { path: PathBuf },
+    #[error("{path}: the backbone was given as `{given}` but the file describes `{stored}`")]
+    ConfigMismatch {
+        path: PathBuf,
+        given: String,
+        stored: String,
+    },
+    #[error("unknown backbone `{name}` (expected one of {known}, or custom:family=…,depth=…,dim=…,heads=…,patch=…)")]
+    UnknownBackbone { name: String, known: String },
+    #[error("bad backbone spec `{spec}`: {message}")]
+    BadSpec { spec: String, message: String },
+    #[error("{path}: missing key `{key}` (expected shape {expected})")]
+    MissingKey {
+        path: PathBuf,
+        key: String,
+        expected: String,
+    },
+    #[error("{path}: unexpected key `{key}` with shape {found} for backbone `{config}`")]
+    UnexpectedKey {
+        path: PathBuf,
+        key: String,
+        found: String,
+        config: String,
+    },
+    #[error("{path}: key `{key}` has shape {found}, expected {expected}")]
+    ShapeMismatch {
+        path: PathBuf,
+        key: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{path}: key `{key}` has dtype {dtype}; expected a float type")]
+    Dtype { path: PathBuf, key: String, dtype: String },
+    #[error("input images: {0}")]
+    Input(String),
+    #[error("layer {layer} does not exist; `{name}` has blocks 0..{depth}")]
+    Layer { layer: usize, depth: i64, name: String },
+    #[error(
+        "position-embedding resize `none` needs the native grid {native}×{native}, got {h0}×{w0} patches; choose \
+         another resize (size, size-antialias, hub-offset)"
+    )]
+    NoResize { native: i64, h0: i64, w0: i64 },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// What one forward returns; every token tensor is float32 on the model's device.
+pub struct VitTokens {
+    /// (B, C) CLS token of the chosen block (after the final norm when the forward normalises).
+    pub cls: Tensor,
+    /// (B, R, C) register tokens (R = 0 without registers).
+    pub registers: Tensor,
+    /// (B, P, C) patch tokens in row-major grid order.
+    pub patches: Tensor,
+    /// Patch grid (h0, w0) = (H/patch, W/patch).
+    pub grid: (i64, i64),
+    /// (B, heads, P) pre-softmax CLS→patch attention logits of the chosen block, q_cls·k_p·head_dim^-½ with the
+    /// CLS and register keys excluded (what Talk2DINO recomputes from the last block's qkv), when requested.
+    pub cls_attention_logits: Option<Tensor>,
+}
+
+/// Choices of one forward.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardOptions {
+    /// Block whose output is returned, 0-based; `None` = the last.
+    pub layer: Option<usize>,
+    /// Apply the final LayerNorm (`get_intermediate_layers(norm=True)`); false gives the raw block output, as
+    /// the original DINOSAUR's timm hooks (`vit_block12`) read it.
+    pub norm: bool,
+    /// Also return [`VitTokens::cls_attention_logits`] of the chosen block.
+    pub cls_attention_logits: bool,
+}
+
+impl Default for ForwardOptions {
+    fn default() -> Self {
+        Self {
+            layer: None,
+            norm: true,
+            cls_attention_logits: false,
+        }
+    }
+}
+
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(path: &nn::Path, w: &mut Weights, bias: bool) -> Self {
+        Self {
+            weight: w.var(path, "weight"),
+            bias: bias.then(|| w.var(path, "bias")),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> TResult<Tensor> {
+        x.f_linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    dim: i64,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(path: &nn::Path, w: &mut Weights, config: &VitConfig) -> Self {
+        Self {
+            weight: w.var(path, "weight"),
+            bias: w.var(path, "bias"),
+            dim: config.embed_dim,
+            eps: config.ln_eps,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> TResult<Tensor> {
+        x.f_layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: i64,
+}
+
+/// q, k, v of one block, each (B, heads, N, head_dim).
+struct Qkv {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+}
+
+impl Attention {
+    fn qkv(&self, x: &Tensor) -> TResult<Qkv> {
+        let (b, n, d) = x.size3()?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .f_reshape([b, n, 3, self.heads, d / self.heads])?
+            .f_permute([2, 0, 3, 1, 4])?;
+        Ok(Qkv {
+            q: qkv.f_get(0)?,
+            k: qkv.f_get(1)?,
+            v: qkv.f_get(2)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, qkv: &Qkv) -> TResult<Tensor> {
+        let (b, n, d) = x.size3()?;
+        let out = Tensor::f_scaled_dot_product_attention(
+            &qkv.q,
+            &qkv.k,
+            &qkv.v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None::<f64>,
+            false,
+        )?;
+        self.proj.forward(&out.f_transpose(1, 2)?.f_reshape([b, n, d])?)
+    }
+}
+
+struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    ls1: Option<Tensor>,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    ls2: Option<Tensor>,
+    activation: Activation,
+}
+
+impl Block {
+    fn new(path: &nn::Path, w: &mut Weights, config: &VitConfig) -> Self {
+        let ls = |name: &str, w: &mut Weights| config.layer_scale.then(|| w.var(&(path / name), "gamma"));
+        let attn = path / "attn";
+        let mlp = path / "mlp";
+        Self {
+            norm1: LayerNorm::new(&(path / "norm1"), w, config),
+            attn: Attention {
+                qkv: Linear::new(&(&attn / "qkv"), w, true),
+                proj: Linear::new(&(&attn / "proj"), w, true),
+                heads: config.heads,
+            },
+            ls1: ls("ls1", w),
+            norm2: LayerNorm::new(&(path / "norm2"), w, config),
+            fc1: Linear::new(&(&mlp / "fc1"), w, true),
+            fc2: Linear::new(&(&mlp / "fc2"), w, true),
+            ls2: ls("ls2", w),
+            activation: config.activation,
+        }
+    }
+
+    /// One block; with `want_qkv` also returns this block's q/k/v.
+    fn forward(&self, x: &Tensor, want_qkv: bool) -> TResult<(Tensor, Option<Qkv>)> {
+        let qkv = self.attn.qkv(&self.norm1.forward(x)?)?;
+        let a = self.attn.forward(x, &qkv)?;
+        let a = match &self.ls1 {
+            Some(g) => a.f_mul(g)?,
+            None => a,
+        };
+        let x = x.f_add(&a)?;
+        let h = self.fc1.forward(&self.norm2.forward(&x)?)?;
+        let h = match self.activation {
+            Activation::Gelu => h.f_gelu("none")?,
+            Activation::QuickGelu => h.f_mul(&h.f_mul_scalar(1.702)?.f_sigmoid()?)?,
+        };
+        let m = self.fc2.forward(&h)?;
+        let m = match &self.ls2 {
+            Some(g) => m.f_mul(g)?,
+            None => m,
+        };
+        Ok((x.f_add(&m)?, want_qkv.then_some(qkv)))
+    }
+}
+
+/// Hands out the loaded tensors as variables of a `VarStore`, so every parameter lives at the `nn::Path` that
+/// names it in the file.
+struct Weights {
+    tensors: HashMap<String, Tensor>,
+    error: Option<tch::TchError>,
+}
+
+impl Weights {
+    fn var(&mut self, path: &nn::Path, name: &str) -> Tensor {
+        let key = match path.components().next() {
+            Some(_) => format!("{}.{name}", path.components().collect::<Vec<_>>().join(".")),
+            None => name.to_string(),
+        };
+        match self.tensors.remove(&key) {
+            Some(t) => match path.f_var_copy(name, &t) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                    path.zeros_no_train(name, &[1])
+                }
+            },
+            None => {
+                self.error
+                    .get_or_insert_with(|| tch::TchError::Kind(format!("weight `{key}` was not loaded")));
+                path.zeros_no_train(name, &[1])
+            }
+        }
+    }
+}
+
+/// A loaded, frozen ViT backbone.
+pub struct Vit {
+    config: VitConfig,
+    sha256: String,
+    source_format: String,
+    device: Device,
+    precision: Precision,
+    vs: nn::VarStore,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    register_tokens: Option<Tensor>,
+    patch_embed: (Tensor, Option<Tensor>),
+    ln_pre: Option<LayerNorm>,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    proj: Option<Tensor>,
+}
+
+impl Vit {
+    /// Loads `path` (canonical key names). `config` names the architecture; when `None`, the file's
+    /// `mrdino.vit_config` metadata must. Every key and shape is validated (see [`weights`]). Float32.
+    pub fn load(path: &Path, config: Option<VitConfig>, device: Device) -> Result<Self, VitError> {
+        Self::load_with_precision(path, config, device, Precision::F32)
+    }
+
+    /// [`Vit::load`] with a precision (reduced precision only on CUDA).
+    pub fn load_with_precision(
+        path: &Path,
+        config: Option<VitConfig>,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self, VitError> {
+        precision.check(device)?;
+        let loaded = weights::load(path, config, device, Kind::Float)?;
+        let config = loaded.config;
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let mut w = Weights {
+            tensors: loaded.tensors,
+            error: None,
+        };
+        let patch = &root / "patch_embed" / "proj";
+        let patch_embed = (
+            w.var(&patch, "weight"),
+            config.patch_bias.then(|| w.var(&patch, "bias")),
+        );
+        let cls_token = w.var(&root, "cls_token");
+        let pos_embed = w.var(&root, "pos_embed");
+        let register_tokens = (config.registers > 0).then(|| w.var(&root, "register_tokens"));
+        let ln_pre = config
+            .ln_pre
+            .then(|| LayerNorm::new(&(&root / "ln_pre"), &mut w, &config));
+        let blocks_path = &root / "blocks";
+        let blocks = (0..config.depth)
+            .map(|i| Block::new(&(&blocks_path / i), &mut w, &config))
+            .collect();
+        let norm = LayerNorm::new(&(&root / "norm"), &mut w, &config);
+        let proj = w.tensors.contains_key("proj").then(|| w.var(&root, "proj"));
+        if let Some(e) = w.error {
+            return Err(e.into());
+        }
+        let mut vs = vs;
+        vs.freeze();
+        if precision == Precision::Bf16 {
+            vs.bfloat16();
+        }
+        Ok(Self {
+            config,
+            sha256: loaded.sha256,
+            source_format: loaded.source_format,
+            device,
+            precision,
+            vs,
+            cls_token,
+            pos_embed,
+            register_tokens,
+            patch_embed,
+            ln_pre,
+            blocks,
+            norm,
+            proj,
+        })
+    }
+
+    pub fn config(&self) -> &VitConfig {
+        &self.config
+    }
+
+    /// Lower-case hex SHA-256 of the weights file.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The converter's `mrdino.source_format` (`hub`, `hf`, `openai`, …), `unknown` when absent.
+    pub fn source_format(&self) -> &str {
+        &self.source_format
+    }
+
+    pub fn patch_size(&self) -> i64 {
+        self.config.patch_size
+    }
+
+    pub fn embed_dim(&self) -> i64 {
+        self.config.embed_dim
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Selects another position-embedding resize for later forwards.
+    pub fn set_pos_interp(&mut self, pos_interp: PosInterp) {
+        self.config.pos_interp = pos_interp;
+    }
+
+    /// Every parameter name with its shape, sorted (the canonical key names).
+    pub fn parameter_names(&self) -> Vec<(String, Vec<i64>)> {
+        let mut names: Vec<(String, Vec<i64>)> = self.vs.variables().into_iter().map(|(k, t)| (k, t.size())).collect();
+        names.sort();
+        names
+    }
+
+    /// (B, 3, H, W) RGB in [0, 1] → the family's normalisation, (x − mean) / std per channel, on the model's
+    /// device in float32.
+    pub fn normalize(&self, images01: &Tensor) -> Result<Tensor, VitError> {
+        check_images(images01)?;
+        let opts = (Kind::Float, self.device);
+        let mean = Tensor::f_from_slice(&self.config.mean)?
+            .f_to_kind(Kind::Float)?
+            .f_view([1, 3, 1, 1])?;
+        let std = Tensor::f_from_slice(&self.config.std)?
+            .f_to_kind(Kind::Float)?
+            .f_view([1, 3, 1, 1])?;
+        let x = images01.f_to_device(opts.1)?.f_to_kind(opts.0)?;
+        Ok(x.f_sub(&mean.f_to_device(opts.1)?)?.f_div(&std.f_to_device(opts.1)?)?)
+    }
+
+    /// Patch tokens of block `layer` (0-based, default the last) after the final norm, CLS and registers
+    /// dropped: (B, P, C) float32. `images` are normalised (see [`Vit::normalize`]), (B, 3, H, W) with H and W
+    /// multiples of the patch size.
+    pub fn features(&self, images: &Tensor, layer: Option<usize>) -> Result<Tensor, VitError> {
+        Ok(self.forward_tokens(images, layer)?.patches)
+    }
+
+    /// All tokens of block `layer` after the final norm.
+    pub fn forward_tokens(&self, images: &Tensor, layer: Option<usize>) -> Result<VitTokens, VitError> {
+        self.forward(
+            images,
+            ForwardOptions {
+                layer,
+                ..ForwardOptions::default()
+            },
+        )
+    }
+
+    /// The forward with every choice explicit.
+    pub fn forward(&self, images: &Tensor, options: ForwardOptions) -> Result<VitTokens, VitError> {
+        check_images(images)?;
+        let (_, _, h, w) = images.size4()?;
+        let patch = self.config.patch_size;
+        if h % patch != 0 || w % patch != 0 {
+            return Err(VitError::Input(format!(
+                "{h}×{w} px is not a multiple of the patch size {patch}"
+            )));
+        }
+        let last = self.blocks.len().saturating_sub(1);
+        let layer = options.layer.unwrap_or(last);
+        if layer > last || self.blocks.is_empty() {
+            return Err(VitError::Layer {
+                layer,
+                depth: self.config.depth,
+                name: self.config.name.clone(),
+            });
+        }
+        let grid = (h / patch, w / patch);
+        let pos = self.resized_pos_embed(grid)?;
+        let run = || -> Result<VitTokens, VitError> {
+            let _guard = tch::no_grad_guard();
+            let x = images
+                .f_to_device(self.device)?
+                .f_to_kind(self.precision.weight_kind())?;
+            self.tokens(&x, &pos, grid, layer, options)
+        };
+        match self.precision {
+            Precision::F16 => tch::autocast(true, run),
+            Precision::F32 | Precision::Bf16 => run(),
+        }
+    }
+
+    /// CLIP's output projection of a (B, C) normed CLS token → (B, proj_dim); `None` when the file has no `proj`.
+    pub fn project(&self, cls: &Tensor) -> Result<Option<Tensor>, VitError> {
+        match &self.proj {
+            Some(p) => Ok(Some(
+                cls.f_to_device(self.device)?
+                    .f_to_kind(p.kind())?
+                    .f_matmul(p)?
+                    .f_to_kind(Kind::Float)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The position embedding for a (h0, w0) grid, (1, 1 + h0·w0, C), in the weights' kind.
+    pub fn resized_pos_embed(&self, grid: (i64, i64)) -> Result<Tensor, VitError> {
+        let _guard = tch::no_grad_guard();
+        let pe = self.pos_embed.f_to_kind(Kind::Float)?;
+        let out = interpolate_pos_embed(&pe, grid, self.config.pos_grid, self.config.pos_interp)?;
+        Ok(out.f_to_kind(self.pos_embed.kind())?)
+    }
+
+    fn tokens(
+        &self,
+        images: &Tensor,
+        pos: &Tensor,
+        grid: (i64, i64),
+        layer: usize,
+        options: ForwardOptions,
+    ) -> Result<VitTokens, VitError> {
+        let (weight, bias) = &self.patch_embed;
+        let p = self.config.patch_size;
+        let x = images.f_conv2d(weight, bias.as_ref(), [p, p], [0, 0], [1, 1], 1)?;
+        let b = x.size()[0];
+        let x = x.f_flatten(2, 3)?.f_transpose(1, 2)?;
+        let cls = self.cls_token.f_expand([b, -1, -1], false)?;
+        let mut x = Tensor::f_cat(&[cls, x], 1)?.f_add(pos)?;
+        let r = self.config.registers;
+        if let Some(reg) = &self.register_tokens {
+            let reg = reg.f_expand([b, -1, -1], false)?;
+            x = Tensor::f_cat(&[x.f_narrow(1, 0, 1)?, reg, x.f_narrow(1, 1, grid.0 * grid.1)?], 1)?;
+        }
+        if let Some(ln) = &self.ln_pre {
+            x = ln.forward(&x)?;
+        }
+        let mut qkv = None;
+        for (i, block) in self.blocks[..=layer].iter().enumerate() {
+            let want = options.cls_attention_logits && i == layer;
+            let (next, q) = block.forward(&x, want)?;
+            x = next;
+            if q.is_some() {
+                qkv = q;
+            }
+        }
+        if options.norm {
+            x = self.norm.forward(&x)?;
+        }
+        let n = grid.0 * grid.1;
+        let float = |t: Tensor| t.f_to_kind(Kind::Float);
+        let cls_attention_logits = match qkv {
+            Some(Qkv { q, k, .. }) => {
+                let scale = (self.config.head_dim() as f64).powf(-0.5);
+                let logits = q
+                    .f_narrow(2, 0, 1)?
+                    .f_matmul(&k.f_narrow(2, 1 + r, n)?.f_transpose(-1, -2)?)?
+                    .f_mul_scalar(scale)?
+                    .f_squeeze_dim(2)?;
+                Some(float(logits)?)
+            }
+            None => None,
+        };
+        Ok(VitTokens {
+            cls: float(x.f_select(1, 0)?)?,
+            registers: float(x.f_narrow(1, 1, r)?)?,
+            patches: float(x.f_narrow(1, 1 + r, n)?)?,
+            grid,
+            cls_attention_logits,
+        })
+    }
+}
+
+fn check_images(images: &Tensor) -> Result<(), VitError> {
+    match images.size().as_slice() {
+        [_, 3, h, w] if *h > 0 && *w > 0 => {}
+        other => return Err(VitError::Input(format!("expected (B, 3, H, W), got shape {other:?}"))),
+    }
+    if !images.is_floating_point() {
+        return Err(VitError::Input(format!(
+            "expected a float tensor, got {:?}",
+            images.kind()
+        )));
+    }
+    Ok(())
+}
+
+/// Resizes a (1, 1 + M², C) float32 position embedding to a (h0, w0) grid with `mode`; the CLS row is kept.
+/// Like every reference, returns the embedding unchanged when h0 = w0 and h0·w0 = M².
+pub fn interpolate_pos_embed(
+    pos_embed: &Tensor,
+    grid: (i64, i64),
+    pos_grid: i64,
+    mode: PosInterp,
+) -> Result<Tensor, VitError> {
+    let (h0, w0) = grid;
+    let m = pos_grid;
+    if h0 == w0 && h0 * w0 == m * m {
+        return Ok(pos_embed.shallow_clone());
+    }
+    let c = pos_embed.size()[2];
+    let cls = pos_embed.f_narrow(1, 0, 1)?;
+    let patches = pos_embed
+        .f_narrow(1, 1, m * m)?
+        .f_reshape([1, m, m, c])?
+        .f_permute([0, 3, 1, 2])?;
+    let resized = match mode {
+        PosInterp::HubOffset => {
+            let scale_h = (h0 as f64 + 0.1) / m as f64;
+            let scale_w = (w0 as f64 + 0.1) / m as f64;
+            patches.f_upsample_bicubic2d([h0, w0], false, Some(scale_h), Some(scale_w))?
+        }
+        PosInterp::Size => patches.f_upsample_bicubic2d([h0, w0], false, None::<f64>, None::<f64>)?,
+        PosInterp::SizeAntialias => {
+            patches.f_internal_upsample_bicubic2d_aa([h0, w0], false, None::<f64>, None::<f64>)?
+        }
+        PosInterp::None => return Err(VitError::NoResize { native: m, h0, w0 }),
+    };
+    let resized = resized.f_permute([0, 2, 3, 1])?.f_reshape([1, h0 * w0, c])?;
+    Ok(Tensor::f_cat(&[cls, resized], 1)?)
+}
+
+/// Writes random weights of `config` to `path` with the configuration in the metadata (benches, tests).
+pub fn write_random_weights(path: &Path, config: &VitConfig, seed: i64) -> Result<(), VitError> {
+    weights::save(path, config, &weights::random_tensors(config, seed))
+}
