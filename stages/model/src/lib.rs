@@ -9,9 +9,11 @@
 //! - [`vit`]: one ViT for DINOv2 (± registers), DINOv1, CLIP's image tower and MAE, with the official
 //!   position-embedding resizes;
 //! - [`resnet`]: SwaV's ResNet-50 (torchvision layout) for the robustness analysis;
-//! - [`clip_tokenizer`], [`talk2dino`]: CLIP's BPE tokenizer and Talk2DINO's ψ, class embeddings and masks;
+//! - [`clip_tokenizer`], [`clip_text`], [`talk2dino`]: CLIP's BPE tokenizer and text tower, Talk2DINO's ψ, class
+//!   embeddings and masks;
 //! - [`similarity`], [`variants`]: the robustness analysis' statistics and image variants.
 
+pub mod clip_text;
 pub mod clip_tokenizer;
 pub mod device;
 pub mod resnet;
