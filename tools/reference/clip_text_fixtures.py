@@ -7,17 +7,18 @@ Models: `tiny` (width 64, 2 layers, 2 heads, MLP 256, output 512) and `base2` (V
 at the first 49407, which is OpenAI's argmax rule. Each is saved with `save_pretrained` and converted with
 tools/convert_clip_text.py. The tiny one's weights are also written in OpenAI's layout (in_proj = cat(q, k, v),
 text_projection transposed, plus `visual.*`, `logit_scale` and the integer entries the real archive has) as a
-TorchScript archive and as a plain state dict, both converted too; and loaded strictly into open_clip's
+TorchScript archive, as a plain state dict and as an fp16 TorchScript archive (as OpenAI ships it), all converted; and loaded strictly into open_clip's
 TextTransformer with QuickGELU (OpenAI's architecture, additive −inf causal mask) for a second reference.
 
 The class-embedding chain: 3 classes × the 7 Talk2DINO templates, tokenised, encoded by `tiny`, averaged over
 the templates, ψ (Linear 512→48, tanh, Linear 48→48, random) and L2-normalised.
 
 Usage: clip_text_fixtures.py OUT_DIR
-Writes OUT_DIR/{tiny,tiny_openai_ts,tiny_openai_plain,base2,psi}.safetensors and OUT_DIR/io.safetensors.
+Writes OUT_DIR/{tiny,tiny_openai_ts,tiny_openai_plain,tiny_openai_fp16,base2,psi}.safetensors and OUT_DIR/io.safetensors.
 """
+import contextlib
+import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -88,15 +89,20 @@ def torchscript_archive(state, path):
     torch.jit.script(root).save(str(path))
 
 
+sys.path.insert(0, str(TOOL.parent))
+import convert_clip_text  # noqa: E402 - the tool under test, run in-process (one torch import, not five)
+
+
 def convert(src, dst, *args):
-    subprocess.run([sys.executable, str(TOOL), str(src), str(dst), *args], check=True, stdout=subprocess.DEVNULL)
+    """tools/convert_clip_text.py's command line, in this interpreter."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = convert_clip_text.main([str(src), str(dst), *args])
+    if status != 0:
+        raise SystemExit(f"convert_clip_text.py {src} {dst} {' '.join(args)} failed")
 
 
 def refusals(out, openai, hf):
     """The converter's messages for state dicts with an unknown or a missing key, in both layouts."""
-    sys.path.insert(0, str(TOOL.parent))
-    import convert_clip_text  # noqa: E402 - the tool under test
-
     cases = {
         "openai_unknown": openai | {"transformer.resblocks.1.attn.extra": torch.zeros(3)},
         "openai_missing": {k: v for k, v in openai.items() if k != "ln_final.bias"},
@@ -124,7 +130,7 @@ def main():
     ids = tokenize(TEXTS, context_length=77)
     lengths = [int((row != 0).sum()) for row in ids]
     assert lengths == [3, 10, 77], lengths
-    io = {"ids": ids}
+    fixtures = {"ids": ids}
     models = {}
     for name, (width, mlp, layers, heads) in SIZES.items():
         config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=mlp, projection_dim=512,
@@ -135,7 +141,7 @@ def main():
         rerandomise(model, g)
         models[name] = model
         with torch.no_grad():
-            io[f"{name}.text_embeds"] = model(input_ids=ids).text_embeds.contiguous()
+            fixtures[f"{name}.text_embeds"] = model(input_ids=ids).text_embeds.contiguous()
         hf_dir = out / f"hf_{name}"
         model.save_pretrained(str(hf_dir))
         convert(hf_dir / "model.safetensors", out / f"{name}.safetensors")
@@ -149,7 +155,7 @@ def main():
                            act_layer=QuickGELU, norm_layer=LayerNorm).eval()
     text.load_state_dict(openai, strict=True)
     with torch.no_grad():
-        io["tiny.open_clip"] = text(ids).contiguous()
+        fixtures["tiny.open_clip"] = text(ids).contiguous()
     full = dict(openai)
     full |= {"visual.conv1.weight": torch.randn(8, 3, 4, 4, generator=g), "visual.proj": torch.randn(8, 4, generator=g),
              "logit_scale": torch.tensor(4.6052), "input_resolution": torch.tensor(224),
@@ -159,6 +165,10 @@ def main():
     # OpenAI files do not record the heads (every OpenAI tower has width/64); the tiny one needs --heads.
     convert(out / "openai_tiny.pt", out / "tiny_openai_ts.safetensors", "--heads", "2")
     convert(out / "openai_tiny_plain.pt", out / "tiny_openai_plain.safetensors", "--heads", "2")
+    # The real archive holds fp16 weights: the converter must widen them to float32 unchanged.
+    torchscript_archive({k: v.half() if v.is_floating_point() else v for k, v in full.items()},
+                        out / "openai_tiny_fp16.pt")
+    convert(out / "openai_tiny_fp16.pt", out / "tiny_openai_fp16.safetensors", "--heads", "2")
     refusals(out, full, {k: v.contiguous() for k, v in sd.items()})
 
     # Class embeddings: templates → tokenizer → text tower → mean over templates → ψ → normalise.
@@ -176,9 +186,9 @@ def main():
         mapped = F.linear(torch.tanh(F.linear(mean, psi["linear_layer.weight"], psi["linear_layer.bias"])),
                           psi["hidden_layers.0.weight"], psi["hidden_layers.0.bias"])
         classes = F.normalize(mapped, dim=-1)
-    io |= {"chain.ids": chain_ids, "chain.per_template": per_template.contiguous(), "chain.mean": mean,
+    fixtures |= {"chain.ids": chain_ids, "chain.per_template": per_template.contiguous(), "chain.mean": mean,
            "chain.classes": classes.contiguous()}
-    save_file(io, str(out / "io.safetensors"),
+    save_file(fixtures, str(out / "io.safetensors"),
               metadata={"texts": json.dumps(TEXTS), "classes": json.dumps(CLASSES), "templates": json.dumps(TEMPLATES)})
 
 

@@ -5,7 +5,8 @@
 //! `tools/reference/clip_text_fixtures.py` (run with `MRDINO_PYTHON`, default `$HOME/.cache/mrdino/venv/bin/python`)
 //! builds a tiny (width 64, 2 layers, 2 heads) and a real-width (512 / MLP 2048 / 8 heads, 2 layers) text
 //! tower with every parameter re-randomised, converts them with `tools/convert_clip_text.py` from transformers'
-//! layout (and the tiny one also from OpenAI's, as a TorchScript archive and a plain state dict), and records
+//! layout (and the tiny one also from OpenAI's, as a TorchScript archive, a plain state dict and an fp16 archive), and
+//! records
 //! `text_embeds` for open_clip token ids of lengths 3, 10 and 77 (truncated), the class embeddings of 3 classes ×
 //! 7 templates through a random ψ, and the converter's messages for unknown and missing keys.
 //!
@@ -148,6 +149,33 @@ fn openai_layouts_convert_to_the_same_tensors() {
         assert_eq!(model.config(), load("tiny").config());
         check(&model, "tiny.text_embeds");
     }
+}
+
+#[test]
+fn fp16_openai_archive_widens_to_the_same_values() {
+    let read = |name: &str| -> Vec<(String, Tensor)> {
+        let path = fixtures().join(format!("{name}.safetensors"));
+        let mut t = Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (half, full) = (read("tiny_openai_fp16"), read("tiny"));
+    assert_eq!(half.len(), full.len());
+    for ((key, a), (other, b)) in half.iter().zip(&full) {
+        assert_eq!(key, other);
+        assert_eq!(a.kind(), tch::Kind::Float, "{key}: stored as {:?}", a.kind());
+        let rounded = b.to_kind(tch::Kind::Half).to_kind(tch::Kind::Float);
+        assert!(a.equal(&rounded), "{key}: not the fp16 value widened");
+    }
+    let model = load("tiny_openai_fp16");
+    let io = io();
+    let err = max_abs(
+        &model.encode(&io["ids"]).unwrap_or_else(|e| panic!("{e}")),
+        &io["tiny.text_embeds"],
+        "fp16",
+    );
+    eprintln!("fp16 weights: max |Δ| {err:.2e} from the float32 reference");
+    assert!(err < 0.05, "fp16-rounded weights moved the embedding by {err}");
 }
 
 #[test]
