@@ -21,10 +21,11 @@ Accepted inputs (layout detected from the key names):
 Canonical names written: `token_embedding.weight` (V, W), `positional_embedding` (C, W),
 `blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}.{weight, bias}`, `norm.{weight, bias}`
 (`ln_final`), `text_projection` (W, E) stored (in, out) as OpenAI stores it. The architecture is read off the
-shapes (heads from `--heads`, `config.json`, or width/64 as in every OpenAI model) and named `clip-vitb16-text`
-when it is ViT-B/16's, else `custom:width=…,layers=…,heads=…,mlp=…,embed=…,context=…,vocab=…`; an unknown or
-missing key stops the conversion with the key named. The output holds contiguous float32 tensors and string
-metadata `mrdino.clip_text_config` (the JSON the Rust loader reads), `mrdino.source_format` (`openai` or `hf`),
+shapes (heads from `--heads`, `config.json`, or width/64 as in every OpenAI model; an OpenAI file does not
+record them) and named `clip-vitb16-text` when it is ViT-B/16's, else
+`custom:width=…,layers=…,heads=…,mlp=…,embed=…,context=…,vocab=…`; an unknown or missing key stops the
+conversion with the key named. The output holds contiguous float32 tensors and string metadata
+`mrdino.clip_text_config` (the JSON the Rust loader reads), `mrdino.source_format` (`openai` or `hf`),
 `mrdino.source` and `mrdino.source_sha256`.
 """
 

@@ -7,14 +7,16 @@ Models: `tiny` (width 64, 2 layers, 2 heads, MLP 256, output 512) and `base2` (V
 at the first 49407, which is OpenAI's argmax rule. Each is saved with `save_pretrained` and converted with
 tools/convert_clip_text.py. The tiny one's weights are also written in OpenAI's layout (in_proj = cat(q, k, v),
 text_projection transposed, plus `visual.*`, `logit_scale` and the integer entries the real archive has) as a
-TorchScript archive, as a plain state dict and as an fp16 TorchScript archive (as OpenAI ships it), all converted; and loaded strictly into open_clip's
-TextTransformer with QuickGELU (OpenAI's architecture, additive −inf causal mask) for a second reference.
+TorchScript archive, as a plain state dict and as an fp16 TorchScript archive (as OpenAI ships it), all
+converted; and loaded strictly into open_clip's TextTransformer with QuickGELU (OpenAI's architecture,
+additive −inf causal mask) for a second reference.
 
 The class-embedding chain: 3 classes × the 7 Talk2DINO templates, tokenised, encoded by `tiny`, averaged over
 the templates, ψ (Linear 512→48, tanh, Linear 48→48, random) and L2-normalised.
 
 Usage: clip_text_fixtures.py OUT_DIR
-Writes OUT_DIR/{tiny,tiny_openai_ts,tiny_openai_plain,tiny_openai_fp16,base2,psi}.safetensors and OUT_DIR/io.safetensors.
+Writes OUT_DIR/{tiny,tiny_openai_ts,tiny_openai_plain,tiny_openai_fp16,base2,psi}.safetensors,
+OUT_DIR/io.safetensors and OUT_DIR/refusals.json.
 """
 import contextlib
 import io

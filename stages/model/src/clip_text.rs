@@ -162,7 +162,8 @@ impl ClipTextConfig {
             get("vocab", 49408),
         );
         let canonical =
-            format!("custom:width={width},layers={layers},heads={heads},mlp={mlp},embed={embed},context={context},vocab={vocab}");
+            format!("custom:width={width},layers={layers},heads={heads},mlp={mlp},embed={embed},context={context},")
+                + &format!("vocab={vocab}");
         Ok(Self::custom_parts(
             &canonical, width, layers, heads, mlp, embed, context, vocab,
         ))
