@@ -1,6 +1,7 @@
 //! What the pipeline writes: Parquet tables with COCO RLE masks, atomic files, done markers and manifests,
 //! overlay images, flow colour images and the HTML report.
 
+pub mod analysis_report;
 pub mod atomic;
 pub mod flowviz;
 pub mod layout;

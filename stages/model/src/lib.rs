@@ -9,11 +9,21 @@
 //! - [`vit`]: one ViT for DINOv2 (± registers), DINOv1, CLIP's image tower and MAE, with the official
 //!   position-embedding resizes;
 //! - [`views`], [`windows`]: training views from pseudo-labels, inference windows, their join and merge;
-//! - [`matching`], [`refine`]: the Hungarian assignment and the stage-1 / stage-2 losses.
+//! - [`matching`], [`refine`]: the Hungarian assignment and the stage-1 / stage-2 losses;
+//! - [`clip_tokenizer`], [`clip_text`], [`talk2dino`]: CLIP's BPE tokenizer and text tower, Talk2DINO's ψ,
+//!   class embeddings and masks;
+//! - [`resnet`], [`similarity`], [`variants`]: SwaV's ResNet-50, the robustness analysis' statistics and image
+//!   variants.
 
+pub mod clip_text;
+pub mod clip_tokenizer;
 pub mod device;
 pub mod matching;
 pub mod refine;
+pub mod resnet;
+pub mod similarity;
+pub mod talk2dino;
+pub mod variants;
 pub mod views;
 pub mod vit;
 pub mod windows;

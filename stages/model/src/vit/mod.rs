@@ -155,7 +155,7 @@ impl Default for ForwardOptions {
     }
 }
 
-struct Linear {
+pub(crate) struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
 }
@@ -168,12 +168,12 @@ impl Linear {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> TResult<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> TResult<Tensor> {
         x.f_linear(&self.weight, self.bias.as_ref())
     }
 }
 
-struct LayerNorm {
+pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     dim: i64,
@@ -181,16 +181,16 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn new(path: &nn::Path, w: &mut Weights, config: &VitConfig) -> Self {
+    pub(crate) fn new(path: &nn::Path, w: &mut Weights, dim: i64, eps: f64) -> Self {
         Self {
             weight: w.var(path, "weight"),
             bias: w.var(path, "bias"),
-            dim: config.embed_dim,
-            eps: config.ln_eps,
+            dim,
+            eps,
         }
     }
 
-    fn forward(&self, x: &Tensor) -> TResult<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> TResult<Tensor> {
         x.f_layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
     }
 }
@@ -199,10 +199,11 @@ struct Attention {
     qkv: Linear,
     proj: Linear,
     heads: i64,
+    causal: bool,
 }
 
 /// q, k, v of one block, each (B, heads, N, head_dim).
-struct Qkv {
+pub(crate) struct Qkv {
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -231,7 +232,7 @@ impl Attention {
             &qkv.v,
             None::<Tensor>,
             0.0,
-            false,
+            self.causal,
             None::<f64>,
             false,
         )?;
@@ -239,7 +240,33 @@ impl Attention {
     }
 }
 
-struct Block {
+/// What a pre-norm block needs besides its weights; the ViT's blocks and the CLIP text tower's share it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockSpec {
+    pub(crate) dim: i64,
+    pub(crate) heads: i64,
+    pub(crate) ln_eps: f64,
+    pub(crate) activation: Activation,
+    pub(crate) layer_scale: bool,
+    /// Token i attends to tokens j ≤ i only (SDPA `is_causal`, which gives the same numbers as CLIP's additive
+    /// mask of −inf above the diagonal); false for every ViT.
+    pub(crate) causal: bool,
+}
+
+impl BlockSpec {
+    fn of(config: &VitConfig) -> Self {
+        Self {
+            dim: config.embed_dim,
+            heads: config.heads,
+            ln_eps: config.ln_eps,
+            activation: config.activation,
+            layer_scale: config.layer_scale,
+            causal: false,
+        }
+    }
+}
+
+pub(crate) struct Block {
     norm1: LayerNorm,
     attn: Attention,
     ls1: Option<Tensor>,
@@ -251,28 +278,29 @@ struct Block {
 }
 
 impl Block {
-    fn new(path: &nn::Path, w: &mut Weights, config: &VitConfig) -> Self {
-        let ls = |name: &str, w: &mut Weights| config.layer_scale.then(|| w.var(&(path / name), "gamma"));
+    pub(crate) fn new(path: &nn::Path, w: &mut Weights, spec: &BlockSpec) -> Self {
+        let ls = |name: &str, w: &mut Weights| spec.layer_scale.then(|| w.var(&(path / name), "gamma"));
         let attn = path / "attn";
         let mlp = path / "mlp";
         Self {
-            norm1: LayerNorm::new(&(path / "norm1"), w, config),
+            norm1: LayerNorm::new(&(path / "norm1"), w, spec.dim, spec.ln_eps),
             attn: Attention {
                 qkv: Linear::new(&(&attn / "qkv"), w, true),
                 proj: Linear::new(&(&attn / "proj"), w, true),
-                heads: config.heads,
+                heads: spec.heads,
+                causal: spec.causal,
             },
             ls1: ls("ls1", w),
-            norm2: LayerNorm::new(&(path / "norm2"), w, config),
+            norm2: LayerNorm::new(&(path / "norm2"), w, spec.dim, spec.ln_eps),
             fc1: Linear::new(&(&mlp / "fc1"), w, true),
             fc2: Linear::new(&(&mlp / "fc2"), w, true),
             ls2: ls("ls2", w),
-            activation: config.activation,
+            activation: spec.activation,
         }
     }
 
     /// One block; with `want_qkv` also returns this block's q/k/v.
-    fn forward(&self, x: &Tensor, want_qkv: bool) -> TResult<(Tensor, Option<Qkv>)> {
+    pub(crate) fn forward(&self, x: &Tensor, want_qkv: bool) -> TResult<(Tensor, Option<Qkv>)> {
         let qkv = self.attn.qkv(&self.norm1.forward(x)?)?;
         let a = self.attn.forward(x, &qkv)?;
         let a = match &self.ls1 {
@@ -296,13 +324,13 @@ impl Block {
 
 /// Hands out the loaded tensors as variables of a `VarStore`, so every parameter lives at the `nn::Path` that
 /// names it in the file.
-struct Weights {
-    tensors: HashMap<String, Tensor>,
-    error: Option<tch::TchError>,
+pub(crate) struct Weights {
+    pub(crate) tensors: HashMap<String, Tensor>,
+    pub(crate) error: Option<tch::TchError>,
 }
 
 impl Weights {
-    fn var(&mut self, path: &nn::Path, name: &str) -> Tensor {
+    pub(crate) fn var(&mut self, path: &nn::Path, name: &str) -> Tensor {
         let key = match path.components().next() {
             Some(_) => format!("{}.{name}", path.components().collect::<Vec<_>>().join(".")),
             None => name.to_string(),
@@ -375,12 +403,12 @@ impl Vit {
         let register_tokens = (config.registers > 0).then(|| w.var(&root, "register_tokens"));
         let ln_pre = config
             .ln_pre
-            .then(|| LayerNorm::new(&(&root / "ln_pre"), &mut w, &config));
+            .then(|| LayerNorm::new(&(&root / "ln_pre"), &mut w, config.embed_dim, config.ln_eps));
         let blocks_path = &root / "blocks";
         let blocks = (0..config.depth)
-            .map(|i| Block::new(&(&blocks_path / i), &mut w, &config))
+            .map(|i| Block::new(&(&blocks_path / i), &mut w, &BlockSpec::of(&config)))
             .collect();
-        let norm = LayerNorm::new(&(&root / "norm"), &mut w, &config);
+        let norm = LayerNorm::new(&(&root / "norm"), &mut w, config.embed_dim, config.ln_eps);
         let proj = w.tensors.contains_key("proj").then(|| w.var(&root, "proj"));
         if let Some(e) = w.error {
             return Err(e.into());

@@ -1,0 +1,365 @@
+//! Representation-similarity statistics for the backbone-robustness analysis: linear CKA (biased and debiased),
+//! SVCCA, PWCCA, k-NN neighbourhood purity and percentile bootstrap intervals.
+//!
+//! Every statistic takes representations as rows = examples (frames), columns = features, and works in float64
+//! (inputs of any float kind are converted), on whatever device the tensors live. Definitions:
+//!
+//! - **Linear CKA** (Kornblith et al. 2019, feature-space form): with column-centred X (n×p) and Y (n×q),
+//!   `CKA = ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)`. Equals 1 for X against itself and is invariant to orthogonal
+//!   transforms and isotropic scaling of either side.
+//! - **Debiased CKA**: the same ratio with each HSIC replaced by its unbiased estimator (Song et al. 2012) in the
+//!   feature-space form: `h(a, b) = ⟨a, b⟩ − n/(n−2)·(r_x·r_y) + s_x s_y/((n−1)(n−2))` with r the per-row squared
+//!   norms, s their sums; `dCKA = h(XY) / sqrt(h(XX) h(YY))`. Needs n ≥ 4.
+//! - **CCA**: each side is whitened by its thin SVD (directions with singular value ≤ `1e-10`·max dropped, so
+//!   rank-deficient inputs are handled), the canonical correlations are the singular values of `Q_xᵀ Q_y`
+//!   (clamped to [0, 1]), the canonical variates of X are `Q_x A`.
+//! - **SVCCA** (Raghu et al. 2017): each side reduced to its top singular directions that keep `keep_variance`
+//!   (default 0.99) of the variance (Σσ²), projected as `U_k Σ_k`, then CCA; the statistic is the mean canonical
+//!   correlation.
+//! - **PWCCA** (Morcos et al. 2018): CCA on the full representations; canonical correlations weighted by how much of
+//!   the side with fewer dimensions each canonical variate accounts for, `w_i = Σ_j |h_iᵀ x_j|` over that side's
+//!   centred feature columns x_j (h_i orthonormal); `PWCCA = Σ w_i ρ_i / Σ w_i`. (The published implementation
+//!   adds the means back before weighting; here the weights use centred activations, so a constant feature column
+//!   carries no weight.)
+//! - **k-NN purity**: pooled points, each labelled by its group (the variant); for every point the share of its k
+//!   nearest other points (Euclidean, ties by index) with the same label; reported per label and overall.
+//!
+//! The bootstrap resamples frames (rows) with replacement from a seeded splitmix64 stream and reports the 2.5 and
+//! 97.5 percentiles with linear interpolation between order statistics (NumPy's default), so intervals are
+//! reproducible from the seed.
+
+use tch::{Kind, Tensor};
+
+/// Errors of the statistics: shapes that do not describe the same examples, or too few examples.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SimilarityError {
+    #[error("representations must be 2-D (examples × features), got shapes {x:?} and {y:?}")]
+    NotMatrices { x: Vec<i64>, y: Vec<i64> },
+    #[error("representations describe different numbers of examples: {x} vs {y}")]
+    RowMismatch { x: i64, y: i64 },
+    #[error("{statistic} needs at least {needed} examples, got {got}")]
+    TooFewExamples {
+        statistic: &'static str,
+        needed: i64,
+        got: i64,
+    },
+    #[error("k-NN purity: {labels} labels for {points} points")]
+    LabelCount { labels: usize, points: i64 },
+    #[error("k-NN purity: k = {k} must be in 1..{points}")]
+    BadK { k: usize, points: i64 },
+}
+
+fn check_pair(x: &Tensor, y: &Tensor, statistic: &'static str, min_rows: i64) -> Result<(), SimilarityError> {
+    let (xs, ys) = (x.size(), y.size());
+    if xs.len() != 2 || ys.len() != 2 {
+        return Err(SimilarityError::NotMatrices { x: xs, y: ys });
+    }
+    if xs[0] != ys[0] {
+        return Err(SimilarityError::RowMismatch { x: xs[0], y: ys[0] });
+    }
+    if xs[0] < min_rows {
+        return Err(SimilarityError::TooFewExamples {
+            statistic,
+            needed: min_rows,
+            got: xs[0],
+        });
+    }
+    Ok(())
+}
+
+fn centred(x: &Tensor) -> Tensor {
+    let x = x.to_kind(Kind::Double);
+    &x - x.mean_dim(0, true, Kind::Double)
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.double_value(&[])
+}
+
+/// Linear CKA between X (n×p) and Y (n×q).
+pub fn linear_cka(x: &Tensor, y: &Tensor) -> Result<f64, SimilarityError> {
+    check_pair(x, y, "CKA", 2)?;
+    let (x, y) = (centred(x), centred(y));
+    let cross = scalar(&x.tr().matmul(&y).square().sum(Kind::Double));
+    let norm_x = scalar(&x.tr().matmul(&x).square().sum(Kind::Double)).sqrt();
+    let norm_y = scalar(&y.tr().matmul(&y).square().sum(Kind::Double)).sqrt();
+    Ok(cross / (norm_x * norm_y))
+}
+
+/// Debiased linear CKA between X (n×p) and Y (n×q), n ≥ 4.
+pub fn linear_cka_debiased(x: &Tensor, y: &Tensor) -> Result<f64, SimilarityError> {
+    check_pair(x, y, "debiased CKA", 4)?;
+    let (x, y) = (centred(x), centred(y));
+    let n = x.size()[0] as f64;
+    let rows_x = x.square().sum_dim_intlist(1, false, Kind::Double);
+    let rows_y = y.square().sum_dim_intlist(1, false, Kind::Double);
+    let (sum_x, sum_y) = (scalar(&rows_x.sum(Kind::Double)), scalar(&rows_y.sum(Kind::Double)));
+    let unbiased = |dot: f64, ra: &Tensor, rb: &Tensor, sa: f64, sb: f64| {
+        dot - n / (n - 2.0) * scalar(&ra.dot(rb)) + sa * sb / ((n - 1.0) * (n - 2.0))
+    };
+    let xy = unbiased(
+        scalar(&x.tr().matmul(&y).square().sum(Kind::Double)),
+        &rows_x,
+        &rows_y,
+        sum_x,
+        sum_y,
+    );
+    let xx = unbiased(
+        scalar(&x.tr().matmul(&x).square().sum(Kind::Double)),
+        &rows_x,
+        &rows_x,
+        sum_x,
+        sum_x,
+    );
+    let yy = unbiased(
+        scalar(&y.tr().matmul(&y).square().sum(Kind::Double)),
+        &rows_y,
+        &rows_y,
+        sum_y,
+        sum_y,
+    );
+    Ok(xy / (xx * yy).sqrt())
+}
+
+/// Orthonormal basis of the column space of a centred matrix, from its thin SVD (tiny directions dropped).
+fn whiten(x: &Tensor) -> Tensor {
+    let (u, s, _) = x.svd(true, true);
+    let s: Vec<f64> = Vec::<f64>::try_from(&s).unwrap_or_default();
+    let max = s.first().copied().unwrap_or(0.0);
+    let rank = s.iter().take_while(|&&v| v > 1e-10 * max && v > 0.0).count() as i64;
+    u.narrow(1, 0, rank.max(1))
+}
+
+/// Canonical correlations (descending) and X's canonical variates (n×m, orthonormal columns).
+pub struct Cca {
+    pub correlations: Vec<f64>,
+    pub variates_x: Tensor,
+    pub variates_y: Tensor,
+}
+
+/// CCA between centred X and Y (whitening by SVD).
+fn cca_centred(x: &Tensor, y: &Tensor) -> Cca {
+    let (qx, qy) = (whiten(x), whiten(y));
+    let (a, s, b) = qx.tr().matmul(&qy).svd(true, true);
+    let m = s.size()[0];
+    let correlations = Vec::<f64>::try_from(&s.clamp(0.0, 1.0)).unwrap_or_default();
+    Cca {
+        correlations,
+        variates_x: qx.matmul(&a.narrow(1, 0, m)),
+        variates_y: qy.matmul(&b.narrow(1, 0, m)),
+    }
+}
+
+/// Canonical correlation analysis between X (n×p) and Y (n×q).
+pub fn cca(x: &Tensor, y: &Tensor) -> Result<Cca, SimilarityError> {
+    check_pair(x, y, "CCA", 2)?;
+    Ok(cca_centred(&centred(x), &centred(y)))
+}
+
+/// Top singular directions of a centred matrix keeping `keep_variance` of Σσ², as `U_k Σ_k`.
+fn reduce(x: &Tensor, keep_variance: f64) -> Tensor {
+    let (u, s, _) = x.svd(true, true);
+    let var: Vec<f64> = Vec::<f64>::try_from(&s.square()).unwrap_or_default();
+    let total: f64 = var.iter().sum();
+    let mut acc = 0.0;
+    let mut k = 0;
+    for v in &var {
+        acc += v;
+        k += 1;
+        if acc >= keep_variance * total {
+            break;
+        }
+    }
+    let k = (k as i64).max(1);
+    u.narrow(1, 0, k) * s.narrow(0, 0, k).unsqueeze(0)
+}
+
+/// SVCCA: mean canonical correlation after reducing each side to the directions keeping `keep_variance`.
+pub fn svcca(x: &Tensor, y: &Tensor, keep_variance: f64) -> Result<f64, SimilarityError> {
+    check_pair(x, y, "SVCCA", 2)?;
+    let (x, y) = (reduce(&centred(x), keep_variance), reduce(&centred(y), keep_variance));
+    let rho = cca_centred(&x, &y).correlations;
+    Ok(rho.iter().sum::<f64>() / rho.len().max(1) as f64)
+}
+
+/// PWCCA: canonical correlations weighted by the share of the smaller side each canonical variate accounts for.
+pub fn pwcca(x: &Tensor, y: &Tensor) -> Result<f64, SimilarityError> {
+    check_pair(x, y, "PWCCA", 2)?;
+    let (xc, yc) = (centred(x), centred(y));
+    let result = cca_centred(&xc, &yc);
+    let (variates, acts) = if xc.size()[1] <= yc.size()[1] {
+        (&result.variates_x, &xc)
+    } else {
+        (&result.variates_y, &yc)
+    };
+    let weights = variates.tr().matmul(acts).abs().sum_dim_intlist(1, false, Kind::Double);
+    let weights = Vec::<f64>::try_from(&weights).unwrap_or_default();
+    let total: f64 = weights.iter().sum();
+    let weighted: f64 = weights.iter().zip(&result.correlations).map(|(w, r)| w * r).sum();
+    Ok(weighted / total)
+}
+
+/// k-NN purity of pooled points: per label (index = label) and overall.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Purity {
+    pub per_label: Vec<f64>,
+    pub overall: f64,
+}
+
+/// Share of each point's k nearest other points (Euclidean; ties by lower index) that carry its label.
+/// Distances are computed in row blocks so memory stays O(block × n).
+pub fn knn_purity(points: &Tensor, labels: &[usize], k: usize) -> Result<Purity, SimilarityError> {
+    let size = points.size();
+    if size.len() != 2 {
+        return Err(SimilarityError::NotMatrices {
+            x: size.clone(),
+            y: size,
+        });
+    }
+    let n = size[0];
+    if labels.len() as i64 != n {
+        return Err(SimilarityError::LabelCount {
+            labels: labels.len(),
+            points: n,
+        });
+    }
+    if k == 0 || k as i64 >= n {
+        return Err(SimilarityError::BadK { k, points: n });
+    }
+    let x = points.to_kind(Kind::Double);
+    let sq = x.square().sum_dim_intlist(1, false, Kind::Double);
+    let n_labels = labels.iter().max().map_or(0, |m| m + 1);
+    let mut sum = vec![0.0f64; n_labels];
+    let mut count = vec![0usize; n_labels];
+    const BLOCK: i64 = 512;
+    let mut start = 0;
+    while start < n {
+        let len = BLOCK.min(n - start);
+        let block = x.narrow(0, start, len);
+        let d = sq.narrow(0, start, len).unsqueeze(1) + sq.unsqueeze(0) - block.matmul(&x.tr()) * 2.0;
+        let d = d.clamp_min(0.0);
+        // Exclude the point itself.
+        let rows = Tensor::arange_start(start, start + len, (Kind::Int64, x.device()));
+        let d = d.index_put(
+            &[Some(Tensor::arange(len, (Kind::Int64, x.device()))), Some(rows)],
+            &Tensor::from(f64::INFINITY).to_device(x.device()),
+            false,
+        );
+        // Stable sort: equal distances keep index order.
+        let (_, order) = d.sort_stable(true, 1, false);
+        let nearest = Vec::<i64>::try_from(&order.narrow(1, 0, k as i64).flatten(0, -1)).unwrap_or_default();
+        for i in 0..len as usize {
+            let own = labels[start as usize + i];
+            let same = nearest[i * k..(i + 1) * k]
+                .iter()
+                .filter(|&&j| labels[j as usize] == own)
+                .count();
+            sum[own] += same as f64 / k as f64;
+            count[own] += 1;
+        }
+        start += len;
+    }
+    let per_label: Vec<f64> = sum
+        .iter()
+        .zip(&count)
+        .map(|(s, &c)| if c == 0 { f64::NAN } else { s / c as f64 })
+        .collect();
+    let overall = sum.iter().sum::<f64>() / n as f64;
+    Ok(Purity { per_label, overall })
+}
+
+/// A deterministic stream of u64 (splitmix64), for bootstrap resampling.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform index in 0..n (n > 0), by rejection so every index is equally likely.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let v = self.next_u64();
+            if v < zone {
+                return v % n;
+            }
+        }
+    }
+}
+
+/// Percentile (0..=100) with linear interpolation between order statistics, as `numpy.percentile`'s default.
+pub fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pos = q / 100.0 * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// A statistic with its percentile bootstrap interval.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Estimate {
+    pub value: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// Evaluates `statistic` on all `n` rows and on `resamples` bootstrap resamples of the rows (indices drawn with
+/// replacement from `seed`); the interval is the 2.5–97.5 percentile range of the resampled values.
+pub fn bootstrap<F>(n: usize, resamples: usize, seed: u64, statistic: F) -> Result<Estimate, SimilarityError>
+where
+    F: Fn(&Tensor) -> Result<f64, SimilarityError>,
+{
+    let all = Tensor::arange(n as i64, (Kind::Int64, tch::Device::Cpu));
+    let value = statistic(&all)?;
+    let mut rng = SplitMix64(seed);
+    let mut values = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        let idx: Vec<i64> = (0..n).map(|_| rng.below(n as u64) as i64).collect();
+        values.push(statistic(&Tensor::from_slice(&idx))?);
+    }
+    Ok(Estimate {
+        value,
+        ci_low: percentile(&values, 2.5),
+        ci_high: percentile(&values, 97.5),
+    })
+}
+
+/// The first two principal-component scores of the rows of X (n×p), from the SVD of the centred matrix; each
+/// component's sign is fixed so that its largest-magnitude loading is positive (deterministic across runs).
+pub fn pca_2d(x: &Tensor) -> Vec<(f64, f64)> {
+    let xc = centred(x);
+    let (u, s, v) = xc.svd(true, true);
+    let k = s.size()[0].min(2);
+    let mut columns: Vec<Vec<f64>> = Vec::new();
+    for c in 0..k {
+        let loading = v.select(1, c);
+        let pivot = loading.abs().argmax(None, false).int64_value(&[]);
+        let sign = if loading.double_value(&[pivot]) < 0.0 {
+            -1.0
+        } else {
+            1.0
+        };
+        let scores = u.select(1, c) * s.double_value(&[c]) * sign;
+        columns.push(Vec::<f64>::try_from(&scores).unwrap_or_default());
+    }
+    let n = xc.size()[0] as usize;
+    (0..n)
+        .map(|i| {
+            (
+                columns.first().map_or(0.0, |c| c[i]),
+                columns.get(1).map_or(0.0, |c| c[i]),
+            )
+        })
+        .collect()
+}
