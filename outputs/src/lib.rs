@@ -2,6 +2,7 @@
 //! overlay images, flow colour images and the HTML report.
 
 pub mod atomic;
+pub mod bookkeeping;
 pub mod flowviz;
 pub mod layout;
 pub mod overlay;
