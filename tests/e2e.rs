@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mrdino_outputs::tables::{read_frames, read_instances};
+use mrdino_outputs::tables::{read_frames, read_instances, ExcludedReason, InstanceOrigin};
 use mrdino_outputs::{FrameRow, InstanceRow};
 use mrdino_stages::flow::files::encode_npy;
 use mrdino_stages::flow::FlowField;
@@ -198,7 +198,7 @@ fn labels_from_imported_flow_follow_the_reference_rules() {
         .all(|(i, f)| f.frame_index as usize == i && f.frame_name == format!("{i:04}")));
     let reasons = |rows: &[&FrameRow]| {
         rows.iter()
-            .map(|f| f.excluded_reason.clone().unwrap_or_default())
+            .map(|f| f.excluded_reason.map(ExcludedReason::name).unwrap_or_default())
             .collect::<Vec<_>>()
     };
     assert_eq!(reasons(&a)[..3], ["camera_motion", "camera_motion", "camera_motion"]);
@@ -247,12 +247,12 @@ fn labels_from_imported_flow_follow_the_reference_rules() {
         (2, 300, [30.0, 20.0, 20.0, 15.0])
     );
     assert_eq!(f3[1].mean_flow_px, 4.0);
-    assert!(f3.iter().all(|i| i.origin == "component" && i.hdbscan_label.is_none()));
+    assert!(f3.iter().all(|i| i.origin == InstanceOrigin::Component && i.hdbscan_label.is_none()));
     // The touching pair has an interior flow step and goes through HDBSCAN.
     let f8: Vec<&InstanceRow> = instances.iter().filter(|i| i.frame_index == 8).collect();
     assert!(f8
         .iter()
-        .all(|i| i.origin == "hdbscan" && i.component_id == 1 && i.hdbscan_label.is_some()));
+        .all(|i| i.origin == InstanceOrigin::Hdbscan && i.component_id == 1 && i.hdbscan_label.is_some()));
     let labelled_instances: u32 = frames.iter().map(|f| f.num_instances).sum();
     assert_eq!(labelled_instances as usize, instances.len());
 
@@ -563,6 +563,22 @@ fn batch_fixture(root: &Path) {
     }
 }
 
+/// `count` sequences of `frames` frames with imported flow; each has a quasi-static run of boxes and some
+/// have a pan at a different place, so labelled and unlabelled frames mix.
+fn many_short_sequences(root: &Path, count: usize, frames: usize) {
+    use Scene::*;
+    for s in 0..count {
+        let scenes: Vec<Scene> = (0..frames - 1)
+            .map(|k| match (k + s) % 9 {
+                0 => Pan,
+                4 => Touching,
+                _ => TwoBoxes,
+            })
+            .collect();
+        write_sequence(root, &format!("s{s:02}"), &scenes);
+    }
+}
+
 fn sorted_tables(out: &Path) -> (Vec<FrameRow>, Vec<InstanceRow>) {
     let (mut f, mut i) = tables(out);
     f.sort_by(|a, b| (&a.sequence_id, a.frame_index).cmp(&(&b.sequence_id, b.frame_index)));
@@ -624,12 +640,12 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_rows() {
 fn sigterm_stops_cleanly_and_the_same_command_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    batch_fixture(&root);
+    // Many sequences, one thread: the run is far from finished when the first unit is done.
+    many_short_sequences(&root, 48, 12);
     let reference_out = dir.path().join("reference");
     run_ok(&mut labels_cmd(&root, &reference_out));
 
     let out = dir.path().join("out");
-    // Slow the run down with DIS-free imported flow but a single thread, and stop it early.
     let child = labels_cmd(&root, &out)
         .args(["--threads", "1"])
         .stdout(std::process::Stdio::piped())
@@ -637,22 +653,22 @@ fn sigterm_stops_cleanly_and_the_same_command_resumes() {
         .spawn()
         .unwrap();
     // Wait until the run is under way (the first unit is done), then ask it to stop.
+    let done_dir = |out: &Path| std::fs::read_dir(out.join("_done")).into_iter().flatten().flatten().next();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::read_dir(out.join("_done")).map_or(true, |mut d| d.next().is_none())
+    while done_dir(&out)
+        .is_none_or(|d| std::fs::read_dir(d.path()).map_or(true, |mut e| e.next().is_none()))
         && std::time::Instant::now() < deadline
     {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let result = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
-    if result.status.code() == Some(4) {
-        assert!(stderr.contains("run the same command again to resume"), "{stderr}");
-    } else {
-        // The run may already have finished on a fast machine; it must then have succeeded.
-        assert_eq!(result.status.code(), Some(0), "{stderr}");
-    }
+    assert_eq!(result.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("run the same command again to resume"), "{stderr}");
+    let done_after_stop = std::fs::read_dir(done_dir(&out).unwrap().path()).unwrap().count();
+    assert!((1..48).contains(&done_after_stop), "{done_after_stop} units done");
     run_ok(&mut labels_cmd(&root, &out));
     assert_eq!(sorted_tables(&out), sorted_tables(&reference_out));
 }
@@ -707,10 +723,34 @@ fn thread_count_does_not_change_rows() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     batch_fixture(&root);
-    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let (one, two, four) = (dir.path().join("one"), dir.path().join("two"), dir.path().join("four"));
     run_ok(labels_cmd(&root, &one).args(["--threads", "1"]));
     run_ok(labels_cmd(&root, &two).args(["--threads", "2"]));
+    run_ok(labels_cmd(&root, &four).args(["--threads", "4"]));
     assert_eq!(sorted_tables(&one), sorted_tables(&two));
+    assert_eq!(sorted_tables(&one), sorted_tables(&four));
+    // The manifest lists units in plan order whatever ran in parallel.
+    let units: Vec<String> = manifest_units(&four).iter().map(|u| u["unit"].as_str().unwrap().to_string()).collect();
+    assert_eq!(units, (0..8).map(|s| format!("seq_{s:02}")).collect::<Vec<_>>());
+
+    // DIS computes several pairs (and units) at once; the rows stay the same.
+    let frames = dir.path().join("boxes");
+    for clip in ["a", "b", "c"] {
+        write_moving_box_frames(&frames.join(clip), 7, 96, 128);
+    }
+    let dis = |out: &Path, threads: &str| {
+        let mut cmd = mrdino();
+        cmd.args(["labels", "--dataset", "frames", "--quiet", "--flow", "dis", "--threads", threads])
+            .arg("--root")
+            .arg(&frames)
+            .arg("--out")
+            .arg(out);
+        run_ok(&mut cmd);
+        sorted_tables(out)
+    };
+    let (dis_one, dis_two) = (dis(&dir.path().join("dis1"), "1"), dis(&dir.path().join("dis2"), "2"));
+    assert!(dis_one.1.len() >= 3, "{:?}", dis_one.1.len());
+    assert_eq!(dis_one, dis_two);
 }
 
 fn manifest_units(out: &Path) -> Vec<serde_json::Value> {
@@ -774,12 +814,12 @@ fn corrupt_frames_nan_flow_and_truncated_video_are_recorded_and_the_rest_complet
             .find(|f| f.sequence_id == seq && f.frame_index == i)
             .unwrap()
             .excluded_reason
-            .clone()
+            .map(ExcludedReason::name)
     };
     // With imported flow, frame 6 keeps its flow file; only the undecodable frame itself has no row data.
     assert_eq!(reason("seq_03", 6), None);
-    assert_eq!(reason("seq_03", 7).as_deref(), Some("unreadable"));
-    assert_eq!(reason("seq_05", 12).as_deref(), Some("unreadable"));
+    assert_eq!(reason("seq_03", 7), Some("unreadable"));
+    assert_eq!(reason("seq_05", 12), Some("unreadable"));
     assert_eq!(frames.len(), 8 * 23);
 
     // A truncated video beside a good one.
@@ -924,7 +964,7 @@ fn kitti_layout_resizes_to_the_reference_grid_and_excludes_benchmark_frames_on_b
         assert_eq!((f.orig_width, f.orig_height, f.width, f.height), (1242, 375, 1240, 376));
         assert!(f.sequence_id == format!("{drive}/image_02") || f.sequence_id == format!("{drive}/image_03"));
         if f.frame_name == "0000000264" {
-            assert_eq!(f.excluded_reason.as_deref(), Some("eval_overlap"), "{f:?}");
+            assert_eq!(f.excluded_reason, Some(ExcludedReason::EvalOverlap), "{f:?}");
         } else {
             assert!(f.labelled, "{f:?}");
         }
@@ -1125,4 +1165,314 @@ fn movi_kubric_scenes_use_their_own_flow_files() {
         text.contains("\"f1_50\": 1.0") || text.contains("\"f1_50\":1.0"),
         "{text}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Many tasks on one output directory, and bad input.
+
+#[test]
+fn sixteen_staggered_tasks_of_eight_shards_on_one_directory_equal_one_run_and_finalize() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    many_short_sequences(&root, 40, 8);
+    let single = dir.path().join("single");
+    run_ok(&mut labels_cmd(&root, &single));
+
+    // Every shard of 8 is started twice over, 25 ms apart, so tasks start while others write the same
+    // directories (and, for each shard, the same units).
+    let out = dir.path().join("shared");
+    let mut children = Vec::new();
+    for task in 0..16 {
+        let shard = format!("{}/8", task % 8);
+        let child = labels_cmd(&root, &out)
+            .args(["--shard", &shard, "--threads", "1"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push((shard, child));
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    for (shard, child) in children {
+        let result = child.wait_with_output().unwrap();
+        assert_eq!(
+            result.status.code(),
+            Some(0),
+            "shard {shard}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+    assert_eq!(sorted_tables(&out), sorted_tables(&single));
+    assert!(hidden_or_temp_files(&out).is_empty(), "{:?}", hidden_or_temp_files(&out));
+    let status = run_ok(mrdino().arg("status").arg("--out").arg(&out));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("all shards complete"));
+    let fin = run_ok(mrdino().arg("finalize").arg("--out").arg(&out));
+    let path = String::from_utf8_lossy(&fin.stdout)
+        .trim()
+        .trim_start_matches("finalized: ")
+        .to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(manifest["units"], 40);
+    assert_eq!(manifest["frames"], 40 * 7);
+    // One run manifest per task, none lost.
+    let manifests = std::fs::read_dir(out.join("_manifest")).unwrap().flatten().next().unwrap().path();
+    assert_eq!(std::fs::read_dir(manifests).unwrap().count(), 16);
+}
+
+#[test]
+fn a_unit_whose_outputs_cannot_be_written_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    many_short_sequences(&root, 3, 8);
+    let out = dir.path().join("out");
+    run_ok(labels_cmd(&root, &out).args(["--shard", "0/1"]));
+    // Make the middle unit's frames file impossible to write: a directory stands where it would go.
+    let frames_dir = std::fs::read_dir(out.join("frames")).unwrap().flatten().next().unwrap().path();
+    let target = std::fs::read_dir(&frames_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("s01-"))
+        .unwrap();
+    std::fs::remove_file(&target).unwrap();
+    std::fs::create_dir_all(target.join("blocker")).unwrap();
+    let result = labels_cmd(&root, &out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("s01") && stderr.contains("cannot write the unit's outputs"), "{stderr}");
+    let units = manifest_units(&out);
+    assert!(units.iter().any(|u| u["unit"] == "s01" && u["status"] == "failed"), "{units:?}");
+    assert_eq!(units.iter().filter(|u| u["status"] == "skipped").count(), 2, "{units:?}");
+    let status = mrdino().arg("status").arg("--out").arg(&out).output().unwrap();
+    assert_eq!(status.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("s01: cannot write"));
+}
+
+#[test]
+fn bad_numbers_are_usage_errors_naming_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    many_short_sequences(&root, 1, 3);
+    let out = dir.path().join("out");
+    for budget in ["nan", "-1", "inf", "-inf", "soon"] {
+        let result = labels_cmd(&root, &out).args(["--time-budget", budget]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{budget}: {stderr}");
+        assert!(stderr.contains(&format!("`{budget}`")) && !stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(!out.exists());
+    run_ok(&mut labels_cmd(&root, &out));
+    let status = mrdino().args(["status", "--num-shards", "0"]).arg("--out").arg(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("'0'") && stderr.contains("--num-shards") && !stderr.contains("panicked"), "{stderr}");
+    for shard in ["0/0", "3/2"] {
+        let result = labels_cmd(&root, &out).args(["--shard", shard]).output().unwrap();
+        assert_eq!(result.status.code(), Some(2), "{}", String::from_utf8_lossy(&result.stderr));
+    }
+}
+
+/// Rewrites a Parquet file with column `name` replaced by strings.
+fn replace_column_with_strings(path: &Path, name: &str) {
+    use arrow::array::{ArrayRef, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let (batches, _) = mrdino_outputs::tables::read_parquet(path).unwrap();
+    let batch = &batches[0];
+    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    let i = fields.iter().position(|f| f.name() == name).unwrap();
+    fields[i] = Field::new(name, DataType::Utf8, false);
+    columns[i] = std::sync::Arc::new(StringArray::from_iter_values((0..batch.num_rows()).map(|r| r.to_string())));
+    let odd = RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns).unwrap();
+    mrdino_outputs::tables::write_parquet(path, &odd, &[]).unwrap();
+}
+
+fn only_file_of(dir: &Path, prefix: &str) -> PathBuf {
+    let part = std::fs::read_dir(dir).unwrap().flatten().next().unwrap().path();
+    std::fs::read_dir(part)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap()
+}
+
+#[test]
+fn eval_and_report_on_tables_with_other_column_types_or_oversized_masks_fail_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    many_short_sequences(&root, 2, 8);
+    let out = dir.path().join("out");
+    run_ok(&mut labels_cmd(&root, &out));
+    let gt = dir.path().join("gt");
+    std::fs::create_dir_all(&gt).unwrap();
+    let eval = || {
+        mrdino()
+            .args(["eval", "--gt-format", "ids", "--labels"])
+            .arg(&out)
+            .arg("--gt")
+            .arg(&gt)
+            .output()
+            .unwrap()
+    };
+    let report = || {
+        mrdino()
+            .args(["report", "--samples", "4", "--labels"])
+            .arg(&out)
+            .arg("--out")
+            .arg(dir.path().join("report"))
+            .output()
+            .unwrap()
+    };
+
+    // Masks twice the frame's size: the overlay refuses them with both sizes.
+    let instances = only_file_of(&out.join("instances"), "s00-");
+    let mut rows = read_instances(&instances).unwrap();
+    assert!(!rows.is_empty());
+    for row in &mut rows {
+        let pixels = row.mask.to_pixels().unwrap();
+        row.mask = mrdino_outputs::CocoRle::from_pixels(&pixels, 2 * H as u32, 2 * W as u32);
+    }
+    let batch = mrdino_outputs::tables::instances_batch(&rows).unwrap();
+    let original = std::fs::read(&instances).unwrap();
+    mrdino_outputs::tables::write_parquet(&instances, &batch, &[]).unwrap();
+    let result = report();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is {}x{} but its frame is {W}x{H}", 2 * W, 2 * H)) && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    std::fs::write(&instances, original).unwrap();
+
+    // Columns of other types.
+    let frames = only_file_of(&out.join("frames"), "s01-");
+    replace_column_with_strings(&frames, "frame_index");
+    for result in [eval(), report()] {
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&frames.display().to_string())
+                && stderr.contains("column `frame_index` is Utf8")
+                && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+    replace_column_with_strings(&instances, "area_px");
+    let result = report();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.code() == Some(1) && stderr.contains("column `"), "{stderr}");
+}
+
+#[test]
+fn videos_with_the_same_id_are_refused_before_any_work_listing_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let videos = dir.path().join("videos");
+    std::fs::create_dir_all(videos.join("sub")).unwrap();
+    for name in ["a.avi", "a.mkv", "sub/b.mp4"] {
+        std::fs::write(videos.join(name), b"not decoded before the refusal").unwrap();
+    }
+    let out = dir.path().join("out");
+    for command in ["labels", "plan", "flow"] {
+        let result = mrdino()
+            .args([command, "--dataset", "video", "--quiet"])
+            .arg("--root")
+            .arg(&videos)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{command}: {stderr}");
+        for path in ["a.avi", "a.mkv"] {
+            assert!(stderr.contains(&videos.join(path).display().to_string()), "{command}: {stderr}");
+        }
+        assert!(!out.exists(), "{command} wrote outputs");
+    }
+}
+
+#[test]
+fn unreadable_sub_directories_are_reported_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    many_short_sequences(&root, 2, 4);
+    let frames = root.join("frames");
+    // A link that loops cannot be read by anyone (root included).
+    let looping = frames.join("zz_loop");
+    std::os::unix::fs::symlink(&looping, &looping).unwrap();
+    let out = dir.path().join("out");
+    let result = labels_cmd(&root, &out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&looping.display().to_string()) && stderr.contains("cannot read"), "{stderr}");
+    std::fs::remove_file(&looping).unwrap();
+
+    // A directory without read permission (meaningful only when not running as root).
+    let locked = frames.join("s01");
+    let mode = |m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    mode(0o000);
+    let readable_anyway = std::fs::read_dir(&locked).is_ok();
+    let result = labels_cmd(&root, &out).output().unwrap();
+    mode(0o755);
+    if !readable_anyway {
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&locked.display().to_string()), "{stderr}");
+    }
+}
+
+#[test]
+fn flow_export_refuses_a_directory_of_other_parameters_naming_both_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("frames");
+    write_moving_box_frames(&root.join("clip"), 4, 64, 96);
+    let flow_dir = dir.path().join("flow");
+    let export = |preset: &str| {
+        mrdino()
+            .args(["flow", "--dataset", "frames", "--quiet", "--flow", "dis", "--dis-preset", preset])
+            .arg("--root")
+            .arg(&root)
+            .arg("--out")
+            .arg(&flow_dir)
+            .output()
+            .unwrap()
+    };
+    let first = export("ultrafast");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let again = export("ultrafast");
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 flow files written, 3 already present"));
+    let other = export("medium");
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("flow.preset = \"ultrafast\" in the directory, \"medium\" in this run"),
+        "{stderr}"
+    );
+    let resized = mrdino()
+        .args(["flow", "--dataset", "frames", "--quiet", "--resize", "48x32"])
+        .arg("--root")
+        .arg(&root)
+        .arg("--out")
+        .arg(&flow_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&resized.stderr);
+    assert_eq!(resized.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("processing"), "{stderr}");
+    // A directory of flow files without a record is not trusted either.
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir_all(foreign.join("clip")).unwrap();
+    let result = mrdino()
+        .args(["flow", "--dataset", "frames", "--quiet"])
+        .arg("--root")
+        .arg(&root)
+        .arg("--out")
+        .arg(&foreign)
+        .output()
+        .unwrap();
+    assert_eq!(result.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("no record of the flow parameters"));
 }

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use mrdino_outputs::bookkeeping::{DoneMarker, Plan, PlannedUnit};
 use mrdino_outputs::layout::Layout;
-use mrdino_outputs::tables::{frames_batch, instances_batch, write_parquet};
+use mrdino_outputs::tables::{frames_batch, instances_batch, write_parquet, ExcludedReason, InstanceOrigin};
 use mrdino_outputs::{CocoRle, FrameRow, InstanceRow};
 use opencv::core::{Mat, Vector};
 use opencv::prelude::*;
@@ -152,7 +153,7 @@ fn frame_row(index: u32, labelled: bool, num_instances: u32) -> FrameRow {
         corner_flow_px: Some([0.0; 4]),
         fg_fraction: Some(0.5),
         labelled,
-        excluded_reason: (!labelled).then(|| "fg_too_small".to_string()),
+        excluded_reason: (!labelled).then_some(ExcludedReason::FgTooSmall),
         segment: Some(0),
         num_instances,
     }
@@ -174,7 +175,7 @@ fn instance_row(frame_index: u32, instance_id: u32, pixels: &[u32]) -> InstanceR
         mask: CocoRle::from_pixels(pixels, SIDE as u32, SIDE as u32),
         bbox_xywh: [0.0; 4],
         area_px: pixels.len() as u32,
-        origin: "component".into(),
+        origin: InstanceOrigin::Component,
         component_id: instance_id,
         hdbscan_label: None,
         mean_flow_px: 5.0,
@@ -237,8 +238,14 @@ fn hand_made_prediction_has_the_worked_out_scores() {
         &[],
     )
     .expect("instances");
-    std::fs::create_dir_all(layout.done_dir()).expect("mkdir");
-    std::fs::write(layout.done_marker("hand"), b"{}").expect("marker");
+    // The unit is planned and done, as the bookkeeping defines it (any payload).
+    let ledger = layout.ledger();
+    let unit = PlannedUnit::new("hand", Some(3), "hand-made");
+    let plan = Plan::new("labels", &layout.params_hash, "frames", &tmp.path().join("nowhere"), "test", vec![unit.clone()]);
+    ledger.write_plan(&plan).expect("plan");
+    let outputs = layout.unit_outputs("hand");
+    let marker = DoneMarker::new(&ledger, &unit, &outputs, "test", 0.0, Vec::new(), serde_json::Map::new());
+    ledger.write_marker(&marker).expect("marker");
     write_ids_png(&gt.join("hand/000000.png"), &[(7, a.clone()), (9, b.clone())]);
     write_ids_png(&gt.join("hand/000001.png"), &[(4, block(2..6, 2..6))]);
 

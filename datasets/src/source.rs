@@ -9,7 +9,10 @@
 //! | `movi-e` | one directory per video with PNG frames (Kubric `rgba_*.png` when present) | directory name | native |
 //!
 //! Listings are sorted by byte order of the names (the reference sorts file names the same way), hidden
-//! entries (starting with `.`) are ignored, and nothing is ever written under the root.
+//! entries (starting with `.`) are ignored, and nothing is ever written under the root. An entry that cannot
+//! be read (no permission, a broken or looping link) is an error naming it, never skipped in silence, and two
+//! inputs that would become the same unit id (`a.avi` and `a.mkv`) are refused with both paths, before any
+//! work.
 
 use std::path::{Path, PathBuf};
 
@@ -395,15 +398,23 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
         .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-/// Sorted, non-hidden entries of a directory.
+/// Sorted, non-hidden entries of a directory; each must be readable (its metadata, through links).
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let unreadable = |path: &Path, e: std::io::Error| {
+        DatasetError::layout(path, format!("cannot read this entry of the dataset: {e}"))
+    };
     let mut entries = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| DatasetError::io(dir, e))? {
-        let entry = entry.map_err(|e| DatasetError::io(dir, e))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| unreadable(dir, e))? {
+        let entry = entry.map_err(|e| unreadable(dir, e))?;
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
-        entries.push(entry.path());
+        let path = entry.path();
+        std::fs::metadata(&path).map_err(|e| unreadable(&path, e))?;
+        if path.is_dir() {
+            std::fs::read_dir(&path).map_err(|e| unreadable(&path, e))?;
+        }
+        entries.push(path);
     }
     entries.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(entries)
@@ -472,6 +483,47 @@ fn movi_layout(root: &Path) -> Result<Vec<(String, Vec<ImageFile>)>, DatasetErro
     Ok(out)
 }
 
+/// Whether `path` is a directory: `false` when it does not exist, an error when it cannot be read.
+fn is_readable_dir(path: &Path) -> Result<bool, DatasetError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            std::fs::read_dir(path)
+                .map_err(|e| DatasetError::layout(path, format!("cannot read this directory of the dataset: {e}")))?;
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DatasetError::layout(path, format!("cannot read this entry of the dataset: {e}"))),
+    }
+}
+
+/// Refuses two inputs with the same unit id (listing both paths).
+fn refuse_duplicate_ids(root: &Path, units: &[(String, PathBuf)]) -> Result<(), DatasetError> {
+    let mut seen: std::collections::BTreeMap<&str, Vec<&Path>> = std::collections::BTreeMap::new();
+    for (id, path) in units {
+        seen.entry(id.as_str()).or_default().push(path);
+    }
+    let clashes: Vec<String> = seen
+        .iter()
+        .filter(|(_, paths)| paths.len() > 1)
+        .map(|(id, paths)| {
+            let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            format!("`{id}` from {}", list.join(" and "))
+        })
+        .collect();
+    if clashes.is_empty() {
+        return Ok(());
+    }
+    Err(DatasetError::layout(
+        root,
+        format!(
+            "several videos would become the same unit id, and their outputs would overwrite each other: {}; \
+             rename or move one of each",
+            clashes.join("; ")
+        ),
+    ))
+}
+
 fn video_layout(root: &Path) -> Result<Vec<(String, PathBuf)>, DatasetError> {
     if root.is_file() {
         let id = root
@@ -492,6 +544,7 @@ fn video_layout(root: &Path) -> Result<Vec<(String, PathBuf)>, DatasetError> {
             }
         }
     }
+    refuse_duplicate_ids(root, &out)?;
     Ok(out)
 }
 
@@ -506,10 +559,8 @@ fn kitti_layout(root: &Path, cameras: &[String]) -> Result<Vec<(String, Vec<Imag
     consider(root.to_path_buf());
     for child in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
         consider(child.clone());
-        if let Ok(grandchildren) = sorted_entries(&child) {
-            for grandchild in grandchildren.into_iter().filter(|p| p.is_dir()) {
-                consider(grandchild);
-            }
+        for grandchild in sorted_entries(&child)?.into_iter().filter(|p| p.is_dir()) {
+            consider(grandchild);
         }
     }
     let mut out = Vec::new();
@@ -520,7 +571,7 @@ fn kitti_layout(root: &Path, cameras: &[String]) -> Result<Vec<(String, Vec<Imag
             .unwrap_or_default();
         for camera in cameras {
             let data = drive.join(camera).join("data");
-            if data.is_dir() {
+            if is_readable_dir(&drive.join(camera))? && is_readable_dir(&data)? {
                 let files = image_files_in(&data, |_| true)?;
                 if !files.is_empty() {
                     out.push((format!("{drive_name}/{camera}"), files));
@@ -533,14 +584,14 @@ fn kitti_layout(root: &Path, cameras: &[String]) -> Result<Vec<(String, Vec<Imag
 
 fn tri_pd_layout(root: &Path, cameras: &[String]) -> Result<Vec<(String, Vec<ImageFile>)>, DatasetError> {
     let mut scenes = Vec::new();
-    if root.join("rgb").is_dir() {
+    if is_readable_dir(&root.join("rgb"))? {
         scenes.push(root.to_path_buf());
     }
-    scenes.extend(
-        sorted_entries(root)?
-            .into_iter()
-            .filter(|p| p.is_dir() && p.join("rgb").is_dir()),
-    );
+    for dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
+        if is_readable_dir(&dir.join("rgb"))? {
+            scenes.push(dir);
+        }
+    }
     let mut out = Vec::new();
     for scene in scenes {
         let scene_name = scene
@@ -549,7 +600,7 @@ fn tri_pd_layout(root: &Path, cameras: &[String]) -> Result<Vec<(String, Vec<Ima
             .unwrap_or_default();
         for camera in cameras {
             let dir = scene.join("rgb").join(camera);
-            if dir.is_dir() {
+            if is_readable_dir(&dir)? {
                 let files = image_files_in(&dir, |_| true)?;
                 if !files.is_empty() {
                     out.push((format!("{scene_name}/{camera}"), files));
@@ -664,6 +715,41 @@ mod tests {
         assert_eq!(movi[0].image_files().unwrap().len(), 1);
         let names: Vec<&str> = movi[1].image_files().unwrap().iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["rgba_00000", "rgba_00001"]);
+    }
+
+    #[test]
+    fn colliding_video_ids_are_refused_with_both_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.avi", "a.mkv", "b.mp4"] {
+            touch_png(&dir.path().join("videos").join(name));
+        }
+        let options = SourceOptions {
+            kind: DatasetKind::Video,
+            root: dir.path().join("videos"),
+            cameras: None,
+            processing: None,
+        };
+        let err = list_sequences(&options).unwrap_err().to_string();
+        assert!(err.contains("a.avi") && err.contains("a.mkv") && err.contains("`a`"), "{err}");
+        assert!(!err.contains("b.mp4"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_entries_are_errors_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("frames");
+        touch_png(&root.join("good/0.png"));
+        std::os::unix::fs::symlink(root.join("loop"), root.join("loop")).unwrap();
+        let options = |kind| SourceOptions {
+            kind,
+            root: root.clone(),
+            cameras: None,
+            processing: None,
+        };
+        let err = list_sequences(&options(DatasetKind::Frames)).unwrap_err().to_string();
+        assert!(err.contains("loop") && err.contains("cannot read"), "{err}");
+        let err = list_sequences(&options(DatasetKind::MoviE)).unwrap_err().to_string();
+        assert!(err.contains("loop"), "{err}");
     }
 
     #[test]

@@ -1,18 +1,23 @@
-//! Where everything goes under `--out OUT`.
+//! Where the labels tables go under `--out OUT`, and the stable hash and file keys of unit ids.
 //!
 //! ```text
 //! OUT/frames/params=<hash>/<unit>.parquet       one file per unit (sequence), hive partition = parameter hash
 //! OUT/instances/params=<hash>/<unit>.parquet
-//! OUT/_done/params=<hash>/<unit>.json           done marker, written last
-//! OUT/_params/<hash>.json                       the resolved parameters
-//! OUT/_manifest/params=<hash>/<run>.json        run manifests (one per shard and run)
-//! OUT/_plan/params=<hash>.json                  the planned units
+//! OUT/_done, _params, _manifest, _plan          bookkeeping of the `labels` job (see `crate::bookkeeping`)
 //! ```
 //! Labels made with different parameters live in different partitions and are never mixed; readers that
 //! open `OUT/frames` as a hive dataset see a `params` column to tell them apart. Names of non-data files start
 //! with `_` or `.`, which pandas, pyarrow, polars and duckdb skip.
 
 use std::path::{Path, PathBuf};
+
+use crate::bookkeeping::Ledger;
+
+/// The job kind of `mrdino labels` in the bookkeeping.
+pub const LABELS_KIND: &str = "labels";
+
+/// The data directories of a labels root (each holds `params=<hash>` partitions).
+pub const LABELS_DATA_DIRS: &[&str] = &["frames", "instances"];
 
 /// 64-bit FNV-1a of a string: stable across Rust versions, platforms and runs (unlike `DefaultHasher`).
 pub fn stable_hash64(text: &str) -> u64 {
@@ -78,45 +83,14 @@ impl Layout {
         self.instances_dir().join(format!("{}.parquet", unit_key(unit_id)))
     }
 
-    pub fn done_dir(&self) -> PathBuf {
-        self.root.join("_done").join(self.partition())
+    /// The bookkeeping of this partition.
+    pub fn ledger(&self) -> Ledger {
+        Ledger::new(&self.root, LABELS_KIND, &self.params_hash)
     }
 
-    pub fn done_marker(&self, unit_id: &str) -> PathBuf {
-        self.done_dir().join(format!("{}.json", unit_key(unit_id)))
-    }
-
-    pub fn params_file(&self) -> PathBuf {
-        self.root.join("_params").join(format!("{}.json", self.params_hash))
-    }
-
-    pub fn manifest_dir(&self) -> PathBuf {
-        self.root.join("_manifest").join(self.partition())
-    }
-
-    pub fn plan_file(&self) -> PathBuf {
-        self.root.join("_plan").join(format!("{}.json", self.partition()))
-    }
-
-    pub fn final_manifest(&self) -> PathBuf {
-        self.root.join(format!("_manifest-{}.json", self.params_hash))
-    }
-
-    /// Parameter hashes that already have outputs under this root.
-    pub fn existing_partitions(root: &Path) -> Vec<String> {
-        let mut out: Vec<String> = std::fs::read_dir(root.join("frames"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .strip_prefix("params=")
-                    .map(str::to_string)
-            })
-            .collect();
-        out.sort();
-        out
+    /// The unit's two tables.
+    pub fn unit_outputs(&self, unit_id: &str) -> [PathBuf; 2] {
+        [self.frames_file(unit_id), self.instances_file(unit_id)]
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod analysis_report;
 pub mod atomic;
+pub mod bookkeeping;
 pub mod flowviz;
 pub mod layout;
 pub mod overlay;

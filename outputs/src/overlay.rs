@@ -59,8 +59,23 @@ pub fn write_overlay(
     instances: &[OverlayInstance<'_>],
 ) -> Result<(), OutputError> {
     let cv = |e: opencv::Error| OutputError::format(path, e);
+    if rgb.len() != height * width * 3 {
+        return Err(OutputError::format(
+            path,
+            format!("frame buffer holds {} bytes, not {width}x{height}x3", rgb.len()),
+        ));
+    }
     let mut pixels = rgb.to_vec();
     for inst in instances {
+        if (inst.mask.height as usize, inst.mask.width as usize) != (height, width) {
+            return Err(OutputError::format(
+                path,
+                format!(
+                    "mask of instance {} is {}x{} but its frame is {width}x{height} (WxH)",
+                    inst.id, inst.mask.width, inst.mask.height
+                ),
+            ));
+        }
         let colour = instance_colour(inst.id);
         let decoded = inst.mask.to_pixels().map_err(|e| OutputError::format(path, e))?;
         for p in decoded {
@@ -106,4 +121,33 @@ pub fn write_overlay(
     let mut buf = Vector::<u8>::new();
     imgcodecs::imencode_def(".png", &mat, &mut buf).map_err(cv)?;
     write_atomic(path, buf.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mask_larger_than_its_frame_is_an_error_naming_both_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.png");
+        let mask = CocoRle::from_pixels(&[0, 1, 200], 20, 12);
+        let items = [OverlayInstance {
+            id: 1,
+            mask: &mask,
+            bbox_xywh: [0.0, 0.0, 2.0, 2.0],
+        }];
+        let err = write_overlay(&path, &[0; 8 * 6 * 3], 6, 8, &items).unwrap_err().to_string();
+        assert!(err.contains("12x20") && err.contains("8x6"), "{err}");
+        assert!(!path.exists());
+        let fits = CocoRle::from_pixels(&[0, 1, 40], 6, 8);
+        let items = [OverlayInstance {
+            id: 1,
+            mask: &fits,
+            bbox_xywh: [0.0, 0.0, 2.0, 2.0],
+        }];
+        write_overlay(&path, &[0; 8 * 6 * 3], 6, 8, &items).unwrap();
+        assert!(path.exists());
+        assert!(write_overlay(&path, &[0; 10], 6, 8, &items).is_err());
+    }
 }

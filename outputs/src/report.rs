@@ -16,14 +16,17 @@ use std::fmt::Write as _;
 use crate::tables::{FrameRow, InstanceRow};
 
 /// Excluded reasons in the order the pipeline applies its tests; unknown reasons follow, sorted.
-pub const REASON_ORDER: [&str; 6] = [
-    "unreadable",
-    "camera_motion",
-    "short_run",
-    "fg_too_small",
-    "short_segment",
-    "eval_overlap",
-];
+pub const REASON_ORDER: [&str; 6] = {
+    let all = crate::tables::ExcludedReason::ALL;
+    [
+        all[0].name(),
+        all[1].name(),
+        all[2].name(),
+        all[3].name(),
+        all[4].name(),
+        all[5].name(),
+    ]
+};
 
 /// Colour of "labelled" and of each reason in [`REASON_ORDER`], then of further reasons in turn.
 const CATEGORY_COLOURS: [&str; 10] = [
@@ -49,7 +52,7 @@ pub struct SequenceStats {
     pub instances_per_labelled_frame: Option<f64>,
     /// Mean foreground fraction over labelled frames.
     pub fg_fraction_labelled: Option<f64>,
-    /// Frames per excluded reason.
+    /// Frames per excluded reason, by the reason's table name.
     pub excluded: BTreeMap<String, usize>,
 }
 
@@ -67,8 +70,8 @@ impl SequenceStats {
             previous = Some((row.frame_index, row.quasi_static));
         }
         let mut excluded = BTreeMap::new();
-        for reason in rows.iter().filter_map(|r| r.excluded_reason.as_ref()) {
-            *excluded.entry(reason.clone()).or_insert(0) += 1;
+        for reason in rows.iter().filter_map(|r| r.excluded_reason) {
+            *excluded.entry(reason.name().to_string()).or_insert(0) += 1;
         }
         let instances: usize = labelled.iter().map(|r| r.num_instances as usize).sum();
         let mean = |sum: f64, n: usize| (n > 0).then(|| sum / n as f64);
@@ -740,7 +743,7 @@ mod tests {
             corner_flow_px: None,
             fg_fraction: Some(0.25),
             labelled: reason.is_none(),
-            excluded_reason: reason.map(str::to_string),
+            excluded_reason: reason.map(|r| crate::tables::ExcludedReason::parse(r).expect("known reason")),
             segment,
             num_instances: n,
         }

@@ -27,6 +27,86 @@ use crate::rle::CocoRle;
 /// Version of the table layout; bumped on any incompatible change.
 pub const SCHEMA_VERSION: &str = "1";
 
+/// Why a frame with a flow carries no label (the `excluded_reason` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExcludedReason {
+    /// The frame or its flow could not be read.
+    Unreadable,
+    /// The corner test failed: the camera moves.
+    CameraMotion,
+    /// Quasi-static, but in a run shorter than the minimum.
+    ShortRun,
+    /// Too little foreground.
+    FgTooSmall,
+    /// Its segment has too few frames with enough foreground.
+    ShortSegment,
+    /// A KITTI benchmark image, excluded by the kitti preset.
+    EvalOverlap,
+}
+
+impl ExcludedReason {
+    pub const ALL: [ExcludedReason; 6] = [
+        Self::Unreadable,
+        Self::CameraMotion,
+        Self::ShortRun,
+        Self::FgTooSmall,
+        Self::ShortSegment,
+        Self::EvalOverlap,
+    ];
+
+    /// The value stored in the table.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unreadable => "unreadable",
+            Self::CameraMotion => "camera_motion",
+            Self::ShortRun => "short_run",
+            Self::FgTooSmall => "fg_too_small",
+            Self::ShortSegment => "short_segment",
+            Self::EvalOverlap => "eval_overlap",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl std::fmt::Display for ExcludedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How an instance was found (the `origin` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InstanceOrigin {
+    /// A connected component kept whole.
+    Component,
+    /// An HDBSCAN cluster of a component that failed the edge test.
+    Hdbscan,
+}
+
+impl InstanceOrigin {
+    pub const ALL: [InstanceOrigin; 2] = [Self::Component, Self::Hdbscan];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Component => "component",
+            Self::Hdbscan => "hdbscan",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.name() == name)
+    }
+}
+
+impl std::fmt::Display for InstanceOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One row of the `frames` table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FrameRow {
@@ -50,7 +130,7 @@ pub struct FrameRow {
     pub corner_flow_px: Option<[f32; 4]>,
     pub fg_fraction: Option<f32>,
     pub labelled: bool,
-    pub excluded_reason: Option<String>,
+    pub excluded_reason: Option<ExcludedReason>,
     pub segment: Option<u32>,
     pub num_instances: u32,
 }
@@ -66,7 +146,7 @@ pub struct InstanceRow {
     pub mask: CocoRle,
     pub bbox_xywh: [f32; 4],
     pub area_px: u32,
-    pub origin: String,
+    pub origin: InstanceOrigin,
     pub component_id: u32,
     pub hdbscan_label: Option<i32>,
     pub mean_flow_px: f32,
@@ -171,7 +251,7 @@ pub fn frames_batch(rows: &[FrameRow]) -> Result<RecordBatch, arrow::error::Arro
         Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.fg_fraction))),
         Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.labelled)))),
         Arc::new(StringArray::from_iter(
-            rows.iter().map(|r| r.excluded_reason.as_deref()),
+            rows.iter().map(|r| r.excluded_reason.map(ExcludedReason::name)),
         )),
         Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.segment))),
         u32s(rows.iter().map(|r| r.num_instances)),
@@ -204,7 +284,7 @@ pub fn instances_batch(rows: &[InstanceRow]) -> Result<RecordBatch, arrow::error
         Arc::new(mask),
         fixed4(&rows.iter().map(|r| Some(r.bbox_xywh)).collect::<Vec<_>>()),
         u32s(rows.iter().map(|r| r.area_px)),
-        strings(rows.iter().map(|r| r.origin.as_str())),
+        strings(rows.iter().map(|r| r.origin.name())),
         u32s(rows.iter().map(|r| r.component_id)),
         Arc::new(Int32Array::from_iter(rows.iter().map(|r| r.hdbscan_label))),
         Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.mean_flow_px))),
@@ -263,14 +343,71 @@ fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Arr
         .ok_or_else(|| OutputError::format(path, format!("missing column `{name}`")))
 }
 
-fn fixed4_at(array: &ArrayRef, i: usize) -> Option<[f32; 4]> {
-    let list = array.as_fixed_size_list();
+fn wrong_type(path: &Path, name: &str, expected: &str, array: &ArrayRef) -> OutputError {
+    OutputError::format(
+        path,
+        format!(
+            "column `{name}` is {} but mrdino tables store it as {expected}",
+            array.data_type()
+        ),
+    )
+}
+
+fn string_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray, OutputError> {
+    let array = column(batch, name, path)?;
+    array
+        .as_string_opt::<i32>()
+        .ok_or_else(|| wrong_type(path, name, "Utf8", array))
+}
+
+fn u32_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a UInt32Array, OutputError> {
+    let array = column(batch, name, path)?;
+    array
+        .as_primitive_opt::<UInt32Type>()
+        .ok_or_else(|| wrong_type(path, name, "UInt32", array))
+}
+
+fn i32_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Int32Array, OutputError> {
+    let array = column(batch, name, path)?;
+    array
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| wrong_type(path, name, "Int32", array))
+}
+
+fn f32_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Float32Array, OutputError> {
+    let array = column(batch, name, path)?;
+    array
+        .as_primitive_opt::<Float32Type>()
+        .ok_or_else(|| wrong_type(path, name, "Float32", array))
+}
+
+fn bool_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a BooleanArray, OutputError> {
+    let array = column(batch, name, path)?;
+    array
+        .as_boolean_opt()
+        .ok_or_else(|| wrong_type(path, name, "Boolean", array))
+}
+
+/// A `fixed_size_list<float32, 4>` column.
+fn f32x4_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a FixedSizeListArray, OutputError> {
+    let array = column(batch, name, path)?;
+    array
+        .as_fixed_size_list_opt()
+        .filter(|l| l.value_length() == 4 && l.values().data_type() == &DataType::Float32)
+        .ok_or_else(|| wrong_type(path, name, "fixed_size_list<float32, 4>", array))
+}
+
+fn fixed4_at(list: &FixedSizeListArray, i: usize) -> Option<[f32; 4]> {
     if list.is_null(i) {
         return None;
     }
     let values = list.value(i);
-    let v = values.as_primitive::<Float32Type>();
-    Some([v.value(0), v.value(1), v.value(2), v.value(3)])
+    let v = values.as_primitive_opt::<Float32Type>()?;
+    (v.len() == 4).then(|| [v.value(0), v.value(1), v.value(2), v.value(3)])
 }
 
 /// Reads `frames` rows back.
@@ -278,9 +415,9 @@ pub fn read_frames(path: &Path) -> Result<Vec<FrameRow>, OutputError> {
     let (batches, _) = read_parquet(path)?;
     let mut rows = Vec::new();
     for b in &batches {
-        let s = |n: &str| -> Result<&StringArray, OutputError> { Ok(column(b, n, path)?.as_string::<i32>()) };
-        let u = |n: &str| -> Result<&UInt32Array, OutputError> { Ok(column(b, n, path)?.as_primitive::<UInt32Type>()) };
-        let flag = |n: &str| -> Result<&BooleanArray, OutputError> { Ok(column(b, n, path)?.as_boolean()) };
+        let s = |n: &str| string_column(b, n, path);
+        let u = |n: &str| u32_column(b, n, path);
+        let flag = |n: &str| bool_column(b, n, path);
         let (dataset, seq, idx, name, src) = (
             s("dataset")?,
             s("sequence_id")?,
@@ -296,11 +433,19 @@ pub fn read_frames(path: &Path) -> Result<Vec<FrameRow>, OutputError> {
             u("crop_left")?,
         );
         let (qs, lab) = (flag("quasi_static")?, flag("labelled")?);
-        let corners = column(b, "corner_flow_px", path)?;
-        let fg = column(b, "fg_fraction", path)?.as_primitive::<Float32Type>();
+        let corners = f32x4_column(b, "corner_flow_px", path)?;
+        let fg = f32_column(b, "fg_fraction", path)?;
         let reason = s("excluded_reason")?;
         let (segment, n) = (u("segment")?, u("num_instances")?);
         for i in 0..b.num_rows() {
+            let excluded_reason = if reason.is_valid(i) {
+                let text = reason.value(i);
+                Some(ExcludedReason::parse(text).ok_or_else(|| {
+                    OutputError::format(path, format!("row {i}: unknown excluded_reason `{text}`"))
+                })?)
+            } else {
+                None
+            };
             rows.push(FrameRow {
                 dataset: dataset.value(i).to_owned(),
                 sequence_id: seq.value(i).to_owned(),
@@ -319,7 +464,7 @@ pub fn read_frames(path: &Path) -> Result<Vec<FrameRow>, OutputError> {
                 corner_flow_px: fixed4_at(corners, i),
                 fg_fraction: fg.is_valid(i).then(|| fg.value(i)),
                 labelled: lab.value(i),
-                excluded_reason: reason.is_valid(i).then(|| reason.value(i).to_owned()),
+                excluded_reason,
                 segment: segment.is_valid(i).then(|| segment.value(i)),
                 num_instances: n.value(i),
             });
@@ -333,20 +478,34 @@ pub fn read_instances(path: &Path) -> Result<Vec<InstanceRow>, OutputError> {
     let (batches, _) = read_parquet(path)?;
     let mut rows = Vec::new();
     for b in &batches {
-        let s = |n: &str| -> Result<&StringArray, OutputError> { Ok(column(b, n, path)?.as_string::<i32>()) };
-        let u = |n: &str| -> Result<&UInt32Array, OutputError> { Ok(column(b, n, path)?.as_primitive::<UInt32Type>()) };
+        let s = |n: &str| string_column(b, n, path);
+        let u = |n: &str| u32_column(b, n, path);
         let (dataset, seq, idx, name) = (s("dataset")?, s("sequence_id")?, u("frame_index")?, s("frame_name")?);
         let (id, area, comp) = (u("instance_id")?, u("area_px")?, u("component_id")?);
         let origin = s("origin")?;
-        let mask = column(b, "mask", path)?.as_struct();
-        let sizes = mask.column(0).as_list::<i32>();
-        let counts = mask.column(1).as_string::<i32>();
-        let bbox = column(b, "bbox_xywh", path)?;
-        let label = column(b, "hdbscan_label", path)?.as_primitive::<Int32Type>();
-        let mean = column(b, "mean_flow_px", path)?.as_primitive::<Float32Type>();
+        let mask_column = column(b, "mask", path)?;
+        let mask_type = "struct<size: list<uint32>, counts: utf8>";
+        let bad_mask = || wrong_type(path, "mask", mask_type, mask_column);
+        let mask = mask_column.as_struct_opt().ok_or_else(bad_mask)?;
+        let sizes = mask
+            .column_by_name("size")
+            .and_then(|c| c.as_list_opt::<i32>())
+            .filter(|l| l.values().data_type() == &DataType::UInt32)
+            .ok_or_else(bad_mask)?;
+        let counts = mask
+            .column_by_name("counts")
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(bad_mask)?;
+        let bbox = f32x4_column(b, "bbox_xywh", path)?;
+        let label = i32_column(b, "hdbscan_label", path)?;
+        let mean = f32_column(b, "mean_flow_px", path)?;
         for i in 0..b.num_rows() {
             let size = sizes.value(i);
             let size = size.as_primitive::<UInt32Type>();
+            let origin_text = origin.value(i);
+            let origin = InstanceOrigin::parse(origin_text).ok_or_else(|| {
+                OutputError::format(path, format!("row {i}: unknown instance origin `{origin_text}`"))
+            })?;
             if size.len() != 2 {
                 return Err(OutputError::format(
                     path,
@@ -366,7 +525,7 @@ pub fn read_instances(path: &Path) -> Result<Vec<InstanceRow>, OutputError> {
                 },
                 bbox_xywh: fixed4_at(bbox, i).unwrap_or([0.0; 4]),
                 area_px: area.value(i),
-                origin: origin.value(i).to_owned(),
+                origin,
                 component_id: comp.value(i),
                 hdbscan_label: label.is_valid(i).then(|| label.value(i)),
                 mean_flow_px: mean.value(i),
@@ -399,7 +558,7 @@ mod tests {
             corner_flow_px: if i == 0 { None } else { Some([0.5, 1.0, 1.5, 2.0]) },
             fg_fraction: if i == 0 { None } else { Some(0.01) },
             labelled,
-            excluded_reason: (!labelled).then(|| "camera_motion".into()),
+            excluded_reason: (!labelled).then_some(ExcludedReason::CameraMotion),
             segment: labelled.then_some(0),
             num_instances: u32::from(labelled),
         }
@@ -431,7 +590,11 @@ mod tests {
                 mask: CocoRle::from_pixels(&[k, k + 10, 40], 6, 8),
                 bbox_xywh: [1.0, 2.0, 3.0, 4.0],
                 area_px: 3,
-                origin: if k == 1 { "component".into() } else { "hdbscan".into() },
+                origin: if k == 1 {
+                    InstanceOrigin::Component
+                } else {
+                    InstanceOrigin::Hdbscan
+                },
                 component_id: 1,
                 hdbscan_label: (k > 1).then_some(k as i32 - 2),
                 mean_flow_px: 3.5,
@@ -439,5 +602,35 @@ mod tests {
             .collect();
         write_parquet(&path, &instances_batch(&rows).unwrap(), &[]).unwrap();
         assert_eq!(read_instances(&path).unwrap(), rows);
+    }
+
+    #[test]
+    fn tables_with_other_column_types_are_errors_naming_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd.parquet");
+        // A `frames` file whose frame_index is a string and an `instances` file whose mask is a string.
+        let schema = Schema::new(vec![field("frame_index", DataType::Utf8, false)]);
+        let batch = RecordBatch::try_new(Arc::new(schema), vec![strings(["a"].into_iter())]).unwrap();
+        write_parquet(&path, &batch, &[]).unwrap();
+        let err = read_frames(&path).unwrap_err().to_string();
+        assert!(err.contains("odd.parquet") && err.contains("dataset"), "{err}");
+        let batch = frames_batch(&[frame(0, false)]).unwrap();
+        let mut columns = batch.columns().to_vec();
+        let mut fields: Vec<Field> = frames_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        columns[2] = strings(["zero"].into_iter());
+        fields[2] = field("frame_index", DataType::Utf8, false);
+        let odd = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        write_parquet(&path, &odd, &[]).unwrap();
+        let err = read_frames(&path).unwrap_err().to_string();
+        assert!(err.contains("column `frame_index` is Utf8"), "{err}");
+        let instances = instances_batch(&[]).unwrap();
+        let mut columns = instances.columns().to_vec();
+        let mut fields: Vec<Field> = instances_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        columns[5] = strings(std::iter::empty());
+        fields[5] = field("mask", DataType::Utf8, false);
+        let odd = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        write_parquet(&path, &odd, &[]).unwrap();
+        let err = read_instances(&path).unwrap_err().to_string();
+        assert!(err.contains("column `mask` is Utf8"), "{err}");
     }
 }

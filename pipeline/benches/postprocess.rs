@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use mrdino_outputs::tables::{instances_batch, write_parquet};
+use mrdino_outputs::tables::{instances_batch, write_parquet, InstanceOrigin};
 use mrdino_outputs::{CocoRle, InstanceRow};
 use mrdino_stages::flow::FlowField;
 use mrdino_stages::instances::{separate_instances, InstanceParams};
@@ -103,7 +103,7 @@ fn main() {
                 mask: CocoRle::from_pixels(&i.pixels, H as u32, W as u32),
                 bbox_xywh: i.bbox_xywh.map(|v| v as f32),
                 area_px: i.pixels.len() as u32,
-                origin: i.origin.name().into(),
+                origin: InstanceOrigin::parse(i.origin.name()).expect("stage and table name origins alike"),
                 component_id: i.component,
                 hdbscan_label: i.hdbscan_label,
                 mean_flow_px: i.mean_flow_px,

@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use mrdino_datasets::decode::read_unchanged;
-use mrdino_outputs::layout::Layout;
+use mrdino_outputs::bookkeeping::{choose_partition, WhenSeveral};
+use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
 use mrdino_outputs::tables::{read_frames, read_instances};
 use mrdino_outputs::{write_atomic, FrameRow, InstanceRow};
 use mrdino_stages::metrics::{
@@ -35,7 +36,7 @@ use opencv::core::CV_16U;
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::choose_params;
+use crate::job::LabelCounts;
 
 /// Ground-truth layouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -83,68 +84,53 @@ fn parse_preset(text: &str) -> Result<EvalPreset, String> {
         .map_err(|e: mrdino_stages::metrics::MetricsError| e.to_string())
 }
 
-/// The rows of one parameter partition of a labels run: complete units only (those with a done marker).
+/// The rows of one parameter partition of a labels run: done units only.
 pub struct LabelTables {
     pub layout: Layout,
     pub frames: Vec<FrameRow>,
     pub instances: Vec<InstanceRow>,
-    /// Tables without a done marker (an interrupted or running job), left out.
+    /// Tables of units that are not done (an interrupted or running job, or changed inputs), left out.
     pub incomplete_units: Vec<PathBuf>,
 }
 
-/// The partition to read: the one given, the only one, or else the one whose labels run started last (its
-/// parameter file is rewritten at every start), so that `make demo` keeps working after a parameter change.
-fn resolve_params(labels: &Path, params: Option<&str>) -> Result<String> {
-    if params.is_some() {
-        return choose_params(labels, params);
-    }
-    let partitions = Layout::existing_partitions(labels);
-    if partitions.len() <= 1 {
-        return choose_params(labels, None);
-    }
-    let started = |hash: &String| {
-        std::fs::metadata(Layout::new(labels, hash).params_file())
-            .and_then(|m| m.modified())
-            .ok()
-    };
-    let newest = partitions
-        .iter()
-        .max_by_key(|h| started(h))
-        .cloned()
-        .unwrap_or_default();
-    eprintln!(
-        "note: {} holds labels of several parameter sets (params={}); using the latest run, params={newest} \
-         (choose with --params)",
-        labels.display(),
-        partitions.join(", params=")
-    );
-    Ok(newest)
-}
-
-/// Reads every complete unit of `labels` (see [`resolve_params`] for the partition), in file-name order.
+/// Reads every done unit of `labels` (the bookkeeping's one rule for "done") in plan order. The partition is
+/// the one given, the only one, or else the one whose labels run started last, so that `make demo` keeps
+/// working after a parameter change.
 pub fn read_label_tables(labels: &Path, params: Option<&str>) -> Result<LabelTables> {
-    let hash = resolve_params(labels, params)?;
-    let layout = Layout::new(labels, &hash);
-    let dir = layout.frames_dir();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot list {} (no labels for params={hash}?)", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    files.sort();
-    let (mut frames, mut instances, mut incomplete_units) = (Vec::new(), Vec::new(), Vec::new());
-    for frames_file in files {
-        let Some(name) = frames_file.file_name() else { continue };
-        let stem = Path::new(name).with_extension("");
-        let marker = layout.done_dir().join(stem.with_extension("json"));
-        let instances_file = layout.instances_dir().join(name);
-        if !marker.is_file() || !instances_file.is_file() {
-            incomplete_units.push(frames_file);
+    let choice = choose_partition(labels, LABELS_DATA_DIRS, params, WhenSeveral::Latest)?;
+    if params.is_none() && !choice.others.is_empty() {
+        eprintln!(
+            "note: {} holds labels of several parameter sets (params={}, params={}); using the latest run, \
+             params={} (choose with --params)",
+            labels.display(),
+            choice.params_hash,
+            choice.others.join(", params="),
+            choice.params_hash
+        );
+    }
+    let layout = Layout::new(labels, &choice.params_hash);
+    let ledger = layout.ledger();
+    let plan = ledger.read_plan()?;
+    let (mut frames, mut instances) = (Vec::new(), Vec::new());
+    let mut done_files = std::collections::BTreeSet::new();
+    for unit in &plan.units {
+        if ledger.is_done::<LabelCounts>(unit).is_none() {
             continue;
         }
+        let [frames_file, instances_file] = layout.unit_outputs(&unit.id);
         frames.extend(read_frames(&frames_file)?);
         instances.extend(read_instances(&instances_file)?);
+        done_files.insert(frames_file);
     }
+    let dir = layout.frames_dir();
+    let mut incomplete_units: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {} (no labels for params={}?)", dir.display(), choice.params_hash))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| !done_files.contains(p))
+        .collect();
+    incomplete_units.sort();
     Ok(LabelTables {
         layout,
         frames,
@@ -420,7 +406,7 @@ pub struct EvalResult {
 pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
     let tables = read_label_tables(&args.labels, args.params.as_deref())?;
     for file in &tables.incomplete_units {
-        eprintln!("warning: {} has no done marker; left out", file.display());
+        eprintln!("warning: {} is not done (unfinished unit or changed inputs); left out", file.display());
     }
     let mut gt = GroundTruth::new(&args.gt, args.gt_format)?;
     let mut by_frame: BTreeMap<(&str, u32), Vec<&InstanceRow>> = BTreeMap::new();

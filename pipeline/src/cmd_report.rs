@@ -27,7 +27,6 @@ use mrdino_stages::flow::files::{find_flow_file, read_flow_file};
 use mrdino_stages::flow::{DisFlow, DisPreset, FlowEstimator, FlowField};
 use serde::Deserialize;
 
-use crate::batch::Plan;
 use crate::cmd_eval::{read_label_tables, LabelTables};
 
 /// Side of the colour-wheel legend image, in pixels.
@@ -204,14 +203,7 @@ fn sample_frames(frames: &[FrameRow], count: usize) -> Vec<&FrameRow> {
 
 /// Where the source frames are: the dataset listed as the labels run listed it.
 fn source_sequences(tables: &LabelTables, params: Option<&ParamsFile>) -> Result<Vec<Sequence>> {
-    let plan_file = tables.layout.plan_file();
-    let bytes = std::fs::read(&plan_file).with_context(|| {
-        format!(
-            "no plan file {} (rerun `mrdino labels` to write it)",
-            plan_file.display()
-        )
-    })?;
-    let plan: Plan = serde_json::from_slice(&bytes).with_context(|| format!("{}: not a plan", plan_file.display()))?;
+    let plan = tables.layout.ledger().read_plan()?;
     let params = params.context("no parameter file, so the frames' processing is unknown")?;
     let source = SourceOptions {
         kind: params.params.dataset,
@@ -307,7 +299,7 @@ fn write_samples(
 
 pub fn run(args: &ReportArgs) -> Result<()> {
     let tables = read_label_tables(&args.labels, args.params.as_deref())?;
-    let params: Option<ParamsFile> = std::fs::read(tables.layout.params_file())
+    let params: Option<ParamsFile> = std::fs::read(tables.layout.ledger().params_file())
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let labels_flow = params.as_ref().map(|p| &p.params.flow);
@@ -315,7 +307,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let mut notes: Vec<String> = tables
         .incomplete_units
         .iter()
-        .map(|f| format!("{} has no done marker (unfinished unit) and is left out.", f.display()))
+        .map(|f| format!("{} is not done (unfinished unit or changed inputs) and is left out.", f.display()))
         .collect();
     let samples = if args.samples == 0 {
         Vec::new()
@@ -371,7 +363,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             tables.instances.len()
         ),
     ));
-    facts.push(("report made by".into(), format!("mrdino {}", crate::run::CODE_VERSION)));
+    facts.push(("report made by".into(), format!("mrdino {}", crate::job::CODE_VERSION)));
     let input = ReportInput {
         title: "mrdino pseudo-label report".into(),
         facts,

@@ -22,8 +22,8 @@ pub struct SynthArgs {
     /// Frames per sequence (at least 2).
     #[arg(long, value_name = "F", default_value_t = SynthParams::default().frames)]
     pub frames: usize,
-    /// Frame size in pixels, height x width.
-    #[arg(long, value_name = "HxW", default_value = "128x320", value_parser = parse_size)]
+    /// Frame size in pixels, width x height (the convention of every size flag, as `labels --resize`).
+    #[arg(long, value_name = "WxH", default_value = "320x128", value_parser = parse_size)]
     pub size: FrameSize,
 }
 
@@ -35,14 +35,8 @@ pub struct FrameSize {
 }
 
 fn parse_size(text: &str) -> Result<FrameSize, String> {
-    let (height, width) = text
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("expected HEIGHTxWIDTH, e.g. 128x320, got {text:?}"))?;
-    let side = |s: &str| s.trim().parse::<usize>().map_err(|e| format!("{s:?} in {text:?}: {e}"));
-    Ok(FrameSize {
-        height: side(height)?,
-        width: side(width)?,
-    })
+    let (width, height) = crate::parse_size(text)?;
+    Ok(FrameSize { height, width })
 }
 
 pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
@@ -83,16 +77,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_parse_as_height_by_width() {
+    fn sizes_parse_as_width_by_height_like_every_size_flag() {
         assert_eq!(
-            parse_size("128x320"),
+            parse_size("320x128"),
             Ok(FrameSize {
                 height: 128,
                 width: 320
             })
         );
-        assert_eq!(parse_size("64X96"), Ok(FrameSize { height: 64, width: 96 }));
+        assert_eq!(parse_size("96X64"), Ok(FrameSize { height: 64, width: 96 }));
         assert!(parse_size("128").is_err());
         assert!(parse_size("ax3").is_err());
+        assert!(parse_size("0x3").is_err());
     }
 }

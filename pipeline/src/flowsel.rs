@@ -108,6 +108,12 @@ fn parse_kind(text: &str) -> Result<Kind> {
     }
 }
 
+/// Frame pairs handed at once to a CPU flow method: one per thread of the pool, which computes them in
+/// parallel (results do not depend on it).
+fn cpu_flow_batch() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
 /// The flow backend, built and checked, with the parameters it contributes to the hash.
 pub struct BuiltFlow {
     pub source: FlowSource,
@@ -133,7 +139,10 @@ pub fn build_flow(args: &FlowArgs) -> Result<BuiltFlow> {
             })?;
             let estimator: Box<dyn FlowEstimator> = Box::new(DisFlow::new(preset)?);
             Ok(simple(
-                FlowSource::Estimator { estimator, batch: 1 },
+                FlowSource::Estimator {
+                    estimator,
+                    batch: cpu_flow_batch(),
+                },
                 FlowParams::Dis {
                     preset: args.dis_preset.clone(),
                 },
@@ -142,7 +151,7 @@ pub fn build_flow(args: &FlowArgs) -> Result<BuiltFlow> {
         FlowChoice::Farneback => Ok(simple(
             FlowSource::Estimator {
                 estimator: Box::new(FarnebackFlow),
-                batch: 1,
+                batch: cpu_flow_batch(),
             },
             FlowParams::Farneback,
         )),

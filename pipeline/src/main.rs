@@ -13,10 +13,12 @@ mod cmd_report;
 mod cmd_synth;
 mod config;
 mod flowsel;
+mod job;
 mod overlays;
 mod run;
 mod unit;
 
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mrdino_datasets::{DatasetKind, Processing, SourceOptions};
+use mrdino_outputs::bookkeeping::Shard;
 use mrdino_outputs::layout::Layout;
 
 use config::{ConfigFile, FlowParams, Params, Preset};
@@ -70,9 +73,9 @@ struct StatusArgs {
     /// Parameter hash to report on (needed only when OUT holds several).
     #[arg(long)]
     params: Option<String>,
-    /// Number of array tasks, to list the shards to rerun (default: from the run manifests).
+    /// Number of array tasks (at least 1), to list the shards to rerun (default: from the run manifests).
     #[arg(long)]
-    num_shards: Option<u64>,
+    num_shards: Option<NonZeroU64>,
 }
 
 #[derive(clap::Args)]
@@ -108,10 +111,10 @@ struct LabelsArgs {
     /// Process only shard I of N (I in 0..N), assigned by a stable hash of the sequence id. Defaults to
     /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when those are set.
     #[arg(long, value_parser = parse_shard)]
-    shard: Option<(u64, u64)>,
-    /// Stop cleanly (exit code 4) before this many seconds have passed; rerun to resume.
-    #[arg(long)]
-    time_budget: Option<f64>,
+    shard: Option<Shard>,
+    /// Stop cleanly (exit code 4) before this many seconds have passed (a finite number >= 0); rerun to resume.
+    #[arg(long, value_parser = parse_time_budget, allow_hyphen_values = true)]
+    time_budget: Option<Duration>,
     /// Write PNG overlays of this many labelled frames to OUT/overlays.
     #[arg(long, default_value_t = 0)]
     overlays: usize,
@@ -169,30 +172,37 @@ fn parse_dataset(s: &str) -> Result<DatasetKind, String> {
     })
 }
 
+/// The one size convention of every flag (`--resize`, `synth --size`): `WxH`, width first, both positive.
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
-        .ok_or_else(|| format!("expected WxH, got `{s}`"))?;
-    let w: usize = w.parse().map_err(|_| format!("bad width in `{s}`"))?;
-    let h: usize = h.parse().map_err(|_| format!("bad height in `{s}`"))?;
+        .ok_or_else(|| format!("expected WxH (width x height), e.g. 320x128, got `{s}`"))?;
+    let w: usize = w.trim().parse().map_err(|_| format!("bad width `{w}` in `{s}`"))?;
+    let h: usize = h.trim().parse().map_err(|_| format!("bad height `{h}` in `{s}`"))?;
     if w == 0 || h == 0 {
-        return Err(format!("size must be positive, got `{s}`"));
+        return Err(format!("width and height must be positive, got `{s}`"));
     }
     Ok((w, h))
 }
 
-fn parse_shard(s: &str) -> Result<(u64, u64), String> {
-    let (i, n) = s.split_once('/').ok_or_else(|| format!("expected I/N, got `{s}`"))?;
-    let i: u64 = i.parse().map_err(|_| format!("bad shard index in `{s}`"))?;
-    let n: u64 = n.parse().map_err(|_| format!("bad shard count in `{s}`"))?;
-    if n == 0 || i >= n {
-        return Err(format!("shard index must be in 0..{n}, got `{s}`"));
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    Shard::parse(s).map_err(|e| e.to_string())
+}
+
+/// `--time-budget`: seconds, finite and not negative.
+fn parse_time_budget(s: &str) -> Result<Duration, String> {
+    let seconds: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("`{s}` is not a finite, non-negative number of seconds"));
     }
-    Ok((i, n))
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{s}`: {e}"))
 }
 
 /// Shard from Slurm's array variables when `--shard` is absent.
-fn shard_from_env() -> Result<Option<(u64, u64)>> {
+fn shard_from_env() -> Result<Option<Shard>> {
     let (Ok(id), Ok(count)) = (
         std::env::var("SLURM_ARRAY_TASK_ID"),
         std::env::var("SLURM_ARRAY_TASK_COUNT"),
@@ -283,10 +293,10 @@ fn plan(args: &LabelsArgs) -> Result<ExitCode> {
     let params = resolve_params(args, built.params)?;
     let sequences = plan_units(&source_options(args, &params))?;
     let hash = params.hash();
-    let layout = Layout::new(&args.out, &hash);
-    let plan = batch::build_plan(&hash, args.dataset.name(), &args.root, &sequences);
-    batch::write_plan(&layout, &plan)?;
-    run::write_params(&layout, &params)?;
+    let ledger = Layout::new(&args.out, &hash).ledger();
+    let plan = job::labels_plan(&hash, args.dataset.name(), &sequences);
+    ledger.write_plan(&plan)?;
+    ledger.write_params(&params, job::CODE_VERSION)?;
     for unit in &plan.units {
         println!(
             "{}\t{}",
@@ -297,20 +307,21 @@ fn plan(args: &LabelsArgs) -> Result<ExitCode> {
     eprintln!(
         "{} units, params {hash}; plan written to {}",
         plan.units.len(),
-        layout.plan_file().display()
+        ledger.plan_file().display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn labels(args: &LabelsArgs) -> Result<ExitCode> {
-    let built = build_flow(&args.flow)?;
-    let params = resolve_params(args, built.params.clone())?;
+    // The pool is sized first: the flow backend reads its size.
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build_global()
             .context("cannot size the thread pool")?;
     }
+    let built = build_flow(&args.flow)?;
+    let params = resolve_params(args, built.params.clone())?;
     let shard = match args.shard {
         Some(s) => Some(s),
         None => shard_from_env()?,
@@ -331,9 +342,10 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
     let options = RunOptions {
         out: args.out.clone(),
         shard,
-        time_budget: args.time_budget.map(Duration::from_secs_f64),
+        time_budget: args.time_budget,
         progress: !args.quiet,
         flow_weights_sha256: built.weights_sha256.clone(),
+        parallel_units: rayon::current_num_threads(),
     };
     let manifest = run_labels(&params, &sequences, &mut flow, &options)?;
     let t = &manifest.totals;
@@ -404,8 +416,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd_eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Report(args) => cmd_report::run(args).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => batch::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
-            r.print();
-            if r.failed.is_empty() && r.missing.is_empty() {
+            batch::print_status(&r);
+            if r.complete() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_FAILURES)

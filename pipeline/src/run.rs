@@ -1,27 +1,38 @@
 //! The `labels` run: plan the units, skip the done ones, process the rest, write rows, markers and manifest.
 //!
 //! Each unit's two Parquet files are written atomically, then its done marker; a unit without a marker is
-//! redone from scratch by the next run, so a crash at any moment loses at most the unit in progress and never
-//! leaves a partial or duplicated row behind.
+//! redone from scratch by the next run, so a crash at any moment loses at most the units in progress and never
+//! leaves a partial or duplicated row behind. Whether a unit is done is decided by the bookkeeping's one rule
+//! (`Ledger::is_done`), the same that `status`, `finalize`, `eval` and `report` apply.
+//!
+//! Any number of tasks may run on one output directory at once (array jobs, several hosts): a task removes only
+//! temporaries whose writer is gone, writes only files of its own units plus identical plan and parameter
+//! files, and names its run manifest uniquely. A unit whose outputs cannot be written (disk full, permissions)
+//! is recorded as that unit's failure and the task goes on with the next one.
+//!
+//! Units run in parallel when the flow source can be forked (imported flow, Kubric files, DIS, Farnebäck):
+//! up to one unit per thread of the pool, each streaming through bounded channels, so memory grows with the
+//! number of threads, not with the dataset. Network flow runs one unit at a time (the network batches frame
+//! pairs instead). Rows do not depend on the number of units or threads in flight; the manifest lists units
+//! in plan order.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mrdino_datasets::{list_sequences, Sequence, SourceOptions};
-use mrdino_outputs::atomic::remove_stale_temporaries;
-use mrdino_outputs::layout::{stable_hash64, Layout};
+use mrdino_outputs::bookkeeping::{
+    in_shard, partitions, unix_now, DoneMarker, Ledger, PlannedUnit, RunManifest, Shard, UnitOutcome, UnitStatus,
+};
+use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS, LABELS_KIND};
 use mrdino_outputs::tables::{frames_batch, instances_batch, write_parquet, SCHEMA_VERSION};
-use mrdino_outputs::write_atomic;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::Params;
-use crate::unit::{process_unit, FlowSource, FrameFailure, UnitError};
-
-pub const CODE_VERSION: &str = env!("MRDINO_CODE_VERSION");
+use crate::job::{labels_plan, LabelCounts, LabelsManifest, LabelsUnitStatus, Totals, CODE_VERSION};
+use crate::unit::{process_unit, FlowSource, UnitError, UnitOutput};
 
 /// Set by SIGINT/SIGTERM or the time budget; polled between frames.
 pub static STOP: AtomicBool = AtomicBool::new(false);
@@ -29,104 +40,13 @@ pub static STOP: AtomicBool = AtomicBool::new(false);
 /// Options that do not change rows.
 pub struct RunOptions {
     pub out: PathBuf,
-    pub shard: Option<(u64, u64)>,
+    pub shard: Option<Shard>,
     pub time_budget: Option<Duration>,
     pub progress: bool,
     /// Extra provenance for the file metadata (e.g. flow weights' SHA-256).
     pub flow_weights_sha256: Option<String>,
-}
-
-/// The done marker of a unit, written after its Parquet files.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DoneMarker {
-    pub unit: String,
-    pub params_hash: String,
-    pub code_version: String,
-    pub input_fingerprint: String,
-    pub frames_decoded: usize,
-    pub frame_rows: usize,
-    pub labelled_frames: usize,
-    pub instances: usize,
-    pub seconds: f64,
-    pub failures: Vec<FrameFailure>,
-}
-
-/// Outcome per unit in a run manifest.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct UnitStatus {
-    pub unit: String,
-    /// `done`, `skipped` (already done), `failed`, `interrupted`.
-    pub status: String,
-    pub seconds: f64,
-    pub frames: usize,
-    pub labelled_frames: usize,
-    pub instances: usize,
-    pub error: Option<String>,
-    pub failures: Vec<FrameFailure>,
-}
-
-/// What a run did.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Totals {
-    pub units_planned: usize,
-    pub units_done: usize,
-    pub units_skipped: usize,
-    pub units_failed: usize,
-    pub units_interrupted: usize,
-    pub frames: usize,
-    pub quasi_static_frames: usize,
-    pub labelled_frames: usize,
-    pub instances: usize,
-    pub frame_failures: usize,
-    pub seconds: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunManifest {
-    pub params_hash: String,
-    pub params: serde_json::Value,
-    pub code_version: String,
-    pub command_line: Vec<String>,
-    pub shard: Option<String>,
-    pub started_unix_s: u64,
-    pub finished_unix_s: u64,
-    pub units: Vec<UnitStatus>,
-    pub totals: Totals,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// SHA-256 over the relative paths, sizes and modification times of a unit's inputs (first 16 hex digits).
-pub fn input_fingerprint(sequence: &Sequence) -> String {
-    let mut h = Sha256::new();
-    for path in sequence.input_paths() {
-        let rel = path.strip_prefix(&sequence.root).unwrap_or(path);
-        h.update(rel.to_string_lossy().as_bytes());
-        if let Ok(meta) = std::fs::metadata(path) {
-            h.update(meta.len().to_le_bytes());
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
-            h.update(mtime.map(|d| d.as_nanos()).unwrap_or(0).to_le_bytes());
-        }
-        h.update([0]);
-    }
-    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether `unit` belongs to shard `index` of `count` (stable FNV-1a hash of the unit id).
-pub fn in_shard(unit: &str, shard: Option<(u64, u64)>) -> bool {
-    shard.is_none_or(|(index, count)| stable_hash64(unit) % count == index)
-}
-
-fn read_marker(path: &Path) -> Option<DoneMarker> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    /// Units processed at once (at least 1; 1 when the flow source cannot be forked).
+    pub parallel_units: usize,
 }
 
 fn file_metadata(params: &Params, options: &RunOptions) -> Vec<(String, String)> {
@@ -143,17 +63,6 @@ fn file_metadata(params: &Params, options: &RunOptions) -> Vec<(String, String)>
     kv
 }
 
-/// Writes `OUT/_params/<hash>.json`: the resolved parameters with their hash and the code version.
-pub fn write_params(layout: &Layout, params: &Params) -> Result<()> {
-    let json = serde_json::to_vec_pretty(&serde_json::json!({
-        "params_hash": layout.params_hash,
-        "code_version": CODE_VERSION,
-        "params": params,
-    }))?;
-    write_atomic(&layout.params_file(), &json)?;
-    Ok(())
-}
-
 /// Lists the units of a dataset (configuration errors surface here, before any output is written).
 pub fn plan_units(source: &SourceOptions) -> Result<Vec<Sequence>> {
     list_sequences(source).with_context(|| format!("cannot list dataset `{}`", source.kind.name()))
@@ -163,36 +72,118 @@ fn progress_style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
+/// What every unit of a run shares.
+struct RunContext<'a> {
+    params: &'a Params,
+    layout: Layout,
+    ledger: Ledger,
+    metadata: Vec<(String, String)>,
+    multi: MultiProgress,
+    unit_bar: ProgressBar,
+    frame_bar: ProgressBar,
+}
+
+fn status(unit: &str, outcome: UnitOutcome, seconds: f64, error: Option<String>) -> LabelsUnitStatus {
+    UnitStatus {
+        unit: unit.to_string(),
+        status: outcome,
+        seconds,
+        error,
+        failures: Vec::new(),
+        payload: LabelCounts::default(),
+    }
+}
+
+/// Writes a unit's tables, then its marker. An error here is the unit's failure, not the run's.
+fn write_unit(ctx: &RunContext<'_>, planned: &PlannedUnit, output: &UnitOutput, counts: &LabelCounts, seconds: f64) -> Result<()> {
+    let [frames_path, instances_path] = ctx.layout.unit_outputs(&planned.id);
+    write_parquet(&frames_path, &frames_batch(&output.frames)?, &ctx.metadata)?;
+    write_parquet(&instances_path, &instances_batch(&output.instances)?, &ctx.metadata)?;
+    let marker = DoneMarker::new(
+        &ctx.ledger,
+        planned,
+        &[frames_path, instances_path],
+        CODE_VERSION,
+        seconds,
+        output.failures.clone(),
+        counts.clone(),
+    );
+    ctx.ledger.write_marker(&marker)?;
+    Ok(())
+}
+
+/// Skips, processes or records the failure of one unit.
+fn run_unit(ctx: &RunContext<'_>, sequence: &Sequence, planned: &PlannedUnit, flow: &mut FlowSource) -> LabelsUnitStatus {
+    if let Some(marker) = ctx.ledger.is_done::<LabelCounts>(planned) {
+        ctx.frame_bar.inc(marker.payload.frame_rows as u64);
+        ctx.unit_bar.inc(1);
+        return UnitStatus {
+            unit: sequence.id.clone(),
+            status: UnitOutcome::Skipped,
+            seconds: 0.0,
+            error: None,
+            failures: marker.failures,
+            payload: marker.payload,
+        };
+    }
+    let unit_start = Instant::now();
+    let on_frame = || ctx.frame_bar.inc(1);
+    let result = process_unit(sequence, ctx.params, flow, &STOP, &on_frame);
+    let seconds = unit_start.elapsed().as_secs_f64();
+    let outcome = match result {
+        Ok(output) => {
+            let counts = LabelCounts {
+                frames_decoded: output.decoded_frames,
+                frame_rows: output.frames.len(),
+                quasi_static_frames: output.frames.iter().filter(|f| f.quasi_static).count(),
+                labelled_frames: output.frames.iter().filter(|f| f.labelled).count(),
+                instances: output.instances.len(),
+            };
+            match write_unit(ctx, planned, &output, &counts, seconds) {
+                Ok(()) => UnitStatus {
+                    unit: sequence.id.clone(),
+                    status: UnitOutcome::Done,
+                    seconds,
+                    error: None,
+                    failures: output.failures,
+                    payload: counts,
+                },
+                Err(e) => {
+                    let message = format!("cannot write the unit's outputs: {e:#}");
+                    ctx.multi.suspend(|| eprintln!("error: {}: {message}", sequence.id));
+                    status(&sequence.id, UnitOutcome::Failed, seconds, Some(message))
+                }
+            }
+        }
+        Err(UnitError::Interrupted) => status(&sequence.id, UnitOutcome::Interrupted, seconds, None),
+        Err(UnitError::Failed(message)) => {
+            ctx.multi.suspend(|| eprintln!("error: {}: {message}", sequence.id));
+            status(&sequence.id, UnitOutcome::Failed, seconds, Some(message))
+        }
+    };
+    ctx.unit_bar.inc(1);
+    outcome
+}
+
 /// Runs `labels`. Returns the manifest of this run.
 pub fn run_labels(
     params: &Params,
     sequences: &[Sequence],
     flow: &mut FlowSource,
     options: &RunOptions,
-) -> Result<RunManifest> {
+) -> Result<LabelsManifest> {
     let started = Instant::now();
     let started_unix_s = unix_now();
     let params_hash = params.hash();
     let layout = Layout::new(&options.out, &params_hash);
-    std::fs::create_dir_all(&options.out)
-        .with_context(|| format!("cannot create output directory {}", options.out.display()))?;
-    let probe = options.out.join(format!(".mrdino-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("output directory {} is not writable", options.out.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    for dir in [layout.frames_dir(), layout.instances_dir(), layout.done_dir()] {
-        remove_stale_temporaries(&dir)?;
-    }
-    write_params(&layout, params)?;
-    let root = sequences.first().map(|s| s.root.clone()).unwrap_or_default();
-    let plan = crate::batch::build_plan(&params_hash, params.dataset.name(), &root, sequences);
-    crate::batch::write_plan(&layout, &plan)?;
-    let fingerprints: std::collections::BTreeMap<&str, &str> = plan
-        .units
-        .iter()
-        .map(|u| (u.id.as_str(), u.input_fingerprint.as_str()))
-        .collect();
-    let others: Vec<String> = Layout::existing_partitions(&options.out)
+    let ledger = layout.ledger();
+    ledger
+        .prepare(&[layout.frames_dir(), layout.instances_dir()])
+        .with_context(|| format!("cannot prepare output directory {}", options.out.display()))?;
+    ledger.write_params(params, CODE_VERSION)?;
+    let plan = labels_plan(&params_hash, params.dataset.name(), sequences);
+    ledger.write_plan(&plan)?;
+    let others: Vec<String> = partitions(&options.out, LABELS_DATA_DIRS)
         .into_iter()
         .filter(|h| *h != params_hash)
         .collect();
@@ -204,10 +195,14 @@ pub fn run_labels(
         );
     }
 
-    let units: Vec<&Sequence> = sequences.iter().filter(|s| in_shard(&s.id, options.shard)).collect();
+    let units: Vec<(&Sequence, &PlannedUnit)> = sequences
+        .iter()
+        .zip(&plan.units)
+        .filter(|(s, _)| in_shard(&s.id, options.shard))
+        .collect();
     let total_frames: u64 = units
         .iter()
-        .map(|s| s.frame_count_hint().map_or(0, |n| n.saturating_sub(1) as u64))
+        .map(|(_, u)| u.frames.map_or(0, |n| n.saturating_sub(1) as u64))
         .sum();
     let multi = MultiProgress::with_draw_target(if options.progress {
         ProgressDrawTarget::stderr()
@@ -215,179 +210,129 @@ pub fn run_labels(
         ProgressDrawTarget::hidden()
     });
     let unit_bar = multi.add(ProgressBar::new(units.len() as u64));
-    unit_bar.set_style(progress_style("{prefix:>9} [{bar:30}] {pos}/{len} {msg}"));
+    unit_bar.set_style(progress_style("{prefix:>9} [{bar:30}] {pos}/{len}"));
     unit_bar.set_prefix("sequences");
     let frame_bar = multi.add(ProgressBar::new(total_frames));
     frame_bar.set_style(progress_style("{prefix:>9} [{bar:30}] {pos}/{len} {per_sec} eta {eta}"));
     frame_bar.set_prefix("frames");
+    let ctx = RunContext {
+        params,
+        metadata: file_metadata(params, options),
+        layout,
+        ledger,
+        multi,
+        unit_bar,
+        frame_bar,
+    };
 
-    let metadata = file_metadata(params, options);
-    let mut statuses = Vec::new();
+    // Workers: the caller's flow source, plus forks of it when it can be forked.
+    let mut forks: Vec<FlowSource> = Vec::new();
+    for _ in 1..options.parallel_units.max(1).min(units.len()) {
+        match flow.fork() {
+            Some(f) => forks.push(f),
+            None => break,
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, LabelsUnitStatus)>> = Mutex::new(Vec::with_capacity(units.len()));
+    let finished = AtomicBool::new(false);
+    let work = |flow: &mut FlowSource| loop {
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        let Some((sequence, planned)) = units.get(i) else { break };
+        let budget_spent = options.time_budget.is_some_and(|b| started.elapsed() >= b);
+        let outcome = if budget_spent || STOP.load(Ordering::SeqCst) {
+            STOP.store(true, Ordering::SeqCst);
+            status(&sequence.id, UnitOutcome::Interrupted, 0.0, None)
+        } else {
+            let guarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_unit(&ctx, sequence, planned, flow)
+            }));
+            guarded.unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                let message = format!("internal error while processing the unit: {message}");
+                ctx.multi.suspend(|| eprintln!("error: {}: {message}", sequence.id));
+                status(&sequence.id, UnitOutcome::Failed, 0.0, Some(message))
+            })
+        };
+        if let Ok(mut r) = results.lock() {
+            r.push((i, outcome));
+        }
+    };
+    let work = &work;
+    std::thread::scope(|scope| {
+        if let Some(budget) = options.time_budget {
+            let finished = &finished;
+            scope.spawn(move || {
+                while !finished.load(Ordering::SeqCst) {
+                    if started.elapsed() >= budget {
+                        STOP.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        let workers: Vec<_> = forks
+            .into_iter()
+            .map(|mut fork| scope.spawn(move || work(&mut fork)))
+            .collect();
+        work(flow);
+        for worker in workers {
+            // A worker only ends by finishing its loop: a unit's panic is recorded as its failure.
+            let _ = worker.join();
+        }
+        finished.store(true, Ordering::SeqCst);
+    });
+    ctx.unit_bar.finish_and_clear();
+    ctx.frame_bar.finish_and_clear();
+
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by_key(|(i, _)| *i);
+    let statuses: Vec<LabelsUnitStatus> = results.into_iter().map(|(_, s)| s).collect();
     let mut totals = Totals {
         units_planned: units.len(),
         ..Totals::default()
     };
-    for sequence in units {
-        if let Some(budget) = options.time_budget {
-            if started.elapsed() >= budget {
-                STOP.store(true, Ordering::SeqCst);
-            }
-        }
-        if STOP.load(Ordering::SeqCst) {
-            statuses.push(status(&sequence.id, "interrupted", 0.0, None));
-            totals.units_interrupted += 1;
-            continue;
-        }
-        unit_bar.set_message(sequence.id.clone());
-        let fingerprint = fingerprints
-            .get(sequence.id.as_str())
-            .map_or_else(|| input_fingerprint(sequence), |f| f.to_string());
-        let marker_path = layout.done_marker(&sequence.id);
-        if let Some(marker) = read_marker(&marker_path) {
-            if marker.params_hash == params_hash
-                && marker.input_fingerprint == fingerprint
-                && layout.frames_file(&sequence.id).is_file()
-                && layout.instances_file(&sequence.id).is_file()
-            {
-                frame_bar.inc(marker.frame_rows as u64);
-                unit_bar.inc(1);
-                totals.units_skipped += 1;
-                statuses.push(UnitStatus {
-                    unit: sequence.id.clone(),
-                    status: "skipped".into(),
-                    seconds: 0.0,
-                    frames: marker.frame_rows,
-                    labelled_frames: marker.labelled_frames,
-                    instances: marker.instances,
-                    error: None,
-                    failures: marker.failures,
-                });
-                continue;
-            }
-        }
-        let unit_start = Instant::now();
-        let on_frame = || frame_bar.inc(1);
-        let budget_stop = StopWithBudget {
-            started,
-            budget: options.time_budget,
-        };
-        let result = budget_stop.guard(|| process_unit(sequence, params, flow, &STOP, &on_frame));
-        let seconds = unit_start.elapsed().as_secs_f64();
-        match result {
-            Ok(output) => {
-                let frames_path = layout.frames_file(&sequence.id);
-                let instances_path = layout.instances_file(&sequence.id);
-                write_parquet(&frames_path, &frames_batch(&output.frames)?, &metadata)?;
-                write_parquet(&instances_path, &instances_batch(&output.instances)?, &metadata)?;
-                let labelled = output.frames.iter().filter(|f| f.labelled).count();
-                let marker = DoneMarker {
-                    unit: sequence.id.clone(),
-                    params_hash: params_hash.clone(),
-                    code_version: CODE_VERSION.to_string(),
-                    input_fingerprint: fingerprint,
-                    frames_decoded: output.decoded_frames,
-                    frame_rows: output.frames.len(),
-                    labelled_frames: labelled,
-                    instances: output.instances.len(),
-                    seconds,
-                    failures: output.failures.clone(),
-                };
-                write_atomic(&marker_path, &serde_json::to_vec_pretty(&marker)?)?;
+    for s in &statuses {
+        match s.status {
+            UnitOutcome::Done => {
                 totals.units_done += 1;
-                totals.frames += output.frames.len();
-                totals.quasi_static_frames += output.frames.iter().filter(|f| f.quasi_static).count();
-                totals.labelled_frames += labelled;
-                totals.instances += output.instances.len();
-                totals.frame_failures += output.failures.len();
-                statuses.push(UnitStatus {
-                    unit: sequence.id.clone(),
-                    status: "done".into(),
-                    seconds,
-                    frames: output.frames.len(),
-                    labelled_frames: labelled,
-                    instances: output.instances.len(),
-                    error: None,
-                    failures: output.failures,
-                });
+                totals.frames += s.payload.frame_rows;
+                totals.quasi_static_frames += s.payload.quasi_static_frames;
+                totals.labelled_frames += s.payload.labelled_frames;
+                totals.instances += s.payload.instances;
+                totals.frame_failures += s.failures.len();
             }
-            Err(UnitError::Interrupted) => {
-                totals.units_interrupted += 1;
-                statuses.push(status(&sequence.id, "interrupted", seconds, None));
-            }
-            Err(UnitError::Failed(message)) => {
-                totals.units_failed += 1;
-                multi.suspend(|| eprintln!("error: {}: {message}", sequence.id));
-                statuses.push(status(&sequence.id, "failed", seconds, Some(message)));
-            }
+            UnitOutcome::Skipped => totals.units_skipped += 1,
+            UnitOutcome::Failed => totals.units_failed += 1,
+            UnitOutcome::Interrupted => totals.units_interrupted += 1,
         }
-        unit_bar.inc(1);
     }
-    unit_bar.finish_and_clear();
-    frame_bar.finish_and_clear();
     totals.seconds = started.elapsed().as_secs_f64();
     let manifest = RunManifest {
+        kind: LABELS_KIND.to_string(),
         params_hash: params_hash.clone(),
         params: serde_json::to_value(params)?,
         code_version: CODE_VERSION.to_string(),
         command_line: std::env::args().collect(),
-        shard: options.shard.map(|(i, n)| format!("{i}/{n}")),
+        shard: options.shard.map(|s| s.to_string()),
+        host: mrdino_outputs::atomic::host_name().to_string(),
+        pid: std::process::id(),
         started_unix_s,
         finished_unix_s: unix_now(),
         units: statuses,
         totals,
     };
-    let shard_name = options
-        .shard
-        .map(|(i, n)| format!("shard-{i}-of-{n}"))
-        .unwrap_or_else(|| "all".into());
-    let manifest_path = layout
-        .manifest_dir()
-        .join(format!("{shard_name}-{started_unix_s}-{}.json", std::process::id()));
-    write_atomic(&manifest_path, &serde_json::to_vec_pretty(&manifest)?)?;
+    ctx.ledger.write_manifest(&manifest, options.shard)?;
     if manifest.units.is_empty() {
-        bail!("no units to process in this shard");
+        eprintln!(
+            "note: no units fall into shard {} of this dataset",
+            options.shard.map_or_else(|| "all".to_string(), |s| s.to_string())
+        );
     }
     Ok(manifest)
-}
-
-fn status(unit: &str, status: &str, seconds: f64, error: Option<String>) -> UnitStatus {
-    UnitStatus {
-        unit: unit.to_string(),
-        status: status.to_string(),
-        seconds,
-        frames: 0,
-        labelled_frames: 0,
-        instances: 0,
-        error,
-        failures: Vec::new(),
-    }
-}
-
-/// Sets [`STOP`] when the time budget runs out while a unit is being processed.
-struct StopWithBudget {
-    started: Instant,
-    budget: Option<Duration>,
-}
-
-impl StopWithBudget {
-    fn guard<T>(&self, work: impl FnOnce() -> T) -> T {
-        let Some(budget) = self.budget else { return work() };
-        let remaining = budget.saturating_sub(self.started.elapsed());
-        let done = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                let deadline = Instant::now() + remaining;
-                while !done.load(Ordering::SeqCst) {
-                    if Instant::now() >= deadline {
-                        STOP.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            });
-            let result = work();
-            done.store(true, Ordering::SeqCst);
-            result
-        })
-    }
 }

@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::bounded;
 use mrdino_datasets::{DatasetError, Frame, Geometry, Sequence};
+use mrdino_outputs::bookkeeping::FrameFailure;
+use mrdino_outputs::tables::{ExcludedReason, InstanceOrigin};
 use mrdino_outputs::{CocoRle, FrameRow, InstanceRow};
 use mrdino_stages::flow::files::{find_flow_file, kubric_flow_file, read_flow_file, read_kubric_flow};
 use mrdino_stages::flow::{FlowError, FlowEstimator, FlowField};
-use mrdino_stages::instances::separate_instances;
+use mrdino_stages::instances::{separate_instances, Origin};
 use mrdino_stages::select::{corner_means_of_magnitude, CornerMeans};
-use rayon::iter::{ParallelBridge, ParallelIterator};
-use serde::{Deserialize, Serialize};
 
 use crate::config::Params;
 
@@ -36,12 +36,27 @@ pub enum FlowSource {
     Kubric,
 }
 
-/// A frame that could not be used, and why. Recorded in markers and the manifest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FrameFailure {
-    pub frame_index: usize,
-    pub path: String,
-    pub reason: String,
+impl FlowSource {
+    /// An independent copy for another unit running at the same time (`None` when the estimator cannot be
+    /// forked, e.g. a network).
+    pub fn fork(&self) -> Option<FlowSource> {
+        match self {
+            FlowSource::Estimator { estimator, batch } => Some(FlowSource::Estimator {
+                estimator: estimator.fork()?,
+                batch: *batch,
+            }),
+            FlowSource::Import { dir } => Some(FlowSource::Import { dir: dir.clone() }),
+            FlowSource::Kubric => Some(FlowSource::Kubric),
+        }
+    }
+}
+
+/// The table's name for how a stage found an instance.
+fn table_origin(origin: Origin) -> InstanceOrigin {
+    match origin {
+        Origin::Component => InstanceOrigin::Component,
+        Origin::Hdbscan => InstanceOrigin::Hdbscan,
+    }
 }
 
 /// Why a unit stopped without output.
@@ -76,7 +91,7 @@ struct InstanceRecord {
     rle: CocoRle,
     area_px: u32,
     bbox_xywh: [u32; 4],
-    origin: &'static str,
+    origin: InstanceOrigin,
     component: u32,
     hdbscan_label: Option<i32>,
     mean_flow_px: f32,
@@ -119,6 +134,45 @@ fn analyse_guarded(job: FlowJob, params: &Params) -> Analysis {
     })
 }
 
+/// Frames analysed at once per thread of the pool: enough to keep every thread busy while the flow stage
+/// produces the next, few enough that memory stays flat in sequence length.
+const IN_FLIGHT_PER_THREAD: usize = 2;
+
+/// Analyses the flow jobs of one unit on the rayon pool, several frames at once, in any order.
+///
+/// The jobs are received on this (non-pool) thread and spawned into the pool, so no pool thread ever waits
+/// on the channel: the flow stage may itself use the pool (CPU flow computes pairs in parallel) without
+/// starving, with any number of units in flight. At most `IN_FLIGHT_PER_THREAD` × threads frames are queued
+/// or being analysed at a time.
+fn analyse_on_pool(
+    jobs: crossbeam_channel::Receiver<FlowJob>,
+    params: &Params,
+    on_frame: &(dyn Fn() + Sync),
+) -> Vec<Analysis> {
+    let limit = IN_FLIGHT_PER_THREAD * rayon::current_num_threads().max(1);
+    let (slot_tx, slot_rx) = bounded::<()>(limit);
+    let results = std::sync::Mutex::new(Vec::new());
+    rayon::in_place_scope(|scope| {
+        for job in jobs {
+            if slot_tx.send(()).is_err() {
+                break;
+            }
+            let (results, slot_rx) = (&results, &slot_rx);
+            scope.spawn(move |_| {
+                let analysis = analyse_guarded(job, params);
+                on_frame();
+                if let Ok(mut r) = results.lock() {
+                    r.push(analysis);
+                }
+                let _ = slot_rx.recv();
+            });
+        }
+    });
+    let mut analyses = results.into_inner().unwrap_or_default();
+    analyses.sort_by_key(|a| a.index);
+    analyses
+}
+
 fn analyse(job: FlowJob, params: &Params) -> Analysis {
     let flow = match job.flow {
         Ok(flow) => flow,
@@ -137,7 +191,7 @@ fn analyse(job: FlowJob, params: &Params) -> Analysis {
                 rle: CocoRle::from_pixels(&inst.pixels, h as u32, w as u32),
                 area_px: inst.pixels.len() as u32,
                 bbox_xywh: inst.bbox_xywh,
-                origin: inst.origin.name(),
+                origin: table_origin(inst.origin),
                 component: inst.component,
                 hdbscan_label: inst.hdbscan_label,
                 mean_flow_px: inst.mean_flow_px,
@@ -223,17 +277,7 @@ pub fn process_unit(
             }
         });
         let (job_tx, job_rx) = bounded::<FlowJob>(4);
-        let analysis = scope.spawn(move || {
-            job_rx
-                .into_iter()
-                .par_bridge()
-                .map(|job| {
-                    let a = analyse_guarded(job, params);
-                    on_frame();
-                    a
-                })
-                .collect::<Vec<Analysis>>()
-        });
+        let analysis = scope.spawn(move || analyse_on_pool(job_rx, params, on_frame));
 
         // Frames whose image is available, waiting to be paired: (index, frame).
         let mut previous: Option<Frame> = None;
@@ -398,21 +442,21 @@ fn resolve(
     for (i, (analysis, segment)) in by_index.into_iter().zip(segments).enumerate() {
         let meta = &metas[i];
         let g = meta.geometry.unwrap_or(geometry);
-        let reason: Option<&str> = match (&analysis, segment) {
-            (None, _) => Some("unreadable"),
-            (Some(a), _) if a.error.is_some() => Some("unreadable"),
-            (Some(a), None) if !a.passes => Some("camera_motion"),
-            (Some(_), None) => Some("short_run"),
-            (Some(a), Some(_)) if !a.enough_fg => Some("fg_too_small"),
+        let reason: Option<ExcludedReason> = match (&analysis, segment) {
+            (None, _) => Some(ExcludedReason::Unreadable),
+            (Some(a), _) if a.error.is_some() => Some(ExcludedReason::Unreadable),
+            (Some(a), None) if !a.passes => Some(ExcludedReason::CameraMotion),
+            (Some(_), None) => Some(ExcludedReason::ShortRun),
+            (Some(a), Some(_)) if !a.enough_fg => Some(ExcludedReason::FgTooSmall),
             (Some(_), Some(seg))
                 if labelled_per_segment.get(&seg).copied().unwrap_or(0) < params.instances.min_segment_frames =>
             {
-                Some("short_segment")
+                Some(ExcludedReason::ShortSegment)
             }
             (Some(_), Some(_)) => None,
         };
         let reason = if params.exclude_eval_overlap && in_eval_overlap(&sequence.id, &meta.name) {
-            Some("eval_overlap")
+            Some(ExcludedReason::EvalOverlap)
         } else {
             reason
         };
@@ -431,7 +475,7 @@ fn resolve(
                         mask: inst.rle.clone(),
                         bbox_xywh: inst.bbox_xywh.map(|v| v as f32),
                         area_px: inst.area_px,
-                        origin: inst.origin.to_string(),
+                        origin: inst.origin,
                         component_id: inst.component,
                         hdbscan_label: inst.hdbscan_label,
                         mean_flow_px: inst.mean_flow_px,
@@ -457,7 +501,7 @@ fn resolve(
             corner_flow_px: analysis.as_ref().and_then(|a| a.corners),
             fg_fraction: analysis.as_ref().and_then(|a| a.fg_fraction),
             labelled,
-            excluded_reason: reason.map(str::to_string),
+            excluded_reason: reason,
             segment,
             num_instances,
         });

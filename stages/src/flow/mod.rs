@@ -67,4 +67,10 @@ pub trait FlowEstimator: Send {
     /// A short identifier recorded in the outputs, e.g. `dis-medium`, `raft-small`.
     fn name(&self) -> String;
     fn estimate(&mut self, pairs: &[(&RgbImage, &RgbImage)]) -> Result<Vec<FlowField>, FlowError>;
+
+    /// An independent estimator with the same settings and identical results, for another thread; `None`
+    /// when the estimator must stay one (a network on one device batches instead).
+    fn fork(&self) -> Option<Box<dyn FlowEstimator>> {
+        None
+    }
 }
