@@ -2,6 +2,8 @@
 //! overlay images, flow colour images and the HTML report.
 
 pub mod atomic;
+pub mod checkpoint;
+pub mod feature_cache;
 pub mod flowviz;
 pub mod layout;
 pub mod overlay;
