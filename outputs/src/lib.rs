@@ -4,6 +4,8 @@
 pub mod analysis_report;
 pub mod atomic;
 pub mod bookkeeping;
+pub mod checkpoint;
+pub mod feature_cache;
 pub mod flowviz;
 pub mod layout;
 pub mod overlay;

@@ -12,17 +12,24 @@
 //! - [`matching`], [`refine`]: the Hungarian assignment and the stage-1 / stage-2 losses;
 //! - [`clip_tokenizer`], [`clip_text`], [`talk2dino`]: CLIP's BPE tokenizer and text tower, Talk2DINO's ψ,
 //!   class embeddings and masks;
+//! - [`dinosaur`], [`backbone`], [`optim`], [`train`], [`tensors`]: the DINOSAUR slot model, the backbone
+//!   trait it trains on, Adam with exportable state, one training step and tensor ↔ file conversion;
 //! - [`resnet`], [`similarity`], [`variants`]: SwaV's ResNet-50, the robustness analysis' statistics and image
 //!   variants.
 
+pub mod backbone;
 pub mod clip_text;
 pub mod clip_tokenizer;
 pub mod device;
+pub mod dinosaur;
 pub mod matching;
+pub mod optim;
 pub mod refine;
 pub mod resnet;
 pub mod similarity;
 pub mod talk2dino;
+pub mod tensors;
+pub mod train;
 pub mod variants;
 pub mod views;
 pub mod vit;

@@ -1,0 +1,143 @@
+//! Loading and saving DINOSAUR weights: mrdino model files (from `tools/convert_ocl_checkpoint.py` or
+//! [`Dinosaur::save`]) and training run directories (their checkpoint).
+//!
+//! Keys are the model's parameter names. The configuration comes from the file's `mrdino.model_config` metadata
+//! when present, otherwise it is inferred from shapes ([`infer_config`]): D from `conditioning.slots_mu`, F from
+//! the input LayerNorm, h from the first decoder layer, P from `object_decoder.pos_embed`, K from the reference
+//! table (729 → 15, 1225 → 30, 361 → 24) unless given. Tensors under `backbone.`, `optimizer.` and the stage-2
+//! `object_decoder.slot_decoder.` are not part of the slot model and are skipped; any other unknown key, a
+//! missing key or a wrong shape is an error naming the key.
+
+use std::path::{Path, PathBuf};
+
+use mrdino_outputs::checkpoint::{
+    read_tensor_file, resolve_model_path, RawTensor, TensorFile, BACKBONE_PREFIX, META_MODEL_CONFIG, OPTIMIZER_PREFIX,
+};
+use mrdino_outputs::OutputError;
+use tch::Device;
+
+use super::{Dinosaur, DinosaurConfig, DinosaurError, InputProjection};
+use crate::tensors::{from_tch, to_tch, TensorConvError};
+
+pub use mrdino_outputs::checkpoint::CHECKPOINT_FILE as RUN_CHECKPOINT_FILE;
+
+/// Prefix of the stage-2 slot-deactivation MLP, which the slot model itself does not hold.
+pub const SLOT_DECODER_PREFIX: &str = "object_decoder.slot_decoder.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    File(#[from] OutputError),
+    #[error(transparent)]
+    Convert(#[from] TensorConvError),
+    #[error(transparent)]
+    Model(#[from] DinosaurError),
+    #[error("{path}: missing key `{key}`")]
+    MissingKey { path: PathBuf, key: String },
+    #[error("unknown key `{key}`")]
+    UnknownKey { key: String },
+    #[error("key `{key}`: expected shape {expected:?}, got {got:?}")]
+    KeyShape {
+        key: String,
+        expected: Vec<i64>,
+        got: Vec<i64>,
+    },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+}
+
+fn dims(file: &TensorFile, key: &str, path: &Path) -> Result<Vec<i64>, LoadError> {
+    file.get(key)
+        .map(|t| t.shape.iter().map(|&d| d as i64).collect())
+        .ok_or_else(|| LoadError::MissingKey {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+        })
+}
+
+/// The configuration implied by the tensor shapes; `n_slots` overrides the reference table.
+pub fn infer_config(file: &TensorFile, path: &Path, n_slots: Option<i64>) -> Result<DinosaurConfig, LoadError> {
+    let mu = dims(file, "conditioning.slots_mu", path)?;
+    let ln = dims(file, "perceptual_grouping.positional_embedding.layers.1.0.weight", path)?;
+    let dec0 = dims(file, "object_decoder.decoder.0.weight", path)?;
+    let pos = dims(file, "object_decoder.pos_embed", path)?;
+    let ff = dims(file, "perceptual_grouping.slot_attention.ff_mlp.module.1.weight", path)?;
+    let bad = |message: String| LoadError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (Some(&d), Some(&f), Some(&h), Some(&p), Some(&ffh)) =
+        (mu.last(), ln.first(), dec0.first(), pos.get(1), ff.first())
+    else {
+        return Err(bad("tensors of unexpected rank".into()));
+    };
+    let k = match n_slots.or_else(|| DinosaurConfig::reference_slots_for_patches(p)) {
+        Some(k) => k,
+        None => {
+            return Err(bad(format!(
+                "{p} patches match no reference preset; give the number of slots"
+            )))
+        }
+    };
+    let mut config = DinosaurConfig::custom(k, d, f, h, p);
+    if d > 0 && ffh % d == 0 {
+        config.ff_mlp_ratio = ffh / d;
+    }
+    if file
+        .get("perceptual_grouping.positional_embedding.layers.1.3.weight")
+        .is_none()
+    {
+        config.input_projection = InputProjection::SingleLinear;
+    }
+    config.target_projection = file.get("target_projection.weight").is_some();
+    Ok(config)
+}
+
+fn is_foreign(key: &str) -> bool {
+    key.starts_with(BACKBONE_PREFIX) || key.starts_with(OPTIMIZER_PREFIX) || key.starts_with(SLOT_DECODER_PREFIX)
+}
+
+impl Dinosaur {
+    /// Loads a model file, or the checkpoint of a training run directory.
+    pub fn load(path: &Path, device: Device) -> Result<Self, LoadError> {
+        let path = resolve_model_path(path);
+        let file = read_tensor_file(&path)?;
+        Self::from_tensor_file(&file, &path, None, device)
+    }
+
+    /// Builds the model from a parsed file; `n_slots` overrides K when the configuration is inferred.
+    pub fn from_tensor_file(
+        file: &TensorFile,
+        path: &Path,
+        n_slots: Option<i64>,
+        device: Device,
+    ) -> Result<Self, LoadError> {
+        let config = match file.meta(META_MODEL_CONFIG) {
+            Some(json) => serde_json::from_str(json).map_err(|e| LoadError::Config {
+                path: path.to_path_buf(),
+                message: format!("{META_MODEL_CONFIG}: {e}"),
+            })?,
+            None => infer_config(file, path, n_slots)?,
+        };
+        let model = Dinosaur::new(config, device)?;
+        let params = model.named_parameters();
+        for (key, _) in &params {
+            let raw = file.get(key).ok_or_else(|| LoadError::MissingKey {
+                path: path.to_path_buf(),
+                key: key.clone(),
+            })?;
+            model.set_parameter(key, &to_tch(raw, device)?)?;
+        }
+        for raw in &file.tensors {
+            if !is_foreign(&raw.name) && !params.iter().any(|(k, _)| *k == raw.name) {
+                return Err(LoadError::UnknownKey { key: raw.name.clone() });
+            }
+        }
+        Ok(model)
+    }
+
+    /// The parameters as raw float32 tensors, sorted by key.
+    pub fn raw_parameters(&self) -> Result<Vec<RawTensor>, TensorConvError> {
+        self.named_parameters().iter().map(|(k, t)| from_tch(k, t)).collect()
+    }
+}
