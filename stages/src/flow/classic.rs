@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(dis.estimate(&refs).unwrap(), alone);
         let mut forked = dis.fork().unwrap();
         assert_eq!(forked.estimate(&refs[1..3]).unwrap(), alone[1..3]);
-        let farneback: Vec<FlowField> = refs.iter().map(|p| FarnebackFlow.estimate(&[*p]).unwrap().remove(0)).collect();
+        let farneback: Vec<FlowField> = refs
+            .iter()
+            .map(|p| FarnebackFlow.estimate(&[*p]).unwrap().remove(0))
+            .collect();
         assert_eq!(FarnebackFlow.estimate(&refs).unwrap(), farneback);
     }
 
