@@ -247,7 +247,9 @@ fn labels_from_imported_flow_follow_the_reference_rules() {
         (2, 300, [30.0, 20.0, 20.0, 15.0])
     );
     assert_eq!(f3[1].mean_flow_px, 4.0);
-    assert!(f3.iter().all(|i| i.origin == InstanceOrigin::Component && i.hdbscan_label.is_none()));
+    assert!(f3
+        .iter()
+        .all(|i| i.origin == InstanceOrigin::Component && i.hdbscan_label.is_none()));
     // The touching pair has an interior flow step and goes through HDBSCAN.
     let f8: Vec<&InstanceRow> = instances.iter().filter(|i| i.frame_index == 8).collect();
     assert!(f8
@@ -653,10 +655,15 @@ fn sigterm_stops_cleanly_and_the_same_command_resumes() {
         .spawn()
         .unwrap();
     // Wait until the run is under way (the first unit is done), then ask it to stop.
-    let done_dir = |out: &Path| std::fs::read_dir(out.join("_done")).into_iter().flatten().flatten().next();
+    let done_dir = |out: &Path| {
+        std::fs::read_dir(out.join("_done"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .next()
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while done_dir(&out)
-        .is_none_or(|d| std::fs::read_dir(d.path()).map_or(true, |mut e| e.next().is_none()))
+    while done_dir(&out).is_none_or(|d| std::fs::read_dir(d.path()).map_or(true, |mut e| e.next().is_none()))
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -730,7 +737,10 @@ fn thread_count_does_not_change_rows() {
     assert_eq!(sorted_tables(&one), sorted_tables(&two));
     assert_eq!(sorted_tables(&one), sorted_tables(&four));
     // The manifest lists units in plan order whatever ran in parallel.
-    let units: Vec<String> = manifest_units(&four).iter().map(|u| u["unit"].as_str().unwrap().to_string()).collect();
+    let units: Vec<String> = manifest_units(&four)
+        .iter()
+        .map(|u| u["unit"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(units, (0..8).map(|s| format!("seq_{s:02}")).collect::<Vec<_>>());
 
     // DIS computes several pairs (and units) at once; the rows stay the same.
@@ -740,11 +750,20 @@ fn thread_count_does_not_change_rows() {
     }
     let dis = |out: &Path, threads: &str| {
         let mut cmd = mrdino();
-        cmd.args(["labels", "--dataset", "frames", "--quiet", "--flow", "dis", "--threads", threads])
-            .arg("--root")
-            .arg(&frames)
-            .arg("--out")
-            .arg(out);
+        cmd.args([
+            "labels",
+            "--dataset",
+            "frames",
+            "--quiet",
+            "--flow",
+            "dis",
+            "--threads",
+            threads,
+        ])
+        .arg("--root")
+        .arg(&frames)
+        .arg("--out")
+        .arg(out);
         run_ok(&mut cmd);
         sorted_tables(out)
     };
@@ -1202,7 +1221,11 @@ fn sixteen_staggered_tasks_of_eight_shards_on_one_directory_equal_one_run_and_fi
         );
     }
     assert_eq!(sorted_tables(&out), sorted_tables(&single));
-    assert!(hidden_or_temp_files(&out).is_empty(), "{:?}", hidden_or_temp_files(&out));
+    assert!(
+        hidden_or_temp_files(&out).is_empty(),
+        "{:?}",
+        hidden_or_temp_files(&out)
+    );
     let status = run_ok(mrdino().arg("status").arg("--out").arg(&out));
     assert!(String::from_utf8_lossy(&status.stdout).contains("all shards complete"));
     let fin = run_ok(mrdino().arg("finalize").arg("--out").arg(&out));
@@ -1214,7 +1237,12 @@ fn sixteen_staggered_tasks_of_eight_shards_on_one_directory_equal_one_run_and_fi
     assert_eq!(manifest["units"], 40);
     assert_eq!(manifest["frames"], 40 * 7);
     // One run manifest per task, none lost.
-    let manifests = std::fs::read_dir(out.join("_manifest")).unwrap().flatten().next().unwrap().path();
+    let manifests = std::fs::read_dir(out.join("_manifest"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
     assert_eq!(std::fs::read_dir(manifests).unwrap().count(), 16);
 }
 
@@ -1226,7 +1254,12 @@ fn a_unit_whose_outputs_cannot_be_written_fails_alone() {
     let out = dir.path().join("out");
     run_ok(labels_cmd(&root, &out).args(["--shard", "0/1"]));
     // Make the middle unit's frames file impossible to write: a directory stands where it would go.
-    let frames_dir = std::fs::read_dir(out.join("frames")).unwrap().flatten().next().unwrap().path();
+    let frames_dir = std::fs::read_dir(out.join("frames"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
     let target = std::fs::read_dir(&frames_dir)
         .unwrap()
         .flatten()
@@ -1238,10 +1271,20 @@ fn a_unit_whose_outputs_cannot_be_written_fails_alone() {
     let result = labels_cmd(&root, &out).output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("s01") && stderr.contains("cannot write the unit's outputs"), "{stderr}");
+    assert!(
+        stderr.contains("s01") && stderr.contains("cannot write the unit's outputs"),
+        "{stderr}"
+    );
     let units = manifest_units(&out);
-    assert!(units.iter().any(|u| u["unit"] == "s01" && u["status"] == "failed"), "{units:?}");
-    assert_eq!(units.iter().filter(|u| u["status"] == "skipped").count(), 2, "{units:?}");
+    assert!(
+        units.iter().any(|u| u["unit"] == "s01" && u["status"] == "failed"),
+        "{units:?}"
+    );
+    assert_eq!(
+        units.iter().filter(|u| u["status"] == "skipped").count(),
+        2,
+        "{units:?}"
+    );
     let status = mrdino().arg("status").arg("--out").arg(&out).output().unwrap();
     assert_eq!(status.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&status.stdout).contains("s01: cannot write"));
@@ -1254,20 +1297,39 @@ fn bad_numbers_are_usage_errors_naming_the_value() {
     many_short_sequences(&root, 1, 3);
     let out = dir.path().join("out");
     for budget in ["nan", "-1", "inf", "-inf", "soon"] {
-        let result = labels_cmd(&root, &out).args(["--time-budget", budget]).output().unwrap();
+        let result = labels_cmd(&root, &out)
+            .args(["--time-budget", budget])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert_eq!(result.status.code(), Some(2), "{budget}: {stderr}");
-        assert!(stderr.contains(&format!("`{budget}`")) && !stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("`{budget}`")) && !stderr.contains("panicked"),
+            "{stderr}"
+        );
     }
     assert!(!out.exists());
     run_ok(&mut labels_cmd(&root, &out));
-    let status = mrdino().args(["status", "--num-shards", "0"]).arg("--out").arg(&out).output().unwrap();
+    let status = mrdino()
+        .args(["status", "--num-shards", "0"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&status.stderr);
     assert_eq!(status.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("'0'") && stderr.contains("--num-shards") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("'0'") && stderr.contains("--num-shards") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
     for shard in ["0/0", "3/2"] {
         let result = labels_cmd(&root, &out).args(["--shard", shard]).output().unwrap();
-        assert_eq!(result.status.code(), Some(2), "{}", String::from_utf8_lossy(&result.stderr));
+        assert_eq!(
+            result.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
     }
 }
 
@@ -1281,7 +1343,9 @@ fn replace_column_with_strings(path: &Path, name: &str) {
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
     let i = fields.iter().position(|f| f.name() == name).unwrap();
     fields[i] = Field::new(name, DataType::Utf8, false);
-    columns[i] = std::sync::Arc::new(StringArray::from_iter_values((0..batch.num_rows()).map(|r| r.to_string())));
+    columns[i] = std::sync::Arc::new(StringArray::from_iter_values(
+        (0..batch.num_rows()).map(|r| r.to_string()),
+    ));
     let odd = RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns).unwrap();
     mrdino_outputs::tables::write_parquet(path, &odd, &[]).unwrap();
 }
@@ -1360,7 +1424,10 @@ fn eval_and_report_on_tables_with_other_column_types_or_oversized_masks_fail_nam
     replace_column_with_strings(&instances, "area_px");
     let result = report();
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.code() == Some(1) && stderr.contains("column `"), "{stderr}");
+    assert!(
+        result.status.code() == Some(1) && stderr.contains("column `"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -1384,7 +1451,10 @@ fn videos_with_the_same_id_are_refused_before_any_work_listing_both() {
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert_eq!(result.status.code(), Some(1), "{command}: {stderr}");
         for path in ["a.avi", "a.mkv"] {
-            assert!(stderr.contains(&videos.join(path).display().to_string()), "{command}: {stderr}");
+            assert!(
+                stderr.contains(&videos.join(path).display().to_string()),
+                "{command}: {stderr}"
+            );
         }
         assert!(!out.exists(), "{command} wrote outputs");
     }
@@ -1403,7 +1473,10 @@ fn unreadable_sub_directories_are_reported_not_skipped() {
     let result = labels_cmd(&root, &out).output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&looping.display().to_string()) && stderr.contains("cannot read"), "{stderr}");
+    assert!(
+        stderr.contains(&looping.display().to_string()) && stderr.contains("cannot read"),
+        "{stderr}"
+    );
     std::fs::remove_file(&looping).unwrap();
 
     // A directory without read permission (meaningful only when not running as root).
@@ -1431,7 +1504,16 @@ fn flow_export_refuses_a_directory_of_other_parameters_naming_both_values() {
     let flow_dir = dir.path().join("flow");
     let export = |preset: &str| {
         mrdino()
-            .args(["flow", "--dataset", "frames", "--quiet", "--flow", "dis", "--dis-preset", preset])
+            .args([
+                "flow",
+                "--dataset",
+                "frames",
+                "--quiet",
+                "--flow",
+                "dis",
+                "--dis-preset",
+                preset,
+            ])
             .arg("--root")
             .arg(&root)
             .arg("--out")

@@ -241,10 +241,25 @@ fn hand_made_prediction_has_the_worked_out_scores() {
     // The unit is planned and done, as the bookkeeping defines it (any payload).
     let ledger = layout.ledger();
     let unit = PlannedUnit::new("hand", Some(3), "hand-made");
-    let plan = Plan::new("labels", &layout.params_hash, "frames", &tmp.path().join("nowhere"), "test", vec![unit.clone()]);
+    let plan = Plan::new(
+        "labels",
+        &layout.params_hash,
+        "frames",
+        &tmp.path().join("nowhere"),
+        "test",
+        vec![unit.clone()],
+    );
     ledger.write_plan(&plan).expect("plan");
     let outputs = layout.unit_outputs("hand");
-    let marker = DoneMarker::new(&ledger, &unit, &outputs, "test", 0.0, Vec::new(), serde_json::Map::new());
+    let marker = DoneMarker::new(
+        &ledger,
+        &unit,
+        &outputs,
+        "test",
+        0.0,
+        Vec::new(),
+        serde_json::Map::new(),
+    );
     ledger.write_marker(&marker).expect("marker");
     write_ids_png(&gt.join("hand/000000.png"), &[(7, a.clone()), (9, b.clone())]);
     write_ids_png(&gt.join("hand/000001.png"), &[(4, block(2..6, 2..6))]);

@@ -493,7 +493,10 @@ fn is_readable_dir(path: &Path) -> Result<bool, DatasetError> {
         }
         Ok(_) => Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(DatasetError::layout(path, format!("cannot read this entry of the dataset: {e}"))),
+        Err(e) => Err(DatasetError::layout(
+            path,
+            format!("cannot read this entry of the dataset: {e}"),
+        )),
     }
 }
 
@@ -730,7 +733,10 @@ mod tests {
             processing: None,
         };
         let err = list_sequences(&options).unwrap_err().to_string();
-        assert!(err.contains("a.avi") && err.contains("a.mkv") && err.contains("`a`"), "{err}");
+        assert!(
+            err.contains("a.avi") && err.contains("a.mkv") && err.contains("`a`"),
+            "{err}"
+        );
         assert!(!err.contains("b.mp4"), "{err}");
     }
 

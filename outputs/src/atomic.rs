@@ -275,14 +275,24 @@ mod tests {
         assert!(sub.join("live.parquet").exists());
         // Old enough, any writer counts as gone.
         let long_ago = SystemTime::now() - STALE_TEMPORARY_AGE - Duration::from_secs(1);
-        assert!(is_stale(".x.parquet.tmp-elsewhere-1-abcdef", Some(long_ago), SystemTime::now()));
-        assert!(!is_stale(".x.parquet.tmp-elsewhere-1-abcdef", Some(SystemTime::now()), SystemTime::now()));
+        assert!(is_stale(
+            ".x.parquet.tmp-elsewhere-1-abcdef",
+            Some(long_ago),
+            SystemTime::now()
+        ));
+        assert!(!is_stale(
+            ".x.parquet.tmp-elsewhere-1-abcdef",
+            Some(SystemTime::now()),
+            SystemTime::now()
+        ));
     }
 
     #[test]
     fn temporary_names_are_unique_and_name_their_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let files: Vec<AtomicFile> = (0..50).map(|_| AtomicFile::create(&dir.path().join("t.json")).unwrap()).collect();
+        let files: Vec<AtomicFile> = (0..50)
+            .map(|_| AtomicFile::create(&dir.path().join("t.json")).unwrap())
+            .collect();
         let names: std::collections::BTreeSet<PathBuf> = files.iter().map(|f| f.temp.clone()).collect();
         assert_eq!(names.len(), 50);
         let name = files[0].temp.file_name().unwrap().to_string_lossy().into_owned();

@@ -426,7 +426,12 @@ impl Ledger {
             .tempfile_in(&self.root)
             .map_err(|e| BookkeepingError::invalid(&self.root, format!("output directory is not writable: {e}")))?;
         drop(probe);
-        let mut dirs = vec![self.done_dir(), self.manifest_dir(), self.root.join("_plan"), self.root.join("_params")];
+        let mut dirs = vec![
+            self.done_dir(),
+            self.manifest_dir(),
+            self.root.join("_plan"),
+            self.root.join("_params"),
+        ];
         dirs.extend(data_dirs.iter().cloned());
         for dir in dirs {
             remove_stale_temporaries(&dir)?;
@@ -453,7 +458,9 @@ impl Ledger {
     /// The parameters stored by [`Ledger::write_params`], as JSON (`None` when absent).
     pub fn read_params(&self) -> Result<Option<serde_json::Value>, BookkeepingError> {
         let path = self.params_file();
-        let Some(bytes) = read_if_present(&path)? else { return Ok(None) };
+        let Some(bytes) = read_if_present(&path)? else {
+            return Ok(None);
+        };
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| BookkeepingError::invalid(&path, e))?;
         Ok(Some(value.get("params").cloned().unwrap_or(serde_json::Value::Null)))
@@ -461,7 +468,9 @@ impl Ledger {
 
     /// Refuses a file of this root that records another job kind.
     fn check_kind_of(&self, path: &Path) -> Result<(), BookkeepingError> {
-        let Some(bytes) = read_if_present(path)? else { return Ok(()) };
+        let Some(bytes) = read_if_present(path)? else {
+            return Ok(());
+        };
         let found = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
@@ -592,12 +601,10 @@ impl Ledger {
                 }
             }
         }
-        let shards_from_manifests = manifests.iter().rev().find_map(|m| {
-            m.shard
-                .as_deref()
-                .and_then(|s| Shard::parse(s).ok())
-                .map(Shard::count)
-        });
+        let shards_from_manifests = manifests
+            .iter()
+            .rev()
+            .find_map(|m| m.shard.as_deref().and_then(|s| Shard::parse(s).ok()).map(Shard::count));
         let (mut done, mut failed, mut missing) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
         for unit in &plan.units {
             if let Some(marker) = self.is_done::<P>(unit) {
@@ -656,7 +663,13 @@ impl<P> Status<P> {
     /// Shard indices holding a unit that is not done (`None` without a shard count).
     pub fn shards_to_rerun(&self) -> Option<BTreeSet<u64>> {
         let n = self.num_shards?;
-        Some(self.failed.keys().chain(&self.missing).map(|u| shard_of(u, n)).collect())
+        Some(
+            self.failed
+                .keys()
+                .chain(&self.missing)
+                .map(|u| shard_of(u, n))
+                .collect(),
+        )
     }
 
     /// Markers of the done units in plan order.
@@ -678,12 +691,22 @@ pub fn partitions(root: &Path, data_dirs: &[&str]) -> Vec<String> {
             .collect()
     };
     let mut all = BTreeSet::new();
-    all.extend(names(root.join("_params")).into_iter().filter_map(|n| n.strip_suffix(".json").map(str::to_string)));
+    all.extend(
+        names(root.join("_params"))
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string)),
+    );
     all.extend(names(root.join("_plan")).into_iter().filter_map(|n| {
-        n.strip_prefix("params=").and_then(|n| n.strip_suffix(".json")).map(str::to_string)
+        n.strip_prefix("params=")
+            .and_then(|n| n.strip_suffix(".json"))
+            .map(str::to_string)
     }));
     for dir in data_dirs {
-        all.extend(names(root.join(dir)).into_iter().filter_map(|n| n.strip_prefix("params=").map(str::to_string)));
+        all.extend(
+            names(root.join(dir))
+                .into_iter()
+                .filter_map(|n| n.strip_prefix("params=").map(str::to_string)),
+        );
     }
     all.into_iter().collect()
 }
@@ -741,7 +764,9 @@ pub fn choose_partition(
         .iter()
         .max_by_key(|h| (written(h.as_str()), h.as_str()))
         .cloned()
-        .ok_or_else(|| BookkeepingError::NoPartition { root: root.to_path_buf() })?;
+        .ok_or_else(|| BookkeepingError::NoPartition {
+            root: root.to_path_buf(),
+        })?;
     Ok(PartitionChoice {
         others: all.into_iter().filter(|h| *h != chosen).collect(),
         params_hash: chosen,
@@ -782,12 +807,21 @@ mod tests {
         assert!(ledger.is_done::<Counts>(&u).is_none());
         let output = dir.path().join("cache/params=abc/seq__a.bin");
         write_atomic(&output, b"x").unwrap();
-        let marker = DoneMarker::new(&ledger, &u, &[output.clone()], "v1", 0.5, Vec::new(), Counts { frames: 3 });
+        let marker = DoneMarker::new(
+            &ledger,
+            &u,
+            &[output.clone()],
+            "v1",
+            0.5,
+            Vec::new(),
+            Counts { frames: 3 },
+        );
         assert_eq!(marker.outputs, ["cache/params=abc/seq__a.bin"]);
         ledger.write_marker(&marker).unwrap();
         assert_eq!(ledger.is_done::<Counts>(&u), Some(marker.clone()));
         // The payload is stored flat beside the common fields.
-        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(ledger.marker_file("seq/a")).unwrap()).unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ledger.marker_file("seq/a")).unwrap()).unwrap();
         assert_eq!(raw["frames"], 3);
         assert!(ledger.is_done::<Counts>(&unit("seq/a", "changed")).is_none());
         assert!(Ledger::new(dir.path(), "infer", "abc").is_done::<Counts>(&u).is_none());
@@ -803,11 +837,17 @@ mod tests {
         ledger.write_plan(&plan).unwrap();
         let modified = std::fs::metadata(ledger.plan_file()).unwrap().modified().unwrap();
         ledger.write_plan(&plan).unwrap();
-        assert_eq!(std::fs::metadata(ledger.plan_file()).unwrap().modified().unwrap(), modified);
+        assert_eq!(
+            std::fs::metadata(ledger.plan_file()).unwrap().modified().unwrap(),
+            modified
+        );
         assert_eq!(ledger.read_plan().unwrap(), plan);
         let other = Ledger::new(dir.path(), "labels", "h1");
         assert!(matches!(other.read_plan(), Err(BookkeepingError::WrongKind { .. })));
-        assert!(matches!(other.write_plan(&plan), Err(BookkeepingError::WrongKind { .. })));
+        assert!(matches!(
+            other.write_plan(&plan),
+            Err(BookkeepingError::WrongKind { .. })
+        ));
     }
 
     #[test]
@@ -841,13 +881,25 @@ mod tests {
         };
         let shard = Some(Shard::new(0, 2).unwrap());
         let paths: BTreeSet<PathBuf> = (0..20)
-            .map(|_| ledger.write_manifest(&manifest(UnitOutcome::Failed, "b"), shard).unwrap())
+            .map(|_| {
+                ledger
+                    .write_manifest(&manifest(UnitOutcome::Failed, "b"), shard)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(paths.len(), 20);
         let output = dir.path().join("t/a.parquet");
         write_atomic(&output, b"x").unwrap();
         ledger
-            .write_marker(&DoneMarker::new(&ledger, &units[0], &[output], "v", 0.0, Vec::new(), Counts::default()))
+            .write_marker(&DoneMarker::new(
+                &ledger,
+                &units[0],
+                &[output],
+                "v",
+                0.0,
+                Vec::new(),
+                Counts::default(),
+            ))
             .unwrap();
         let status = ledger.status::<Counts>(None).unwrap();
         assert_eq!(status.done.keys().collect::<Vec<_>>(), ["a"]);

@@ -137,7 +137,9 @@ mod tests {
             mask: &mask,
             bbox_xywh: [0.0, 0.0, 2.0, 2.0],
         }];
-        let err = write_overlay(&path, &[0; 8 * 6 * 3], 6, 8, &items).unwrap_err().to_string();
+        let err = write_overlay(&path, &[0; 8 * 6 * 3], 6, 8, &items)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("12x20") && err.contains("8x6"), "{err}");
         assert!(!path.exists());
         let fits = CocoRle::from_pixels(&[0, 1, 40], 6, 8);

@@ -389,11 +389,7 @@ fn bool_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'
 }
 
 /// A `fixed_size_list<float32, 4>` column.
-fn f32x4_column<'a>(
-    batch: &'a RecordBatch,
-    name: &str,
-    path: &Path,
-) -> Result<&'a FixedSizeListArray, OutputError> {
+fn f32x4_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a FixedSizeListArray, OutputError> {
     let array = column(batch, name, path)?;
     array
         .as_fixed_size_list_opt()
@@ -438,14 +434,15 @@ pub fn read_frames(path: &Path) -> Result<Vec<FrameRow>, OutputError> {
         let reason = s("excluded_reason")?;
         let (segment, n) = (u("segment")?, u("num_instances")?);
         for i in 0..b.num_rows() {
-            let excluded_reason = if reason.is_valid(i) {
-                let text = reason.value(i);
-                Some(ExcludedReason::parse(text).ok_or_else(|| {
-                    OutputError::format(path, format!("row {i}: unknown excluded_reason `{text}`"))
-                })?)
-            } else {
-                None
-            };
+            let excluded_reason =
+                if reason.is_valid(i) {
+                    let text = reason.value(i);
+                    Some(ExcludedReason::parse(text).ok_or_else(|| {
+                        OutputError::format(path, format!("row {i}: unknown excluded_reason `{text}`"))
+                    })?)
+                } else {
+                    None
+                };
             rows.push(FrameRow {
                 dataset: dataset.value(i).to_owned(),
                 sequence_id: seq.value(i).to_owned(),
@@ -623,10 +620,24 @@ mod tests {
         write_parquet(&path, &odd, &[]).unwrap();
         let err = read_frames(&path).unwrap_err().to_string();
         assert!(err.contains("column `frame_index` is Utf8"), "{err}");
-        let instances = instances_batch(&[]).unwrap();
+        let row = InstanceRow {
+            dataset: "frames".into(),
+            sequence_id: "s".into(),
+            frame_index: 0,
+            frame_name: "0".into(),
+            instance_id: 1,
+            mask: CocoRle::from_pixels(&[1], 2, 2),
+            bbox_xywh: [0.0; 4],
+            area_px: 1,
+            origin: InstanceOrigin::Component,
+            component_id: 1,
+            hdbscan_label: None,
+            mean_flow_px: 1.0,
+        };
+        let instances = instances_batch(&[row]).unwrap();
         let mut columns = instances.columns().to_vec();
         let mut fields: Vec<Field> = instances_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-        columns[5] = strings(std::iter::empty());
+        columns[5] = strings(["not a mask"].into_iter());
         fields[5] = field("mask", DataType::Utf8, false);
         let odd = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
         write_parquet(&path, &odd, &[]).unwrap();

@@ -124,7 +124,13 @@ pub fn read_label_tables(labels: &Path, params: Option<&str>) -> Result<LabelTab
     }
     let dir = layout.frames_dir();
     let mut incomplete_units: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot list {} (no labels for params={}?)", dir.display(), choice.params_hash))?
+        .with_context(|| {
+            format!(
+                "cannot list {} (no labels for params={}?)",
+                dir.display(),
+                choice.params_hash
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
@@ -406,7 +412,10 @@ pub struct EvalResult {
 pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
     let tables = read_label_tables(&args.labels, args.params.as_deref())?;
     for file in &tables.incomplete_units {
-        eprintln!("warning: {} is not done (unfinished unit or changed inputs); left out", file.display());
+        eprintln!(
+            "warning: {} is not done (unfinished unit or changed inputs); left out",
+            file.display()
+        );
     }
     let mut gt = GroundTruth::new(&args.gt, args.gt_format)?;
     let mut by_frame: BTreeMap<(&str, u32), Vec<&InstanceRow>> = BTreeMap::new();

@@ -102,7 +102,11 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut std::collections::
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -295,7 +299,14 @@ pub fn run(args: &FlowCmdArgs) -> Result<ExitCode> {
         if let Some(marker) = ledger.is_done::<FlowCounts>(planned) {
             totals.units_skipped += 1;
             totals.files_present += marker.outputs.len();
-            statuses.push(unit_status(planned, UnitOutcome::Skipped, 0.0, None, marker.failures, marker.payload));
+            statuses.push(unit_status(
+                planned,
+                UnitOutcome::Skipped,
+                0.0,
+                None,
+                marker.failures,
+                marker.payload,
+            ));
             continue;
         }
         let unit_start = Instant::now();
@@ -321,14 +332,28 @@ pub fn run(args: &FlowCmdArgs) -> Result<ExitCode> {
             }
             Err(_) if STOP.load(Ordering::SeqCst) => {
                 stopped = true;
-                statuses.push(unit_status(planned, UnitOutcome::Interrupted, seconds, None, failures, FlowCounts::default()));
+                statuses.push(unit_status(
+                    planned,
+                    UnitOutcome::Interrupted,
+                    seconds,
+                    None,
+                    failures,
+                    FlowCounts::default(),
+                ));
                 break;
             }
             Err(e) => {
                 totals.units_failed += 1;
                 eprintln!("error: {}: {e:#}", sequence.id);
                 let message = format!("{e:#}");
-                statuses.push(unit_status(planned, UnitOutcome::Failed, seconds, Some(message), failures, FlowCounts::default()));
+                statuses.push(unit_status(
+                    planned,
+                    UnitOutcome::Failed,
+                    seconds,
+                    Some(message),
+                    failures,
+                    FlowCounts::default(),
+                ));
             }
         }
     }
@@ -396,7 +421,15 @@ fn write_marker(
     if files.is_empty() {
         bail!("no flow pair could be computed");
     }
-    let marker = DoneMarker::new(ledger, planned, files, CODE_VERSION, seconds, failures.to_vec(), counts.clone());
+    let marker = DoneMarker::new(
+        ledger,
+        planned,
+        files,
+        CODE_VERSION,
+        seconds,
+        failures.to_vec(),
+        counts.clone(),
+    );
     ledger.write_marker(&marker)?;
     Ok(())
 }

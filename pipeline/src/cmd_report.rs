@@ -307,7 +307,12 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let mut notes: Vec<String> = tables
         .incomplete_units
         .iter()
-        .map(|f| format!("{} is not done (unfinished unit or changed inputs) and is left out.", f.display()))
+        .map(|f| {
+            format!(
+                "{} is not done (unfinished unit or changed inputs) and is left out.",
+                f.display()
+            )
+        })
         .collect();
     let samples = if args.samples == 0 {
         Vec::new()

@@ -95,7 +95,13 @@ fn status(unit: &str, outcome: UnitOutcome, seconds: f64, error: Option<String>)
 }
 
 /// Writes a unit's tables, then its marker. An error here is the unit's failure, not the run's.
-fn write_unit(ctx: &RunContext<'_>, planned: &PlannedUnit, output: &UnitOutput, counts: &LabelCounts, seconds: f64) -> Result<()> {
+fn write_unit(
+    ctx: &RunContext<'_>,
+    planned: &PlannedUnit,
+    output: &UnitOutput,
+    counts: &LabelCounts,
+    seconds: f64,
+) -> Result<()> {
     let [frames_path, instances_path] = ctx.layout.unit_outputs(&planned.id);
     write_parquet(&frames_path, &frames_batch(&output.frames)?, &ctx.metadata)?;
     write_parquet(&instances_path, &instances_batch(&output.instances)?, &ctx.metadata)?;
@@ -113,7 +119,12 @@ fn write_unit(ctx: &RunContext<'_>, planned: &PlannedUnit, output: &UnitOutput, 
 }
 
 /// Skips, processes or records the failure of one unit.
-fn run_unit(ctx: &RunContext<'_>, sequence: &Sequence, planned: &PlannedUnit, flow: &mut FlowSource) -> LabelsUnitStatus {
+fn run_unit(
+    ctx: &RunContext<'_>,
+    sequence: &Sequence,
+    planned: &PlannedUnit,
+    flow: &mut FlowSource,
+) -> LabelsUnitStatus {
     if let Some(marker) = ctx.ledger.is_done::<LabelCounts>(planned) {
         ctx.frame_bar.inc(marker.payload.frame_rows as u64);
         ctx.unit_bar.inc(1);
@@ -244,9 +255,8 @@ pub fn run_labels(
             STOP.store(true, Ordering::SeqCst);
             status(&sequence.id, UnitOutcome::Interrupted, 0.0, None)
         } else {
-            let guarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_unit(&ctx, sequence, planned, flow)
-            }));
+            let guarded =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_unit(&ctx, sequence, planned, flow)));
             guarded.unwrap_or_else(|panic| {
                 let message = panic
                     .downcast_ref::<String>()
