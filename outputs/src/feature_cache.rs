@@ -19,7 +19,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors};
+use safetensors::tensor::{Dtype, TensorInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::{write_atomic, OutputError};
@@ -292,17 +292,20 @@ fn open_shard(path: &Path, done: &ShardDone) -> Result<Shard, OutputError> {
     }
     let mut head = vec![0u8; 8 + header_len as usize];
     file.read_exact_at(&mut head, 0).map_err(|e| OutputError::io(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&head).map_err(|e| OutputError::format(path, format!("{e:?}")))?;
+    // Only the header is read here (the data stays on disk), so it is parsed as the JSON it is.
+    let header: serde_json::Value = serde_json::from_slice(&head[8..])
+        .map_err(|e| OutputError::format(path, format!("safetensors header: {e}")))?;
     let json = header
-        .metadata()
-        .as_ref()
+        .get("__metadata__")
         .and_then(|m| m.get(META_SHARD))
+        .and_then(|v| v.as_str())
         .ok_or_else(|| OutputError::format(path, format!("no `{META_SHARD}` metadata")))?;
     let meta: ShardMeta = serde_json::from_str(json).map_err(|e| OutputError::format(path, e))?;
-    let tensors = header.tensors();
-    let info = tensors
+    let info: TensorInfo = header
         .get(FEATURES_TENSOR)
-        .ok_or_else(|| OutputError::format(path, format!("no `{FEATURES_TENSOR}` tensor")))?;
+        .cloned()
+        .ok_or_else(|| OutputError::format(path, format!("no `{FEATURES_TENSOR}` tensor")))
+        .and_then(|v| serde_json::from_value(v).map_err(|e| OutputError::format(path, e)))?;
     let expected = dtype_name(info.dtype);
     if expected != Some(meta.dtype.as_str()) {
         return Err(OutputError::format(

@@ -11,6 +11,7 @@ mod cmd_eval;
 mod cmd_flow;
 mod cmd_report;
 mod cmd_synth;
+mod cmd_train;
 mod config;
 mod flowsel;
 mod job;
@@ -63,6 +64,9 @@ enum Command {
     Eval(cmd_eval::EvalArgs),
     /// Static HTML report of a labels run: per-sequence statistics, SVG plots, overlays and flow of sampled frames.
     Report(cmd_report::ReportArgs),
+    /// Train a slot model (`train dinosaur`): reference recipe per dataset, resumable checkpoints.
+    #[command(subcommand)]
+    Train(cmd_train::TrainCommand),
 }
 
 #[derive(clap::Args)]
@@ -415,6 +419,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => cmd_synth::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => cmd_eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Report(args) => cmd_report::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Train(command) => cmd_train::run(command),
         Command::Status(args) => batch::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
             batch::print_status(&r);
             if r.complete() {

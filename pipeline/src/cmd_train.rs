@@ -1,0 +1,822 @@
+//! `mrdino train dinosaur`: baseline DINOSAUR training with the reference recipe, resumable.
+//!
+//! Parameters resolve in two phases as for `labels`: dataset preset < `--config FILE` (a JSON object with any
+//! subset of the [`TrainParams`] keys; nested `model` / `augment` objects merge key by key) < flags. The
+//! presets are the reference recipes (spec §3.5): KITTI 100k steps, batch 64, LR 4e-4, resize 378×1260,
+//! random 378 crop, flip; TRI-PD 500k, 16, 1e-4, 490×980, 490 crop, flip; MOVi-E 500k, 64, 4e-4, 266×266, no
+//! crop or flip; all with Adam (0.9, 0.999, 1e-8), linear warm-up over 10k steps then ×0.5 per 100k steps,
+//! gradient-norm clip 1.0. `frames` uses the KITTI recipe.
+//!
+//! Features come from a feature cache (`--features CACHE`; the views are fixed, so no augmentation) or from
+//! images through a frozen backbone (`--backbone NAME`): frames are decoded, resized (libtorch bicubic,
+//! `align_corners = False`, no antialias, clamped to [0, 1] — torchvision 0.15 on tensors), randomly cropped
+//! and flipped on CPU threads, batches handed to the device thread through a bounded channel. With a cache,
+//! F and P come from the cache.
+//!
+//! Files in `RUN/` ([`RunLayout`]): `params.json`, `checkpoint.safetensors` (weights, Adam moments, step,
+//! generator state; written atomically every `checkpoint_every` steps, at the end, and when stopped by
+//! SIGINT/SIGTERM or `--time-budget`, which then exits with code 4), `metrics.jsonl` (one row per logging
+//! step: step, loss, lr, grad_norm, mask_similarity, elapsed_s) and `loss.svg` (rewritten at each checkpoint).
+//! Running the same command again resumes from the checkpoint: on CPU the continued run is identical to an
+//! uninterrupted one, step for step (see `mrdino_model::train` for why). Metrics rows logged after the last
+//! checkpoint of a killed run are dropped on resume and logged again.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use crossbeam_channel::{bounded, Receiver};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mrdino_datasets::decode::read_processed;
+use mrdino_datasets::{list_sequences, DatasetKind, Processing, SourceOptions};
+use mrdino_model::backbone::{Backbone, ConvPatchBackbone};
+use mrdino_model::dinosaur::{Dinosaur, DinosaurConfig};
+use mrdino_model::optim::{Adam, AdamConfig, LrSchedule};
+use mrdino_model::tensors::{from_tch, to_tch};
+use mrdino_model::train::{sample_rng, train_step, CacheSource, FeatureSource, Sampler, StepMetrics, TrainError};
+use mrdino_outputs::checkpoint::{
+    read_tensor_file, write_tensor_file, RunLayout, TensorFile, TrainState, FORMAT_CHECKPOINT, META_BACKBONE,
+    META_BACKBONE_SHA256, META_CODE_VERSION, META_FORMAT, META_MODEL_CONFIG, META_PARAMS, META_TRAIN_STATE,
+    OPTIMIZER_PREFIX,
+};
+use mrdino_outputs::feature_cache::FeatureCache;
+use mrdino_outputs::write_atomic;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::flowsel::parse_device;
+use crate::run::{CODE_VERSION, STOP};
+
+const EXIT_STOPPED: u8 = 4;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TrainCommand {
+    /// Baseline DINOSAUR (slot attention + MLP decoder on frozen features), the reference recipe per dataset.
+    Dinosaur(Box<DinosaurTrainArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DinosaurTrainArgs {
+    /// Dataset layout: kitti, tri-pd, movi-e, frames.
+    #[arg(long)]
+    pub dataset: String,
+    /// Dataset root (needed when features are computed from images).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Run directory: checkpoint, metrics, plot. Rerunning the same command resumes.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Recipe preset: kitti, tri-pd, movi-e (default: the dataset's; `frames` uses kitti).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// JSON object of parameter overrides, e.g. {"steps": 1000, "model": {"n_slots": 7}}. Flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Train from this feature cache (written by `mrdino features`) instead of running a backbone.
+    #[arg(long)]
+    pub features: Option<PathBuf>,
+    /// Backbone for on-the-fly features (`random-conv-p<PS>-c<C>`: a random conv patch embedding for smoke runs).
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// Weights of the backbone (safetensors).
+    #[arg(long)]
+    pub backbone_weights: Option<PathBuf>,
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Base learning rate (after warm-up).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// Write a checkpoint every N steps.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Log metrics every N steps.
+    #[arg(long)]
+    pub log_every: Option<u64>,
+    /// Seed of sampling, augmentation, slot noise and initialisation.
+    #[arg(long)]
+    pub seed: Option<i64>,
+    /// auto, cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Threads decoding and augmenting images (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Threads libtorch may use on CPU (default: libtorch's choice).
+    #[arg(long)]
+    pub torch_threads: Option<i32>,
+    /// Stop cleanly (checkpoint, exit code 4) after this many seconds; rerun to resume.
+    #[arg(long)]
+    pub time_budget: Option<f64>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Image preparation before the backbone (ignored with a feature cache).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentParams {
+    pub resize_height: i64,
+    pub resize_width: i64,
+    /// Random crop size; equal to the resize size = no crop.
+    pub crop_height: i64,
+    pub crop_width: i64,
+    pub random_flip: bool,
+}
+
+/// Everything that determines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    pub preset: String,
+    pub dataset: String,
+    pub model: DinosaurConfig,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub lr_decay_rate: f64,
+    pub lr_decay_steps: u64,
+    pub clip_grad_norm: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    pub seed: i64,
+    pub augment: AugmentParams,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+}
+
+impl TrainParams {
+    /// The reference recipe of `preset` (`kitti`, `tri-pd`, `movi-e`).
+    pub fn preset(preset: &str, dataset: &str) -> Option<Self> {
+        let model = DinosaurConfig::preset(preset)?;
+        let (steps, batch_size, lr, augment) = match preset {
+            "kitti" => (
+                100_000,
+                64,
+                4e-4,
+                AugmentParams {
+                    resize_height: 378,
+                    resize_width: 1260,
+                    crop_height: 378,
+                    crop_width: 378,
+                    random_flip: true,
+                },
+            ),
+            "tri-pd" => (
+                500_000,
+                16,
+                1e-4,
+                AugmentParams {
+                    resize_height: 490,
+                    resize_width: 980,
+                    crop_height: 490,
+                    crop_width: 490,
+                    random_flip: true,
+                },
+            ),
+            _ => (
+                500_000,
+                64,
+                4e-4,
+                AugmentParams {
+                    resize_height: 266,
+                    resize_width: 266,
+                    crop_height: 266,
+                    crop_width: 266,
+                    random_flip: false,
+                },
+            ),
+        };
+        Some(Self {
+            preset: preset.to_string(),
+            dataset: dataset.to_string(),
+            model,
+            steps,
+            batch_size,
+            lr,
+            warmup_steps: 10_000,
+            lr_decay_rate: 0.5,
+            lr_decay_steps: 100_000,
+            clip_grad_norm: 1.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-8,
+            seed: 0,
+            augment,
+            checkpoint_every: 1000,
+            log_every: 10,
+        })
+    }
+
+    fn schedule(&self) -> LrSchedule {
+        LrSchedule {
+            base_lr: self.lr,
+            warmup_steps: self.warmup_steps,
+            decay_rate: self.lr_decay_rate,
+            decay_steps: self.lr_decay_steps,
+        }
+    }
+
+    /// The parameters a resumed run must share with the checkpoint (steps, logging and checkpoint cadence may
+    /// change between runs).
+    fn identity(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            for k in ["steps", "checkpoint_every", "log_every"] {
+                o.remove(k);
+            }
+        }
+        v
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.model.validate().map_err(anyhow::Error::msg)?;
+        ensure!(self.batch_size > 0, "batch_size must be positive");
+        ensure!(
+            self.checkpoint_every > 0 && self.log_every > 0,
+            "checkpoint_every and log_every must be positive"
+        );
+        ensure!(
+            self.lr >= 0.0 && self.lr.is_finite(),
+            "lr must be a finite non-negative number"
+        );
+        let a = &self.augment;
+        ensure!(
+            a.crop_height > 0 && a.crop_width > 0 && a.crop_height <= a.resize_height && a.crop_width <= a.resize_width,
+            "crop {}x{} must be positive and fit the resize {}x{}",
+            a.crop_height,
+            a.crop_width,
+            a.resize_height,
+            a.resize_width
+        );
+        Ok(())
+    }
+}
+
+fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// Preset < config file < flags.
+pub fn resolve_params(args: &DinosaurTrainArgs) -> Result<TrainParams> {
+    let kind = DatasetKind::parse(&args.dataset)
+        .filter(|k| {
+            matches!(
+                k,
+                DatasetKind::Kitti | DatasetKind::TriPd | DatasetKind::MoviE | DatasetKind::Frames
+            )
+        })
+        .with_context(|| {
+            format!(
+                "unknown dataset `{}` (expected kitti, tri-pd, movi-e or frames)",
+                args.dataset
+            )
+        })?;
+    let file: Option<serde_json::Value> = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("invalid JSON in {}", path.display()))?)
+        }
+        None => None,
+    };
+    let preset = args
+        .preset
+        .clone()
+        .or_else(|| {
+            file.as_ref()
+                .and_then(|f| f.get("preset"))
+                .and_then(|p| p.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| match kind {
+            DatasetKind::TriPd => "tri-pd".into(),
+            DatasetKind::MoviE => "movi-e".into(),
+            _ => "kitti".into(),
+        });
+    let base = TrainParams::preset(&preset, kind.name())
+        .with_context(|| format!("unknown preset `{preset}` (expected kitti, tri-pd or movi-e)"))?;
+    let mut value = serde_json::to_value(&base)?;
+    if let Some(file) = &file {
+        ensure!(file.is_object(), "config file must hold a JSON object");
+        merge(&mut value, file);
+    }
+    let mut p: TrainParams = serde_json::from_value(value).context("invalid config file")?;
+    p.preset = preset;
+    p.dataset = kind.name().to_string();
+    if let Some(v) = args.steps {
+        p.steps = v;
+    }
+    if let Some(v) = args.batch_size {
+        p.batch_size = v;
+    }
+    if let Some(v) = args.lr {
+        p.lr = v;
+    }
+    if let Some(v) = args.warmup_steps {
+        p.warmup_steps = v;
+    }
+    if let Some(v) = args.checkpoint_every {
+        p.checkpoint_every = v;
+    }
+    if let Some(v) = args.log_every {
+        p.log_every = v;
+    }
+    if let Some(v) = args.seed {
+        p.seed = v;
+    }
+    Ok(p)
+}
+
+/// One row of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub mask_similarity: f64,
+    pub elapsed_s: f64,
+}
+
+pub fn run(command: &TrainCommand) -> Result<std::process::ExitCode> {
+    match command {
+        TrainCommand::Dinosaur(args) => train_dinosaur(args),
+    }
+}
+
+fn build_backbone(name: &str, weights: Option<&Path>, device: Device) -> Result<Box<dyn Backbone>> {
+    if let Some(b) = ConvPatchBackbone::from_name(name, device) {
+        ensure!(
+            weights.is_none(),
+            "backbone `{name}` is generated from a seed and takes no weights file"
+        );
+        return Ok(Box::new(b));
+    }
+    bail!("unknown backbone `{name}` (available here: random-conv-p<PS>-c<C>)")
+}
+
+fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
+    let started = Instant::now();
+    let mut params = resolve_params(args)?;
+    let device = parse_device(&args.device)?;
+    if let Some(n) = args.torch_threads {
+        tch::set_num_threads(n.max(1));
+    }
+    let mut source: Box<dyn FeatureSource> = match (&args.features, &args.backbone) {
+        (Some(dir), None) => {
+            let cache =
+                FeatureCache::open(dir).with_context(|| format!("cannot open feature cache {}", dir.display()))?;
+            Box::new(CacheSource::new(cache, params.seed))
+        }
+        (None, Some(name)) => {
+            let root = args
+                .root
+                .as_ref()
+                .context("--root is needed to compute features from images")?;
+            let backbone = build_backbone(name, args.backbone_weights.as_deref(), device)?;
+            Box::new(ImageSource::new(&params, root, backbone, args.workers)?)
+        }
+        (Some(_), Some(_)) => bail!("give either --features or --backbone, not both"),
+        (None, None) => bail!("give --features CACHE or --backbone NAME"),
+    };
+    ensure!(source.n_views() > 0, "no training views");
+    // The data fixes F and P.
+    params.model.feature_dim = source.channels();
+    params.model.n_patches = source.n_patches();
+    params.validate()?;
+
+    let layout = RunLayout::new(&args.out);
+    std::fs::create_dir_all(&layout.dir).with_context(|| format!("cannot create {}", layout.dir.display()))?;
+    mrdino_outputs::atomic::remove_stale_temporaries(&layout.dir)?;
+    tch::manual_seed(params.seed);
+    let model = Dinosaur::new(params.model.clone(), device)?;
+    let mut adam = Adam::new(
+        model.named_parameters(),
+        AdamConfig {
+            beta1: params.adam_beta1,
+            beta2: params.adam_beta2,
+            eps: params.adam_eps,
+        },
+    );
+    let backbone = (source.backbone_name(), source.backbone_sha256());
+    let mut state = TrainState {
+        step: 0,
+        next_sample: 0,
+        rng_state: sample_rng(params.seed, 0).state,
+        optimizer_steps: Default::default(),
+        elapsed_s: 0.0,
+    };
+    let checkpoint = layout.checkpoint_file();
+    if checkpoint.is_file() {
+        state = restore(&checkpoint, &params, &model, &mut adam)?;
+        if !args.quiet {
+            eprintln!("resuming {} at step {}", layout.dir.display(), state.step);
+        }
+    }
+    let mut rows = read_metrics(&layout.metrics_file(), state.step)?;
+    write_metrics(&layout.metrics_file(), &rows)?;
+    write_atomic(
+        &layout.params_file(),
+        &serde_json::to_vec_pretty(&serde_json::json!({
+            "code_version": CODE_VERSION,
+            "backbone": backbone.0,
+            "backbone_sha256": backbone.1,
+            "params": params,
+        }))?,
+    )?;
+
+    let bar = ProgressBar::with_draw_target(
+        Some(params.steps),
+        if args.quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix("steps");
+    bar.set_position(state.step);
+    let budget = args.time_budget.map(Duration::from_secs_f64);
+    let schedule = params.schedule();
+    let elapsed_before = state.elapsed_s;
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(layout.metrics_file())
+        .with_context(|| format!("cannot open {}", layout.metrics_file().display()))?;
+    let save = |state: &TrainState, model: &Dinosaur, adam: &Adam, rows: &[MetricsRow]| -> Result<()> {
+        save_checkpoint(&checkpoint, &params, &backbone, model, adam, state)?;
+        write_atomic(&layout.loss_plot_file(), loss_svg(rows).as_bytes())?;
+        Ok(())
+    };
+    while state.step < params.steps {
+        if budget.is_some_and(|b| started.elapsed() >= b) {
+            STOP.store(true, Ordering::SeqCst);
+        }
+        if STOP.load(Ordering::SeqCst) {
+            save(&state, &model, &adam, &rows)?;
+            bar.abandon();
+            eprintln!(
+                "stopped at step {}; checkpoint written, run the same command again to resume",
+                state.step
+            );
+            return Ok(std::process::ExitCode::from(EXIT_STOPPED));
+        }
+        let first = state.step * params.batch_size as u64;
+        let features = source.batch(first, params.batch_size, device)?;
+        let lr = schedule.lr(state.step);
+        let m: StepMetrics = train_step(
+            &model,
+            &mut adam,
+            &features,
+            params.seed,
+            first,
+            lr,
+            params.clip_grad_norm,
+        )
+        .map_err(|e| match e {
+            TrainError::NonFinite { loss, .. } => anyhow::anyhow!("non-finite loss {loss} at step {}", state.step),
+            e => e.into(),
+        })?;
+        state.step += 1;
+        state.next_sample = state.step * params.batch_size as u64;
+        state.rng_state = sample_rng(params.seed, state.next_sample).state;
+        state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+        if state.step % params.log_every == 0 || state.step == params.steps {
+            let row = MetricsRow {
+                step: state.step,
+                loss: m.loss,
+                lr: m.lr,
+                grad_norm: m.grad_norm,
+                mask_similarity: m.mask_similarity,
+                elapsed_s: state.elapsed_s,
+            };
+            writeln!(metrics_file, "{}", serde_json::to_string(&row)?)?;
+            metrics_file.flush()?;
+            rows.push(row);
+            bar.set_message(format!("loss {:.4}", m.loss));
+        }
+        if state.step % params.checkpoint_every == 0 || state.step == params.steps {
+            save(&state, &model, &adam, &rows)?;
+        }
+        bar.set_position(state.step);
+    }
+    bar.finish_and_clear();
+    if !args.quiet {
+        let last = rows.last().map_or(f64::NAN, |r| r.loss);
+        eprintln!(
+            "trained {} steps; last loss {last:.5}; checkpoint {}",
+            state.step,
+            checkpoint.display()
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn save_checkpoint(
+    path: &Path,
+    params: &TrainParams,
+    backbone: &(String, String),
+    model: &Dinosaur,
+    adam: &Adam,
+    state: &TrainState,
+) -> Result<()> {
+    let mut file = TensorFile::default();
+    file.tensors = model.raw_parameters()?;
+    let (moments, steps) = adam.export_state();
+    for (name, t) in &moments {
+        file.tensors.push(from_tch(&format!("{OPTIMIZER_PREFIX}{name}"), t)?);
+    }
+    let mut state = state.clone();
+    state.optimizer_steps = steps;
+    let meta = &mut file.metadata;
+    meta.insert(META_FORMAT.into(), FORMAT_CHECKPOINT.into());
+    meta.insert(META_MODEL_CONFIG.into(), serde_json::to_string(&params.model)?);
+    meta.insert(META_PARAMS.into(), serde_json::to_string(params)?);
+    meta.insert(META_CODE_VERSION.into(), CODE_VERSION.into());
+    meta.insert(META_BACKBONE.into(), backbone.0.clone());
+    meta.insert(META_BACKBONE_SHA256.into(), backbone.1.clone());
+    meta.insert(META_TRAIN_STATE.into(), serde_json::to_string(&state)?);
+    write_tensor_file(path, &file)?;
+    Ok(())
+}
+
+fn restore(path: &Path, params: &TrainParams, model: &Dinosaur, adam: &mut Adam) -> Result<TrainState> {
+    let file = read_tensor_file(path)?;
+    let saved: TrainParams = serde_json::from_str(file.meta(META_PARAMS).context("checkpoint lacks parameters")?)
+        .with_context(|| format!("{}: unreadable parameters", path.display()))?;
+    if saved.identity() != params.identity() {
+        bail!(
+            "{} was trained with other parameters; use another --out or the same parameters\n saved: {}\n now:   {}",
+            path.display(),
+            serde_json::to_string(&saved.identity())?,
+            serde_json::to_string(&params.identity())?
+        );
+    }
+    let state: TrainState = serde_json::from_str(file.meta(META_TRAIN_STATE).context("checkpoint lacks train state")?)?;
+    ensure!(
+        state.rng_state == sample_rng(params.seed, state.next_sample).state,
+        "{}: generator state does not match seed {} at sample {}",
+        path.display(),
+        params.seed,
+        state.next_sample
+    );
+    let loaded = Dinosaur::from_tensor_file(&file, path, None, model.device())?;
+    for (name, t) in loaded.named_parameters() {
+        model.set_parameter(&name, &t)?;
+    }
+    let mut moments = Vec::new();
+    for raw in file.tensors.iter().filter(|t| t.name.starts_with(OPTIMIZER_PREFIX)) {
+        moments.push((
+            raw.name[OPTIMIZER_PREFIX.len()..].to_string(),
+            to_tch(raw, model.device())?,
+        ));
+    }
+    adam.import_state(&moments, &state.optimizer_steps)?;
+    Ok(state)
+}
+
+/// Rows of `path` up to `max_step` (complete lines only; a partial last line of a killed run is dropped).
+fn read_metrics(path: &Path, max_step: u64) -> Result<Vec<MetricsRow>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    let mut rows = Vec::new();
+    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        if let Ok(row) = serde_json::from_str::<MetricsRow>(line.trim_end()) {
+            if row.step <= max_step {
+                rows.push(row);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn write_metrics(path: &Path, rows: &[MetricsRow]) -> Result<()> {
+    let mut text = String::new();
+    for r in rows {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// A line plot of loss over steps (log-scale loss axis), as a self-contained SVG.
+fn loss_svg(rows: &[MetricsRow]) -> String {
+    let (w, h, m) = (640.0, 360.0, 50.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let pts: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.loss > 0.0)
+        .map(|r| (r.step as f64, r.loss.log10()))
+        .collect();
+    if let (Some(first), Some(last)) = (pts.first(), pts.last()) {
+        let (x0, x1) = (first.0, last.0.max(first.0 + 1.0));
+        let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-6);
+        let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
+        let py = |y: f64| h - m - (y - lo) / (hi - lo) * (h - 2.0 * m);
+        let path: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            path.join(" ")
+        ));
+        s.push_str(&format!(
+            "<text x=\"{m}\" y=\"{:.0}\">step {x0:.0}</text><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">step {x1:.0}</text>\n",
+            h - m + 20.0,
+            w - m,
+            h - m + 20.0
+        ));
+        s.push_str(&format!(
+            "<text x=\"5\" y=\"{:.0}\">{:.4}</text><text x=\"5\" y=\"{:.0}\">{:.4}</text>\n",
+            m,
+            10f64.powf(hi),
+            h - m,
+            10f64.powf(lo)
+        ));
+    }
+    s.push_str(&format!(
+        "<text x=\"{:.0}\" y=\"20\" text-anchor=\"middle\">reconstruction loss (log scale)</text>\n</svg>\n",
+        w / 2.0
+    ));
+    s
+}
+
+/// On-the-fly features: frames → resize (bicubic, no antialias, clamped) → random crop → flip on CPU threads
+/// (per-sample randomness from the seed), batches through a bounded channel to the backbone on the device.
+struct ImageSource {
+    backbone: Box<dyn Backbone>,
+    n_views: usize,
+    n_patches: i64,
+    receiver: Option<(u64, Receiver<(u64, Result<Tensor, String>)>)>,
+    paths: std::sync::Arc<Vec<PathBuf>>,
+    augment: AugmentParams,
+    seed: i64,
+    workers: Option<usize>,
+}
+
+impl ImageSource {
+    fn new(params: &TrainParams, root: &Path, backbone: Box<dyn Backbone>, workers: Option<usize>) -> Result<Self> {
+        let kind = DatasetKind::parse(&params.dataset).context("dataset")?;
+        let sequences = list_sequences(&SourceOptions {
+            kind,
+            root: root.to_path_buf(),
+            cameras: None,
+            processing: Some(Processing::Native),
+        })
+        .with_context(|| format!("cannot list {}", root.display()))?;
+        let mut paths = Vec::new();
+        for s in &sequences {
+            let files = s
+                .image_files()
+                .with_context(|| format!("{}: video input is not supported for training", s.id))?;
+            paths.extend(files.iter().map(|f| f.path.clone()));
+        }
+        let a = &params.augment;
+        let ps = backbone.patch_size();
+        ensure!(
+            a.crop_height % ps == 0 && a.crop_width % ps == 0,
+            "crop {}x{} is not a multiple of the patch size {ps}",
+            a.crop_height,
+            a.crop_width
+        );
+        Ok(Self {
+            n_patches: (a.crop_height / ps) * (a.crop_width / ps),
+            n_views: paths.len(),
+            backbone,
+            receiver: None,
+            paths: std::sync::Arc::new(paths),
+            augment: a.clone(),
+            seed: params.seed,
+            workers,
+        })
+    }
+
+    fn start(&mut self, first_sample: u64, batch_size: usize) -> Result<()> {
+        let (tx, rx) = bounded(2);
+        let paths = self.paths.clone();
+        let augment = self.augment.clone();
+        let seed = self.seed;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.workers.unwrap_or(0))
+            .build()
+            .context("cannot start the decoding threads")?;
+        std::thread::spawn(move || {
+            let mut sampler = Sampler::new(seed, paths.len());
+            let mut first = first_sample;
+            loop {
+                let views: Vec<usize> = (0..batch_size as u64).map(|b| sampler.view(first + b)).collect();
+                let images: Vec<Result<Tensor, String>> = pool.install(|| {
+                    use rayon::prelude::*;
+                    views
+                        .par_iter()
+                        .enumerate()
+                        .map(|(b, &v)| prepare_image(&paths[v], &augment, seed, first + b as u64))
+                        .collect()
+                });
+                let batch = images
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|v| Tensor::stack(&v, 0));
+                if tx.send((first, batch)).is_err() {
+                    return;
+                }
+                first += batch_size as u64;
+            }
+        });
+        self.receiver = Some((first_sample, rx));
+        Ok(())
+    }
+}
+
+/// One training image: decode, resize to the preset size (bicubic, `align_corners = False`, no antialias),
+/// clamp to [0, 1], crop at a random offset, flip with probability ½. (3, crop_h, crop_w) float32.
+fn prepare_image(path: &Path, a: &AugmentParams, seed: i64, sample: u64) -> Result<Tensor, String> {
+    let (rgb, _) = read_processed(path, &Processing::Native).map_err(|e| e.to_string())?;
+    let img = Tensor::from_data_size(&rgb.data, &[rgb.height as i64, rgb.width as i64, 3], Kind::Uint8)
+        .permute([2, 0, 1])
+        .to_kind(Kind::Float)
+        / 255.0;
+    let img = img
+        .unsqueeze(0)
+        .upsample_bicubic2d([a.resize_height, a.resize_width], false, None, None)
+        .clamp(0.0, 1.0)
+        .squeeze_dim(0);
+    let mut rng = sample_rng(seed, sample);
+    let y = rng.below((a.resize_height - a.crop_height + 1) as u64) as i64;
+    let x = rng.below((a.resize_width - a.crop_width + 1) as u64) as i64;
+    let img = img.narrow(1, y, a.crop_height).narrow(2, x, a.crop_width);
+    let flip = a.random_flip && rng.next_f64() < 0.5;
+    Ok(if flip { img.flip([2]) } else { img.contiguous() })
+}
+
+impl FeatureSource for ImageSource {
+    fn n_views(&self) -> usize {
+        self.n_views
+    }
+
+    fn n_patches(&self) -> i64 {
+        self.n_patches
+    }
+
+    fn channels(&self) -> i64 {
+        self.backbone.feature_dim()
+    }
+
+    fn backbone_name(&self) -> String {
+        self.backbone.name().to_string()
+    }
+
+    fn backbone_sha256(&self) -> String {
+        self.backbone.weights_sha256().to_string()
+    }
+
+    fn batch(&mut self, first_sample: u64, batch_size: usize, device: Device) -> Result<Tensor, TrainError> {
+        let fresh = !matches!(&self.receiver, Some((next, _)) if *next == first_sample);
+        if fresh {
+            self.start(first_sample, batch_size)
+                .map_err(|e| TrainError::Source(format!("{e:#}")))?;
+        }
+        let Some((next, rx)) = &mut self.receiver else {
+            return Err(TrainError::Source("data pipeline not started".into()));
+        };
+        let (first, images) = rx
+            .recv()
+            .map_err(|_| TrainError::Source("data pipeline stopped".into()))?;
+        if first != first_sample {
+            return Err(TrainError::Source(format!(
+                "expected batch at sample {first_sample}, got {first}"
+            )));
+        }
+        *next = first_sample + batch_size as u64;
+        let images = images.map_err(TrainError::Source)?;
+        Ok(self.backbone.features(&images).to_kind(Kind::Float).to_device(device))
+    }
+}
