@@ -14,7 +14,7 @@ VENV ?= $(MRDINO_CACHE)/venv
 VENV_TF ?= $(MRDINO_CACHE)/venv-tf
 CARGO_TARGET_DIR ?= $(MRDINO_CACHE)/target
 PYTHON_BOOTSTRAP ?= python3
-APT_PACKAGES := libopencv-dev clang libclang-dev pkg-config opencv-doc
+APT_PACKAGES := libopencv-dev clang libclang-dev pkg-config opencv-doc chromium
 
 export CARGO_TARGET_DIR
 export LIBTORCH_USE_PYTORCH := 1

@@ -59,7 +59,13 @@ fn analysis_report_has_every_pair_and_renders() {
     let dir = tmp.path();
     let data = dir.join("data");
     let labels = dir.join("labels");
-    run_ok(mrdino().arg("synth").arg("--out").arg(&data).args(["--sequences", "2", "--frames", "16"]));
+    run_ok(
+        mrdino()
+            .arg("synth")
+            .arg("--out")
+            .arg(&data)
+            .args(["--sequences", "2", "--frames", "16"]),
+    );
     run_ok(
         mrdino()
             .args(["labels", "--dataset", "frames", "--root"])
@@ -72,8 +78,11 @@ fn analysis_report_has_every_pair_and_renders() {
     );
     let small = "custom:family=dinov2,depth=2,dim=32,heads=2,patch=14,pos_grid=4";
     let clip = "custom:family=clip,depth=1,dim=32,heads=2,patch=16,pos_grid=4";
-    let (w1, w2, w3): (PathBuf, PathBuf, PathBuf) =
-        (dir.join("dinov2.safetensors"), dir.join("clip.safetensors"), dir.join("rn50.safetensors"));
+    let (w1, w2, w3): (PathBuf, PathBuf, PathBuf) = (
+        dir.join("dinov2.safetensors"),
+        dir.join("clip.safetensors"),
+        dir.join("rn50.safetensors"),
+    );
     write_random_weights(&w1, &VitConfig::by_name(small).unwrap(), 1).unwrap();
     write_random_weights(&w2, &VitConfig::by_name(clip).unwrap(), 2).unwrap();
     random_resnet(&w3);
@@ -89,7 +98,18 @@ fn analysis_report_has_every_pair_and_renders() {
             .arg(format!("{clip}={}", w2.display()))
             .arg("--backbone")
             .arg(format!("swav-rn50={}", w3.display()))
-            .args(["--frames", "12", "--size", "64", "--bootstrap", "20", "--k", "3", "--device", "cpu"])
+            .args([
+                "--frames",
+                "12",
+                "--size",
+                "64",
+                "--bootstrap",
+                "20",
+                "--k",
+                "3",
+                "--device",
+                "cpu",
+            ])
             .arg("--out")
             .arg(&out),
     );
@@ -115,7 +135,9 @@ fn analysis_report_has_every_pair_and_renders() {
     }
     let purity = json["purity"].as_array().unwrap();
     assert_eq!(purity.len(), 5);
-    assert!(purity.iter().all(|p| (0.0..=1.0).contains(&p["overall"]["value"].as_f64().unwrap())));
+    assert!(purity
+        .iter()
+        .all(|p| (0.0..=1.0).contains(&p["overall"]["value"].as_f64().unwrap())));
     assert_eq!(json["projections"].as_array().unwrap().len(), 5);
     let examples = json["examples"].as_array().unwrap();
     assert_eq!(examples.len(), 3);
@@ -127,16 +149,35 @@ fn analysis_report_has_every_pair_and_renders() {
 
     let page = format!("file://{}", out.join("index.html").display());
     let dom = chromium(&["--dump-dom", &page], &dir.join("profile-dom"));
-    assert!(dom.status.success(), "chromium --dump-dom failed: {}", String::from_utf8_lossy(&dom.stderr));
+    assert!(
+        dom.status.success(),
+        "chromium --dump-dom failed: {}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
     let dom = String::from_utf8_lossy(&dom.stdout);
     assert!(dom.contains("Representation robustness"));
     // Heat maps: 4 statistics × 5 (backbone, representation) + 4 × 5 variants × (cls, mean); purity and projections.
-    assert_eq!(dom.matches("<svg").count(), 4 * 5 + 4 * 5 * 2 + 5 + 5, "rendered SVG figures");
+    assert_eq!(
+        dom.matches("<svg").count(),
+        4 * 5 + 4 * 5 * 2 + 5 + 5,
+        "rendered SVG figures"
+    );
     let shot = dir.join("shot.png");
     let status = chromium(
-        &[&format!("--screenshot={}", shot.display()), "--window-size=1400,2000", &page],
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1400,2000",
+            &page,
+        ],
         &dir.join("profile-shot"),
     );
-    assert!(status.status.success(), "chromium --screenshot failed: {}", String::from_utf8_lossy(&status.stderr));
-    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "a non-trivial screenshot");
+    assert!(
+        status.status.success(),
+        "chromium --screenshot failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false),
+        "a non-trivial screenshot"
+    );
 }

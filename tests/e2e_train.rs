@@ -76,7 +76,7 @@ fn build_cache(frames: &Path, cache: &Path) {
                     / 255.0,
             );
         }
-        let features = backbone.features(&Tensor::stack(&images, 0)).to_kind(Kind::Half);
+        let features = backbone.features(&Tensor::stack(&images, 0)).unwrap().to_kind(Kind::Half);
         let meta = ShardMeta {
             unit: s.id.clone(),
             backbone: backbone.name().into(),

@@ -168,8 +168,12 @@ fn pair_stats(x: &Tensor, y: &Tensor, args: &AnalyzeArgs, max_dims: usize) -> Re
     let (rx, ry) = (svd_reduce(x, 0.99, Some(max_dims)), svd_reduce(y, 0.99, Some(max_dims)));
     let pick = |m: &Tensor, idx: &Tensor| m.index_select(0, idx);
     let cka = bootstrap(n, args.bootstrap, args.seed, |i| linear_cka(&pick(x, i), &pick(y, i)))?;
-    let dcka = bootstrap(n, args.bootstrap, args.seed, |i| linear_cka_debiased(&pick(x, i), &pick(y, i)))?;
-    let sv = bootstrap(n, args.bootstrap, args.seed, |i| svcca(&pick(&rx, i), &pick(&ry, i), 1.0, None))?;
+    let dcka = bootstrap(n, args.bootstrap, args.seed, |i| {
+        linear_cka_debiased(&pick(x, i), &pick(y, i))
+    })?;
+    let sv = bootstrap(n, args.bootstrap, args.seed, |i| {
+        svcca(&pick(&rx, i), &pick(&ry, i), 1.0, None)
+    })?;
     let pw = bootstrap(n, args.bootstrap, args.seed, |i| pwcca(&pick(&rx, i), &pick(&ry, i)))?;
     Ok([interval(cka), interval(dcka), interval(sv), interval(pw)])
 }
@@ -192,8 +196,13 @@ fn purity_stats(per_variant: &[Tensor], args: &AnalyzeArgs) -> Result<(Vec<Inter
     let n = per_variant[0].size()[0] as usize;
     let compute = |frames: &[i64]| -> Result<(Vec<f64>, f64)> {
         let idx = Tensor::from_slice(frames);
-        let points = Tensor::cat(&per_variant.iter().map(|m| m.index_select(0, &idx)).collect::<Vec<_>>(), 0);
-        let labels: Vec<usize> = (0..per_variant.len()).flat_map(|v| std::iter::repeat_n(v, frames.len())).collect();
+        let points = Tensor::cat(
+            &per_variant.iter().map(|m| m.index_select(0, &idx)).collect::<Vec<_>>(),
+            0,
+        );
+        let labels: Vec<usize> = (0..per_variant.len())
+            .flat_map(|v| std::iter::repeat_n(v, frames.len()))
+            .collect();
         let k = args.k.min(points.size()[0] as usize - 1).max(1);
         let p = knn_purity(&points, &labels, k)?;
         Ok((p.per_label, p.overall))
@@ -217,19 +226,30 @@ fn purity_stats(per_variant: &[Tensor], args: &AnalyzeArgs) -> Result<(Vec<Inter
             ci_high: mrdino_model::similarity::percentile(&v, 97.5),
         }
     };
-    let per = values.iter().enumerate().map(|(i, &v)| ci(v, &|s: &(Vec<f64>, f64)| s.0[i])).collect();
+    let per = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| ci(v, &|s: &(Vec<f64>, f64)| s.0[i]))
+        .collect();
     Ok((per, ci(overall, &|s: &(Vec<f64>, f64)| s.1)))
 }
 
 /// (3, H, W) float [0, 1] → RGB bytes.
 fn to_rgb_bytes(image: &Tensor) -> Vec<u8> {
-    let bytes = (image.clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous();
+    let bytes = (image.clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([1, 2, 0])
+        .contiguous();
     Vec::<u8>::try_from(bytes.flatten(0, -1)).unwrap_or_default()
 }
 
 pub fn run(args: &AnalyzeArgs) -> Result<()> {
     if args.frames < 4 {
-        bail!("--frames must be at least 4 (debiased CKA needs 4 frames), got {}", args.frames);
+        bail!(
+            "--frames must be at least 4 (debiased CKA needs 4 frames), got {}",
+            args.frames
+        );
     }
     if !(args.centre_radius.is_finite() && args.centre_radius > 0.0) {
         bail!("--centre-radius must be a positive number, got {}", args.centre_radius);
@@ -254,7 +274,10 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
         (Some(dir), Some(format)) => Some(GroundTruth::new(dir, format)?),
         _ => None,
     };
-    let sampled: Vec<FrameRow> = sample_frames(&tables.frames, args.frames).into_iter().cloned().collect();
+    let sampled: Vec<FrameRow> = sample_frames(&tables.frames, args.frames)
+        .into_iter()
+        .cloned()
+        .collect();
     if sampled.len() < 4 {
         bail!(
             "{} has {} labelled frames with objects; the analysis needs at least 4",
@@ -273,7 +296,10 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
     // Frames grouped by sequence, decoded once per sequence, processed in batches.
     let mut by_sequence: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
     for f in &sampled {
-        by_sequence.entry(&f.sequence_id).or_default().insert(f.frame_index as usize);
+        by_sequence
+            .entry(&f.sequence_id)
+            .or_default()
+            .insert(f.frame_index as usize);
     }
     let mut collected = Collected { rows: BTreeMap::new() };
     let mut examples = Vec::new();
@@ -284,32 +310,53 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
             return Ok(());
         }
         for variant in Variant::ALL {
-            let images: Vec<Tensor> =
-                pending.iter().map(|(img, fg)| make_variant(img, fg, variant, &params)).collect();
+            let images: Vec<Tensor> = pending
+                .iter()
+                .map(|(img, fg)| make_variant(img, fg, variant, &params))
+                .collect();
             let batch = Tensor::stack(&images, 0);
             for (b, backbone) in backbones.iter().enumerate() {
                 let side = (args.size / backbone.patch()).max(1) * backbone.patch();
-                let input = batch.upsample_bilinear2d([side, side], false, None, None).to_device(device);
+                let input = batch
+                    .upsample_bilinear2d([side, side], false, None, None)
+                    .to_device(device);
                 let (cls, mean) = backbone.represent(&input)?;
                 if let Some(cls) = cls {
-                    collected.rows.entry((b, variant, "cls")).or_default().push(cls.to_device(Device::Cpu));
+                    collected
+                        .rows
+                        .entry((b, variant, "cls"))
+                        .or_default()
+                        .push(cls.to_device(Device::Cpu));
                 }
-                collected.rows.entry((b, variant, "mean")).or_default().push(mean.to_device(Device::Cpu));
+                collected
+                    .rows
+                    .entry((b, variant, "mean"))
+                    .or_default()
+                    .push(mean.to_device(Device::Cpu));
             }
         }
         pending.clear();
         Ok(())
     };
     for sequence in &sequences {
-        let Some(indices) = by_sequence.get(sequence.id.as_str()) else { continue };
+        let Some(indices) = by_sequence.get(sequence.id.as_str()) else {
+            continue;
+        };
         let decoded = decode_frames(sequence, indices)?;
         for frame_row in sampled.iter().filter(|f| f.sequence_id == sequence.id) {
             let Some(frame) = decoded.get(&(frame_row.frame_index as usize)) else {
-                bail!("{}: frame {} could not be re-read from the source", sequence.id, frame_row.frame_name);
+                bail!(
+                    "{}: frame {} could not be re-read from the source",
+                    sequence.id,
+                    frame_row.frame_name
+                );
             };
             let mask = match gt.as_mut() {
                 Some(gt) => gt.load(frame_row)?.with_context(|| {
-                    format!("no ground truth for {} frame {}", frame_row.sequence_id, frame_row.frame_name)
+                    format!(
+                        "no ground truth for {} frame {}",
+                        frame_row.sequence_id, frame_row.frame_name
+                    )
                 })?,
                 None => {
                     let instances: Vec<_> = tables
@@ -368,8 +415,10 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
     let variant_names: Vec<String> = Variant::ALL.iter().map(|v| v.name().to_string()).collect();
     for (b, name) in names.iter().enumerate() {
         for representation in REPRESENTATIONS {
-            let mats: Vec<Tensor> =
-                Variant::ALL.iter().filter_map(|&v| collected.matrix(b, v, representation)).collect();
+            let mats: Vec<Tensor> = Variant::ALL
+                .iter()
+                .filter_map(|&v| collected.matrix(b, v, representation))
+                .collect();
             if mats.len() != Variant::ALL.len() {
                 continue;
             }
@@ -405,9 +454,10 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
         for representation in REPRESENTATIONS {
             for a in 0..names.len() {
                 for b in a + 1..names.len() {
-                    let (Some(x), Some(y)) =
-                        (collected.matrix(a, variant, representation), collected.matrix(b, variant, representation))
-                    else {
+                    let (Some(x), Some(y)) = (
+                        collected.matrix(a, variant, representation),
+                        collected.matrix(b, variant, representation),
+                    ) else {
                         continue;
                     };
                     let s = pair_stats(&x, &y, args, max_dims)?;

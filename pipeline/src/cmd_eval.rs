@@ -146,7 +146,7 @@ pub fn read_label_tables(labels: &Path, params: Option<&str>) -> Result<LabelTab
 }
 
 /// The prediction of one frame: its instance masks painted into an id map at the label grid.
-fn prediction_map(frame: &FrameRow, instances: &[&InstanceRow]) -> Result<LabelMap> {
+pub(crate) fn prediction_map(frame: &FrameRow, instances: &[&InstanceRow]) -> Result<LabelMap> {
     let (height, width) = (frame.height as usize, frame.width as usize);
     let mut labels = vec![0u32; height * width];
     for inst in instances {
@@ -224,14 +224,14 @@ struct SynthObject {
 }
 
 /// Ground-truth source with its per-sequence caches.
-struct GroundTruth {
+pub(crate) struct GroundTruth {
     dir: PathBuf,
     format: GtFormat,
     synth_meta: HashMap<String, BTreeMap<String, SynthFrameMeta>>,
 }
 
 impl GroundTruth {
-    fn new(dir: &Path, format: GtFormat) -> Result<Self> {
+    pub(crate) fn new(dir: &Path, format: GtFormat) -> Result<Self> {
         if !dir.is_dir() {
             bail!("ground-truth directory {} does not exist", dir.display());
         }
@@ -289,7 +289,7 @@ impl GroundTruth {
     }
 
     /// The ground-truth id map of a frame as loaded (before any resize), or `None` when its file is missing.
-    fn load(&mut self, frame: &FrameRow) -> Result<Option<LabelMap>> {
+    pub(crate) fn load(&mut self, frame: &FrameRow) -> Result<Option<LabelMap>> {
         let path = self.file(frame);
         if !path.is_file() {
             return Ok(None);

@@ -155,7 +155,7 @@ impl FlowImages {
 }
 
 /// Frames of `sequence` at `indices`, decoded once (one pass for videos).
-fn decode_frames(sequence: &Sequence, indices: &BTreeSet<usize>) -> Result<BTreeMap<usize, Frame>> {
+pub(crate) fn decode_frames(sequence: &Sequence, indices: &BTreeSet<usize>) -> Result<BTreeMap<usize, Frame>> {
     let mut out = BTreeMap::new();
     if let Some(files) = sequence.image_files() {
         for &index in indices {
@@ -188,7 +188,7 @@ fn decode_frames(sequence: &Sequence, indices: &BTreeSet<usize>) -> Result<BTree
 }
 
 /// Up to `count` labelled frames, evenly spaced, preferring frames with instances.
-fn sample_frames(frames: &[FrameRow], count: usize) -> Vec<&FrameRow> {
+pub(crate) fn sample_frames(frames: &[FrameRow], count: usize) -> Vec<&FrameRow> {
     let with_instances: Vec<&FrameRow> = frames.iter().filter(|f| f.labelled && f.num_instances > 0).collect();
     let candidates = if with_instances.is_empty() {
         frames.iter().filter(|f| f.labelled).collect()
@@ -199,6 +199,15 @@ fn sample_frames(frames: &[FrameRow], count: usize) -> Vec<&FrameRow> {
         return candidates;
     }
     (0..count).map(|k| candidates[k * candidates.len() / count]).collect()
+}
+
+/// The source sequences of a labels run, with the processing its parameter file records.
+pub(crate) fn run_sequences(tables: &LabelTables) -> Result<Vec<Sequence>> {
+    let path = tables.layout.ledger().params_file();
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read the parameter file {}", path.display()))?;
+    let params: ParamsFile =
+        serde_json::from_slice(&bytes).with_context(|| format!("{}: not a parameter file", path.display()))?;
+    source_sequences(tables, Some(&params))
 }
 
 /// Where the source frames are: the dataset listed as the labels run listed it.

@@ -47,7 +47,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::flowsel::parse_device;
-use crate::run::{CODE_VERSION, STOP};
+use crate::job::CODE_VERSION;
+use crate::run::STOP;
 
 const EXIT_STOPPED: u8 = 4;
 
@@ -373,7 +374,11 @@ fn build_backbone(name: &str, weights: Option<&Path>, device: Device) -> Result<
         );
         return Ok(Box::new(b));
     }
-    bail!("unknown backbone `{name}` (available here: random-conv-p<PS>-c<C>)")
+    let config = mrdino_model::vit::VitConfig::by_name(name).map_err(|e| {
+        anyhow::anyhow!("{e} (or random-conv-p<PS>-c<C>, a seeded test backbone without weights)")
+    })?;
+    let weights = weights.with_context(|| format!("backbone `{name}` needs --backbone-weights FILE.safetensors"))?;
+    Ok(Box::new(mrdino_model::vit::Vit::load(weights, Some(config), device)?))
 }
 
 fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
@@ -817,6 +822,7 @@ impl FeatureSource for ImageSource {
         }
         *next = first_sample + batch_size as u64;
         let images = images.map_err(TrainError::Source)?;
-        Ok(self.backbone.features(&images).to_kind(Kind::Float).to_device(device))
+        let features = self.backbone.features(&images).map_err(TrainError::Source)?;
+        Ok(features.to_kind(Kind::Float).to_device(device))
     }
 }

@@ -7,7 +7,9 @@
 //! 4 stopped early (signal or `--time-budget`): run the same command again to resume.
 
 mod batch;
+mod cmd_analyze;
 mod cmd_eval;
+mod cmd_features;
 mod cmd_flow;
 mod cmd_report;
 mod cmd_synth;
@@ -35,8 +37,8 @@ use config::{ConfigFile, FlowParams, Params, Preset};
 use flowsel::{build_flow, FlowArgs};
 use run::{plan_units, run_labels, RunOptions, STOP};
 
-const EXIT_FAILURES: u8 = 3;
-const EXIT_STOPPED: u8 = 4;
+pub(crate) const EXIT_FAILURES: u8 = 3;
+pub(crate) const EXIT_STOPPED: u8 = 4;
 
 #[derive(Parser)]
 #[command(name = "mrdino", version = env!("MRDINO_CODE_VERSION"), about = "Instance pseudo-labels of moving objects from raw video (MR-DINOSAUR).")]
@@ -67,6 +69,12 @@ enum Command {
     /// Train a slot model (`train dinosaur`): reference recipe per dataset, resumable checkpoints.
     #[command(subcommand)]
     Train(cmd_train::TrainCommand),
+    /// How much each frozen backbone's representation changes when only the foreground, the background, the
+    /// centre or the border of a frame is kept: CKA, SVCCA, PWCCA, k-NN purity, an HTML report.
+    Analyze(Box<cmd_analyze::AnalyzeArgs>),
+    /// Frozen-backbone features of a dataset's views (or of a pseudo-label run's windows) as a resumable,
+    /// shardable feature cache that training reads.
+    Features(Box<cmd_features::FeaturesArgs>),
 }
 
 #[derive(clap::Args)]
@@ -169,7 +177,7 @@ Layouts:
 
 Outputs: OUT/frames/params=<hash>/*.parquet, OUT/instances/params=<hash>/*.parquet (zstd; masks as COCO RLE).";
 
-fn parse_dataset(s: &str) -> Result<DatasetKind, String> {
+pub(crate) fn parse_dataset(s: &str) -> Result<DatasetKind, String> {
     DatasetKind::parse(s).ok_or_else(|| {
         let names: Vec<&str> = DatasetKind::ALL.iter().map(|k| k.name()).collect();
         format!("unknown dataset `{s}` (expected one of: {})", names.join(", "))
@@ -177,7 +185,7 @@ fn parse_dataset(s: &str) -> Result<DatasetKind, String> {
 }
 
 /// The one size convention of every flag (`--resize`, `synth --size`): `WxH`, width first, both positive.
-fn parse_size(s: &str) -> Result<(usize, usize), String> {
+pub(crate) fn parse_size(s: &str) -> Result<(usize, usize), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("expected WxH (width x height), e.g. 320x128, got `{s}`"))?;
@@ -189,12 +197,12 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
     Ok((w, h))
 }
 
-fn parse_shard(s: &str) -> Result<Shard, String> {
+pub(crate) fn parse_shard(s: &str) -> Result<Shard, String> {
     Shard::parse(s).map_err(|e| e.to_string())
 }
 
 /// `--time-budget`: seconds, finite and not negative.
-fn parse_time_budget(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_time_budget(s: &str) -> Result<Duration, String> {
     let seconds: f64 = s
         .trim()
         .parse()
@@ -206,7 +214,7 @@ fn parse_time_budget(s: &str) -> Result<Duration, String> {
 }
 
 /// Shard from Slurm's array variables when `--shard` is absent.
-fn shard_from_env() -> Result<Option<Shard>> {
+pub(crate) fn shard_from_env() -> Result<Option<Shard>> {
     let (Ok(id), Ok(count)) = (
         std::env::var("SLURM_ARRAY_TASK_ID"),
         std::env::var("SLURM_ARRAY_TASK_COUNT"),
@@ -420,6 +428,21 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd_eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Report(args) => cmd_report::run(args).map(|()| ExitCode::SUCCESS),
         Command::Train(command) => cmd_train::run(command),
+        Command::Analyze(args) => cmd_analyze::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Features(args) => match args.shard {
+            Some(shard) => cmd_features::run(args, Some(shard)),
+            None => shard_from_env().and_then(|shard| cmd_features::run(args, shard)),
+        },
+        Command::Status(args) if cmd_features::is_feature_cache(&args.out) => {
+            cmd_features::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
+                cmd_features::print_status(&r);
+                if r.complete() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_FAILURES)
+                }
+            })
+        }
         Command::Status(args) => batch::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
             batch::print_status(&r);
             if r.complete() {
@@ -428,10 +451,17 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURES)
             }
         }),
-        Command::Finalize(args) => batch::finalize(&args.out, args.params.as_deref()).map(|path| {
-            println!("finalized: {}", path.display());
-            ExitCode::SUCCESS
-        }),
+        Command::Finalize(args) => {
+            let finalized = if cmd_features::is_feature_cache(&args.out) {
+                cmd_features::finalize(&args.out, args.params.as_deref())
+            } else {
+                batch::finalize(&args.out, args.params.as_deref())
+            };
+            finalized.map(|path| {
+                println!("finalized: {}", path.display());
+                ExitCode::SUCCESS
+            })
+        }
     };
     match result {
         Ok(code) => code,

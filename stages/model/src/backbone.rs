@@ -28,8 +28,8 @@ pub trait Backbone: Send {
     fn feature_dim(&self) -> i64;
     fn device(&self) -> Device;
     /// `images01` (B, 3, H, W) float in [0, 1] (any device) → features (B, (H/ps)·(W/ps), C) float32 on the
-    /// backbone's device, patches in row-major order; no gradient.
-    fn features(&self, images01: &Tensor) -> Tensor;
+    /// backbone's device, patches in row-major order; no gradient. Errors name what is wrong with the input.
+    fn features(&self, images01: &Tensor) -> Result<Tensor, String>;
 }
 
 /// See the module docs: normalisation, a strided Conv2d(3, C, ps, ps) and a LayerNorm without affine.
@@ -103,8 +103,8 @@ impl Backbone for ConvPatchBackbone {
         self.device
     }
 
-    fn features(&self, images01: &Tensor) -> Tensor {
-        tch::no_grad(|| {
+    fn features(&self, images01: &Tensor) -> Result<Tensor, String> {
+        Ok(tch::no_grad(|| {
             let x = images01.to_device(self.device).to_kind(Kind::Float);
             let mean = Tensor::from_slice(&IMAGENET_MEAN)
                 .to_kind(Kind::Float)
@@ -125,6 +125,35 @@ impl Backbone for ConvPatchBackbone {
             );
             let y = y.flatten(2, 3).transpose(1, 2);
             y.layer_norm([self.channels], None::<Tensor>, None::<Tensor>, 1e-5, false)
-        })
+        }))
+    }
+}
+
+/// The ViT backbones as DINOSAUR's feature extractor: normalisation of the family, then the patch tokens of the
+/// last block after the final norm (`get_intermediate_layers(x, [last], norm=True)`).
+impl Backbone for crate::vit::Vit {
+    fn name(&self) -> &str {
+        &self.config().name
+    }
+
+    fn weights_sha256(&self) -> &str {
+        self.sha256()
+    }
+
+    fn patch_size(&self) -> i64 {
+        crate::vit::Vit::patch_size(self)
+    }
+
+    fn feature_dim(&self) -> i64 {
+        self.embed_dim()
+    }
+
+    fn device(&self) -> Device {
+        crate::vit::Vit::device(self)
+    }
+
+    fn features(&self, images01: &Tensor) -> Result<Tensor, String> {
+        let images = self.normalize(&images01.to_kind(Kind::Float)).map_err(|e| e.to_string())?;
+        tch::no_grad(|| crate::vit::Vit::features(self, &images, None)).map_err(|e| e.to_string())
     }
 }

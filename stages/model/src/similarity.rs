@@ -14,8 +14,8 @@
 //!   rank-deficient inputs are handled), the canonical correlations are the singular values of `Q_xᵀ Q_y`
 //!   (clamped to [0, 1]), the canonical variates of X are `Q_x A`.
 //! - **SVCCA** (Raghu et al. 2017): each side reduced to its top singular directions that keep `keep_variance`
-//!   (default 0.99) of the variance (Σσ²), projected as `U_k Σ_k`, then CCA; the statistic is the mean canonical
-//!   correlation.
+//!   (default 0.99) of the variance (Σσ²), optionally capped at a number of dimensions, projected as `U_k Σ_k`,
+//!   then CCA; the statistic is the mean canonical correlation.
 //! - **PWCCA** (Morcos et al. 2018): CCA on the full representations; canonical correlations weighted by how much of
 //!   the side with fewer dimensions each canonical variate accounts for, `w_i = Σ_j |h_iᵀ x_j|` over that side's
 //!   centred feature columns x_j (h_i orthonormal); `PWCCA = Σ w_i ρ_i / Σ w_i`. (The published implementation
@@ -156,8 +156,8 @@ pub fn cca(x: &Tensor, y: &Tensor) -> Result<Cca, SimilarityError> {
     Ok(cca_centred(&centred(x), &centred(y)))
 }
 
-/// Top singular directions of a centred matrix keeping `keep_variance` of Σσ², as `U_k Σ_k`.
-fn reduce(x: &Tensor, keep_variance: f64) -> Tensor {
+/// Top singular directions of a centred matrix keeping `keep_variance` of Σσ² (at most `max_dims`), as `U_k Σ_k`.
+fn reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Tensor {
     let (u, s, _) = x.svd(true, true);
     let var: Vec<f64> = Vec::<f64>::try_from(&s.square()).unwrap_or_default();
     let total: f64 = var.iter().sum();
@@ -170,14 +170,21 @@ fn reduce(x: &Tensor, keep_variance: f64) -> Tensor {
             break;
         }
     }
-    let k = (k as i64).max(1);
+    let k = (k.min(max_dims.unwrap_or(usize::MAX)) as i64).max(1);
     u.narrow(1, 0, k) * s.narrow(0, 0, k).unsqueeze(0)
 }
 
-/// SVCCA: mean canonical correlation after reducing each side to the directions keeping `keep_variance`.
-pub fn svcca(x: &Tensor, y: &Tensor, keep_variance: f64) -> Result<f64, SimilarityError> {
+/// Each side reduced to its top singular directions keeping `keep_variance` of the variance, at most `max_dims`
+/// (CCA needs clearly more examples than dimensions: with n ≤ dims every canonical correlation is 1).
+pub fn svd_reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Tensor {
+    reduce(&centred(x), keep_variance, max_dims)
+}
+
+/// SVCCA: mean canonical correlation after reducing each side to the directions keeping `keep_variance`
+/// (at most `max_dims` of them).
+pub fn svcca(x: &Tensor, y: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Result<f64, SimilarityError> {
     check_pair(x, y, "SVCCA", 2)?;
-    let (x, y) = (reduce(&centred(x), keep_variance), reduce(&centred(y), keep_variance));
+    let (x, y) = (svd_reduce(x, keep_variance, max_dims), svd_reduce(y, keep_variance, max_dims));
     let rho = cca_centred(&x, &y).correlations;
     Ok(rho.iter().sum::<f64>() / rho.len().max(1) as f64)
 }

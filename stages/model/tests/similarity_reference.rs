@@ -81,7 +81,7 @@ fn cka_cca_family_matches_numpy() {
             assert_rel(*a, *e, &format!("case {c} canonical correlation {i}"));
         }
         assert_rel(
-            svcca(x, y, 0.99).unwrap(),
+            svcca(x, y, 0.99, None).unwrap(),
             value(&format!("svcca{c}")),
             &format!("SVCCA case {c}"),
         );
@@ -162,7 +162,7 @@ fn cka_invariances() {
             "isotropic scaling invariance: {scaled} vs {base}"
         );
     }
-    assert!((svcca(&x, &x, 0.99).unwrap() - 1.0).abs() < 1e-10);
+    assert!((svcca(&x, &x, 0.99, None).unwrap() - 1.0).abs() < 1e-10);
     assert!((pwcca(&x, &x).unwrap() - 1.0).abs() < 1e-10);
     assert!(matches!(
         linear_cka(&x, &y.narrow(0, 0, 10)),
