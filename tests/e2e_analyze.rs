@@ -92,12 +92,12 @@ fn analysis_report_has_every_pair_and_renders() {
             .arg("analyze")
             .arg("--labels")
             .arg(&labels)
-            .arg("--backbone")
-            .arg(format!("{small}={}", w1.display()))
-            .arg("--backbone")
-            .arg(format!("{clip}={}", w2.display()))
-            .arg("--backbone")
-            .arg(format!("swav-rn50={}", w3.display()))
+            .args(["--backbone", small, "--backbone-weights"])
+            .arg(&w1)
+            .args(["--backbone", clip, "--backbone-weights"])
+            .arg(&w2)
+            .args(["--backbone", "swav-rn50", "--backbone-weights"])
+            .arg(&w3)
             .args([
                 "--frames",
                 "12",

@@ -251,6 +251,10 @@ fn heatmaps(html: &mut String, pairs: &[PairStats], shared: &str, representation
                 && ((p.a == a && p.b == b) || (p.a == b && p.b == a))
         })
     };
+    let any = pairs.iter().any(|p| p.shared == shared && p.representation == representation);
+    if !any {
+        return;
+    }
     html.push_str("<div class=\"row\">");
     for (name, pick) in STATISTICS {
         let svg = svg_heatmap(&format!("{name} — {shared}, {representation}"), labels, |i, j| {

@@ -56,10 +56,13 @@ pub struct AnalyzeArgs {
     /// Layout of `--gt` (as `mrdino eval`).
     #[arg(long, value_enum)]
     pub gt_format: Option<GtFormat>,
-    /// A backbone as NAME=WEIGHTS.safetensors: a ViT name (`dinov2-vitb14`, `dino-vitb16`, `clip-vitb16`,
-    /// `mae-vitb16`, …, `custom:…`) or `swav-rn50`; repeat for several.
-    #[arg(long = "backbone", value_name = "NAME=FILE", required = true)]
+    /// A backbone: a ViT name (`dinov2-vitb14`, `dino-vitb16`, `clip-vitb16`, `mae-vitb16`, …, `custom:…`) or
+    /// `swav-rn50`; repeat for several, each followed by its `--backbone-weights`.
+    #[arg(long = "backbone", value_name = "NAME", required = true)]
     pub backbones: Vec<String>,
+    /// Weights (safetensors) of each `--backbone`, in the same order.
+    #[arg(long = "backbone-weights", value_name = "FILE", required = true)]
+    pub backbone_weights: Vec<PathBuf>,
     /// Report directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -105,11 +108,7 @@ enum Backbone {
 }
 
 impl Backbone {
-    fn load(spec: &str, device: Device) -> Result<(String, Self)> {
-        let (name, file) = spec
-            .split_once('=')
-            .with_context(|| format!("--backbone `{spec}`: expected NAME=WEIGHTS.safetensors"))?;
-        let path = Path::new(file);
+    fn load(name: &str, path: &Path, device: Device) -> Result<(String, Self)> {
         let backbone = if name == "swav-rn50" {
             Backbone::Resnet(Box::new(Resnet50::load(path, device)?))
         } else {
@@ -260,8 +259,15 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let mut names = Vec::new();
     let mut backbones = Vec::new();
-    for spec in &args.backbones {
-        let (name, backbone) = Backbone::load(spec, device)?;
+    if args.backbones.len() != args.backbone_weights.len() {
+        bail!(
+            "{} --backbone but {} --backbone-weights: give each backbone its weights, in order",
+            args.backbones.len(),
+            args.backbone_weights.len()
+        );
+    }
+    for (spec, weights) in args.backbones.iter().zip(&args.backbone_weights) {
+        let (name, backbone) = Backbone::load(spec, weights, device)?;
         if names.contains(&name) {
             bail!("--backbone {name} is given twice");
         }

@@ -597,9 +597,15 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
     })
 }
 
-/// Whether `out` holds a feature cache (its plan says so).
+/// Whether `out` holds a feature cache: a plan of the features job is in its bookkeeping.
 pub fn is_feature_cache(out: &Path) -> bool {
-    out.join("shards").is_dir() && out.join("_plan").is_dir()
+    let Ok(entries) = std::fs::read_dir(out.join("_plan")) else { return false };
+    entries.flatten().any(|e| {
+        std::fs::read(e.path())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|plan| plan["kind"] == FEATURES_KIND)
+    })
 }
 
 /// Done / failed / missing units of a feature cache.
