@@ -32,7 +32,7 @@ help:
 	@echo "make demo   - pseudo-labels for the bundled vtest.avi clip and their HTML report (installs what it needs)"
 	@echo "make demo-synth - synthetic videos with exact ground truth: labels with DIS and imported flow, scored"
 	@echo "make test   - the whole test suite (installs what it needs)"
-	@echo "make bench  - post-processing, HDBSCAN, RAFT and whole-labels-run (1 vs all threads) benchmarks"
+	@echo "make bench  - post-processing, HDBSCAN, RAFT, ViT and whole-labels-run (1 vs all threads) benchmarks"
 
 setup: apt venv venv-tf
 
@@ -70,6 +70,7 @@ bench: build
 	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino --bench postprocess
 	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino-stages --bench hdbscan
 	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino-stages --bench raft
+	cargo bench --locked -p mrdino-model --bench vit
 	tools/bench/labels_threads.sh $(MRDINO) $(VENV)/bin/python $(MRDINO_CACHE)/bench-labels
 
 DEMO_VIDEO ?= /usr/share/doc/opencv-doc/examples/data/vtest.avi
