@@ -71,6 +71,7 @@ bench: build
 	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino-stages --bench hdbscan
 	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino-stages --bench raft
 	cargo bench --locked -p mrdino-model --bench vit
+	cargo bench --locked -p mrdino-model --bench dinosaur
 	tools/bench/labels_threads.sh $(MRDINO) $(VENV)/bin/python $(MRDINO_CACHE)/bench-labels
 
 DEMO_VIDEO ?= /usr/share/doc/opencv-doc/examples/data/vtest.avi

@@ -369,10 +369,10 @@ mod tests {
             representation: "cls".into(),
             a: a.into(),
             b: b.into(),
-            cka: iv(0.812),
-            cka_debiased: iv(0.7),
-            svcca: iv(0.6),
-            pwcca: iv(0.5),
+            cka: iv(0.75),
+            cka_debiased: iv(0.625),
+            svcca: iv(0.5),
+            pwcca: iv(0.375),
         };
         let report = AnalysisReport {
             source: "labels <run>".into(),
@@ -387,8 +387,8 @@ mod tests {
                 backbone: "a".into(),
                 representation: "cls".into(),
                 k: 5,
-                per_variant: vec![("full".into(), iv(0.9)), ("foreground".into(), iv(0.8))],
-                overall: iv(0.85),
+                per_variant: vec![("full".into(), iv(0.875)), ("foreground".into(), iv(0.75))],
+                overall: iv(0.8125),
             }],
             projections: vec![Projection {
                 backbone: "a".into(),
@@ -402,7 +402,7 @@ mod tests {
             }],
         };
         let html = render_analysis_html(&report);
-        assert!(html.contains("0.812"));
+        assert!(html.contains(": 0.750 ["), "a cell value with its interval");
         assert!(html.contains("&lt;run&gt;"));
         assert_eq!(html.matches("<svg").count(), 4 * 2 + 4 * 2 + 1 + 1);
         assert!(html.contains("examples/0_full.png"));

@@ -208,7 +208,7 @@ fn purity_stats(per_variant: &[Tensor], args: &AnalyzeArgs) -> Result<(Vec<Inter
     };
     let all: Vec<i64> = (0..n as i64).collect();
     let (values, overall) = compute(&all)?;
-    let mut rng = SplitMix64(args.seed);
+    let mut rng = SplitMix64::new(args.seed);
     let mut samples: Vec<(Vec<f64>, f64)> = Vec::new();
     for _ in 0..args.bootstrap {
         let drawn: BTreeSet<i64> = (0..n).map(|_| rng.below(n as u64) as i64).collect();

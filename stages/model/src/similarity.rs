@@ -30,6 +30,8 @@
 
 use tch::{Kind, Tensor};
 
+pub use crate::train::SplitMix64;
+
 /// Errors of the statistics: shapes that do not describe the same examples, or too few examples.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SimilarityError {
@@ -275,31 +277,6 @@ pub fn knn_purity(points: &Tensor, labels: &[usize], k: usize) -> Result<Purity,
     Ok(Purity { per_label, overall })
 }
 
-/// A deterministic stream of u64 (splitmix64), for bootstrap resampling.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform index in 0..n (n > 0), by rejection so every index is equally likely.
-    pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let v = self.next_u64();
-            if v < zone {
-                return v % n;
-            }
-        }
-    }
-}
-
 /// Percentile (0..=100) with linear interpolation between order statistics, as `numpy.percentile`'s default.
 pub fn percentile(values: &[f64], q: f64) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
@@ -329,7 +306,7 @@ where
 {
     let all = Tensor::arange(n as i64, (Kind::Int64, tch::Device::Cpu));
     let value = statistic(&all)?;
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut values = Vec::with_capacity(resamples);
     for _ in 0..resamples {
         let idx: Vec<i64> = (0..n).map(|_| rng.below(n as u64) as i64).collect();
