@@ -26,11 +26,12 @@ APT_STAMP := $(MRDINO_CACHE)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c
 VENV_STAMP := $(VENV)/.stamp-$(shell md5sum < tools/requirements.txt | cut -c1-12)
 VENV_TF_STAMP := $(VENV_TF)/.stamp-$(shell md5sum < tools/requirements-tf.txt | cut -c1-12)
 
-.PHONY: help setup apt venv venv-tf build test bench demo demo-synth clean-cache
+.PHONY: help setup apt venv venv-tf build test bench demo demo-synth demo-refine clean-cache
 
 help:
 	@echo "make demo   - pseudo-labels for the bundled vtest.avi clip and their HTML report (installs what it needs)"
 	@echo "make demo-synth - synthetic videos with exact ground truth: labels with DIS and imported flow, scored"
+	@echo "make demo-refine - the MR-DINOSAUR refinement end to end on generated data, one table of metrics"
 	@echo "make test   - the whole test suite (installs what it needs)"
 	@echo "make bench  - post-processing, HDBSCAN, RAFT, ViT and whole-labels-run (1 vs all threads) benchmarks"
 
@@ -93,6 +94,38 @@ demo-synth: build
 	@echo "== exact (imported) flow =="
 	$(MRDINO) eval --labels $(SYNTH_OUT)/labels-exact --gt $(SYNTH_OUT)/data --gt-format synth
 
+# make demo-refine: the whole refinement on generated data (exact flow, so the pseudo-labels are good) with a
+# seeded random convolutional backbone (no weights needed): synth → labels → window features → a small
+# DINOSAUR → stage 1 → stage 2 → predictions of each model → one table of metrics (and summary.json).
+REFINE_DEMO_OUT ?= outputs/demo-refine
+REFINE_DEMO_BACKBONE ?= random-conv-p14-c64
+demo-refine: build
+	@mkdir -p $(REFINE_DEMO_OUT)
+	$(MRDINO) synth --out $(REFINE_DEMO_OUT)/data --sequences 4 --frames 24 --seed 3
+	$(MRDINO) labels --dataset frames --root $(REFINE_DEMO_OUT)/data/frames --out $(REFINE_DEMO_OUT)/labels \
+	  --flow import --flow-dir $(REFINE_DEMO_OUT)/data/flow --quiet
+	$(MRDINO) features --dataset frames --root $(REFINE_DEMO_OUT)/data/frames --labels $(REFINE_DEMO_OUT)/labels \
+	  --views windows --backbone $(REFINE_DEMO_BACKBONE) --out $(REFINE_DEMO_OUT)/features --quiet
+	@echo '{"model": {"n_slots": 7, "slot_dim": 32, "decoder_hidden": 256}, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "lr_decay_steps": 2000}' \
+	  > $(REFINE_DEMO_OUT)/dinosaur.json
+	$(MRDINO) train dinosaur --dataset frames --features $(REFINE_DEMO_OUT)/features --config $(REFINE_DEMO_OUT)/dinosaur.json \
+	  --steps 600 --out $(REFINE_DEMO_OUT)/baseline --quiet
+	$(MRDINO) refine stage1 --from $(REFINE_DEMO_OUT)/baseline --labels $(REFINE_DEMO_OUT)/labels \
+	  --features $(REFINE_DEMO_OUT)/features --lr 1e-3 --epochs 15 --out $(REFINE_DEMO_OUT)/stage1 --quiet
+	$(MRDINO) refine stage2 --from $(REFINE_DEMO_OUT)/stage1 --labels $(REFINE_DEMO_OUT)/labels \
+	  --features $(REFINE_DEMO_OUT)/features --lr 1e-3 --epochs 5 --hidden 256 --out $(REFINE_DEMO_OUT)/stage2 --quiet
+	$(MRDINO) eval --labels $(REFINE_DEMO_OUT)/labels --gt $(REFINE_DEMO_OUT)/data --gt-format synth \
+	  --json $(REFINE_DEMO_OUT)/eval-labels.json > /dev/null
+	for m in baseline stage1 stage2; do \
+	  $(MRDINO) infer --model $(REFINE_DEMO_OUT)/$$m --preset kitti --dataset frames --root $(REFINE_DEMO_OUT)/data/frames \
+	    --backbone $(REFINE_DEMO_BACKBONE) --out $(REFINE_DEMO_OUT)/predictions-$$m --quiet; \
+	  $(MRDINO) eval --predictions $(REFINE_DEMO_OUT)/predictions-$$m --gt $(REFINE_DEMO_OUT)/data --gt-format synth \
+	    --json $(REFINE_DEMO_OUT)/eval-$$m.json > /dev/null; \
+	done
+	$(MRDINO) compare --eval "pseudo-labels=$(REFINE_DEMO_OUT)/eval-labels.json" \
+	  --eval "DINOSAUR=$(REFINE_DEMO_OUT)/eval-baseline.json" --eval "+ stage 1=$(REFINE_DEMO_OUT)/eval-stage1.json" \
+	  --eval "+ stage 2 (MR-DINOSAUR)=$(REFINE_DEMO_OUT)/eval-stage2.json" --json $(REFINE_DEMO_OUT)/summary.json
+
 # ---- Per-dataset batch jobs --------------------------------------------------------------------------
 #   make kitti KITTI_ROOT=/data/kitti_raw           all sequences, resumable (rerun after any crash)
 #   make kitti-shard KITTI_ROOT=… SHARD=3 NUM_SHARDS=16   one shard of a job array
@@ -124,6 +157,58 @@ endef
 $(eval $(call dataset_targets,kitti,KITTI_ROOT))
 $(eval $(call dataset_targets,tri-pd,TRI_PD_ROOT))
 $(eval $(call dataset_targets,movi-e,MOVI_ROOT))
+
+# ---- MR-DINOSAUR refinement ---------------------------------------------------------------------------
+#   make kitti-refine KITTI_ROOT=/data/kitti_raw KITTI_EVAL_ROOT=/data/kitti_test KITTI_GT=/data/kitti_test_gt \
+#        BACKBONE_WEIGHTS=dinov2-vitb14.safetensors [BASELINE=dinosaur-kitti.safetensors] [DEVICE=cuda:0]
+# labels → window features → baseline DINOSAUR (trained unless BASELINE names a model) → stage 1 → stage 2 →
+# predictions on the evaluation images → metrics of the baseline and of stage 2 side by side. Every step is
+# resumable and a finished step is skipped on a rerun. Outputs go to $(OUT_ROOT)/<dataset>-refine/.
+# <DS>_EVAL_ROOT is read as <DS>_EVAL_DATASET (kitti: `frames`, e.g. a folder holding image_2/ of the KITTI 2015
+# instance benchmark; tri-pd and movi-e: their own layouts); <DS>_GT is what `eval --gt` reads.
+BACKBONE ?= dinov2-vitb14
+BACKBONE_WEIGHTS ?=
+BASELINE ?=
+DEVICE ?= auto
+REFINE_ARGS ?=
+KITTI_GT ?=
+TRI_PD_GT ?=
+MOVI_GT ?=
+KITTI_EVAL_ROOT ?=
+TRI_PD_EVAL_ROOT ?=
+MOVI_EVAL_ROOT ?=
+KITTI_EVAL_DATASET ?= frames
+TRI_PD_EVAL_DATASET ?= tri-pd
+MOVI_EVAL_DATASET ?= movi-e
+
+define refine_targets
+.PHONY: $(1)-refine
+$(1)-refine: build
+	@[ -n "$$($(2))" ] && [ -n "$$($(3))" ] && [ -n "$$($(5)_EVAL_ROOT)" ] && [ -n "$$(BACKBONE_WEIGHTS)" ] || \
+	  { echo "set $(2), $(5)_EVAL_ROOT, $(3) and BACKBONE_WEIGHTS"; exit 2; }
+	$$(MRDINO) labels --dataset $(1) --root "$$($(2))" --out $$(OUT_ROOT)/$(1) $$(LABELS_ARGS)
+	$$(MRDINO) features --dataset $(1) --root "$$($(2))" --labels $$(OUT_ROOT)/$(1) --views windows \
+	  --backbone $$(BACKBONE) --backbone-weights $$(BACKBONE_WEIGHTS) --device $$(DEVICE) --out $$(OUT_ROOT)/$(1)-refine/features
+	$$(if $$(BASELINE),,$$(MRDINO) train dinosaur --dataset $(1) --root "$$($(2))" --backbone $$(BACKBONE) \
+	  --backbone-weights $$(BACKBONE_WEIGHTS) --device $$(DEVICE) --out $$(OUT_ROOT)/$(1)-refine/baseline)
+	$$(MRDINO) refine stage1 --from $$(or $$(BASELINE),$$(OUT_ROOT)/$(1)-refine/baseline) --labels $$(OUT_ROOT)/$(1) \
+	  --features $$(OUT_ROOT)/$(1)-refine/features --device $$(DEVICE) --out $$(OUT_ROOT)/$(1)-refine/stage1 $$(REFINE_ARGS)
+	$$(MRDINO) refine stage2 --from $$(OUT_ROOT)/$(1)-refine/stage1 --labels $$(OUT_ROOT)/$(1) \
+	  --features $$(OUT_ROOT)/$(1)-refine/features --device $$(DEVICE) --out $$(OUT_ROOT)/$(1)-refine/stage2 $$(REFINE_ARGS)
+	for m in baseline stage2; do \
+	  model=$$$$([ $$$$m = baseline ] && echo "$$(or $$(BASELINE),$$(OUT_ROOT)/$(1)-refine/baseline)" || echo $$(OUT_ROOT)/$(1)-refine/$$$$m); \
+	  $$(MRDINO) infer --model $$$$model --preset $(1) --dataset $$($(5)_EVAL_DATASET) --root "$$($(5)_EVAL_ROOT)" --backbone $$(BACKBONE) \
+	    --backbone-weights $$(BACKBONE_WEIGHTS) --device $$(DEVICE) --out $$(OUT_ROOT)/$(1)-refine/predictions-$$$$m; \
+	  $$(MRDINO) eval --predictions $$(OUT_ROOT)/$(1)-refine/predictions-$$$$m --gt "$$($(3))" --gt-format $(4) \
+	    --json $$(OUT_ROOT)/$(1)-refine/eval-$$$$m.json; \
+	done
+	$$(MRDINO) compare --eval baseline=$$(OUT_ROOT)/$(1)-refine/eval-baseline.json \
+	  --eval "MR-DINOSAUR (stage 2)=$$(OUT_ROOT)/$(1)-refine/eval-stage2.json" --json $$(OUT_ROOT)/$(1)-refine/summary.json
+endef
+
+$(eval $(call refine_targets,kitti,KITTI_ROOT,KITTI_GT,kitti,KITTI))
+$(eval $(call refine_targets,tri-pd,TRI_PD_ROOT,TRI_PD_GT,tri-pd,TRI_PD))
+$(eval $(call refine_targets,movi-e,MOVI_ROOT,MOVI_GT,kubric,MOVI))
 
 clean-cache:
 	rm -rf $(CARGO_TARGET_DIR)

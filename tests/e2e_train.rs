@@ -11,44 +11,25 @@
 //! A second, short test runs the on-the-fly path (frames decoded, resized, cropped, flipped on CPU threads,
 //! the same random conv backbone) and checks that it trains and resumes identically too.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
+
+use common::{checkpoint_step, mean, metrics, mrdino, run_ok, start_until_checkpoint, tensors};
 
 use mrdino_datasets::decode::read_processed;
 use mrdino_datasets::{list_sequences, DatasetKind, Processing, SourceOptions};
 use mrdino_model::backbone::{Backbone, ConvPatchBackbone};
 use mrdino_model::tensors::from_tch;
-use mrdino_outputs::checkpoint::{read_tensor_file, TrainState, META_TRAIN_STATE};
 use mrdino_outputs::feature_cache::{FeatureCacheWriter, ShardMeta, ViewKey};
-use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 const STEPS: u64 = 300;
 
-fn mrdino() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mrdino"))
-}
-
-fn run_ok(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().expect("run mrdino");
-    assert!(
-        out.status.success(),
-        "command failed ({:?}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn synth(dir: &Path, size: &str) -> PathBuf {
-    run_ok(
-        mrdino()
-            .args(["synth", "--out"])
-            .arg(dir)
-            .args(["--sequences", "2", "--frames", "16", "--size", size]),
-    );
-    dir.join("frames")
+    common::synth(dir, size, 2, 16)
 }
 
 /// Feature cache of every synth frame through the random conv backbone, one shard per sequence.
@@ -76,7 +57,10 @@ fn build_cache(frames: &Path, cache: &Path) {
                     / 255.0,
             );
         }
-        let features = backbone.features(&Tensor::stack(&images, 0)).unwrap().to_kind(Kind::Half);
+        let features = backbone
+            .features(&Tensor::stack(&images, 0))
+            .unwrap()
+            .to_kind(Kind::Half);
         let meta = ShardMeta {
             unit: s.id.clone(),
             backbone: backbone.name().into(),
@@ -133,51 +117,6 @@ fn train_cmd(config: &Path, source: &[&str], out: &Path, steps: u64) -> Command 
         ])
         .args(["--device", "cpu", "--torch-threads", "1", "--workers", "2", "--quiet"]);
     cmd
-}
-
-/// Metrics rows without the wall-clock field.
-fn metrics(run: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("elapsed_s");
-            v
-        })
-        .collect()
-}
-
-/// Every tensor of the checkpoint (weights and moments) as bytes, sorted by name.
-fn tensors(run: &Path) -> Vec<(String, Vec<u8>)> {
-    let file = read_tensor_file(&run.join("checkpoint.safetensors")).unwrap();
-    file.tensors.into_iter().map(|t| (t.name, t.data)).collect()
-}
-
-fn checkpoint_step(run: &Path) -> Option<u64> {
-    let file = read_tensor_file(&run.join("checkpoint.safetensors")).ok()?;
-    let state: TrainState = serde_json::from_str(file.meta(META_TRAIN_STATE)?).ok()?;
-    Some(state.step)
-}
-
-/// Starts a run and waits until its checkpoint has at least `min_step` steps.
-fn start_until_checkpoint(mut cmd: Command, run: &Path, min_step: u64) -> std::process::Child {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while checkpoint_step(run).is_none_or(|s| s < min_step) {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("run ended ({status}) before its checkpoint reached step {min_step}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint at step {min_step} within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
 }
 
 #[test]

@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mrdino_datasets::{DatasetKind, Processing, Sequence, SourceOptions};
+use mrdino_model::backbone::{Backbone, ConvPatchBackbone};
 use mrdino_model::device::parse_device;
 use mrdino_model::tensors::from_tch;
-use mrdino_model::views::{training_views, ViewPreset};
 use mrdino_model::vit::{Vit, VitConfig};
 use mrdino_outputs::bookkeeping::{
     choose_partition, in_shard, partitions, unix_now, DoneMarker, Ledger, PlannedUnit, RunManifest, Shard, Status,
@@ -44,6 +44,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::cmd_eval::{prediction_map, read_label_tables, LabelTables};
 use crate::job::{build_plan, CODE_VERSION};
+use crate::refine_views::{frame_views, WindowLayout};
 use crate::run::STOP;
 
 /// Job kind of the feature cache in the bookkeeping.
@@ -80,9 +81,10 @@ pub struct FeaturesArgs {
     /// mae-vitb16, … or custom:… (see the README).
     #[arg(long, default_value = "dinov2-vitb14")]
     pub backbone: String,
-    /// The backbone's weights (safetensors from tools/convert_vit.py).
+    /// The backbone's weights (safetensors from tools/convert_vit.py; none for the seeded
+    /// `random-conv-p<PS>-c<C>` test backbone).
     #[arg(long)]
-    pub backbone_weights: PathBuf,
+    pub backbone_weights: Option<PathBuf>,
     /// Which views: resize (every frame at --size) or windows (the refinement windows of --labels).
     #[arg(long, value_enum, default_value = "resize")]
     pub views: ViewsKind,
@@ -208,10 +210,7 @@ fn for_each_view(
         }
         ViewsKind::Windows => {
             let tables = labels.context("--views windows needs --labels")?;
-            let preset = match params.dataset {
-                DatasetKind::TriPd => ViewPreset::TriPd,
-                _ => ViewPreset::Kitti,
-            };
+            let layout = WindowLayout::for_dataset(params.dataset);
             let labelled: BTreeMap<usize, &mrdino_outputs::FrameRow> = tables
                 .frames
                 .iter()
@@ -243,15 +242,14 @@ fn for_each_view(
                         frame.image.height
                     );
                 }
-                let views = training_views(preset, &frame.image.data, &ids.labels, ids.height, ids.width)?;
-                for v in views {
+                for v in frame_views(layout, Some(&frame.image.data), &ids)? {
                     sink(View {
                         key: ViewKey {
                             sequence_id: sequence.id.clone(),
                             frame_index: index as u64,
-                            window: Some([v.x_px as i64, 0]),
+                            window: Some(v.window),
                         },
-                        image: to_float(&v.image, v.size_px, v.size_px),
+                        image: v.image.context("a view without pixels")?,
                     })?;
                 }
             }
@@ -260,9 +258,68 @@ fn for_each_view(
     Ok(frames)
 }
 
+/// The backbone of a cache: a ViT (whose blocks `--layer` chooses from) or another [`Backbone`].
+pub(crate) enum CacheBackbone {
+    Vit(Vit),
+    Other(Box<dyn Backbone>),
+}
+
+impl CacheBackbone {
+    /// `name` with its weights; `random-conv-p<PS>-c<C>` is generated from a seed and takes none.
+    pub(crate) fn load(name: &str, weights: Option<&Path>, device: Device) -> Result<Self> {
+        if let Some(b) = ConvPatchBackbone::from_name(name, device) {
+            if weights.is_some() {
+                bail!("backbone `{name}` is generated from a seed and takes no weights file");
+            }
+            return Ok(CacheBackbone::Other(Box::new(b)));
+        }
+        let config = VitConfig::by_name(name)?;
+        let weights =
+            weights.with_context(|| format!("backbone `{name}` needs --backbone-weights FILE.safetensors"))?;
+        Ok(CacheBackbone::Vit(Vit::load(weights, Some(config), device)?))
+    }
+
+    pub(crate) fn backbone(&self) -> &dyn Backbone {
+        match self {
+            CacheBackbone::Vit(v) => v,
+            CacheBackbone::Other(b) => b.as_ref(),
+        }
+    }
+
+    /// Blocks a `--layer` can choose from (none for a backbone without blocks).
+    fn depth(&self) -> Option<usize> {
+        match self {
+            CacheBackbone::Vit(v) => Some(v.config().depth as usize),
+            CacheBackbone::Other(_) => None,
+        }
+    }
+
+    fn normalisation(&self) -> String {
+        match self {
+            CacheBackbone::Vit(v) => format!("mean {:?} std {:?}", v.config().mean, v.config().std),
+            CacheBackbone::Other(_) => format!(
+                "mean {:?} std {:?}",
+                mrdino_model::backbone::IMAGENET_MEAN,
+                mrdino_model::backbone::IMAGENET_STD
+            ),
+        }
+    }
+
+    /// Patch features (B, P, C) of images in [0, 1], from block `layer` (ViT only; default the last).
+    pub(crate) fn encode(&self, images01: &Tensor, layer: Option<usize>) -> Result<Tensor> {
+        match self {
+            CacheBackbone::Vit(v) => {
+                let normalised = v.normalize(images01)?;
+                Ok(tch::no_grad(|| v.features(&normalised, layer))?)
+            }
+            CacheBackbone::Other(b) => b.features(images01).map_err(anyhow::Error::msg),
+        }
+    }
+}
+
 /// Encodes views in batches; returns the unit's features (N, P, C) in the storage kind.
 struct Encoder<'a> {
-    vit: &'a Vit,
+    backbone: &'a CacheBackbone,
     layer: Option<usize>,
     kind: Kind,
     batch: usize,
@@ -291,8 +348,7 @@ impl Encoder<'_> {
             &self.pending.iter().map(|v| v.image.shallow_clone()).collect::<Vec<_>>(),
             0,
         );
-        let normalised = self.vit.normalize(&images)?;
-        let features = tch::no_grad(|| self.vit.features(&normalised, self.layer))?;
+        let features = self.backbone.encode(&images, self.layer)?;
         self.features.push(features.to_device(Device::Cpu).to_kind(self.kind));
         self.keys.extend(self.pending.drain(..).map(|v| v.key));
         Ok(())
@@ -311,8 +367,8 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
-fn resolve(args: &FeaturesArgs, vit: &Vit) -> Result<(FeaturesParams, Option<LabelTables>)> {
-    let patch = vit.patch_size();
+fn resolve(args: &FeaturesArgs, backbone: &CacheBackbone) -> Result<(FeaturesParams, Option<LabelTables>)> {
+    let patch = backbone.backbone().patch_size();
     let labels = match (&args.labels, args.views) {
         (Some(path), _) => Some(read_label_tables(path, None)?),
         (None, ViewsKind::Windows) => bail!("--views windows needs --labels RUN (the pseudo-label run)"),
@@ -331,12 +387,7 @@ fn resolve(args: &FeaturesArgs, vit: &Vit) -> Result<(FeaturesParams, Option<Lab
             if args.size.is_some() {
                 bail!("--size applies to --views resize; the windows have the preset's size");
             }
-            let px = if args.dataset == DatasetKind::TriPd {
-                ViewPreset::TriPd
-            } else {
-                ViewPreset::Kitti
-            }
-            .window_px();
+            let px = WindowLayout::for_dataset(args.dataset).view_px();
             (px as i64, px as i64)
         }
     };
@@ -347,10 +398,12 @@ fn resolve(args: &FeaturesArgs, vit: &Vit) -> Result<(FeaturesParams, Option<Lab
             view_size.0
         );
     }
-    let depth = vit.config().depth as usize;
+    let depth = backbone.depth();
     if let Some(layer) = args.layer {
-        if layer >= depth {
-            bail!("--layer {layer}: the backbone has blocks 0..{}", depth - 1);
+        match depth {
+            Some(depth) if layer >= depth => bail!("--layer {layer}: the backbone has blocks 0..{}", depth - 1),
+            None => bail!("--layer: backbone `{}` has no blocks to choose from", args.backbone),
+            _ => {}
         }
     }
     if args.batch == 0 {
@@ -360,12 +413,12 @@ fn resolve(args: &FeaturesArgs, vit: &Vit) -> Result<(FeaturesParams, Option<Lab
         dataset: args.dataset,
         cameras: args.cameras.clone().unwrap_or_else(|| args.dataset.default_cameras()),
         backbone: args.backbone.clone(),
-        backbone_sha256: vit.sha256().to_string(),
-        layer: args.layer.map_or(depth as i64 - 1, |l| l as i64),
+        backbone_sha256: backbone.backbone().weights_sha256().to_string(),
+        layer: args.layer.map_or(depth.map_or(0, |d| d as i64 - 1), |l| l as i64),
         views: args.views,
         view_size,
         labels_params: labels.as_ref().map(|t| t.layout.params_hash.clone()),
-        normalisation: format!("mean {:?} std {:?}", vit.config().mean, vit.config().std),
+        normalisation: backbone.normalisation(),
         dtype: args.dtype.clone(),
     };
     Ok((params, labels))
@@ -376,9 +429,9 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
     let started = Instant::now();
     let started_unix_s = unix_now();
     let device = parse_device(&args.device)?;
-    let config = VitConfig::by_name(&args.backbone)?;
-    let vit = Vit::load(&args.backbone_weights, Some(config), device)?;
-    let (params, labels) = resolve(args, &vit)?;
+    let backbone = CacheBackbone::load(&args.backbone, args.backbone_weights.as_deref(), device)?;
+    let (params, labels) = resolve(args, &backbone)?;
+    let patch = backbone.backbone().patch_size();
     let processing = match params.views {
         // The windows are cut from the frames as the labels saw them.
         ViewsKind::Windows => args.dataset.reference_processing(),
@@ -474,7 +527,7 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
         bar.set_message(sequence.id.clone());
         let budget = args.time_budget;
         let mut encoder = Encoder {
-            vit: &vit,
+            backbone: &backbone,
             layer: args.layer,
             kind,
             batch: args.batch,
@@ -496,12 +549,12 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
         match result {
             Ok(frames) => {
                 let n = encoder.keys.len();
-                let (grid_h, grid_w) = (
-                    params.view_size.0 / vit.patch_size(),
-                    params.view_size.1 / vit.patch_size(),
-                );
+                let (grid_h, grid_w) = (params.view_size.0 / patch, params.view_size.1 / patch);
                 let features = if n == 0 {
-                    Tensor::zeros([0, grid_h * grid_w, vit.embed_dim()], (kind, Device::Cpu))
+                    Tensor::zeros(
+                        [0, grid_h * grid_w, backbone.backbone().feature_dim()],
+                        (kind, Device::Cpu),
+                    )
                 } else {
                     Tensor::cat(&encoder.features, 0)
                 };
@@ -599,7 +652,9 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
 
 /// Whether `out` holds a feature cache: a plan of the features job is in its bookkeeping.
 pub fn is_feature_cache(out: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(out.join("_plan")) else { return false };
+    let Ok(entries) = std::fs::read_dir(out.join("_plan")) else {
+        return false;
+    };
     entries.flatten().any(|e| {
         std::fs::read(e.path())
             .ok()

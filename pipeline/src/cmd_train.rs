@@ -21,14 +21,11 @@
 //! uninterrupted one, step for step (see `mrdino_model::train` for why). Metrics rows logged after the last
 //! checkpoint of a killed run are dropped on resume and logged again.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use crossbeam_channel::{bounded, Receiver};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mrdino_datasets::decode::read_processed;
 use mrdino_datasets::{list_sequences, DatasetKind, Processing, SourceOptions};
 use mrdino_model::backbone::{Backbone, ConvPatchBackbone};
@@ -37,7 +34,7 @@ use mrdino_model::optim::{Adam, AdamConfig, LrSchedule};
 use mrdino_model::tensors::{from_tch, to_tch};
 use mrdino_model::train::{sample_rng, train_step, CacheSource, FeatureSource, Sampler, StepMetrics, TrainError};
 use mrdino_outputs::checkpoint::{
-    read_tensor_file, write_tensor_file, RunLayout, TensorFile, TrainState, FORMAT_CHECKPOINT, META_BACKBONE,
+    read_tensor_file, write_tensor_file, TensorFile, TrainState, FORMAT_CHECKPOINT, META_BACKBONE,
     META_BACKBONE_SHA256, META_CODE_VERSION, META_FORMAT, META_MODEL_CONFIG, META_PARAMS, META_TRAIN_STATE,
     OPTIMIZER_PREFIX,
 };
@@ -48,9 +45,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::flowsel::parse_device;
 use crate::job::CODE_VERSION;
-use crate::run::STOP;
-
-const EXIT_STOPPED: u8 = 4;
+use crate::training::{initial_state, merge, prepare_run_dir, read_config, run_steps, LoopSettings, StepRunner};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TrainCommand {
@@ -262,22 +257,6 @@ impl TrainParams {
     }
 }
 
-fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(k) {
-                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
-                    _ => {
-                        b.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o.clone(),
-    }
-}
-
 /// Preset < config file < flags.
 pub fn resolve_params(args: &DinosaurTrainArgs) -> Result<TrainParams> {
     let kind = DatasetKind::parse(&args.dataset)
@@ -293,14 +272,7 @@ pub fn resolve_params(args: &DinosaurTrainArgs) -> Result<TrainParams> {
                 args.dataset
             )
         })?;
-    let file: Option<serde_json::Value> = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-            Some(serde_json::from_str(&text).with_context(|| format!("invalid JSON in {}", path.display()))?)
-        }
-        None => None,
-    };
+    let file = args.config.as_deref().map(read_config).transpose()?;
     let preset = args
         .preset
         .clone()
@@ -319,7 +291,6 @@ pub fn resolve_params(args: &DinosaurTrainArgs) -> Result<TrainParams> {
         .with_context(|| format!("unknown preset `{preset}` (expected kitti, tri-pd or movi-e)"))?;
     let mut value = serde_json::to_value(&base)?;
     if let Some(file) = &file {
-        ensure!(file.is_object(), "config file must hold a JSON object");
         merge(&mut value, file);
     }
     let mut p: TrainParams = serde_json::from_value(value).context("invalid config file")?;
@@ -349,24 +320,13 @@ pub fn resolve_params(args: &DinosaurTrainArgs) -> Result<TrainParams> {
     Ok(p)
 }
 
-/// One row of `metrics.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MetricsRow {
-    pub step: u64,
-    pub loss: f64,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub mask_similarity: f64,
-    pub elapsed_s: f64,
-}
-
 pub fn run(command: &TrainCommand) -> Result<std::process::ExitCode> {
     match command {
         TrainCommand::Dinosaur(args) => train_dinosaur(args),
     }
 }
 
-fn build_backbone(name: &str, weights: Option<&Path>, device: Device) -> Result<Box<dyn Backbone>> {
+pub(crate) fn build_backbone(name: &str, weights: Option<&Path>, device: Device) -> Result<Box<dyn Backbone>> {
     if let Some(b) = ConvPatchBackbone::from_name(name, device) {
         ensure!(
             weights.is_none(),
@@ -374,9 +334,8 @@ fn build_backbone(name: &str, weights: Option<&Path>, device: Device) -> Result<
         );
         return Ok(Box::new(b));
     }
-    let config = mrdino_model::vit::VitConfig::by_name(name).map_err(|e| {
-        anyhow::anyhow!("{e} (or random-conv-p<PS>-c<C>, a seeded test backbone without weights)")
-    })?;
+    let config = mrdino_model::vit::VitConfig::by_name(name)
+        .map_err(|e| anyhow::anyhow!("{e} (or random-conv-p<PS>-c<C>, a seeded test backbone without weights)"))?;
     let weights = weights.with_context(|| format!("backbone `{name}` needs --backbone-weights FILE.safetensors"))?;
     Ok(Box::new(mrdino_model::vit::Vit::load(weights, Some(config), device)?))
 }
@@ -388,7 +347,7 @@ fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
     if let Some(n) = args.torch_threads {
         tch::set_num_threads(n.max(1));
     }
-    let mut source: Box<dyn FeatureSource> = match (&args.features, &args.backbone) {
+    let source: Box<dyn FeatureSource> = match (&args.features, &args.backbone) {
         (Some(dir), None) => {
             let cache =
                 FeatureCache::open(dir).with_context(|| format!("cannot open feature cache {}", dir.display()))?;
@@ -411,9 +370,7 @@ fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
     params.model.n_patches = source.n_patches();
     params.validate()?;
 
-    let layout = RunLayout::new(&args.out);
-    std::fs::create_dir_all(&layout.dir).with_context(|| format!("cannot create {}", layout.dir.display()))?;
-    mrdino_outputs::atomic::remove_stale_temporaries(&layout.dir)?;
+    let layout = prepare_run_dir(&args.out)?;
     tch::manual_seed(params.seed);
     let model = Dinosaur::new(params.model.clone(), device)?;
     let mut adam = Adam::new(
@@ -425,13 +382,7 @@ fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
         },
     );
     let backbone = (source.backbone_name(), source.backbone_sha256());
-    let mut state = TrainState {
-        step: 0,
-        next_sample: 0,
-        rng_state: sample_rng(params.seed, 0).state,
-        optimizer_steps: Default::default(),
-        elapsed_s: 0.0,
-    };
+    let mut state = initial_state(params.seed);
     let checkpoint = layout.checkpoint_file();
     if checkpoint.is_file() {
         state = restore(&checkpoint, &params, &model, &mut adam)?;
@@ -439,8 +390,6 @@ fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
             eprintln!("resuming {} at step {}", layout.dir.display(), state.step);
         }
     }
-    let mut rows = read_metrics(&layout.metrics_file(), state.step)?;
-    write_metrics(&layout.metrics_file(), &rows)?;
     write_atomic(
         &layout.params_file(),
         &serde_json::to_vec_pretty(&serde_json::json!({
@@ -450,96 +399,71 @@ fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
             "params": params,
         }))?,
     )?;
-
-    let bar = ProgressBar::with_draw_target(
-        Some(params.steps),
-        if args.quiet {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix("steps");
-    bar.set_position(state.step);
-    let budget = args.time_budget.map(Duration::from_secs_f64);
-    let schedule = params.schedule();
-    let elapsed_before = state.elapsed_s;
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(layout.metrics_file())
-        .with_context(|| format!("cannot open {}", layout.metrics_file().display()))?;
-    let save = |state: &TrainState, model: &Dinosaur, adam: &Adam, rows: &[MetricsRow]| -> Result<()> {
-        save_checkpoint(&checkpoint, &params, &backbone, model, adam, state)?;
-        write_atomic(&layout.loss_plot_file(), loss_svg(rows).as_bytes())?;
-        Ok(())
+    let settings = LoopSettings {
+        layout: &layout,
+        steps: params.steps,
+        batch_size: params.batch_size as u64,
+        seed: params.seed,
+        checkpoint_every: params.checkpoint_every,
+        log_every: params.log_every,
+        time_budget: args.time_budget.map(Duration::from_secs_f64),
+        quiet: args.quiet,
+        started,
+        what: "trained",
     };
-    while state.step < params.steps {
-        if budget.is_some_and(|b| started.elapsed() >= b) {
-            STOP.store(true, Ordering::SeqCst);
-        }
-        if STOP.load(Ordering::SeqCst) {
-            save(&state, &model, &adam, &rows)?;
-            bar.abandon();
-            eprintln!(
-                "stopped at step {}; checkpoint written, run the same command again to resume",
-                state.step
-            );
-            return Ok(std::process::ExitCode::from(EXIT_STOPPED));
-        }
-        let first = state.step * params.batch_size as u64;
-        let features = source.batch(first, params.batch_size, device)?;
-        let lr = schedule.lr(state.step);
-        let m: StepMetrics = train_step(
-            &model,
-            &mut adam,
+    let mut runner = DinosaurRunner {
+        params: &params,
+        model,
+        adam,
+        source,
+        device,
+        checkpoint,
+        backbone,
+    };
+    run_steps(&settings, state, &mut runner)
+}
+
+/// One baseline step: features of the batch, noise, forward, MSE, backward, clip, Adam.
+struct DinosaurRunner<'a> {
+    params: &'a TrainParams,
+    model: Dinosaur,
+    adam: Adam,
+    source: Box<dyn FeatureSource>,
+    device: Device,
+    checkpoint: PathBuf,
+    backbone: (String, String),
+}
+
+impl StepRunner for DinosaurRunner<'_> {
+    fn step(&mut self, step: u64, first_sample: u64) -> Result<StepMetrics> {
+        let p = self.params;
+        let features = self.source.batch(first_sample, p.batch_size, self.device)?;
+        let lr = p.schedule().lr(step);
+        train_step(
+            &self.model,
+            &mut self.adam,
             &features,
-            params.seed,
-            first,
+            p.seed,
+            first_sample,
             lr,
-            params.clip_grad_norm,
+            p.clip_grad_norm,
         )
         .map_err(|e| match e {
-            TrainError::NonFinite { loss, .. } => anyhow::anyhow!("non-finite loss {loss} at step {}", state.step),
+            TrainError::NonFinite { loss, .. } => anyhow::anyhow!("non-finite loss {loss} at step {step}"),
             e => e.into(),
-        })?;
-        state.step += 1;
-        state.next_sample = state.step * params.batch_size as u64;
-        state.rng_state = sample_rng(params.seed, state.next_sample).state;
-        state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        if state.step % params.log_every == 0 || state.step == params.steps {
-            let row = MetricsRow {
-                step: state.step,
-                loss: m.loss,
-                lr: m.lr,
-                grad_norm: m.grad_norm,
-                mask_similarity: m.mask_similarity,
-                elapsed_s: state.elapsed_s,
-            };
-            writeln!(metrics_file, "{}", serde_json::to_string(&row)?)?;
-            metrics_file.flush()?;
-            rows.push(row);
-            bar.set_message(format!("loss {:.4}", m.loss));
-        }
-        if state.step % params.checkpoint_every == 0 || state.step == params.steps {
-            save(&state, &model, &adam, &rows)?;
-        }
-        bar.set_position(state.step);
+        })
     }
-    bar.finish_and_clear();
-    if !args.quiet {
-        let last = rows.last().map_or(f64::NAN, |r| r.loss);
-        eprintln!(
-            "trained {} steps; last loss {last:.5}; checkpoint {}",
-            state.step,
-            checkpoint.display()
-        );
+
+    fn save(&self, state: &TrainState) -> Result<()> {
+        save_checkpoint(
+            &self.checkpoint,
+            self.params,
+            &self.backbone,
+            &self.model,
+            &self.adam,
+            state,
+        )
     }
-    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn save_checkpoint(
@@ -603,75 +527,6 @@ fn restore(path: &Path, params: &TrainParams, model: &Dinosaur, adam: &mut Adam)
     }
     adam.import_state(&moments, &state.optimizer_steps)?;
     Ok(state)
-}
-
-/// Rows of `path` up to `max_step` (complete lines only; a partial last line of a killed run is dropped).
-fn read_metrics(path: &Path, max_step: u64) -> Result<Vec<MetricsRow>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(Vec::new());
-    };
-    let mut rows = Vec::new();
-    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
-        if let Ok(row) = serde_json::from_str::<MetricsRow>(line.trim_end()) {
-            if row.step <= max_step {
-                rows.push(row);
-            }
-        }
-    }
-    Ok(rows)
-}
-
-fn write_metrics(path: &Path, rows: &[MetricsRow]) -> Result<()> {
-    let mut text = String::new();
-    for r in rows {
-        text.push_str(&serde_json::to_string(r)?);
-        text.push('\n');
-    }
-    write_atomic(path, text.as_bytes())?;
-    Ok(())
-}
-
-/// A line plot of loss over steps (log-scale loss axis), as a self-contained SVG.
-fn loss_svg(rows: &[MetricsRow]) -> String {
-    let (w, h, m) = (640.0, 360.0, 50.0);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    let pts: Vec<(f64, f64)> = rows
-        .iter()
-        .filter(|r| r.loss > 0.0)
-        .map(|r| (r.step as f64, r.loss.log10()))
-        .collect();
-    if let (Some(first), Some(last)) = (pts.first(), pts.last()) {
-        let (x0, x1) = (first.0, last.0.max(first.0 + 1.0));
-        let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-        let hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-6);
-        let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
-        let py = |y: f64| h - m - (y - lo) / (hi - lo) * (h - 2.0 * m);
-        let path: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
-        s.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>\n",
-            path.join(" ")
-        ));
-        s.push_str(&format!(
-            "<text x=\"{m}\" y=\"{:.0}\">step {x0:.0}</text><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">step {x1:.0}</text>\n",
-            h - m + 20.0,
-            w - m,
-            h - m + 20.0
-        ));
-        s.push_str(&format!(
-            "<text x=\"5\" y=\"{:.0}\">{:.4}</text><text x=\"5\" y=\"{:.0}\">{:.4}</text>\n",
-            m,
-            10f64.powf(hi),
-            h - m,
-            10f64.powf(lo)
-        ));
-    }
-    s.push_str(&format!(
-        "<text x=\"{:.0}\" y=\"20\" text-anchor=\"middle\">reconstruction loss (log scale)</text>\n</svg>\n",
-        w / 2.0
-    ));
-    s
 }
 
 /// On-the-fly features: frames → resize (bicubic, no antialias, clamped) → random crop → flip on CPU threads

@@ -8,9 +8,11 @@
 
 mod batch;
 mod cmd_analyze;
+mod cmd_compare;
 mod cmd_eval;
 mod cmd_features;
 mod cmd_flow;
+mod cmd_refine;
 mod cmd_report;
 mod cmd_synth;
 mod cmd_train;
@@ -18,7 +20,9 @@ mod config;
 mod flowsel;
 mod job;
 mod overlays;
+mod refine_views;
 mod run;
+mod training;
 mod unit;
 
 use std::num::NonZeroU64;
@@ -64,11 +68,17 @@ enum Command {
     /// Score pseudo-labels against ground-truth masks of moving objects (F1@50, AP50, AR50, fg-/all-ARI,
     /// quasi-static retrieval); prints a table and writes JSON.
     Eval(cmd_eval::EvalArgs),
+    /// One table of several `eval` results (e.g. pseudo-labels, baseline, stage 1, stage 2), also as JSON.
+    Compare(cmd_compare::CompareArgs),
     /// Static HTML report of a labels run: per-sequence statistics, SVG plots, overlays and flow of sampled frames.
     Report(cmd_report::ReportArgs),
     /// Train a slot model (`train dinosaur`): reference recipe per dataset, resumable checkpoints.
     #[command(subcommand)]
     Train(cmd_train::TrainCommand),
+    /// MR-DINOSAUR refinement of a DINOSAUR model with pseudo-labels: `refine stage1` (slot attention), then
+    /// `refine stage2` (slot deactivation); resumable checkpoints.
+    #[command(subcommand)]
+    Refine(cmd_refine::RefineCommand),
     /// How much each frozen backbone's representation changes when only the foreground, the background, the
     /// centre or the border of a frame is kept: CKA, SVCCA, PWCCA, k-NN purity, an HTML report.
     Analyze(Box<cmd_analyze::AnalyzeArgs>),
@@ -427,7 +437,9 @@ fn main() -> ExitCode {
         Command::Synth(args) => cmd_synth::run(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => cmd_eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Report(args) => cmd_report::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Compare(args) => cmd_compare::run(args).map(|()| ExitCode::SUCCESS),
         Command::Train(command) => cmd_train::run(command),
+        Command::Refine(command) => cmd_refine::run(command),
         Command::Analyze(args) => cmd_analyze::run(args).map(|()| ExitCode::SUCCESS),
         Command::Features(args) => match args.shard {
             Some(shard) => cmd_features::run(args, Some(shard)),

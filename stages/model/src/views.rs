@@ -272,18 +272,16 @@ pub struct TrainingView {
     pub ids: Vec<u32>,
 }
 
-/// The training views of one frame: `image` interleaved RGB (height, width, 3), `ids` (height, width).
-pub fn training_views(
+/// The windows a frame's `ids` (height, width) give, without the image: (left edge, window ids) of every
+/// window [`training_views`] keeps, in the same order.
+pub fn training_view_ids(
     preset: ViewPreset,
-    image: &[u8],
     ids: &[u32],
     height: usize,
     width: usize,
-) -> Result<Vec<TrainingView>, ViewError> {
-    check("image", image.len(), height, width, 3)?;
+) -> Result<Vec<(usize, Vec<u32>)>, ViewError> {
     check("instance ids", ids.len(), height, width, 1)?;
     let (canvas_height, canvas_width) = preset.canvas();
-    let resized_image = pil_resize_bilinear_u8(image, height, width, 3, canvas_height, canvas_width)?;
     let resized_ids = pil_resize_nearest(ids, height, width, canvas_height, canvas_width)?;
     let size = preset.window_px();
     Ok(preset
@@ -297,17 +295,39 @@ pub fn training_views(
                         .copied()
                 })
                 .collect();
-            preset.keeps(&window_ids).then(|| TrainingView {
-                x_px: x0,
-                size_px: size,
-                image: (0..size)
-                    .flat_map(|y| {
-                        let start = (y * canvas_width + x0) * 3;
-                        resized_image[start..start + size * 3].iter().copied()
-                    })
-                    .collect(),
-                ids: window_ids,
-            })
+            preset.keeps(&window_ids).then_some((x0, window_ids))
+        })
+        .collect())
+}
+
+/// The training views of one frame: `image` interleaved RGB (height, width, 3), `ids` (height, width).
+pub fn training_views(
+    preset: ViewPreset,
+    image: &[u8],
+    ids: &[u32],
+    height: usize,
+    width: usize,
+) -> Result<Vec<TrainingView>, ViewError> {
+    check("image", image.len(), height, width, 3)?;
+    let windows = training_view_ids(preset, ids, height, width)?;
+    if windows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (canvas_height, canvas_width) = preset.canvas();
+    let resized_image = pil_resize_bilinear_u8(image, height, width, 3, canvas_height, canvas_width)?;
+    let size = preset.window_px();
+    Ok(windows
+        .into_iter()
+        .map(|(x0, window_ids)| TrainingView {
+            x_px: x0,
+            size_px: size,
+            image: (0..size)
+                .flat_map(|y| {
+                    let start = (y * canvas_width + x0) * 3;
+                    resized_image[start..start + size * 3].iter().copied()
+                })
+                .collect(),
+            ids: window_ids,
         })
         .collect())
 }

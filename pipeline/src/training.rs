@@ -1,0 +1,266 @@
+//! What every training command shares (`train dinosaur`, `refine stage1`, `refine stage2`): the metrics log,
+//! the loss plot, config merging, and the step loop with its stop rules.
+//!
+//! The loop ([`run_steps`]) runs steps until `steps`; it logs a [`MetricsRow`] every `log_every` steps to
+//! `metrics.jsonl`, writes the checkpoint (through the [`StepRunner`]) and `loss.svg` every `checkpoint_every`
+//! steps and at the end, and on SIGINT/SIGTERM or when `--time-budget` has passed writes them and returns exit
+//! code 4. Rows logged after the last checkpoint of a killed run are dropped on resume and logged again, so the
+//! log of a resumed run equals an uninterrupted one's (but for the wall-clock column).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mrdino_model::train::{sample_rng, StepMetrics};
+use mrdino_outputs::checkpoint::{RunLayout, TrainState};
+use mrdino_outputs::write_atomic;
+use serde::{Deserialize, Serialize};
+
+use crate::run::STOP;
+use crate::EXIT_STOPPED;
+
+/// Merges `over` into `base` key by key (nested objects recursively), as config files override presets.
+pub(crate) fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// One row of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub mask_similarity: f64,
+    pub elapsed_s: f64,
+}
+
+/// Rows of `path` up to `max_step` (complete lines only; a partial last line of a killed run is dropped).
+fn read_metrics(path: &Path, max_step: u64) -> Result<Vec<MetricsRow>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    let mut rows = Vec::new();
+    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        if let Ok(row) = serde_json::from_str::<MetricsRow>(line.trim_end()) {
+            if row.step <= max_step {
+                rows.push(row);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn write_metrics(path: &Path, rows: &[MetricsRow]) -> Result<()> {
+    let mut text = String::new();
+    for r in rows {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// A line plot of loss over steps (log-scale loss axis), as a self-contained SVG.
+pub(crate) fn loss_svg(rows: &[MetricsRow]) -> String {
+    let (w, h, m) = (640.0, 360.0, 50.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let pts: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.loss > 0.0)
+        .map(|r| (r.step as f64, r.loss.log10()))
+        .collect();
+    if let (Some(first), Some(last)) = (pts.first(), pts.last()) {
+        let (x0, x1) = (first.0, last.0.max(first.0 + 1.0));
+        let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-6);
+        let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
+        let py = |y: f64| h - m - (y - lo) / (hi - lo) * (h - 2.0 * m);
+        let path: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            path.join(" ")
+        ));
+        s.push_str(&format!(
+            "<text x=\"{m}\" y=\"{:.0}\">step {x0:.0}</text><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">step {x1:.0}</text>\n",
+            h - m + 20.0,
+            w - m,
+            h - m + 20.0
+        ));
+        s.push_str(&format!(
+            "<text x=\"5\" y=\"{:.0}\">{:.4}</text><text x=\"5\" y=\"{:.0}\">{:.4}</text>\n",
+            m,
+            10f64.powf(hi),
+            h - m,
+            10f64.powf(lo)
+        ));
+    }
+    s.push_str(&format!(
+        "<text x=\"{:.0}\" y=\"20\" text-anchor=\"middle\">reconstruction loss (log scale)</text>\n</svg>\n",
+        w / 2.0
+    ));
+    s
+}
+
+/// One training run's steps: what the loop calls.
+pub(crate) trait StepRunner {
+    /// One optimisation step on the samples `first_sample .. first_sample + batch_size`.
+    fn step(&mut self, step: u64, first_sample: u64) -> Result<StepMetrics>;
+    /// Writes the checkpoint of `state` atomically.
+    fn save(&self, state: &TrainState) -> Result<()>;
+}
+
+/// How a run's loop is driven.
+pub(crate) struct LoopSettings<'a> {
+    pub layout: &'a RunLayout,
+    pub steps: u64,
+    pub batch_size: u64,
+    pub seed: i64,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    pub time_budget: Option<Duration>,
+    pub quiet: bool,
+    /// When this process started (the time budget counts from it).
+    pub started: Instant,
+    /// Word for the finishing message, e.g. "trained" or "refined (stage 1)".
+    pub what: &'a str,
+}
+
+/// A fresh run's state.
+pub(crate) fn initial_state(seed: i64) -> TrainState {
+    TrainState {
+        step: 0,
+        next_sample: 0,
+        rng_state: sample_rng(seed, 0).state,
+        optimizer_steps: Default::default(),
+        elapsed_s: 0.0,
+    }
+}
+
+/// Runs the steps from `state` on (see the module docs). Returns success or exit code 4 (stopped).
+pub(crate) fn run_steps(
+    settings: &LoopSettings<'_>,
+    mut state: TrainState,
+    runner: &mut dyn StepRunner,
+) -> Result<ExitCode> {
+    let layout = settings.layout;
+    let mut rows = read_metrics(&layout.metrics_file(), state.step)?;
+    write_metrics(&layout.metrics_file(), &rows)?;
+    let bar = ProgressBar::with_draw_target(
+        Some(settings.steps),
+        if settings.quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix("steps");
+    bar.set_position(state.step);
+    let elapsed_before = state.elapsed_s;
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(layout.metrics_file())
+        .with_context(|| format!("cannot open {}", layout.metrics_file().display()))?;
+    let save = |runner: &dyn StepRunner, state: &TrainState, rows: &[MetricsRow]| -> Result<()> {
+        runner.save(state)?;
+        write_atomic(&layout.loss_plot_file(), loss_svg(rows).as_bytes())?;
+        Ok(())
+    };
+    let batch = settings.batch_size;
+    while state.step < settings.steps {
+        if settings.time_budget.is_some_and(|b| settings.started.elapsed() >= b) {
+            STOP.store(true, Ordering::SeqCst);
+        }
+        if STOP.load(Ordering::SeqCst) {
+            save(runner, &state, &rows)?;
+            bar.abandon();
+            eprintln!(
+                "stopped at step {}; checkpoint written, run the same command again to resume",
+                state.step
+            );
+            return Ok(ExitCode::from(EXIT_STOPPED));
+        }
+        let first = state.step * batch;
+        let m = runner.step(state.step, first)?;
+        if !m.loss.is_finite() {
+            anyhow::bail!("non-finite loss {} at step {}", m.loss, state.step);
+        }
+        state.step += 1;
+        state.next_sample = state.step * batch;
+        state.rng_state = sample_rng(settings.seed, state.next_sample).state;
+        state.elapsed_s = elapsed_before + settings.started.elapsed().as_secs_f64();
+        if state.step % settings.log_every == 0 || state.step == settings.steps {
+            let row = MetricsRow {
+                step: state.step,
+                loss: m.loss,
+                lr: m.lr,
+                grad_norm: m.grad_norm,
+                mask_similarity: m.mask_similarity,
+                elapsed_s: state.elapsed_s,
+            };
+            writeln!(metrics_file, "{}", serde_json::to_string(&row)?)?;
+            metrics_file.flush()?;
+            rows.push(row);
+            bar.set_message(format!("loss {:.4}", m.loss));
+        }
+        if state.step % settings.checkpoint_every == 0 || state.step == settings.steps {
+            save(runner, &state, &rows)?;
+        }
+        bar.set_position(state.step);
+    }
+    bar.finish_and_clear();
+    if !settings.quiet {
+        let last = rows.last().map_or(f64::NAN, |r| r.loss);
+        eprintln!(
+            "{} {} steps; last loss {last:.5}; checkpoint {}",
+            settings.what,
+            state.step,
+            layout.checkpoint_file().display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a JSON config file of parameter overrides.
+pub(crate) fn read_config(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("invalid JSON in {}", path.display()))?;
+    anyhow::ensure!(
+        value.is_object(),
+        "config file {} must hold a JSON object",
+        path.display()
+    );
+    Ok(value)
+}
+
+/// The run directory, created, with stale temporaries of dead writers removed.
+pub(crate) fn prepare_run_dir(dir: &Path) -> Result<RunLayout> {
+    let layout = RunLayout::new(dir);
+    std::fs::create_dir_all(&layout.dir).with_context(|| format!("cannot create {}", layout.dir.display()))?;
+    mrdino_outputs::atomic::remove_stale_temporaries(&layout.dir)?;
+    Ok(layout)
+}

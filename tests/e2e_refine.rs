@@ -1,0 +1,237 @@
+//! End-to-end test of `mrdino refine stage1|stage2` on the real binary.
+//!
+//! Data: `mrdino synth` frames with exact flow → `mrdino labels` (imported flow) → `mrdino features --views
+//! windows` through the seeded random conv backbone (14 px patches, 32 channels: 27×27 patches per 378 px
+//! window) → a tiny baseline DINOSAUR (`train dinosaur` from the cache) → stage 1 → stage 2. Checked:
+//! * stage 1 changes only `perceptual_grouping.*`, every other tensor keeps the baseline's bytes; its loss
+//!   falls; a run killed with SIGKILL after a checkpoint and rerun ends with bit-identical weights, moments
+//!   and metrics;
+//! * stage 2 keeps every DINOSAUR tensor of stage 1, adds the eight `object_decoder.slot_decoder.*` tensors,
+//!   its loss falls; `--time-budget 0` exits 4 and the resumed run equals an uninterrupted one; another quirk
+//!   flag on the same run directory is refused;
+//! * the on-the-fly path (frames → windows → backbone) sees the same windows and masks as the cache: its first
+//!   loss equals the cached run's up to the cache's f16 rounding.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{checkpoint_step, mean, metrics, mrdino, run_ok, start_until_checkpoint, synth, tensors};
+use mrdino_outputs::checkpoint::{read_tensor_file, META_STAGE};
+
+const BACKBONE: &str = "random-conv-p14-c32";
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    frames: PathBuf,
+    labels: PathBuf,
+    cache: PathBuf,
+    baseline: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let data = dir.join("synth");
+    let frames = synth(&data, "320x128", 2, 12);
+    let labels = dir.join("labels");
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "frames", "--root"])
+            .arg(&frames)
+            .arg("--out")
+            .arg(&labels)
+            .args(["--flow", "import", "--flow-dir"])
+            .arg(data.join("flow"))
+            .arg("--quiet"),
+    );
+    let cache = dir.join("cache");
+    run_ok(
+        mrdino()
+            .args(["features", "--dataset", "frames", "--root"])
+            .arg(&frames)
+            .arg("--out")
+            .arg(&cache)
+            .args(["--backbone", BACKBONE, "--views", "windows", "--labels"])
+            .arg(&labels)
+            .args(["--device", "cpu", "--quiet"]),
+    );
+    let config = dir.join("tiny.json");
+    let tiny = serde_json::json!({
+        "model": {"n_slots": 5, "slot_dim": 16, "decoder_hidden": 64},
+        "batch_size": 8, "lr": 2e-3, "warmup_steps": 10, "seed": 1
+    });
+    std::fs::write(&config, serde_json::to_vec(&tiny).unwrap()).unwrap();
+    let baseline = dir.join("baseline");
+    run_ok(
+        mrdino()
+            .args(["train", "dinosaur", "--dataset", "frames", "--features"])
+            .arg(&cache)
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&baseline)
+            .args(["--steps", "30", "--device", "cpu", "--torch-threads", "1", "--quiet"]),
+    );
+    Fixture {
+        _tmp: tmp,
+        dir,
+        frames,
+        labels,
+        cache,
+        baseline,
+    }
+}
+
+fn refine_cmd(f: &Fixture, stage: &str, from: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = mrdino();
+    cmd.args(["refine", stage, "--from"])
+        .arg(from)
+        .arg("--labels")
+        .arg(&f.labels)
+        .arg("--out")
+        .arg(out)
+        .args(["--device", "cpu", "--torch-threads", "1", "--log-every", "1", "--quiet"])
+        .args(extra);
+    if !extra.contains(&"--backbone") {
+        cmd.arg("--features").arg(&f.cache);
+    }
+    cmd
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    metrics(run).iter().map(|r| r["loss"].as_f64().unwrap()).collect()
+}
+
+fn stage_of(run: &Path) -> String {
+    let file = read_tensor_file(&run.join("checkpoint.safetensors")).unwrap();
+    file.meta(META_STAGE).unwrap_or("").to_string()
+}
+
+/// Model tensors (no optimiser moments) by name.
+fn weights(run: &Path) -> Vec<(String, Vec<u8>)> {
+    tensors(run)
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("optimizer."))
+        .collect()
+}
+
+#[test]
+fn stage1_and_stage2_train_what_they_must_and_resume_exactly() {
+    let f = fixture();
+    let s1_args = ["--steps", "40", "--lr", "3e-3", "--checkpoint-every", "10"];
+    let s1 = f.dir.join("stage1");
+    run_ok(&mut refine_cmd(&f, "stage1", &f.baseline, &s1, &s1_args));
+    assert_eq!(stage_of(&s1), "stage1");
+    let l1 = losses(&s1);
+    assert_eq!(l1.len(), 40);
+    let (first, last) = (mean(&l1[..5]), mean(&l1[l1.len() - 5..]));
+    eprintln!("stage 1 loss: first-5 mean {first:.4}, last-5 mean {last:.4}");
+    assert!(last < 0.9 * first, "stage-1 loss did not fall: {first} → {last}");
+    let base = weights(&f.baseline);
+    let refined = weights(&s1);
+    assert_eq!(
+        base.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        refined.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
+    for ((name, a), (_, b)) in base.iter().zip(&refined) {
+        if name.starts_with("perceptual_grouping.") {
+            if name.ends_with("to_k.weight") || name.ends_with("to_q.weight") || name.contains("gru") {
+                assert_ne!(a, b, "{name} was not trained in stage 1");
+            }
+        } else {
+            assert_eq!(a, b, "{name} changed in stage 1 although it is frozen");
+        }
+    }
+
+    // SIGKILL after a checkpoint, then resume: bit-identical.
+    let killed = f.dir.join("stage1-kill");
+    let mut child = start_until_checkpoint(refine_cmd(&f, "stage1", &f.baseline, &killed, &s1_args), &killed, 10);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eprintln!(
+        "stage 1 killed with a checkpoint at step {:?}",
+        checkpoint_step(&killed)
+    );
+    run_ok(&mut refine_cmd(&f, "stage1", &f.baseline, &killed, &s1_args));
+    assert_eq!(
+        metrics(&killed),
+        metrics(&s1),
+        "stage-1 metrics after kill -9 and resume differ"
+    );
+    assert!(
+        tensors(&killed) == tensors(&s1),
+        "stage-1 weights or moments after kill -9 differ"
+    );
+
+    // Stage 2 on top of stage 1.
+    let s2_args = [
+        "--steps",
+        "30",
+        "--lr",
+        "1e-3",
+        "--hidden",
+        "64",
+        "--checkpoint-every",
+        "10",
+    ];
+    let s2 = f.dir.join("stage2");
+    run_ok(&mut refine_cmd(&f, "stage2", &s1, &s2, &s2_args));
+    assert_eq!(stage_of(&s2), "stage2");
+    let l2 = losses(&s2);
+    let (first, last) = (mean(&l2[..5]), mean(&l2[l2.len() - 5..]));
+    eprintln!("stage 2 loss: first-5 mean {first:.4}, last-5 mean {last:.4}");
+    assert!(last < first, "stage-2 loss did not fall: {first} → {last}");
+    let with_head = weights(&s2);
+    let head: Vec<&String> = with_head
+        .iter()
+        .map(|t| &t.0)
+        .filter(|n| n.starts_with("object_decoder.slot_decoder."))
+        .collect();
+    assert_eq!(head.len(), 8, "{head:?}");
+    for (name, bytes) in &refined {
+        let now = with_head.iter().find(|t| &t.0 == name).map(|t| &t.1);
+        assert_eq!(now, Some(bytes), "{name} changed in stage 2 although it is frozen");
+    }
+
+    // A zero time budget stops at once with exit 4; the resumed run equals the uninterrupted one.
+    let budget = f.dir.join("stage2-budget");
+    let out = refine_cmd(&f, "stage2", &s1, &budget, &s2_args)
+        .args(["--time-budget", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    run_ok(&mut refine_cmd(&f, "stage2", &s1, &budget, &s2_args));
+    assert!(
+        tensors(&budget) == tensors(&s2),
+        "stage-2 run resumed after its time budget differs"
+    );
+
+    // A quirk fix is a different run: refused on the same directory.
+    let mut other = s2_args.to_vec();
+    other.push("--keep-largest-masks");
+    let out = refine_cmd(&f, "stage2", &s1, &s2, &other).output().unwrap();
+    assert!(!out.status.success());
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(message.contains("other parameters"), "{message}");
+}
+
+#[test]
+fn on_the_fly_windows_equal_the_cached_windows() {
+    let f = fixture();
+    let cached = f.dir.join("cached");
+    let args = ["--steps", "2", "--lr", "0"];
+    run_ok(&mut refine_cmd(&f, "stage1", &f.baseline, &cached, &args));
+    let fly = f.dir.join("fly");
+    let root = f.frames.to_str().unwrap();
+    let mut fly_args = args.to_vec();
+    fly_args.extend(["--backbone", BACKBONE, "--root", root]);
+    run_ok(&mut refine_cmd(&f, "stage1", &f.baseline, &fly, &fly_args));
+    let (a, b) = (losses(&cached), losses(&fly));
+    eprintln!("first losses: cached {a:?}, on the fly {b:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-2 * x.abs(), "cached {x} vs on-the-fly {y}");
+    }
+}
