@@ -366,7 +366,7 @@ pub fn run(command: &TrainCommand) -> Result<std::process::ExitCode> {
     }
 }
 
-fn build_backbone(name: &str, weights: Option<&Path>, device: Device) -> Result<Box<dyn Backbone>> {
+pub(crate) fn build_backbone(name: &str, weights: Option<&Path>, device: Device) -> Result<Box<dyn Backbone>> {
     if let Some(b) = ConvPatchBackbone::from_name(name, device) {
         ensure!(
             weights.is_none(),
