@@ -1,8 +1,8 @@
 //! End-to-end tests of `mrdino infer` and `mrdino eval --predictions` on the real binary.
 //!
 //! Data: `mrdino synth` frames, their pseudo-labels (`mrdino labels` with the generator's exact flow), and a tiny
-//! DINOSAUR (K = 4, D = 16) trained for a few steps by `mrdino train dinosaur` on 378×378 views through the
-//! seeded random conv backbone (42 px patches, so a KITTI window is a 9×9 grid). A stage-2 model is that
+//! DINOSAUR (K = 4, D = 16) trained for a few steps by `mrdino train dinosaur` on a `mrdino features` cache of
+//! 378×378 views through a random-weight two-block ViT (14 px patches, so a KITTI window is a 27×27 grid). A stage-2 model is that
 //! checkpoint plus a random slot-deactivation head. Checked:
 //! * the prediction tables read back in Rust (through the same reader as pseudo-labels) and with pyarrow and
 //!   duckdb, every mask decoded by pycocotools (`tools/check_outputs.py --predictions`): disjoint masks on the
@@ -16,12 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mrdino_model::tensors::from_tch;
+use mrdino_model::vit::{write_random_weights, VitConfig};
 use mrdino_outputs::checkpoint::{read_tensor_file, write_tensor_file};
 use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
 use mrdino_outputs::tables::{read_frames, read_instances, read_prediction_columns};
 use serde_json::Value;
 
-const BACKBONE: &str = "random-conv-p42-c16";
+/// A random-weight two-block ViT with 14 px patches: a KITTI window is a 27×27 grid.
+const BACKBONE: &str = "custom:family=dinov2,depth=2,dim=32,heads=2,patch=14,pos_grid=4";
 
 fn mrdino() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mrdino"))
@@ -46,7 +48,7 @@ fn run_ok(cmd: &mut Command) -> Output {
 }
 
 /// Synth data, its pseudo-labels and a briefly trained tiny DINOSAUR run directory.
-fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let data = dir.join("data");
     run_ok(
         mrdino()
@@ -65,12 +67,23 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             .arg(data.join("flow"))
             .arg("--quiet"),
     );
+    let weights = dir.join("vit.safetensors");
+    write_random_weights(&weights, &VitConfig::by_name(BACKBONE).unwrap(), 7).unwrap();
+    let cache = dir.join("cache");
+    run_ok(
+        mrdino()
+            .args(["features", "--dataset", "frames", "--root"])
+            .arg(data.join("frames"))
+            .arg("--out")
+            .arg(&cache)
+            .args(["--backbone", BACKBONE, "--backbone-weights"])
+            .arg(&weights)
+            .args(["--size", "378x378", "--device", "cpu", "--quiet"]),
+    );
     let config = dir.join("tiny.json");
     let c = serde_json::json!({
         "model": {"n_slots": 4, "slot_dim": 16, "decoder_hidden": 32},
-        "batch_size": 2, "lr": 1e-3, "warmup_steps": 2, "seed": 3,
-        "augment": {"resize_height": 378, "resize_width": 378, "crop_height": 378, "crop_width": 378,
-                    "random_flip": false}
+        "batch_size": 2, "lr": 1e-3, "warmup_steps": 2, "seed": 3
     });
     std::fs::write(&config, serde_json::to_vec(&c).unwrap()).unwrap();
     let run = dir.join("dinosaur");
@@ -78,14 +91,14 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         mrdino()
             .args(["train", "dinosaur", "--dataset", "frames", "--config"])
             .arg(&config)
-            .arg("--root")
-            .arg(data.join("frames"))
-            .args(["--backbone", BACKBONE, "--out"])
+            .arg("--features")
+            .arg(&cache)
+            .arg("--out")
             .arg(&run)
             .args(["--steps", "6", "--checkpoint-every", "6", "--log-every", "1"])
-            .args(["--device", "cpu", "--torch-threads", "1", "--workers", "1", "--quiet"]),
+            .args(["--device", "cpu", "--torch-threads", "1", "--quiet"]),
     );
-    (data, labels, run)
+    (data, labels, run, weights)
 }
 
 /// The trained checkpoint plus a slot-deactivation head with seeded random weights (hidden size 8).
@@ -105,7 +118,7 @@ fn stage2_model(run: &Path, path: &Path) {
     write_tensor_file(path, &file).unwrap();
 }
 
-fn infer(model: &Path, frames: &Path, out: &Path, extra: &[&str]) -> Command {
+fn infer(model: &Path, weights: &Path, frames: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut cmd = mrdino();
     cmd.args(["infer", "--dataset", "frames", "--model"])
         .arg(model)
@@ -113,17 +126,9 @@ fn infer(model: &Path, frames: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg(frames)
         .arg("--out")
         .arg(out)
-        .args([
-            "--backbone",
-            BACKBONE,
-            "--device",
-            "cpu",
-            "--torch-threads",
-            "1",
-            "--batch",
-            "3",
-            "--quiet",
-        ])
+        .args(["--backbone", BACKBONE, "--backbone-weights"])
+        .arg(weights)
+        .args(["--device", "cpu", "--torch-threads", "1", "--quiet"])
         .args(extra);
     cmd
 }
@@ -188,14 +193,14 @@ fn read_json(path: &Path) -> Value {
 #[test]
 fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_scored() {
     let tmp = tempfile::tempdir().unwrap();
-    let (data, labels, run) = fixture(tmp.path());
+    let (data, labels, run, weights) = fixture(tmp.path());
     let frames = data.join("frames");
     let stage2 = tmp.path().join("stage2.safetensors");
     stage2_model(&run, &stage2);
 
     // Stage 2: one run, checked in Rust and by pyarrow / duckdb / pycocotools.
     let full = tmp.path().join("pred-full");
-    run_ok(&mut infer(&stage2, &frames, &full, &[]));
+    run_ok(&mut infer(&stage2, &weights, &frames, &full, &[]));
     let want = rows(&full);
     let partition = only_partition(&full);
     let layout = Layout::new(&full, &partition);
@@ -224,25 +229,25 @@ fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_score
 
     // The same seed again: the same rows; another seed: other rows.
     let again = tmp.path().join("pred-again");
-    run_ok(&mut infer(&stage2, &frames, &again, &["--batch", "2"]));
+    run_ok(&mut infer(&stage2, &weights, &frames, &again, &["--batch", "2"]));
     assert_eq!(rows(&again), want, "same seed, other batching, other rows");
     let other = tmp.path().join("pred-seed");
-    run_ok(&mut infer(&stage2, &frames, &other, &["--seed", "7"]));
+    run_ok(&mut infer(&stage2, &weights, &frames, &other, &["--seed", "7"]));
     assert_ne!(rows(&other), want, "the seed does not reach the slot noise");
 
     // Two shards equal one run; status and finalize track them.
     let sharded = tmp.path().join("pred-shards");
-    run_ok(&mut infer(&stage2, &frames, &sharded, &["--shard", "0/2"]));
+    run_ok(&mut infer(&stage2, &weights, &frames, &sharded, &["--shard", "0/2"]));
     let status = mrdino().args(["status", "--out"]).arg(&sharded).output().unwrap();
     assert!(String::from_utf8_lossy(&status.stdout).contains("predictions params"));
-    run_ok(&mut infer(&stage2, &frames, &sharded, &["--shard", "1/2"]));
+    run_ok(&mut infer(&stage2, &weights, &frames, &sharded, &["--shard", "1/2"]));
     assert_eq!(rows(&sharded), want, "two shards differ from one run");
     run_ok(mrdino().args(["status", "--out"]).arg(&sharded));
     run_ok(mrdino().args(["finalize", "--out"]).arg(&sharded));
     assert!(sharded.join(format!("_manifest-{partition}.json")).is_file());
 
     // A rerun skips every done unit.
-    let rerun = run_ok(&mut infer(&stage2, &frames, &full, &[]));
+    let rerun = run_ok(&mut infer(&stage2, &weights, &frames, &full, &[]));
     assert!(
         String::from_utf8_lossy(&rerun.stderr).contains("0 units done")
             && String::from_utf8_lossy(&rerun.stderr).contains("3 already done"),
@@ -253,7 +258,7 @@ fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_score
 
     // A zero time budget stops with exit 4 before any unit; the resumed run equals the uninterrupted one.
     let budget = tmp.path().join("pred-budget");
-    let stopped = infer(&stage2, &frames, &budget, &["--time-budget", "0"])
+    let stopped = infer(&stage2, &weights, &frames, &budget, &["--time-budget", "0"])
         .output()
         .unwrap();
     assert_eq!(
@@ -262,7 +267,7 @@ fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_score
         "{}",
         String::from_utf8_lossy(&stopped.stderr)
     );
-    run_ok(&mut infer(&stage2, &frames, &budget, &[]));
+    run_ok(&mut infer(&stage2, &weights, &frames, &budget, &[]));
     assert_eq!(rows(&budget), want, "the resumed run differs");
 
     // Metrics: stage-2 rule against the synth ground truth (canvas mapped back to the 96×64 frames) and ids.
@@ -311,7 +316,7 @@ fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_score
 
     // Baseline (the checkpoint itself): K channels, masks cover the canvas, all channels are predictions.
     let baseline = tmp.path().join("pred-baseline");
-    run_ok(&mut infer(&run, &frames, &baseline, &["--merge-chains"]));
+    run_ok(&mut infer(&run, &weights, &frames, &baseline, &["--merge-chains"]));
     let summary = python_check(&baseline);
     assert!(summary["masks_checked"].as_u64().unwrap() >= 12);
     let json = tmp.path().join("eval-baseline.json");
@@ -341,7 +346,7 @@ fn bad_models_are_refused_naming_the_file() {
     std::fs::create_dir_all(&frames).unwrap();
     let not_a_model = tmp.path().join("model.safetensors");
     std::fs::write(&not_a_model, b"not safetensors").unwrap();
-    let out = infer(&not_a_model, &frames, &tmp.path().join("pred"), &[])
+    let out = infer(&not_a_model, &frames, &frames, &tmp.path().join("pred"), &[])
         .output()
         .unwrap();
     assert!(!out.status.success());
