@@ -6,11 +6,13 @@
 //! `object_decoder.slot_decoder.0.weight` (h, D). A file with some but not all of the eight tensors, or with
 //! shapes that do not chain D → h → h → h → 1, is an error naming the key.
 //!
-//! [`RefinedModel::window_masks`] is the per-window inference of the reference's evaluation: the decoder
-//! alphas (B, K, P) upsampled bilinearly to the window ([`crate::dinosaur::masks_to_image`]), then
+//! [`RefinedModel::window_masks`] is the per-window inference of the reference's evaluation, on the decoder
+//! alphas (B, K, P):
 //! * stage 2: w binarised at > 0.5 and the K + 1 channels [1 − Σ_k w_k α_k, w_1 α_1, …, w_K α_K]
-//!   ([`crate::refine::deactivated_masks`]); channel 0 of every window is its background;
-//! * baseline: the K alphas as they are; the window merge takes the first slot of every window for background
+//!   ([`crate::refine::deactivated_masks`]) on the patches, then upsampled bilinearly to the window
+//!   ([`crate::dinosaur::masks_to_image`]), in the reference's order; channel 0 of every window is its
+//!   background;
+//! * baseline: the K alphas upsampled; the window merge takes the first slot of every window for background
 //!   (the reference's evaluation does so for the baseline too, spec §3.6).
 
 use std::path::Path;
@@ -176,22 +178,147 @@ impl RefinedModel {
     ) -> Result<WindowMasks, RefinedError> {
         tch::no_grad(|| {
             let out = self.dinosaur.forward(features, noise)?;
-            let alpha = masks_to_image(&out.masks, height, width)?;
             match &self.deactivation {
                 Some(head) => {
                     let weights = head.mlp.weights(&out.slots)?;
+                    let patches = deactivated_masks(&out.masks, &weights)?;
                     Ok(WindowMasks {
-                        masks: deactivated_masks(&alpha, &weights)?,
+                        masks: masks_to_image(&patches, height, width)?,
                         slots: out.slots,
                         weights: Some(weights),
                     })
                 }
                 None => Ok(WindowMasks {
-                    masks: alpha,
+                    masks: masks_to_image(&out.masks, height, width)?,
                     slots: out.slots,
                     weights: None,
                 }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dinosaur::DinosaurConfig;
+    use crate::tensors::from_tch;
+
+    const K: i64 = 3;
+    const D: i64 = 8;
+
+    /// A random DINOSAUR's tensors, with the stage-2 head of hidden size `hidden` when given.
+    fn model_file(hidden: Option<i64>) -> TensorFile {
+        tch::manual_seed(4);
+        let config = DinosaurConfig::custom(K, D, 6, 16, 4);
+        let model = Dinosaur::new(config.clone(), Device::Cpu).unwrap();
+        let mut tensors = model.raw_parameters().unwrap();
+        if let Some(h) = hidden {
+            for (layer, fan_in, fan_out) in [("0", D, h), ("2", h, h), ("4", h, h), ("6", h, 1)] {
+                let w = Tensor::randn([fan_out, fan_in], (Kind::Float, Device::Cpu));
+                let b = Tensor::randn([fan_out], (Kind::Float, Device::Cpu));
+                tensors.push(from_tch(&slot_decoder_key(layer, "weight"), &w).unwrap());
+                tensors.push(from_tch(&slot_decoder_key(layer, "bias"), &b).unwrap());
+            }
+        }
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        let json = serde_json::to_string(&config).unwrap();
+        TensorFile {
+            tensors,
+            metadata: [(mrdino_outputs::checkpoint::META_MODEL_CONFIG.to_string(), json)].into(),
+        }
+    }
+
+    fn inputs() -> (Tensor, Tensor) {
+        tch::manual_seed(9);
+        (
+            Tensor::randn([2, 4, 6], (Kind::Float, Device::Cpu)),
+            Tensor::randn([2, K, D], (Kind::Float, Device::Cpu)),
+        )
+    }
+
+    #[test]
+    fn a_stage2_file_gives_k_plus_one_channels_as_the_reference_orders_them() {
+        let path = Path::new("stage2.safetensors");
+        let model = RefinedModel::from_tensor_file(&model_file(Some(5)), path, Device::Cpu).unwrap();
+        assert!(model.is_stage2());
+        assert_eq!(model.deactivation.as_ref().unwrap().hidden, 5);
+        assert_eq!(model.channels_per_window(), K + 1);
+        let (features, noise) = inputs();
+        let got = model.window_masks(&features, &noise, 6, 6).unwrap();
+        assert_eq!(got.masks.size(), [2, K + 1, 6, 6]);
+        // The same as: forward, the head's weights, masks on the patches, then the bilinear upsampling.
+        let out = model.dinosaur.forward(&features, &noise).unwrap();
+        let weights = model.deactivation.as_ref().unwrap().mlp.weights(&out.slots).unwrap();
+        let want = masks_to_image(&deactivated_masks(&out.masks, &weights).unwrap(), 6, 6).unwrap();
+        assert!(got.masks.allclose(&want, 0.0, 0.0, false));
+        assert!(got.weights.unwrap().allclose(&weights, 0.0, 0.0, false));
+        // Channels still sum to one per pixel.
+        let sums = got.masks.sum_dim_intlist([1].as_slice(), false, Kind::Float);
+        assert!(sums.allclose(&Tensor::ones_like(&sums), 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn a_file_without_the_head_is_the_baseline_with_k_channels() {
+        let model = RefinedModel::from_tensor_file(&model_file(None), Path::new("m"), Device::Cpu).unwrap();
+        assert!(!model.is_stage2());
+        assert_eq!(model.channels_per_window(), K);
+        let (features, noise) = inputs();
+        let got = model.window_masks(&features, &noise, 6, 6).unwrap();
+        let out = model.dinosaur.forward(&features, &noise).unwrap();
+        assert!(got
+            .masks
+            .allclose(&masks_to_image(&out.masks, 6, 6).unwrap(), 0.0, 0.0, false));
+        assert!(got.weights.is_none());
+    }
+
+    #[test]
+    fn incomplete_or_misshaped_heads_are_errors_naming_the_key() {
+        let path = Path::new("bad.safetensors");
+        let mut file = model_file(Some(5));
+        file.tensors.retain(|t| t.name != slot_decoder_key("4", "bias"));
+        let err = RefinedModel::from_tensor_file(&file, path, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.safetensors") && err.contains("slot_decoder.4.bias"),
+            "{err}"
+        );
+
+        let mut file = model_file(Some(5));
+        let first = slot_decoder_key("0", "weight");
+        let wrong = from_tch(&first, &Tensor::zeros([5, D + 1], (Kind::Float, Device::Cpu))).unwrap();
+        file.tensors.retain(|t| t.name != first);
+        file.tensors.push(wrong);
+        file.tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        let err = RefinedModel::from_tensor_file(&file, path, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("slot_decoder.0.weight") && err.contains("(h, 8)"), "{err}");
+
+        let mut file = model_file(Some(5));
+        let key = slot_decoder_key("2", "weight");
+        let wrong = from_tch(&key, &Tensor::zeros([4, 5], (Kind::Float, Device::Cpu))).unwrap();
+        file.tensors.retain(|t| t.name != key);
+        file.tensors.push(wrong);
+        file.tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        let err = RefinedModel::from_tensor_file(&file, path, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("slot_decoder.2.weight"), "{err}");
+
+        let mut file = model_file(Some(5));
+        file.tensors.push(
+            from_tch(
+                "object_decoder.slot_decoder.8.weight",
+                &Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+            )
+            .unwrap(),
+        );
+        file.tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        let err = RefinedModel::from_tensor_file(&file, path, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("slot_decoder.8.weight"), "{err}");
     }
 }
