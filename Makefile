@@ -68,11 +68,11 @@ test: build
 	MRDINO_PYTHON=$(VENV)/bin/python MRDINO_TF_PYTHON=$(VENV_TF)/bin/python cargo test --release --locked --workspace
 
 bench: build
-	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino --bench postprocess
-	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino-stages --bench hdbscan
-	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked -p mrdino-stages --bench raft
-	cargo bench --locked -p mrdino-model --bench vit
-	cargo bench --locked -p mrdino-model --bench dinosaur
+	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked --workspace --bench postprocess
+	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked --workspace --bench hdbscan
+	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked --workspace --bench raft
+	cargo bench --locked --workspace --bench vit
+	cargo bench --locked --workspace --bench dinosaur
 	tools/bench/labels_threads.sh $(MRDINO) $(VENV)/bin/python $(MRDINO_CACHE)/bench-labels
 
 DEMO_VIDEO ?= /usr/share/doc/opencv-doc/examples/data/vtest.avi

@@ -84,15 +84,18 @@ pub enum InstanceOrigin {
     Component,
     /// An HDBSCAN cluster of a component that failed the edge test.
     Hdbscan,
+    /// A merged channel of a slot model's prediction (`mrdino infer`).
+    Model,
 }
 
 impl InstanceOrigin {
-    pub const ALL: [InstanceOrigin; 2] = [Self::Component, Self::Hdbscan];
+    pub const ALL: [InstanceOrigin; 3] = [Self::Component, Self::Hdbscan, Self::Model];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Component => "component",
             Self::Hdbscan => "hdbscan",
+            Self::Model => "model",
         }
     }
 
@@ -151,6 +154,34 @@ pub struct InstanceRow {
     pub hdbscan_label: Option<i32>,
     pub mean_flow_px: f32,
 }
+
+/// The extra `instances` columns of a prediction run (`mrdino infer`), all nullable so one reader serves
+/// pseudo-labels and predictions: which window and slot the merged channel came from, the stage-2
+/// deactivation weight, and the reference's `combination_num`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PredictionColumns {
+    /// Window (row-major in the preset's grid) of the merged channel that the instance is.
+    pub window: u32,
+    /// The channel's index within its window: 0 is the window's background channel (stage 2) or, for the
+    /// baseline, its first slot (which the window merge treats as background).
+    pub window_channel: u32,
+    /// The slot behind the channel (stage 2: `window_channel − 1`; baseline: `window_channel`).
+    pub slot: u32,
+    /// Stage-2 deactivation weight w of that slot (kept slots have w > 0.5); `None` for the baseline.
+    pub deactivation_weight: Option<f32>,
+    /// The reference's `combination_num` (the frame's number of windows) for a stage-2 model, whose
+    /// per-window background channels map to background; `None` for the baseline.
+    pub combination_num: Option<u32>,
+}
+
+/// Names of the prediction columns, in order.
+pub const PREDICTION_COLUMNS: [&str; 5] = [
+    "window",
+    "window_channel",
+    "slot",
+    "deactivation_weight",
+    "combination_num",
+];
 
 fn field(name: &str, data_type: DataType, nullable: bool) -> Field {
     Field::new(name, data_type, nullable)
@@ -211,6 +242,19 @@ pub fn instances_schema() -> Schema {
         field("hdbscan_label", DataType::Int32, true),
         field("mean_flow_px", DataType::Float32, false),
     ])
+}
+
+/// `instances` with the prediction columns appended.
+pub fn prediction_instances_schema() -> Schema {
+    let mut fields: Vec<Field> = instances_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend([
+        field(PREDICTION_COLUMNS[0], DataType::UInt32, true),
+        field(PREDICTION_COLUMNS[1], DataType::UInt32, true),
+        field(PREDICTION_COLUMNS[2], DataType::UInt32, true),
+        field(PREDICTION_COLUMNS[3], DataType::Float32, true),
+        field(PREDICTION_COLUMNS[4], DataType::UInt32, true),
+    ]);
+    Schema::new(fields)
 }
 
 fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
@@ -290,6 +334,29 @@ pub fn instances_batch(rows: &[InstanceRow]) -> Result<RecordBatch, arrow::error
         Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.mean_flow_px))),
     ];
     RecordBatch::try_new(Arc::new(instances_schema()), columns)
+}
+
+/// `instances` rows of a prediction run, `extra[i]` belonging to `rows[i]`.
+pub fn prediction_instances_batch(
+    rows: &[InstanceRow],
+    extra: &[PredictionColumns],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if rows.len() != extra.len() {
+        return Err(arrow::error::ArrowError::InvalidArgumentError(format!(
+            "{} instance rows but {} prediction rows",
+            rows.len(),
+            extra.len()
+        )));
+    }
+    let mut columns = instances_batch(rows)?.columns().to_vec();
+    columns.extend([
+        Arc::new(UInt32Array::from_iter(extra.iter().map(|e| Some(e.window)))) as ArrayRef,
+        Arc::new(UInt32Array::from_iter(extra.iter().map(|e| Some(e.window_channel)))),
+        Arc::new(UInt32Array::from_iter(extra.iter().map(|e| Some(e.slot)))),
+        Arc::new(Float32Array::from_iter(extra.iter().map(|e| e.deactivation_weight))),
+        Arc::new(UInt32Array::from_iter(extra.iter().map(|e| e.combination_num))),
+    ]);
+    RecordBatch::try_new(Arc::new(prediction_instances_schema()), columns)
 }
 
 /// Writes one batch as a zstd Parquet file, atomically, with key/value metadata.
@@ -532,6 +599,47 @@ pub fn read_instances(path: &Path) -> Result<Vec<InstanceRow>, OutputError> {
     Ok(rows)
 }
 
+/// The prediction columns of an `instances` file, one entry per row; `None` for every row of a file without
+/// them (pseudo-labels) and for rows whose `window` is null.
+pub fn read_prediction_columns(path: &Path) -> Result<Vec<Option<PredictionColumns>>, OutputError> {
+    let (batches, _) = read_parquet(path)?;
+    let mut rows = Vec::new();
+    for b in &batches {
+        if b.column_by_name(PREDICTION_COLUMNS[0]).is_none() {
+            rows.extend(std::iter::repeat_n(None, b.num_rows()));
+            continue;
+        }
+        let u = |n: &str| u32_column(b, n, path);
+        let (window, channel, slot, combination) = (
+            u(PREDICTION_COLUMNS[0])?,
+            u(PREDICTION_COLUMNS[1])?,
+            u(PREDICTION_COLUMNS[2])?,
+            u(PREDICTION_COLUMNS[4])?,
+        );
+        let weight = f32_column(b, PREDICTION_COLUMNS[3], path)?;
+        for i in 0..b.num_rows() {
+            if window.is_null(i) {
+                rows.push(None);
+                continue;
+            }
+            if channel.is_null(i) || slot.is_null(i) {
+                return Err(OutputError::format(
+                    path,
+                    format!("row {i}: `window` is set but `window_channel` or `slot` is null"),
+                ));
+            }
+            rows.push(Some(PredictionColumns {
+                window: window.value(i),
+                window_channel: channel.value(i),
+                slot: slot.value(i),
+                deactivation_weight: weight.is_valid(i).then(|| weight.value(i)),
+                combination_num: combination.is_valid(i).then(|| combination.value(i)),
+            }));
+        }
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,6 +707,23 @@ mod tests {
             .collect();
         write_parquet(&path, &instances_batch(&rows).unwrap(), &[]).unwrap();
         assert_eq!(read_instances(&path).unwrap(), rows);
+        assert_eq!(read_prediction_columns(&path).unwrap(), vec![None; 3]);
+
+        // The same rows as a prediction run: the instance reader sees the same rows, the extra reader the rest.
+        let extra: Vec<PredictionColumns> = (0..3)
+            .map(|k| PredictionColumns {
+                window: k,
+                window_channel: k + 1,
+                slot: k,
+                deactivation_weight: (k != 1).then_some(0.75),
+                combination_num: (k != 2).then_some(4),
+            })
+            .collect();
+        write_parquet(&path, &prediction_instances_batch(&rows, &extra).unwrap(), &[]).unwrap();
+        assert_eq!(read_instances(&path).unwrap(), rows);
+        let back: Vec<PredictionColumns> = read_prediction_columns(&path).unwrap().into_iter().flatten().collect();
+        assert_eq!(back, extra);
+        assert!(prediction_instances_batch(&rows, &extra[..1]).is_err());
     }
 
     #[test]

@@ -1,9 +1,19 @@
-//! `mrdino eval`: pseudo-labels against ground-truth masks of moving objects, with the paper's metrics.
+//! `mrdino eval`: pseudo-labels (`--labels`) or a model's predictions (`--predictions`, from `mrdino infer`)
+//! against ground-truth masks, with the paper's metrics.
 //!
 //! The numbers are those of `mrdino_stages::metrics` (F1@50, "AP50", "AR50", fg-ARI, all-ARI exactly as the
-//! reference evaluation computes them); this module only finds, for every labelled frame of a labels run, its
+//! reference evaluation computes them); this module only finds, for every labelled frame of a run, its
 //! prediction (the frame's instance masks painted into one id map at the label grid) and its ground truth, and
 //! reports the totals per sequence and over the run.
+//!
+//! Predictions: an instance's id is its merged canvas channel + 1 and a stage-2 model's per-window background
+//! channels have no row, so the painted canvas is the reference's argmax with `combination_num` (background
+//! channels → 0). A stage-2 run is scored with [`PredictionRule::DiscardFirst`] (the first remaining non-empty
+//! id is discarded as background), a baseline run with [`PredictionRule::KeepAll`] (no `combination_num`), and
+//! MOVi-E ground truth (`kubric`/`movi-e`) with `KeepAll` for both, as the reference's MOVi-E configs do. With
+//! `kitti` and `tri-pd` ground truth the canvas is compared as the reference does (default resolutions 95×315
+//! and 123×245, legacy nearest); with the other formats the canvas is first mapped back to the original frame
+//! through the provenance columns (nearest, pixel centres; pixels the canvas does not cover are background).
 //!
 //! Ground truth formats (`--gt-format`):
 //! * `synth` — a `mrdino synth` directory: `instances/<seq>/<frame>.png` restricted to the objects that
@@ -13,6 +23,10 @@
 //! * `kitti` — KITTI instance-benchmark PNGs (`class·256 + instance`, decoded by
 //!   [`decode_kitti_instances`]) at `DIR/<sequence_id>/<frame_name>.png`.
 //! * `ids` — any single-channel 8- or 16-bit id PNG (0 = background) at `DIR/<sequence_id>/<frame_name>.png`.
+//! * `tri-pd` — TRI-PD evaluation label PNGs at `DIR/<sequence_id>/<frame_name>.png`, converted as the
+//!   reference converts them ([`tri_pd_ground_truth`]: 968×608 nearest, top 128 rows cropped, ids below 500 px
+//!   removed, renumbered).
+//! * `kubric` (alias `movi-e`) — `segmentation_XXXXX.png` beside each `rgba_XXXXX.png` frame.
 //!
 //! Ground truth and labels can live at different resolutions. Ground truth at the label grid is used as is;
 //! ground truth at the original frame size is used as is when the labels only resized the frame (the
@@ -25,18 +39,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use mrdino_datasets::decode::read_unchanged;
-use mrdino_outputs::bookkeeping::{choose_partition, WhenSeveral};
-use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
+use mrdino_outputs::bookkeeping::{choose_partition, Ledger, WhenSeveral};
+use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS, LABELS_KIND};
+use mrdino_outputs::tables::read_prediction_columns;
 use mrdino_outputs::tables::{read_frames, read_instances};
 use mrdino_outputs::{write_atomic, FrameRow, InstanceRow};
 use mrdino_stages::metrics::{
-    decode_kitti_instances, quasi_static_retrieval, EvalPreset, Evaluator, LabelMap, MetricsReport, RetrievalScores,
+    decode_kitti_instances, nearest_exact_indices, quasi_static_retrieval, tri_pd_ground_truth, EvalPreset, Evaluator,
+    LabelMap, MetricsReport, PredictionRule, RetrievalScores,
 };
 use opencv::core::CV_16U;
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
-
-use crate::job::LabelCounts;
 
 /// Ground-truth layouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -48,8 +62,14 @@ pub enum GtFormat {
     Kitti,
     /// 8- or 16-bit id PNGs (0 = background) at DIR/<sequence_id>/<frame_name>.png.
     Ids,
+    /// TRI-PD evaluation label PNGs at DIR/<sequence_id>/<frame_name>.png (the reference's conversion:
+    /// 968x608 nearest, top 128 rows cropped, ids under 500 px removed).
+    #[value(name = "tri-pd")]
+    #[serde(rename = "tri-pd")]
+    TriPd,
     /// Kubric (MOVi) scenes: `segmentation_XXXXX.png` beside each `rgba_XXXXX.png` frame (all objects,
     /// moving or not; DIR = the dataset root given to `labels`).
+    #[value(alias = "movi-e")]
     Kubric,
 }
 
@@ -57,8 +77,16 @@ pub enum GtFormat {
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
     /// Output directory of `mrdino labels`.
-    #[arg(long, value_name = "OUT")]
-    pub labels: PathBuf,
+    #[arg(
+        long,
+        value_name = "OUT",
+        required_unless_present = "predictions",
+        conflicts_with = "predictions"
+    )]
+    pub labels: Option<PathBuf>,
+    /// Output directory of `mrdino infer`.
+    #[arg(long, value_name = "PRED")]
+    pub predictions: Option<PathBuf>,
     /// Parameter hash to evaluate (default: the only one, or the latest run when OUT holds several).
     #[arg(long, value_name = "HASH")]
     pub params: Option<String>,
@@ -69,8 +97,9 @@ pub struct EvalArgs {
     #[arg(long, value_enum)]
     pub gt_format: GtFormat,
     /// Evaluation resolution: kitti (95x315, GT via the 378x1260 canvas), tri-pd (123x245), native (the GT's).
-    #[arg(long, default_value = "native", value_parser = parse_preset)]
-    pub resolution: EvalPreset,
+    /// Default: native, except for predictions against kitti / tri-pd ground truth (kitti / tri-pd).
+    #[arg(long, value_parser = parse_preset)]
+    pub resolution: Option<EvalPreset>,
     /// Where to write the metrics as JSON (default OUT/_eval-<hash>.json).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -84,9 +113,13 @@ fn parse_preset(text: &str) -> Result<EvalPreset, String> {
         .map_err(|e: mrdino_stages::metrics::MetricsError| e.to_string())
 }
 
-/// The rows of one parameter partition of a labels run: done units only.
+/// The rows of one parameter partition of a labels or prediction run: done units only.
 pub struct LabelTables {
     pub layout: Layout,
+    /// Job kind: `labels` or `predictions` (`mrdino infer`).
+    pub kind: String,
+    /// The run's resolved parameters (`OUT/_params/<hash>.json`), `null` when absent.
+    pub params: serde_json::Value,
     pub frames: Vec<FrameRow>,
     pub instances: Vec<InstanceRow>,
     /// Tables of units that are not done (an interrupted or running job, or changed inputs), left out.
@@ -95,7 +128,8 @@ pub struct LabelTables {
 
 /// Reads every done unit of `labels` (the bookkeeping's one rule for "done") in plan order. The partition is
 /// the one given, the only one, or else the one whose labels run started last, so that `make demo` keeps
-/// working after a parameter change.
+/// working after a parameter change. A prediction run of `mrdino infer` (same layout, job kind
+/// `predictions`) reads the same way.
 pub fn read_label_tables(labels: &Path, params: Option<&str>) -> Result<LabelTables> {
     let choice = choose_partition(labels, LABELS_DATA_DIRS, params, WhenSeveral::Latest)?;
     if params.is_none() && !choice.others.is_empty() {
@@ -109,12 +143,17 @@ pub fn read_label_tables(labels: &Path, params: Option<&str>) -> Result<LabelTab
         );
     }
     let layout = Layout::new(labels, &choice.params_hash);
-    let ledger = layout.ledger();
+    let kind = match crate::cmd_infer::job_kind(labels) {
+        Some(kind) if kind == crate::cmd_infer::PREDICTIONS_KIND => kind,
+        _ => LABELS_KIND.to_string(),
+    };
+    let ledger = Ledger::new(labels, &kind, &choice.params_hash);
     let plan = ledger.read_plan()?;
+    let params = ledger.read_params()?.unwrap_or(serde_json::Value::Null);
     let (mut frames, mut instances) = (Vec::new(), Vec::new());
     let mut done_files = std::collections::BTreeSet::new();
     for unit in &plan.units {
-        if ledger.is_done::<LabelCounts>(unit).is_none() {
+        if ledger.is_done::<serde_json::Value>(unit).is_none() {
             continue;
         }
         let [frames_file, instances_file] = layout.unit_outputs(&unit.id);
@@ -139,6 +178,8 @@ pub fn read_label_tables(labels: &Path, params: Option<&str>) -> Result<LabelTab
     incomplete_units.sort();
     Ok(LabelTables {
         layout,
+        kind,
+        params,
         frames,
         instances,
         incomplete_units,
@@ -248,7 +289,7 @@ impl GroundTruth {
     fn file(&self, frame: &FrameRow) -> PathBuf {
         let base = match self.format {
             GtFormat::Synth => self.dir.join("instances"),
-            GtFormat::Kitti | GtFormat::Ids | GtFormat::Kubric => self.dir.clone(),
+            GtFormat::Kitti | GtFormat::Ids | GtFormat::TriPd | GtFormat::Kubric => self.dir.clone(),
         };
         let name = match self.format {
             GtFormat::Kubric => {
@@ -288,8 +329,18 @@ impl GroundTruth {
         })
     }
 
-    /// The ground-truth id map of a frame as loaded (before any resize), or `None` when its file is missing.
+    /// The ground-truth id map of a frame in the label grid's frame of reference, or `None` when its file is
+    /// missing.
     pub(crate) fn load(&mut self, frame: &FrameRow) -> Result<Option<LabelMap>> {
+        let Some((map, path)) = self.load_decoded(frame)? else {
+            return Ok(None);
+        };
+        Ok(Some(to_label_frame(map, frame, &path)?))
+    }
+
+    /// The ground-truth id map of a frame as decoded (TRI-PD: after the reference's conversion), before any
+    /// resize to a label grid, with its file; `None` when the file is missing.
+    pub(crate) fn load_decoded(&mut self, frame: &FrameRow) -> Result<Option<(LabelMap, PathBuf)>> {
         let path = self.file(frame);
         if !path.is_file() {
             return Ok(None);
@@ -297,7 +348,7 @@ impl GroundTruth {
         let (height, width, values) = read_id_png(&path)?;
         let labels: Vec<u32> = match self.format {
             GtFormat::Kitti => decode_kitti_instances(&values),
-            GtFormat::Ids | GtFormat::Kubric => values.into_iter().map(u32::from).collect(),
+            GtFormat::Ids | GtFormat::Kubric | GtFormat::TriPd => values.into_iter().map(u32::from).collect(),
             GtFormat::Synth => {
                 let meta = self.frame_meta(frame)?;
                 let moving: Vec<u32> = meta
@@ -319,7 +370,12 @@ impl GroundTruth {
             }
         };
         let map = LabelMap::new(height, width, labels)?;
-        Ok(Some(to_label_frame(map, frame, &path)?))
+        let map = if self.format == GtFormat::TriPd {
+            tri_pd_ground_truth(&map).with_context(|| format!("{}: TRI-PD conversion", path.display()))?
+        } else {
+            map
+        };
+        Ok(Some((map, path)))
     }
 
     /// Whether the camera is static from this frame to the next (synth only; `None` on the last frame).
@@ -375,6 +431,74 @@ fn to_label_frame(gt: LabelMap, frame: &FrameRow, path: &Path) -> Result<LabelMa
     Ok(LabelMap::new(height, width, labels)?)
 }
 
+/// A prediction canvas brought back to the original frame through the provenance columns: original pixel
+/// (y, x) takes the canvas pixel at (⌊(y + ½)·resized_height / orig_height⌋ − crop_top, same for x), nearest
+/// at pixel centres; pixels outside the canvas are background (0).
+pub(crate) fn canvas_to_original(canvas: &LabelMap, frame: &FrameRow) -> Result<LabelMap> {
+    let (oh, ow) = (frame.orig_height as usize, frame.orig_width as usize);
+    let (rh, rw) = (frame.resized_height as usize, frame.resized_width as usize);
+    if oh == 0 || ow == 0 || rh == 0 || rw == 0 {
+        bail!(
+            "frame {} of {} has no provenance (original {ow}x{oh}, resized {rw}x{rh})",
+            frame.frame_name,
+            frame.sequence_id
+        );
+    }
+    let rows = nearest_exact_indices(rh, oh);
+    let cols = nearest_exact_indices(rw, ow);
+    let (top, left) = (frame.crop_top as usize, frame.crop_left as usize);
+    let mut labels = Vec::with_capacity(oh * ow);
+    for &r in &rows {
+        let row = r.checked_sub(top).filter(|&y| y < canvas.height);
+        for &c in &cols {
+            let value = match (row, c.checked_sub(left).filter(|&x| x < canvas.width)) {
+                (Some(y), Some(x)) => canvas.labels[y * canvas.width + x],
+                _ => 0,
+            };
+            labels.push(value);
+        }
+    }
+    Ok(LabelMap::new(oh, ow, labels)?)
+}
+
+/// How the predictions of a run are scored: the rule for the first predicted id and whether the canvas is
+/// compared as it is or mapped back to the original frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PredictionScoring {
+    pub rule: PredictionRule,
+    /// The canvas is mapped back to the original frame before the comparison.
+    pub to_original: bool,
+}
+
+impl PredictionScoring {
+    /// See the module docs. `model_kind` is the prediction run's (`stage2` or `baseline`), `None` for labels.
+    pub fn new(model_kind: Option<&str>, format: GtFormat) -> Self {
+        match model_kind {
+            None => Self {
+                rule: PredictionRule::DiscardFirst,
+                to_original: false,
+            },
+            Some(kind) => Self {
+                rule: if kind == crate::cmd_infer::MODEL_STAGE2 && format != GtFormat::Kubric {
+                    PredictionRule::DiscardFirst
+                } else {
+                    PredictionRule::KeepAll
+                },
+                to_original: !matches!(format, GtFormat::Kitti | GtFormat::TriPd),
+            },
+        }
+    }
+
+    /// The evaluation resolution when `--resolution` is not given.
+    pub fn default_resolution(model_kind: Option<&str>, format: GtFormat) -> EvalPreset {
+        match (model_kind, format) {
+            (Some(_), GtFormat::Kitti) => EvalPreset::Kitti,
+            (Some(_), GtFormat::TriPd) => EvalPreset::TriPd,
+            _ => EvalPreset::Native,
+        }
+    }
+}
+
 /// Quasi-static retrieval against the synth camera: the per-frame corner test and membership of a run.
 #[derive(Clone, Debug, Serialize)]
 pub struct QuasiStaticScores {
@@ -393,7 +517,13 @@ pub struct SequenceMetrics {
 /// The JSON written by `mrdino eval`.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalResult {
+    /// The run evaluated (labels or predictions).
     pub labels: PathBuf,
+    /// `labels` or `predictions`.
+    pub kind: String,
+    /// Predictions only: `stage2` or `baseline`, and how they were scored.
+    pub model_kind: Option<String>,
+    pub scoring: PredictionScoring,
     pub params_hash: String,
     pub gt: PathBuf,
     pub gt_format: GtFormat,
@@ -410,7 +540,32 @@ pub struct EvalResult {
 
 /// Evaluates and returns the result (nothing printed or written).
 pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
-    let tables = read_label_tables(&args.labels, args.params.as_deref())?;
+    let run = args.run_dir()?;
+    let tables = read_label_tables(run, args.params.as_deref())?;
+    let model_kind = match (
+        args.predictions.is_some(),
+        tables.kind == crate::cmd_infer::PREDICTIONS_KIND,
+    ) {
+        (true, true) => Some(
+            tables.params["model_kind"]
+                .as_str()
+                .with_context(|| format!("{}: the run's parameters name no model_kind", run.display()))?
+                .to_string(),
+        ),
+        (false, false) => None,
+        (true, false) => bail!("{} holds pseudo-labels, not predictions: use --labels", run.display()),
+        (false, true) => bail!(
+            "{} holds predictions of `mrdino infer`: use --predictions",
+            run.display()
+        ),
+    };
+    let scoring = PredictionScoring::new(model_kind.as_deref(), args.gt_format);
+    let resolution = args
+        .resolution
+        .unwrap_or_else(|| PredictionScoring::default_resolution(model_kind.as_deref(), args.gt_format));
+    if model_kind.is_some() {
+        check_prediction_columns(&tables)?;
+    }
     for file in &tables.incomplete_units {
         eprintln!(
             "warning: {} is not done (unfinished unit or changed inputs); left out",
@@ -425,12 +580,17 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
             .or_default()
             .push(inst);
     }
-    let mut overall = Evaluator::new(args.resolution);
+    let mut overall = Evaluator::new(resolution).with_rule(scoring.rule);
     let mut per_sequence: BTreeMap<&str, Evaluator> = BTreeMap::new();
     let (mut labelled, mut missing) = (0, 0);
     for frame in tables.frames.iter().filter(|f| f.labelled) {
         labelled += 1;
-        let Some(truth) = gt.load(frame)? else {
+        let loaded = if model_kind.is_some() {
+            gt.load_decoded(frame)?.map(|(map, _)| map)
+        } else {
+            gt.load(frame)?
+        };
+        let Some(truth) = loaded else {
             if args.skip_missing_gt {
                 missing += 1;
                 continue;
@@ -448,25 +608,46 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let prediction = prediction_map(frame, instances)?;
+        let prediction = if scoring.to_original {
+            let back = canvas_to_original(&prediction, frame)?;
+            if (back.height, back.width) != (truth.height, truth.width) {
+                bail!(
+                    "{}: ground truth is {}x{} (HxW) but frame {} of {} was {}x{}",
+                    gt.file(frame).display(),
+                    truth.height,
+                    truth.width,
+                    frame.frame_name,
+                    frame.sequence_id,
+                    back.height,
+                    back.width
+                );
+            }
+            back
+        } else {
+            prediction
+        };
         let context = || format!("frame {} of {}", frame.frame_name, frame.sequence_id);
         overall.add_image(&prediction, &truth).with_context(context)?;
         per_sequence
             .entry(frame.sequence_id.as_str())
-            .or_insert_with(|| Evaluator::new(args.resolution))
+            .or_insert_with(|| Evaluator::new(resolution).with_rule(scoring.rule))
             .add_image(&prediction, &truth)
             .with_context(context)?;
     }
-    let quasi_static = if args.gt_format == GtFormat::Synth {
+    let quasi_static = if args.gt_format == GtFormat::Synth && tables.kind == LABELS_KIND {
         Some(retrieval(&tables.frames, &mut gt)?)
     } else {
         None
     };
     Ok(EvalResult {
-        labels: args.labels.clone(),
+        labels: run.to_path_buf(),
+        kind: tables.kind.clone(),
+        model_kind,
+        scoring,
         params_hash: tables.layout.params_hash.clone(),
         gt: args.gt.clone(),
         gt_format: args.gt_format,
-        resolution: args.resolution,
+        resolution,
         labelled_frames: labelled,
         evaluated_frames: overall.report().images,
         missing_gt_frames: missing,
@@ -480,6 +661,32 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
             .collect(),
         quasi_static,
     })
+}
+
+impl EvalArgs {
+    /// The run given by `--labels` or `--predictions`.
+    pub fn run_dir(&self) -> Result<&Path> {
+        match (&self.labels, &self.predictions) {
+            (Some(dir), None) | (None, Some(dir)) => Ok(dir),
+            _ => bail!("give --labels OUT or --predictions PRED"),
+        }
+    }
+}
+
+/// Checks that every instance file of a prediction run has the prediction columns (the painted ids assume
+/// `instance_id` = canvas channel + 1 and no background rows).
+fn check_prediction_columns(tables: &LabelTables) -> Result<()> {
+    let units: std::collections::BTreeSet<&str> = tables.frames.iter().map(|f| f.sequence_id.as_str()).collect();
+    for unit in units {
+        let path = tables.layout.instances_file(unit);
+        if read_prediction_columns(&path)?.iter().any(Option::is_none) {
+            bail!(
+                "{}: instance rows without prediction columns (window, window_channel, slot); not written by                  `mrdino infer`?",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn retrieval(frames: &[FrameRow], gt: &mut GroundTruth) -> Result<QuasiStaticScores> {
@@ -517,6 +724,21 @@ pub fn format_table(result: &EvalResult) -> String {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default()
     );
+    if let Some(kind) = &result.model_kind {
+        out.push_str(&format!(
+            "predictions of a {kind} model; {}{}\n",
+            match result.scoring.rule {
+                PredictionRule::DiscardFirst =>
+                    "per-window background channels are background and the first remaining id is discarded",
+                PredictionRule::KeepAll => "every non-empty channel is a prediction",
+            },
+            if result.scoring.to_original {
+                "; canvas mapped back to the original frame"
+            } else {
+                ""
+            }
+        ));
+    }
     out.push_str(&format!(
         "{} labelled frames, {} evaluated, {} without ground truth\n\n",
         result.labelled_frames, result.evaluated_frames, result.missing_gt_frames
@@ -585,9 +807,199 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let json = args
         .json
         .clone()
-        .unwrap_or_else(|| args.labels.join(format!("_eval-{}.json", result.params_hash)));
+        .unwrap_or_else(|| result.labels.join(format!("_eval-{}.json", result.params_hash)));
     write_atomic(&json, &serde_json::to_vec_pretty(&result)?)
         .with_context(|| format!("cannot write {}", json.display()))?;
     println!("JSON: {}", json.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd_infer::{channel_objects, MODEL_BASELINE, MODEL_STAGE2};
+    use mrdino_model::windows::MergedCanvas;
+    use mrdino_outputs::tables::InstanceOrigin;
+    use mrdino_outputs::CocoRle;
+    use mrdino_stages::metrics::prediction_ids;
+
+    fn frame(height: u32, width: u32) -> FrameRow {
+        FrameRow {
+            dataset: "frames".into(),
+            sequence_id: "s".into(),
+            frame_index: 0,
+            frame_name: "000000".into(),
+            source_path: "s/000000.png".into(),
+            height,
+            width,
+            orig_height: height,
+            orig_width: width,
+            resized_height: height,
+            resized_width: width,
+            crop_top: 0,
+            crop_left: 0,
+            quasi_static: false,
+            corner_flow_px: None,
+            fg_fraction: None,
+            labelled: true,
+            excluded_reason: None,
+            segment: None,
+            num_instances: 0,
+        }
+    }
+
+    /// What `mrdino infer` stores for a merged canvas, painted back the way `eval --predictions` paints it.
+    fn stored_and_painted(merged: &MergedCanvas, stage2: bool) -> LabelMap {
+        let row = frame(merged.height as u32, merged.width as u32);
+        let rows: Vec<InstanceRow> = channel_objects(merged, stage2, merged.channels_per_window, None)
+            .into_iter()
+            .map(|o| InstanceRow {
+                dataset: row.dataset.clone(),
+                sequence_id: row.sequence_id.clone(),
+                frame_index: 0,
+                frame_name: row.frame_name.clone(),
+                instance_id: o.channel + 1,
+                mask: CocoRle::from_pixels(&o.pixels, row.height, row.width),
+                bbox_xywh: [0.0; 4],
+                area_px: o.pixels.len() as u32,
+                origin: InstanceOrigin::Model,
+                component_id: o.channel,
+                hdbscan_label: None,
+                mean_flow_px: f32::NAN,
+            })
+            .collect();
+        prediction_map(&row, &rows.iter().collect::<Vec<_>>()).unwrap()
+    }
+
+    /// 4×8 canvas of two 4×4 windows; `owner(y, x)` is the merged channel of each pixel.
+    fn canvas(channels_per_window: usize, owner: impl Fn(usize, usize) -> u32) -> MergedCanvas {
+        MergedCanvas {
+            height: 4,
+            width: 8,
+            windows: 2,
+            channels_per_window,
+            channel_of_pixel: (0..4)
+                .flat_map(|y| (0..8).map(move |x| (y, x)))
+                .map(|(y, x)| owner(y, x))
+                .collect(),
+            merges: Vec::new(),
+        }
+    }
+
+    fn ground_truth() -> LabelMap {
+        // Objects 1 (columns 0-1), 2 (rows 2-3 of columns 2-3) and 3 (columns 6-7); background elsewhere.
+        let labels = (0..4)
+            .flat_map(|y| (0..8).map(move |x| (y, x)))
+            .map(|(y, x)| match (y, x) {
+                (_, 0..=1) => 1,
+                (2..=3, 2..=3) => 2,
+                (_, 6..=7) => 3,
+                _ => 0,
+            })
+            .collect();
+        LabelMap::new(4, 8, labels).unwrap()
+    }
+
+    fn report(prediction: &LabelMap, rule: PredictionRule) -> MetricsReport {
+        let mut e = Evaluator::new(EvalPreset::Native).with_rule(rule);
+        e.add_image(prediction, &ground_truth()).unwrap();
+        e.report()
+    }
+
+    #[test]
+    fn stage2_predictions_score_as_the_reference_with_combination_num() {
+        let scoring = PredictionScoring::new(Some(MODEL_STAGE2), GtFormat::Synth);
+        assert_eq!(scoring.rule, PredictionRule::DiscardFirst);
+        // K = 2, channels per window 3 (background, slot 0, slot 1): background channels 0 and 3.
+        let merged = canvas(3, |y, x| match (y, x) {
+            (_, 0..=1) => 1,
+            (0..=1, 2..=3) => 0,
+            (_, 2..=3) => 2,
+            (_, 4..=5) => 3,
+            _ => 5,
+        });
+        let reference = LabelMap::new(4, 8, prediction_ids(&merged.channel_of_pixel, 6, Some(2)).unwrap()).unwrap();
+        let ours = stored_and_painted(&merged, true);
+        let want = report(&reference, PredictionRule::DiscardFirst);
+        assert_eq!(report(&ours, scoring.rule), want);
+        // Both background channels are background; the three object channels are the predictions, all hits.
+        assert_eq!(
+            (want.predictions, want.true_positives, want.ground_truth_objects),
+            (3, 3, 3)
+        );
+        assert_eq!(want.f1_50, 1.0);
+
+        // No background pixel: the reference discards its first real prediction, and so does the stored form.
+        let merged = canvas(3, |_, x| if x < 4 { 1 } else { 5 });
+        let reference = LabelMap::new(4, 8, prediction_ids(&merged.channel_of_pixel, 6, Some(2)).unwrap()).unwrap();
+        let want = report(&reference, PredictionRule::DiscardFirst);
+        assert_eq!(report(&stored_and_painted(&merged, true), scoring.rule), want);
+        assert_eq!(want.predictions, 1);
+    }
+
+    #[test]
+    fn baseline_predictions_keep_every_channel_including_each_windows_first_slot() {
+        let scoring = PredictionScoring::new(Some(MODEL_BASELINE), GtFormat::Synth);
+        assert_eq!(scoring.rule, PredictionRule::KeepAll);
+        assert!(scoring.to_original);
+        // K = 2 channels per window, no background channel: channel 0 (window 0, slot 0) is an object too.
+        let merged = canvas(2, |y, x| match (y, x) {
+            (_, 0..=1) => 0,
+            (_, 2..=3) => 1,
+            (_, 4..=5) => 2,
+            _ => 3,
+        });
+        let reference = LabelMap::new(4, 8, prediction_ids(&merged.channel_of_pixel, 4, None).unwrap()).unwrap();
+        let ours = stored_and_painted(&merged, false);
+        let want = report(&reference, PredictionRule::KeepAll);
+        assert_eq!(report(&ours, scoring.rule), want);
+        assert_eq!((want.predictions, want.true_positives), (4, 2));
+        // Scored as a stage-2 model would be, the first channel would be lost: the rules differ here.
+        assert_ne!(
+            report(&ours, PredictionRule::DiscardFirst).predictions,
+            want.predictions
+        );
+    }
+
+    #[test]
+    fn movi_and_label_runs_use_their_own_rules_and_resolutions() {
+        assert_eq!(
+            PredictionScoring::new(Some(MODEL_STAGE2), GtFormat::Kubric).rule,
+            PredictionRule::KeepAll
+        );
+        let labels = PredictionScoring::new(None, GtFormat::Synth);
+        assert_eq!((labels.rule, labels.to_original), (PredictionRule::DiscardFirst, false));
+        assert!(!PredictionScoring::new(Some(MODEL_STAGE2), GtFormat::Kitti).to_original);
+        assert_eq!(
+            PredictionScoring::default_resolution(Some(MODEL_STAGE2), GtFormat::Kitti),
+            EvalPreset::Kitti
+        );
+        assert_eq!(
+            PredictionScoring::default_resolution(Some(MODEL_BASELINE), GtFormat::TriPd),
+            EvalPreset::TriPd
+        );
+        assert_eq!(
+            PredictionScoring::default_resolution(None, GtFormat::Kitti),
+            EvalPreset::Native
+        );
+    }
+
+    #[test]
+    fn the_canvas_maps_back_to_the_original_frame_through_the_provenance() {
+        // Original 2×4 resized to 4×10 and cropped at column 1 to the 4×8 canvas.
+        let mut row = frame(4, 8);
+        (row.orig_height, row.orig_width) = (2, 4);
+        (row.resized_height, row.resized_width, row.crop_left) = (4, 10, 1);
+        let canvas = LabelMap::new(4, 8, (0..32).collect()).unwrap();
+        let back = canvas_to_original(&canvas, &row).unwrap();
+        // Rows ⌊(y + ½)·2⌋ = 1, 3; columns ⌊(x + ½)·2.5⌋ − 1 = 0, 2, 5, 7.
+        assert_eq!((back.height, back.width), (2, 4));
+        assert_eq!(back.labels, vec![8, 10, 13, 15, 24, 26, 29, 31]);
+        // A crop the canvas does not cover is background.
+        row.crop_left = 3;
+        let back = canvas_to_original(&canvas, &row).unwrap();
+        assert_eq!(back.labels[..4], [0, 8, 11, 13]);
+        row.orig_height = 0;
+        assert!(canvas_to_original(&canvas, &row).is_err());
+    }
 }

@@ -12,6 +12,7 @@ mod cmd_compare;
 mod cmd_eval;
 mod cmd_features;
 mod cmd_flow;
+mod cmd_infer;
 mod cmd_refine;
 mod cmd_report;
 mod cmd_synth;
@@ -85,6 +86,9 @@ enum Command {
     /// Frozen-backbone features of a dataset's views (or of a pseudo-label run's windows) as a resumable,
     /// shardable feature cache that training reads.
     Features(Box<cmd_features::FeaturesArgs>),
+    /// Object masks of a DINOSAUR / MR-DINOSAUR model for every frame (windows, join, merge), written as
+    /// `frames` + `instances` tables in the layout of `labels`; resumable and shardable.
+    Infer(Box<cmd_infer::InferArgs>),
 }
 
 #[derive(clap::Args)]
@@ -445,6 +449,20 @@ fn main() -> ExitCode {
             Some(shard) => cmd_features::run(args, Some(shard)),
             None => shard_from_env().and_then(|shard| cmd_features::run(args, shard)),
         },
+        Command::Infer(args) => match args.shard {
+            Some(shard) => cmd_infer::run(args, Some(shard)),
+            None => shard_from_env().and_then(|shard| cmd_infer::run(args, shard)),
+        },
+        Command::Status(args) if cmd_infer::is_prediction_run(&args.out) => {
+            cmd_infer::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
+                cmd_infer::print_status(&r);
+                if r.complete() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_FAILURES)
+                }
+            })
+        }
         Command::Status(args) if cmd_features::is_feature_cache(&args.out) => {
             cmd_features::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
                 cmd_features::print_status(&r);
@@ -464,7 +482,9 @@ fn main() -> ExitCode {
             }
         }),
         Command::Finalize(args) => {
-            let finalized = if cmd_features::is_feature_cache(&args.out) {
+            let finalized = if cmd_infer::is_prediction_run(&args.out) {
+                cmd_infer::finalize(&args.out, args.params.as_deref())
+            } else if cmd_features::is_feature_cache(&args.out) {
                 cmd_features::finalize(&args.out, args.params.as_deref())
             } else {
                 batch::finalize(&args.out, args.params.as_deref())

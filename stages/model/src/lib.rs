@@ -10,6 +10,7 @@
 //!   position-embedding resizes;
 //! - [`views`], [`windows`]: training views from pseudo-labels, inference windows, their join and merge;
 //! - [`matching`], [`refine`]: the Hungarian assignment and the stage-1 / stage-2 losses;
+//! - [`refined`]: a model file as inference loads it (DINOSAUR ± the stage-2 deactivation head);
 //! - [`clip_tokenizer`], [`clip_text`], [`talk2dino`]: CLIP's BPE tokenizer and text tower, Talk2DINO's ψ,
 //!   class embeddings and masks;
 //! - [`dinosaur`], [`backbone`], [`optim`], [`train`], [`tensors`]: the DINOSAUR slot model, the backbone
@@ -25,6 +26,7 @@ pub mod dinosaur;
 pub mod matching;
 pub mod optim;
 pub mod refine;
+pub mod refined;
 pub mod resnet;
 pub mod similarity;
 pub mod talk2dino;

@@ -190,6 +190,21 @@ impl WindowGrid {
             .collect())
     }
 
+    /// The size (height, width) an `h`×`w` image is resized to before the centre crop to the canvas.
+    pub fn resize_target(&self, h: i64, w: i64) -> (i64, i64) {
+        match self.resize {
+            ImageResize::Exact => (self.image_height_px, self.image_width_px),
+            ImageResize::ShortSideThenCentreCrop => {
+                let side = self.image_height_px.min(self.image_width_px);
+                if w <= h {
+                    ((side as f64 * h as f64 / w as f64) as i64, side)
+                } else {
+                    (side, (side as f64 * w as f64 / h as f64) as i64)
+                }
+            }
+        }
+    }
+
     /// Resizes float images (…, 3, H, W) in [0, 1] to the grid's image size as the reference's inference
     /// transforms do under torchvision 0.15: bicubic, `align_corners = false`, no antialias, then clamped to
     /// [0, 1] (ocl-checkpoints.md item 7); for [`ImageResize::ShortSideThenCentreCrop`] the shorter side goes
@@ -202,17 +217,7 @@ impl WindowGrid {
             return Err(shape_error("image", "(…, C, H, W), non-empty", image));
         }
         let (h, w) = (size[dims - 2], size[dims - 1]);
-        let target = match self.resize {
-            ImageResize::Exact => (self.image_height_px, self.image_width_px),
-            ImageResize::ShortSideThenCentreCrop => {
-                let side = self.image_height_px.min(self.image_width_px);
-                if w <= h {
-                    ((side as f64 * h as f64 / w as f64) as i64, side)
-                } else {
-                    (side, (side as f64 * w as f64 / h as f64) as i64)
-                }
-            }
-        };
+        let target = self.resize_target(h, w);
         let batch = image.reshape([-1, size[dims - 3], h, w]).to_kind(Kind::Float);
         let resized = if (h, w) == target {
             batch
