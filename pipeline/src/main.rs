@@ -11,7 +11,9 @@ mod cmd_analyze;
 mod cmd_eval;
 mod cmd_features;
 mod cmd_flow;
+mod cmd_name;
 mod cmd_report;
+mod cmd_segment;
 mod cmd_synth;
 mod cmd_train;
 mod config;
@@ -75,6 +77,11 @@ enum Command {
     /// Frozen-backbone features of a dataset's views (or of a pseudo-label run's windows) as a resumable,
     /// shardable feature cache that training reads.
     Features(Box<cmd_features::FeaturesArgs>),
+    /// Open-vocabulary names (Talk2DINO) for the instances of a labels or predictions run, as a Parquet table
+    /// joinable to `instances`.
+    Name(Box<cmd_name::NameArgs>),
+    /// Talk2DINO's text-prompted masks of every frame of a dataset, as a labels-shaped run with a prompt column.
+    Segment(Box<cmd_segment::SegmentArgs>),
 }
 
 #[derive(clap::Args)]
@@ -433,6 +440,24 @@ fn main() -> ExitCode {
             Some(shard) => cmd_features::run(args, Some(shard)),
             None => shard_from_env().and_then(|shard| cmd_features::run(args, shard)),
         },
+        Command::Name(args) => match args.shard {
+            Some(shard) => cmd_name::run(args, Some(shard)),
+            None => shard_from_env().and_then(|shard| cmd_name::run(args, shard)),
+        },
+        Command::Segment(args) => match args.shard {
+            Some(shard) => cmd_segment::run(args, Some(shard)),
+            None => shard_from_env().and_then(|shard| cmd_segment::run(args, shard)),
+        },
+        Command::Status(args) if cmd_name::is_names_run(&args.out) => {
+            cmd_name::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
+                cmd_name::print_status(&r);
+                if r.complete() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_FAILURES)
+                }
+            })
+        }
         Command::Status(args) if cmd_features::is_feature_cache(&args.out) => {
             cmd_features::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
                 cmd_features::print_status(&r);
@@ -452,7 +477,9 @@ fn main() -> ExitCode {
             }
         }),
         Command::Finalize(args) => {
-            let finalized = if cmd_features::is_feature_cache(&args.out) {
+            let finalized = if cmd_name::is_names_run(&args.out) {
+                cmd_name::finalize(&args.out, args.params.as_deref())
+            } else if cmd_features::is_feature_cache(&args.out) {
                 cmd_features::finalize(&args.out, args.params.as_deref())
             } else {
                 batch::finalize(&args.out, args.params.as_deref())
