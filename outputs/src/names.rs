@@ -76,7 +76,9 @@ pub fn names_batch(rows: &[NameRow]) -> Result<RecordBatch, arrow::error::ArrowE
     let scores = ListArray::new(
         f32_list_field(),
         OffsetBuffer::from_lengths(rows.iter().map(|r| r.scores.len())),
-        Arc::new(Float32Array::from_iter_values(rows.iter().flat_map(|r| r.scores.iter().copied()))),
+        Arc::new(Float32Array::from_iter_values(
+            rows.iter().flat_map(|r| r.scores.iter().copied()),
+        )),
         None,
     );
     let columns: Vec<ArrayRef> = vec![

@@ -356,7 +356,11 @@ pub(crate) fn wrong_type(path: &Path, name: &str, expected: &str, array: &ArrayR
     )
 }
 
-pub(crate) fn string_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray, OutputError> {
+pub(crate) fn string_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a StringArray, OutputError> {
     let array = column(batch, name, path)?;
     array
         .as_string_opt::<i32>()

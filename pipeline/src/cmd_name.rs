@@ -42,11 +42,11 @@ use mrdino_outputs::tables::{write_parquet, SCHEMA_VERSION};
 use mrdino_outputs::{FrameRow, InstanceRow};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::cmd_eval::{read_label_tables, LabelTables};
 use crate::cmd_report::decode_frames;
-use crate::job::CODE_VERSION;
+use crate::job::{LabelCounts, CODE_VERSION};
 use crate::run::STOP;
 
 /// The class list used when `--classes` is not given: road users that move, and the static scene around them
@@ -358,10 +358,12 @@ fn instance_masks(row: &FrameRow, instances: &[&InstanceRow]) -> Result<Tensor> 
                 row.height
             );
         }
-        let pixels = inst
-            .mask
-            .to_pixels()
-            .with_context(|| format!("{} frame {}: instance {}", row.sequence_id, row.frame_name, inst.instance_id))?;
+        let pixels = inst.mask.to_pixels().with_context(|| {
+            format!(
+                "{} frame {}: instance {}",
+                row.sequence_id, row.frame_name, inst.instance_id
+            )
+        })?;
         for p in pixels {
             data[k * h * w + p as usize] = 1;
         }
@@ -554,23 +556,13 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
     // Units: the done units of the source run, in its plan order, fingerprinted by their source tables.
     let mut units = Vec::new();
     for unit in &source_plan.units {
-        if source_ledger
-            .is_done::<serde_json::Value>(unit)
-            .is_none()
-        {
+        if source_ledger.is_done::<LabelCounts>(unit).is_none() {
             continue;
         }
         let files = tables.layout.unit_outputs(&unit.id);
         units.push(PlannedUnit::new(&unit.id, unit.frames, &source_fingerprint(&files)?));
     }
-    let plan = Plan::new(
-        NAMES_KIND,
-        &hash,
-        &source_plan.dataset,
-        source,
-        CODE_VERSION,
-        units,
-    );
+    let plan = Plan::new(NAMES_KIND, &hash, &source_plan.dataset, source, CODE_VERSION, units);
     ledger.write_plan(&plan)?;
     if !tables.incomplete_units.is_empty() && !args.quiet {
         eprintln!(
@@ -587,11 +579,17 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         (CLASSES_KEY.to_string(), serde_json::to_string(&params.classes)?),
         (TEMPLATES_KEY.to_string(), serde_json::to_string(&params.templates)?),
         ("mrdino.backbone".to_string(), params.weights.backbone.clone()),
-        ("mrdino.backbone_sha256".to_string(), params.weights.backbone_sha256.clone()),
+        (
+            "mrdino.backbone_sha256".to_string(),
+            params.weights.backbone_sha256.clone(),
+        ),
         ("mrdino.text_sha256".to_string(), params.weights.text_sha256.clone()),
         ("mrdino.psi_sha256".to_string(), params.weights.psi_sha256.clone()),
         ("mrdino.source".to_string(), source.display().to_string()),
-        ("mrdino.source_params_hash".to_string(), params.source_params_hash.clone()),
+        (
+            "mrdino.source_params_hash".to_string(),
+            params.source_params_hash.clone(),
+        ),
     ];
     let mut totals = NameTotals::default();
     let mut statuses: Vec<UnitStatus<NameCounts>> = Vec::new();
@@ -610,7 +608,13 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         if stopped || budget_spent() {
             stopped = true;
             totals.units_interrupted += 1;
-            statuses.push(status(&planned.id, UnitOutcome::Interrupted, 0.0, None, NameCounts::default()));
+            statuses.push(status(
+                &planned.id,
+                UnitOutcome::Interrupted,
+                0.0,
+                None,
+                NameCounts::default(),
+            ));
             continue;
         }
         if let Some(marker) = ledger.is_done::<NameCounts>(planned) {
@@ -645,7 +649,15 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
                 instances: rows.len(),
             };
             let seconds = unit_started.elapsed().as_secs_f64();
-            let marker = DoneMarker::new(&ledger, planned, &[file], CODE_VERSION, seconds, Vec::new(), counts.clone());
+            let marker = DoneMarker::new(
+                &ledger,
+                planned,
+                &[file],
+                CODE_VERSION,
+                seconds,
+                Vec::new(),
+                counts.clone(),
+            );
             ledger.write_marker(&marker)?;
             Ok(counts)
         });
@@ -662,7 +674,13 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
             Err(e) if e.is::<Stopped>() => {
                 stopped = true;
                 totals.units_interrupted += 1;
-                statuses.push(status(&planned.id, UnitOutcome::Interrupted, seconds, None, NameCounts::default()));
+                statuses.push(status(
+                    &planned.id,
+                    UnitOutcome::Interrupted,
+                    seconds,
+                    None,
+                    NameCounts::default(),
+                ));
             }
             Err(e) => {
                 let message = format!("{e:#}");
@@ -715,7 +733,9 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
 
 /// Whether `out` holds a names job: a plan of kind `names` is in its bookkeeping.
 pub fn is_names_run(out: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(out.join("_plan")) else { return false };
+    let Ok(entries) = std::fs::read_dir(out.join("_plan")) else {
+        return false;
+    };
     entries.flatten().any(|e| {
         std::fs::read(e.path())
             .ok()
@@ -793,4 +813,70 @@ pub fn read_names_run(out: &Path, params: Option<&str>) -> Result<(String, BTree
         }
     }
     Ok((choice.params_hash, names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_lists_from_flags_and_files() {
+        assert_eq!(
+            parse_classes(&["car, traffic light".into(), "person".into()]).unwrap(),
+            vec!["car", "traffic light", "person"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("classes.txt");
+        std::fs::write(&file, "# road users\ncar\n\n  bus  # long ones\n").unwrap();
+        assert_eq!(
+            parse_classes(&[file.display().to_string()]).unwrap(),
+            vec!["car", "bus"]
+        );
+        assert!(parse_classes(&["car,car".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        assert!(parse_classes(&["car,,bus".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+    }
+
+    #[test]
+    fn label_grid_maps_through_resize_and_crop() {
+        // TRI-PD: 1936×1216 halved to 968×608, top 128 rows cropped: 968×480 labels.
+        let row = FrameRow {
+            dataset: "tri-pd".into(),
+            sequence_id: "s".into(),
+            frame_index: 0,
+            frame_name: "f".into(),
+            source_path: "f.png".into(),
+            height: 480,
+            width: 968,
+            orig_height: 1216,
+            orig_width: 1936,
+            resized_height: 608,
+            resized_width: 968,
+            crop_top: 128,
+            crop_left: 0,
+            quasi_static: true,
+            corner_flow_px: None,
+            fg_fraction: None,
+            labelled: true,
+            excluded_reason: None,
+            segment: None,
+            num_instances: 1,
+        };
+        let (rows, cols) = label_axes(&row).unwrap();
+        assert_eq!(
+            (rows.cells, rows.offset_px, rows.step_px, rows.extent_px),
+            (480, 256.0, 2.0, 1216.0)
+        );
+        assert_eq!(
+            (cols.cells, cols.offset_px, cols.step_px, cols.extent_px),
+            (968, 0.0, 2.0, 1936.0)
+        );
+        let bad = FrameRow { crop_top: 200, ..row };
+        assert!(label_axes(&bad).unwrap_err().to_string().contains("does not fit"));
+    }
 }

@@ -120,12 +120,7 @@ impl SegmentParams {
 }
 
 /// A frame's rows from its label map (H·W class indices, 0 = background).
-fn frame_rows(
-    sequence: &Sequence,
-    frame: &Frame,
-    labels: &[i64],
-    prompts: &[String],
-) -> (FrameRow, Vec<InstanceRow>) {
+fn frame_rows(sequence: &Sequence, frame: &Frame, labels: &[i64], prompts: &[String]) -> (FrameRow, Vec<InstanceRow>) {
     let (h, w) = (frame.image.height, frame.image.width);
     let mut pixels: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
     for (p, &label) in labels.iter().enumerate() {
@@ -272,7 +267,13 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         cameras: Some(cameras.clone()),
         processing: Some(processing),
     })
-    .with_context(|| format!("cannot list dataset `{}` at {}", args.dataset.name(), args.root.display()))?;
+    .with_context(|| {
+        format!(
+            "cannot list dataset `{}` at {}",
+            args.dataset.name(),
+            args.root.display()
+        )
+    })?;
     let model = Talk2Dino::load(&args.model)?;
     let classes = model.class_embeddings(&prompts)?;
     let params = SegmentParams {
@@ -287,9 +288,7 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         background_clean: args.background_clean,
         lambda: LAMBDA_BG,
         threshold: args.threshold,
-        flow: NoFlow {
-            backend: "none".into(),
-        },
+        flow: NoFlow { backend: "none".into() },
     };
     let hash = params.hash();
     let layout = Layout::new(&args.out, &hash);
@@ -304,8 +303,14 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         ("mrdino.params_hash".to_string(), hash.clone()),
         ("mrdino.params".to_string(), serde_json::to_string(&params)?),
         ("mrdino.prompts".to_string(), serde_json::to_string(&params.prompts)?),
-        ("mrdino.templates".to_string(), serde_json::to_string(&params.templates)?),
-        ("mrdino.backbone_sha256".to_string(), params.weights.backbone_sha256.clone()),
+        (
+            "mrdino.templates".to_string(),
+            serde_json::to_string(&params.templates)?,
+        ),
+        (
+            "mrdino.backbone_sha256".to_string(),
+            params.weights.backbone_sha256.clone(),
+        ),
         ("mrdino.text_sha256".to_string(), params.weights.text_sha256.clone()),
         ("mrdino.psi_sha256".to_string(), params.weights.psi_sha256.clone()),
     ];
@@ -326,17 +331,35 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         payload: counts,
     };
     let mut stopped = false;
-    for (sequence, planned) in sequences.iter().zip(&plan.units).filter(|(s, _)| in_shard(&s.id, shard)) {
+    for (sequence, planned) in sequences
+        .iter()
+        .zip(&plan.units)
+        .filter(|(s, _)| in_shard(&s.id, shard))
+    {
         totals.units_planned += 1;
         if stopped || budget_spent() {
             stopped = true;
             totals.units_interrupted += 1;
-            statuses.push(status(&sequence.id, UnitOutcome::Interrupted, 0.0, None, Vec::new(), LabelCounts::default()));
+            statuses.push(status(
+                &sequence.id,
+                UnitOutcome::Interrupted,
+                0.0,
+                None,
+                Vec::new(),
+                LabelCounts::default(),
+            ));
             continue;
         }
         if let Some(marker) = ledger.is_done::<LabelCounts>(planned) {
             totals.units_skipped += 1;
-            statuses.push(status(&sequence.id, UnitOutcome::Skipped, 0.0, None, Vec::new(), marker.payload));
+            statuses.push(status(
+                &sequence.id,
+                UnitOutcome::Skipped,
+                0.0,
+                None,
+                Vec::new(),
+                marker.payload,
+            ));
             continue;
         }
         let unit_started = Instant::now();
@@ -392,7 +415,14 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
             Err(e) if e.is::<Stopped>() => {
                 stopped = true;
                 totals.units_interrupted += 1;
-                statuses.push(status(&sequence.id, UnitOutcome::Interrupted, seconds, None, Vec::new(), LabelCounts::default()));
+                statuses.push(status(
+                    &sequence.id,
+                    UnitOutcome::Interrupted,
+                    seconds,
+                    None,
+                    Vec::new(),
+                    LabelCounts::default(),
+                ));
             }
             Err(e) => {
                 let message = format!("{e:#}");

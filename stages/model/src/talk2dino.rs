@@ -231,7 +231,8 @@ pub fn preprocess(images255: &Tensor, size_px: i64) -> Tensor {
 
 /// Soft masks (B, N, h, w) of `images01` (Talk2DINO-preprocessed, see [`preprocess`]) for the class
 /// embeddings (N, C): patch tokens after the final norm, cosine to every class, sigmoid, and with
-/// `background_clean` the cleaning of [`background_clean`] from the last block's CLS attention.
+/// `with_background_clean` the cleaning of [`background_clean`] from the last block's CLS→patch attention logits,
+/// scaled by [`ATTENTION_SCALE`] as Talk2DINO recomputes them.
 pub fn soft_masks(
     vit: &crate::vit::Vit,
     images01: &Tensor,
@@ -249,7 +250,12 @@ pub fn soft_masks(
     let classes = classes.to_device(tokens.patches.device()).to_kind(Kind::Float);
     let soft = similarity_maps(&tokens.patches, tokens.grid, &classes).sigmoid();
     Ok(match &tokens.cls_attention_logits {
-        Some(attn) if with_background_clean => background_clean(&soft, &tokens.patches, attn, &classes, LAMBDA_BG),
+        Some(attn) if with_background_clean => {
+            // The ViT scales the logits by head_dim^-½; Talk2DINO recomputes them with its hard-coded 0.125 (the
+            // same for ViT-B/L's 64-wide heads, not for other widths).
+            let attn = attn * (ATTENTION_SCALE * (vit.config().head_dim() as f64).sqrt());
+            background_clean(&soft, &tokens.patches, &attn, &classes, LAMBDA_BG)
+        }
         _ => soft,
     })
 }
@@ -329,7 +335,11 @@ pub fn instance_scores(
     let flat = Vec::<f32>::try_from(&scores.to_device(tch::Device::Cpu).contiguous().view([-1]))?;
     let totals = Vec::<f32>::try_from(&total.to_device(tch::Device::Cpu).contiguous().view([-1]))?;
     Ok(InstanceNames {
-        scores: flat.chunks(n.max(1) as usize).map(<[f32]>::to_vec).take(k as usize).collect(),
+        scores: flat
+            .chunks(n.max(1) as usize)
+            .map(<[f32]>::to_vec)
+            .take(k as usize)
+            .collect(),
         coverage_patches: totals,
     })
 }
@@ -402,7 +412,10 @@ mod tests {
         let names = instance_scores(&masks, &axis, &axis, &patches, (2, 2), &classes).unwrap();
         assert_eq!(names.coverage_patches, vec![1.0]);
         assert!((names.scores[0][0] + 1.0).abs() < 1e-6 && names.scores[0][1].abs() < 1e-6);
-        assert_eq!(top_two(&names.scores[0]), Some(((1, names.scores[0][1]), Some((0, -1.0)))));
+        assert_eq!(
+            top_two(&names.scores[0]),
+            Some(((1, names.scores[0][1]), Some((0, -1.0))))
+        );
         assert_eq!(top_two(&[f32::NAN, 0.5]), Some(((1, 0.5), None)));
         assert_eq!(top_two(&[]), None);
     }
