@@ -7,7 +7,9 @@
 //!   and on every pixel whose top-2 margin in the reference is at least 1e-4.
 //! - `mrdino synth` → `mrdino labels` → `mrdino name` with random weights: one row per instance, joined by
 //!   pyarrow and duckdb to `instances` (`tools/check_names.py`); a rerun skips every unit; `status` and
-//!   `finalize` read the names job; `report --names` shows the per-name counts.
+//!   `finalize` read the names job; a spent `--time-budget` exits 4 and the rerun completes it; `--predictions`
+//!   reads the same layout; `segment` on the synth frames is a labels-shaped run (`status`, `name` read it) whose
+//!   two shards give the rows of one run; `report --names` shows the per-name counts.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -207,18 +209,18 @@ fn name_labels_joins_instances_and_resumes() {
     Tensor::write_safetensors(&psi[..], weights.join("psi.safetensors")).unwrap();
 
     let names = dir.join("names");
-    let name_cmd = || {
+    let name_cmd = |out: &Path| {
         let mut cmd = mrdino();
         cmd.arg("name")
             .arg("--labels")
             .arg(&labels)
             .args(["--classes", "car,person,tree,road"])
             .arg("--out")
-            .arg(&names);
+            .arg(out);
         model_args(&mut cmd, &weights);
         cmd
     };
-    let first = run_ok(&mut name_cmd());
+    let first = run_ok(&mut name_cmd(&names));
     assert!(
         String::from_utf8_lossy(&first.stderr).contains("2 units done"),
         "{}",
@@ -249,7 +251,7 @@ fn name_labels_joins_instances_and_resumes() {
     assert_eq!(summary["duckdb_joined"].as_u64(), Some(instances as u64));
 
     // A rerun skips every unit and leaves the rows as they were.
-    let again = run_ok(&mut name_cmd());
+    let again = run_ok(&mut name_cmd(&names));
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("0 units done (0 instances), 2 already done"),
         "{}",
@@ -262,6 +264,96 @@ fn name_labels_joins_instances_and_resumes() {
     assert_eq!(rerun, rows);
     run_ok(mrdino().arg("status").arg("--out").arg(&names));
     run_ok(mrdino().arg("finalize").arg("--out").arg(&names));
+
+    // A spent time budget stops with exit code 4 and nothing done; the same command then completes the job.
+    let stopped = dir.join("names-stopped");
+    let mut cmd = name_cmd(&stopped);
+    cmd.args(["--time-budget", "0"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = mrdino().arg("status").arg("--out").arg(&stopped).output().unwrap();
+    assert_eq!(
+        status.status.code(),
+        Some(3),
+        "an interrupted names job is not complete"
+    );
+    run_ok(&mut name_cmd(&stopped));
+    let resumed: Vec<_> = parquet_files(&stopped.join("names"))
+        .iter()
+        .flat_map(|f| read_names(f).unwrap())
+        .collect();
+    assert_eq!(resumed, rows);
+
+    // A predictions run has the labels layout: `--predictions` reads it the same way.
+    let from_predictions = dir.join("names-pred");
+    let mut cmd = mrdino();
+    cmd.arg("name")
+        .arg("--predictions")
+        .arg(&labels)
+        .args(["--classes", "car,person,tree,road"])
+        .arg("--out")
+        .arg(&from_predictions);
+    model_args(&mut cmd, &weights);
+    run_ok(&mut cmd);
+    let predicted: Vec<_> = parquet_files(&from_predictions.join("names"))
+        .iter()
+        .flat_map(|f| read_names(f).unwrap())
+        .collect();
+    assert_eq!(predicted, rows);
+
+    // `segment` writes a labels-shaped run: `status` reads it, `name` names its prompt regions, and two shards
+    // give the rows of one run.
+    let segment_cmd = |out: &Path, extra: &[&str]| {
+        let mut cmd = mrdino();
+        cmd.args([
+            "segment",
+            "--dataset",
+            "frames",
+            "--prompt",
+            "car,road",
+            "--threshold",
+            "0.5",
+            "--root",
+        ])
+        .arg(data.join("frames"))
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+        model_args(&mut cmd, &weights);
+        cmd
+    };
+    let segmented = dir.join("segment");
+    run_ok(&mut segment_cmd(&segmented, &[]));
+    run_ok(mrdino().arg("status").arg("--out").arg(&segmented));
+    let sharded = dir.join("segment-sharded");
+    for shard in ["0/2", "1/2"] {
+        run_ok(&mut segment_cmd(&sharded, &["--shard", shard]));
+    }
+    let regions = |root: &Path| -> Vec<_> {
+        parquet_files(&root.join("instances"))
+            .iter()
+            .flat_map(|f| read_instances(f).unwrap())
+            .map(|i| (i.sequence_id, i.frame_index, i.instance_id, i.mask))
+            .collect()
+    };
+    let whole = regions(&segmented);
+    assert!(!whole.is_empty(), "the prompts must win some pixels");
+    assert_eq!(regions(&sharded), whole);
+    let segment_names = dir.join("segment-names");
+    let mut cmd = mrdino();
+    cmd.arg("name")
+        .arg("--labels")
+        .arg(&segmented)
+        .args(["--classes", "car,road"])
+        .arg("--out")
+        .arg(&segment_names);
+    model_args(&mut cmd, &weights);
+    run_ok(&mut cmd);
+    let segment_rows: usize = parquet_files(&segment_names.join("names"))
+        .iter()
+        .map(|f| read_names(f).unwrap().len())
+        .sum();
+    assert_eq!(segment_rows, whole.len(), "one name per prompt region");
 
     // The report shows the names on the overlays and counts them.
     let report = dir.join("report");
