@@ -437,28 +437,73 @@ fn source_sequences(args: &NameArgs, tables: &LabelTables, plan: &Plan) -> Resul
     })
 }
 
-/// Names of one unit; rows sorted by (frame_index, instance_id).
-fn name_unit(
-    model: &Talk2Dino,
-    classes: &[String],
-    class_embeddings: &Tensor,
-    sequence: &Sequence,
-    frames: &UnitFrames<'_>,
+/// What every unit of a names job shares.
+struct Namer<'a> {
+    model: &'a Talk2Dino,
+    classes: &'a [String],
+    class_embeddings: &'a Tensor,
     batch: usize,
-    stop: &dyn Fn() -> bool,
-) -> Result<Vec<NameRow>> {
-    let indices: BTreeSet<usize> = frames.rows.iter().map(|r| r.frame_index as usize).collect();
-    let decoded = decode_frames(sequence, &indices)?;
-    let mut out = Vec::new();
-    for chunk in frames.rows.chunks(batch.max(1)) {
+}
+
+impl Namer<'_> {
+    /// Names of one unit; rows sorted by (frame_index, instance_id). Frames are decoded a batch at a time (image
+    /// sequences read only the files of the batch; videos are decoded once, in order), so memory stays bounded.
+    fn unit(&self, sequence: &Sequence, frames: &UnitFrames<'_>, stop: &dyn Fn() -> bool) -> Result<Vec<NameRow>> {
+        let mut out = Vec::new();
+        let mut pending: Vec<(&FrameRow, Frame)> = Vec::new();
+        let missing = |row: &FrameRow| format!("frame {} of {} could not be re-read", row.frame_name, row.sequence_id);
+        if sequence.image_files().is_some() {
+            for chunk in frames.rows.chunks(self.batch) {
+                let indices: BTreeSet<usize> = chunk.iter().map(|r| r.frame_index as usize).collect();
+                let mut decoded = decode_frames(sequence, &indices)?;
+                for &row in chunk {
+                    let frame = decoded
+                        .remove(&(row.frame_index as usize))
+                        .with_context(|| missing(row))?;
+                    pending.push((row, frame));
+                }
+                self.flush(&mut pending, frames, &mut out, stop)?;
+            }
+        } else {
+            let wanted: BTreeMap<usize, &FrameRow> = frames.rows.iter().map(|r| (r.frame_index as usize, *r)).collect();
+            let last = wanted.keys().next_back().copied().unwrap_or(0);
+            for (index, item) in sequence.frames()? {
+                if let Some(&row) = wanted.get(&index) {
+                    pending.push((row, item.with_context(|| missing(row))?));
+                    if pending.len() >= self.batch {
+                        self.flush(&mut pending, frames, &mut out, stop)?;
+                    }
+                }
+                if index >= last {
+                    break;
+                }
+            }
+            self.flush(&mut pending, frames, &mut out, stop)?;
+        }
+        let named: BTreeSet<u32> = out.iter().map(|n| n.frame_index).collect();
+        if let Some(row) = frames.rows.iter().find(|r| !named.contains(&r.frame_index)) {
+            bail!("{} (the video ended early?)", missing(row));
+        }
+        out.sort_by_key(|r| (r.frame_index, r.instance_id));
+        Ok(out)
+    }
+
+    /// Names the instances of the pending frames (one backbone forward) and empties the batch.
+    fn flush(
+        &self,
+        pending: &mut Vec<(&FrameRow, Frame)>,
+        frames: &UnitFrames<'_>,
+        out: &mut Vec<NameRow>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
         if stop() {
             bail!(Stopped);
         }
-        let mut images = Vec::with_capacity(chunk.len());
-        for row in chunk {
-            let frame = decoded
-                .get(&(row.frame_index as usize))
-                .with_context(|| format!("frame {} of {} could not be re-read", row.frame_name, row.sequence_id))?;
+        let mut images = Vec::with_capacity(pending.len());
+        for (row, frame) in pending.iter() {
             if (frame.image.height, frame.image.width) != (row.orig_height as usize, row.orig_width as usize) {
                 bail!(
                     "frame {} of {} reads as {}x{} but the run saw it as {}x{}; the source changed",
@@ -472,47 +517,52 @@ fn name_unit(
             }
             images.push(preprocess(&frame_tensor(frame), INPUT_PX));
         }
-        let images = Tensor::cat(&images, 0);
-        let tokens = model.vit.forward_tokens(&model.vit.normalize(&images)?, None)?;
-        for (b, row) in chunk.iter().enumerate() {
+        let vit = &self.model.vit;
+        let tokens = vit.forward_tokens(&vit.normalize(&Tensor::cat(&images, 0))?, None)?;
+        for (b, (row, _)) in pending.drain(..).enumerate() {
             let instances = &frames.instances[&row.frame_index];
-            let (rows_map, cols_map) = label_axes(row)?;
-            let masks = instance_masks(row, instances)?;
-            let names = instance_scores(
-                &masks,
-                &rows_map,
-                &cols_map,
-                &tokens.patches.get(b as i64),
-                tokens.grid,
-                class_embeddings,
-            )?;
-            for ((inst, scores), coverage) in instances.iter().zip(names.scores).zip(names.coverage_patches) {
-                let Some(((best, score), second)) = top_two(&scores) else {
-                    bail!(
-                        "{} frame {}: instance {} covers no patch area (empty mask?)",
-                        row.sequence_id,
-                        row.frame_name,
-                        inst.instance_id
-                    );
-                };
-                out.push(NameRow {
-                    dataset: inst.dataset.clone(),
-                    sequence_id: inst.sequence_id.clone(),
-                    frame_index: inst.frame_index,
-                    frame_name: inst.frame_name.clone(),
-                    instance_id: inst.instance_id,
-                    name: classes[best].clone(),
-                    score,
-                    runner_up: second.map(|(i, _)| classes[i].clone()),
-                    runner_up_score: second.map(|(_, s)| s),
-                    scores,
-                    coverage_patches: coverage,
-                });
-            }
+            out.extend(self.frame_names(row, instances, &tokens.patches.get(b as i64), tokens.grid)?);
         }
+        Ok(())
     }
-    out.sort_by_key(|r| (r.frame_index, r.instance_id));
-    Ok(out)
+
+    /// Names of one frame's instances from its patch tokens (P, C).
+    fn frame_names(
+        &self,
+        row: &FrameRow,
+        instances: &[&InstanceRow],
+        patches: &Tensor,
+        grid: (i64, i64),
+    ) -> Result<Vec<NameRow>> {
+        let (rows_map, cols_map) = label_axes(row)?;
+        let masks = instance_masks(row, instances)?;
+        let names = instance_scores(&masks, &rows_map, &cols_map, patches, grid, self.class_embeddings)?;
+        let mut out = Vec::with_capacity(instances.len());
+        for ((inst, scores), coverage) in instances.iter().zip(names.scores).zip(names.coverage_patches) {
+            let Some(((best, score), second)) = top_two(&scores) else {
+                bail!(
+                    "{} frame {}: instance {} covers no patch area (empty mask?)",
+                    row.sequence_id,
+                    row.frame_name,
+                    inst.instance_id
+                );
+            };
+            out.push(NameRow {
+                dataset: inst.dataset.clone(),
+                sequence_id: inst.sequence_id.clone(),
+                frame_index: inst.frame_index,
+                frame_name: inst.frame_name.clone(),
+                instance_id: inst.instance_id,
+                name: self.classes[best].clone(),
+                score,
+                runner_up: second.map(|(i, _)| self.classes[i].clone()),
+                runner_up_score: second.map(|(_, s)| s),
+                scores,
+                coverage_patches: coverage,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// `mrdino name`.
@@ -591,6 +641,12 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
             params.source_params_hash.clone(),
         ),
     ];
+    let namer = Namer {
+        model: &model,
+        classes: &classes,
+        class_embeddings: &class_embeddings,
+        batch: args.batch,
+    };
     let mut totals = NameTotals::default();
     let mut statuses: Vec<UnitStatus<NameCounts>> = Vec::new();
     let status = |unit: &str, outcome, seconds, error: Option<String>, counts: NameCounts| UnitStatus {
@@ -625,15 +681,7 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         let unit_started = Instant::now();
         let frames = unit_frames(&tables, &planned.id);
         let result = match sequences.iter().find(|s| s.id == planned.id) {
-            Some(sequence) if !frames.rows.is_empty() => name_unit(
-                &model,
-                &classes,
-                &class_embeddings,
-                sequence,
-                &frames,
-                args.batch,
-                &budget_spent,
-            ),
+            Some(sequence) if !frames.rows.is_empty() => namer.unit(sequence, &frames, &budget_spent),
             Some(_) => Ok(Vec::new()),
             None if frames.rows.is_empty() => Ok(Vec::new()),
             None => Err(anyhow::anyhow!(
