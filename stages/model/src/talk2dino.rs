@@ -15,6 +15,13 @@
 //!   the global min and max(max, max − min) to [min mask, max mask]; mask ← (mask + λ·map)/(1 + λ). The
 //!   reference runs on one image at a time, so min/max are per image here. Then bilinear upsampling with
 //!   `align_corners=True` to the image size, a constant background channel `bg_threshold` in front, argmax.
+//! - **Whole images**: [`preprocess`] is Talk2DINO's square `Resize((448, 448))` of a uint8 image (bilinear,
+//!   antialiased, rounded back to uint8, /255) and [`soft_masks`] the forward through a [`crate::vit::Vit`] up to
+//!   the (cleaned) sigmoid masks; [`label_map`] finishes the segmentation.
+//! - **Instance names** (not in Talk2DINO; how `mrdino name` uses its embeddings): an instance mask on a label
+//!   grid placed in the image by an [`AxisMap`] per axis is downsampled to the patch grid by exact area fraction
+//!   ([`axis_coverage`]); the instance's embedding is the coverage-weighted mean of the L2-normalised patch
+//!   tokens, and its score for a class the cosine to the class embedding ([`instance_scores`], [`top_two`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
