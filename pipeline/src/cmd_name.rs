@@ -32,8 +32,8 @@ use mrdino_model::device::parse_device;
 use mrdino_model::talk2dino::{instance_scores, preprocess, top_two, AxisMap, Psi, INPUT_PX, TEMPLATES};
 use mrdino_model::vit::{Vit, VitConfig};
 use mrdino_outputs::bookkeeping::{
-    choose_partition, in_shard, unix_now, DoneMarker, Ledger, Plan, PlannedUnit, RunManifest, Shard, Status,
-    UnitOutcome, UnitStatus, WhenSeveral,
+    choose_partition, in_shard, partitions, unix_now, DoneMarker, Ledger, Plan, PlannedUnit, RunManifest, Shard,
+    Status, UnitOutcome, UnitStatus, WhenSeveral,
 };
 use mrdino_outputs::names::{
     names_batch, NameRow, NamesLayout, CLASSES_KEY, NAMES_DATA_DIRS, NAMES_KIND, TEMPLATES_KEY,
@@ -845,10 +845,47 @@ pub fn finalize(out: &Path, params: Option<&str>) -> Result<PathBuf> {
     Ok(ledger.write_final_manifest(&manifest)?)
 }
 
-/// The names of a names root's complete units (one partition: `params`, or the latest), keyed like instances.
-pub fn read_names_run(out: &Path, params: Option<&str>) -> Result<(String, BTreeMap<(String, u32, u32), NameRow>)> {
-    let choice = choose_partition(out, NAMES_DATA_DIRS, params, WhenSeveral::Latest)?;
-    let layout = NamesLayout::new(out, &choice.params_hash);
+/// The names of a names root's complete units, keyed like instances. The partition: `params` when given, else the
+/// latest one made from the source partition `source_params` (a names root may hold several class lists, or names of
+/// several labels partitions).
+pub fn read_names_run(
+    out: &Path,
+    params: Option<&str>,
+    source_params: &str,
+) -> Result<(String, BTreeMap<(String, u32, u32), NameRow>)> {
+    let hash = match params {
+        Some(hash) => choose_partition(out, NAMES_DATA_DIRS, Some(hash), WhenSeveral::Latest)?.params_hash,
+        None => {
+            let all = partitions(out, NAMES_DATA_DIRS);
+            let written = |hash: &str| {
+                std::fs::metadata(Ledger::new(out, NAMES_KIND, hash).params_file())
+                    .and_then(|m| m.modified())
+                    .ok()
+            };
+            all.iter()
+                .filter(|h| {
+                    Ledger::new(out, NAMES_KIND, h)
+                        .read_params()
+                        .ok()
+                        .flatten()
+                        .is_some_and(|p| p["source_params_hash"] == source_params)
+                })
+                .max_by_key(|h| (written(h.as_str()), h.as_str()))
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "{} holds no names of the labels partition params={source_params} (names partitions: {})",
+                        out.display(),
+                        if all.is_empty() {
+                            "none".to_string()
+                        } else {
+                            all.join(", ")
+                        }
+                    )
+                })?
+        }
+    };
+    let layout = NamesLayout::new(out, &hash);
     let ledger = layout.ledger();
     let plan = ledger.read_plan()?;
     let mut names = BTreeMap::new();
@@ -860,7 +897,7 @@ pub fn read_names_run(out: &Path, params: Option<&str>) -> Result<(String, BTree
             names.insert((row.sequence_id.clone(), row.frame_index, row.instance_id), row);
         }
     }
-    Ok((choice.params_hash, names))
+    Ok((hash, names))
 }
 
 #[cfg(test)]

@@ -51,7 +51,8 @@ pub struct ReportArgs {
     /// sampled frames is recomputed with OpenCV DIS.
     #[arg(long, value_name = "DIR")]
     pub flow_dir: Option<PathBuf>,
-    /// Output directory of `mrdino name` for this run: names on the overlays and a per-name count table.
+    /// Output directory of `mrdino name` for this run: names on the overlays and a per-name count table (the
+    /// latest names partition made from the reported labels partition).
     #[arg(long, value_name = "OUT")]
     pub names: Option<PathBuf>,
 }
@@ -325,7 +326,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let tables = read_label_tables(&args.labels, args.params.as_deref())?;
     let (names_params, names) = match &args.names {
         Some(dir) => {
-            let (hash, names) = crate::cmd_name::read_names_run(dir, None)
+            let (hash, names) = crate::cmd_name::read_names_run(dir, None, &tables.layout.params_hash)
                 .with_context(|| format!("cannot read the names in {}", dir.display()))?;
             (Some(hash), names)
         }
