@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod feature_cache;
 pub mod flowviz;
 pub mod layout;
+pub mod names;
 pub mod overlay;
 pub mod report;
 pub mod rle;

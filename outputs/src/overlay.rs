@@ -1,4 +1,4 @@
-//! PNG overlays: a frame with its instances coloured, their boxes and ids.
+//! PNG overlays: a frame with its instances coloured, their boxes, ids and (when named) names.
 
 use std::path::Path;
 
@@ -36,6 +36,8 @@ pub struct OverlayInstance<'a> {
     pub id: u32,
     pub mask: &'a CocoRle,
     pub bbox_xywh: [f32; 4],
+    /// A name drawn after the id (the open-vocabulary name of `mrdino name`).
+    pub name: Option<&'a str>,
 }
 
 impl<'a> OverlayInstance<'a> {
@@ -45,6 +47,7 @@ impl<'a> OverlayInstance<'a> {
             id: row.instance_id,
             mask: &row.mask,
             bbox_xywh: row.bbox_xywh,
+            name: None,
         }
     }
 }
@@ -100,7 +103,10 @@ pub fn write_overlay(
         let colour = Scalar::new(f64::from(b), f64::from(g), f64::from(r), 0.0);
         let [x, y, w, h] = inst.bbox_xywh.map(|v| v as i32);
         imgproc::rectangle(&mut mat, Rect::new(x, y, w, h), colour, 2, imgproc::LINE_8, 0).map_err(cv)?;
-        let label = format!("{}", inst.id);
+        let label = match inst.name {
+            Some(name) => format!("{} {name}", inst.id),
+            None => format!("{}", inst.id),
+        };
         let origin = Point::new(x + 2, (y - 4).max(12));
         // A dark outline under the coloured id keeps it readable on any background.
         for (ink, thickness) in [(Scalar::all(0.0), 3), (colour, 1)] {
@@ -136,6 +142,7 @@ mod tests {
             id: 1,
             mask: &mask,
             bbox_xywh: [0.0, 0.0, 2.0, 2.0],
+            name: None,
         }];
         let err = write_overlay(&path, &[0; 8 * 6 * 3], 6, 8, &items)
             .unwrap_err()
@@ -147,6 +154,7 @@ mod tests {
             id: 1,
             mask: &fits,
             bbox_xywh: [0.0, 0.0, 2.0, 2.0],
+            name: None,
         }];
         write_overlay(&path, &[0; 8 * 6 * 3], 6, 8, &items).unwrap();
         assert!(path.exists());

@@ -130,6 +130,8 @@ pub struct ReportInput {
     pub legend_href: Option<String>,
     /// Remarks shown above the samples (e.g. why there are none).
     pub notes: Vec<String>,
+    /// Instances per open-vocabulary name (`report --names`), most frequent first; empty = no names table.
+    pub name_counts: Vec<(String, usize)>,
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -552,6 +554,7 @@ pub fn render_html(input: &ReportInput) -> String {
     }
     html.push_str("</table>\n");
     sequence_table(&mut html, &stats);
+    name_table(&mut html, &input.name_counts);
     plots(&mut html, input, &stats, &groups);
     samples(&mut html, input);
     html.push_str("</body></html>\n");
@@ -580,6 +583,23 @@ fn sequence_table(html: &mut String, stats: &[SequenceStats]) {
             "<tr><th>all ({})</th>{}</tr>",
             stats.len(),
             row_cells(&total, &reasons)
+        );
+    }
+    html.push_str("</tbody></table>\n");
+}
+
+fn name_table(html: &mut String, counts: &[(String, usize)]) {
+    if counts.is_empty() {
+        return;
+    }
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    html.push_str("<h2>Open-vocabulary names</h2>\n<table id=\"names\"><thead><tr><th>name</th><th>instances</th><th>share</th></tr></thead><tbody>\n");
+    for (name, n) in counts {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{n}</td><td>{:.1} %</td></tr>",
+            escape(name),
+            100.0 * *n as f64 / total.max(1) as f64
         );
     }
     html.push_str("</tbody></table>\n");

@@ -86,16 +86,19 @@ pub enum InstanceOrigin {
     Hdbscan,
     /// A merged channel of a slot model's prediction (`mrdino infer`).
     Model,
+    /// The region a text prompt wins in `mrdino segment` (Talk2DINO's argmax; `component_id` = prompt index).
+    Prompt,
 }
 
 impl InstanceOrigin {
-    pub const ALL: [InstanceOrigin; 3] = [Self::Component, Self::Hdbscan, Self::Model];
+    pub const ALL: [InstanceOrigin; 4] = [Self::Component, Self::Hdbscan, Self::Model, Self::Prompt];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Component => "component",
             Self::Hdbscan => "hdbscan",
             Self::Model => "model",
+            Self::Prompt => "prompt",
         }
     }
 
@@ -257,11 +260,11 @@ pub fn prediction_instances_schema() -> Schema {
     Schema::new(fields)
 }
 
-fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+pub(crate) fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
 }
 
-fn u32s(values: impl Iterator<Item = u32>) -> ArrayRef {
+pub(crate) fn u32s(values: impl Iterator<Item = u32>) -> ArrayRef {
     Arc::new(UInt32Array::from_iter_values(values))
 }
 
@@ -404,13 +407,13 @@ pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, KeyValues), Output
     Ok((batches, metadata))
 }
 
-fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef, OutputError> {
+pub(crate) fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef, OutputError> {
     batch
         .column_by_name(name)
         .ok_or_else(|| OutputError::format(path, format!("missing column `{name}`")))
 }
 
-fn wrong_type(path: &Path, name: &str, expected: &str, array: &ArrayRef) -> OutputError {
+pub(crate) fn wrong_type(path: &Path, name: &str, expected: &str, array: &ArrayRef) -> OutputError {
     OutputError::format(
         path,
         format!(
@@ -420,14 +423,18 @@ fn wrong_type(path: &Path, name: &str, expected: &str, array: &ArrayRef) -> Outp
     )
 }
 
-fn string_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray, OutputError> {
+pub(crate) fn string_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a StringArray, OutputError> {
     let array = column(batch, name, path)?;
     array
         .as_string_opt::<i32>()
         .ok_or_else(|| wrong_type(path, name, "Utf8", array))
 }
 
-fn u32_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a UInt32Array, OutputError> {
+pub(crate) fn u32_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a UInt32Array, OutputError> {
     let array = column(batch, name, path)?;
     array
         .as_primitive_opt::<UInt32Type>()
@@ -441,7 +448,7 @@ fn i32_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a
         .ok_or_else(|| wrong_type(path, name, "Int32", array))
 }
 
-fn f32_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Float32Array, OutputError> {
+pub(crate) fn f32_column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Float32Array, OutputError> {
     let array = column(batch, name, path)?;
     array
         .as_primitive_opt::<Float32Type>()

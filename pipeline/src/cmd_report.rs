@@ -51,7 +51,14 @@ pub struct ReportArgs {
     /// sampled frames is recomputed with OpenCV DIS.
     #[arg(long, value_name = "DIR")]
     pub flow_dir: Option<PathBuf>,
+    /// Output directory of `mrdino name` for this run: names on the overlays and a per-name count table (the
+    /// latest names partition made from the reported labels partition).
+    #[arg(long, value_name = "OUT")]
+    pub names: Option<PathBuf>,
 }
+
+/// Names of instances keyed by (sequence_id, frame_index, instance_id).
+type NameMap = BTreeMap<(String, u32, u32), mrdino_outputs::names::NameRow>;
 
 /// The parts of `OUT/_params/<hash>.json` the report needs.
 #[derive(Deserialize)]
@@ -236,6 +243,7 @@ fn write_samples(
     tables: &LabelTables,
     sequences: &[Sequence],
     flow: &mut FlowImages,
+    names: &NameMap,
 ) -> Result<Vec<SampleFigure>> {
     let chosen = sample_frames(&tables.frames, args.samples);
     let mut instances: BTreeMap<(&str, u32), Vec<&InstanceRow>> = BTreeMap::new();
@@ -286,7 +294,15 @@ fn write_samples(
             .get(&(row.sequence_id.as_str(), row.frame_index))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let items: Vec<OverlayInstance<'_>> = rows.iter().map(|r| OverlayInstance::of_row(r)).collect();
+        let items: Vec<OverlayInstance<'_>> = rows
+            .iter()
+            .map(|r| OverlayInstance {
+                name: names
+                    .get(&(r.sequence_id.clone(), r.frame_index, r.instance_id))
+                    .map(|n| n.name.as_str()),
+                ..OverlayInstance::of_row(r)
+            })
+            .collect();
         let stem = format!("{}-{}", unit_key(&row.sequence_id), row.frame_name);
         let overlay_href = format!("overlays/{stem}.png");
         write_overlay(&args.out.join(&overlay_href), &frame.image.data, height, width, &items)?;
@@ -308,6 +324,14 @@ fn write_samples(
 
 pub fn run(args: &ReportArgs) -> Result<()> {
     let tables = read_label_tables(&args.labels, args.params.as_deref())?;
+    let (names_params, names) = match &args.names {
+        Some(dir) => {
+            let (hash, names) = crate::cmd_name::read_names_run(dir, None, &tables.layout.params_hash)
+                .with_context(|| format!("cannot read the names in {}", dir.display()))?;
+            (Some(hash), names)
+        }
+        None => (None, NameMap::new()),
+    };
     let params: Option<ParamsFile> = std::fs::read(tables.layout.ledger().params_file())
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
@@ -327,7 +351,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         Vec::new()
     } else {
         match source_sequences(&tables, params.as_ref()) {
-            Ok(sequences) => write_samples(args, &tables, &sequences, &mut flow)?,
+            Ok(sequences) => write_samples(args, &tables, &sequences, &mut flow, &names)?,
             Err(e) => {
                 notes.push(format!("No sampled frames: {e:#}."));
                 Vec::new()
@@ -377,6 +401,25 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             tables.instances.len()
         ),
     ));
+    let mut name_counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for inst in &tables.instances {
+        if let Some(n) = names.get(&(inst.sequence_id.clone(), inst.frame_index, inst.instance_id)) {
+            *name_counts.entry(n.name.as_str()).or_default() += 1;
+        }
+    }
+    let mut name_counts: Vec<(String, usize)> = name_counts.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    name_counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if let (Some(dir), Some(hash)) = (&args.names, &names_params) {
+        let named: usize = name_counts.iter().map(|(_, n)| n).sum();
+        facts.push((
+            "names".into(),
+            format!(
+                "{} (params={hash}): {named} of {} instances named",
+                dir.display(),
+                tables.instances.len()
+            ),
+        ));
+    }
     facts.push(("report made by".into(), format!("mrdino {}", crate::job::CODE_VERSION)));
     let input = ReportInput {
         title: "mrdino pseudo-label report".into(),
@@ -387,6 +430,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         flow_note,
         legend_href,
         notes,
+        name_counts,
     };
     let index = args.out.join("index.html");
     write_atomic(&index, render_html(&input).as_bytes())?;

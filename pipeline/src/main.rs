@@ -13,8 +13,10 @@ mod cmd_eval;
 mod cmd_features;
 mod cmd_flow;
 mod cmd_infer;
+mod cmd_name;
 mod cmd_refine;
 mod cmd_report;
+mod cmd_segment;
 mod cmd_synth;
 mod cmd_train;
 mod config;
@@ -89,6 +91,11 @@ enum Command {
     /// Object masks of a DINOSAUR / MR-DINOSAUR model for every frame (windows, join, merge), written as
     /// `frames` + `instances` tables in the layout of `labels`; resumable and shardable.
     Infer(Box<cmd_infer::InferArgs>),
+    /// Open-vocabulary names (Talk2DINO) for the instances of a labels or predictions run, as a Parquet table
+    /// joinable to `instances`.
+    Name(Box<cmd_name::NameArgs>),
+    /// Talk2DINO's text-prompted masks of every frame of a dataset, as a labels-shaped run with a prompt column.
+    Segment(Box<cmd_segment::SegmentArgs>),
 }
 
 #[derive(clap::Args)]
@@ -449,6 +456,14 @@ fn main() -> ExitCode {
             Some(shard) => cmd_features::run(args, Some(shard)),
             None => shard_from_env().and_then(|shard| cmd_features::run(args, shard)),
         },
+        Command::Name(args) => match args.shard {
+            Some(shard) => cmd_name::run(args, Some(shard)),
+            None => shard_from_env().and_then(|shard| cmd_name::run(args, shard)),
+        },
+        Command::Segment(args) => match args.shard {
+            Some(shard) => cmd_segment::run(args, Some(shard)),
+            None => shard_from_env().and_then(|shard| cmd_segment::run(args, shard)),
+        },
         Command::Infer(args) => match args.shard {
             Some(shard) => cmd_infer::run(args, Some(shard)),
             None => shard_from_env().and_then(|shard| cmd_infer::run(args, shard)),
@@ -456,6 +471,16 @@ fn main() -> ExitCode {
         Command::Status(args) if cmd_infer::is_prediction_run(&args.out) => {
             cmd_infer::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
                 cmd_infer::print_status(&r);
+                if r.complete() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_FAILURES)
+                }
+            })
+        }
+        Command::Status(args) if cmd_name::is_names_run(&args.out) => {
+            cmd_name::status(&args.out, args.params.as_deref(), args.num_shards).map(|r| {
+                cmd_name::print_status(&r);
                 if r.complete() {
                     ExitCode::SUCCESS
                 } else {
@@ -484,6 +509,8 @@ fn main() -> ExitCode {
         Command::Finalize(args) => {
             let finalized = if cmd_infer::is_prediction_run(&args.out) {
                 cmd_infer::finalize(&args.out, args.params.as_deref())
+            } else if cmd_name::is_names_run(&args.out) {
+                cmd_name::finalize(&args.out, args.params.as_deref())
             } else if cmd_features::is_feature_cache(&args.out) {
                 cmd_features::finalize(&args.out, args.params.as_deref())
             } else {

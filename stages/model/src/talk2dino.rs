@@ -15,6 +15,13 @@
 //!   the global min and max(max, max − min) to [min mask, max mask]; mask ← (mask + λ·map)/(1 + λ). The
 //!   reference runs on one image at a time, so min/max are per image here. Then bilinear upsampling with
 //!   `align_corners=True` to the image size, a constant background channel `bg_threshold` in front, argmax.
+//! - **Whole images**: [`preprocess`] is Talk2DINO's square `Resize((448, 448))` of a uint8 image (bilinear,
+//!   antialiased, rounded back to uint8, /255) and [`soft_masks`] the forward through a [`crate::vit::Vit`] up to
+//!   the (cleaned) sigmoid masks; [`label_map`] finishes the segmentation.
+//! - **Instance names** (not in Talk2DINO; how `mrdino name` uses its embeddings): an instance mask on a label
+//!   grid placed in the image by an [`AxisMap`] per axis is downsampled to the patch grid by exact area fraction
+//!   ([`axis_coverage`]); the instance's embedding is the coverage-weighted mean of the L2-normalised patch
+//!   tokens, and its score for a class the cosine to the class embedding ([`instance_scores`], [`top_two`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -211,4 +218,212 @@ pub fn label_map(soft_masks: &Tensor, size: (i64, i64), bg_threshold: f64) -> Te
     let s = up.size();
     let bg = Tensor::full([s[0], 1, s[2], s[3]], bg_threshold, (Kind::Float, up.device()));
     Tensor::cat(&[bg, up], 1).argmax(1, false)
+}
+
+/// The square side Talk2DINO resizes every image to (`Resize((448, 448))`): 32×32 patches of DINOv2-B/14.
+pub const INPUT_PX: i64 = 448;
+
+/// Talk2DINO's image preprocessing: (B, 3, H, W) RGB values in 0..=255 (any float or integer kind) →
+/// (B, 3, S, S) in [0, 1], as torchvision's `Resize((S, S))` (bilinear, `align_corners=False`, antialias — the
+/// default since torchvision 0.17; Talk2DINO's pinned 0.16 antialiased PIL images only, so the choice is pinned
+/// here) does on a uint8 image tensor — the result rounded to integers and clamped to 0..=255 — then `/255`.
+pub fn preprocess(images255: &Tensor, size_px: i64) -> Tensor {
+    images255
+        .to_kind(Kind::Float)
+        .internal_upsample_bilinear2d_aa([size_px, size_px], false, None, None)
+        .round()
+        .clamp(0.0, 255.0)
+        / 255.0
+}
+
+/// Soft masks (B, N, h, w) of `images01` (Talk2DINO-preprocessed, see [`preprocess`]) for the class
+/// embeddings (N, C): patch tokens after the final norm, cosine to every class, sigmoid, and with
+/// `with_background_clean` the cleaning of [`background_clean`] from the last block's CLS→patch attention logits,
+/// scaled by [`ATTENTION_SCALE`] as Talk2DINO recomputes them.
+pub fn soft_masks(
+    vit: &crate::vit::Vit,
+    images01: &Tensor,
+    classes: &Tensor,
+    with_background_clean: bool,
+) -> Result<Tensor, crate::vit::VitError> {
+    let tokens = vit.forward(
+        &vit.normalize(images01)?,
+        crate::vit::ForwardOptions {
+            cls_attention_logits: with_background_clean,
+            ..crate::vit::ForwardOptions::default()
+        },
+    )?;
+    let _guard = tch::no_grad_guard();
+    let classes = classes.to_device(tokens.patches.device()).to_kind(Kind::Float);
+    let soft = similarity_maps(&tokens.patches, tokens.grid, &classes).sigmoid();
+    Ok(match &tokens.cls_attention_logits {
+        Some(attn) if with_background_clean => {
+            // The ViT scales the logits by head_dim^-½; Talk2DINO recomputes them with its hard-coded 0.125 (the
+            // same for ViT-B/L's 64-wide heads, not for other widths).
+            let attn = attn * (ATTENTION_SCALE * (vit.config().head_dim() as f64).sqrt());
+            background_clean(&soft, &tokens.patches, &attn, &classes, LAMBDA_BG)
+        }
+        _ => soft,
+    })
+}
+
+/// How one axis of a label grid lies in the image the patches were computed on: label cell `k` covers image
+/// coordinates `[offset_px + k·step_px, offset_px + (k+1)·step_px)`, in an image of `extent_px` pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AxisMap {
+    pub cells: usize,
+    pub offset_px: f64,
+    pub step_px: f64,
+    pub extent_px: f64,
+}
+
+/// (patches, cells) matrix R: R[i, k] = the length of label cell k inside patch row (or column) i, over the
+/// patch's length, the image being split into `patches` equal parts. Mask coverage on the patch grid is then
+/// `R_y · M · R_xᵀ`, the exact area fraction of each patch the mask covers (area downsampling).
+pub fn axis_coverage(map: &AxisMap, patches: usize) -> Vec<f32> {
+    let patch_px = map.extent_px / patches as f64;
+    let mut out = vec![0f32; patches * map.cells];
+    for k in 0..map.cells {
+        let (a, b) = (
+            map.offset_px + k as f64 * map.step_px,
+            map.offset_px + (k + 1) as f64 * map.step_px,
+        );
+        let first = ((a / patch_px).floor().max(0.0) as usize).min(patches);
+        let last = ((b / patch_px).ceil().max(0.0) as usize).min(patches);
+        for i in first..last {
+            let (lo, hi) = (i as f64 * patch_px, (i + 1) as f64 * patch_px);
+            let overlap = b.min(hi) - a.max(lo);
+            if overlap > 0.0 {
+                out[i * map.cells + k] = (overlap / patch_px) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// The names of a set of instances: best and runner-up class with their cosines, and every cosine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceNames {
+    /// (K, N) cosine of each instance's embedding to each class embedding.
+    pub scores: Vec<Vec<f32>>,
+    /// (K,) mask area on the patch grid, in patches (Σ of the coverage fractions).
+    pub coverage_patches: Vec<f32>,
+}
+
+/// Open-vocabulary scores of K instance masks (K, h, w) (0/1, any kind) on a label grid mapped into the image by
+/// (`rows`, `cols`), given the patch tokens (P = gh·gw, C) of that image and the class embeddings (N, C):
+/// each instance's embedding is the coverage-weighted mean of the L2-normalised patch tokens (masks downsampled
+/// to the patch grid by area, [`axis_coverage`]), and its score for a class the cosine to that class.
+/// An instance that covers no patch area gets NaN scores.
+pub fn instance_scores(
+    masks: &Tensor,
+    rows: &AxisMap,
+    cols: &AxisMap,
+    patches: &Tensor,
+    grid: (i64, i64),
+    classes: &Tensor,
+) -> Result<InstanceNames, tch::TchError> {
+    let _guard = tch::no_grad_guard();
+    let device = patches.device();
+    let k = masks.size()[0];
+    let ry = Tensor::from_slice(&axis_coverage(rows, grid.0 as usize))
+        .view([grid.0, rows.cells as i64])
+        .to_device(device);
+    let rx = Tensor::from_slice(&axis_coverage(cols, grid.1 as usize))
+        .view([grid.1, cols.cells as i64])
+        .to_device(device);
+    let m = masks.to_device(device).to_kind(Kind::Float);
+    let coverage = ry.matmul(&m).matmul(&rx.tr()).reshape([k, grid.0 * grid.1]); // (K, P)
+    let total = coverage.sum_dim_intlist(-1, true, Kind::Float); // (K, 1)
+    let feats = l2_normalize(&patches.to_kind(Kind::Float), -1); // (P, C)
+    let embedding = l2_normalize(&(coverage.matmul(&feats) / &total), -1);
+    let scores = embedding.matmul(&classes.to_device(device).to_kind(Kind::Float).tr()); // (K, N)
+    let n = scores.size()[1];
+    let flat = Vec::<f32>::try_from(&scores.to_device(tch::Device::Cpu).contiguous().view([-1]))?;
+    let totals = Vec::<f32>::try_from(&total.to_device(tch::Device::Cpu).contiguous().view([-1]))?;
+    Ok(InstanceNames {
+        scores: flat
+            .chunks(n.max(1) as usize)
+            .map(<[f32]>::to_vec)
+            .take(k as usize)
+            .collect(),
+        coverage_patches: totals,
+    })
+}
+
+/// Index and value of the best and the second-best score (ties: the lower index first); NaNs never win.
+pub fn top_two(scores: &[f32]) -> Option<((usize, f32), Option<(usize, f32)>)> {
+    let mut order: Vec<usize> = (0..scores.len()).filter(|&i| !scores[i].is_nan()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let best = *order.first()?;
+    Some(((best, scores[best]), order.get(1).map(|&i| (i, scores[i]))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage_is_the_exact_area_fraction() {
+        // 5 label rows over a 10 px image split into 4 patches of 2.5 px: row k covers [2k, 2k + 2).
+        let map = AxisMap {
+            cells: 5,
+            offset_px: 0.0,
+            step_px: 2.0,
+            extent_px: 10.0,
+        };
+        let r = axis_coverage(&map, 4);
+        let expect = [
+            [0.8, 0.2, 0.0, 0.0, 0.0],
+            [0.0, 0.6, 0.4, 0.0, 0.0],
+            [0.0, 0.0, 0.4, 0.6, 0.0],
+            [0.0, 0.0, 0.0, 0.2, 0.8],
+        ];
+        for (i, row) in expect.iter().enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                assert!((r[i * 5 + k] - v).abs() < 1e-6, "R[{i},{k}] = {}", r[i * 5 + k]);
+            }
+        }
+        // Every patch is covered once by the whole grid; a crop offset shifts the cells.
+        for i in 0..4 {
+            assert!(((0..5).map(|k| r[i * 5 + k]).sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+        let shifted = axis_coverage(
+            &AxisMap {
+                cells: 1,
+                offset_px: 7.5,
+                step_px: 2.5,
+                extent_px: 10.0,
+            },
+            4,
+        );
+        assert_eq!(shifted, vec![0.0, 0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn an_instance_on_one_patch_scores_that_patch() {
+        let patches = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 2.0, 1.0, 1.0, -1.0, 0.0]).view([4, 2]);
+        let classes = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([2, 2]);
+        // A 4×4 label grid on a 2×2 patch grid; the mask is the bottom-right 2×2 block = patch 3.
+        let mut mask = vec![0f32; 16];
+        for (y, x) in [(2, 2), (2, 3), (3, 2), (3, 3)] {
+            mask[y * 4 + x] = 1.0;
+        }
+        let masks = Tensor::from_slice(&mask).view([1, 4, 4]);
+        let axis = AxisMap {
+            cells: 4,
+            offset_px: 0.0,
+            step_px: 1.0,
+            extent_px: 4.0,
+        };
+        let names = instance_scores(&masks, &axis, &axis, &patches, (2, 2), &classes).unwrap();
+        assert_eq!(names.coverage_patches, vec![1.0]);
+        assert!((names.scores[0][0] + 1.0).abs() < 1e-6 && names.scores[0][1].abs() < 1e-6);
+        assert_eq!(
+            top_two(&names.scores[0]),
+            Some(((1, names.scores[0][1]), Some((0, -1.0))))
+        );
+        assert_eq!(top_two(&[f32::NAN, 0.5]), Some(((1, 0.5), None)));
+        assert_eq!(top_two(&[]), None);
+    }
 }

@@ -1,0 +1,387 @@
+//! End-to-end tests of the Talk2DINO commands on the real binary.
+//!
+//! - `mrdino segment` on one fixed image against a PyTorch re-statement of Talk2DINO's whole inference
+//!   (`tools/reference/talk2dino_segment_fixtures.py`: random DINOv2-with-registers, CLIP text tower and ψ with
+//!   re-randomised norms and biases, converted by the repository's converters), with and without background
+//!   cleaning: the argmax of every pixel read back from the `instances` table agrees on ≥ 99.9 % of the pixels,
+//!   and on every pixel whose top-2 margin in the reference is at least 1e-4.
+//! - `mrdino synth` → `mrdino labels` → `mrdino name` with random weights: one row per instance, joined by
+//!   pyarrow and duckdb to `instances` (`tools/check_names.py`); a rerun skips every unit; `status` and
+//!   `finalize` read the names job; a spent `--time-budget` exits 4 and the rerun completes it; `--predictions`
+//!   reads the same layout; `segment` on the synth frames is a labels-shaped run (`status`, `name` read it) whose
+//!   two shards give the rows of one run; `report --names` shows the per-name counts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mrdino_model::clip_text::{self, ClipTextConfig};
+use mrdino_model::vit::{write_random_weights, VitConfig};
+use mrdino_outputs::names::read_names;
+use mrdino_outputs::tables::{read_instances, InstanceOrigin};
+use tch::{Kind, Tensor};
+
+const VIT_SPEC: &str = "custom:family=dinov2,depth=2,dim=64,heads=2,patch=14,registers=4,pos_grid=37";
+
+fn mrdino() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mrdino"))
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("MRDINO_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mrdino/venv/bin/python")
+    })
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run the command");
+    assert!(
+        out.status.success(),
+        "command failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every Parquet file under `dir` (recursively), sorted.
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn model_args(cmd: &mut Command, dir: &Path) {
+    cmd.args(["--backbone", VIT_SPEC, "--backbone-weights"])
+        .arg(dir.join("backbone.safetensors"))
+        .arg("--text-weights")
+        .arg(dir.join("text.safetensors"))
+        .arg("--psi-weights")
+        .arg(dir.join("psi.safetensors"))
+        .args(["--device", "cpu", "--quiet"]);
+}
+
+#[test]
+fn segment_matches_talk2dino_inference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = tmp.path().join("fixtures");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tools/reference/talk2dino_segment_fixtures.py"
+    );
+    run_ok(Command::new(python()).arg(script).arg(&fixtures));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures.join("meta.json")).unwrap()).unwrap();
+    let prompts: Vec<String> = serde_json::from_str(meta["prompts"].as_str().unwrap()).unwrap();
+    let io: BTreeMap<String, Tensor> = Tensor::read_safetensors(fixtures.join("io.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    for mode in ["plain", "clean"] {
+        let out = tmp.path().join(format!("segment-{mode}"));
+        let mut cmd = mrdino();
+        cmd.args(["segment", "--dataset", "frames", "--root"])
+            .arg(fixtures.join("frames"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--threshold", meta[format!("threshold_{mode}")].as_str().unwrap()]);
+        for p in &prompts {
+            cmd.args(["--prompt", p]);
+        }
+        if mode == "clean" {
+            cmd.arg("--background-clean");
+        }
+        model_args(&mut cmd, &fixtures);
+        run_ok(&mut cmd);
+
+        let reference = &io[&format!("labels_{mode}")];
+        let (h, w) = reference.size2().unwrap();
+        let mut labels = vec![0i64; (h * w) as usize];
+        let files = parquet_files(&out.join("instances"));
+        assert_eq!(files.len(), 1, "one unit, one instances file");
+        let rows = read_instances(&files[0]).unwrap();
+        assert!(
+            rows.len() >= 2,
+            "{mode}: several prompts must win somewhere, got {}",
+            rows.len()
+        );
+        for row in &rows {
+            assert_eq!(row.origin, InstanceOrigin::Prompt);
+            assert_eq!((row.mask.height as i64, row.mask.width as i64), (h, w));
+            assert_eq!(row.component_id + 1, row.instance_id);
+            for p in row.mask.to_pixels().unwrap() {
+                labels[p as usize] = i64::from(row.instance_id);
+            }
+        }
+        let ours = Tensor::from_slice(&labels).view([h, w]);
+        let same = ours.eq_tensor(reference);
+        let share = same.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+        eprintln!("{mode}: {share} of the pixels agree");
+        assert!(share >= 0.999, "{mode}: {share} of the pixels agree");
+        let confident = io[&format!("margin_{mode}")].ge(1e-4);
+        let wrong_confident = confident
+            .logical_and(&same.logical_not())
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        assert_eq!(wrong_confident, 0, "{mode}: pixels with a top-2 margin ≥ 1e-4 disagree");
+        let seen = reference.internal_unique(true, false).0.size()[0];
+        assert!(
+            seen >= 3,
+            "{mode}: the reference must exercise background and several prompts"
+        );
+    }
+}
+
+#[test]
+fn name_labels_joins_instances_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    run_ok(mrdino().arg("synth").arg("--out").arg(&data).args([
+        "--sequences",
+        "2",
+        "--frames",
+        "8",
+        "--size",
+        "160x96",
+    ]));
+    let labels = dir.join("labels");
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "frames", "--root"])
+            .arg(data.join("frames"))
+            .arg("--out")
+            .arg(&labels)
+            .args(["--flow", "import", "--flow-dir"])
+            .arg(data.join("flow"))
+            .arg("--quiet"),
+    );
+    let instances: usize = parquet_files(&labels.join("instances"))
+        .iter()
+        .map(|f| read_instances(f).unwrap().len())
+        .sum();
+    assert!(instances > 0, "the synth labels must have instances");
+
+    let weights = dir.join("weights");
+    std::fs::create_dir_all(&weights).unwrap();
+    write_random_weights(
+        &weights.join("backbone.safetensors"),
+        &VitConfig::by_name(VIT_SPEC).unwrap(),
+        3,
+    )
+    .unwrap();
+    clip_text::write_random_weights(
+        &weights.join("text.safetensors"),
+        &ClipTextConfig::by_name("custom:width=32,layers=1,heads=2,embed=512").unwrap(),
+        4,
+    )
+    .unwrap();
+    tch::manual_seed(5);
+    let psi = [
+        (
+            "linear_layer.weight",
+            Tensor::randn([64, 512], (Kind::Float, tch::Device::Cpu)) * 0.05,
+        ),
+        (
+            "linear_layer.bias",
+            Tensor::randn([64], (Kind::Float, tch::Device::Cpu)) * 0.1,
+        ),
+        (
+            "hidden_layers.0.weight",
+            Tensor::randn([64, 64], (Kind::Float, tch::Device::Cpu)) * 0.2,
+        ),
+        (
+            "hidden_layers.0.bias",
+            Tensor::randn([64], (Kind::Float, tch::Device::Cpu)) * 0.1,
+        ),
+    ];
+    Tensor::write_safetensors(&psi[..], weights.join("psi.safetensors")).unwrap();
+
+    let names = dir.join("names");
+    let name_cmd = |out: &Path| {
+        let mut cmd = mrdino();
+        cmd.arg("name")
+            .arg("--labels")
+            .arg(&labels)
+            .args(["--classes", "car,person,tree,road"])
+            .arg("--out")
+            .arg(out);
+        model_args(&mut cmd, &weights);
+        cmd
+    };
+    let first = run_ok(&mut name_cmd(&names));
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("2 units done"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let rows: Vec<_> = parquet_files(&names.join("names"))
+        .iter()
+        .flat_map(|f| read_names(f).unwrap())
+        .collect();
+    assert_eq!(rows.len(), instances, "one names row per instance");
+    assert!(rows
+        .iter()
+        .all(|r| r.scores.len() == 4 && r.runner_up.is_some() && r.coverage_patches > 0.0));
+
+    let check = Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/check_names.py"))
+        .arg(&labels)
+        .arg(&names)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run check_names.py with {}: {e}", python().display()));
+    assert!(
+        check.status.success(),
+        "python check failed:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(summary["duckdb_joined"].as_u64(), Some(instances as u64));
+
+    // A rerun skips every unit and leaves the rows as they were.
+    let again = run_ok(&mut name_cmd(&names));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("0 units done (0 instances), 2 already done"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let rerun: Vec<_> = parquet_files(&names.join("names"))
+        .iter()
+        .flat_map(|f| read_names(f).unwrap())
+        .collect();
+    assert_eq!(rerun, rows);
+    run_ok(mrdino().arg("status").arg("--out").arg(&names));
+    run_ok(mrdino().arg("finalize").arg("--out").arg(&names));
+
+    // A spent time budget stops with exit code 4 and nothing done; the same command then completes the job.
+    let stopped = dir.join("names-stopped");
+    let mut cmd = name_cmd(&stopped);
+    cmd.args(["--time-budget", "0"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = mrdino().arg("status").arg("--out").arg(&stopped).output().unwrap();
+    assert_eq!(
+        status.status.code(),
+        Some(3),
+        "an interrupted names job is not complete"
+    );
+    run_ok(&mut name_cmd(&stopped));
+    let resumed: Vec<_> = parquet_files(&stopped.join("names"))
+        .iter()
+        .flat_map(|f| read_names(f).unwrap())
+        .collect();
+    assert_eq!(resumed, rows);
+
+    // A predictions run has the labels layout: `--predictions` reads it the same way.
+    let from_predictions = dir.join("names-pred");
+    let mut cmd = mrdino();
+    cmd.arg("name")
+        .arg("--predictions")
+        .arg(&labels)
+        .args(["--classes", "car,person,tree,road"])
+        .arg("--out")
+        .arg(&from_predictions);
+    model_args(&mut cmd, &weights);
+    run_ok(&mut cmd);
+    let predicted: Vec<_> = parquet_files(&from_predictions.join("names"))
+        .iter()
+        .flat_map(|f| read_names(f).unwrap())
+        .collect();
+    assert_eq!(predicted, rows);
+
+    // `segment` writes a labels-shaped run: `status` reads it, `name` names its prompt regions, and two shards
+    // give the rows of one run.
+    let segment_cmd = |out: &Path, extra: &[&str]| {
+        let mut cmd = mrdino();
+        cmd.args([
+            "segment",
+            "--dataset",
+            "frames",
+            "--prompt",
+            "car,road",
+            "--threshold",
+            "0.5",
+            "--root",
+        ])
+        .arg(data.join("frames"))
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+        model_args(&mut cmd, &weights);
+        cmd
+    };
+    let segmented = dir.join("segment");
+    run_ok(&mut segment_cmd(&segmented, &[]));
+    run_ok(mrdino().arg("status").arg("--out").arg(&segmented));
+    let sharded = dir.join("segment-sharded");
+    for shard in ["0/2", "1/2"] {
+        run_ok(&mut segment_cmd(&sharded, &["--shard", shard]));
+    }
+    let regions = |root: &Path| -> Vec<_> {
+        parquet_files(&root.join("instances"))
+            .iter()
+            .flat_map(|f| read_instances(f).unwrap())
+            .map(|i| (i.sequence_id, i.frame_index, i.instance_id, i.mask))
+            .collect()
+    };
+    let whole = regions(&segmented);
+    assert!(!whole.is_empty(), "the prompts must win some pixels");
+    assert_eq!(regions(&sharded), whole);
+    let segment_names = dir.join("segment-names");
+    let mut cmd = mrdino();
+    cmd.arg("name")
+        .arg("--labels")
+        .arg(&segmented)
+        .args(["--classes", "car,road"])
+        .arg("--out")
+        .arg(&segment_names);
+    model_args(&mut cmd, &weights);
+    run_ok(&mut cmd);
+    let segment_rows: usize = parquet_files(&segment_names.join("names"))
+        .iter()
+        .map(|f| read_names(f).unwrap().len())
+        .sum();
+    assert_eq!(segment_rows, whole.len(), "one name per prompt region");
+
+    // The report shows the names on the overlays and counts them.
+    let report = dir.join("report");
+    run_ok(
+        mrdino()
+            .arg("report")
+            .arg("--labels")
+            .arg(&labels)
+            .arg("--names")
+            .arg(&names)
+            .arg("--out")
+            .arg(&report)
+            .args(["--samples", "2"]),
+    );
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.contains("id=\"names\""), "no per-name table in the report");
+    let counted: usize = ["car", "person", "tree", "road"]
+        .iter()
+        .filter_map(|name| {
+            let cell = format!("<tr><td>{name}</td><td>");
+            html.find(&cell).map(|at| {
+                html[at + cell.len()..]
+                    .split('<')
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0)
+            })
+        })
+        .sum();
+    assert_eq!(counted, instances, "the per-name counts add up to the instances");
+}
