@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use ndarray::{Array1, Array2, ArrayView1};
-use umap_rs::{EuclideanMetric, GraphParams, Metric, MetricType, OptimizationParams, Optimizer, Umap, UmapConfig};
+use umap_rs::{GraphParams, Metric, MetricType, OptimizationParams, Optimizer, Umap, UmapConfig};
 
 const K_EVAL: usize = 7;
 const EPOCHS: usize = 500;
@@ -322,7 +322,6 @@ fn main() {
             .curve_params();
         println!("curve parameters for min_dist 0.1, spread 1: a = {a:.4}, b = {b:.4} (scipy curve_fit, as umap-learn: a = 1.5769, b = 0.8951)");
     }
-    let _ = EuclideanMetric; // the metric `Umap::new` and `fit` use
     println!(
         "{} data seeds per case, {EPOCHS} epochs, one rayon thread; mean (min–max) over seeds; k = {K_EVAL}\n",
         SEEDS
