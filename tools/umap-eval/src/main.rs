@@ -309,10 +309,12 @@ fn write_csv(path: PathBuf, rows: &Points) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dump = args
-        .iter()
-        .position(|a| a == "--dump")
-        .map(|i| PathBuf::from(&args[i + 1]));
+    let dump = args.iter().position(|a| a == "--dump").map(|i| {
+        PathBuf::from(args.get(i + 1).unwrap_or_else(|| {
+            eprintln!("--dump needs a directory");
+            std::process::exit(2)
+        }))
+    });
     {
         let umap = Umap::new(UmapConfig::default());
         let one = Array2::from_shape_fn((20, 15), |(_, j)| j as f32);
