@@ -99,6 +99,10 @@ pub struct AnalyzeArgs {
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Threads libtorch may use on CPU (default: libtorch's choice, all cores). The statistics are many small
+    /// matrix products and SVDs, for which threads can cost more than they gain on a loaded machine.
+    #[arg(long)]
+    pub torch_threads: Option<i32>,
 }
 
 /// A loaded backbone of the analysis.
@@ -257,6 +261,9 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
         bail!("--batch, --k and --size must be positive");
     }
     let device = parse_device(&args.device)?;
+    if let Some(n) = args.torch_threads {
+        tch::set_num_threads(n.max(1));
+    }
     let mut names = Vec::new();
     let mut backbones = Vec::new();
     if args.backbones.len() != args.backbone_weights.len() {

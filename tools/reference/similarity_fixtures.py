@@ -118,6 +118,12 @@ def main():
     v = rng.standard_normal(37)
     t["pvalues"] = v
     t["percentiles"] = np.percentile(v, [0.0, 2.5, 50.0, 97.5, 100.0])
+    # CKA with fewer examples than features (the analysis of a few frames of 2048-D ResNet pools).
+    wide = np.random.default_rng(20261202)
+    xw = wide.standard_normal((12, 300))
+    yw = xw @ wide.standard_normal((300, 200)) + 0.8 * wide.standard_normal((12, 200)) + 3.0
+    t["xw"], t["yw"] = xw, yw
+    t["ckaw"], t["dckaw"] = np.array([cka(xw, yw)]), np.array([cka_debiased(xw, yw)])
     save_file({k: np.ascontiguousarray(a) for k, a in t.items()}, str(out / "similarity.safetensors"))
     print(f"wrote {out / 'similarity.safetensors'}")
 

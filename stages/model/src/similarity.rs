@@ -4,9 +4,11 @@
 //! Every statistic takes representations as rows = examples (frames), columns = features, and works in float64
 //! (inputs of any float kind are converted), on whatever device the tensors live. Definitions:
 //!
-//! - **Linear CKA** (Kornblith et al. 2019, feature-space form): with column-centred X (n×p) and Y (n×q),
+//! - **Linear CKA** (Kornblith et al. 2019): with column-centred X (n×p) and Y (n×q),
 //!   `CKA = ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)`. Equals 1 for X against itself and is invariant to orthogonal
-//!   transforms and isotropic scaling of either side.
+//!   transforms and isotropic scaling of either side. The three norms come from the feature-space products
+//!   (p×q, p×p, q×q) or, when that is cheaper (few frames, wide features: 2048-D ResNet pools), from the Gram
+//!   matrices K = XXᵀ, L = YYᵀ (n×n) as ⟨K, L⟩_F, ⟨K, K⟩_F, ⟨L, L⟩_F; the two agree up to rounding.
 //! - **Debiased CKA**: the same ratio with each HSIC replaced by its unbiased estimator (Song et al. 2012) in the
 //!   feature-space form: `h(a, b) = ⟨a, b⟩ − n/(n−2)·(r_x·r_y) + s_x s_y/((n−1)(n−2))` with r the per-row squared
 //!   norms, s their sums; `dCKA = h(XY) / sqrt(h(XX) h(YY))`. Needs n ≥ 4.
@@ -78,14 +80,30 @@ fn scalar(t: &Tensor) -> f64 {
     t.double_value(&[])
 }
 
+/// ‖YᵀX‖²_F, ‖XᵀX‖²_F and ‖YᵀY‖²_F of centred X (n×p) and Y (n×q), in the cheaper of the two forms.
+fn cka_norms(x: &Tensor, y: &Tensor) -> (f64, f64, f64) {
+    let (n, p, q) = (x.size()[0], x.size()[1], y.size()[1]);
+    // Multiply-adds: n²(p + q) for the Gram matrices against n(pq + p² + q²) for the feature products.
+    cka_norms_in(x, y, n * (p + q) < p * q + p * p + q * q)
+}
+
+/// `cka_norms` from the Gram matrices (`gram`) or from the feature-space products.
+fn cka_norms_in(x: &Tensor, y: &Tensor, gram: bool) -> (f64, f64, f64) {
+    let inner = |a: &Tensor, b: &Tensor| scalar(&(a * b).sum(Kind::Double));
+    if gram {
+        let (k, l) = (x.matmul(&x.tr()), y.matmul(&y.tr()));
+        (inner(&k, &l), inner(&k, &k), inner(&l, &l))
+    } else {
+        let norm = |a: &Tensor, b: &Tensor| scalar(&a.tr().matmul(b).square().sum(Kind::Double));
+        (norm(x, y), norm(x, x), norm(y, y))
+    }
+}
+
 /// Linear CKA between X (n×p) and Y (n×q).
 pub fn linear_cka(x: &Tensor, y: &Tensor) -> Result<f64, SimilarityError> {
     check_pair(x, y, "CKA", 2)?;
-    let (x, y) = (centred(x), centred(y));
-    let cross = scalar(&x.tr().matmul(&y).square().sum(Kind::Double));
-    let norm_x = scalar(&x.tr().matmul(&x).square().sum(Kind::Double)).sqrt();
-    let norm_y = scalar(&y.tr().matmul(&y).square().sum(Kind::Double)).sqrt();
-    Ok(cross / (norm_x * norm_y))
+    let (cross, xx, yy) = cka_norms(&centred(x), &centred(y));
+    Ok(cross / (xx.sqrt() * yy.sqrt()))
 }
 
 /// Debiased linear CKA between X (n×p) and Y (n×q), n ≥ 4.
@@ -99,27 +117,10 @@ pub fn linear_cka_debiased(x: &Tensor, y: &Tensor) -> Result<f64, SimilarityErro
     let unbiased = |dot: f64, ra: &Tensor, rb: &Tensor, sa: f64, sb: f64| {
         dot - n / (n - 2.0) * scalar(&ra.dot(rb)) + sa * sb / ((n - 1.0) * (n - 2.0))
     };
-    let xy = unbiased(
-        scalar(&x.tr().matmul(&y).square().sum(Kind::Double)),
-        &rows_x,
-        &rows_y,
-        sum_x,
-        sum_y,
-    );
-    let xx = unbiased(
-        scalar(&x.tr().matmul(&x).square().sum(Kind::Double)),
-        &rows_x,
-        &rows_x,
-        sum_x,
-        sum_x,
-    );
-    let yy = unbiased(
-        scalar(&y.tr().matmul(&y).square().sum(Kind::Double)),
-        &rows_y,
-        &rows_y,
-        sum_y,
-        sum_y,
-    );
+    let (cross, norm_x, norm_y) = cka_norms(&x, &y);
+    let xy = unbiased(cross, &rows_x, &rows_y, sum_x, sum_y);
+    let xx = unbiased(norm_x, &rows_x, &rows_x, sum_x, sum_x);
+    let yy = unbiased(norm_y, &rows_y, &rows_y, sum_y, sum_y);
     Ok(xy / (xx * yy).sqrt())
 }
 
@@ -346,4 +347,35 @@ pub fn pca_2d(x: &Tensor) -> Vec<(f64, f64)> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: i64, p: i64, seed: i64) -> Tensor {
+        tch::manual_seed(seed);
+        centred(&Tensor::randn([n, p], (Kind::Double, tch::Device::Cpu)))
+    }
+
+    #[test]
+    fn gram_and_feature_forms_of_the_cka_norms_agree() {
+        for (n, p, q) in [(12, 300, 200), (80, 6, 9), (30, 30, 30)] {
+            let (x, y) = (random(n, p, 1), random(n, q, 2));
+            let gram = cka_norms_in(&x, &y, true);
+            let feature = cka_norms_in(&x, &y, false);
+            for (g, f) in [(gram.0, feature.0), (gram.1, feature.1), (gram.2, feature.2)] {
+                assert!((g - f).abs() <= 1e-12 * f.abs(), "n {n}, p {p}, q {q}: {g} vs {f}");
+            }
+        }
+    }
+
+    #[test]
+    fn cka_norms_take_the_gram_form_for_wide_representations() {
+        // 12 frames of 2048-D features: n²(p + q) ≈ 0.6 M multiply-adds against n(pq + p² + q²) ≈ 150 M.
+        let (x, y) = (random(12, 2048, 3), random(12, 2048, 4));
+        assert_eq!(cka_norms(&x, &y), cka_norms_in(&x, &y, true));
+        let (x, y) = (random(200, 8, 3), random(200, 8, 4));
+        assert_eq!(cka_norms(&x, &y), cka_norms_in(&x, &y, false));
+    }
 }

@@ -94,6 +94,17 @@ fn cka_cca_family_matches_numpy() {
 }
 
 #[test]
+fn cka_with_fewer_examples_than_features_matches_numpy() {
+    let (x, y) = (get("xw"), get("yw"));
+    assert_rel(linear_cka(x, y).unwrap(), value("ckaw"), "CKA, 12 × 300 vs 12 × 200");
+    assert_rel(
+        linear_cka_debiased(x, y).unwrap(),
+        value("dckaw"),
+        "debiased CKA, 12 × 300 vs 12 × 200",
+    );
+}
+
+#[test]
 fn purity_matches_sklearn_neighbours() {
     let labels: Vec<usize> = Vec::<i64>::try_from(get("labels"))
         .unwrap()
