@@ -302,6 +302,45 @@ fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_score
             .arg(&ids_json),
     );
     assert_eq!(read_json(&ids_json)["evaluated_frames"], 12);
+    // KITTI-style ground truth (class 26 · 256 + id, 16-bit) of the same objects: compared on the canvas at
+    // 95×315, as the reference does, by default.
+    let kitti_gt = tmp.path().join("kitti-gt");
+    let script = r#"
+import sys, pathlib, numpy as np
+from PIL import Image
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for png in sorted(src.glob("*/*.png")):
+    ids = np.array(Image.open(png)).astype(np.uint16)
+    out = np.where(ids > 0, 26 * 256 + ids, 0).astype(np.uint16)
+    (dst / png.parent.name).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(out).save(dst / png.parent.name / png.name)
+"#;
+    let made = Command::new(python())
+        .args(["-c", script])
+        .arg(data.join("instances"))
+        .arg(&kitti_gt)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let kitti_json = tmp.path().join("eval-kitti.json");
+    run_ok(
+        mrdino()
+            .args(["eval", "--predictions"])
+            .arg(&full)
+            .arg("--gt")
+            .arg(&kitti_gt)
+            .args(["--gt-format", "kitti", "--json"])
+            .arg(&kitti_json),
+    );
+    let result = read_json(&kitti_json);
+    assert_eq!(result["resolution"], "kitti");
+    assert_eq!(result["scoring"]["to_original"], false);
+    assert_eq!(result["evaluated_frames"], 12);
+    assert_eq!(
+        result["metrics"]["ari_images"],
+        read_json(&ids_json)["metrics"]["ari_images"],
+        "the same objects count for ARI in both formats"
+    );
     // A labels run is not predictions (and predictions are not labels).
     let wrong = mrdino()
         .args(["eval", "--predictions"])

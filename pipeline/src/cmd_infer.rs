@@ -15,7 +15,8 @@
 //! 4. the windows' channels are joined on the canvas and merged (`MergeWindows`, similarity 0.2;
 //!    `--merge-chains` is the opt-in fix for objects spanning three windows), argmax per pixel.
 //!
-//! **Rows.** `frames`: one row per frame (`labelled` = predicted; `height`×`width` = the canvas, and the
+//! **Rows.** `frames`: one row per frame (`labelled` = predicted, `fg_fraction` = the share of canvas pixels in
+//! an object, `quasi_static` false and no corner flow as there is no flow; `height`×`width` = the canvas, and the
 //! provenance columns say how the canvas maps back to the original frame: the original was resized to
 //! `resized_height`×`resized_width` and cropped at (`crop_top`, `crop_left`); for TRI-PD, whose canvas is a
 //! resize of an already cropped frame, the composite is rounded to whole pixels). `instances`: one row per
