@@ -341,6 +341,23 @@ for png in sorted(src.glob("*/*.png")):
         read_json(&ids_json)["metrics"]["ari_images"],
         "the same objects count for ARI in both formats"
     );
+    // TRI-PD ground truth goes through the reference's conversion (968×608, top 128 rows cropped, ids under
+    // 500 px removed) and is compared at 123×245.
+    let tri_pd_json = tmp.path().join("eval-tri-pd.json");
+    run_ok(
+        mrdino()
+            .args(["eval", "--predictions"])
+            .arg(&full)
+            .arg("--gt")
+            .arg(data.join("instances"))
+            .args(["--gt-format", "tri-pd", "--json"])
+            .arg(&tri_pd_json),
+    );
+    let result = read_json(&tri_pd_json);
+    assert_eq!(
+        (result["resolution"].as_str(), result["evaluated_frames"].as_u64()),
+        (Some("tri-pd"), Some(12))
+    );
     // A labels run is not predictions (and predictions are not labels).
     let wrong = mrdino()
         .args(["eval", "--predictions"])
