@@ -1,16 +1,17 @@
 //! End-to-end tests of `mrdino infer` and `mrdino eval --predictions` on the real binary.
 //!
-//! Data: `mrdino synth` frames, their pseudo-labels (`mrdino labels` with the generator's exact flow), and a tiny
-//! DINOSAUR (K = 4, D = 16) trained for a few steps by `mrdino train dinosaur` on a `mrdino features` cache of
-//! 378×378 views through a random-weight two-block ViT (14 px patches, so a KITTI window is a 27×27 grid). A stage-2 model is that
-//! checkpoint plus a random slot-deactivation head. Checked:
+//! Data: `mrdino synth` frames, their pseudo-labels (`mrdino labels` with the generator's exact flow), and a
+//! tiny DINOSAUR (K = 4, D = 16) trained for a few steps by `mrdino train dinosaur` on a `mrdino features`
+//! cache of 378×378 views through a random-weight two-block ViT (14 px patches, so a KITTI window is a 27×27
+//! grid). A stage-2 model is that checkpoint plus a random slot-deactivation head. Checked:
 //! * the prediction tables read back in Rust (through the same reader as pseudo-labels) and with pyarrow and
 //!   duckdb, every mask decoded by pycocotools (`tools/check_outputs.py --predictions`): disjoint masks on the
 //!   378×1260 canvas, a baseline's covering it, a stage-2 model's only kept, non-background slots;
-//! * the same seed gives the same rows, another seed other rows; two shards equal one run; a rerun skips done
-//!   units; `--time-budget 0` exits 4 and the resumed run equals the uninterrupted one; status and finalize;
-//! * `eval --predictions` writes the metrics JSON with the stage-2 or the baseline rule, and refuses a labels
-//!   run given as predictions.
+//! * the same seed gives the same rows (also with another `--batch`), another seed other rows; two shards
+//!   equal one run; a rerun skips done units; `--time-budget 0` exits 4 and the resumed run equals the
+//!   uninterrupted one; status and finalize;
+//! * `eval --predictions` writes the metrics JSON with the stage-2 or the baseline rule against synth, id,
+//!   KITTI-encoded and TRI-PD ground truth, and refuses a labels run given as predictions.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
