@@ -371,6 +371,18 @@ for png in sorted(src.glob("*/*.png")):
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("use --labels"));
 
+    // A preset whose windows do not fit the model is refused before any output.
+    let wrong_out = tmp.path().join("pred-wrong");
+    let wrong = infer(&run, &weights, &frames, &wrong_out, &["--preset", "movi-e"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        !wrong.status.success() && stderr.contains("266x266 windows give 361 patches") && stderr.contains("729"),
+        "{stderr}"
+    );
+    assert!(!wrong_out.exists());
+
     // Baseline (the checkpoint itself): K channels, masks cover the canvas, all channels are predictions.
     let baseline = tmp.path().join("pred-baseline");
     run_ok(&mut infer(&run, &weights, &frames, &baseline, &["--merge-chains"]));

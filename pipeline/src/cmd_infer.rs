@@ -566,10 +566,14 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
     let config = model.dinosaur.config();
     let ps = backbone.patch_size();
     let (wh, ww) = (grid.window_height_px, grid.window_width_px);
+    let preset_name = serde_json::to_value(preset)?.as_str().unwrap_or_default().to_string();
     ensure!(
-        wh % ps == 0 && ww % ps == 0 && (wh / ps) * (ww / ps) == config.n_patches,
-        "the {} preset's {ww}x{wh} windows give {} patches of {ps} px, but the model has {} patches",
-        serde_json::to_value(preset)?.as_str().unwrap_or_default(),
+        wh % ps == 0 && ww % ps == 0,
+        "the {preset_name} preset's {ww}x{wh} windows are not a multiple of the backbone's {ps} px patch"
+    );
+    ensure!(
+        (wh / ps) * (ww / ps) == config.n_patches,
+        "the {preset_name} preset's {ww}x{wh} windows give {} patches of {ps} px, but the model has {} patches",
         (wh / ps) * (ww / ps),
         config.n_patches
     );
@@ -650,7 +654,7 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
             args.dataset.name(),
             params.model_kind,
             params.n_slots,
-            serde_json::to_value(preset)?.as_str().unwrap_or_default(),
+            preset_name,
             params.windows
         );
     }
