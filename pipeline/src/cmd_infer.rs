@@ -2,10 +2,10 @@
 //! shardable units written in the layout of `mrdino labels` (spec §3.6, §5).
 //!
 //! Per frame, as the reference's evaluation pipeline:
-//! 1. the frame (TRI-PD: halved and its top 128 rows cropped, as the benchmark's conversion does; every other
-//!    layout: as decoded) is resized to the preset canvas — KITTI 378×1260, TRI-PD 490×980, MOVi-E shorter
-//!    side 266 then the centre 266×266 — bicubic without antialias, clamped to [0, 1]
-//!    ([`WindowGrid::resize_image`]);
+//! 1. the frame (TRI-PD: resized to 968×608 with Pillow's bilinear filter and its top 128 rows cropped, as the
+//!    benchmark's conversion `convert_pd.py` does; every other layout: as decoded) is resized to the preset
+//!    canvas — KITTI 378×1260, TRI-PD 490×980, MOVi-E shorter side 266 then the centre 266×266 — bicubic
+//!    without antialias, clamped to [0, 1] ([`WindowGrid::resize_image`]);
 //! 2. zero-padded (KITTI 126 px left and right) and cut into the preset's windows (KITTI 4, TRI-PD 2, MOVi-E 1);
 //! 3. every window goes through the backbone (its own normalisation, after the zero padding) and the slot
 //!    model with reproducible slot noise (below); the decoder alphas are upsampled bilinearly to the window;
@@ -45,11 +45,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mrdino_datasets::{DatasetKind, Frame, Geometry, Processing, Sequence, SourceOptions};
+use mrdino_datasets::{DatasetKind, Frame, Geometry, Processing, RgbImage, Sequence, SourceOptions};
 use mrdino_model::backbone::Backbone;
 use mrdino_model::device::parse_device;
 use mrdino_model::dinosaur::slot_noise;
 use mrdino_model::refined::RefinedModel;
+use mrdino_model::views::pil_resize_bilinear_u8;
 use mrdino_model::windows::{join_windows, merge_windows, MergeOptions, MergedCanvas, WindowGrid, WindowOffset};
 use mrdino_outputs::bookkeeping::{
     choose_partition, in_shard, unix_now, DoneMarker, FrameFailure, Ledger, PlannedUnit, RunManifest, Shard, Status,
@@ -61,6 +62,7 @@ use mrdino_outputs::tables::{
     frames_batch, prediction_instances_batch, write_parquet, InstanceOrigin, PredictionColumns, SCHEMA_VERSION,
 };
 use mrdino_outputs::{CocoRle, FrameRow, InstanceRow};
+use mrdino_stages::metrics::{TRI_PD_GT_RESIZE, TRI_PD_GT_TOP_CROP_PX};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -161,7 +163,7 @@ pub struct InferParams {
     pub dataset: DatasetKind,
     pub cameras: Vec<String>,
     pub preset: InferPreset,
-    /// How frames are read before the canvas resize.
+    /// How frames are read (TRI-PD then goes through its benchmark conversion) before the canvas resize.
     pub processing: Processing,
     pub model_sha256: String,
     /// `stage2` (deactivation head, K + 1 channels per window) or `baseline` (K channels).
@@ -279,13 +281,33 @@ fn canvas_geometry(read: &Geometry, grid: &WindowGrid) -> Geometry {
 }
 
 /// Frame (H, W, 3) uint8 → (3, H, W) float in [0, 1].
-fn to_float(frame: &Frame) -> Tensor {
-    let image = &frame.image;
+fn to_float(image: &RgbImage) -> Tensor {
     Tensor::from_slice(&image.data)
         .view([image.height as i64, image.width as i64, 3])
         .permute([2, 0, 1])
         .to_kind(Kind::Float)
         / 255.0
+}
+
+/// The TRI-PD benchmark's conversion of a decoded frame: Pillow bilinear to 968×608, top 128 rows cropped
+/// (968×480), with the geometry of that step.
+fn tri_pd_benchmark_view(frame: &Frame) -> Result<(RgbImage, Geometry)> {
+    let (height, width) = TRI_PD_GT_RESIZE;
+    let image = &frame.image;
+    let resized = pil_resize_bilinear_u8(&image.data, image.height, image.width, 3, height, width)?;
+    let top = TRI_PD_GT_TOP_CROP_PX;
+    let cropped = resized[top * width * 3..].to_vec();
+    let geometry = Geometry {
+        orig_height: frame.geometry.orig_height,
+        orig_width: frame.geometry.orig_width,
+        resized_height: height,
+        resized_width: width,
+        crop_top: top,
+        crop_left: 0,
+        height: height - top,
+        width,
+    };
+    Ok((RgbImage::new(height - top, width, cropped), geometry))
 }
 
 impl Inference<'_> {
@@ -416,12 +438,16 @@ impl Inference<'_> {
             match item {
                 Ok(frame) => {
                     out.decoded += 1;
-                    let canvas = self.grid.resize_image(&to_float(&frame))?;
+                    let (image, read) = match self.params.dataset {
+                        DatasetKind::TriPd => tri_pd_benchmark_view(&frame)?,
+                        _ => (frame.image.clone(), frame.geometry),
+                    };
+                    let canvas = self.grid.resize_image(&to_float(&image))?;
                     pending.push(Pending {
                         index,
                         name: frame.name.clone(),
                         source_path: sequence.source_path(index),
-                        geometry: canvas_geometry(&frame.geometry, &self.grid),
+                        geometry: canvas_geometry(&read, &self.grid),
                         canvas,
                     });
                     if pending.len() >= batch {
@@ -583,10 +609,8 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
         backbone.feature_dim(),
         config.feature_dim
     );
-    let processing = match args.dataset {
-        DatasetKind::TriPd => args.dataset.reference_processing(),
-        _ => Processing::Native,
-    };
+    // Frames are read as they are; TRI-PD's benchmark conversion is applied per frame (see module docs).
+    let processing = Processing::Native;
     let params = InferParams {
         dataset: args.dataset,
         cameras: args.cameras.clone().unwrap_or_else(|| args.dataset.default_cameras()),
@@ -915,8 +939,16 @@ mod tests {
             ),
             (266, 399, 0, 66, 266, 266)
         );
-        // TRI-PD: 1216×1936 halved (608×968), top 128 rows cropped (480×968), then 490×980.
-        let read = Processing::HalveCropTop { crop_top: 128 }.geometry(1216, 1936).unwrap();
+        // TRI-PD: 1216×1936 resized to 608×968, top 128 rows cropped (480×968), then 490×980.
+        let frame = Frame {
+            index: 0,
+            name: "0".into(),
+            image: RgbImage::new(1216, 1936, vec![7; 1216 * 1936 * 3]),
+            geometry: Geometry::native(1216, 1936),
+        };
+        let (image, read) = tri_pd_benchmark_view(&frame).unwrap();
+        assert_eq!((image.height, image.width, image.data.len()), (480, 968, 480 * 968 * 3));
+        assert!(image.data.iter().all(|&v| v == 7));
         let g = canvas_geometry(&read, &WindowGrid::tri_pd());
         assert_eq!(
             (
