@@ -8,10 +8,11 @@
 //!    without antialias, clamped to [0, 1] ([`WindowGrid::resize_image`]);
 //! 2. zero-padded (KITTI 126 px left and right) and cut into the preset's windows (KITTI 4, TRI-PD 2, MOVi-E 1);
 //! 3. every window goes through the backbone (its own normalisation, after the zero padding) and the slot
-//!    model with reproducible slot noise (below); the decoder alphas are upsampled bilinearly to the window;
-//!    a stage-2 model binarises its deactivation weights (w > 0.5) and gives K + 1 channels, channel 0 the
-//!    window's background; the baseline gives its K alphas, and the merge takes its first slot per window for
-//!    background, feature index shifted by one as the reference's baseline evaluation does;
+//!    model with reproducible slot noise (below); a stage-2 model binarises its deactivation weights (w > 0.5)
+//!    and gives K + 1 channels, channel 0 the window's background; the baseline gives its K alphas, and the
+//!    merge takes its first slot per window for background, feature index shifted by one as the reference's
+//!    baseline evaluation does; the channels are upsampled bilinearly to the window
+//!    ([`RefinedModel::window_masks`]);
 //! 4. the windows' channels are joined on the canvas and merged (`MergeWindows`, similarity 0.2;
 //!    `--merge-chains` is the opt-in fix for objects spanning three windows), argmax per pixel.
 //!
@@ -29,8 +30,9 @@
 //!
 //! **Slot noise.** The noise of the windows of frame `i` of a sequence (its index in the sequence's frame
 //! order) is `torch.manual_seed(seed + i); torch.randn(n_windows, K, D)` ([`slot_noise`]), so a frame's
-//! prediction depends on its pixels, the model, the seed and its index — not on batching, shards, resumes or
-//! threads — and PyTorch reproduces the noise.
+//! prediction depends on its pixels, the model, the seed and its index — not on shards, resumes or how frames
+//! are batched (on CPU the e2e test finds identical rows for different `--batch`) — and PyTorch reproduces the
+//! noise.
 //!
 //! Units, markers, `--shard`, status/finalize and the exit code 4 on SIGINT/SIGTERM/`--time-budget` are those
 //! of `labels` and `features` (`mrdino_outputs::bookkeeping`); a stop is checked between batches and the
