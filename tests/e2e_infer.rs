@@ -383,6 +383,44 @@ for png in sorted(src.glob("*/*.png")):
     );
     assert!(!wrong_out.exists());
 
+    // A corrupt frame is recorded (a failure in the manifest, a row with excluded_reason = unreadable, exit 3)
+    // and the other frames are predicted as before.
+    let damaged = tmp.path().join("damaged");
+    for seq in ["seq000", "seq001", "seq002"] {
+        std::fs::create_dir_all(damaged.join(seq)).unwrap();
+        for entry in std::fs::read_dir(frames.join(seq)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, damaged.join(seq).join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(damaged.join("seq001/000002.png"), b"not a png").unwrap();
+    let damaged_out = tmp.path().join("pred-damaged");
+    let partial = infer(&stage2, &weights, &damaged, &damaged_out, &[]).output().unwrap();
+    assert_eq!(
+        partial.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&partial.stderr)
+    );
+    let layout = Layout::new(&damaged_out, &only_partition(&damaged_out));
+    let seq1 = read_frames(&layout.frames_file("seq001")).unwrap();
+    assert_eq!(seq1.len(), 4);
+    let bad = &seq1[2];
+    assert!(
+        !bad.labelled && bad.excluded_reason.is_some() && bad.num_instances == 0,
+        "{bad:?}"
+    );
+    let good: Vec<String> = rows(&damaged_out)
+        .into_iter()
+        .filter(|r| !r.contains("\"000002\"") || !r.contains("seq001"))
+        .collect();
+    let want_good: Vec<String> = want
+        .iter()
+        .filter(|r| !r.contains("\"000002\"") || !r.contains("seq001"))
+        .cloned()
+        .collect();
+    assert_eq!(good, want_good, "a corrupt frame changed the predictions of the others");
+
     // Baseline (the checkpoint itself): K channels, masks cover the canvas, all channels are predictions.
     let baseline = tmp.path().join("pred-baseline");
     run_ok(&mut infer(&run, &weights, &frames, &baseline, &["--merge-chains"]));
