@@ -1,16 +1,17 @@
 //! End-to-end tests of `mrdino infer` and `mrdino eval --predictions` on the real binary.
 //!
-//! Data: `mrdino synth` frames, their pseudo-labels (`mrdino labels` with the generator's exact flow), and a tiny
-//! DINOSAUR (K = 4, D = 16) trained for a few steps by `mrdino train dinosaur` on a `mrdino features` cache of
-//! 378×378 views through a random-weight two-block ViT (14 px patches, so a KITTI window is a 27×27 grid). A stage-2 model is that
-//! checkpoint plus a random slot-deactivation head. Checked:
+//! Data: `mrdino synth` frames, their pseudo-labels (`mrdino labels` with the generator's exact flow), and a
+//! tiny DINOSAUR (K = 4, D = 16) trained for a few steps by `mrdino train dinosaur` on a `mrdino features`
+//! cache of 378×378 views through a random-weight two-block ViT (14 px patches, so a KITTI window is a 27×27
+//! grid). A stage-2 model is that checkpoint plus a random slot-deactivation head. Checked:
 //! * the prediction tables read back in Rust (through the same reader as pseudo-labels) and with pyarrow and
 //!   duckdb, every mask decoded by pycocotools (`tools/check_outputs.py --predictions`): disjoint masks on the
 //!   378×1260 canvas, a baseline's covering it, a stage-2 model's only kept, non-background slots;
-//! * the same seed gives the same rows, another seed other rows; two shards equal one run; a rerun skips done
-//!   units; `--time-budget 0` exits 4 and the resumed run equals the uninterrupted one; status and finalize;
-//! * `eval --predictions` writes the metrics JSON with the stage-2 or the baseline rule, and refuses a labels
-//!   run given as predictions.
+//! * the same seed gives the same rows (also with another `--batch`), another seed other rows; two shards
+//!   equal one run; a rerun skips done units; `--time-budget 0` exits 4 and the resumed run equals the
+//!   uninterrupted one; status and finalize;
+//! * `eval --predictions` writes the metrics JSON with the stage-2 or the baseline rule against synth, id,
+//!   KITTI-encoded and TRI-PD ground truth, and refuses a labels run given as predictions.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -302,6 +303,62 @@ fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_score
             .arg(&ids_json),
     );
     assert_eq!(read_json(&ids_json)["evaluated_frames"], 12);
+    // KITTI-style ground truth (class 26 · 256 + id, 16-bit) of the same objects: compared on the canvas at
+    // 95×315, as the reference does, by default.
+    let kitti_gt = tmp.path().join("kitti-gt");
+    let script = r#"
+import sys, pathlib, numpy as np
+from PIL import Image
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for png in sorted(src.glob("*/*.png")):
+    ids = np.array(Image.open(png)).astype(np.uint16)
+    out = np.where(ids > 0, 26 * 256 + ids, 0).astype(np.uint16)
+    (dst / png.parent.name).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(out).save(dst / png.parent.name / png.name)
+"#;
+    let made = Command::new(python())
+        .args(["-c", script])
+        .arg(data.join("instances"))
+        .arg(&kitti_gt)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let kitti_json = tmp.path().join("eval-kitti.json");
+    run_ok(
+        mrdino()
+            .args(["eval", "--predictions"])
+            .arg(&full)
+            .arg("--gt")
+            .arg(&kitti_gt)
+            .args(["--gt-format", "kitti", "--json"])
+            .arg(&kitti_json),
+    );
+    let result = read_json(&kitti_json);
+    assert_eq!(result["resolution"], "kitti");
+    assert_eq!(result["scoring"]["to_original"], false);
+    assert_eq!(result["evaluated_frames"], 12);
+    assert_eq!(
+        result["metrics"]["ari_images"],
+        read_json(&ids_json)["metrics"]["ari_images"],
+        "the same objects count for ARI in both formats"
+    );
+    // TRI-PD ground truth goes through the reference's conversion (968×608, top 128 rows cropped, ids under
+    // 500 px removed) and is compared at 123×245.
+    let tri_pd_json = tmp.path().join("eval-tri-pd.json");
+    run_ok(
+        mrdino()
+            .args(["eval", "--predictions"])
+            .arg(&full)
+            .arg("--gt")
+            .arg(data.join("instances"))
+            .args(["--gt-format", "tri-pd", "--json"])
+            .arg(&tri_pd_json),
+    );
+    let result = read_json(&tri_pd_json);
+    assert_eq!(
+        (result["resolution"].as_str(), result["evaluated_frames"].as_u64()),
+        (Some("tri-pd"), Some(12))
+    );
     // A labels run is not predictions (and predictions are not labels).
     let wrong = mrdino()
         .args(["eval", "--predictions"])
@@ -313,6 +370,56 @@ fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_score
         .unwrap();
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("use --labels"));
+
+    // A preset whose windows do not fit the model is refused before any output.
+    let wrong_out = tmp.path().join("pred-wrong");
+    let wrong = infer(&run, &weights, &frames, &wrong_out, &["--preset", "movi-e"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        !wrong.status.success() && stderr.contains("266x266 windows give 361 patches") && stderr.contains("729"),
+        "{stderr}"
+    );
+    assert!(!wrong_out.exists());
+
+    // A corrupt frame is recorded (a failure in the manifest, a row with excluded_reason = unreadable, exit 3)
+    // and the other frames are predicted as before.
+    let damaged = tmp.path().join("damaged");
+    for seq in ["seq000", "seq001", "seq002"] {
+        std::fs::create_dir_all(damaged.join(seq)).unwrap();
+        for entry in std::fs::read_dir(frames.join(seq)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, damaged.join(seq).join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(damaged.join("seq001/000002.png"), b"not a png").unwrap();
+    let damaged_out = tmp.path().join("pred-damaged");
+    let partial = infer(&stage2, &weights, &damaged, &damaged_out, &[]).output().unwrap();
+    assert_eq!(
+        partial.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&partial.stderr)
+    );
+    let layout = Layout::new(&damaged_out, &only_partition(&damaged_out));
+    let seq1 = read_frames(&layout.frames_file("seq001")).unwrap();
+    assert_eq!(seq1.len(), 4);
+    let bad = &seq1[2];
+    assert!(
+        !bad.labelled && bad.excluded_reason.is_some() && bad.num_instances == 0,
+        "{bad:?}"
+    );
+    let good: Vec<String> = rows(&damaged_out)
+        .into_iter()
+        .filter(|r| !r.contains("\"000002\"") || !r.contains("seq001"))
+        .collect();
+    let want_good: Vec<String> = want
+        .iter()
+        .filter(|r| !r.contains("\"000002\"") || !r.contains("seq001"))
+        .cloned()
+        .collect();
+    assert_eq!(good, want_good, "a corrupt frame changed the predictions of the others");
 
     // Baseline (the checkpoint itself): K channels, masks cover the canvas, all channels are predictions.
     let baseline = tmp.path().join("pred-baseline");

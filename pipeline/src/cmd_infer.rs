@@ -2,20 +2,22 @@
 //! shardable units written in the layout of `mrdino labels` (spec §3.6, §5).
 //!
 //! Per frame, as the reference's evaluation pipeline:
-//! 1. the frame (TRI-PD: halved and its top 128 rows cropped, as the benchmark's conversion does; every other
-//!    layout: as decoded) is resized to the preset canvas — KITTI 378×1260, TRI-PD 490×980, MOVi-E shorter
-//!    side 266 then the centre 266×266 — bicubic without antialias, clamped to [0, 1]
-//!    ([`WindowGrid::resize_image`]);
+//! 1. the frame (TRI-PD: resized to 968×608 with Pillow's bilinear filter and its top 128 rows cropped, as the
+//!    benchmark's conversion `convert_pd.py` does; every other layout: as decoded) is resized to the preset
+//!    canvas — KITTI 378×1260, TRI-PD 490×980, MOVi-E shorter side 266 then the centre 266×266 — bicubic
+//!    without antialias, clamped to [0, 1] ([`WindowGrid::resize_image`]);
 //! 2. zero-padded (KITTI 126 px left and right) and cut into the preset's windows (KITTI 4, TRI-PD 2, MOVi-E 1);
 //! 3. every window goes through the backbone (its own normalisation, after the zero padding) and the slot
-//!    model with reproducible slot noise (below); the decoder alphas are upsampled bilinearly to the window;
-//!    a stage-2 model binarises its deactivation weights (w > 0.5) and gives K + 1 channels, channel 0 the
-//!    window's background; the baseline gives its K alphas, and the merge takes its first slot per window for
-//!    background, feature index shifted by one as the reference's baseline evaluation does;
+//!    model with reproducible slot noise (below); a stage-2 model binarises its deactivation weights (w > 0.5)
+//!    and gives K + 1 channels, channel 0 the window's background; the baseline gives its K alphas, and the
+//!    merge takes its first slot per window for background, feature index shifted by one as the reference's
+//!    baseline evaluation does; the channels are upsampled bilinearly to the window
+//!    ([`RefinedModel::window_masks`]);
 //! 4. the windows' channels are joined on the canvas and merged (`MergeWindows`, similarity 0.2;
 //!    `--merge-chains` is the opt-in fix for objects spanning three windows), argmax per pixel.
 //!
-//! **Rows.** `frames`: one row per frame (`labelled` = predicted; `height`×`width` = the canvas, and the
+//! **Rows.** `frames`: one row per frame (`labelled` = predicted, `fg_fraction` = the share of canvas pixels in
+//! an object, `quasi_static` false and no corner flow as there is no flow; `height`×`width` = the canvas, and the
 //! provenance columns say how the canvas maps back to the original frame: the original was resized to
 //! `resized_height`×`resized_width` and cropped at (`crop_top`, `crop_left`); for TRI-PD, whose canvas is a
 //! resize of an already cropped frame, the composite is rounded to whole pixels). `instances`: one row per
@@ -28,8 +30,9 @@
 //!
 //! **Slot noise.** The noise of the windows of frame `i` of a sequence (its index in the sequence's frame
 //! order) is `torch.manual_seed(seed + i); torch.randn(n_windows, K, D)` ([`slot_noise`]), so a frame's
-//! prediction depends on its pixels, the model, the seed and its index — not on batching, shards, resumes or
-//! threads — and PyTorch reproduces the noise.
+//! prediction depends on its pixels, the model, the seed and its index — not on shards, resumes or how frames
+//! are batched (on CPU the e2e test finds identical rows for different `--batch`) — and PyTorch reproduces the
+//! noise.
 //!
 //! Units, markers, `--shard`, status/finalize and the exit code 4 on SIGINT/SIGTERM/`--time-budget` are those
 //! of `labels` and `features` (`mrdino_outputs::bookkeeping`); a stop is checked between batches and the
@@ -44,11 +47,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mrdino_datasets::{DatasetKind, Frame, Geometry, Processing, Sequence, SourceOptions};
+use mrdino_datasets::{DatasetKind, Frame, Geometry, Processing, RgbImage, Sequence, SourceOptions};
 use mrdino_model::backbone::Backbone;
 use mrdino_model::device::parse_device;
 use mrdino_model::dinosaur::slot_noise;
 use mrdino_model::refined::RefinedModel;
+use mrdino_model::views::pil_resize_bilinear_u8;
 use mrdino_model::windows::{join_windows, merge_windows, MergeOptions, MergedCanvas, WindowGrid, WindowOffset};
 use mrdino_outputs::bookkeeping::{
     choose_partition, in_shard, unix_now, DoneMarker, FrameFailure, Ledger, PlannedUnit, RunManifest, Shard, Status,
@@ -60,6 +64,7 @@ use mrdino_outputs::tables::{
     frames_batch, prediction_instances_batch, write_parquet, InstanceOrigin, PredictionColumns, SCHEMA_VERSION,
 };
 use mrdino_outputs::{CocoRle, FrameRow, InstanceRow};
+use mrdino_stages::metrics::{TRI_PD_GT_RESIZE, TRI_PD_GT_TOP_CROP_PX};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -160,7 +165,7 @@ pub struct InferParams {
     pub dataset: DatasetKind,
     pub cameras: Vec<String>,
     pub preset: InferPreset,
-    /// How frames are read before the canvas resize.
+    /// How frames are read (TRI-PD then goes through its benchmark conversion) before the canvas resize.
     pub processing: Processing,
     pub model_sha256: String,
     /// `stage2` (deactivation head, K + 1 channels per window) or `baseline` (K channels).
@@ -278,13 +283,33 @@ fn canvas_geometry(read: &Geometry, grid: &WindowGrid) -> Geometry {
 }
 
 /// Frame (H, W, 3) uint8 → (3, H, W) float in [0, 1].
-fn to_float(frame: &Frame) -> Tensor {
-    let image = &frame.image;
+fn to_float(image: &RgbImage) -> Tensor {
     Tensor::from_slice(&image.data)
         .view([image.height as i64, image.width as i64, 3])
         .permute([2, 0, 1])
         .to_kind(Kind::Float)
         / 255.0
+}
+
+/// The TRI-PD benchmark's conversion of a decoded frame: Pillow bilinear to 968×608, top 128 rows cropped
+/// (968×480), with the geometry of that step.
+fn tri_pd_benchmark_view(frame: &Frame) -> Result<(RgbImage, Geometry)> {
+    let (height, width) = TRI_PD_GT_RESIZE;
+    let image = &frame.image;
+    let resized = pil_resize_bilinear_u8(&image.data, image.height, image.width, 3, height, width)?;
+    let top = TRI_PD_GT_TOP_CROP_PX;
+    let cropped = resized[top * width * 3..].to_vec();
+    let geometry = Geometry {
+        orig_height: frame.geometry.orig_height,
+        orig_width: frame.geometry.orig_width,
+        resized_height: height,
+        resized_width: width,
+        crop_top: top,
+        crop_left: 0,
+        height: height - top,
+        width,
+    };
+    Ok((RgbImage::new(height - top, width, cropped), geometry))
 }
 
 impl Inference<'_> {
@@ -415,12 +440,16 @@ impl Inference<'_> {
             match item {
                 Ok(frame) => {
                     out.decoded += 1;
-                    let canvas = self.grid.resize_image(&to_float(&frame))?;
+                    let (image, read) = match self.params.dataset {
+                        DatasetKind::TriPd => tri_pd_benchmark_view(&frame)?,
+                        _ => (frame.image.clone(), frame.geometry),
+                    };
+                    let canvas = self.grid.resize_image(&to_float(&image))?;
                     pending.push(Pending {
                         index,
                         name: frame.name.clone(),
                         source_path: sequence.source_path(index),
-                        geometry: canvas_geometry(&frame.geometry, &self.grid),
+                        geometry: canvas_geometry(&read, &self.grid),
                         canvas,
                     });
                     if pending.len() >= batch {
@@ -565,10 +594,14 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
     let config = model.dinosaur.config();
     let ps = backbone.patch_size();
     let (wh, ww) = (grid.window_height_px, grid.window_width_px);
+    let preset_name = serde_json::to_value(preset)?.as_str().unwrap_or_default().to_string();
     ensure!(
-        wh % ps == 0 && ww % ps == 0 && (wh / ps) * (ww / ps) == config.n_patches,
-        "the {} preset's {ww}x{wh} windows give {} patches of {ps} px, but the model has {} patches",
-        serde_json::to_value(preset)?.as_str().unwrap_or_default(),
+        wh % ps == 0 && ww % ps == 0,
+        "the {preset_name} preset's {ww}x{wh} windows are not a multiple of the backbone's {ps} px patch"
+    );
+    ensure!(
+        (wh / ps) * (ww / ps) == config.n_patches,
+        "the {preset_name} preset's {ww}x{wh} windows give {} patches of {ps} px, but the model has {} patches",
         (wh / ps) * (ww / ps),
         config.n_patches
     );
@@ -578,10 +611,8 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
         backbone.feature_dim(),
         config.feature_dim
     );
-    let processing = match args.dataset {
-        DatasetKind::TriPd => args.dataset.reference_processing(),
-        _ => Processing::Native,
-    };
+    // Frames are read as they are; TRI-PD's benchmark conversion is applied per frame (see module docs).
+    let processing = Processing::Native;
     let params = InferParams {
         dataset: args.dataset,
         cameras: args.cameras.clone().unwrap_or_else(|| args.dataset.default_cameras()),
@@ -649,7 +680,7 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
             args.dataset.name(),
             params.model_kind,
             params.n_slots,
-            serde_json::to_value(preset)?.as_str().unwrap_or_default(),
+            preset_name,
             params.windows
         );
     }
@@ -910,8 +941,16 @@ mod tests {
             ),
             (266, 399, 0, 66, 266, 266)
         );
-        // TRI-PD: 1216×1936 halved (608×968), top 128 rows cropped (480×968), then 490×980.
-        let read = Processing::HalveCropTop { crop_top: 128 }.geometry(1216, 1936).unwrap();
+        // TRI-PD: 1216×1936 resized to 608×968, top 128 rows cropped (480×968), then 490×980.
+        let frame = Frame {
+            index: 0,
+            name: "0".into(),
+            image: RgbImage::new(1216, 1936, vec![7; 1216 * 1936 * 3]),
+            geometry: Geometry::native(1216, 1936),
+        };
+        let (image, read) = tri_pd_benchmark_view(&frame).unwrap();
+        assert_eq!((image.height, image.width, image.data.len()), (480, 968, 480 * 968 * 3));
+        assert!(image.data.iter().all(|&v| v == 7));
         let g = canvas_geometry(&read, &WindowGrid::tri_pd());
         assert_eq!(
             (
