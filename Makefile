@@ -106,14 +106,14 @@ demo-refine: build
 	  --flow import --flow-dir $(REFINE_DEMO_OUT)/data/flow --quiet
 	$(MRDINO) features --dataset frames --root $(REFINE_DEMO_OUT)/data/frames --labels $(REFINE_DEMO_OUT)/labels \
 	  --views windows --backbone $(REFINE_DEMO_BACKBONE) --out $(REFINE_DEMO_OUT)/features --quiet
-	@echo '{"model": {"n_slots": 7, "slot_dim": 32, "decoder_hidden": 256}, "batch_size": 16, "lr": 1e-3, "warmup_steps": 50, "lr_decay_steps": 2000}' \
+	@echo '{"model": {"n_slots": 6, "slot_dim": 32, "decoder_hidden": 128}, "batch_size": 8, "lr": 1e-3, "warmup_steps": 50, "lr_decay_steps": 2000}' \
 	  > $(REFINE_DEMO_OUT)/dinosaur.json
 	$(MRDINO) train dinosaur --dataset frames --features $(REFINE_DEMO_OUT)/features --config $(REFINE_DEMO_OUT)/dinosaur.json \
-	  --steps 600 --out $(REFINE_DEMO_OUT)/baseline --quiet
+	  --steps 300 --out $(REFINE_DEMO_OUT)/baseline --quiet
 	$(MRDINO) refine stage1 --from $(REFINE_DEMO_OUT)/baseline --labels $(REFINE_DEMO_OUT)/labels \
 	  --features $(REFINE_DEMO_OUT)/features --lr 1e-3 --epochs 15 --out $(REFINE_DEMO_OUT)/stage1 --quiet
 	$(MRDINO) refine stage2 --from $(REFINE_DEMO_OUT)/stage1 --labels $(REFINE_DEMO_OUT)/labels \
-	  --features $(REFINE_DEMO_OUT)/features --lr 1e-3 --epochs 5 --hidden 256 --out $(REFINE_DEMO_OUT)/stage2 --quiet
+	  --features $(REFINE_DEMO_OUT)/features --lr 1e-3 --epochs 5 --hidden 128 --out $(REFINE_DEMO_OUT)/stage2 --quiet
 	$(MRDINO) eval --labels $(REFINE_DEMO_OUT)/labels --gt $(REFINE_DEMO_OUT)/data --gt-format synth \
 	  --json $(REFINE_DEMO_OUT)/eval-labels.json > /dev/null
 	for m in baseline stage1 stage2; do \
