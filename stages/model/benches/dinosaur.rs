@@ -4,7 +4,7 @@
 //! - **on-the-fly features**: the same step preceded by a DINOv2 ViT-B/14 forward (random weights) of the B
 //!   windows at 378×378, what every step costs without the cache (decoding and augmentation excluded).
 //!
-//! Run: `cargo bench -p mrdino-model --bench dinosaur` (`DINOSAUR_BENCH_BATCH`, default 8 — the reference trains
+//! Run: `cargo bench --workspace --bench dinosaur` (`DINOSAUR_BENCH_BATCH`, default 8 — the reference trains
 //! KITTI with 64 on a GPU; `DINOSAUR_BENCH_STEPS`, default 3 timed steps after one warm-up;
 //! `DINOSAUR_BENCH_THREADS`, default 2). Peak memory is the process's VmHWM after each configuration.
 

@@ -2,7 +2,7 @@
 //! window, 27×27 patches, hub resize 37 → 27), random weights (speed does not depend on their values), batch
 //! of 1, one warm-up forward excluded, and the peak resident memory of the forwards.
 //!
-//! Run: `cargo bench -p mrdino-model --bench vit` (`VIT_BENCH_RUNS=n` timed runs per row, default 5;
+//! Run: `cargo bench --workspace --bench vit` (`VIT_BENCH_RUNS=n` timed runs per row, default 5;
 //! `VIT_BENCH_THREADS=n` libtorch CPU threads, default 2). CUDA rows (f32 and f16 autocast) are added when
 //! `tch::Cuda::is_available()`.
 //!
