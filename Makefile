@@ -159,13 +159,14 @@ $(eval $(call dataset_targets,tri-pd,TRI_PD_ROOT))
 $(eval $(call dataset_targets,movi-e,MOVI_ROOT))
 
 # ---- MR-DINOSAUR refinement ---------------------------------------------------------------------------
-#   make kitti-refine KITTI_ROOT=/data/kitti_raw KITTI_EVAL_ROOT=/data/kitti_test KITTI_GT=/data/kitti_test_gt \
+#   make kitti-refine KITTI_ROOT=/data/kitti_raw KITTI_EVAL_ROOT=/data/KITTI_test/image_2 KITTI_GT=/data/kitti_gt \
 #        BACKBONE_WEIGHTS=dinov2-vitb14.safetensors [BASELINE=dinosaur-kitti.safetensors] [DEVICE=cuda:0]
 # labels → window features → baseline DINOSAUR (trained unless BASELINE names a model) → stage 1 → stage 2 →
 # predictions on the evaluation images → metrics of the baseline and of stage 2 side by side. Every step is
 # resumable and a finished step is skipped on a rerun. Outputs go to $(OUT_ROOT)/<dataset>-refine/.
-# <DS>_EVAL_ROOT is read as <DS>_EVAL_DATASET (kitti: `frames`, e.g. a folder holding image_2/ of the KITTI 2015
-# instance benchmark; tri-pd and movi-e: their own layouts); <DS>_GT is what `eval --gt` reads.
+# <DS>_EVAL_ROOT is read as <DS>_EVAL_DATASET (kitti: `frames`, the benchmark's image_2/ folder, one sequence
+# `image_2`, so kitti_gt/image_2/ holds its instance PNGs; tri-pd and movi-e: their own layouts); <DS>_GT is what
+# `eval --gt` reads.
 BACKBONE ?= dinov2-vitb14
 BACKBONE_WEIGHTS ?=
 BASELINE ?=

@@ -1,8 +1,12 @@
 //! End-to-end tests: each builds a small dataset in a temporary directory, runs the real `mrdino` binary and
 //! reads the Parquet tables back (in Rust, and with pyarrow, duckdb and pycocotools).
 
+mod common;
+
+use common::{mrdino, python, run_ok};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use mrdino_outputs::tables::{read_frames, read_instances, ExcludedReason, InstanceOrigin};
 use mrdino_outputs::{FrameRow, InstanceRow};
@@ -11,26 +15,8 @@ use mrdino_stages::flow::FlowField;
 use opencv::core::{Mat, Vector};
 use opencv::prelude::*;
 
-fn mrdino() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mrdino"))
-}
 
-fn python() -> PathBuf {
-    std::env::var_os("MRDINO_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mrdino/venv/bin/python")
-    })
-}
 
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run mrdino");
-    assert!(
-        out.status.success(),
-        "command failed ({:?}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 const H: usize = 64;
 const W: usize = 96;

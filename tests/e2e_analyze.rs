@@ -2,27 +2,17 @@
 //! the JSON holds every pair of variants per backbone and representation and every pair of backbones per
 //! variant, and the HTML report renders in headless Chromium (DOM dumped and a screenshot taken).
 
+mod common;
+
+use common::{mrdino, run_ok};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mrdino_model::vit::{write_random_weights, VitConfig};
 use serde_json::Value;
 
-fn mrdino() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mrdino"))
-}
 
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run mrdino");
-    assert!(
-        out.status.success(),
-        "command failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn chromium(args: &[&str], profile: &Path) -> Output {
     let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]

@@ -2,6 +2,10 @@
 //! read back by the cache reader; the same job as two shards equals one run; `status` / `finalize` on the cache;
 //! a rerun skips done units; a stop by time budget exits 4 and resumes; another backbone is refused.
 
+mod common;
+
+use common::mrdino;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -11,9 +15,6 @@ use mrdino_model::vit::{write_random_weights, Vit, VitConfig};
 use mrdino_outputs::feature_cache::FeatureCache;
 use tch::{Device, Kind, Tensor};
 
-fn mrdino() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mrdino"))
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run mrdino")

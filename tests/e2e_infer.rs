@@ -13,8 +13,12 @@
 //! * `eval --predictions` writes the metrics JSON with the stage-2 or the baseline rule against synth, id,
 //!   KITTI-encoded and TRI-PD ground truth, and refuses a labels run given as predictions.
 
+mod common;
+
+use common::{mrdino, python, run_ok};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use mrdino_model::tensors::from_tch;
 use mrdino_model::vit::{write_random_weights, VitConfig};
@@ -26,27 +30,8 @@ use serde_json::Value;
 /// A random-weight two-block ViT with 14 px patches: a KITTI window is a 27×27 grid.
 const BACKBONE: &str = "custom:family=dinov2,depth=2,dim=32,heads=2,patch=14,pos_grid=4";
 
-fn mrdino() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mrdino"))
-}
 
-fn python() -> PathBuf {
-    std::env::var_os("MRDINO_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mrdino/venv/bin/python")
-    })
-}
 
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run mrdino");
-    assert!(
-        out.status.success(),
-        "command failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Synth data, its pseudo-labels and a briefly trained tiny DINOSAUR run directory.
 fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {

@@ -1,8 +1,11 @@
 //! End-to-end tests of label quality: `mrdino eval` on generated data with exact ground truth and on a
 //! hand-made prediction whose scores are worked out below, and `mrdino report` rendered from a real run.
 
+mod common;
+
+use common::{mrdino, run_ok};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use mrdino_outputs::bookkeeping::{DoneMarker, Plan, PlannedUnit};
 use mrdino_outputs::layout::Layout;
@@ -12,21 +15,7 @@ use opencv::core::{Mat, Vector};
 use opencv::prelude::*;
 use serde_json::Value;
 
-fn mrdino() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mrdino"))
-}
 
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run mrdino");
-    assert!(
-        out.status.success(),
-        "command failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// `mrdino synth` (3 sequences of 24 frames, 128×320, seed 0) and `labels` with the generator's exact flow.
 fn synth_and_label(dir: &Path) -> (PathBuf, PathBuf) {

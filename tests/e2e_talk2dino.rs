@@ -11,9 +11,13 @@
 //!   reads the same layout; `segment` on the synth frames is a labels-shaped run (`status`, `name` read it) whose
 //!   two shards give the rows of one run; `report --names` shows the per-name counts.
 
+mod common;
+
+use common::{mrdino, python, run_ok};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use mrdino_model::clip_text::{self, ClipTextConfig};
 use mrdino_model::vit::{write_random_weights, VitConfig};
@@ -23,27 +27,8 @@ use tch::{Kind, Tensor};
 
 const VIT_SPEC: &str = "custom:family=dinov2,depth=2,dim=64,heads=2,patch=14,registers=4,pos_grid=37";
 
-fn mrdino() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mrdino"))
-}
 
-fn python() -> PathBuf {
-    std::env::var_os("MRDINO_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mrdino/venv/bin/python")
-    })
-}
 
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run the command");
-    assert!(
-        out.status.success(),
-        "command failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Every Parquet file under `dir` (recursively), sorted.
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {

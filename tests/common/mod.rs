@@ -13,24 +13,29 @@ pub fn mrdino() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mrdino"))
 }
 
-/// Runs `cmd` and asserts success, showing its stderr otherwise; prints the subcommand and its seconds.
+/// The Python of the test-time references (`MRDINO_PYTHON`, default the venv `make` builds).
+pub fn python() -> PathBuf {
+    std::env::var_os("MRDINO_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/mrdino/venv/bin/python")
+    })
+}
+
+/// Runs `cmd` and asserts success, showing its output otherwise; prints the program, its first two arguments
+/// and the seconds it took.
 pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     let started = Instant::now();
-    let out = cmd.output().expect("run mrdino");
-    let words: Vec<String> = cmd
-        .get_args()
-        .take(2)
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    eprintln!(
-        "[{:>6.1} s] mrdino {}",
-        started.elapsed().as_secs_f64(),
-        words.join(" ")
-    );
+    let out = cmd.output().expect("run the command");
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let words: Vec<String> = cmd.get_args().take(2).map(|a| a.to_string_lossy().into_owned()).collect();
+    eprintln!("[{:>6.1} s] {program} {}", started.elapsed().as_secs_f64(), words.join(" "));
     assert!(
         out.status.success(),
-        "command failed ({:?}):\n{}",
+        "command failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
         out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out
