@@ -15,9 +15,6 @@ use mrdino_stages::flow::FlowField;
 use opencv::core::{Mat, Vector};
 use opencv::prelude::*;
 
-
-
-
 const H: usize = 64;
 const W: usize = 96;
 

@@ -12,8 +12,6 @@ use std::process::{Command, Output};
 use mrdino_model::vit::{write_random_weights, VitConfig};
 use serde_json::Value;
 
-
-
 fn chromium(args: &[&str], profile: &Path) -> Output {
     let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()

@@ -15,7 +15,6 @@ use mrdino_model::vit::{write_random_weights, Vit, VitConfig};
 use mrdino_outputs::feature_cache::FeatureCache;
 use tch::{Device, Kind, Tensor};
 
-
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run mrdino")
 }

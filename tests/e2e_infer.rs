@@ -30,9 +30,6 @@ use serde_json::Value;
 /// A random-weight two-block ViT with 14 px patches: a KITTI window is a 27×27 grid.
 const BACKBONE: &str = "custom:family=dinov2,depth=2,dim=32,heads=2,patch=14,pos_grid=4";
 
-
-
-
 /// Synth data, its pseudo-labels and a briefly trained tiny DINOSAUR run directory.
 fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let data = dir.join("data");
@@ -176,6 +173,14 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
+/// (width, height) of a PNG from its IHDR chunk.
+fn imagesize(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG", "{} is not a PNG", path.display());
+    let be = |o: usize| u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+    (be(16), be(20))
+}
+
 #[test]
 fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_scored() {
     let tmp = tempfile::tempdir().unwrap();
@@ -212,6 +217,28 @@ fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_score
         && e.deactivation_weight.is_some_and(|w| w > 0.5))));
     let summary = python_check(&full);
     assert_eq!(summary["masks_checked"].as_u64().unwrap() as usize, instances.len());
+
+    // The report draws the predictions on the model's canvas (378×1260), without flow.
+    let report = tmp.path().join("pred-report");
+    run_ok(
+        mrdino()
+            .args(["report", "--labels"])
+            .arg(&full)
+            .arg("--out")
+            .arg(&report),
+    );
+    let overlays: Vec<PathBuf> = std::fs::read_dir(report.join("overlays"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!overlays.is_empty(), "no prediction overlays");
+    let size = imagesize(&overlays[0]);
+    assert_eq!(size, (1260, 378), "overlay not on the canvas");
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(
+        html.contains("canvas; no flow") && !report.join("flow").exists(),
+        "{html}"
+    );
 
     // The same seed again: the same rows; another seed: other rows.
     let again = tmp.path().join("pred-again");

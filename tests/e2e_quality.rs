@@ -15,8 +15,6 @@ use opencv::core::{Mat, Vector};
 use opencv::prelude::*;
 use serde_json::Value;
 
-
-
 /// `mrdino synth` (3 sequences of 24 frames, 128×320, seed 0) and `labels` with the generator's exact flow.
 fn synth_and_label(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("data");

@@ -129,7 +129,13 @@ fn stage1_and_stage2_train_what_they_must_and_resume_exactly() {
     assert_eq!(l1.len(), 40);
     // The same 40 batches through the unrefined model (learning rate 0): the loss is lower where stage 1 trained.
     let frozen = f.dir.join("stage1-lr0");
-    run_ok(&mut refine_cmd(&f, "stage1", &f.baseline, &frozen, &["--steps", "40", "--lr", "0"]));
+    run_ok(&mut refine_cmd(
+        &f,
+        "stage1",
+        &f.baseline,
+        &frozen,
+        &["--steps", "40", "--lr", "0"],
+    ));
     let l0 = losses(&frozen);
     let (untrained, trained) = (mean(&l0[l0.len() - 10..]), mean(&l1[l1.len() - 10..]));
     eprintln!(
@@ -194,11 +200,20 @@ fn stage1_and_stage2_train_what_they_must_and_resume_exactly() {
     assert_eq!(stage_of(&s2), "stage2");
     let l2 = losses(&s2);
     let s2_frozen = f.dir.join("stage2-lr0");
-    run_ok(&mut refine_cmd(&f, "stage2", &s1, &s2_frozen, &["--steps", "30", "--lr", "0", "--hidden", "64"]));
+    run_ok(&mut refine_cmd(
+        &f,
+        "stage2",
+        &s1,
+        &s2_frozen,
+        &["--steps", "30", "--lr", "0", "--hidden", "64"],
+    ));
     let l0 = losses(&s2_frozen);
     let (untrained, trained) = (mean(&l0[l0.len() - 10..]), mean(&l2[l2.len() - 10..]));
     eprintln!("stage 2 loss of the last 10 batches: {trained:.4} trained head vs {untrained:.4} initial head");
-    assert!(trained < 0.97 * untrained, "stage 2 did not lower the loss: {untrained} → {trained}");
+    assert!(
+        trained < 0.97 * untrained,
+        "stage 2 did not lower the loss: {untrained} → {trained}"
+    );
     let with_head = weights(&s2);
     let head: Vec<&String> = with_head
         .iter()

@@ -27,9 +27,6 @@ use tch::{Kind, Tensor};
 
 const VIT_SPEC: &str = "custom:family=dinov2,depth=2,dim=64,heads=2,patch=14,registers=4,pos_grid=37";
 
-
-
-
 /// Every Parquet file under `dir` (recursively), sorted.
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

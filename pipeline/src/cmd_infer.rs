@@ -291,6 +291,27 @@ fn to_float(image: &RgbImage) -> Tensor {
         / 255.0
 }
 
+/// A decoded frame as the model saw it: the prediction canvas (the preset's resize of the frame, after the TRI-PD
+/// benchmark conversion), as interleaved RGB — what prediction masks are drawn on.
+pub(crate) fn canvas_image(params: &InferParams, frame: &Frame) -> Result<RgbImage> {
+    let image = match params.dataset {
+        DatasetKind::TriPd => tri_pd_benchmark_view(frame)?.0,
+        _ => frame.image.clone(),
+    };
+    let canvas = params.preset.grid().resize_image(&to_float(&image))?;
+    let (h, w) = (canvas.size()[1], canvas.size()[2]);
+    let bytes = Vec::<u8>::try_from(
+        (canvas * 255.0)
+            .round()
+            .clamp(0.0, 255.0)
+            .to_kind(Kind::Uint8)
+            .permute([1, 2, 0])
+            .contiguous()
+            .flatten(0, -1),
+    )?;
+    Ok(RgbImage::new(h as usize, w as usize, bytes))
+}
+
 /// The TRI-PD benchmark's conversion of a decoded frame: Pillow bilinear to 968×608, top 128 rows cropped
 /// (968×480), with the geometry of that step.
 fn tri_pd_benchmark_view(frame: &Frame) -> Result<(RgbImage, Geometry)> {

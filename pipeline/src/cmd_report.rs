@@ -28,6 +28,7 @@ use mrdino_stages::flow::{DisFlow, DisPreset, FlowEstimator, FlowField};
 use serde::Deserialize;
 
 use crate::cmd_eval::{read_label_tables, LabelTables};
+use crate::cmd_infer::{canvas_image, InferParams, PREDICTIONS_KIND};
 
 /// Side of the colour-wheel legend image, in pixels.
 const LEGEND_PX: usize = 128;
@@ -219,6 +220,27 @@ pub(crate) fn run_sequences(tables: &LabelTables) -> Result<Vec<Sequence>> {
 
 /// Where the source frames are: the dataset listed as the labels run listed it.
 fn source_sequences(tables: &LabelTables, params: Option<&ParamsFile>) -> Result<Vec<Sequence>> {
+    if let Some(infer) = prediction_params(tables)? {
+        let plan = mrdino_outputs::bookkeeping::Ledger::new(
+            &tables.layout.root,
+            PREDICTIONS_KIND,
+            &tables.layout.params_hash,
+        )
+        .read_plan()?;
+        let source = SourceOptions {
+            kind: infer.dataset,
+            root: plan.root.clone(),
+            cameras: Some(infer.cameras.clone()),
+            processing: Some(infer.processing),
+        };
+        return list_sequences(&source).with_context(|| {
+            format!(
+                "cannot list the source frames of `{}` at {}",
+                plan.dataset,
+                plan.root.display()
+            )
+        });
+    }
     let plan = tables.layout.ledger().read_plan()?;
     let params = params.context("no parameter file, so the frames' processing is unknown")?;
     let source = SourceOptions {
@@ -237,7 +259,18 @@ fn source_sequences(tables: &LabelTables, params: Option<&ParamsFile>) -> Result
     Ok(sequences)
 }
 
-/// Writes the overlay and flow images of the sampled frames; returns their figures in sample order.
+/// The parameters of a prediction run (`mrdino infer`); `None` for a labels run.
+fn prediction_params(tables: &LabelTables) -> Result<Option<InferParams>> {
+    if tables.kind != PREDICTIONS_KIND {
+        return Ok(None);
+    }
+    let params =
+        serde_json::from_value(tables.params.clone()).context("the prediction run's parameter file is unreadable")?;
+    Ok(Some(params))
+}
+
+/// Writes the overlay and flow images of the sampled frames; returns their figures in sample order. For a
+/// prediction run the masks are drawn on the model's canvas and no flow is shown.
 fn write_samples(
     args: &ReportArgs,
     tables: &LabelTables,
@@ -246,6 +279,7 @@ fn write_samples(
     names: &NameMap,
 ) -> Result<Vec<SampleFigure>> {
     let chosen = sample_frames(&tables.frames, args.samples);
+    let predictions = prediction_params(tables)?;
     let mut instances: BTreeMap<(&str, u32), Vec<&InstanceRow>> = BTreeMap::new();
     for inst in &tables.instances {
         instances
@@ -257,7 +291,7 @@ fn write_samples(
     for frame in &chosen {
         let indices = wanted.entry(frame.sequence_id.as_str()).or_default();
         indices.insert(frame.frame_index as usize);
-        if flow.needs_next_frame() {
+        if predictions.is_none() && flow.needs_next_frame() {
             indices.insert(frame.frame_index as usize + 1);
         }
     }
@@ -278,7 +312,15 @@ fn write_samples(
         let frame = frames
             .get(&index)
             .with_context(|| format!("frame {} of {} could not be re-read", row.frame_name, row.sequence_id))?;
-        let (height, width) = (frame.image.height, frame.image.width);
+        let canvas;
+        let image = match &predictions {
+            Some(p) => {
+                canvas = canvas_image(p, frame)?;
+                &canvas
+            }
+            None => &frame.image,
+        };
+        let (height, width) = (image.height, image.width);
         if (height, width) != (row.height as usize, row.width as usize) {
             bail!(
                 "frame {} of {} is now {}x{} but was labelled at {}x{}; the source changed",
@@ -305,18 +347,23 @@ fn write_samples(
             .collect();
         let stem = format!("{}-{}", unit_key(&row.sequence_id), row.frame_name);
         let overlay_href = format!("overlays/{stem}.png");
-        write_overlay(&args.out.join(&overlay_href), &frame.image.data, height, width, &items)?;
-        let field = flow.flow(&row.sequence_id, frame, frames.get(&(index + 1)))?;
-        let image = flow_to_image(field.height, field.width, &field.uv);
-        let flow_href = format!("flow/{stem}.png");
-        write_rgb_png(&args.out.join(&flow_href), &image.rgb, image.height, image.width)?;
+        write_overlay(&args.out.join(&overlay_href), &image.data, height, width, &items)?;
+        let (flow_href, max_flow_px) = if predictions.is_some() {
+            (None, None)
+        } else {
+            let field = flow.flow(&row.sequence_id, frame, frames.get(&(index + 1)))?;
+            let picture = flow_to_image(field.height, field.width, &field.uv);
+            let flow_href = format!("flow/{stem}.png");
+            write_rgb_png(&args.out.join(&flow_href), &picture.rgb, picture.height, picture.width)?;
+            (Some(flow_href), Some(picture.max_magnitude_px))
+        };
         figures.push(SampleFigure {
             sequence_id: row.sequence_id.clone(),
             frame_name: row.frame_name.clone(),
             instances: rows.len(),
             overlay_href,
-            flow_href: Some(flow_href),
-            max_flow_px: Some(image.max_magnitude_px),
+            flow_href,
+            max_flow_px,
         });
     }
     Ok(figures)
@@ -336,7 +383,10 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let labels_flow = params.as_ref().map(|p| &p.params.flow);
-    let (mut flow, flow_note) = FlowImages::choose(args.flow_dir.as_deref(), labels_flow)?;
+    let (mut flow, mut flow_note) = FlowImages::choose(args.flow_dir.as_deref(), labels_flow)?;
+    if tables.kind == PREDICTIONS_KIND {
+        flow_note = "Predictions of a slot model (`mrdino infer`): masks drawn on the model's canvas; no flow.".into();
+    }
     let mut notes: Vec<String> = tables
         .incomplete_units
         .iter()

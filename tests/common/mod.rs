@@ -29,8 +29,16 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let words: Vec<String> = cmd.get_args().take(2).map(|a| a.to_string_lossy().into_owned()).collect();
-    eprintln!("[{:>6.1} s] {program} {}", started.elapsed().as_secs_f64(), words.join(" "));
+    let words: Vec<String> = cmd
+        .get_args()
+        .take(2)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    eprintln!(
+        "[{:>6.1} s] {program} {}",
+        started.elapsed().as_secs_f64(),
+        words.join(" ")
+    );
     assert!(
         out.status.success(),
         "command failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
