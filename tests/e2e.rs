@@ -1270,7 +1270,8 @@ fn a_unit_whose_outputs_cannot_be_written_fails_alone() {
     );
     let status = mrdino().arg("status").arg("--out").arg(&out).output().unwrap();
     assert_eq!(status.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&status.stdout).contains("s01: cannot write"));
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(printed.contains("s01: cannot write"), "{printed}");
 }
 
 #[test]

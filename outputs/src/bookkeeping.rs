@@ -552,7 +552,8 @@ impl Ledger {
         Ok(path)
     }
 
-    /// Every readable run manifest of the partition, oldest first (unreadable ones are named in the result).
+    /// Every readable run manifest of the partition, oldest first — by start, then finish second, then the time
+    /// the manifest file was written — (unreadable ones are named in the result).
     pub fn read_manifests<P: DeserializeOwned, T: DeserializeOwned>(
         &self,
     ) -> (Vec<RunManifest<P, T>>, Vec<BookkeepingError>) {
@@ -570,16 +571,20 @@ impl Ledger {
         paths.sort();
         let (mut manifests, mut errors) = (Vec::new(), Vec::new());
         for path in paths {
+            // Runs within the same second are ordered by when their manifest was written (nanoseconds).
+            let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
             match std::fs::read(&path)
                 .map_err(|e| BookkeepingError::from(OutputError::io(&path, e)))
                 .and_then(|b| serde_json::from_slice(&b).map_err(|e| BookkeepingError::invalid(&path, e)))
             {
-                Ok(m) => manifests.push(m),
+                Ok(m) => manifests.push((m, written)),
                 Err(e) => errors.push(e),
             }
         }
-        manifests.sort_by_key(|m: &RunManifest<P, T>| (m.started_unix_s, m.finished_unix_s));
-        (manifests, errors)
+        manifests.sort_by_key(|(m, written): &(RunManifest<P, T>, Option<SystemTime>)| {
+            (m.started_unix_s, m.finished_unix_s, *written)
+        });
+        (manifests.into_iter().map(|(m, _)| m).collect(), errors)
     }
 
     /// Done, failed and missing units of the plan. A unit is failed when it is not done and the latest run
@@ -907,6 +912,25 @@ mod tests {
         assert_eq!(status.missing, ["c"]);
         assert_eq!(status.num_shards.map(NonZeroU64::get), Some(2));
         assert!(!status.complete());
+
+        // Two runs within the same second: the one written last decides, whatever the file names' order.
+        let later = |status: UnitOutcome, shard: Option<Shard>| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            ledger.write_manifest(&manifest(status, "c"), shard).unwrap()
+        };
+        later(UnitOutcome::Done, Some(Shard::new(1, 2).unwrap()));
+        later(UnitOutcome::Failed, None);
+        assert_eq!(
+            ledger
+                .status::<Counts>(None)
+                .unwrap()
+                .failed
+                .get("c")
+                .map(String::as_str),
+            Some("disk full")
+        );
+        later(UnitOutcome::Done, None);
+        assert!(ledger.status::<Counts>(None).unwrap().failed.get("c").is_none());
     }
 
     #[test]

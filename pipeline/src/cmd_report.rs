@@ -221,12 +221,9 @@ pub(crate) fn run_sequences(tables: &LabelTables) -> Result<Vec<Sequence>> {
 /// Where the source frames are: the dataset listed as the labels run listed it.
 fn source_sequences(tables: &LabelTables, params: Option<&ParamsFile>) -> Result<Vec<Sequence>> {
     if let Some(infer) = prediction_params(tables)? {
-        let plan = mrdino_outputs::bookkeeping::Ledger::new(
-            &tables.layout.root,
-            PREDICTIONS_KIND,
-            &tables.layout.params_hash,
-        )
-        .read_plan()?;
+        let plan =
+            mrdino_outputs::bookkeeping::Ledger::new(&tables.layout.root, PREDICTIONS_KIND, &tables.layout.params_hash)
+                .read_plan()?;
         let source = SourceOptions {
             kind: infer.dataset,
             root: plan.root.clone(),
