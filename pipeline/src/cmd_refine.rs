@@ -415,11 +415,19 @@ impl CachedViews {
             meta.image_width,
             meta.image_height
         );
+        // Every cached view must be a window of a labelled frame of this run (checked by lookup here; the
+        // window's masks are computed when a batch draws it).
         for v in 0..cache.n_views() {
             let key = cache.view_key(v).context("feature cache view without a key")?;
-            labels
-                .view(key, None)
-                .context("the feature cache does not match the labels run")?;
+            if key.window.is_none() || labels.frame(&key.sequence_id, key.frame_index).is_none() {
+                bail!(
+                    "the feature cache does not match the labels run: view {} frame {} ({:?}) is not a training \
+                     window of a labelled frame",
+                    key.sequence_id,
+                    key.frame_index,
+                    key.window
+                );
+            }
         }
         Ok(Self {
             sampler: Sampler::new(seed, cache.n_views()),
