@@ -536,6 +536,9 @@ struct ImageSource {
     n_views: usize,
     n_patches: i64,
     receiver: Option<(u64, Receiver<(u64, Result<Tensor, String>)>)>,
+    /// The decoding thread; joined before a new one starts and when the source is dropped, so no decode is
+    /// still inside OpenCV or libtorch while the process exits (that crashed with SIGSEGV at exit).
+    producer: Option<std::thread::JoinHandle<()>>,
     paths: std::sync::Arc<Vec<PathBuf>>,
     augment: AugmentParams,
     seed: i64,
@@ -572,6 +575,7 @@ impl ImageSource {
             n_views: paths.len(),
             backbone,
             receiver: None,
+            producer: None,
             paths: std::sync::Arc::new(paths),
             augment: a.clone(),
             seed: params.seed,
@@ -579,7 +583,16 @@ impl ImageSource {
         })
     }
 
+    /// Stops the decoding thread: dropping the receiver makes its next send fail, then it is joined.
+    fn stop(&mut self) {
+        self.receiver = None;
+        if let Some(producer) = self.producer.take() {
+            let _ = producer.join();
+        }
+    }
+
     fn start(&mut self, first_sample: u64, batch_size: usize) -> Result<()> {
+        self.stop();
         let (tx, rx) = bounded(2);
         let paths = self.paths.clone();
         let augment = self.augment.clone();
@@ -588,7 +601,7 @@ impl ImageSource {
             .num_threads(self.workers.unwrap_or(0))
             .build()
             .context("cannot start the decoding threads")?;
-        std::thread::spawn(move || {
+        self.producer = Some(std::thread::spawn(move || {
             let mut sampler = Sampler::new(seed, paths.len());
             let mut first = first_sample;
             loop {
@@ -610,7 +623,7 @@ impl ImageSource {
                 }
                 first += batch_size as u64;
             }
-        });
+        }));
         self.receiver = Some((first_sample, rx));
         Ok(())
     }
@@ -635,6 +648,12 @@ fn prepare_image(path: &Path, a: &AugmentParams, seed: i64, sample: u64) -> Resu
     let img = img.narrow(1, y, a.crop_height).narrow(2, x, a.crop_width);
     let flip = a.random_flip && rng.next_f64() < 0.5;
     Ok(if flip { img.flip([2]) } else { img.contiguous() })
+}
+
+impl Drop for ImageSource {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl FeatureSource for ImageSource {
