@@ -65,6 +65,33 @@ const MIN_SIDE_PX: usize = 32;
 const MAX_SIDE_PX: usize = 4096;
 const MAX_FRAMES: usize = 100_000;
 
+/// How surfaces are coloured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextureStyle {
+    /// Two colours mixed by value noise and stripes (see the module docs): flow is observable everywhere,
+    /// so estimated flow (DIS, RAFT) works, but a patch's colour says little about which surface it is on.
+    #[default]
+    Textured,
+    /// One colour per surface (a random point between the same two colours), plus the photometric noise.
+    /// Estimated flow fails inside flat regions, so labels need the exact flow (`--flow import`); patch
+    /// colours identify surfaces, so a slot model on a random feature extractor can find the objects in
+    /// minutes (`make demo-refine`).
+    Flat,
+}
+
+impl std::str::FromStr for TextureStyle {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "textured" => Ok(Self::Textured),
+            "flat" => Ok(Self::Flat),
+            _ => Err(format!("unknown texture style {text:?} (textured or flat)")),
+        }
+    }
+}
+
 /// What to generate. Sizes are of the rendered frames, in pixels.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SynthParams {
@@ -73,6 +100,7 @@ pub struct SynthParams {
     pub frames: usize,
     pub height: usize,
     pub width: usize,
+    pub texture: TextureStyle,
 }
 
 impl Default for SynthParams {
@@ -83,6 +111,7 @@ impl Default for SynthParams {
             frames: 24,
             height: 128,
             width: 320,
+            texture: TextureStyle::Textured,
         }
     }
 }
@@ -408,6 +437,8 @@ struct Texture {
     noise_seed: u64,
     noise_cell_px: f64,
     stripes: [Stripes; 2],
+    /// `Some(mix)`: [`TextureStyle::Flat`], one colour everywhere.
+    flat_mix: Option<f64>,
 }
 
 struct Stripes {
@@ -418,7 +449,8 @@ struct Stripes {
 }
 
 impl Texture {
-    fn random(rng: &mut SplitMix64, noise_cell_px: f64) -> Self {
+    /// The same draws from `rng` whatever the style, so a flat scene has the textured scene's geometry and motion.
+    fn random(rng: &mut SplitMix64, noise_cell_px: f64, style: TextureStyle) -> Self {
         let dark = [rng.range(10.0, 110.0), rng.range(10.0, 110.0), rng.range(10.0, 110.0)];
         let light = [
             rng.range(140.0, 245.0),
@@ -435,16 +467,22 @@ impl Texture {
             }
         };
         let stripes = [stripes(), stripes()];
+        let noise_seed = rng.next_u64();
+        let flat_mix = (style == TextureStyle::Flat).then(|| hash_unit(&[noise_seed]));
         Self {
             dark,
             light,
-            noise_seed: rng.next_u64(),
+            noise_seed,
             noise_cell_px,
             stripes,
+            flat_mix,
         }
     }
 
     fn color(&self, x: f64, y: f64) -> [f64; 3] {
+        if let Some(mix) = self.flat_mix {
+            return std::array::from_fn(|c| self.dark[c] + (self.light[c] - self.dark[c]) * mix);
+        }
         let mut mix = 0.0;
         let mut cell = self.noise_cell_px;
         for (octave, amplitude) in [0.5, 0.3, 0.2].into_iter().enumerate() {
@@ -640,10 +678,10 @@ impl Scene {
         let pairs = params.frames - 1;
 
         let background_cell_px = rng.range(18.0, 30.0);
-        let background = Texture::random(&mut rng, background_cell_px);
+        let background = Texture::random(&mut rng, background_cell_px, params.texture);
         let camera_motions = camera_schedule(&mut rng, pairs, index);
         let cameras = camera_path(&mut rng, &camera_motions, height, width);
-        let objects = make_objects(&mut rng, params.frames, height, width);
+        let objects = make_objects(&mut rng, params, height, width);
         Self {
             index,
             seed,
@@ -832,7 +870,8 @@ fn camera_path(rng: &mut SplitMix64, motions: &[CameraMotion], height: usize, wi
 /// entering the frame from outside. Every moving object translates by 4.5–7.5 px per frame; rotation and
 /// scaling add at most 40 % of that at the object's rim, so every point of a moving object moves by more than
 /// 2.7 px in the world.
-fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize) -> Vec<Object> {
+fn make_objects(rng: &mut SplitMix64, params: &SynthParams, height: usize, width: usize) -> Vec<Object> {
+    let frames = params.frames;
     let (h, w) = (height as f64, width as f64);
     let count = rng.int(4, 7);
     let base_px = (h.min(w) * 0.2).max(8.0);
@@ -947,7 +986,7 @@ fn make_objects(rng: &mut SplitMix64, frames: usize, height: usize, width: usize
         objects.push(Object {
             id: (index + 1) as u16,
             shape,
-            texture: Texture::random(rng, noise_cell_px),
+            texture: Texture::random(rng, noise_cell_px, params.texture),
             motion,
             depth_rank,
             poses,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use mrdino_datasets::synth::{frame_name, generate, sequence_name, SynthParams};
+use mrdino_datasets::synth::{frame_name, generate, sequence_name, SynthParams, TextureStyle};
 use opencv::core::{Mat, MatTraitConst, MatTraitConstManual};
 use opencv::imgcodecs;
 use serde_json::Value;
@@ -109,6 +109,7 @@ fn same_seed_gives_identical_bytes_and_another_seed_does_not() {
         frames: 9,
         height: 48,
         width: 80,
+        texture: TextureStyle::Textured,
     };
     let (a, b) = (generated(&params), generated(&params));
     let (files_a, files_b) = (all_files(a.path()), all_files(b.path()));
@@ -378,4 +379,54 @@ fn moving_objects_exceed_the_foreground_threshold_and_static_ones_do_not_move() 
         entered && left,
         "objects should enter ({entered}) and leave ({left}) the frame"
     );
+}
+
+#[test]
+fn flat_scenes_share_the_textured_geometry_and_give_each_surface_one_colour() {
+    let textured = SynthParams {
+        seed: 5,
+        sequences: 1,
+        frames: 4,
+        height: 64,
+        width: 96,
+        texture: TextureStyle::Textured,
+    };
+    let flat = SynthParams {
+        texture: TextureStyle::Flat,
+        ..textured.clone()
+    };
+    let (a, b) = (generated(&textured), generated(&flat));
+    let (files_a, files_b) = (all_files(a.path()), all_files(b.path()));
+    for (path, bytes) in &files_a {
+        let text = path.to_string_lossy();
+        if text.starts_with("instances") || text.starts_with("flow") || text.starts_with("meta") {
+            assert!(bytes == &files_b[path], "{text}: the style changed the geometry or the motion");
+        }
+    }
+    let json: Value = serde_json::from_slice(&files_b[&PathBuf::from("synth.json")]).expect("synth.json");
+    assert_eq!(json["params"]["texture"], "flat");
+
+    // Per surface (id) and channel, the spread of the pixel values is the photometric noise (±3, so ≤ 6),
+    // except where a pixel's centre is on one surface and the colour is rounded; the textured scene spreads far.
+    let spread = |dir: &Path| -> u8 {
+        let name = sequence_name(0);
+        let mut worst = 0;
+        for t in 0..4 {
+            let stem = frame_name(t);
+            let rgb = read_rgb(&dir.join("frames").join(&name).join(format!("{stem}.png")));
+            let ids = read_ids(&dir.join("instances").join(&name).join(format!("{stem}.png")));
+            let mut range: BTreeMap<(u16, usize), (u8, u8)> = BTreeMap::new();
+            for (p, &id) in ids.iter().enumerate() {
+                for c in 0..3 {
+                    let v = rgb[3 * p + c];
+                    let e = range.entry((id, c)).or_insert((v, v));
+                    *e = (e.0.min(v), e.1.max(v));
+                }
+            }
+            worst = worst.max(range.values().map(|(lo, hi)| hi - lo).max().expect("pixels"));
+        }
+        worst
+    };
+    assert!(spread(b.path()) <= 7, "flat surfaces spread {}", spread(b.path()));
+    assert!(spread(a.path()) > 60, "textured surfaces spread only {}", spread(a.path()));
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use mrdino_datasets::synth::{generate, SynthParams};
+use mrdino_datasets::synth::{generate, SynthParams, TextureStyle};
 
 /// Flags of `mrdino synth`.
 #[derive(Debug, clap::Args)]
@@ -25,6 +25,10 @@ pub struct SynthArgs {
     /// Frame size in pixels, width x height (the convention of every size flag, as `labels --resize`).
     #[arg(long, value_name = "WxH", default_value = "320x128", value_parser = parse_size)]
     pub size: FrameSize,
+    /// Surface colouring: `textured` (noise and stripes, for estimated flow) or `flat` (one colour per surface,
+    /// labels need `--flow import`; what a slot model on the random test backbone can learn objects from).
+    #[arg(long, value_name = "STYLE", default_value = "textured")]
+    pub texture: TextureStyle,
 }
 
 /// A frame size in pixels.
@@ -46,6 +50,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         frames: args.frames,
         height: args.size.height,
         width: args.size.width,
+        texture: args.texture,
     };
     let summary = generate(&params, &args.out)
         .with_context(|| format!("generating a synthetic dataset in {}", args.out.display()))?;
