@@ -568,7 +568,8 @@ fn unreadable_row(sequence: &Sequence, index: usize, name: &str, grid: &WindowGr
     }
 }
 
-fn file_sha256(path: &Path) -> Result<String> {
+/// SHA-256 (hex) of a file's bytes, recorded as the provenance of models in predictions and refinement runs.
+pub(crate) fn file_sha256(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -46,27 +46,28 @@ use mrdino_model::refine::{
     stage1_loss, stage2_loss, weighted_masks, SlotDeactivation, Stage2Inputs, Stage2Options, SIMILARITY_THRESHOLD,
 };
 use mrdino_model::tensors::{from_tch, to_tch};
-use mrdino_model::train::{sample_rng, CacheSource, FeatureSource, Sampler, StepMetrics};
+use mrdino_model::train::{CacheSource, FeatureSource, Sampler, StepMetrics};
 use mrdino_model::views::{batch_instance_masks, instance_masks};
 use mrdino_outputs::checkpoint::{
-    read_tensor_file, resolve_model_path, write_tensor_file, TensorFile, TrainState, FORMAT_CHECKPOINT, META_BACKBONE,
-    META_BACKBONE_SHA256, META_CODE_VERSION, META_FORMAT, META_MODEL_CONFIG, META_PARAMS, META_STAGE, META_TRAIN_STATE,
-    OPTIMIZER_PREFIX,
+    read_tensor_file, resolve_model_path, TrainState, META_BACKBONE, META_BACKBONE_SHA256,
 };
 use mrdino_outputs::feature_cache::{FeatureCache, ViewKey};
 use mrdino_outputs::write_atomic;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::cmd_eval::read_label_tables;
+use crate::cmd_infer::file_sha256;
 use crate::cmd_train::build_backbone;
 use crate::flowsel::parse_device;
 use crate::job::CODE_VERSION;
 use crate::refine_views::{LabelIndex, WindowLayout};
-use crate::training::{initial_state, merge, prepare_run_dir, read_config, run_steps, LoopSettings, StepRunner};
+use crate::training::{
+    check_saved_params, initial_state, merge, prepare_run_dir, preset_name, read_config, restore_training_state,
+    run_steps, write_checkpoint, CheckpointMeta, LoopSettings, StepRunner,
+};
 
 /// Stage tags in checkpoints (`mrdino.stage`).
 pub const STAGE1: &str = "stage1";
@@ -286,28 +287,10 @@ impl RefineParams {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Preset < config file < flags; `steps` stays 0 until the number of views is known.
 fn resolve_params(stage: &str, args: &RefineArgs, dataset: DatasetKind) -> Result<RefineParams> {
     let file = args.config.as_deref().map(read_config).transpose()?;
-    let preset = args
-        .preset
-        .clone()
-        .or_else(|| {
-            file.as_ref()
-                .and_then(|f| f.get("preset"))
-                .and_then(|p| p.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| match dataset {
-            DatasetKind::TriPd => "tri-pd".into(),
-            DatasetKind::MoviE => "movi-e".into(),
-            _ => "kitti".into(),
-        });
+    let preset = preset_name(args.preset.as_deref(), file.as_ref(), dataset);
     let base = RefineParams::preset(stage, &preset, dataset.name())
         .with_context(|| format!("unknown preset `{preset}` (expected kitti, tri-pd or movi-e)"))?;
     let mut value = serde_json::to_value(&base)?;
@@ -624,7 +607,7 @@ fn refine(stage: &str, args: &RefineArgs) -> Result<ExitCode> {
         }
     }
     let from = resolve_model_path(&args.from);
-    params.from_sha256 = sha256_file(&from)?;
+    params.from_sha256 = file_sha256(&from)?;
     params.labels_params = labels_params;
     params.validate()?;
 
@@ -792,30 +775,19 @@ impl StepRunner for RefineRunner<'_> {
     }
 
     fn save(&self, state: &TrainState) -> Result<()> {
-        let mut file = TensorFile::default();
-        file.tensors = self.model.raw_parameters()?;
+        let mut tensors = self.model.raw_parameters()?;
         if let Some(head) = &self.head {
             for (name, t) in head.named_parameters() {
-                file.tensors.push(from_tch(&name, &t)?);
+                tensors.push(from_tch(&name, &t)?);
             }
         }
-        let (moments, steps) = self.adam.export_state();
-        for (name, t) in &moments {
-            file.tensors.push(from_tch(&format!("{OPTIMIZER_PREFIX}{name}"), t)?);
-        }
-        let mut state = state.clone();
-        state.optimizer_steps = steps;
-        let meta = &mut file.metadata;
-        meta.insert(META_FORMAT.into(), FORMAT_CHECKPOINT.into());
-        meta.insert(META_STAGE.into(), self.params.stage.clone());
-        meta.insert(META_MODEL_CONFIG.into(), serde_json::to_string(self.model.config())?);
-        meta.insert(META_PARAMS.into(), serde_json::to_string(self.params)?);
-        meta.insert(META_CODE_VERSION.into(), CODE_VERSION.into());
-        meta.insert(META_BACKBONE.into(), self.backbone.0.clone());
-        meta.insert(META_BACKBONE_SHA256.into(), self.backbone.1.clone());
-        meta.insert(META_TRAIN_STATE.into(), serde_json::to_string(&state)?);
-        write_tensor_file(&self.checkpoint, &file)?;
-        Ok(())
+        let meta = CheckpointMeta {
+            stage: Some(&self.params.stage),
+            model_config: serde_json::to_string(self.model.config())?,
+            params: serde_json::to_string(self.params)?,
+            backbone: &self.backbone,
+        };
+        write_checkpoint(&self.checkpoint, tensors, &self.adam, state, meta)
     }
 }
 
@@ -827,34 +799,7 @@ fn restore(
     adam: &mut Adam,
 ) -> Result<TrainState> {
     let file = read_tensor_file(path)?;
-    let saved: RefineParams = serde_json::from_str(file.meta(META_PARAMS).context("checkpoint lacks parameters")?)
-        .with_context(|| {
-            format!(
-                "{}: unreadable parameters (not a refinement checkpoint?)",
-                path.display()
-            )
-        })?;
-    if saved.identity() != params.identity() {
-        bail!(
-            "{} was refined with other parameters or from another model; use another --out or the same \
-             parameters\n saved: {}\n now:   {}",
-            path.display(),
-            serde_json::to_string(&saved.identity())?,
-            serde_json::to_string(&params.identity())?
-        );
-    }
-    let state: TrainState = serde_json::from_str(file.meta(META_TRAIN_STATE).context("checkpoint lacks train state")?)?;
-    ensure!(
-        state.rng_state == sample_rng(params.seed, state.next_sample).state,
-        "{}: generator state does not match seed {} at sample {}",
-        path.display(),
-        params.seed,
-        state.next_sample
-    );
-    let loaded = Dinosaur::from_tensor_file(&file, path, None, model.device())?;
-    for (name, t) in loaded.named_parameters() {
-        model.set_parameter(&name, &t)?;
-    }
+    check_saved_params(&file, path, RefineParams::identity, params, "refinement")?;
     if let Some(head) = head {
         for (name, mut var) in head.named_parameters() {
             let raw = file
@@ -871,15 +816,7 @@ fn restore(
             tch::no_grad(|| var.copy_(&value));
         }
     }
-    let mut moments = Vec::new();
-    for raw in file.tensors.iter().filter(|t| t.name.starts_with(OPTIMIZER_PREFIX)) {
-        moments.push((
-            raw.name[OPTIMIZER_PREFIX.len()..].to_string(),
-            to_tch(raw, model.device())?,
-        ));
-    }
-    adam.import_state(&moments, &state.optimizer_steps)?;
-    Ok(state)
+    restore_training_state(&file, path, params.seed, model, adam)
 }
 
 #[cfg(test)]

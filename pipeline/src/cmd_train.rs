@@ -31,13 +31,8 @@ use mrdino_datasets::{list_sequences, DatasetKind, Processing, SourceOptions};
 use mrdino_model::backbone::{Backbone, ConvPatchBackbone};
 use mrdino_model::dinosaur::{Dinosaur, DinosaurConfig};
 use mrdino_model::optim::{Adam, AdamConfig, LrSchedule};
-use mrdino_model::tensors::{from_tch, to_tch};
 use mrdino_model::train::{sample_rng, train_step, CacheSource, FeatureSource, Sampler, StepMetrics, TrainError};
-use mrdino_outputs::checkpoint::{
-    read_tensor_file, write_tensor_file, TensorFile, TrainState, FORMAT_CHECKPOINT, META_BACKBONE,
-    META_BACKBONE_SHA256, META_CODE_VERSION, META_FORMAT, META_MODEL_CONFIG, META_PARAMS, META_TRAIN_STATE,
-    OPTIMIZER_PREFIX,
-};
+use mrdino_outputs::checkpoint::{read_tensor_file, TrainState};
 use mrdino_outputs::feature_cache::FeatureCache;
 use mrdino_outputs::write_atomic;
 use serde::{Deserialize, Serialize};
@@ -45,7 +40,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::flowsel::parse_device;
 use crate::job::CODE_VERSION;
-use crate::training::{initial_state, merge, prepare_run_dir, read_config, run_steps, LoopSettings, StepRunner};
+use crate::training::{
+    check_saved_params, initial_state, merge, prepare_run_dir, preset_name, read_config, restore_training_state,
+    run_steps, write_checkpoint, CheckpointMeta, LoopSettings, StepRunner,
+};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TrainCommand {
@@ -273,20 +271,7 @@ pub fn resolve_params(args: &DinosaurTrainArgs) -> Result<TrainParams> {
             )
         })?;
     let file = args.config.as_deref().map(read_config).transpose()?;
-    let preset = args
-        .preset
-        .clone()
-        .or_else(|| {
-            file.as_ref()
-                .and_then(|f| f.get("preset"))
-                .and_then(|p| p.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| match kind {
-            DatasetKind::TriPd => "tri-pd".into(),
-            DatasetKind::MoviE => "movi-e".into(),
-            _ => "kitti".into(),
-        });
+    let preset = preset_name(args.preset.as_deref(), file.as_ref(), kind);
     let base = TrainParams::preset(&preset, kind.name())
         .with_context(|| format!("unknown preset `{preset}` (expected kitti, tri-pd or movi-e)"))?;
     let mut value = serde_json::to_value(&base)?;
@@ -474,59 +459,19 @@ fn save_checkpoint(
     adam: &Adam,
     state: &TrainState,
 ) -> Result<()> {
-    let mut file = TensorFile::default();
-    file.tensors = model.raw_parameters()?;
-    let (moments, steps) = adam.export_state();
-    for (name, t) in &moments {
-        file.tensors.push(from_tch(&format!("{OPTIMIZER_PREFIX}{name}"), t)?);
-    }
-    let mut state = state.clone();
-    state.optimizer_steps = steps;
-    let meta = &mut file.metadata;
-    meta.insert(META_FORMAT.into(), FORMAT_CHECKPOINT.into());
-    meta.insert(META_MODEL_CONFIG.into(), serde_json::to_string(&params.model)?);
-    meta.insert(META_PARAMS.into(), serde_json::to_string(params)?);
-    meta.insert(META_CODE_VERSION.into(), CODE_VERSION.into());
-    meta.insert(META_BACKBONE.into(), backbone.0.clone());
-    meta.insert(META_BACKBONE_SHA256.into(), backbone.1.clone());
-    meta.insert(META_TRAIN_STATE.into(), serde_json::to_string(&state)?);
-    write_tensor_file(path, &file)?;
-    Ok(())
+    let meta = CheckpointMeta {
+        stage: None,
+        model_config: serde_json::to_string(&params.model)?,
+        params: serde_json::to_string(params)?,
+        backbone,
+    };
+    write_checkpoint(path, model.raw_parameters()?, adam, state, meta)
 }
 
 fn restore(path: &Path, params: &TrainParams, model: &Dinosaur, adam: &mut Adam) -> Result<TrainState> {
     let file = read_tensor_file(path)?;
-    let saved: TrainParams = serde_json::from_str(file.meta(META_PARAMS).context("checkpoint lacks parameters")?)
-        .with_context(|| format!("{}: unreadable parameters", path.display()))?;
-    if saved.identity() != params.identity() {
-        bail!(
-            "{} was trained with other parameters; use another --out or the same parameters\n saved: {}\n now:   {}",
-            path.display(),
-            serde_json::to_string(&saved.identity())?,
-            serde_json::to_string(&params.identity())?
-        );
-    }
-    let state: TrainState = serde_json::from_str(file.meta(META_TRAIN_STATE).context("checkpoint lacks train state")?)?;
-    ensure!(
-        state.rng_state == sample_rng(params.seed, state.next_sample).state,
-        "{}: generator state does not match seed {} at sample {}",
-        path.display(),
-        params.seed,
-        state.next_sample
-    );
-    let loaded = Dinosaur::from_tensor_file(&file, path, None, model.device())?;
-    for (name, t) in loaded.named_parameters() {
-        model.set_parameter(&name, &t)?;
-    }
-    let mut moments = Vec::new();
-    for raw in file.tensors.iter().filter(|t| t.name.starts_with(OPTIMIZER_PREFIX)) {
-        moments.push((
-            raw.name[OPTIMIZER_PREFIX.len()..].to_string(),
-            to_tch(raw, model.device())?,
-        ));
-    }
-    adam.import_state(&moments, &state.optimizer_steps)?;
-    Ok(state)
+    check_saved_params(&file, path, TrainParams::identity, params, "DINOSAUR training")?;
+    restore_training_state(&file, path, params.seed, model, adam)
 }
 
 /// On-the-fly features: frames → resize (bicubic, no antialias, clamped) → random crop → flip on CPU threads

@@ -1,5 +1,6 @@
 //! What every training command shares (`train dinosaur`, `refine stage1`, `refine stage2`): the metrics log,
-//! the loss plot, config merging, and the step loop with its stop rules.
+//! the loss plot, config merging, the preset choice, checkpoint writing and resuming, and the step loop with its
+//! stop rules.
 //!
 //! The loop ([`run_steps`]) runs steps until `steps`; it logs a [`MetricsRow`] every `log_every` steps to
 //! `metrics.jsonl`, writes the checkpoint (through the [`StepRunner`]) and `loss.svg` every `checkpoint_every`
@@ -13,13 +14,23 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mrdino_datasets::DatasetKind;
+use mrdino_model::dinosaur::Dinosaur;
+use mrdino_model::optim::Adam;
+use mrdino_model::tensors::{from_tch, to_tch};
 use mrdino_model::train::{sample_rng, StepMetrics};
-use mrdino_outputs::checkpoint::{RunLayout, TrainState};
+use mrdino_outputs::checkpoint::{
+    write_tensor_file, RawTensor, RunLayout, TensorFile, TrainState, FORMAT_CHECKPOINT, META_BACKBONE,
+    META_BACKBONE_SHA256, META_CODE_VERSION, META_FORMAT, META_MODEL_CONFIG, META_PARAMS, META_STAGE,
+    META_TRAIN_STATE, OPTIMIZER_PREFIX,
+};
 use mrdino_outputs::write_atomic;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::job::CODE_VERSION;
 use crate::run::STOP;
 use crate::EXIT_STOPPED;
 
@@ -263,4 +274,121 @@ pub(crate) fn prepare_run_dir(dir: &Path) -> Result<RunLayout> {
     std::fs::create_dir_all(&layout.dir).with_context(|| format!("cannot create {}", layout.dir.display()))?;
     mrdino_outputs::atomic::remove_stale_temporaries(&layout.dir)?;
     Ok(layout)
+}
+
+/// The recipe preset of a run: the flag, else the config file's `"preset"`, else the dataset's own (TRI-PD and
+/// MOVi-E theirs; KITTI, frame folders and videos `kitti`).
+pub(crate) fn preset_name(flag: Option<&str>, file: Option<&serde_json::Value>, dataset: DatasetKind) -> String {
+    flag.map(str::to_string)
+        .or_else(|| {
+            file.and_then(|f| f.get("preset"))
+                .and_then(|p| p.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| match dataset {
+            DatasetKind::TriPd => "tri-pd".into(),
+            DatasetKind::MoviE => "movi-e".into(),
+            _ => "kitti".into(),
+        })
+}
+
+/// What a training checkpoint records beside its tensors.
+pub(crate) struct CheckpointMeta<'a> {
+    /// `refine` stage (`stage1`, `stage2`); `None` for `train dinosaur`.
+    pub stage: Option<&'a str>,
+    pub model_config: String,
+    pub params: String,
+    /// Backbone name and weights SHA-256.
+    pub backbone: &'a (String, String),
+}
+
+/// Writes a checkpoint atomically: `tensors` (the weights), the Adam moments under [`OPTIMIZER_PREFIX`], the
+/// metadata and `state` with the optimiser's per-parameter step counts.
+pub(crate) fn write_checkpoint(
+    path: &Path,
+    tensors: Vec<RawTensor>,
+    adam: &Adam,
+    state: &TrainState,
+    meta: CheckpointMeta<'_>,
+) -> Result<()> {
+    let mut file = TensorFile {
+        tensors,
+        ..TensorFile::default()
+    };
+    let (moments, steps) = adam.export_state();
+    for (name, t) in &moments {
+        file.tensors.push(from_tch(&format!("{OPTIMIZER_PREFIX}{name}"), t)?);
+    }
+    let mut state = state.clone();
+    state.optimizer_steps = steps;
+    let m = &mut file.metadata;
+    m.insert(META_FORMAT.into(), FORMAT_CHECKPOINT.into());
+    if let Some(stage) = meta.stage {
+        m.insert(META_STAGE.into(), stage.into());
+    }
+    m.insert(META_MODEL_CONFIG.into(), meta.model_config);
+    m.insert(META_PARAMS.into(), meta.params);
+    m.insert(META_CODE_VERSION.into(), CODE_VERSION.into());
+    m.insert(META_BACKBONE.into(), meta.backbone.0.clone());
+    m.insert(META_BACKBONE_SHA256.into(), meta.backbone.1.clone());
+    m.insert(META_TRAIN_STATE.into(), serde_json::to_string(&state)?);
+    write_tensor_file(path, &file)?;
+    Ok(())
+}
+
+/// The parameters saved in checkpoint `file` (read from `path`), refused unless their identity (what must not
+/// change across a resume) equals `identity` of the current ones.
+pub(crate) fn check_saved_params<P: DeserializeOwned>(
+    file: &TensorFile,
+    path: &Path,
+    identity: impl Fn(&P) -> serde_json::Value,
+    current: &P,
+    what: &str,
+) -> Result<()> {
+    let saved: P = serde_json::from_str(file.meta(META_PARAMS).context("checkpoint lacks parameters")?)
+        .with_context(|| format!("{}: unreadable parameters (not a {what} checkpoint?)", path.display()))?;
+    let (saved, now) = (identity(&saved), identity(current));
+    if saved != now {
+        bail!(
+            "{} holds a {what} run with other parameters; use another --out or the same parameters\n saved: {}\n \
+             now:   {}",
+            path.display(),
+            serde_json::to_string(&saved)?,
+            serde_json::to_string(&now)?
+        );
+    }
+    Ok(())
+}
+
+/// Resumes from checkpoint `file`: its training state (the sample generator must be where `seed` puts it), the
+/// DINOSAUR weights into `model` and the Adam moments into `adam`. Extra trained tensors (a stage-2 head) are the
+/// caller's.
+pub(crate) fn restore_training_state(
+    file: &TensorFile,
+    path: &Path,
+    seed: i64,
+    model: &Dinosaur,
+    adam: &mut Adam,
+) -> Result<TrainState> {
+    let state: TrainState = serde_json::from_str(file.meta(META_TRAIN_STATE).context("checkpoint lacks train state")?)
+        .with_context(|| format!("{}: unreadable train state", path.display()))?;
+    ensure!(
+        state.rng_state == sample_rng(seed, state.next_sample).state,
+        "{}: generator state does not match seed {seed} at sample {}",
+        path.display(),
+        state.next_sample
+    );
+    let loaded = Dinosaur::from_tensor_file(file, path, None, model.device())?;
+    for (name, t) in loaded.named_parameters() {
+        model.set_parameter(&name, &t)?;
+    }
+    let mut moments = Vec::new();
+    for raw in file.tensors.iter().filter(|t| t.name.starts_with(OPTIMIZER_PREFIX)) {
+        moments.push((
+            raw.name[OPTIMIZER_PREFIX.len()..].to_string(),
+            to_tch(raw, model.device())?,
+        ));
+    }
+    adam.import_state(&moments, &state.optimizer_steps)?;
+    Ok(state)
 }
