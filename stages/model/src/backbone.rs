@@ -3,7 +3,9 @@
 //! [`Backbone`] is what the ViT family implements; training and inference only talk to this trait, so any
 //! backbone plugs into `mrdino train` and into the feature cache. [`ConvPatchBackbone`] is a real, small
 //! backbone made of libtorch layers — ImageNet normalisation, one strided convolution (a ViT's patch embedding
-//! without the transformer) and a LayerNorm without affine — with weights drawn deterministically from a seed.
+//! without the transformer), optionally a fixed 2-D sine–cosine position code (`-pos`: patch tokens then say
+//! where they are, as a ViT's do, so slots can carry positions), and a LayerNorm without affine — with weights
+//! drawn deterministically from a seed.
 //! It is not a pretrained model and gives no useful objects on real images; it exists so the data pipeline,
 //! the cache writer and the trainer can be exercised end to end without downloading weights (tests, smoke runs).
 
@@ -32,13 +34,15 @@ pub trait Backbone: Send {
     fn features(&self, images01: &Tensor) -> Result<Tensor, String>;
 }
 
-/// See the module docs: normalisation, a strided Conv2d(3, C, ps, ps) and a LayerNorm without affine.
+/// See the module docs: normalisation, a strided Conv2d(3, C, ps, ps), the optional position code and a
+/// LayerNorm without affine.
 #[derive(Debug)]
 pub struct ConvPatchBackbone {
     name: String,
     sha256: String,
     patch: i64,
     channels: i64,
+    position_code: bool,
     weight: Tensor,
     bias: Tensor,
     device: Device,
@@ -65,6 +69,7 @@ impl ConvPatchBackbone {
             sha256,
             patch,
             channels,
+            position_code: false,
             weight: Tensor::from_slice(&w)
                 .reshape([channels, 3, patch, patch])
                 .to_device(device),
@@ -73,13 +78,52 @@ impl ConvPatchBackbone {
         }
     }
 
-    /// Parses `random-conv-p<PS>-c<C>` (seed 0).
+    /// The same backbone with the position code added to the convolution's output (name suffix `-pos`; the
+    /// weights, and so their SHA-256, are unchanged). Needs C divisible by 4.
+    pub fn with_position_code(mut self) -> Option<Self> {
+        if self.channels % 4 != 0 {
+            return None;
+        }
+        self.position_code = true;
+        self.name.push_str("-pos");
+        Some(self)
+    }
+
+    /// Parses `random-conv-p<PS>-c<C>` and `random-conv-p<PS>-c<C>-pos` (seed 0).
     pub fn from_name(name: &str, device: Device) -> Option<Self> {
         let rest = name.strip_prefix("random-conv-p")?;
+        let (rest, pos) = match rest.strip_suffix("-pos") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
         let (p, c) = rest.split_once("-c")?;
         let (p, c): (i64, i64) = (p.parse().ok()?, c.parse().ok()?);
-        (p > 0 && c > 0).then(|| Self::new(p, c, 0, device))
+        let backbone = (p > 0 && c > 0).then(|| Self::new(p, c, 0, device))?;
+        if pos {
+            backbone.with_position_code()
+        } else {
+            Some(backbone)
+        }
     }
+}
+
+/// The fixed 2-D sine–cosine position code of MAE and DINOv2's successors, (C, gh, gw): the first C/2 channels
+/// code the column, the last C/2 the row, each as sin then cos of the patch index times the frequencies
+/// 1 / 10000^(k / (C/4)), k = 0 … C/4 − 1.
+pub fn sincos_position_code(channels: i64, grid_h: i64, grid_w: i64, device: Device) -> Tensor {
+    let quarter = channels / 4;
+    let omega = Tensor::arange(quarter, (Kind::Float, device))
+        .divide_scalar(quarter as f64)
+        .multiply_scalar(-(10000f64.ln()))
+        .exp();
+    let code = |n: i64| {
+        let angles = Tensor::arange(n, (Kind::Float, device)).unsqueeze(1) * omega.unsqueeze(0);
+        Tensor::cat(&[angles.sin(), angles.cos()], 1)
+    };
+    let (cols, rows) = (code(grid_w), code(grid_h)); // (gw, C/2), (gh, C/2)
+    let cols = cols.transpose(0, 1).unsqueeze(1).expand([2 * quarter, grid_h, grid_w], false);
+    let rows = rows.transpose(0, 1).unsqueeze(2).expand([2 * quarter, grid_h, grid_w], false);
+    Tensor::cat(&[cols, rows], 0)
 }
 
 impl Backbone for ConvPatchBackbone {
@@ -123,6 +167,12 @@ impl Backbone for ConvPatchBackbone {
                 [1, 1],
                 1,
             );
+            let y = if self.position_code {
+                let size = y.size();
+                y + sincos_position_code(self.channels, size[2], size[3], self.device).unsqueeze(0)
+            } else {
+                y
+            };
             let y = y.flatten(2, 3).transpose(1, 2);
             y.layer_norm([self.channels], None::<Tensor>, None::<Tensor>, 1e-5, false)
         }))
@@ -155,5 +205,42 @@ impl Backbone for crate::vit::Vit {
     fn features(&self, images01: &Tensor) -> Result<Tensor, String> {
         let images = self.normalize(&images01.to_kind(Kind::Float)).map_err(|e| e.to_string())?;
         tch::no_grad(|| crate::vit::Vit::features(self, &images, None)).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_code_codes_columns_then_rows_with_decreasing_frequencies() {
+        let code = sincos_position_code(8, 3, 5, Device::Cpu);
+        assert_eq!(code.size(), [8, 3, 5]);
+        let at = |c: i64, r: i64, x: i64| code.double_value(&[c, r, x]);
+        for (r, x) in [(0, 0), (1, 4), (2, 3)] {
+            // C/4 = 2 frequencies: 1 and 1/100.
+            for (k, omega) in [(0, 1.0f64), (1, 0.01)] {
+                assert!((at(k, r, x) - (x as f64 * omega).sin()).abs() < 1e-6);
+                assert!((at(2 + k, r, x) - (x as f64 * omega).cos()).abs() < 1e-6);
+                assert!((at(4 + k, r, x) - (r as f64 * omega).sin()).abs() < 1e-6);
+                assert!((at(6 + k, r, x) - (r as f64 * omega).cos()).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn the_pos_variant_has_the_same_weights_and_features_that_depend_on_position() {
+        let plain = ConvPatchBackbone::from_name("random-conv-p4-c8", Device::Cpu).unwrap();
+        let pos = ConvPatchBackbone::from_name("random-conv-p4-c8-pos", Device::Cpu).unwrap();
+        assert_eq!(pos.name(), "random-conv-p4-c8-pos");
+        assert_eq!(plain.weights_sha256(), pos.weights_sha256());
+        assert!(ConvPatchBackbone::from_name("random-conv-p4-c6-pos", Device::Cpu).is_none());
+        // A flat grey image: every patch of the plain backbone is the same token, the position code tells them apart.
+        let image = Tensor::full([1, 3, 8, 8], 0.5, (Kind::Float, Device::Cpu));
+        let (a, b) = (plain.features(&image).unwrap(), pos.features(&image).unwrap());
+        assert_eq!(b.size(), [1, 4, 8]);
+        let spread = |t: &Tensor| (t - t.mean_dim(1, true, Kind::Float)).abs().max().double_value(&[]);
+        assert!(spread(&a) < 1e-5, "{}", spread(&a));
+        assert!(spread(&b) > 0.1, "{}", spread(&b));
     }
 }
