@@ -1,4 +1,5 @@
-//! `status` and `finalize` of the `labels` job: what the bookkeeping says, printed for people and merged.
+//! `status` and `finalize` of the `labels` job (and the status printing and completeness check every unit job
+//! shares): what the bookkeeping says, printed for people and merged.
 //!
 //! Every array task rebuilds the same deterministic unit list, so the plan (`OUT/_plan/params=<hash>.json`)
 //! is the contract between shards: `status` asks the bookkeeping which planned units are done (its one rule),
@@ -11,7 +12,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use mrdino_outputs::bookkeeping::{choose_partition, Status, WhenSeveral};
+use mrdino_outputs::bookkeeping::{choose_partition, DoneMarker, Status, WhenSeveral};
 use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
 use serde::Serialize;
 
@@ -50,16 +51,23 @@ pub fn print_status(status: &Status<LabelCounts>) {
         (f + c.frame_rows, l + c.labelled_frames, i + c.instances)
     });
     let frame_failures: usize = status.done.values().map(|m| m.failures.len()).sum();
+    print_job_status(
+        "",
+        status,
+        &format!("{frames} frames, {labelled} labelled, {instances} instances, {frame_failures} frame failures"),
+    );
+}
+
+/// Prints the status of any unit job for people: `job` names it before the parameter hash (`features `,
+/// `predictions `, …; empty for labels) and `done_totals` says what the done units hold.
+pub fn print_job_status<P>(job: &str, status: &Status<P>, done_totals: &str) {
     println!(
-        "params {} ({}) — {} units planned",
+        "{job}params {} ({}) — {} units planned",
         status.plan.params_hash,
         status.plan.dataset,
         status.plan.units.len()
     );
-    println!(
-        "  done     {:>6}  ({frames} frames, {labelled} labelled, {instances} instances, {frame_failures} frame failures)",
-        status.done.len()
-    );
+    println!("  done     {:>6}  ({done_totals})", status.done.len());
     println!("  failed   {:>6}", status.failed.len());
     for (unit, error) in &status.failed {
         println!("    {unit}: {error}");
@@ -88,6 +96,21 @@ pub fn print_status(status: &Status<LabelCounts>) {
     }
 }
 
+/// Refuses an incomplete job (printing its status with `print`), else the done units' markers in plan order.
+pub fn require_complete<'a, P>(report: &'a Status<P>, print: impl Fn(&Status<P>)) -> Result<Vec<&'a DoneMarker<P>>> {
+    if !report.complete() {
+        print(report);
+        bail!(
+            "not finalized: {} of {} planned units are not done ({} failed, {} missing)",
+            report.failed.len() + report.missing.len(),
+            report.plan.units.len(),
+            report.failed.len(),
+            report.missing.len()
+        );
+    }
+    Ok(report.done_in_plan_order())
+}
+
 /// Merged manifest of a finished dataset.
 #[derive(Serialize)]
 struct FinalManifest<'a> {
@@ -106,18 +129,8 @@ struct FinalManifest<'a> {
 
 pub fn finalize(out: &Path, params: Option<&str>) -> Result<PathBuf> {
     let report = status(out, params, None)?;
-    if !report.complete() {
-        print_status(&report);
-        bail!(
-            "not finalized: {} of {} planned units are not done ({} failed, {} missing)",
-            report.failed.len() + report.missing.len(),
-            report.plan.units.len(),
-            report.failed.len(),
-            report.missing.len()
-        );
-    }
+    let markers = require_complete(&report, print_status)?;
     let ledger = Layout::new(out, &report.plan.params_hash).ledger();
-    let markers = report.done_in_plan_order();
     let manifest = FinalManifest {
         params_hash: &report.plan.params_hash,
         dataset: &report.plan.dataset,

@@ -671,39 +671,15 @@ pub fn status(out: &Path, params: Option<&str>, num_shards: Option<NonZeroU64>) 
 
 pub fn print_status(status: &Status<FeatureCounts>) {
     let views: usize = status.done.values().map(|m| m.payload.views).sum();
-    println!(
-        "features params {} ({}) — {} units planned",
-        status.plan.params_hash,
-        status.plan.dataset,
-        status.plan.units.len()
-    );
-    println!("  done     {:>6}  ({views} views)", status.done.len());
-    println!("  failed   {:>6}", status.failed.len());
-    for (unit, error) in &status.failed {
-        println!("    {unit}: {error}");
-    }
-    println!("  missing  {:>6}", status.missing.len());
-    for unit in status.missing.iter().take(10) {
-        println!("    {unit}");
-    }
-    if let Some(shards) = status.shards_to_rerun().filter(|s| !s.is_empty()) {
-        println!("  shards to rerun: --array={}", crate::batch::array_expression(&shards));
-    }
+    let totals = format!("{views} views");
+    crate::batch::print_job_status("features ", status, &totals);
 }
 
 /// Checks every planned unit is done and writes the merged manifest.
 pub fn finalize(out: &Path, params: Option<&str>) -> Result<PathBuf> {
     let report = status(out, params, None)?;
-    if !report.complete() {
-        print_status(&report);
-        bail!(
-            "not finalized: {} of {} planned units are not done",
-            report.failed.len() + report.missing.len(),
-            report.plan.units.len()
-        );
-    }
+    let markers = crate::batch::require_complete(&report, print_status)?;
     let ledger = Ledger::new(out, FEATURES_KIND, &report.plan.params_hash);
-    let markers = report.done_in_plan_order();
     let manifest = serde_json::json!({
         "kind": FEATURES_KIND,
         "params_hash": report.plan.params_hash,

@@ -882,42 +882,15 @@ pub fn status(out: &Path, params: Option<&str>, num_shards: Option<NonZeroU64>) 
 pub fn print_status(status: &Status<PredictionCounts>) {
     let frames: usize = status.done.values().map(|m| m.payload.frame_rows).sum();
     let instances: usize = status.done.values().map(|m| m.payload.instances).sum();
-    println!(
-        "predictions params {} ({}) — {} units planned",
-        status.plan.params_hash,
-        status.plan.dataset,
-        status.plan.units.len()
-    );
-    println!(
-        "  done     {:>6}  ({frames} frames, {instances} instances)",
-        status.done.len()
-    );
-    println!("  failed   {:>6}", status.failed.len());
-    for (unit, error) in &status.failed {
-        println!("    {unit}: {error}");
-    }
-    println!("  missing  {:>6}", status.missing.len());
-    for unit in status.missing.iter().take(10) {
-        println!("    {unit}");
-    }
-    if let Some(shards) = status.shards_to_rerun().filter(|s| !s.is_empty()) {
-        println!("  shards to rerun: --array={}", crate::batch::array_expression(&shards));
-    }
+    let totals = format!("{frames} frames, {instances} instances");
+    crate::batch::print_job_status("predictions ", status, &totals);
 }
 
 /// Checks every planned unit is done and writes the merged manifest.
 pub fn finalize(out: &Path, params: Option<&str>) -> Result<PathBuf> {
     let report = status(out, params, None)?;
-    if !report.complete() {
-        print_status(&report);
-        bail!(
-            "not finalized: {} of {} planned units are not done",
-            report.failed.len() + report.missing.len(),
-            report.plan.units.len()
-        );
-    }
+    let markers = crate::batch::require_complete(&report, print_status)?;
     let ledger = Ledger::new(out, PREDICTIONS_KIND, &report.plan.params_hash);
-    let markers = report.done_in_plan_order();
     let manifest = serde_json::json!({
         "kind": PREDICTIONS_KIND,
         "params_hash": report.plan.params_hash,
