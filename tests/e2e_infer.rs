@@ -101,6 +101,20 @@ fn stage2_model(run: &Path, path: &Path) {
     write_tensor_file(path, &file).unwrap();
 }
 
+/// `eval --predictions PRED --gt GT --gt-format FORMAT --json JSON`; returns JSON's path.
+fn eval_predictions(predictions: &Path, gt: &Path, format: &str, json: &Path) -> PathBuf {
+    run_ok(
+        mrdino()
+            .args(["eval", "--predictions"])
+            .arg(predictions)
+            .arg("--gt")
+            .arg(gt)
+            .args(["--gt-format", format, "--json"])
+            .arg(json),
+    );
+    json.to_path_buf()
+}
+
 fn infer(model: &Path, weights: &Path, frames: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut cmd = mrdino();
     cmd.args(["infer", "--dataset", "frames", "--model"])
@@ -284,16 +298,7 @@ fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_score
     assert_eq!(rows(&budget), want, "the resumed run differs");
 
     // Metrics: stage-2 rule against the synth ground truth (canvas mapped back to the 96×64 frames) and ids.
-    let json = tmp.path().join("eval-stage2.json");
-    run_ok(
-        mrdino()
-            .args(["eval", "--predictions"])
-            .arg(&full)
-            .arg("--gt")
-            .arg(&data)
-            .args(["--gt-format", "synth", "--json"])
-            .arg(&json),
-    );
+    let json = eval_predictions(&full, &data, "synth", &tmp.path().join("eval-stage2.json"));
     let result = read_json(&json);
     assert_eq!(result["kind"], "predictions");
     assert_eq!(result["model_kind"], "stage2");
@@ -304,16 +309,7 @@ fn predictions_are_tables_like_labels_resumable_shardable_reproducible_and_score
         let v = result["metrics"][key].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{key} = {v}");
     }
-    let ids_json = tmp.path().join("eval-ids.json");
-    run_ok(
-        mrdino()
-            .args(["eval", "--predictions"])
-            .arg(&full)
-            .arg("--gt")
-            .arg(data.join("instances"))
-            .args(["--gt-format", "ids", "--json"])
-            .arg(&ids_json),
-    );
+    let ids_json = eval_predictions(&full, &data.join("instances"), "ids", &tmp.path().join("eval-ids.json"));
     assert_eq!(read_json(&ids_json)["evaluated_frames"], 12);
     // KITTI-style ground truth (class 26 · 256 + id, 16-bit) of the same objects: compared on the canvas at
     // 95×315, as the reference does, by default.
@@ -335,16 +331,7 @@ for png in sorted(src.glob("*/*.png")):
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let kitti_json = tmp.path().join("eval-kitti.json");
-    run_ok(
-        mrdino()
-            .args(["eval", "--predictions"])
-            .arg(&full)
-            .arg("--gt")
-            .arg(&kitti_gt)
-            .args(["--gt-format", "kitti", "--json"])
-            .arg(&kitti_json),
-    );
+    let kitti_json = eval_predictions(&full, &kitti_gt, "kitti", &tmp.path().join("eval-kitti.json"));
     let result = read_json(&kitti_json);
     assert_eq!(result["resolution"], "kitti");
     assert_eq!(result["scoring"]["to_original"], false);
@@ -356,15 +343,11 @@ for png in sorted(src.glob("*/*.png")):
     );
     // TRI-PD ground truth goes through the reference's conversion (968×608, top 128 rows cropped, ids under
     // 500 px removed) and is compared at 123×245.
-    let tri_pd_json = tmp.path().join("eval-tri-pd.json");
-    run_ok(
-        mrdino()
-            .args(["eval", "--predictions"])
-            .arg(&full)
-            .arg("--gt")
-            .arg(data.join("instances"))
-            .args(["--gt-format", "tri-pd", "--json"])
-            .arg(&tri_pd_json),
+    let tri_pd_json = eval_predictions(
+        &full,
+        &data.join("instances"),
+        "tri-pd",
+        &tmp.path().join("eval-tri-pd.json"),
     );
     let result = read_json(&tri_pd_json);
     assert_eq!(
@@ -438,16 +421,7 @@ for png in sorted(src.glob("*/*.png")):
     run_ok(&mut infer(&run, &weights, &frames, &baseline, &["--merge-chains"]));
     let summary = python_check(&baseline);
     assert!(summary["masks_checked"].as_u64().unwrap() >= 12);
-    let json = tmp.path().join("eval-baseline.json");
-    run_ok(
-        mrdino()
-            .args(["eval", "--predictions"])
-            .arg(&baseline)
-            .arg("--gt")
-            .arg(&data)
-            .args(["--gt-format", "synth", "--json"])
-            .arg(&json),
-    );
+    let json = eval_predictions(&baseline, &data, "synth", &tmp.path().join("eval-baseline.json"));
     let result = read_json(&json);
     assert_eq!(result["model_kind"], "baseline");
     assert_eq!(result["scoring"]["rule"], "keep-all");

@@ -23,8 +23,8 @@ use mrdino_model::tensors::{from_tch, to_tch};
 use mrdino_model::train::{sample_rng, StepMetrics};
 use mrdino_outputs::checkpoint::{
     write_tensor_file, RawTensor, RunLayout, TensorFile, TrainState, FORMAT_CHECKPOINT, META_BACKBONE,
-    META_BACKBONE_SHA256, META_CODE_VERSION, META_FORMAT, META_MODEL_CONFIG, META_PARAMS, META_STAGE,
-    META_TRAIN_STATE, OPTIMIZER_PREFIX,
+    META_BACKBONE_SHA256, META_CODE_VERSION, META_FORMAT, META_MODEL_CONFIG, META_PARAMS, META_STAGE, META_TRAIN_STATE,
+    OPTIMIZER_PREFIX,
 };
 use mrdino_outputs::write_atomic;
 use serde::de::DeserializeOwned;

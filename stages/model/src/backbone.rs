@@ -121,8 +121,14 @@ pub fn sincos_position_code(channels: i64, grid_h: i64, grid_w: i64, device: Dev
         Tensor::cat(&[angles.sin(), angles.cos()], 1)
     };
     let (cols, rows) = (code(grid_w), code(grid_h)); // (gw, C/2), (gh, C/2)
-    let cols = cols.transpose(0, 1).unsqueeze(1).expand([2 * quarter, grid_h, grid_w], false);
-    let rows = rows.transpose(0, 1).unsqueeze(2).expand([2 * quarter, grid_h, grid_w], false);
+    let cols = cols
+        .transpose(0, 1)
+        .unsqueeze(1)
+        .expand([2 * quarter, grid_h, grid_w], false);
+    let rows = rows
+        .transpose(0, 1)
+        .unsqueeze(2)
+        .expand([2 * quarter, grid_h, grid_w], false);
     Tensor::cat(&[cols, rows], 0)
 }
 
@@ -203,7 +209,9 @@ impl Backbone for crate::vit::Vit {
     }
 
     fn features(&self, images01: &Tensor) -> Result<Tensor, String> {
-        let images = self.normalize(&images01.to_kind(Kind::Float)).map_err(|e| e.to_string())?;
+        let images = self
+            .normalize(&images01.to_kind(Kind::Float))
+            .map_err(|e| e.to_string())?;
         tch::no_grad(|| crate::vit::Vit::features(self, &images, None)).map_err(|e| e.to_string())
     }
 }
