@@ -13,6 +13,7 @@ pub mod overlay;
 pub mod report;
 pub mod rle;
 pub mod tables;
+pub mod tensor_keys;
 
 pub use atomic::{write_atomic, AtomicFile, OutputError};
 pub use rle::CocoRle;

@@ -37,7 +37,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::talk2dino::{Psi, TEMPLATES};
-use crate::vit::weights::{format_shape, sha256_hex};
+use crate::vit::weights::sha256_hex;
 use crate::vit::{Activation, Block, BlockSpec, LayerNorm, Weights};
 
 /// Metadata key holding the JSON configuration.
@@ -69,25 +69,12 @@ pub enum ClipTextError {
     UnknownModel { name: String },
     #[error("bad text tower spec `{spec}`: {message}")]
     BadSpec { spec: String, message: String },
-    #[error("{path}: missing key `{key}` (expected shape {expected})")]
-    MissingKey {
+    #[error("{path}: {problem} ({model})")]
+    Keys {
         path: PathBuf,
-        key: String,
-        expected: String,
-    },
-    #[error("{path}: unexpected key `{key}` with shape {found} for text tower `{config}`")]
-    UnexpectedKey {
-        path: PathBuf,
-        key: String,
-        found: String,
-        config: String,
-    },
-    #[error("{path}: key `{key}` has shape {found}, expected {expected}")]
-    ShapeMismatch {
-        path: PathBuf,
-        key: String,
-        expected: String,
-        found: String,
+        problem: mrdino_outputs::tensor_keys::KeyProblem,
+        /// The text tower the file was checked against.
+        model: String,
     },
     #[error("{path}: key `{key}` has dtype {dtype}; expected a float type")]
     Dtype { path: PathBuf, key: String, dtype: String },
@@ -458,35 +445,11 @@ fn read_weights(
         found.insert(name.clone(), view.shape().iter().map(|&d| d as i64).collect());
     }
     let expected = config.expected_keys();
-    for (key, shape) in &expected {
-        match found.get(key) {
-            None => {
-                return Err(ClipTextError::MissingKey {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    expected: format_shape(shape),
-                })
-            }
-            Some(s) if s != shape => {
-                return Err(ClipTextError::ShapeMismatch {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    expected: format_shape(shape),
-                    found: format_shape(s),
-                })
-            }
-            Some(_) => {}
-        }
-    }
-    let names: std::collections::HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
-    if let Some((key, shape)) = found.iter().find(|(k, _)| !names.contains(k.as_str())) {
-        return Err(ClipTextError::UnexpectedKey {
-            path: path.to_path_buf(),
-            key: key.clone(),
-            found: format_shape(shape),
-            config: config.name.clone(),
-        });
-    }
+    mrdino_outputs::tensor_keys::check_keys(&found, &expected, &[]).map_err(|problem| ClipTextError::Keys {
+        path: path.to_path_buf(),
+        problem,
+        model: format!("text tower `{}`", config.name),
+    })?;
     let mut tensors = HashMap::with_capacity(expected.len());
     for (key, shape) in &expected {
         let view = st.tensor(key).map_err(format_error)?;

@@ -81,25 +81,12 @@ pub enum VitError {
     UnknownBackbone { name: String, known: String },
     #[error("bad backbone spec `{spec}`: {message}")]
     BadSpec { spec: String, message: String },
-    #[error("{path}: missing key `{key}` (expected shape {expected})")]
-    MissingKey {
+    #[error("{path}: {problem} ({model})")]
+    Keys {
         path: PathBuf,
-        key: String,
-        expected: String,
-    },
-    #[error("{path}: unexpected key `{key}` with shape {found} for backbone `{config}`")]
-    UnexpectedKey {
-        path: PathBuf,
-        key: String,
-        found: String,
-        config: String,
-    },
-    #[error("{path}: key `{key}` has shape {found}, expected {expected}")]
-    ShapeMismatch {
-        path: PathBuf,
-        key: String,
-        expected: String,
-        found: String,
+        problem: mrdino_outputs::tensor_keys::KeyProblem,
+        /// The backbone the file was checked against.
+        model: String,
     },
     #[error("{path}: key `{key}` has dtype {dtype}; expected a float type")]
     Dtype { path: PathBuf, key: String, dtype: String },

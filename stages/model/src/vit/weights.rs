@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use mrdino_outputs::tensor_keys::check_keys;
 use safetensors::tensor::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -36,10 +37,6 @@ pub struct LoadedWeights {
     pub tensors: HashMap<String, Tensor>,
 }
 
-pub(crate) fn format_shape(shape: &[i64]) -> String {
-    let dims: Vec<String> = shape.iter().map(i64::to_string).collect();
-    format!("[{}]", dims.join(", "))
-}
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -94,36 +91,11 @@ pub fn load(path: &Path, config: Option<VitConfig>, device: Device, kind: Kind) 
     if config.family == super::Family::Dinov2 {
         expected.push(("mask_token".to_string(), vec![1, config.embed_dim]));
     }
-    for (key, shape) in &expected {
-        match found.get(key) {
-            None if OPTIONAL_KEYS.contains(&key.as_str()) => {}
-            None => {
-                return Err(VitError::MissingKey {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    expected: format_shape(shape),
-                })
-            }
-            Some(s) if s != shape => {
-                return Err(VitError::ShapeMismatch {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    expected: format_shape(shape),
-                    found: format_shape(s),
-                })
-            }
-            Some(_) => {}
-        }
-    }
-    let expected_names: std::collections::HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
-    if let Some((key, shape)) = found.iter().find(|(k, _)| !expected_names.contains(k.as_str())) {
-        return Err(VitError::UnexpectedKey {
-            path: path.to_path_buf(),
-            key: key.clone(),
-            found: format_shape(shape),
-            config: config.name.clone(),
-        });
-    }
+    check_keys(&found, &expected, OPTIONAL_KEYS).map_err(|problem| VitError::Keys {
+        path: path.to_path_buf(),
+        problem,
+        model: format!("backbone `{}`", config.name),
+    })?;
 
     let mut tensors = HashMap::with_capacity(expected.len());
     for (key, shape) in &expected {

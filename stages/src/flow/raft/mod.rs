@@ -57,26 +57,12 @@ pub enum RaftError {
         value: String,
         message: String,
     },
-    #[error("{path}: missing key `{key}` (expected shape {expected})")]
-    MissingKey {
+    #[error("{path}: {problem} ({model})")]
+    Keys {
         path: PathBuf,
-        key: String,
-        expected: String,
-    },
-    #[error("{path}: unexpected key `{key}` with shape {found} for a raft-{arch} with context norm `{context_norm}`")]
-    UnexpectedKey {
-        path: PathBuf,
-        key: String,
-        found: String,
-        arch: &'static str,
-        context_norm: &'static str,
-    },
-    #[error("{path}: key `{key}` has shape {found}, expected {expected}")]
-    ShapeMismatch {
-        path: PathBuf,
-        key: String,
-        expected: String,
-        found: String,
+        problem: mrdino_outputs::tensor_keys::KeyProblem,
+        /// The architecture the file was checked against.
+        model: String,
     },
     #[error("{path}: key `{key}` has unsupported dtype {dtype} (expected a float type)")]
     Dtype { path: PathBuf, key: String, dtype: String },
@@ -103,9 +89,7 @@ impl From<RaftError> for FlowError {
             RaftError::Io { path, .. }
             | RaftError::Format { path, .. }
             | RaftError::Metadata { path, .. }
-            | RaftError::MissingKey { path, .. }
-            | RaftError::UnexpectedKey { path, .. }
-            | RaftError::ShapeMismatch { path, .. }
+            | RaftError::Keys { path, .. }
             | RaftError::Dtype { path, .. } => FlowError::File {
                 path: path.clone(),
                 message: e.to_string(),

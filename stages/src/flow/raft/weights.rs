@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use mrdino_outputs::tensor_keys::check_keys;
 use safetensors::tensor::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -305,10 +306,6 @@ pub struct LoadedWeights {
     pub tensors: HashMap<String, Tensor>,
 }
 
-fn format_shape(shape: &[i64]) -> String {
-    let dims: Vec<String> = shape.iter().map(i64::to_string).collect();
-    format!("[{}]", dims.join(", "))
-}
 
 fn meta_error(path: &Path, key: &str, value: &str, message: &str) -> RaftError {
     RaftError::Metadata {
@@ -398,36 +395,11 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedWeights, Ra
 
     let architecture = Architecture::new(arch, context_norm);
     let expected = architecture.expected_keys();
-    for (key, shape) in &expected {
-        match found.get(key) {
-            None => {
-                return Err(RaftError::MissingKey {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    expected: format_shape(shape),
-                })
-            }
-            Some(s) if s != shape => {
-                return Err(RaftError::ShapeMismatch {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    expected: format_shape(shape),
-                    found: format_shape(s),
-                })
-            }
-            Some(_) => {}
-        }
-    }
-    let expected_names: std::collections::HashSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
-    if let Some((key, shape)) = found.iter().find(|(k, _)| !expected_names.contains(k.as_str())) {
-        return Err(RaftError::UnexpectedKey {
-            path: path.to_path_buf(),
-            key: key.clone(),
-            found: format_shape(shape),
-            arch: arch.as_str(),
-            context_norm: context_norm.as_str(),
-        });
-    }
+    check_keys(&found, &expected, &[]).map_err(|problem| RaftError::Keys {
+        path: path.to_path_buf(),
+        problem,
+        model: format!("raft-{} with context norm `{}`", arch.as_str(), context_norm.as_str()),
+    })?;
 
     let mut tensors = HashMap::with_capacity(expected.len());
     for (key, shape) in &expected {
