@@ -11,7 +11,9 @@
 //!   equal one run; a rerun skips done units; `--time-budget 0` exits 4 and the resumed run equals the
 //!   uninterrupted one; status and finalize;
 //! * `eval --predictions` writes the metrics JSON with the stage-2 or the baseline rule against synth, id,
-//!   KITTI-encoded and TRI-PD ground truth, and refuses a labels run given as predictions.
+//!   KITTI-encoded and TRI-PD ground truth, and refuses a labels run given as predictions;
+//! * the TRI-PD (two 490 windows on a 980×490 canvas) and MOVi-E (one 266 window) presets, each with a model
+//!   trained on views of its window size, predict and score end to end.
 
 mod common;
 
@@ -30,8 +32,13 @@ use serde_json::Value;
 /// A random-weight two-block ViT with 14 px patches: a KITTI window is a 27×27 grid.
 const BACKBONE: &str = "custom:family=dinov2,depth=2,dim=32,heads=2,patch=14,pos_grid=4";
 
-/// Synth data, its pseudo-labels and a briefly trained tiny DINOSAUR run directory.
+/// Synth data, its pseudo-labels and a briefly trained tiny DINOSAUR run directory (on 378×378 views).
 fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    fixture_for_views(dir, "378x378")
+}
+
+/// As [`fixture`], the DINOSAUR trained on views of `view_size` (WxH), so its patch count fits a preset's windows.
+fn fixture_for_views(dir: &Path, view_size: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let data = dir.join("data");
     run_ok(
         mrdino()
@@ -61,7 +68,7 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
             .arg(&cache)
             .args(["--backbone", BACKBONE, "--backbone-weights"])
             .arg(&weights)
-            .args(["--size", "378x378", "--device", "cpu", "--quiet"]),
+            .args(["--size", view_size, "--device", "cpu", "--quiet"]),
     );
     let config = dir.join("tiny.json");
     let c = serde_json::json!({
@@ -430,6 +437,53 @@ for png in sorted(src.glob("*/*.png")):
         predictions >= 12,
         "every frame has at least one predicted channel: {predictions}"
     );
+}
+
+/// The other presets' windows end to end: TRI-PD (980×490 canvas, two 490 windows joined and merged) and MOVi-E
+/// (one 266 window), each with a DINOSAUR trained on views of its window size; tables on the preset's canvas,
+/// masks checked by pycocotools, metrics against the synth ground truth mapped back to the original frames.
+#[test]
+fn tri_pd_and_movi_e_windows_predict_and_score() {
+    for (preset, view, canvas, windows) in [
+        ("tri-pd", "490x490", (490, 980), 2),
+        ("movi-e", "266x266", (266, 266), 1),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, _labels, run, weights) = fixture_for_views(tmp.path(), view);
+        let out = tmp.path().join("pred");
+        run_ok(&mut infer(
+            &run,
+            &weights,
+            &data.join("frames"),
+            &out,
+            &["--preset", preset],
+        ));
+        let layout = Layout::new(&out, &only_partition(&out));
+        let mut frames = Vec::new();
+        let mut extra = Vec::new();
+        for unit in ["seq000", "seq001", "seq002"] {
+            frames.extend(read_frames(&layout.frames_file(unit)).unwrap());
+            extra.extend(read_prediction_columns(&layout.instances_file(unit)).unwrap());
+        }
+        assert_eq!(frames.len(), 12, "{preset}: every frame has a row");
+        assert!(
+            frames
+                .iter()
+                .all(|f| (f.height, f.width) == canvas && (f.orig_height, f.orig_width) == (64, 96)),
+            "{preset}: frames not on the {canvas:?} canvas"
+        );
+        assert!(
+            extra.iter().all(|e| e.is_some_and(|e| e.window < windows)),
+            "{preset}: a channel from a window that does not exist"
+        );
+        let summary = python_check(&out);
+        assert!(summary["masks_checked"].as_u64().unwrap() >= 12, "{preset}: {summary}");
+        let json = eval_predictions(&out, &data, "synth", &tmp.path().join("eval.json"));
+        let result = read_json(&json);
+        assert_eq!(result["model_kind"], "baseline", "{preset}");
+        assert_eq!(result["evaluated_frames"], 12, "{preset}");
+        assert_eq!(result["scoring"]["to_original"], true, "{preset}");
+    }
 }
 
 #[test]
