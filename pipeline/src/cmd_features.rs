@@ -82,7 +82,7 @@ pub struct FeaturesArgs {
     #[arg(long, default_value = "dinov2-vitb14")]
     pub backbone: String,
     /// The backbone's weights (safetensors from tools/convert_vit.py; none for the seeded
-    /// `random-conv-p<PS>-c<C>` test backbone).
+    /// `random-conv-p<PS>-c<C>[-pos]` test backbone).
     #[arg(long)]
     pub backbone_weights: Option<PathBuf>,
     /// Which views: resize (every frame at --size) or windows (the refinement windows of --labels).
@@ -265,7 +265,7 @@ pub(crate) enum CacheBackbone {
 }
 
 impl CacheBackbone {
-    /// `name` with its weights; `random-conv-p<PS>-c<C>` is generated from a seed and takes none.
+    /// `name` with its weights; `random-conv-p<PS>-c<C>[-pos]` is generated from a seed and takes none.
     pub(crate) fn load(name: &str, weights: Option<&Path>, device: Device) -> Result<Self> {
         if let Some(b) = ConvPatchBackbone::from_name(name, device) {
             if weights.is_some() {

@@ -71,7 +71,8 @@ pub struct DinosaurTrainArgs {
     /// Train from this feature cache (written by `mrdino features`) instead of running a backbone.
     #[arg(long)]
     pub features: Option<PathBuf>,
-    /// Backbone for on-the-fly features (`random-conv-p<PS>-c<C>`: a random conv patch embedding for smoke runs).
+    /// Backbone for on-the-fly features (`random-conv-p<PS>-c<C>[-pos]`: a random conv patch embedding, `-pos`
+    /// with a sine–cosine position code, for smoke runs).
     #[arg(long)]
     pub backbone: Option<String>,
     /// Weights of the backbone (safetensors).
@@ -320,7 +321,7 @@ pub(crate) fn build_backbone(name: &str, weights: Option<&Path>, device: Device)
         return Ok(Box::new(b));
     }
     let config = mrdino_model::vit::VitConfig::by_name(name)
-        .map_err(|e| anyhow::anyhow!("{e} (or random-conv-p<PS>-c<C>, a seeded test backbone without weights)"))?;
+        .map_err(|e| anyhow::anyhow!("{e} (or random-conv-p<PS>-c<C>[-pos], a seeded test backbone without weights)"))?;
     let weights = weights.with_context(|| format!("backbone `{name}` needs --backbone-weights FILE.safetensors"))?;
     Ok(Box::new(mrdino_model::vit::Vit::load(weights, Some(config), device)?))
 }
