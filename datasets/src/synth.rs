@@ -74,9 +74,8 @@ pub enum TextureStyle {
     #[default]
     Textured,
     /// One colour per surface (a random point between the same two colours), plus the photometric noise.
-    /// Estimated flow fails inside flat regions, so labels need the exact flow (`--flow import`); patch
-    /// colours identify surfaces, so a slot model on a random feature extractor can find the objects in
-    /// minutes (`make demo-refine`).
+    /// Estimated flow fails inside flat regions, so labels need the exact flow (`--flow import`); a patch's
+    /// colour says which surface it is on.
     Flat,
 }
 
@@ -681,7 +680,7 @@ impl Scene {
         let background = Texture::random(&mut rng, background_cell_px, params.texture);
         let camera_motions = camera_schedule(&mut rng, pairs, index);
         let cameras = camera_path(&mut rng, &camera_motions, height, width);
-        let objects = make_objects(&mut rng, params, height, width);
+        let objects = make_objects(&mut rng, params);
         Self {
             index,
             seed,
@@ -870,8 +869,8 @@ fn camera_path(rng: &mut SplitMix64, motions: &[CameraMotion], height: usize, wi
 /// entering the frame from outside. Every moving object translates by 4.5–7.5 px per frame; rotation and
 /// scaling add at most 40 % of that at the object's rim, so every point of a moving object moves by more than
 /// 2.7 px in the world.
-fn make_objects(rng: &mut SplitMix64, params: &SynthParams, height: usize, width: usize) -> Vec<Object> {
-    let frames = params.frames;
+fn make_objects(rng: &mut SplitMix64, params: &SynthParams) -> Vec<Object> {
+    let (frames, height, width) = (params.frames, params.height, params.width);
     let (h, w) = (height as f64, width as f64);
     let count = rng.int(4, 7);
     let base_px = (h.min(w) * 0.2).max(8.0);

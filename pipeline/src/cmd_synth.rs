@@ -25,8 +25,8 @@ pub struct SynthArgs {
     /// Frame size in pixels, width x height (the convention of every size flag, as `labels --resize`).
     #[arg(long, value_name = "WxH", default_value = "320x128", value_parser = parse_size)]
     pub size: FrameSize,
-    /// Surface colouring: `textured` (noise and stripes, for estimated flow) or `flat` (one colour per surface,
-    /// labels need `--flow import`; what a slot model on the random test backbone can learn objects from).
+    /// Surface colouring: `textured` (noise and stripes, for estimated flow) or `flat` (one colour per surface;
+    /// labels need `--flow import`).
     #[arg(long, value_name = "STYLE", default_value = "textured")]
     pub texture: TextureStyle,
 }

@@ -336,8 +336,8 @@ pub(crate) fn write_checkpoint(
     Ok(())
 }
 
-/// The parameters saved in checkpoint `file` (read from `path`), refused unless their identity (what must not
-/// change across a resume) equals `identity` of the current ones.
+/// Refuses checkpoint `file` (read from `path`) unless the identity of its saved parameters (what must not change
+/// across a resume) equals that of `current`.
 pub(crate) fn check_saved_params<P: DeserializeOwned>(
     file: &TensorFile,
     path: &Path,

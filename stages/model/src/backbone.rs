@@ -107,7 +107,7 @@ impl ConvPatchBackbone {
     }
 }
 
-/// The fixed 2-D sine–cosine position code of MAE and DINOv2's successors, (C, gh, gw): the first C/2 channels
+/// The fixed 2-D sine–cosine position code as MAE builds it, (C, gh, gw): the first C/2 channels
 /// code the column, the last C/2 the row, each as sin then cos of the patch index times the frequencies
 /// 1 / 10000^(k / (C/4)), k = 0 … C/4 − 1.
 pub fn sincos_position_code(channels: i64, grid_h: i64, grid_w: i64, device: Device) -> Tensor {

@@ -37,7 +37,6 @@ pub struct LoadedWeights {
     pub tensors: HashMap<String, Tensor>,
 }
 
-
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
