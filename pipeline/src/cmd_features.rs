@@ -34,8 +34,7 @@ use mrdino_model::device::parse_device;
 use mrdino_model::tensors::from_tch;
 use mrdino_model::vit::{Vit, VitConfig};
 use mrdino_outputs::bookkeeping::{
-    choose_partition, in_shard, partitions, unix_now, DoneMarker, Ledger, PlannedUnit, RunManifest, Shard, Status,
-    UnitOutcome, UnitStatus, WhenSeveral,
+    choose_partition, in_shard, partitions, unix_now, Ledger, PlannedUnit, Shard, Status, WhenSeveral,
 };
 use mrdino_outputs::feature_cache::{FeatureCacheWriter, ShardMeta, ViewKey};
 use serde::{Deserialize, Serialize};
@@ -46,6 +45,7 @@ use crate::cmd_eval::{prediction_map, read_label_tables, LabelTables};
 use crate::job::{build_plan, CODE_VERSION};
 use crate::refine_views::{frame_views, WindowLayout};
 use crate::run::STOP;
+use crate::unit_job::{write_run_manifest, Stopped, UnitDone, UnitDriver};
 
 /// Job kind of the feature cache in the bookkeeping.
 pub const FEATURES_KIND: &str = "features";
@@ -355,18 +355,6 @@ impl Encoder<'_> {
     }
 }
 
-/// A stop request (signal or time budget) seen between batches.
-#[derive(Debug)]
-struct Stopped;
-
-impl std::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("stopped")
-    }
-}
-
-impl std::error::Error for Stopped {}
-
 fn resolve(args: &FeaturesArgs, backbone: &CacheBackbone) -> Result<(FeaturesParams, Option<LabelTables>)> {
     let patch = backbone.backbone().patch_size();
     let labels = match (&args.labels, args.views) {
@@ -489,148 +477,85 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
     } else {
         Kind::Half
     };
-    let mut statuses: Vec<UnitStatus<FeatureCounts>> = Vec::new();
-    let mut totals = FeatureTotals {
-        units_planned: units.len(),
-        ..FeatureTotals::default()
+    let driver = UnitDriver {
+        ledger: &ledger,
+        started,
+        time_budget: args.time_budget,
+        bar: Some(&bar),
+        quiet: args.quiet,
     };
-    let status = |unit: &str, outcome, seconds, error: Option<String>, counts: FeatureCounts| UnitStatus {
-        unit: unit.to_string(),
-        status: outcome,
-        seconds,
-        error,
-        failures: Vec::new(),
-        payload: counts,
-    };
-    let mut stopped = false;
-    for (sequence, planned) in units {
-        if stopped || STOP.load(Ordering::SeqCst) || args.time_budget.is_some_and(|b| started.elapsed() >= b) {
-            STOP.store(true, Ordering::SeqCst);
-            stopped = true;
-            totals.units_interrupted += 1;
-            statuses.push(status(
-                &sequence.id,
-                UnitOutcome::Interrupted,
-                0.0,
-                None,
-                FeatureCounts::default(),
-            ));
-            continue;
-        }
-        if let Some(marker) = ledger.is_done::<FeatureCounts>(planned) {
-            totals.units_skipped += 1;
-            statuses.push(status(&sequence.id, UnitOutcome::Skipped, 0.0, None, marker.payload));
-            bar.inc(1);
-            continue;
-        }
-        let unit_started = Instant::now();
-        bar.set_message(sequence.id.clone());
-        let budget = args.time_budget;
-        let mut encoder = Encoder {
-            backbone: &backbone,
-            layer: args.layer,
-            kind,
-            batch: args.batch,
-            pending: Vec::new(),
-            keys: Vec::new(),
-            features: Vec::new(),
-        };
-        let result = for_each_view(sequence, &params, labels.as_ref(), |view| {
-            if budget.is_some_and(|b| started.elapsed() >= b) {
-                STOP.store(true, Ordering::SeqCst);
-            }
-            encoder.push(view)
-        })
-        .and_then(|frames| {
+    let budget = args.time_budget;
+    let run = driver.run(
+        units,
+        |sequence, _planned| {
+            let mut encoder = Encoder {
+                backbone: &backbone,
+                layer: args.layer,
+                kind,
+                batch: args.batch,
+                pending: Vec::new(),
+                keys: Vec::new(),
+                features: Vec::new(),
+            };
+            let frames = for_each_view(sequence, &params, labels.as_ref(), |view| {
+                if budget.is_some_and(|b| started.elapsed() >= b) {
+                    STOP.store(true, Ordering::SeqCst);
+                }
+                encoder.push(view)
+            })?;
             encoder.flush()?;
-            Ok(frames)
-        });
-        let seconds = unit_started.elapsed().as_secs_f64();
-        match result {
-            Ok(frames) => {
-                let n = encoder.keys.len();
-                let (grid_h, grid_w) = (params.view_size.0 / patch, params.view_size.1 / patch);
-                let features = if n == 0 {
-                    Tensor::zeros(
-                        [0, grid_h * grid_w, backbone.backbone().feature_dim()],
-                        (kind, Device::Cpu),
-                    )
-                } else {
-                    Tensor::cat(&encoder.features, 0)
-                };
-                let meta = ShardMeta {
-                    unit: sequence.id.clone(),
-                    backbone: params.backbone.clone(),
-                    backbone_sha256: params.backbone_sha256.clone(),
-                    layer: params.layer,
-                    image_height: params.view_size.0,
-                    image_width: params.view_size.1,
-                    grid_height: grid_h,
-                    grid_width: grid_w,
-                    normalisation: params.normalisation.clone(),
-                    dtype: params.dtype.clone(),
-                    views: std::mem::take(&mut encoder.keys),
-                };
-                let raw = from_tch(mrdino_outputs::feature_cache::FEATURES_TENSOR, &features)?;
-                let shard_file = writer.write_shard(&meta, &raw)?;
-                let counts = FeatureCounts { frames, views: n };
-                let marker = DoneMarker::new(
-                    &ledger,
-                    planned,
-                    &[shard_file],
-                    CODE_VERSION,
-                    seconds,
-                    Vec::new(),
-                    counts.clone(),
-                );
-                ledger.write_marker(&marker)?;
-                totals.units_done += 1;
-                totals.views += n;
-                statuses.push(status(&sequence.id, UnitOutcome::Done, seconds, None, counts));
-            }
-            Err(e) if e.is::<Stopped>() => {
-                stopped = true;
-                totals.units_interrupted += 1;
-                statuses.push(status(
-                    &sequence.id,
-                    UnitOutcome::Interrupted,
-                    seconds,
-                    None,
-                    FeatureCounts::default(),
-                ));
-            }
-            Err(e) => {
-                let message = format!("{e:#}");
-                bar.suspend(|| eprintln!("error: {}: {message}", sequence.id));
-                totals.units_failed += 1;
-                statuses.push(status(
-                    &sequence.id,
-                    UnitOutcome::Failed,
-                    seconds,
-                    Some(message),
-                    FeatureCounts::default(),
-                ));
-            }
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    totals.seconds = started.elapsed().as_secs_f64();
-    let manifest = RunManifest {
-        kind: FEATURES_KIND.to_string(),
-        params_hash: hash.clone(),
-        params: serde_json::to_value(&params)?,
-        code_version: CODE_VERSION.to_string(),
-        command_line: std::env::args().collect(),
-        shard: shard.map(|s| s.to_string()),
-        host: mrdino_outputs::atomic::host_name().to_string(),
-        pid: std::process::id(),
-        started_unix_s,
-        finished_unix_s: unix_now(),
-        units: statuses,
-        totals: totals.clone(),
+            let n = encoder.keys.len();
+            let (grid_h, grid_w) = (params.view_size.0 / patch, params.view_size.1 / patch);
+            let features = if n == 0 {
+                Tensor::zeros(
+                    [0, grid_h * grid_w, backbone.backbone().feature_dim()],
+                    (kind, Device::Cpu),
+                )
+            } else {
+                Tensor::cat(&encoder.features, 0)
+            };
+            let meta = ShardMeta {
+                unit: sequence.id.clone(),
+                backbone: params.backbone.clone(),
+                backbone_sha256: params.backbone_sha256.clone(),
+                layer: params.layer,
+                image_height: params.view_size.0,
+                image_width: params.view_size.1,
+                grid_height: grid_h,
+                grid_width: grid_w,
+                normalisation: params.normalisation.clone(),
+                dtype: params.dtype.clone(),
+                views: std::mem::take(&mut encoder.keys),
+            };
+            let raw = from_tch(mrdino_outputs::feature_cache::FEATURES_TENSOR, &features)?;
+            let shard_file = writer.write_shard(&meta, &raw)?;
+            Ok(UnitDone {
+                counts: FeatureCounts { frames, views: n },
+                files: vec![shard_file],
+                failures: Vec::new(),
+            })
+        },
+        |c| format!("{} views", c.views),
+    );
+    let totals = FeatureTotals {
+        units_planned: run.planned,
+        units_done: run.done,
+        units_skipped: run.skipped,
+        units_failed: run.failed,
+        units_interrupted: run.interrupted,
+        views: run.done_counts().map(|c| c.views).sum(),
+        seconds: started.elapsed().as_secs_f64(),
     };
-    ledger.write_manifest(&manifest, shard)?;
+    let exit = run.exit_code();
+    write_run_manifest(
+        &ledger,
+        &hash,
+        serde_json::to_value(&params)?,
+        shard,
+        started_unix_s,
+        run.statuses,
+        &totals,
+    )?;
     eprintln!(
         "features: {} units done ({} views), {} already done, {} failed, {} interrupted in {:.1} s → {}",
         totals.units_done,
@@ -641,13 +566,7 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
         totals.seconds,
         args.out.display()
     );
-    Ok(if totals.units_interrupted > 0 {
-        ExitCode::from(crate::EXIT_STOPPED)
-    } else if totals.units_failed > 0 {
-        ExitCode::from(crate::EXIT_FAILURES)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit)
 }
 
 /// Whether `out` holds a feature cache: a plan of the features job is in its bookkeeping.

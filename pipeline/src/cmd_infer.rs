@@ -55,8 +55,7 @@ use mrdino_model::refined::RefinedModel;
 use mrdino_model::views::pil_resize_bilinear_u8;
 use mrdino_model::windows::{join_windows, merge_windows, MergeOptions, MergedCanvas, WindowGrid, WindowOffset};
 use mrdino_outputs::bookkeeping::{
-    choose_partition, in_shard, unix_now, DoneMarker, FrameFailure, Ledger, PlannedUnit, RunManifest, Shard, Status,
-    UnitOutcome, UnitStatus, WhenSeveral,
+    choose_partition, in_shard, unix_now, FrameFailure, Ledger, PlannedUnit, Shard, Status, WhenSeveral,
 };
 use mrdino_outputs::checkpoint::{read_tensor_file, resolve_model_path, META_BACKBONE_SHA256};
 use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
@@ -71,6 +70,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::job::{build_plan, CODE_VERSION};
 use crate::run::STOP;
+use crate::unit_job::{write_run_manifest, Stopped, UnitDone, UnitDriver};
 
 /// Job kind of a prediction run in the bookkeeping.
 pub const PREDICTIONS_KIND: &str = "predictions";
@@ -219,18 +219,6 @@ pub struct PredictionTotals {
     pub frame_failures: usize,
     pub seconds: f64,
 }
-
-/// A stop request (signal or time budget) seen between batches.
-#[derive(Debug)]
-struct Stopped;
-
-impl std::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("stopped")
-    }
-}
-
-impl std::error::Error for Stopped {}
 
 /// Everything the frames of a run share.
 struct Inference<'a> {
@@ -716,123 +704,57 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix("sequences");
-    let mut statuses: Vec<UnitStatus<PredictionCounts>> = Vec::new();
-    let mut totals = PredictionTotals {
-        units_planned: units.len(),
-        ..PredictionTotals::default()
+    let driver = UnitDriver {
+        ledger: &ledger,
+        started,
+        time_budget: args.time_budget,
+        bar: Some(&bar),
+        quiet: args.quiet,
     };
-    let status = |unit: &str, outcome, seconds, error: Option<String>, counts: PredictionCounts| UnitStatus {
-        unit: unit.to_string(),
-        status: outcome,
-        seconds,
-        error,
-        failures: Vec::new(),
-        payload: counts,
-    };
-    let mut stopped = false;
-    for (sequence, planned) in units {
-        if stopped || STOP.load(Ordering::SeqCst) || args.time_budget.is_some_and(|b| started.elapsed() >= b) {
-            STOP.store(true, Ordering::SeqCst);
-            stopped = true;
-            totals.units_interrupted += 1;
-            statuses.push(status(
-                &sequence.id,
-                UnitOutcome::Interrupted,
-                0.0,
-                None,
-                PredictionCounts::default(),
-            ));
-            continue;
-        }
-        if let Some(marker) = ledger.is_done::<PredictionCounts>(planned) {
-            totals.units_skipped += 1;
-            statuses.push(status(&sequence.id, UnitOutcome::Skipped, 0.0, None, marker.payload));
-            bar.inc(1);
-            continue;
-        }
-        let unit_started = Instant::now();
-        bar.set_message(sequence.id.clone());
-        let result = inference
-            .unit(sequence, args.batch, args.time_budget.map(|b| (started, b)))
-            .and_then(|output| {
-                let [frames_path, instances_path] = layout.unit_outputs(&planned.id);
-                write_parquet(&frames_path, &frames_batch(&output.frames)?, &metadata)?;
-                write_parquet(
-                    &instances_path,
-                    &prediction_instances_batch(&output.instances, &output.extra)?,
-                    &metadata,
-                )?;
-                let counts = PredictionCounts {
+    let run = driver.run(
+        units,
+        |sequence, planned| {
+            let output = inference.unit(sequence, args.batch, args.time_budget.map(|b| (started, b)))?;
+            let [frames_path, instances_path] = layout.unit_outputs(&planned.id);
+            write_parquet(&frames_path, &frames_batch(&output.frames)?, &metadata)?;
+            write_parquet(
+                &instances_path,
+                &prediction_instances_batch(&output.instances, &output.extra)?,
+                &metadata,
+            )?;
+            Ok(UnitDone {
+                counts: PredictionCounts {
                     frames_decoded: output.decoded,
                     frame_rows: output.frames.len(),
                     instances: output.instances.len(),
-                };
-                let marker = DoneMarker::new(
-                    &ledger,
-                    planned,
-                    &[frames_path, instances_path],
-                    CODE_VERSION,
-                    unit_started.elapsed().as_secs_f64(),
-                    output.failures.clone(),
-                    counts.clone(),
-                );
-                ledger.write_marker(&marker)?;
-                Ok((counts, output.failures))
-            });
-        let seconds = unit_started.elapsed().as_secs_f64();
-        match result {
-            Ok((counts, failures)) => {
-                totals.units_done += 1;
-                totals.frames += counts.frame_rows;
-                totals.instances += counts.instances;
-                totals.frame_failures += failures.len();
-                let mut s = status(&sequence.id, UnitOutcome::Done, seconds, None, counts);
-                s.failures = failures;
-                statuses.push(s);
-            }
-            Err(e) if e.is::<Stopped>() => {
-                stopped = true;
-                totals.units_interrupted += 1;
-                statuses.push(status(
-                    &sequence.id,
-                    UnitOutcome::Interrupted,
-                    seconds,
-                    None,
-                    PredictionCounts::default(),
-                ));
-            }
-            Err(e) => {
-                let message = format!("{e:#}");
-                bar.suspend(|| eprintln!("error: {}: {message}", sequence.id));
-                totals.units_failed += 1;
-                statuses.push(status(
-                    &sequence.id,
-                    UnitOutcome::Failed,
-                    seconds,
-                    Some(message),
-                    PredictionCounts::default(),
-                ));
-            }
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    totals.seconds = started.elapsed().as_secs_f64();
-    let manifest = RunManifest {
-        kind: PREDICTIONS_KIND.to_string(),
-        params_hash: hash.clone(),
-        params: serde_json::to_value(&params)?,
-        code_version: CODE_VERSION.to_string(),
-        command_line: std::env::args().collect(),
-        shard: shard.map(|s| s.to_string()),
-        host: mrdino_outputs::atomic::host_name().to_string(),
-        pid: std::process::id(),
-        started_unix_s,
-        finished_unix_s: unix_now(),
-        units: statuses,
-        totals: totals.clone(),
+                },
+                files: vec![frames_path, instances_path],
+                failures: output.failures,
+            })
+        },
+        |c| format!("{} frames, {} instances", c.frame_rows, c.instances),
+    );
+    let totals = PredictionTotals {
+        units_planned: run.planned,
+        units_done: run.done,
+        units_skipped: run.skipped,
+        units_failed: run.failed,
+        units_interrupted: run.interrupted,
+        frames: run.done_counts().map(|c| c.frame_rows).sum(),
+        instances: run.done_counts().map(|c| c.instances).sum(),
+        frame_failures: run.frame_failures,
+        seconds: started.elapsed().as_secs_f64(),
     };
-    ledger.write_manifest(&manifest, shard)?;
+    let exit = run.exit_code();
+    write_run_manifest(
+        &ledger,
+        &hash,
+        serde_json::to_value(&params)?,
+        shard,
+        started_unix_s,
+        run.statuses,
+        &totals,
+    )?;
     eprintln!(
         "infer: {} units done ({} frames, {} instances), {} already done, {} failed, {} interrupted, {} frame \
          failures in {:.1} s → {}",
@@ -846,13 +768,7 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
         totals.seconds,
         args.out.display()
     );
-    Ok(if totals.units_interrupted > 0 {
-        ExitCode::from(crate::EXIT_STOPPED)
-    } else if totals.units_failed + totals.frame_failures > 0 {
-        ExitCode::from(crate::EXIT_FAILURES)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit)
 }
 
 /// The job kind recorded in the plans of `out` (`None` when it holds none).

@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -32,8 +31,7 @@ use mrdino_model::device::parse_device;
 use mrdino_model::talk2dino::{instance_scores, preprocess, top_two, AxisMap, Psi, INPUT_PX, TEMPLATES};
 use mrdino_model::vit::{Vit, VitConfig};
 use mrdino_outputs::bookkeeping::{
-    choose_partition, in_shard, partitions, unix_now, DoneMarker, Ledger, Plan, PlannedUnit, RunManifest, Shard,
-    Status, UnitOutcome, UnitStatus, WhenSeveral,
+    choose_partition, in_shard, partitions, unix_now, Ledger, Plan, PlannedUnit, Shard, Status, WhenSeveral,
 };
 use mrdino_outputs::names::{
     names_batch, NameRow, NamesLayout, CLASSES_KEY, NAMES_DATA_DIRS, NAMES_KIND, TEMPLATES_KEY,
@@ -47,7 +45,7 @@ use tch::{Kind, Tensor};
 use crate::cmd_eval::{read_label_tables, LabelTables};
 use crate::cmd_report::decode_frames;
 use crate::job::{LabelCounts, CODE_VERSION};
-use crate::run::STOP;
+use crate::unit_job::{write_run_manifest, Stopped, UnitDone, UnitDriver};
 
 /// The class list used when `--classes` is not given: road users that move, and the static scene around them
 /// (so that a mask on a building or on the road can say so instead of being forced into a road-user class).
@@ -278,18 +276,6 @@ pub struct NameTotals {
     pub instances: usize,
     pub seconds: f64,
 }
-
-/// A stop request (signal or time budget) seen between frames.
-#[derive(Debug)]
-pub(crate) struct Stopped;
-
-impl std::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("stopped")
-    }
-}
-
-impl std::error::Error for Stopped {}
 
 /// Frame (H, W, 3) uint8 → (1, 3, H, W) float in 0..=255.
 pub(crate) fn frame_tensor(frame: &Frame) -> Tensor {
@@ -647,119 +633,56 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         class_embeddings: &class_embeddings,
         batch: args.batch,
     };
-    let mut totals = NameTotals::default();
-    let mut statuses: Vec<UnitStatus<NameCounts>> = Vec::new();
-    let status = |unit: &str, outcome, seconds, error: Option<String>, counts: NameCounts| UnitStatus {
-        unit: unit.to_string(),
-        status: outcome,
-        seconds,
-        error,
-        failures: Vec::new(),
-        payload: counts,
+    let driver = UnitDriver {
+        ledger: &ledger,
+        started,
+        time_budget: args.time_budget,
+        bar: None,
+        quiet: args.quiet,
     };
-    let budget_spent = || STOP.load(Ordering::SeqCst) || args.time_budget.is_some_and(|b| started.elapsed() >= b);
-    let mut stopped = false;
-    for planned in plan.units.iter().filter(|u| in_shard(&u.id, shard)) {
-        totals.units_planned += 1;
-        if stopped || budget_spent() {
-            stopped = true;
-            totals.units_interrupted += 1;
-            statuses.push(status(
-                &planned.id,
-                UnitOutcome::Interrupted,
-                0.0,
-                None,
-                NameCounts::default(),
-            ));
-            continue;
-        }
-        if let Some(marker) = ledger.is_done::<NameCounts>(planned) {
-            totals.units_skipped += 1;
-            statuses.push(status(&planned.id, UnitOutcome::Skipped, 0.0, None, marker.payload));
-            continue;
-        }
-        let unit_started = Instant::now();
-        let frames = unit_frames(&tables, &planned.id);
-        let result = match sequences.iter().find(|s| s.id == planned.id) {
-            Some(sequence) if !frames.rows.is_empty() => namer.unit(sequence, &frames, &budget_spent),
-            Some(_) => Ok(Vec::new()),
-            None if frames.rows.is_empty() => Ok(Vec::new()),
-            None => Err(anyhow::anyhow!(
-                "sequence {} is not in the source dataset any more",
-                planned.id
-            )),
-        };
-        let result = result.and_then(|rows| {
+    let stop = || driver.stop_requested();
+    let run = driver.run(
+        plan.units.iter().filter(|u| in_shard(&u.id, shard)).map(|u| ((), u)),
+        |(), planned| {
+            let frames = unit_frames(&tables, &planned.id);
+            let rows = match sequences.iter().find(|s| s.id == planned.id) {
+                Some(sequence) if !frames.rows.is_empty() => namer.unit(sequence, &frames, &stop)?,
+                Some(_) => Vec::new(),
+                None if frames.rows.is_empty() => Vec::new(),
+                None => bail!("sequence {} is not in the source dataset any more", planned.id),
+            };
             let file = layout.file(&planned.id);
             write_parquet(&file, &names_batch(&rows)?, &metadata)?;
-            let counts = NameCounts {
-                frames: frames.rows.len(),
-                instances: rows.len(),
-            };
-            let seconds = unit_started.elapsed().as_secs_f64();
-            let marker = DoneMarker::new(
-                &ledger,
-                planned,
-                &[file],
-                CODE_VERSION,
-                seconds,
-                Vec::new(),
-                counts.clone(),
-            );
-            ledger.write_marker(&marker)?;
-            Ok(counts)
-        });
-        let seconds = unit_started.elapsed().as_secs_f64();
-        match result {
-            Ok(counts) => {
-                if !args.quiet {
-                    eprintln!("{}: {} instances named in {seconds:.1} s", planned.id, counts.instances);
-                }
-                totals.units_done += 1;
-                totals.instances += counts.instances;
-                statuses.push(status(&planned.id, UnitOutcome::Done, seconds, None, counts));
-            }
-            Err(e) if e.is::<Stopped>() => {
-                stopped = true;
-                totals.units_interrupted += 1;
-                statuses.push(status(
-                    &planned.id,
-                    UnitOutcome::Interrupted,
-                    seconds,
-                    None,
-                    NameCounts::default(),
-                ));
-            }
-            Err(e) => {
-                let message = format!("{e:#}");
-                eprintln!("error: {}: {message}", planned.id);
-                totals.units_failed += 1;
-                statuses.push(status(
-                    &planned.id,
-                    UnitOutcome::Failed,
-                    seconds,
-                    Some(message),
-                    NameCounts::default(),
-                ));
-            }
-        }
-    }
-    totals.seconds = started.elapsed().as_secs_f64();
-    let manifest = RunManifest {
-        kind: NAMES_KIND.to_string(),
-        params_hash: hash.clone(),
-        params: serde_json::to_value(&params)?,
-        code_version: CODE_VERSION.to_string(),
-        command_line: std::env::args().collect(),
-        shard: shard.map(|s| s.to_string()),
-        host: mrdino_outputs::atomic::host_name().to_string(),
-        pid: std::process::id(),
-        started_unix_s,
-        finished_unix_s: unix_now(),
-        units: statuses,
-        totals: totals.clone(),
+            Ok(UnitDone {
+                counts: NameCounts {
+                    frames: frames.rows.len(),
+                    instances: rows.len(),
+                },
+                files: vec![file],
+                failures: Vec::new(),
+            })
+        },
+        |c| format!("{} instances named", c.instances),
+    );
+    let totals = NameTotals {
+        units_planned: run.planned,
+        units_done: run.done,
+        units_skipped: run.skipped,
+        units_failed: run.failed,
+        units_interrupted: run.interrupted,
+        instances: run.done_counts().map(|c| c.instances).sum(),
+        seconds: started.elapsed().as_secs_f64(),
     };
-    ledger.write_manifest(&manifest, shard)?;
+    let exit = run.exit_code();
+    write_run_manifest(
+        &ledger,
+        &hash,
+        serde_json::to_value(&params)?,
+        shard,
+        started_unix_s,
+        run.statuses,
+        &totals,
+    )?;
     eprintln!(
         "name: {} units done ({} instances), {} already done, {} failed, {} interrupted in {:.1} s → {}",
         totals.units_done,
@@ -770,13 +693,7 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         totals.seconds,
         layout.dir().display()
     );
-    Ok(if totals.units_interrupted > 0 {
-        ExitCode::from(crate::EXIT_STOPPED)
-    } else if totals.units_failed > 0 {
-        ExitCode::from(crate::EXIT_FAILURES)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit)
 }
 
 /// Whether `out` holds a names job: a plan of kind `names` is in its bookkeeping.

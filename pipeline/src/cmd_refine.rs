@@ -799,7 +799,14 @@ fn restore(
     adam: &mut Adam,
 ) -> Result<TrainState> {
     let file = read_tensor_file(path)?;
-    check_saved_params(&file, path, RefineParams::identity, params, "refinement")?;
+    check_saved_params(
+        &file,
+        path,
+        RefineParams::identity,
+        params,
+        "refinement",
+        " or from another model",
+    )?;
     if let Some(head) = head {
         for (name, mut var) in head.named_parameters() {
             let raw = file

@@ -18,15 +18,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use mrdino_datasets::{list_sequences, DatasetKind, Frame, Processing, Sequence, SourceOptions};
 use mrdino_model::talk2dino::{label_map, preprocess, soft_masks, INPUT_PX, LAMBDA_BG, TEMPLATES};
-use mrdino_outputs::bookkeeping::{
-    in_shard, unix_now, DoneMarker, FrameFailure, RunManifest, Shard, UnitOutcome, UnitStatus,
-};
+use mrdino_outputs::bookkeeping::{in_shard, unix_now, FrameFailure, Shard};
 use mrdino_outputs::layout::Layout;
 use mrdino_outputs::names::prompted_instances_batch;
 use mrdino_outputs::tables::{frames_batch, write_parquet, InstanceOrigin, SCHEMA_VERSION};
@@ -35,9 +32,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
-use crate::cmd_name::{frame_tensor, parse_classes, Stopped, Talk2Dino, Talk2DinoArgs, WeightsIdentity};
+use crate::cmd_name::{frame_tensor, parse_classes, Talk2Dino, Talk2DinoArgs, WeightsIdentity};
 use crate::job::{build_plan, LabelCounts, Totals, CODE_VERSION};
-use crate::run::STOP;
+use crate::unit_job::{write_run_manifest, Stopped, UnitDone, UnitDriver};
 
 /// Talk2DINO demo's background threshold on the sigmoid masks (values lie in [0.27, 0.73]).
 pub const DEFAULT_THRESHOLD: f64 = 0.55;
@@ -319,58 +316,21 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         classes: &classes,
         params: &params,
     };
-    let budget_spent = || STOP.load(Ordering::SeqCst) || args.time_budget.is_some_and(|b| started.elapsed() >= b);
-    let mut totals = Totals::default();
-    let mut statuses = Vec::new();
-    let status = |unit: &str, outcome, seconds, error: Option<String>, failures, counts: LabelCounts| UnitStatus {
-        unit: unit.to_string(),
-        status: outcome,
-        seconds,
-        error,
-        failures,
-        payload: counts,
+    let driver = UnitDriver {
+        ledger: &ledger,
+        started,
+        time_budget: args.time_budget,
+        bar: None,
+        quiet: args.quiet,
     };
-    let mut stopped = false;
-    for (sequence, planned) in sequences
-        .iter()
-        .zip(&plan.units)
-        .filter(|(s, _)| in_shard(&s.id, shard))
-    {
-        totals.units_planned += 1;
-        if stopped || budget_spent() {
-            stopped = true;
-            totals.units_interrupted += 1;
-            statuses.push(status(
-                &sequence.id,
-                UnitOutcome::Interrupted,
-                0.0,
-                None,
-                Vec::new(),
-                LabelCounts::default(),
-            ));
-            continue;
-        }
-        if let Some(marker) = ledger.is_done::<LabelCounts>(planned) {
-            totals.units_skipped += 1;
-            statuses.push(status(
-                &sequence.id,
-                UnitOutcome::Skipped,
-                0.0,
-                None,
-                Vec::new(),
-                marker.payload,
-            ));
-            continue;
-        }
-        let unit_started = Instant::now();
-        let result = segmenter.unit(sequence, args.batch, &budget_spent).and_then(|output| {
-            let counts = LabelCounts {
-                frames_decoded: output.frames.len(),
-                frame_rows: output.frames.len(),
-                quasi_static_frames: 0,
-                labelled_frames: output.frames.len(),
-                instances: output.instances.len(),
-            };
+    let stop = || driver.stop_requested();
+    let run = driver.run(
+        sequences
+            .iter()
+            .zip(&plan.units)
+            .filter(|(s, _)| in_shard(&s.id, shard)),
+        |sequence, planned| {
+            let output = segmenter.unit(sequence, args.batch, &stop)?;
             let [frames_path, instances_path] = layout.unit_outputs(&planned.id);
             let prompt_of: Vec<&str> = output
                 .instances
@@ -383,78 +343,43 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
                 &prompted_instances_batch(&output.instances, &prompt_of)?,
                 &metadata,
             )?;
-            let seconds = unit_started.elapsed().as_secs_f64();
-            let marker = DoneMarker::new(
-                &ledger,
-                planned,
-                &[frames_path, instances_path],
-                CODE_VERSION,
-                seconds,
-                output.failures.clone(),
-                counts.clone(),
-            );
-            ledger.write_marker(&marker)?;
-            Ok((counts, output.failures))
-        });
-        let seconds = unit_started.elapsed().as_secs_f64();
-        match result {
-            Ok((counts, failures)) => {
-                if !args.quiet {
-                    eprintln!(
-                        "{}: {} frames, {} prompt regions in {seconds:.1} s",
-                        sequence.id, counts.frame_rows, counts.instances
-                    );
-                }
-                totals.units_done += 1;
-                totals.frames += counts.frame_rows;
-                totals.labelled_frames += counts.labelled_frames;
-                totals.instances += counts.instances;
-                totals.frame_failures += failures.len();
-                statuses.push(status(&sequence.id, UnitOutcome::Done, seconds, None, failures, counts));
-            }
-            Err(e) if e.is::<Stopped>() => {
-                stopped = true;
-                totals.units_interrupted += 1;
-                statuses.push(status(
-                    &sequence.id,
-                    UnitOutcome::Interrupted,
-                    seconds,
-                    None,
-                    Vec::new(),
-                    LabelCounts::default(),
-                ));
-            }
-            Err(e) => {
-                let message = format!("{e:#}");
-                eprintln!("error: {}: {message}", sequence.id);
-                totals.units_failed += 1;
-                statuses.push(status(
-                    &sequence.id,
-                    UnitOutcome::Failed,
-                    seconds,
-                    Some(message),
-                    Vec::new(),
-                    LabelCounts::default(),
-                ));
-            }
-        }
-    }
-    totals.seconds = started.elapsed().as_secs_f64();
-    let manifest = RunManifest {
-        kind: ledger.kind().to_string(),
-        params_hash: hash.clone(),
-        params: serde_json::to_value(&params)?,
-        code_version: CODE_VERSION.to_string(),
-        command_line: std::env::args().collect(),
-        shard: shard.map(|s| s.to_string()),
-        host: mrdino_outputs::atomic::host_name().to_string(),
-        pid: std::process::id(),
-        started_unix_s,
-        finished_unix_s: unix_now(),
-        units: statuses,
-        totals: totals.clone(),
+            Ok(UnitDone {
+                counts: LabelCounts {
+                    frames_decoded: output.frames.len(),
+                    frame_rows: output.frames.len(),
+                    quasi_static_frames: 0,
+                    labelled_frames: output.frames.len(),
+                    instances: output.instances.len(),
+                },
+                files: vec![frames_path, instances_path],
+                failures: output.failures,
+            })
+        },
+        |c| format!("{} frames, {} prompt regions", c.frame_rows, c.instances),
+    );
+    let totals = Totals {
+        units_planned: run.planned,
+        units_done: run.done,
+        units_skipped: run.skipped,
+        units_failed: run.failed,
+        units_interrupted: run.interrupted,
+        frames: run.done_counts().map(|c| c.frame_rows).sum(),
+        quasi_static_frames: 0,
+        labelled_frames: run.done_counts().map(|c| c.labelled_frames).sum(),
+        instances: run.done_counts().map(|c| c.instances).sum(),
+        frame_failures: run.frame_failures,
+        seconds: started.elapsed().as_secs_f64(),
     };
-    ledger.write_manifest(&manifest, shard)?;
+    let exit = run.exit_code();
+    write_run_manifest(
+        &ledger,
+        &hash,
+        serde_json::to_value(&params)?,
+        shard,
+        started_unix_s,
+        run.statuses,
+        &totals,
+    )?;
     eprintln!(
         "segment: {} units done ({} frames, {} prompt regions), {} already done, {} failed, {} interrupted, {} frame \
          failures in {:.1} s → {}",
@@ -468,11 +393,5 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         totals.seconds,
         layout.instances_dir().display()
     );
-    Ok(if totals.units_interrupted > 0 {
-        ExitCode::from(crate::EXIT_STOPPED)
-    } else if totals.units_failed + totals.frame_failures > 0 {
-        ExitCode::from(crate::EXIT_FAILURES)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit)
 }

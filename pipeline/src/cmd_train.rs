@@ -320,8 +320,9 @@ pub(crate) fn build_backbone(name: &str, weights: Option<&Path>, device: Device)
         );
         return Ok(Box::new(b));
     }
-    let config = mrdino_model::vit::VitConfig::by_name(name)
-        .map_err(|e| anyhow::anyhow!("{e} (or random-conv-p<PS>-c<C>[-pos], a seeded test backbone without weights)"))?;
+    let config = mrdino_model::vit::VitConfig::by_name(name).map_err(|e| {
+        anyhow::anyhow!("{e} (or random-conv-p<PS>-c<C>[-pos], a seeded test backbone without weights)")
+    })?;
     let weights = weights.with_context(|| format!("backbone `{name}` needs --backbone-weights FILE.safetensors"))?;
     Ok(Box::new(mrdino_model::vit::Vit::load(weights, Some(config), device)?))
 }
@@ -471,7 +472,7 @@ fn save_checkpoint(
 
 fn restore(path: &Path, params: &TrainParams, model: &Dinosaur, adam: &mut Adam) -> Result<TrainState> {
     let file = read_tensor_file(path)?;
-    check_saved_params(&file, path, TrainParams::identity, params, "DINOSAUR training")?;
+    check_saved_params(&file, path, TrainParams::identity, params, "DINOSAUR training", "")?;
     restore_training_state(&file, path, params.seed, model, adam)
 }
 

@@ -27,6 +27,7 @@ mod refine_views;
 mod run;
 mod training;
 mod unit;
+mod unit_job;
 
 use std::num::NonZeroU64;
 use std::path::PathBuf;

@@ -337,21 +337,23 @@ pub(crate) fn write_checkpoint(
 }
 
 /// Refuses checkpoint `file` (read from `path`) unless the identity of its saved parameters (what must not change
-/// across a resume) equals that of `current`.
+/// across a resume) equals that of `current`. `inputs` names what else, besides the flags, is part of that
+/// identity (e.g. the model refined), for the message.
 pub(crate) fn check_saved_params<P: DeserializeOwned>(
     file: &TensorFile,
     path: &Path,
     identity: impl Fn(&P) -> serde_json::Value,
     current: &P,
     what: &str,
+    inputs: &str,
 ) -> Result<()> {
     let saved: P = serde_json::from_str(file.meta(META_PARAMS).context("checkpoint lacks parameters")?)
         .with_context(|| format!("{}: unreadable parameters (not a {what} checkpoint?)", path.display()))?;
     let (saved, now) = (identity(&saved), identity(current));
     if saved != now {
         bail!(
-            "{} holds a {what} run with other parameters; use another --out or the same parameters\n saved: {}\n \
-             now:   {}",
+            "{} holds a {what} run with other parameters{inputs}; use another --out or the same parameters\n \
+             saved: {}\n now:   {}",
             path.display(),
             serde_json::to_string(&saved)?,
             serde_json::to_string(&now)?
