@@ -45,7 +45,7 @@ use crate::cmd_eval::{prediction_map, read_label_tables, LabelTables};
 use crate::job::{build_plan, CODE_VERSION};
 use crate::refine_views::{frame_views, WindowLayout};
 use crate::run::STOP;
-use crate::unit_job::{write_run_manifest, Stopped, UnitDone, UnitDriver};
+use crate::unit_job::{Stopped, UnitDone, UnitDriver};
 
 /// Job kind of the feature cache in the bookkeeping.
 pub const FEATURES_KIND: &str = "features";
@@ -546,14 +546,12 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
         views: run.done_counts().map(|c| c.views).sum(),
         seconds: started.elapsed().as_secs_f64(),
     };
-    let exit = run.exit_code();
-    write_run_manifest(
+    let exit = run.finish(
         &ledger,
         &hash,
         serde_json::to_value(&params)?,
         shard,
         started_unix_s,
-        run.statuses,
         &totals,
     )?;
     eprintln!(

@@ -70,7 +70,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::job::{build_plan, CODE_VERSION};
 use crate::run::STOP;
-use crate::unit_job::{write_run_manifest, Stopped, UnitDone, UnitDriver};
+use crate::unit_job::{Stopped, UnitDone, UnitDriver};
 
 /// Job kind of a prediction run in the bookkeeping.
 pub const PREDICTIONS_KIND: &str = "predictions";
@@ -745,14 +745,12 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
         frame_failures: run.frame_failures,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let exit = run.exit_code();
-    write_run_manifest(
+    let exit = run.finish(
         &ledger,
         &hash,
         serde_json::to_value(&params)?,
         shard,
         started_unix_s,
-        run.statuses,
         &totals,
     )?;
     eprintln!(

@@ -45,7 +45,7 @@ use tch::{Kind, Tensor};
 use crate::cmd_eval::{read_label_tables, LabelTables};
 use crate::cmd_report::decode_frames;
 use crate::job::{LabelCounts, CODE_VERSION};
-use crate::unit_job::{write_run_manifest, Stopped, UnitDone, UnitDriver};
+use crate::unit_job::{Stopped, UnitDone, UnitDriver};
 
 /// The class list used when `--classes` is not given: road users that move, and the static scene around them
 /// (so that a mask on a building or on the road can say so instead of being forced into a road-user class).
@@ -673,14 +673,12 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         instances: run.done_counts().map(|c| c.instances).sum(),
         seconds: started.elapsed().as_secs_f64(),
     };
-    let exit = run.exit_code();
-    write_run_manifest(
+    let exit = run.finish(
         &ledger,
         &hash,
         serde_json::to_value(&params)?,
         shard,
         started_unix_s,
-        run.statuses,
         &totals,
     )?;
     eprintln!(

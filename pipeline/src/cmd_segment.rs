@@ -34,7 +34,7 @@ use tch::Tensor;
 
 use crate::cmd_name::{frame_tensor, parse_classes, Talk2Dino, Talk2DinoArgs, WeightsIdentity};
 use crate::job::{build_plan, LabelCounts, Totals, CODE_VERSION};
-use crate::unit_job::{write_run_manifest, Stopped, UnitDone, UnitDriver};
+use crate::unit_job::{Stopped, UnitDone, UnitDriver};
 
 /// Talk2DINO demo's background threshold on the sigmoid masks (values lie in [0.27, 0.73]).
 pub const DEFAULT_THRESHOLD: f64 = 0.55;
@@ -370,14 +370,12 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         frame_failures: run.frame_failures,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let exit = run.exit_code();
-    write_run_manifest(
+    let exit = run.finish(
         &ledger,
         &hash,
         serde_json::to_value(&params)?,
         shard,
         started_unix_s,
-        run.statuses,
         &totals,
     )?;
     eprintln!(

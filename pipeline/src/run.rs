@@ -25,14 +25,15 @@ use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mrdino_datasets::{list_sequences, Sequence, SourceOptions};
 use mrdino_outputs::bookkeeping::{
-    in_shard, partitions, unix_now, DoneMarker, Ledger, PlannedUnit, RunManifest, Shard, UnitOutcome, UnitStatus,
+    in_shard, partitions, unix_now, DoneMarker, Ledger, PlannedUnit, Shard, UnitOutcome, UnitStatus,
 };
-use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS, LABELS_KIND};
+use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
 use mrdino_outputs::tables::{frames_batch, instances_batch, write_parquet, SCHEMA_VERSION};
 
 use crate::config::Params;
 use crate::job::{labels_plan, LabelCounts, LabelsManifest, LabelsUnitStatus, Totals, CODE_VERSION};
 use crate::unit::{process_unit, FlowSource, UnitError, UnitOutput};
+use crate::unit_job::write_run_manifest;
 
 /// Set by SIGINT/SIGTERM or the time budget; polled between frames.
 pub static STOP: AtomicBool = AtomicBool::new(false);
@@ -323,21 +324,15 @@ pub fn run_labels(
         }
     }
     totals.seconds = started.elapsed().as_secs_f64();
-    let manifest = RunManifest {
-        kind: LABELS_KIND.to_string(),
-        params_hash: params_hash.clone(),
-        params: serde_json::to_value(params)?,
-        code_version: CODE_VERSION.to_string(),
-        command_line: std::env::args().collect(),
-        shard: options.shard.map(|s| s.to_string()),
-        host: mrdino_outputs::atomic::host_name().to_string(),
-        pid: std::process::id(),
+    let manifest = write_run_manifest(
+        &ctx.ledger,
+        &params_hash,
+        serde_json::to_value(params)?,
+        options.shard,
         started_unix_s,
-        finished_unix_s: unix_now(),
-        units: statuses,
+        statuses,
         totals,
-    };
-    ctx.ledger.write_manifest(&manifest, options.shard)?;
+    )?;
     if manifest.units.is_empty() {
         eprintln!(
             "note: no units fall into shard {} of this dataset",

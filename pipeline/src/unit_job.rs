@@ -64,6 +64,32 @@ impl<C> UnitRun<C> {
             .map(|s| &s.payload)
     }
 
+    /// Writes the run manifest (see [`write_run_manifest`]) and returns the exit code.
+    pub fn finish<T: Serialize>(
+        self,
+        ledger: &Ledger,
+        params_hash: &str,
+        params: serde_json::Value,
+        shard: Option<Shard>,
+        started_unix_s: u64,
+        totals: T,
+    ) -> Result<ExitCode>
+    where
+        C: Serialize,
+    {
+        let exit = self.exit_code();
+        write_run_manifest(
+            ledger,
+            params_hash,
+            params,
+            shard,
+            started_unix_s,
+            self.statuses,
+            totals,
+        )?;
+        Ok(exit)
+    }
+
     /// 4 when a unit was interrupted (rerun to resume), 3 when a unit or a frame failed, else success.
     pub fn exit_code(&self) -> ExitCode {
         if self.interrupted > 0 {
@@ -227,8 +253,7 @@ impl UnitDriver<'_> {
     }
 }
 
-/// Writes the manifest of this run (this shard's, when sharded) with the job's `totals`.
-#[allow(clippy::too_many_arguments)]
+/// Writes the manifest of this run (this shard's, when sharded) with the job's `totals`, and returns it.
 pub(crate) fn write_run_manifest<C: Serialize, T: Serialize>(
     ledger: &Ledger,
     params_hash: &str,
@@ -237,7 +262,7 @@ pub(crate) fn write_run_manifest<C: Serialize, T: Serialize>(
     started_unix_s: u64,
     statuses: Vec<UnitStatus<C>>,
     totals: T,
-) -> Result<()> {
+) -> Result<RunManifest<C, T>> {
     let manifest = RunManifest {
         kind: ledger.kind().to_string(),
         params_hash: params_hash.to_string(),
@@ -253,5 +278,5 @@ pub(crate) fn write_run_manifest<C: Serialize, T: Serialize>(
         totals,
     };
     ledger.write_manifest(&manifest, shard)?;
-    Ok(())
+    Ok(manifest)
 }
