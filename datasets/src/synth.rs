@@ -100,6 +100,10 @@ pub struct SynthParams {
     pub height: usize,
     pub width: usize,
     pub texture: TextureStyle,
+    /// Base object size as a percentage of the frame's shorter side: rectangles are 1–2 times this wide,
+    /// ellipses 0.9–1.8 times, stars 1.4–2 times. The default 20 gives objects of 26–51 px on 128 px tall frames; larger
+    /// objects fill more of each model window (see `make demo-refine`).
+    pub object_size_percent: u32,
 }
 
 impl Default for SynthParams {
@@ -111,6 +115,7 @@ impl Default for SynthParams {
             height: 128,
             width: 320,
             texture: TextureStyle::Textured,
+            object_size_percent: 20,
         }
     }
 }
@@ -133,6 +138,12 @@ impl SynthParams {
                     "{name} must be in {MIN_SIDE_PX}..={MAX_SIDE_PX} px, got {side}"
                 ));
             }
+        }
+        if !(1..=100).contains(&self.object_size_percent) {
+            return invalid(format!(
+                "object size must be 1..=100 % of the shorter side, got {}",
+                self.object_size_percent
+            ));
         }
         Ok(())
     }
@@ -873,7 +884,7 @@ fn make_objects(rng: &mut SplitMix64, params: &SynthParams) -> Vec<Object> {
     let (frames, height, width) = (params.frames, params.height, params.width);
     let (h, w) = (height as f64, width as f64);
     let count = rng.int(4, 7);
-    let base_px = (h.min(w) * 0.2).max(8.0);
+    let base_px = (h.min(w) * f64::from(params.object_size_percent) / 100.0).max(8.0);
     let mut objects: Vec<Object> = Vec::with_capacity(count);
     let mut depth_ranks: Vec<usize> = (0..count).collect();
     for i in (1..count).rev() {

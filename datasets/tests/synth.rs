@@ -110,6 +110,7 @@ fn same_seed_gives_identical_bytes_and_another_seed_does_not() {
         height: 48,
         width: 80,
         texture: TextureStyle::Textured,
+        object_size_percent: 20,
     };
     let (a, b) = (generated(&params), generated(&params));
     let (files_a, files_b) = (all_files(a.path()), all_files(b.path()));
@@ -156,9 +157,58 @@ fn invalid_parameters_are_rejected() {
             height: 8,
             ..SynthParams::default()
         },
+        SynthParams {
+            object_size_percent: 0,
+            ..SynthParams::default()
+        },
+        SynthParams {
+            object_size_percent: 101,
+            ..SynthParams::default()
+        },
     ] {
         assert!(generate(&params, dir.path()).is_err(), "{params:?} accepted");
     }
+}
+
+#[test]
+fn object_size_scales_the_objects_and_keeps_the_scene() {
+    let small = SynthParams {
+        seed: 4,
+        sequences: 1,
+        frames: 3,
+        height: 96,
+        width: 160,
+        texture: TextureStyle::Flat,
+        object_size_percent: 20,
+    };
+    let large = SynthParams {
+        object_size_percent: 40,
+        ..small.clone()
+    };
+    let (a, b) = (generated(&small), generated(&large));
+    let instances = |dir: &Path| {
+        dir.join("instances")
+            .join(sequence_name(0))
+            .join(format!("{}.png", frame_name(0)))
+    };
+    let areas = |ids: &[u16]| {
+        let mut area: BTreeMap<u16, usize> = BTreeMap::new();
+        for &id in ids.iter().filter(|&&id| id != 0) {
+            *area.entry(id).or_default() += 1;
+        }
+        area
+    };
+    let (small_areas, large_areas) = (
+        areas(&read_ids(&instances(a.path()))),
+        areas(&read_ids(&instances(b.path()))),
+    );
+    let (small_total, large_total): (usize, usize) = (small_areas.values().sum(), large_areas.values().sum());
+    // Twice the linear size: about four times the area where objects do not overlap or leave the frame.
+    assert!(large_total > 2 * small_total, "{small_total} px → {large_total} px");
+    // The same objects (ids, shapes, motions, depth order): the size changes no random draw.
+    let meta = |dir: &Path| read_meta(dir, &sequence_name(0))["objects"].clone();
+    assert_eq!(meta(a.path()), meta(b.path()));
+    assert!(!meta(a.path()).as_array().expect("objects").is_empty());
 }
 
 fn bilinear(image: &[u8], width: usize, x: f32, y: f32, channel: usize) -> f32 {
@@ -390,6 +440,7 @@ fn flat_scenes_share_the_textured_geometry_and_give_each_surface_one_colour() {
         height: 64,
         width: 96,
         texture: TextureStyle::Textured,
+        object_size_percent: 20,
     };
     let flat = SynthParams {
         texture: TextureStyle::Flat,
@@ -400,7 +451,10 @@ fn flat_scenes_share_the_textured_geometry_and_give_each_surface_one_colour() {
     for (path, bytes) in &files_a {
         let text = path.to_string_lossy();
         if text.starts_with("instances") || text.starts_with("flow") || text.starts_with("meta") {
-            assert!(bytes == &files_b[path], "{text}: the style changed the geometry or the motion");
+            assert!(
+                bytes == &files_b[path],
+                "{text}: the style changed the geometry or the motion"
+            );
         }
     }
     let json: Value = serde_json::from_slice(&files_b[&PathBuf::from("synth.json")]).expect("synth.json");
@@ -428,5 +482,9 @@ fn flat_scenes_share_the_textured_geometry_and_give_each_surface_one_colour() {
         worst
     };
     assert!(spread(b.path()) <= 7, "flat surfaces spread {}", spread(b.path()));
-    assert!(spread(a.path()) > 60, "textured surfaces spread only {}", spread(a.path()));
+    assert!(
+        spread(a.path()) > 60,
+        "textured surfaces spread only {}",
+        spread(a.path())
+    );
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mrdino_datasets::{DatasetKind, Processing, Sequence, SourceOptions};
-use mrdino_model::backbone::{Backbone, ConvPatchBackbone};
+use mrdino_model::backbone::{seeded_backbone, Backbone, SEEDED_BACKBONE_NAMES};
 use mrdino_model::device::parse_device;
 use mrdino_model::tensors::from_tch;
 use mrdino_model::vit::{Vit, VitConfig};
@@ -82,7 +82,7 @@ pub struct FeaturesArgs {
     #[arg(long, default_value = "dinov2-vitb14")]
     pub backbone: String,
     /// The backbone's weights (safetensors from tools/convert_vit.py; none for the seeded
-    /// `random-conv-p<PS>-c<C>[-pos]` test backbone).
+    /// `random-conv-p<PS>-c<C>[-pos]` and `random-colour-p<PS>-c<C>[-pos]` test backbones).
     #[arg(long)]
     pub backbone_weights: Option<PathBuf>,
     /// Which views: resize (every frame at --size) or windows (the refinement windows of --labels).
@@ -265,15 +265,16 @@ pub(crate) enum CacheBackbone {
 }
 
 impl CacheBackbone {
-    /// `name` with its weights; `random-conv-p<PS>-c<C>[-pos]` is generated from a seed and takes none.
+    /// `name` with its weights; the seeded backbones (`random-conv-…`, `random-colour-…`) take none.
     pub(crate) fn load(name: &str, weights: Option<&Path>, device: Device) -> Result<Self> {
-        if let Some(b) = ConvPatchBackbone::from_name(name, device) {
+        if let Some(b) = seeded_backbone(name, device) {
             if weights.is_some() {
                 bail!("backbone `{name}` is generated from a seed and takes no weights file");
             }
-            return Ok(CacheBackbone::Other(Box::new(b)));
+            return Ok(CacheBackbone::Other(b));
         }
-        let config = VitConfig::by_name(name)?;
+        let config = VitConfig::by_name(name)
+            .map_err(|e| anyhow::anyhow!("{e} (or {SEEDED_BACKBONE_NAMES}, seeded test backbones without weights)"))?;
         let weights =
             weights.with_context(|| format!("backbone `{name}` needs --backbone-weights FILE.safetensors"))?;
         Ok(CacheBackbone::Vit(Vit::load(weights, Some(config), device)?))

@@ -129,7 +129,7 @@ pub struct InferArgs {
     /// Seed of the slot noise (frame i of a sequence uses seed + i).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub seed: i64,
-    /// Backbone the model was trained on (dinov2-vitb14, …, or random-conv-p<PS>-c<C>[-pos]).
+    /// Backbone the model was trained on (dinov2-vitb14, …, or a seeded random-conv-… / random-colour-…).
     #[arg(long, default_value = "dinov2-vitb14")]
     pub backbone: String,
     /// The backbone's weights (safetensors from tools/convert_vit.py).

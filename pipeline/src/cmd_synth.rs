@@ -29,6 +29,10 @@ pub struct SynthArgs {
     /// labels need `--flow import`).
     #[arg(long, value_name = "STYLE", default_value = "textured")]
     pub texture: TextureStyle,
+    /// Base object size in percent of the frame's shorter side (rectangles 1–2× as wide, ellipses 0.9–1.8×,
+    /// stars 1.4–2×).
+    #[arg(long, value_name = "PCT", default_value_t = SynthParams::default().object_size_percent)]
+    pub object_size: u32,
 }
 
 /// A frame size in pixels.
@@ -51,6 +55,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         height: args.size.height,
         width: args.size.width,
         texture: args.texture,
+        object_size_percent: args.object_size,
     };
     let summary = generate(&params, &args.out)
         .with_context(|| format!("generating a synthetic dataset in {}", args.out.display()))?;

@@ -28,7 +28,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crossbeam_channel::{bounded, Receiver};
 use mrdino_datasets::decode::read_processed;
 use mrdino_datasets::{list_sequences, DatasetKind, Processing, SourceOptions};
-use mrdino_model::backbone::{Backbone, ConvPatchBackbone};
+use mrdino_model::backbone::{seeded_backbone, Backbone, SEEDED_BACKBONE_NAMES};
 use mrdino_model::dinosaur::{Dinosaur, DinosaurConfig};
 use mrdino_model::optim::{Adam, AdamConfig, LrSchedule};
 use mrdino_model::train::{sample_rng, train_step, CacheSource, FeatureSource, Sampler, StepMetrics, TrainError};
@@ -71,8 +71,9 @@ pub struct DinosaurTrainArgs {
     /// Train from this feature cache (written by `mrdino features`) instead of running a backbone.
     #[arg(long)]
     pub features: Option<PathBuf>,
-    /// Backbone for on-the-fly features (`random-conv-p<PS>-c<C>[-pos]`: a random conv patch embedding, `-pos`
-    /// with a sine–cosine position code, for smoke runs).
+    /// Backbone for on-the-fly features (seeded, no weights: `random-conv-p<PS>-c<C>[-pos]`, a random conv patch
+    /// embedding, `-pos` with a sine–cosine position code; `random-colour-p<PS>-c<C>[-pos]`, random Fourier
+    /// features of patch colours; for smoke runs and the demo).
     #[arg(long)]
     pub backbone: Option<String>,
     /// Weights of the backbone (safetensors).
@@ -313,16 +314,15 @@ pub fn run(command: &TrainCommand) -> Result<std::process::ExitCode> {
 }
 
 pub(crate) fn build_backbone(name: &str, weights: Option<&Path>, device: Device) -> Result<Box<dyn Backbone>> {
-    if let Some(b) = ConvPatchBackbone::from_name(name, device) {
+    if let Some(b) = seeded_backbone(name, device) {
         ensure!(
             weights.is_none(),
             "backbone `{name}` is generated from a seed and takes no weights file"
         );
-        return Ok(Box::new(b));
+        return Ok(b);
     }
-    let config = mrdino_model::vit::VitConfig::by_name(name).map_err(|e| {
-        anyhow::anyhow!("{e} (or random-conv-p<PS>-c<C>[-pos], a seeded test backbone without weights)")
-    })?;
+    let config = mrdino_model::vit::VitConfig::by_name(name)
+        .map_err(|e| anyhow::anyhow!("{e} (or {SEEDED_BACKBONE_NAMES}, seeded test backbones without weights)"))?;
     let weights = weights.with_context(|| format!("backbone `{name}` needs --backbone-weights FILE.safetensors"))?;
     Ok(Box::new(mrdino_model::vit::Vit::load(weights, Some(config), device)?))
 }

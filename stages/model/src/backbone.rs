@@ -8,6 +8,11 @@
 //! drawn deterministically from a seed.
 //! It is not a pretrained model and gives no useful objects on real images; it exists so the data pipeline,
 //! the cache writer and the trainer can be exercised end to end without downloading weights (tests, smoke runs).
+//! [`ColourFourierBackbone`] (`random-colour-p<PS>-c<C>[-pos]`) is the other seeded backbone: random Fourier
+//! features of each patch's mean colour, optionally plus a randomly projected Fourier code of the patch position.
+//! On scenes of flat-coloured surfaces (`mrdino synth --texture flat`) its tokens say which surface a patch is on
+//! and roughly where, which is what a slot model needs to find such objects in minutes (`make demo-refine`); a
+//! ViT with random weights, or the convolution above, does not give that (the README's baseline attempts).
 
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
@@ -185,6 +190,173 @@ impl Backbone for ConvPatchBackbone {
     }
 }
 
+/// A backbone generated from a seed, by name: `random-conv-p<PS>-c<C>[-pos]` ([`ConvPatchBackbone`]) or
+/// `random-colour-p<PS>-c<C>[-pos]` ([`ColourFourierBackbone`]); `None` for any other name.
+pub fn seeded_backbone(name: &str, device: Device) -> Option<Box<dyn Backbone>> {
+    if let Some(b) = ConvPatchBackbone::from_name(name, device) {
+        return Some(Box::new(b));
+    }
+    ColourFourierBackbone::from_name(name, device).map(|b| Box::new(b) as Box<dyn Backbone>)
+}
+
+/// What the names of the seeded backbones look like, for error messages.
+pub const SEEDED_BACKBONE_NAMES: &str = "random-conv-p<PS>-c<C>[-pos] or random-colour-p<PS>-c<C>[-pos]";
+
+/// Frequencies of the position code of [`ColourFourierBackbone`]: k·π/2 for k = 1 … 4 on coordinates in [−1, 1].
+const POSITION_FREQUENCIES: [f64; 4] = [
+    std::f64::consts::FRAC_PI_2,
+    std::f64::consts::PI,
+    3.0 * std::f64::consts::FRAC_PI_2,
+    2.0 * std::f64::consts::PI,
+];
+
+/// Standard deviation of the colour frequencies of [`ColourFourierBackbone`] (colours in [0, 1]).
+const COLOUR_FREQUENCY_STD: f64 = 6.0;
+
+/// Random Fourier features of patch colours: the mean RGB `m` ∈ [0, 1]³ of each ps×ps patch (no normalisation),
+/// tokens `[sin(m·B), cos(m·B)]` with B (3, C/2) ~ N(0, 6²); with `-pos`, plus `Q·p` where p (16) is
+/// `[sin(f_k y), cos(f_k y), sin(f_k x), cos(f_k x)]` for f_k = kπ/2, k = 1 … 4, of the patch centre's row and
+/// column mapped linearly to [−1, 1] over the grid (first patch −1, last +1), and Q (C, 16) ~ N(0, 1/16). B and Q
+/// are drawn from SplitMix64(0) by Box–Muller; no LayerNorm. Patches of one flat surface share a token up to
+/// the position term, different colours give nearly orthogonal tokens.
+#[derive(Debug)]
+pub struct ColourFourierBackbone {
+    name: String,
+    sha256: String,
+    patch: i64,
+    channels: i64,
+    /// (3, C/2)
+    colour_frequencies: Tensor,
+    /// (16, C) when the position code is on.
+    position_projection: Option<Tensor>,
+    device: Device,
+}
+
+impl ColourFourierBackbone {
+    /// Needs an even C. The SHA-256 is that of the float32 bytes of B, then Q when present.
+    pub fn new(patch: i64, channels: i64, position_code: bool, seed: u64, device: Device) -> Option<Self> {
+        if patch <= 0 || channels <= 0 || channels % 2 != 0 {
+            return None;
+        }
+        let mut rng = SplitMix64::new(seed);
+        let mut normal = move || {
+            // Box–Muller; 1 − u keeps the logarithm finite.
+            let (u, v) = (1.0 - rng.next_f64(), rng.next_f64());
+            (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+        };
+        let half = channels / 2;
+        let b: Vec<f32> = (0..3 * half)
+            .map(|_| (normal() * COLOUR_FREQUENCY_STD) as f32)
+            .collect();
+        let q: Option<Vec<f32>> = position_code.then(|| (0..16 * channels).map(|_| (normal() / 4.0) as f32).collect());
+        let mut h = Sha256::new();
+        for v in b.iter().chain(q.iter().flatten()) {
+            h.update(v.to_le_bytes());
+        }
+        let sha256 = h.finalize().iter().map(|x| format!("{x:02x}")).collect();
+        let suffix = if position_code { "-pos" } else { "" };
+        Some(Self {
+            name: format!("random-colour-p{patch}-c{channels}{suffix}"),
+            sha256,
+            patch,
+            channels,
+            colour_frequencies: Tensor::from_slice(&b).reshape([3, half]).to_device(device),
+            position_projection: q.map(|q| Tensor::from_slice(&q).reshape([16, channels]).to_device(device)),
+            device,
+        })
+    }
+
+    /// Parses `random-colour-p<PS>-c<C>[-pos]` (seed 0).
+    pub fn from_name(name: &str, device: Device) -> Option<Self> {
+        let rest = name.strip_prefix("random-colour-p")?;
+        let (rest, pos) = match rest.strip_suffix("-pos") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
+        let (p, c) = rest.split_once("-c")?;
+        Self::new(p.parse().ok()?, c.parse().ok()?, pos, 0, device)
+    }
+}
+
+/// `[sin(f_k y), cos(f_k y), sin(f_k x), cos(f_k x)]` per patch (gh·gw, 16), row-major, coordinates in [−1, 1].
+fn fourier_position_code(grid_h: i64, grid_w: i64, device: Device) -> Tensor {
+    let opts = (Kind::Float, device);
+    let axis = |n: i64| {
+        let t = if n > 1 {
+            Tensor::linspace(-1.0, 1.0, n, opts)
+        } else {
+            Tensor::zeros([n], opts)
+        };
+        let angles = t.unsqueeze(1) * Tensor::from_slice(&POSITION_FREQUENCIES.map(|f| f as f32)).to_device(device);
+        Tensor::cat(&[angles.sin(), angles.cos()], 1) // (n, 8)
+    };
+    let (rows, cols) = (axis(grid_h), axis(grid_w));
+    let rows = rows.unsqueeze(1).expand([grid_h, grid_w, 8], false);
+    let cols = cols.unsqueeze(0).expand([grid_h, grid_w, 8], false);
+    Tensor::cat(&[rows, cols], 2).reshape([grid_h * grid_w, 16])
+}
+
+impl Backbone for ColourFourierBackbone {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn weights_sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    fn patch_size(&self) -> i64 {
+        self.patch
+    }
+
+    fn feature_dim(&self) -> i64 {
+        self.channels
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn features(&self, images01: &Tensor) -> Result<Tensor, String> {
+        let size = images01.size();
+        let [_, 3, height, width] = size[..] else {
+            return Err(format!("expected images (B, 3, H, W), got {size:?}"));
+        };
+        let (grid_h, grid_w) = (height / self.patch, width / self.patch);
+        if grid_h == 0 || grid_w == 0 {
+            return Err(format!(
+                "a {height}×{width} image is smaller than one {} px patch",
+                self.patch
+            ));
+        }
+        Ok(tch::no_grad(|| {
+            let x = images01.to_device(self.device).to_kind(Kind::Float);
+            let means = x
+                .avg_pool2d(
+                    [self.patch, self.patch],
+                    [self.patch, self.patch],
+                    [0, 0],
+                    false,
+                    true,
+                    None,
+                )
+                .flatten(2, 3)
+                .transpose(1, 2); // (B, P, 3)
+            let phase = means.matmul(&self.colour_frequencies);
+            let tokens = Tensor::cat(&[phase.sin(), phase.cos()], 2);
+            match &self.position_projection {
+                Some(q) => {
+                    tokens
+                        + fourier_position_code(grid_h, grid_w, self.device)
+                            .matmul(q)
+                            .unsqueeze(0)
+                }
+                None => tokens,
+            }
+        }))
+    }
+}
+
 /// The ViT backbones as DINOSAUR's feature extractor: normalisation of the family, then the patch tokens of the
 /// last block after the final norm (`get_intermediate_layers(x, [last], norm=True)`).
 impl Backbone for crate::vit::Vit {
@@ -250,5 +422,51 @@ mod tests {
         let spread = |t: &Tensor| (t - t.mean_dim(1, true, Kind::Float)).abs().max().double_value(&[]);
         assert!(spread(&a) < 1e-5, "{}", spread(&a));
         assert!(spread(&b) > 0.1, "{}", spread(&b));
+    }
+
+    #[test]
+    fn colour_tokens_tell_surfaces_apart_and_the_pos_variant_adds_where() {
+        let plain = ColourFourierBackbone::from_name("random-colour-p4-c32", Device::Cpu).unwrap();
+        let pos = ColourFourierBackbone::from_name("random-colour-p4-c32-pos", Device::Cpu).unwrap();
+        assert_eq!(pos.name(), "random-colour-p4-c32-pos");
+        assert_ne!(plain.weights_sha256(), pos.weights_sha256());
+        assert!(ColourFourierBackbone::from_name("random-colour-p4-c31", Device::Cpu).is_none());
+        assert!(seeded_backbone("random-colour-p4-c32", Device::Cpu).is_some());
+        assert!(seeded_backbone("random-conv-p4-c8", Device::Cpu).is_some());
+        assert!(seeded_backbone("dinov2-vitb14", Device::Cpu).is_none());
+        // Left half one flat colour, right half another: 2×4 patches of 4 px.
+        let left = Tensor::from_slice(&[0.8f32, 0.3, 0.1])
+            .reshape([1, 3, 1, 1])
+            .expand([1, 3, 8, 8], false);
+        let right = Tensor::from_slice(&[0.2f32, 0.5, 0.7])
+            .reshape([1, 3, 1, 1])
+            .expand([1, 3, 8, 8], false);
+        let image = Tensor::cat(&[left, right], 3);
+        let a = plain.features(&image).unwrap();
+        assert_eq!(a.size(), [1, 8, 32]);
+        let token = |t: &Tensor, p: i64| t.get(0).get(p);
+        let cos = |x: &Tensor, y: &Tensor| {
+            (x * y).sum(Kind::Float).double_value(&[]) / (x.norm().double_value(&[]) * y.norm().double_value(&[]))
+        };
+        // Patches 0, 1, 4, 5 lie in the left half, 2, 3, 6, 7 in the right one.
+        assert!((token(&a, 0) - token(&a, 5)).abs().max().double_value(&[]) < 1e-6);
+        assert!(
+            cos(&token(&a, 0), &token(&a, 3)) < 0.5,
+            "{}",
+            cos(&token(&a, 0), &token(&a, 3))
+        );
+        // Every token of the plain variant has norm √(C/2) (sin² + cos² = 1 per frequency).
+        assert!((token(&a, 2).norm().double_value(&[]) - 4.0).abs() < 1e-4);
+        let b = pos.features(&image).unwrap();
+        assert!((token(&b, 0) - token(&b, 5)).abs().max().double_value(&[]) > 0.1);
+        let code = fourier_position_code(2, 4, Device::Cpu);
+        assert_eq!(code.size(), [8, 16]);
+        // Patch (row 1, col 3) sits at y = +1, x = +1: sin(π/2·1) = 1 in the first row and column channels.
+        assert!((code.double_value(&[7, 0]) - 1.0).abs() < 1e-6);
+        assert!((code.double_value(&[7, 8]) - 1.0).abs() < 1e-6);
+        assert!((code.double_value(&[0, 0]) + 1.0).abs() < 1e-6);
+        assert!(pos
+            .features(&Tensor::zeros([1, 3, 2, 2], (Kind::Float, Device::Cpu)))
+            .is_err());
     }
 }
