@@ -280,6 +280,14 @@ impl CacheBackbone {
         Ok(CacheBackbone::Vit(Vit::load(weights, Some(config), device)?))
     }
 
+    /// The backbone alone, for callers that need no `--layer` (training and inference on the fly).
+    pub(crate) fn into_backbone(self) -> Box<dyn Backbone> {
+        match self {
+            CacheBackbone::Vit(v) => Box::new(v),
+            CacheBackbone::Other(b) => b,
+        }
+    }
+
     pub(crate) fn backbone(&self) -> &dyn Backbone {
         match self {
             CacheBackbone::Vit(v) => v,

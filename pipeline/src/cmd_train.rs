@@ -28,7 +28,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crossbeam_channel::{bounded, Receiver};
 use mrdino_datasets::decode::read_processed;
 use mrdino_datasets::{list_sequences, DatasetKind, Processing, SourceOptions};
-use mrdino_model::backbone::{seeded_backbone, Backbone, SEEDED_BACKBONE_NAMES};
+use mrdino_model::backbone::Backbone;
 use mrdino_model::dinosaur::{Dinosaur, DinosaurConfig};
 use mrdino_model::optim::{Adam, AdamConfig, LrSchedule};
 use mrdino_model::train::{sample_rng, train_step, CacheSource, FeatureSource, Sampler, StepMetrics, TrainError};
@@ -314,17 +314,7 @@ pub fn run(command: &TrainCommand) -> Result<std::process::ExitCode> {
 }
 
 pub(crate) fn build_backbone(name: &str, weights: Option<&Path>, device: Device) -> Result<Box<dyn Backbone>> {
-    if let Some(b) = seeded_backbone(name, device) {
-        ensure!(
-            weights.is_none(),
-            "backbone `{name}` is generated from a seed and takes no weights file"
-        );
-        return Ok(b);
-    }
-    let config = mrdino_model::vit::VitConfig::by_name(name)
-        .map_err(|e| anyhow::anyhow!("{e} (or {SEEDED_BACKBONE_NAMES}, seeded test backbones without weights)"))?;
-    let weights = weights.with_context(|| format!("backbone `{name}` needs --backbone-weights FILE.safetensors"))?;
-    Ok(Box::new(mrdino_model::vit::Vit::load(weights, Some(config), device)?))
+    Ok(crate::cmd_features::CacheBackbone::load(name, weights, device)?.into_backbone())
 }
 
 fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {

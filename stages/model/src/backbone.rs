@@ -64,11 +64,7 @@ impl ConvPatchBackbone {
             .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
             .collect();
         let b: Vec<f32> = (0..channels).map(|_| (rng.next_f64() - 0.5) as f32).collect();
-        let mut h = Sha256::new();
-        for v in w.iter().chain(&b) {
-            h.update(v.to_le_bytes());
-        }
-        let sha256 = h.finalize().iter().map(|x| format!("{x:02x}")).collect();
+        let sha256 = sha256_f32(w.iter().chain(&b));
         Self {
             name: format!("random-conv-p{patch}-c{channels}"),
             sha256,
@@ -96,14 +92,8 @@ impl ConvPatchBackbone {
 
     /// Parses `random-conv-p<PS>-c<C>` and `random-conv-p<PS>-c<C>-pos` (seed 0).
     pub fn from_name(name: &str, device: Device) -> Option<Self> {
-        let rest = name.strip_prefix("random-conv-p")?;
-        let (rest, pos) = match rest.strip_suffix("-pos") {
-            Some(r) => (r, true),
-            None => (rest, false),
-        };
-        let (p, c) = rest.split_once("-c")?;
-        let (p, c): (i64, i64) = (p.parse().ok()?, c.parse().ok()?);
-        let backbone = (p > 0 && c > 0).then(|| Self::new(p, c, 0, device))?;
+        let (p, c, pos) = parse_seeded_name(name, "random-conv-p")?;
+        let backbone = Self::new(p, c, 0, device);
         if pos {
             backbone.with_position_code()
         } else {
@@ -199,6 +189,27 @@ pub fn seeded_backbone(name: &str, device: Device) -> Option<Box<dyn Backbone>> 
     ColourFourierBackbone::from_name(name, device).map(|b| Box::new(b) as Box<dyn Backbone>)
 }
 
+/// `<prefix><PS>-c<C>[-pos]` → (PS, C, position code), both sizes positive.
+fn parse_seeded_name(name: &str, prefix: &str) -> Option<(i64, i64, bool)> {
+    let rest = name.strip_prefix(prefix)?;
+    let (rest, pos) = match rest.strip_suffix("-pos") {
+        Some(r) => (r, true),
+        None => (rest, false),
+    };
+    let (p, c) = rest.split_once("-c")?;
+    let (p, c): (i64, i64) = (p.parse().ok()?, c.parse().ok()?);
+    (p > 0 && c > 0).then_some((p, c, pos))
+}
+
+/// Lower-case hex SHA-256 of the little-endian float32 bytes of `values`, in order.
+fn sha256_f32<'a>(values: impl Iterator<Item = &'a f32>) -> String {
+    let mut h = Sha256::new();
+    for v in values {
+        h.update(v.to_le_bytes());
+    }
+    h.finalize().iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// What the names of the seeded backbones look like, for error messages.
 pub const SEEDED_BACKBONE_NAMES: &str = "random-conv-p<PS>-c<C>[-pos] or random-colour-p<PS>-c<C>[-pos]";
 
@@ -249,11 +260,7 @@ impl ColourFourierBackbone {
             .map(|_| (normal() * COLOUR_FREQUENCY_STD) as f32)
             .collect();
         let q: Option<Vec<f32>> = position_code.then(|| (0..16 * channels).map(|_| (normal() / 4.0) as f32).collect());
-        let mut h = Sha256::new();
-        for v in b.iter().chain(q.iter().flatten()) {
-            h.update(v.to_le_bytes());
-        }
-        let sha256 = h.finalize().iter().map(|x| format!("{x:02x}")).collect();
+        let sha256 = sha256_f32(b.iter().chain(q.iter().flatten()));
         let suffix = if position_code { "-pos" } else { "" };
         Some(Self {
             name: format!("random-colour-p{patch}-c{channels}{suffix}"),
@@ -268,13 +275,8 @@ impl ColourFourierBackbone {
 
     /// Parses `random-colour-p<PS>-c<C>[-pos]` (seed 0).
     pub fn from_name(name: &str, device: Device) -> Option<Self> {
-        let rest = name.strip_prefix("random-colour-p")?;
-        let (rest, pos) = match rest.strip_suffix("-pos") {
-            Some(r) => (r, true),
-            None => (rest, false),
-        };
-        let (p, c) = rest.split_once("-c")?;
-        Self::new(p.parse().ok()?, c.parse().ok()?, pos, 0, device)
+        let (p, c, pos) = parse_seeded_name(name, "random-colour-p")?;
+        Self::new(p, c, pos, 0, device)
     }
 }
 
@@ -406,6 +408,33 @@ mod tests {
                 assert!((at(6 + k, r, x) - (r as f64 * omega).cos()).abs() < 1e-6);
             }
         }
+    }
+
+    #[test]
+    fn seeded_names_parse_to_positive_sizes_and_an_optional_position_code() {
+        assert_eq!(
+            parse_seeded_name("random-conv-p14-c64", "random-conv-p"),
+            Some((14, 64, false))
+        );
+        assert_eq!(
+            parse_seeded_name("random-colour-p42-c64-pos", "random-colour-p"),
+            Some((42, 64, true))
+        );
+        for bad in [
+            "random-conv-p0-c8",
+            "random-conv-p4-c0",
+            "random-conv-p-4-c8",
+            "random-conv-p4",
+            "random-conv-p4-c8-po",
+        ] {
+            assert_eq!(parse_seeded_name(bad, "random-conv-p"), None, "{bad}");
+        }
+        assert_eq!(parse_seeded_name("random-colour-p4-c8", "random-conv-p"), None);
+        // The digest of the little-endian float32 bytes: the empty input gives SHA-256 of nothing.
+        assert_eq!(
+            sha256_f32([].iter()),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]
