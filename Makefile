@@ -95,30 +95,33 @@ demo-synth: build
 	$(MRDINO) eval --labels $(SYNTH_OUT)/labels-exact --gt $(SYNTH_OUT)/data --gt-format synth
 
 # make demo-refine: the whole refinement on generated data (exact flow, so the pseudo-labels are good) with a
-# seeded random convolutional backbone (no weights needed): synth → labels → window features → a small
-# DINOSAUR → stage 1 → stage 2 → predictions of each model → one table of metrics (and summary.json).
+# seeded backbone (no weights needed): synth (flat-coloured scenes, large objects) → labels → window features
+# (random Fourier features of patch colours plus a position code, 42 px patches) → a small DINOSAUR → stage 1 →
+# stage 2 → predictions of each model → one table of metrics (and summary.json). One libtorch thread, so the
+# numbers are the README's on any run of this machine.
 REFINE_DEMO_OUT ?= outputs/demo-refine
-REFINE_DEMO_BACKBONE ?= random-conv-p14-c64
+REFINE_DEMO_BACKBONE ?= random-colour-p42-c64-pos
+REFINE_DEMO_RUN = --device cpu --torch-threads 1 --quiet
 demo-refine: build
 	@mkdir -p $(REFINE_DEMO_OUT)
-	$(MRDINO) synth --out $(REFINE_DEMO_OUT)/data --sequences 4 --frames 24 --seed 3
+	$(MRDINO) synth --out $(REFINE_DEMO_OUT)/data --sequences 4 --frames 24 --seed 3 --texture flat --object-size 40
 	$(MRDINO) labels --dataset frames --root $(REFINE_DEMO_OUT)/data/frames --out $(REFINE_DEMO_OUT)/labels \
 	  --flow import --flow-dir $(REFINE_DEMO_OUT)/data/flow --quiet
 	$(MRDINO) features --dataset frames --root $(REFINE_DEMO_OUT)/data/frames --labels $(REFINE_DEMO_OUT)/labels \
 	  --views windows --backbone $(REFINE_DEMO_BACKBONE) --out $(REFINE_DEMO_OUT)/features --quiet
-	@echo '{"model": {"n_slots": 6, "slot_dim": 32, "decoder_hidden": 128}, "batch_size": 8, "lr": 1e-3, "warmup_steps": 50, "lr_decay_steps": 2000}' \
+	@echo '{"model": {"n_slots": 4, "slot_dim": 32, "decoder_hidden": 128}, "batch_size": 8, "lr": 1e-3, "warmup_steps": 50, "lr_decay_steps": 20000}' \
 	  > $(REFINE_DEMO_OUT)/dinosaur.json
 	$(MRDINO) train dinosaur --dataset frames --features $(REFINE_DEMO_OUT)/features --config $(REFINE_DEMO_OUT)/dinosaur.json \
-	  --steps 300 --out $(REFINE_DEMO_OUT)/baseline --quiet
+	  --steps 5000 --seed 0 --out $(REFINE_DEMO_OUT)/baseline $(REFINE_DEMO_RUN)
 	$(MRDINO) refine stage1 --from $(REFINE_DEMO_OUT)/baseline --labels $(REFINE_DEMO_OUT)/labels \
-	  --features $(REFINE_DEMO_OUT)/features --lr 1e-3 --epochs 15 --out $(REFINE_DEMO_OUT)/stage1 --quiet
+	  --features $(REFINE_DEMO_OUT)/features --lr 1e-3 --epochs 30 --out $(REFINE_DEMO_OUT)/stage1 $(REFINE_DEMO_RUN)
 	$(MRDINO) refine stage2 --from $(REFINE_DEMO_OUT)/stage1 --labels $(REFINE_DEMO_OUT)/labels \
-	  --features $(REFINE_DEMO_OUT)/features --lr 1e-3 --epochs 5 --hidden 128 --out $(REFINE_DEMO_OUT)/stage2 --quiet
+	  --features $(REFINE_DEMO_OUT)/features --lr 1e-3 --epochs 15 --hidden 128 --out $(REFINE_DEMO_OUT)/stage2 $(REFINE_DEMO_RUN)
 	$(MRDINO) eval --labels $(REFINE_DEMO_OUT)/labels --gt $(REFINE_DEMO_OUT)/data --gt-format synth \
 	  --json $(REFINE_DEMO_OUT)/eval-labels.json > /dev/null
 	for m in baseline stage1 stage2; do \
 	  $(MRDINO) infer --model $(REFINE_DEMO_OUT)/$$m --preset kitti --dataset frames --root $(REFINE_DEMO_OUT)/data/frames \
-	    --backbone $(REFINE_DEMO_BACKBONE) --out $(REFINE_DEMO_OUT)/predictions-$$m --quiet; \
+	    --backbone $(REFINE_DEMO_BACKBONE) --out $(REFINE_DEMO_OUT)/predictions-$$m $(REFINE_DEMO_RUN); \
 	  $(MRDINO) eval --predictions $(REFINE_DEMO_OUT)/predictions-$$m --gt $(REFINE_DEMO_OUT)/data --gt-format synth \
 	    --json $(REFINE_DEMO_OUT)/eval-$$m.json > /dev/null; \
 	done
