@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::cmd_eval::{prediction_map, read_label_tables, LabelTables};
-use crate::job::{build_plan, CODE_VERSION};
+use crate::job::{build_plan, UnitTally, CODE_VERSION};
 use crate::refine_views::{frame_views, WindowLayout};
 use crate::run::STOP;
 use crate::unit_job::{Stopped, UnitDone, UnitDriver};
@@ -155,11 +155,8 @@ pub struct FeatureCounts {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FeatureTotals {
-    pub units_planned: usize,
-    pub units_done: usize,
-    pub units_skipped: usize,
-    pub units_failed: usize,
-    pub units_interrupted: usize,
+    #[serde(flatten)]
+    pub units: UnitTally,
     pub views: usize,
     pub seconds: f64,
 }
@@ -547,11 +544,7 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
         |c| format!("{} views", c.views),
     );
     let totals = FeatureTotals {
-        units_planned: run.planned,
-        units_done: run.done,
-        units_skipped: run.skipped,
-        units_failed: run.failed,
-        units_interrupted: run.interrupted,
+        units: run.tally(),
         views: run.done_counts().map(|c| c.views).sum(),
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -565,11 +558,11 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
     )?;
     eprintln!(
         "features: {} units done ({} views), {} already done, {} failed, {} interrupted in {:.1} s → {}",
-        totals.units_done,
+        totals.units.done,
         totals.views,
-        totals.units_skipped,
-        totals.units_failed,
-        totals.units_interrupted,
+        totals.units.skipped,
+        totals.units.failed,
+        totals.units.interrupted,
         totals.seconds,
         args.out.display()
     );

@@ -68,7 +68,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
-use crate::job::{build_plan, CODE_VERSION};
+use crate::job::{build_plan, UnitTally, CODE_VERSION};
 use crate::run::STOP;
 use crate::unit_job::{Stopped, UnitDone, UnitDriver};
 
@@ -209,11 +209,8 @@ pub struct PredictionCounts {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PredictionTotals {
-    pub units_planned: usize,
-    pub units_done: usize,
-    pub units_skipped: usize,
-    pub units_failed: usize,
-    pub units_interrupted: usize,
+    #[serde(flatten)]
+    pub units: UnitTally,
     pub frames: usize,
     pub instances: usize,
     pub frame_failures: usize,
@@ -735,11 +732,7 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
         |c| format!("{} frames, {} instances", c.frame_rows, c.instances),
     );
     let totals = PredictionTotals {
-        units_planned: run.planned,
-        units_done: run.done,
-        units_skipped: run.skipped,
-        units_failed: run.failed,
-        units_interrupted: run.interrupted,
+        units: run.tally(),
         frames: run.done_counts().map(|c| c.frame_rows).sum(),
         instances: run.done_counts().map(|c| c.instances).sum(),
         frame_failures: run.frame_failures,
@@ -756,12 +749,12 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
     eprintln!(
         "infer: {} units done ({} frames, {} instances), {} already done, {} failed, {} interrupted, {} frame \
          failures in {:.1} s → {}",
-        totals.units_done,
+        totals.units.done,
         totals.frames,
         totals.instances,
-        totals.units_skipped,
-        totals.units_failed,
-        totals.units_interrupted,
+        totals.units.skipped,
+        totals.units.failed,
+        totals.units.interrupted,
         totals.frame_failures,
         totals.seconds,
         args.out.display()

@@ -44,7 +44,7 @@ use tch::{Kind, Tensor};
 
 use crate::cmd_eval::{read_label_tables, LabelTables};
 use crate::cmd_report::decode_frames;
-use crate::job::{LabelCounts, CODE_VERSION};
+use crate::job::{LabelCounts, UnitTally, CODE_VERSION};
 use crate::unit_job::{Stopped, UnitDone, UnitDriver};
 
 /// The class list used when `--classes` is not given: road users that move, and the static scene around them
@@ -268,11 +268,8 @@ pub struct NameCounts {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NameTotals {
-    pub units_planned: usize,
-    pub units_done: usize,
-    pub units_skipped: usize,
-    pub units_failed: usize,
-    pub units_interrupted: usize,
+    #[serde(flatten)]
+    pub units: UnitTally,
     pub instances: usize,
     pub seconds: f64,
 }
@@ -665,11 +662,7 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         |c| format!("{} instances named", c.instances),
     );
     let totals = NameTotals {
-        units_planned: run.planned,
-        units_done: run.done,
-        units_skipped: run.skipped,
-        units_failed: run.failed,
-        units_interrupted: run.interrupted,
+        units: run.tally(),
         instances: run.done_counts().map(|c| c.instances).sum(),
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -683,11 +676,11 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
     )?;
     eprintln!(
         "name: {} units done ({} instances), {} already done, {} failed, {} interrupted in {:.1} s → {}",
-        totals.units_done,
+        totals.units.done,
         totals.instances,
-        totals.units_skipped,
-        totals.units_failed,
-        totals.units_interrupted,
+        totals.units.skipped,
+        totals.units.failed,
+        totals.units.interrupted,
         totals.seconds,
         layout.dir().display()
     );

@@ -358,11 +358,7 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         |c| format!("{} frames, {} prompt regions", c.frame_rows, c.instances),
     );
     let totals = Totals {
-        units_planned: run.planned,
-        units_done: run.done,
-        units_skipped: run.skipped,
-        units_failed: run.failed,
-        units_interrupted: run.interrupted,
+        units: run.tally(),
         frames: run.done_counts().map(|c| c.frame_rows).sum(),
         quasi_static_frames: 0,
         labelled_frames: run.done_counts().map(|c| c.labelled_frames).sum(),
@@ -381,12 +377,12 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
     eprintln!(
         "segment: {} units done ({} frames, {} prompt regions), {} already done, {} failed, {} interrupted, {} frame \
          failures in {:.1} s → {}",
-        totals.units_done,
+        totals.units.done,
         totals.frames,
         totals.instances,
-        totals.units_skipped,
-        totals.units_failed,
-        totals.units_interrupted,
+        totals.units.skipped,
+        totals.units.failed,
+        totals.units.interrupted,
         totals.frame_failures,
         totals.seconds,
         layout.instances_dir().display()

@@ -6,7 +6,7 @@
 use std::time::SystemTime;
 
 use mrdino_datasets::Sequence;
-use mrdino_outputs::bookkeeping::{DoneMarker, Plan, PlannedUnit, RunManifest, UnitStatus};
+use mrdino_outputs::bookkeeping::{DoneMarker, Plan, PlannedUnit, RunManifest, UnitOutcome, UnitStatus};
 use mrdino_outputs::layout::LABELS_KIND;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,14 +28,39 @@ pub type LabelsMarker = DoneMarker<LabelCounts>;
 pub type LabelsUnitStatus = UnitStatus<LabelCounts>;
 pub type LabelsManifest = RunManifest<LabelCounts, Totals>;
 
+/// The unit counts every job's totals begin with, flattened into them so a manifest's `totals` keeps the flat
+/// keys `units_planned` … `units_interrupted`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitTally {
+    #[serde(rename = "units_planned")]
+    pub planned: usize,
+    #[serde(rename = "units_done")]
+    pub done: usize,
+    #[serde(rename = "units_skipped")]
+    pub skipped: usize,
+    #[serde(rename = "units_failed")]
+    pub failed: usize,
+    #[serde(rename = "units_interrupted")]
+    pub interrupted: usize,
+}
+
+impl UnitTally {
+    /// Counts one unit's outcome (not `planned`).
+    pub fn count(&mut self, outcome: UnitOutcome) {
+        match outcome {
+            UnitOutcome::Done => self.done += 1,
+            UnitOutcome::Skipped => self.skipped += 1,
+            UnitOutcome::Failed => self.failed += 1,
+            UnitOutcome::Interrupted => self.interrupted += 1,
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
-    pub units_planned: usize,
-    pub units_done: usize,
-    pub units_skipped: usize,
-    pub units_failed: usize,
-    pub units_interrupted: usize,
+    #[serde(flatten)]
+    pub units: UnitTally,
     pub frames: usize,
     pub quasi_static_frames: usize,
     pub labelled_frames: usize,
@@ -76,4 +101,34 @@ pub fn build_plan(kind: &str, params_hash: &str, dataset: &str, sequences: &[Seq
 /// The plan of the labels job.
 pub fn labels_plan(params_hash: &str, dataset: &str, sequences: &[Sequence]) -> Plan {
     build_plan(LABELS_KIND, params_hash, dataset, sequences)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_keep_flat_unit_keys_and_round_trip() {
+        let mut totals = Totals::default();
+        totals.units.planned = 4;
+        for outcome in [
+            UnitOutcome::Done,
+            UnitOutcome::Done,
+            UnitOutcome::Skipped,
+            UnitOutcome::Interrupted,
+        ] {
+            totals.units.count(outcome);
+        }
+        totals.instances = 7;
+        let json = serde_json::to_value(&totals).unwrap();
+        assert_eq!(json["units_planned"], 4);
+        assert_eq!(json["units_done"], 2);
+        assert_eq!(json["units_skipped"], 1);
+        assert_eq!(json["units_failed"], 0);
+        assert_eq!(json["units_interrupted"], 1);
+        assert_eq!(json["instances"], 7);
+        assert!(json.get("units").is_none(), "{json}");
+        let back: Totals = serde_json::from_value(json).unwrap();
+        assert_eq!(back, totals);
+    }
 }

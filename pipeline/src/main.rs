@@ -385,11 +385,11 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
     let t = &manifest.totals;
     eprintln!(
         "{} sequences ({} done, {} already done, {} failed, {} interrupted); {} frames, {} quasi-static, {} labelled, {} instances; {} frame failures; {:.1} s",
-        t.units_planned,
-        t.units_done,
-        t.units_skipped,
-        t.units_failed,
-        t.units_interrupted,
+        t.units.planned,
+        t.units.done,
+        t.units.skipped,
+        t.units.failed,
+        t.units.interrupted,
         t.frames,
         t.quasi_static_frames,
         t.labelled_frames,
@@ -403,18 +403,18 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
         layout.frames_dir().display(),
         layout.instances_dir().display()
     );
-    if args.overlays > 0 && t.units_interrupted == 0 {
+    if args.overlays > 0 && t.units.interrupted == 0 {
         let written = overlays::write_overlays(&layout, &sequences, args.overlays)?;
         eprintln!("{} overlays in {}", written.len(), args.out.join("overlays").display());
     }
-    if t.units_interrupted > 0 || STOP.load(Ordering::SeqCst) {
+    if t.units.interrupted > 0 || STOP.load(Ordering::SeqCst) {
         eprintln!(
             "stopped early: {} sequences not done; run the same command again to resume",
-            t.units_interrupted
+            t.units.interrupted
         );
         return Ok(ExitCode::from(EXIT_STOPPED));
     }
-    if t.units_failed + t.frame_failures > args.max_failures {
+    if t.units.failed + t.frame_failures > args.max_failures {
         for unit in manifest
             .units
             .iter()

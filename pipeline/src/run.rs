@@ -304,23 +304,16 @@ pub fn run_labels(
     let mut results = results.into_inner().unwrap_or_default();
     results.sort_by_key(|(i, _)| *i);
     let statuses: Vec<LabelsUnitStatus> = results.into_iter().map(|(_, s)| s).collect();
-    let mut totals = Totals {
-        units_planned: units.len(),
-        ..Totals::default()
-    };
+    let mut totals = Totals::default();
+    totals.units.planned = units.len();
     for s in &statuses {
-        match s.status {
-            UnitOutcome::Done => {
-                totals.units_done += 1;
-                totals.frames += s.payload.frame_rows;
-                totals.quasi_static_frames += s.payload.quasi_static_frames;
-                totals.labelled_frames += s.payload.labelled_frames;
-                totals.instances += s.payload.instances;
-                totals.frame_failures += s.failures.len();
-            }
-            UnitOutcome::Skipped => totals.units_skipped += 1,
-            UnitOutcome::Failed => totals.units_failed += 1,
-            UnitOutcome::Interrupted => totals.units_interrupted += 1,
+        totals.units.count(s.status);
+        if s.status == UnitOutcome::Done {
+            totals.frames += s.payload.frame_rows;
+            totals.quasi_static_frames += s.payload.quasi_static_frames;
+            totals.labelled_frames += s.payload.labelled_frames;
+            totals.instances += s.payload.instances;
+            totals.frame_failures += s.failures.len();
         }
     }
     totals.seconds = started.elapsed().as_secs_f64();

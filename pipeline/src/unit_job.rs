@@ -19,7 +19,7 @@ use mrdino_outputs::bookkeeping::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::job::CODE_VERSION;
+use crate::job::{UnitTally, CODE_VERSION};
 use crate::run::STOP;
 
 /// A stop request (signal or time budget) seen inside a unit's work.
@@ -56,6 +56,17 @@ pub(crate) struct UnitRun<C> {
 }
 
 impl<C> UnitRun<C> {
+    /// The unit counts, for the job's totals.
+    pub fn tally(&self) -> UnitTally {
+        UnitTally {
+            planned: self.planned,
+            done: self.done,
+            skipped: self.skipped,
+            failed: self.failed,
+            interrupted: self.interrupted,
+        }
+    }
+
     /// The payloads of the units done in this run.
     pub fn done_counts(&self) -> impl Iterator<Item = &C> {
         self.statuses
