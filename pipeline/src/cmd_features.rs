@@ -544,7 +544,7 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
         |c| format!("{} views", c.views),
     );
     let totals = FeatureTotals {
-        units: run.tally(),
+        units: run.tally,
         views: run.done_counts().map(|c| c.views).sum(),
         seconds: started.elapsed().as_secs_f64(),
     };

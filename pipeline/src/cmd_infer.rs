@@ -732,7 +732,7 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
         |c| format!("{} frames, {} instances", c.frame_rows, c.instances),
     );
     let totals = PredictionTotals {
-        units: run.tally(),
+        units: run.tally,
         frames: run.done_counts().map(|c| c.frame_rows).sum(),
         instances: run.done_counts().map(|c| c.instances).sum(),
         frame_failures: run.frame_failures,

@@ -662,7 +662,7 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         |c| format!("{} instances named", c.instances),
     );
     let totals = NameTotals {
-        units: run.tally(),
+        units: run.tally,
         instances: run.done_counts().map(|c| c.instances).sum(),
         seconds: started.elapsed().as_secs_f64(),
     };

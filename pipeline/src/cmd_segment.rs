@@ -358,7 +358,7 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         |c| format!("{} frames, {} prompt regions", c.frame_rows, c.instances),
     );
     let totals = Totals {
-        units: run.tally(),
+        units: run.tally,
         frames: run.done_counts().map(|c| c.frame_rows).sum(),
         quasi_static_frames: 0,
         labelled_frames: run.done_counts().map(|c| c.labelled_frames).sum(),

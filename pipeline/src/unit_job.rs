@@ -47,26 +47,12 @@ pub(crate) struct UnitDone<C> {
 /// The per-unit outcomes of one run and their counts.
 pub(crate) struct UnitRun<C> {
     pub statuses: Vec<UnitStatus<C>>,
-    pub planned: usize,
-    pub done: usize,
-    pub skipped: usize,
-    pub failed: usize,
-    pub interrupted: usize,
+    /// Units planned for this shard and what became of them.
+    pub tally: UnitTally,
     pub frame_failures: usize,
 }
 
 impl<C> UnitRun<C> {
-    /// The unit counts, for the job's totals.
-    pub fn tally(&self) -> UnitTally {
-        UnitTally {
-            planned: self.planned,
-            done: self.done,
-            skipped: self.skipped,
-            failed: self.failed,
-            interrupted: self.interrupted,
-        }
-    }
-
     /// The payloads of the units done in this run.
     pub fn done_counts(&self) -> impl Iterator<Item = &C> {
         self.statuses
@@ -103,9 +89,9 @@ impl<C> UnitRun<C> {
 
     /// 4 when a unit was interrupted (rerun to resume), 3 when a unit or a frame failed, else success.
     pub fn exit_code(&self) -> ExitCode {
-        if self.interrupted > 0 {
+        if self.tally.interrupted > 0 {
             ExitCode::from(crate::EXIT_STOPPED)
-        } else if self.failed + self.frame_failures > 0 {
+        } else if self.tally.failed + self.frame_failures > 0 {
             ExitCode::from(crate::EXIT_FAILURES)
         } else {
             ExitCode::SUCCESS
@@ -152,11 +138,7 @@ impl UnitDriver<'_> {
     {
         let mut run = UnitRun {
             statuses: Vec::new(),
-            planned: 0,
-            done: 0,
-            skipped: 0,
-            failed: 0,
-            interrupted: 0,
+            tally: UnitTally::default(),
             frame_failures: 0,
         };
         let status = |unit: &str, status, seconds, error, failures, payload| UnitStatus {
@@ -169,11 +151,11 @@ impl UnitDriver<'_> {
         };
         let mut stopped = false;
         for (item, planned) in units {
-            run.planned += 1;
+            run.tally.planned += 1;
             let id = planned.id.as_str();
             if stopped || self.stop_requested() {
                 stopped = true;
-                run.interrupted += 1;
+                run.tally.interrupted += 1;
                 run.statuses.push(status(
                     id,
                     UnitOutcome::Interrupted,
@@ -185,7 +167,7 @@ impl UnitDriver<'_> {
                 continue;
             }
             if let Some(marker) = self.ledger.is_done::<C>(planned) {
-                run.skipped += 1;
+                run.tally.skipped += 1;
                 run.statuses
                     .push(status(id, UnitOutcome::Skipped, 0.0, None, Vec::new(), marker.payload));
                 if let Some(bar) = self.bar {
@@ -216,7 +198,7 @@ impl UnitDriver<'_> {
                     if self.bar.is_none() && !self.quiet {
                         self.say(format!("{id}: {} in {seconds:.1} s", describe(&output.counts)));
                     }
-                    run.done += 1;
+                    run.tally.done += 1;
                     run.frame_failures += output.failures.len();
                     run.statuses.push(status(
                         id,
@@ -229,7 +211,7 @@ impl UnitDriver<'_> {
                 }
                 Err(e) if e.is::<Stopped>() => {
                     stopped = true;
-                    run.interrupted += 1;
+                    run.tally.interrupted += 1;
                     run.statuses.push(status(
                         id,
                         UnitOutcome::Interrupted,
@@ -242,7 +224,7 @@ impl UnitDriver<'_> {
                 Err(e) => {
                     let message = format!("{e:#}");
                     self.say(format!("error: {id}: {message}"));
-                    run.failed += 1;
+                    run.tally.failed += 1;
                     run.statuses.push(status(
                         id,
                         UnitOutcome::Failed,
