@@ -80,7 +80,11 @@ fn feature_cache_is_resumable_shardable_and_matches_the_backbone() {
     assert_eq!(cache.channels, 32);
     let meta = cache.meta();
     assert_eq!((meta.image_height, meta.image_width, meta.layer), (42, 56, 1));
-    assert_eq!(meta.backbone_sha256.len(), 64);
+    assert_eq!(
+        meta.backbone_sha256,
+        Vit::load(&weights, None, Device::Cpu).unwrap().identity().id,
+        "the cache records the tensor identity of the backbone weights"
+    );
 
     // The cached rows are the backbone's features of the resized frame (f16-rounded).
     let key = cache.view_key(7).unwrap().clone();

@@ -64,7 +64,7 @@ fn build_cache(frames: &Path, cache: &Path) {
         let meta = ShardMeta {
             unit: s.id.clone(),
             backbone: backbone.name().into(),
-            backbone_sha256: backbone.weights_sha256().into(),
+            backbone_sha256: backbone.identity().id.clone(),
             layer: 0,
             image_height: h,
             image_width: w,

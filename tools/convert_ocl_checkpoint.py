@@ -13,14 +13,15 @@ D from conditioning.slots_mu, F from the input LayerNorm, h from object_decoder.
 object_decoder.pos_embed, K from P with the reference table (729 -> 15 KITTI, 1225 -> 30 TRI-PD, 361 -> 24
 MOVi-E) unless --n-slots is given. The stage is stage2 when slot_decoder tensors are present; baseline and
 stage-1 checkpoints have identical keys, so --stage names them (default: baseline). `mrdino.backbone_sha256`
-is the SHA-256 over the converted backbone tensors (names sorted; name bytes, then little-endian float32 data).
+is the weights identity of the converted backbone (tools/weights_id.py: a digest of the tensors the ViT reads,
+equal to that of the same weights converted by convert_vit.py), so the file runs with its embedded backbone or
+with a separately converted file of the same weights.
 
 Every key that is not in the reference's key table is reported by name, as is every missing key; either makes
 the conversion fail (exit code 1) without writing OUT.
 """
 
 import argparse
-import hashlib
 import json
 import re
 import sys
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from weights_id import vit_weights_id
 
 PREFIX = "models."
 BACKBONE_IN = "models.feature_extractor.model."
@@ -138,14 +141,11 @@ def convert(state, n_slots=None, stage=None):
         "mrdino.stage": stage,
     }
     if backbone:
-        digest = hashlib.sha256()
-        for name in sorted(backbone):
-            t = backbone[name].detach().to(torch.float32).contiguous()
+        converted = {name: t.detach().to(torch.float32).contiguous() for name, t in backbone.items()}
+        for name, t in converted.items():
             out[BACKBONE_OUT + name] = t
-            digest.update(name.encode())
-            digest.update(t.numpy().astype("<f4").tobytes())
         meta["mrdino.backbone"] = "dinov2-vitb14-reg" if "register_tokens" in backbone else "dinov2-vitb14"
-        meta["mrdino.backbone_sha256"] = digest.hexdigest()
+        meta["mrdino.backbone_sha256"] = vit_weights_id(converted)
     return out, meta, []
 
 

@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest, Sha256};
+
 use crate::atomic::{write_atomic, OutputError};
+use crate::weights_id::{weights_id, Identity, TensorBytes, WeightsIdError};
 
 /// The checkpoint of a training run, inside the run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -72,6 +75,28 @@ impl TensorFile {
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).map(String::as_str)
     }
+
+    /// The tensors whose names start with `prefix`, with the prefix removed, in name order.
+    pub fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a RawTensor)> + 'a {
+        self.tensors
+            .iter()
+            .filter_map(move |t| t.name.strip_prefix(prefix).map(|name| (name, t)))
+    }
+
+    /// The weights identity ([`crate::weights_id`]) of the tensors under `prefix` (named without it) for which
+    /// `counts` is true.
+    pub fn weights_id(&self, prefix: &str, counts: impl Fn(&str) -> bool) -> Result<String, WeightsIdError> {
+        weights_id(
+            self.under(prefix)
+                .filter(|(name, _)| counts(name))
+                .map(|(name, t)| TensorBytes {
+                    name,
+                    dtype: t.dtype,
+                    shape: &t.shape,
+                    data: &t.data,
+                }),
+        )
+    }
 }
 
 /// State of a training run besides weights and moments, stored as JSON in the checkpoint's metadata.
@@ -87,6 +112,15 @@ pub struct TrainState {
     pub optimizer_steps: BTreeMap<String, u64>,
     /// Seconds of training so far (over all resumed runs).
     pub elapsed_s: f64,
+}
+
+/// The identity of the model in a model file or checkpoint: its tensors without the optimiser state and without
+/// an embedded backbone (which has an identity of its own); `file_sha256` is the earlier rule's value.
+pub fn model_identity(file: &TensorFile, file_sha256: String) -> Result<Identity, WeightsIdError> {
+    let id = file.weights_id("", |name| {
+        !name.starts_with(OPTIMIZER_PREFIX) && !name.starts_with(BACKBONE_PREFIX)
+    })?;
+    Ok(Identity::new(id, Some(file_sha256)))
 }
 
 /// Writes `file` atomically to `path` (tensors sorted by name).
@@ -109,6 +143,14 @@ pub fn write_tensor_file(path: &Path, file: &TensorFile) -> Result<(), OutputErr
 pub fn read_tensor_file(path: &Path) -> Result<TensorFile, OutputError> {
     let bytes = std::fs::read(path).map_err(|e| OutputError::io(path, e))?;
     parse_tensor_file(path, &bytes)
+}
+
+/// [`read_tensor_file`], also returning the SHA-256 of the file's bytes (the weights identity of earlier
+/// versions, see [`crate::weights_id`]).
+pub fn read_tensor_file_hashed(path: &Path) -> Result<(TensorFile, String), OutputError> {
+    let bytes = std::fs::read(path).map_err(|e| OutputError::io(path, e))?;
+    let sha = crate::weights_id::hex(&Sha256::digest(&bytes));
+    Ok((parse_tensor_file(path, &bytes)?, sha))
 }
 
 /// Parses safetensors bytes; `path` only names the source in errors.

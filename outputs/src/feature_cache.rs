@@ -47,6 +47,8 @@ pub struct ShardMeta {
     pub unit: String,
     /// Backbone name as on the command line (`dinov2-vitb14`, …).
     pub backbone: String,
+    /// The backbone weights' identity ([`crate::weights_id`], `tensors-sha256:…`; caches of earlier versions hold
+    /// the SHA-256 of the weights file). The field keeps its name so caches stay readable.
     pub backbone_sha256: String,
     /// Index of the block whose (final-normed) patch tokens were taken.
     pub layer: i64,

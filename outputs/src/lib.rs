@@ -14,6 +14,7 @@ pub mod report;
 pub mod rle;
 pub mod tables;
 pub mod tensor_keys;
+pub mod weights_id;
 
 pub use atomic::{write_atomic, AtomicFile, OutputError};
 pub use rle::CocoRle;

@@ -16,7 +16,7 @@
 //!   reference skips them. The view key records the window's x offset.
 //!
 //! The features are the patch tokens of `--layer` (default the last block) after the final norm, CLS and
-//! registers dropped; the shard metadata names the backbone, its weights' SHA-256, the layer, the view size, the
+//! registers dropped; the shard metadata names the backbone, its weights' identity, the layer, the view size, the
 //! grid, the normalisation and the dtype, so training refuses a cache made with another backbone.
 
 use std::collections::BTreeMap;
@@ -29,10 +29,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mrdino_datasets::{DatasetKind, Processing, Sequence, SourceOptions};
-use mrdino_model::backbone::{seeded_backbone, Backbone, SEEDED_BACKBONE_NAMES};
+use mrdino_model::backbone::{BackboneRequest, LoadedBackbone};
 use mrdino_model::device::parse_device;
 use mrdino_model::tensors::from_tch;
-use mrdino_model::vit::{Vit, VitConfig};
 use mrdino_outputs::bookkeeping::{
     choose_partition, in_shard, partitions, unix_now, Ledger, PlannedUnit, Shard, Status, WhenSeveral,
 };
@@ -255,77 +254,9 @@ fn for_each_view(
     Ok(frames)
 }
 
-/// The backbone of a cache: a ViT (whose blocks `--layer` chooses from) or another [`Backbone`].
-pub(crate) enum CacheBackbone {
-    Vit(Vit),
-    Other(Box<dyn Backbone>),
-}
-
-impl CacheBackbone {
-    /// `name` with its weights; the seeded backbones (`random-conv-…`, `random-colour-…`) take none.
-    pub(crate) fn load(name: &str, weights: Option<&Path>, device: Device) -> Result<Self> {
-        if let Some(b) = seeded_backbone(name, device) {
-            if weights.is_some() {
-                bail!("backbone `{name}` is generated from a seed and takes no weights file");
-            }
-            return Ok(CacheBackbone::Other(b));
-        }
-        let config = VitConfig::by_name(name)
-            .map_err(|e| anyhow::anyhow!("{e} (or {SEEDED_BACKBONE_NAMES}, seeded test backbones without weights)"))?;
-        let weights =
-            weights.with_context(|| format!("backbone `{name}` needs --backbone-weights FILE.safetensors"))?;
-        Ok(CacheBackbone::Vit(Vit::load(weights, Some(config), device)?))
-    }
-
-    /// The backbone alone, for callers that need no `--layer` (training and inference on the fly).
-    pub(crate) fn into_backbone(self) -> Box<dyn Backbone> {
-        match self {
-            CacheBackbone::Vit(v) => Box::new(v),
-            CacheBackbone::Other(b) => b,
-        }
-    }
-
-    pub(crate) fn backbone(&self) -> &dyn Backbone {
-        match self {
-            CacheBackbone::Vit(v) => v,
-            CacheBackbone::Other(b) => b.as_ref(),
-        }
-    }
-
-    /// Blocks a `--layer` can choose from (none for a backbone without blocks).
-    fn depth(&self) -> Option<usize> {
-        match self {
-            CacheBackbone::Vit(v) => Some(v.config().depth as usize),
-            CacheBackbone::Other(_) => None,
-        }
-    }
-
-    fn normalisation(&self) -> String {
-        match self {
-            CacheBackbone::Vit(v) => format!("mean {:?} std {:?}", v.config().mean, v.config().std),
-            CacheBackbone::Other(_) => format!(
-                "mean {:?} std {:?}",
-                mrdino_model::backbone::IMAGENET_MEAN,
-                mrdino_model::backbone::IMAGENET_STD
-            ),
-        }
-    }
-
-    /// Patch features (B, P, C) of images in [0, 1], from block `layer` (ViT only; default the last).
-    pub(crate) fn encode(&self, images01: &Tensor, layer: Option<usize>) -> Result<Tensor> {
-        match self {
-            CacheBackbone::Vit(v) => {
-                let normalised = v.normalize(images01)?;
-                Ok(tch::no_grad(|| v.features(&normalised, layer))?)
-            }
-            CacheBackbone::Other(b) => b.features(images01).map_err(anyhow::Error::msg),
-        }
-    }
-}
-
 /// Encodes views in batches; returns the unit's features (N, P, C) in the storage kind.
 struct Encoder<'a> {
-    backbone: &'a CacheBackbone,
+    backbone: &'a LoadedBackbone,
     layer: Option<usize>,
     kind: Kind,
     batch: usize,
@@ -361,7 +292,7 @@ impl Encoder<'_> {
     }
 }
 
-fn resolve(args: &FeaturesArgs, backbone: &CacheBackbone) -> Result<(FeaturesParams, Option<LabelTables>)> {
+fn resolve(args: &FeaturesArgs, backbone: &LoadedBackbone) -> Result<(FeaturesParams, Option<LabelTables>)> {
     let patch = backbone.backbone().patch_size();
     let labels = match (&args.labels, args.views) {
         (Some(path), _) => Some(read_label_tables(path, None)?),
@@ -407,7 +338,7 @@ fn resolve(args: &FeaturesArgs, backbone: &CacheBackbone) -> Result<(FeaturesPar
         dataset: args.dataset,
         cameras: args.cameras.clone().unwrap_or_else(|| args.dataset.default_cameras()),
         backbone: args.backbone.clone(),
-        backbone_sha256: backbone.backbone().weights_sha256().to_string(),
+        backbone_sha256: backbone.backbone().identity().id.clone(),
         layer: args.layer.map_or(depth.map_or(0, |d| d as i64 - 1), |l| l as i64),
         views: args.views,
         view_size,
@@ -423,8 +354,22 @@ pub fn run(args: &FeaturesArgs, shard: Option<Shard>) -> Result<ExitCode> {
     let started = Instant::now();
     let started_unix_s = unix_now();
     let device = parse_device(&args.device)?;
-    let backbone = CacheBackbone::load(&args.backbone, args.backbone_weights.as_deref(), device)?;
+    let backbone = LoadedBackbone::load(
+        BackboneRequest {
+            name: Some(&args.backbone),
+            weights: args.backbone_weights.as_deref(),
+            model: None,
+        },
+        device,
+    )?;
     let (params, labels) = resolve(args, &backbone)?;
+    let params = crate::identity::continue_earlier_partition(
+        &args.out,
+        FEATURES_DATA_DIRS,
+        params,
+        &[backbone.backbone().identity()],
+        FeaturesParams::hash,
+    )?;
     let patch = backbone.backbone().patch_size();
     let processing = match params.views {
         // The windows are cut from the frames as the labels saw them.

@@ -275,8 +275,18 @@ pub fn run(args: &FlowCmdArgs) -> Result<ExitCode> {
         "flow": built.params,
         "format": args.format.extension(),
     });
-    let digest = Sha256::digest(record.to_string().as_bytes());
-    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let record_hash = |record: &serde_json::Value| -> String {
+        let digest = Sha256::digest(record.to_string().as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    };
+    let record = crate::identity::continue_earlier_partition(
+        &args.out,
+        &[],
+        record,
+        &built.weights.iter().collect::<Vec<_>>(),
+        record_hash,
+    )?;
+    let hash = record_hash(&record);
     check_directory(&args.out, &hash, &record)?;
     let ledger = Ledger::new(&args.out, FLOW_KIND, &hash);
     ledger

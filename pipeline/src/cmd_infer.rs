@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mrdino_datasets::{DatasetKind, Frame, Geometry, Processing, RgbImage, Sequence, SourceOptions};
-use mrdino_model::backbone::Backbone;
+use mrdino_model::backbone::{Backbone, BackboneRequest, LoadedBackbone};
 use mrdino_model::device::parse_device;
 use mrdino_model::dinosaur::slot_noise;
 use mrdino_model::refined::RefinedModel;
@@ -57,7 +57,10 @@ use mrdino_model::windows::{join_windows, merge_windows, MergeOptions, MergedCan
 use mrdino_outputs::bookkeeping::{
     choose_partition, in_shard, unix_now, FrameFailure, Ledger, PlannedUnit, Shard, Status, WhenSeveral,
 };
-use mrdino_outputs::checkpoint::{read_tensor_file, resolve_model_path, META_BACKBONE_SHA256};
+use mrdino_outputs::checkpoint::{
+    model_identity, read_tensor_file_hashed, resolve_model_path, TensorFile, META_BACKBONE_SHA256,
+};
+use mrdino_outputs::weights_id::{self, Identity};
 use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
 use mrdino_outputs::tables::{
     frames_batch, prediction_instances_batch, write_parquet, InstanceOrigin, PredictionColumns, SCHEMA_VERSION,
@@ -129,10 +132,12 @@ pub struct InferArgs {
     /// Seed of the slot noise (frame i of a sequence uses seed + i).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub seed: i64,
-    /// Backbone the model was trained on (dinov2-vitb14, …, or a seeded random-conv-… / random-colour-…).
-    #[arg(long, default_value = "dinov2-vitb14")]
-    pub backbone: String,
-    /// The backbone's weights (safetensors from tools/convert_vit.py).
+    /// Backbone the model was trained on (dinov2-vitb14, …, or a seeded random-conv-… / random-colour-…);
+    /// default: the one the model file embeds (converted reference checkpoints), else dinov2-vitb14.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// The backbone's weights (safetensors from tools/convert_vit.py); not needed when the model file embeds
+    /// its backbone (then, when given, they must be the same weights).
     #[arg(long)]
     pub backbone_weights: Option<PathBuf>,
     /// auto, cpu or cuda:N.
@@ -553,10 +558,13 @@ fn unreadable_row(sequence: &Sequence, index: usize, name: &str, grid: &WindowGr
     }
 }
 
-/// SHA-256 (hex) of a file's bytes, recorded as the provenance of models in predictions and refinement runs.
-pub(crate) fn file_sha256(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+/// A model file (or a run directory's checkpoint) with the identity of the model it holds.
+pub(crate) fn read_model_file(path: &Path) -> Result<(PathBuf, TensorFile, Identity)> {
+    let path = resolve_model_path(path);
+    let (file, file_sha256) =
+        read_tensor_file_hashed(&path).with_context(|| format!("cannot read model {}", path.display()))?;
+    let identity = model_identity(&file, file_sha256).with_context(|| format!("model {}", path.display()))?;
+    Ok((path, file, identity))
 }
 
 fn file_metadata(params: &InferParams) -> Vec<(String, String)> {
@@ -581,18 +589,24 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
         tch::set_num_threads(n.max(1));
     }
     let device = parse_device(&args.device)?;
-    let model_path = resolve_model_path(&args.model);
-    let file = read_tensor_file(&model_path).with_context(|| format!("cannot read model {}", model_path.display()))?;
+    let (model_path, file, model_identity) = read_model_file(&args.model)?;
     let model = RefinedModel::from_tensor_file(&file, &model_path, device)
         .with_context(|| format!("cannot load model {}", model_path.display()))?;
-    let backbone = crate::cmd_train::build_backbone(&args.backbone, args.backbone_weights.as_deref(), device)?;
+    let request = BackboneRequest {
+        name: args.backbone.as_deref(),
+        weights: args.backbone_weights.as_deref(),
+        model: Some((&file, &model_path)),
+    };
+    let backbone = LoadedBackbone::load(request, device)?.into_backbone();
     if let Some(trained) = file.meta(META_BACKBONE_SHA256) {
         ensure!(
-            trained == backbone.weights_sha256(),
-            "{} was trained on backbone weights {trained}, but `{}` has {}",
+            backbone.identity().matches(trained),
+            "{} was trained on backbone weights {}, but `{}` has {}{}",
             model_path.display(),
-            args.backbone,
-            backbone.weights_sha256()
+            weights_id::short(trained),
+            backbone.name(),
+            backbone.identity().short(),
+            weights_id::mismatch_hint(trained)
         );
     }
     let preset = args.preset.unwrap_or(InferPreset::for_dataset(args.dataset));
@@ -625,7 +639,7 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
         cameras: args.cameras.clone().unwrap_or_else(|| args.dataset.default_cameras()),
         preset,
         processing,
-        model_sha256: file_sha256(&model_path)?,
+        model_sha256: model_identity.id.clone(),
         model_kind: if model.is_stage2() {
             MODEL_STAGE2
         } else {
@@ -636,8 +650,8 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
         channels_per_window: model.channels_per_window(),
         windows: offsets.len(),
         canvas: (grid.image_height_px, grid.image_width_px),
-        backbone: args.backbone.clone(),
-        backbone_sha256: backbone.weights_sha256().to_string(),
+        backbone: args.backbone.clone().unwrap_or_else(|| backbone.name().to_string()),
+        backbone_sha256: backbone.identity().id.clone(),
         seed: args.seed,
         merge_similarity: MergeOptions::default().similarity,
         merge_chains: args.merge_chains,
@@ -655,6 +669,13 @@ pub fn run(args: &InferArgs, shard: Option<Shard>) -> Result<ExitCode> {
             args.root.display()
         )
     })?;
+    let params = crate::identity::continue_earlier_partition(
+        &args.out,
+        LABELS_DATA_DIRS,
+        params,
+        &[&model_identity, backbone.identity()],
+        InferParams::hash,
+    )?;
     let hash = params.hash();
     let layout = Layout::new(&args.out, &hash);
     let ledger = Ledger::new(&args.out, PREDICTIONS_KIND, &hash);

@@ -37,6 +37,7 @@ use mrdino_outputs::names::{
     names_batch, NameRow, NamesLayout, CLASSES_KEY, NAMES_DATA_DIRS, NAMES_KIND, TEMPLATES_KEY,
 };
 use mrdino_outputs::tables::{write_parquet, SCHEMA_VERSION};
+use mrdino_outputs::weights_id::Identity;
 use mrdino_outputs::{FrameRow, InstanceRow};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -132,6 +133,11 @@ impl Talk2Dino {
         })
     }
 
+    /// The identities of the three weights, for the migration rule of earlier ones (see `crate::identity`).
+    pub fn identities(&self) -> [&Identity; 3] {
+        [self.vit.identity(), self.text.identity(), self.psi.identity()]
+    }
+
     /// (N, C) class embeddings of `classes`.
     pub fn class_embeddings(&self, classes: &[String]) -> Result<Tensor> {
         let names: Vec<&str> = classes.iter().map(String::as_str).collect();
@@ -142,10 +148,10 @@ impl Talk2Dino {
     pub fn weights(&self, backbone: &str) -> WeightsIdentity {
         WeightsIdentity {
             backbone: backbone.to_string(),
-            backbone_sha256: self.vit.sha256().to_string(),
+            backbone_sha256: self.vit.identity().id.clone(),
             text: self.text.config().name.clone(),
-            text_sha256: self.text.sha256().to_string(),
-            psi_sha256: self.psi.sha256().to_string(),
+            text_sha256: self.text.identity().id.clone(),
+            psi_sha256: self.psi.identity().id.clone(),
         }
     }
 }
@@ -581,6 +587,8 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         resize: "bilinear, antialias, align_corners=False, rounded to uint8".into(),
         mask_to_patches: "exact area fraction through the frames' resize/crop provenance".into(),
     };
+    let params =
+        crate::identity::continue_earlier_partition(&args.out, NAMES_DATA_DIRS, params, &model.identities(), NameParams::hash)?;
     let hash = params.hash();
     let layout = NamesLayout::new(&args.out, &hash);
     let ledger = layout.ledger();

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use mrdino_datasets::decode::read_processed;
 use mrdino_datasets::DatasetKind;
-use mrdino_model::backbone::Backbone;
+use mrdino_model::backbone::{Backbone, BackboneRequest, LoadedBackbone};
 use mrdino_model::dinosaur::{masks_to_image, slot_noise, Dinosaur};
 use mrdino_model::optim::{Adam, AdamConfig};
 use mrdino_model::refine::{
@@ -49,9 +49,10 @@ use mrdino_model::tensors::{from_tch, to_tch};
 use mrdino_model::train::{CacheSource, FeatureSource, Sampler, StepMetrics};
 use mrdino_model::views::{batch_instance_masks, instance_masks};
 use mrdino_outputs::checkpoint::{
-    read_tensor_file, resolve_model_path, TrainState, META_BACKBONE, META_BACKBONE_SHA256,
+    read_tensor_file, TrainState, META_BACKBONE, META_BACKBONE_SHA256,
 };
 use mrdino_outputs::feature_cache::{FeatureCache, ViewKey};
+use mrdino_outputs::weights_id::{self, Identity};
 use mrdino_outputs::write_atomic;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -59,8 +60,7 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::cmd_eval::read_label_tables;
-use crate::cmd_infer::file_sha256;
-use crate::cmd_train::build_backbone;
+use crate::cmd_infer::read_model_file;
 use crate::flowsel::parse_device;
 use crate::job::CODE_VERSION;
 use crate::refine_views::{LabelIndex, WindowLayout};
@@ -200,7 +200,7 @@ pub struct RefineParams {
     pub seed: i64,
     pub checkpoint_every: u64,
     pub log_every: u64,
-    /// SHA-256 of the model file the run started from.
+    /// Identity of the model the run started from (`mrdino_outputs::weights_id`; the field keeps its name).
     pub from_sha256: String,
     /// Partition (parameter hash) of the labels run.
     pub labels_params: String,
@@ -363,6 +363,8 @@ trait ViewSource {
     fn n_patches(&self) -> i64;
     fn channels(&self) -> i64;
     fn backbone(&self) -> (String, String);
+    /// The identity of the backbone's weights when they are at hand (not for cached features).
+    fn backbone_identity(&self) -> Option<&Identity>;
     fn batch(&mut self, first_sample: u64, batch_size: usize, device: Device) -> Result<(Tensor, Tensor)>;
 }
 
@@ -434,7 +436,11 @@ impl ViewSource for CachedViews {
     }
 
     fn backbone(&self) -> (String, String) {
-        (self.source.backbone_name(), self.source.backbone_sha256())
+        (self.source.backbone_name(), self.source.backbone_id())
+    }
+
+    fn backbone_identity(&self) -> Option<&Identity> {
+        None
     }
 
     fn batch(&mut self, first_sample: u64, batch_size: usize, device: Device) -> Result<(Tensor, Tensor)> {
@@ -522,10 +528,11 @@ impl ViewSource for ImageViews {
     }
 
     fn backbone(&self) -> (String, String) {
-        (
-            self.backbone.name().to_string(),
-            self.backbone.weights_sha256().to_string(),
-        )
+        (self.backbone.name().to_string(), self.backbone.identity().id.clone())
+    }
+
+    fn backbone_identity(&self) -> Option<&Identity> {
+        Some(self.backbone.identity())
     }
 
     fn batch(&mut self, first_sample: u64, batch_size: usize, device: Device) -> Result<(Tensor, Tensor)> {
@@ -575,6 +582,7 @@ fn refine(stage: &str, args: &RefineArgs) -> Result<ExitCode> {
         .and_then(|f| DatasetKind::parse(&f.dataset))
         .with_context(|| format!("{}: the labels run has no frames", args.labels.display()))?;
     let mut params = resolve_params(stage, args, dataset)?;
+    let (from, from_file, from_identity) = read_model_file(&args.from)?;
     let labels = LabelIndex::new(tables, WindowLayout::for_dataset(dataset));
     let mut source: Box<dyn ViewSource> = match (&args.features, &args.backbone) {
         (Some(dir), None) => {
@@ -587,7 +595,12 @@ fn refine(stage: &str, args: &RefineArgs) -> Result<ExitCode> {
                 .root
                 .as_deref()
                 .context("--backbone computes features from the frames: give the dataset --root the labels read")?;
-            let backbone = build_backbone(name, args.backbone_weights.as_deref(), device)?;
+            let request = BackboneRequest {
+                name: Some(name),
+                weights: args.backbone_weights.as_deref(),
+                model: Some((&from_file, &from)),
+            };
+            let backbone = LoadedBackbone::load(request, device)?.into_backbone();
             Box::new(ImageViews::new(backbone, root, labels, params.seed)?)
         }
         (Some(_), Some(_)) => bail!("give either --features or --backbone, not both"),
@@ -606,22 +619,32 @@ fn refine(stage: &str, args: &RefineArgs) -> Result<ExitCode> {
             params.steps = params.steps.min(cap);
         }
     }
-    let from = resolve_model_path(&args.from);
-    params.from_sha256 = file_sha256(&from)?;
+    params.from_sha256 = from_identity.id.clone();
     params.labels_params = labels_params;
     params.validate()?;
 
-    let from_file = read_tensor_file(&from)?;
     let backbone = source.backbone();
-    if let Some(sha) = from_file.meta(META_BACKBONE_SHA256).filter(|s| !s.is_empty()) {
+    if let Some(recorded) = from_file.meta(META_BACKBONE_SHA256).filter(|s| !s.is_empty()) {
+        let same = match source.backbone_identity() {
+            Some(identity) => identity.matches(recorded),
+            None => recorded == backbone.1,
+        };
         ensure!(
-            sha == backbone.1,
-            "{} was trained on features of backbone {} (weights {sha}), the refinement features come from {} \
-             (weights {})",
+            same,
+            "{} was trained on features of backbone {} (weights {}), the refinement features come from {} \
+             (weights {}){}",
             from.display(),
             from_file.meta(META_BACKBONE).unwrap_or("?"),
+            weights_id::short(recorded),
             backbone.0,
-            backbone.1
+            weights_id::short(&backbone.1),
+            if weights_id::is_earlier_rule(recorded) || weights_id::is_earlier_rule(&backbone.1) {
+                "; one of them was recorded by an earlier mrdino as a file's SHA-256: redo the older of the two \
+                 (`mrdino features` into a new --out, or `train`) with this mrdino, or refine from images with \
+                 --backbone and the weights file"
+            } else {
+                ""
+            }
         );
     }
     let model = Dinosaur::from_tensor_file(&from_file, &from, None, device)?;
@@ -668,7 +691,7 @@ fn refine(stage: &str, args: &RefineArgs) -> Result<ExitCode> {
     let checkpoint = layout.checkpoint_file();
     let mut state = initial_state(params.seed);
     if checkpoint.is_file() {
-        state = restore(&checkpoint, &params, &model, head.as_ref(), &mut adam)?;
+        state = restore(&checkpoint, &params, &from_identity, &model, head.as_ref(), &mut adam)?;
         if !args.quiet {
             eprintln!("resuming {} at step {}", layout.dir.display(), state.step);
         }
@@ -794,6 +817,7 @@ impl StepRunner for RefineRunner<'_> {
 fn restore(
     path: &Path,
     params: &RefineParams,
+    from: &Identity,
     model: &Dinosaur,
     head: Option<&Head>,
     adam: &mut Adam,
@@ -804,6 +828,7 @@ fn restore(
         path,
         RefineParams::identity,
         params,
+        &[from],
         "refinement",
         " or from another model",
     )?;

@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use mrdino_datasets::{list_sequences, DatasetKind, Frame, Processing, Sequence, SourceOptions};
 use mrdino_model::talk2dino::{label_map, preprocess, soft_masks, INPUT_PX, LAMBDA_BG, TEMPLATES};
 use mrdino_outputs::bookkeeping::{in_shard, unix_now, FrameFailure, Shard};
-use mrdino_outputs::layout::Layout;
+use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
 use mrdino_outputs::names::prompted_instances_batch;
 use mrdino_outputs::tables::{frames_batch, write_parquet, InstanceOrigin, SCHEMA_VERSION};
 use mrdino_outputs::{CocoRle, FrameRow, InstanceRow};
@@ -287,6 +287,13 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         threshold: args.threshold,
         flow: NoFlow { backend: "none".into() },
     };
+    let params = crate::identity::continue_earlier_partition(
+        &args.out,
+        LABELS_DATA_DIRS,
+        params,
+        &model.identities(),
+        SegmentParams::hash,
+    )?;
     let hash = params.hash();
     let layout = Layout::new(&args.out, &hash);
     let ledger = layout.ledger();

@@ -28,7 +28,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crossbeam_channel::{bounded, Receiver};
 use mrdino_datasets::decode::read_processed;
 use mrdino_datasets::{list_sequences, DatasetKind, Processing, SourceOptions};
-use mrdino_model::backbone::Backbone;
+use mrdino_model::backbone::{Backbone, BackboneRequest, LoadedBackbone};
 use mrdino_model::dinosaur::{Dinosaur, DinosaurConfig};
 use mrdino_model::optim::{Adam, AdamConfig, LrSchedule};
 use mrdino_model::train::{sample_rng, train_step, CacheSource, FeatureSource, Sampler, StepMetrics, TrainError};
@@ -314,7 +314,12 @@ pub fn run(command: &TrainCommand) -> Result<std::process::ExitCode> {
 }
 
 pub(crate) fn build_backbone(name: &str, weights: Option<&Path>, device: Device) -> Result<Box<dyn Backbone>> {
-    Ok(crate::cmd_features::CacheBackbone::load(name, weights, device)?.into_backbone())
+    let request = BackboneRequest {
+        name: Some(name),
+        weights,
+        model: None,
+    };
+    Ok(LoadedBackbone::load(request, device)?.into_backbone())
 }
 
 fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
@@ -358,7 +363,7 @@ fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
             eps: params.adam_eps,
         },
     );
-    let backbone = (source.backbone_name(), source.backbone_sha256());
+    let backbone = (source.backbone_name(), source.backbone_id());
     let mut state = initial_state(params.seed);
     let checkpoint = layout.checkpoint_file();
     if checkpoint.is_file() {
@@ -462,7 +467,7 @@ fn save_checkpoint(
 
 fn restore(path: &Path, params: &TrainParams, model: &Dinosaur, adam: &mut Adam) -> Result<TrainState> {
     let file = read_tensor_file(path)?;
-    check_saved_params(&file, path, TrainParams::identity, params, "DINOSAUR training", "")?;
+    check_saved_params(&file, path, TrainParams::identity, params, &[], "DINOSAUR training", "")?;
     restore_training_state(&file, path, params.seed, model, adam)
 }
 
@@ -610,8 +615,8 @@ impl FeatureSource for ImageSource {
         self.backbone.name().to_string()
     }
 
-    fn backbone_sha256(&self) -> String {
-        self.backbone.weights_sha256().to_string()
+    fn backbone_id(&self) -> String {
+        self.backbone.identity().id.clone()
     }
 
     fn batch(&mut self, first_sample: u64, batch_size: usize, device: Device) -> Result<Tensor, TrainError> {

@@ -65,8 +65,9 @@ pub enum FlowParams {
     Farneback,
     Import,
     Kubric,
-    /// A RAFT-family network (`smurf`, `raft-large`, `raft-small`); the weights are identified by their
-    /// SHA-256, so labels from different checkpoints never share a partition.
+    /// A RAFT-family network (`smurf`, `raft-large`, `raft-small`); the weights are identified by their identity
+    /// (`mrdino_outputs::weights_id`; the field keeps its name), so labels from different checkpoints never
+    /// share a partition.
     Network {
         model: String,
         weights_sha256: String,
@@ -83,6 +84,14 @@ impl FlowParams {
             FlowParams::Import => "import".into(),
             FlowParams::Kubric => "kubric".into(),
             FlowParams::Network { model, .. } => model.clone(),
+        }
+    }
+
+    /// The recorded identity of the network's weights (`None` without a network).
+    pub fn weights_id(&self) -> Option<&str> {
+        match self {
+            FlowParams::Network { weights_sha256, .. } => Some(weights_sha256),
+            _ => None,
         }
     }
 }

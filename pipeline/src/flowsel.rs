@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use mrdino_stages::flow::raft::RaftFlow;
 use mrdino_stages::flow::{DisFlow, DisPreset, FarnebackFlow, FlowEstimator};
+use mrdino_outputs::weights_id::Identity;
 use tch::{Device, Kind};
 
 use crate::config::FlowParams;
@@ -118,7 +119,8 @@ fn cpu_flow_batch() -> usize {
 pub struct BuiltFlow {
     pub source: FlowSource,
     pub params: FlowParams,
-    pub weights_sha256: Option<String>,
+    /// The network's weights, for the migration rule of earlier identities (see `crate::identity`).
+    pub weights: Option<Identity>,
     pub device: String,
 }
 
@@ -126,7 +128,7 @@ pub fn build_flow(args: &FlowArgs) -> Result<BuiltFlow> {
     let simple = |source: FlowSource, params: FlowParams| BuiltFlow {
         source,
         params,
-        weights_sha256: None,
+        weights: None,
         device: "cpu".into(),
     };
     match args.flow {
@@ -188,10 +190,10 @@ pub fn build_flow(args: &FlowArgs) -> Result<BuiltFlow> {
                     args.flow.model_name()
                 );
             }
-            let sha = raft.sha256().to_string();
+            let identity = raft.identity().clone();
             let params = FlowParams::Network {
                 model,
-                weights_sha256: sha.clone(),
+                weights_sha256: identity.id.clone(),
                 iterations: raft.iterations(),
                 dtype: args.flow_dtype.clone(),
             };
@@ -202,7 +204,7 @@ pub fn build_flow(args: &FlowArgs) -> Result<BuiltFlow> {
                     batch: args.flow_batch.max(1),
                 },
                 params,
-                weights_sha256: Some(sha),
+                weights: Some(identity),
                 device: device_name,
             })
         }

@@ -21,6 +21,7 @@ mod cmd_synth;
 mod cmd_train;
 mod config;
 mod flowsel;
+mod identity;
 mod job;
 mod overlays;
 mod refine_views;
@@ -325,6 +326,13 @@ fn source_options(args: &LabelsArgs, params: &Params) -> SourceOptions {
 fn plan(args: &LabelsArgs) -> Result<ExitCode> {
     let built = build_flow(&args.flow)?;
     let params = resolve_params(args, built.params)?;
+    let params = identity::continue_earlier_partition(
+        &args.out,
+        mrdino_outputs::layout::LABELS_DATA_DIRS,
+        params,
+        &built.weights.iter().collect::<Vec<_>>(),
+        Params::hash,
+    )?;
     let sequences = plan_units(&source_options(args, &params))?;
     let hash = params.hash();
     let ledger = Layout::new(&args.out, &hash).ledger();
@@ -356,6 +364,13 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
     }
     let built = build_flow(&args.flow)?;
     let params = resolve_params(args, built.params.clone())?;
+    let params = identity::continue_earlier_partition(
+        &args.out,
+        mrdino_outputs::layout::LABELS_DATA_DIRS,
+        params,
+        &built.weights.iter().collect::<Vec<_>>(),
+        Params::hash,
+    )?;
     let shard = match args.shard {
         Some(s) => Some(s),
         None => shard_from_env()?,
@@ -378,7 +393,7 @@ fn labels(args: &LabelsArgs) -> Result<ExitCode> {
         shard,
         time_budget: args.time_budget,
         progress: !args.quiet,
-        flow_weights_sha256: built.weights_sha256.clone(),
+        flow_weights_sha256: params.flow.weights_id().map(str::to_string),
         parallel_units: rayon::current_num_threads(),
     };
     let manifest = run_labels(&params, &sequences, &mut flow, &options)?;

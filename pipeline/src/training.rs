@@ -26,6 +26,7 @@ use mrdino_outputs::checkpoint::{
     META_BACKBONE_SHA256, META_CODE_VERSION, META_FORMAT, META_MODEL_CONFIG, META_PARAMS, META_STAGE, META_TRAIN_STATE,
     OPTIMIZER_PREFIX,
 };
+use mrdino_outputs::weights_id::Identity;
 use mrdino_outputs::write_atomic;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -298,7 +299,7 @@ pub(crate) struct CheckpointMeta<'a> {
     pub stage: Option<&'a str>,
     pub model_config: String,
     pub params: String,
-    /// Backbone name and weights SHA-256.
+    /// Backbone name and the identity of its weights.
     pub backbone: &'a (String, String),
 }
 
@@ -337,19 +338,22 @@ pub(crate) fn write_checkpoint(
 }
 
 /// Refuses checkpoint `file` (read from `path`) unless the identity of its saved parameters (what must not change
-/// across a resume) equals that of `current`. `inputs` names what else, besides the flags, is part of that
-/// identity (e.g. the model refined), for the message.
+/// across a resume) equals that of `current`; an identity of `weights` recorded by an earlier version counts as
+/// theirs (see `crate::identity`). `inputs` names what else, besides the flags, is part of that identity (e.g.
+/// the model refined), for the message.
 pub(crate) fn check_saved_params<P: DeserializeOwned>(
     file: &TensorFile,
     path: &Path,
     identity: impl Fn(&P) -> serde_json::Value,
     current: &P,
+    weights: &[&Identity],
     what: &str,
     inputs: &str,
 ) -> Result<()> {
     let saved: P = serde_json::from_str(file.meta(META_PARAMS).context("checkpoint lacks parameters")?)
         .with_context(|| format!("{}: unreadable parameters (not a {what} checkpoint?)", path.display()))?;
-    let (saved, now) = (identity(&saved), identity(current));
+    let saved = crate::identity::canonical_ids(&identity(&saved), weights);
+    let now = crate::identity::canonical_ids(&identity(current), weights);
     if saved != now {
         bail!(
             "{} holds a {what} run with other parameters{inputs}; use another --out or the same parameters\n \

@@ -14,10 +14,16 @@
 //! and roughly where, which is what a slot model needs to find such objects in minutes (`make demo-refine`); a
 //! ViT with random weights, or the convolution above, does not give that (the README's baseline attempts).
 
+use std::path::{Path, PathBuf};
+
+use mrdino_outputs::checkpoint::{TensorFile, BACKBONE_PREFIX, META_BACKBONE};
+use mrdino_outputs::weights_id::{weights_id_f32, Identity};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::train::SplitMix64;
+use crate::vit::weights::has_embedded;
+use crate::vit::{Vit, VitConfig, VitError};
 
 /// ImageNet mean and standard deviation of the RGB channels (DINOv2's normalisation).
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
@@ -27,8 +33,8 @@ pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 pub trait Backbone: Send {
     /// Name as on the command line (`dinov2-vitb14`, `random-conv-p14-c64`, …).
     fn name(&self) -> &str;
-    /// SHA-256 of the weights, recorded in checkpoints and caches.
-    fn weights_sha256(&self) -> &str;
+    /// The identity of the weights ([`mrdino_outputs::weights_id`]), recorded in checkpoints and caches.
+    fn identity(&self) -> &Identity;
     /// Pixels per patch side.
     fn patch_size(&self) -> i64;
     /// C, channels of the features.
@@ -44,7 +50,7 @@ pub trait Backbone: Send {
 #[derive(Debug)]
 pub struct ConvPatchBackbone {
     name: String,
-    sha256: String,
+    identity: Identity,
     patch: i64,
     channels: i64,
     position_code: bool,
@@ -55,7 +61,9 @@ pub struct ConvPatchBackbone {
 
 impl ConvPatchBackbone {
     /// Weights U(±1/√(3·ps²)) and biases U(±0.5) drawn from SplitMix64(`seed`), independent of libtorch's
-    /// generator; the SHA-256 is that of the float32 weight and bias bytes.
+    /// generator. The identity is that of the tensors `patch_embed.weight` (C, 3, ps, ps) and `patch_embed.bias`
+    /// (C); earlier versions recorded the SHA-256 of the float32 weight and bias bytes, which stays its earlier
+    /// value.
     pub fn new(patch: i64, channels: i64, seed: u64, device: Device) -> Self {
         let mut rng = SplitMix64::new(seed);
         let fan_in = 3 * patch * patch;
@@ -64,10 +72,15 @@ impl ConvPatchBackbone {
             .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
             .collect();
         let b: Vec<f32> = (0..channels).map(|_| (rng.next_f64() - 0.5) as f32).collect();
-        let sha256 = sha256_f32(w.iter().chain(&b));
+        let shape = [channels as usize, 3, patch as usize, patch as usize];
+        let id = weights_id_f32([
+            ("patch_embed.weight", &shape[..], w.as_slice()),
+            ("patch_embed.bias", &shape[..1], b.as_slice()),
+        ]);
+        let identity = Identity::new(id, Some(sha256_f32(w.iter().chain(&b))));
         Self {
             name: format!("random-conv-p{patch}-c{channels}"),
-            sha256,
+            identity,
             patch,
             channels,
             position_code: false,
@@ -80,7 +93,7 @@ impl ConvPatchBackbone {
     }
 
     /// The same backbone with the position code added to the convolution's output (name suffix `-pos`; the
-    /// weights, and so their SHA-256, are unchanged). Needs C divisible by 4.
+    /// weights, and so their identity, are unchanged). Needs C divisible by 4.
     pub fn with_position_code(mut self) -> Option<Self> {
         if self.channels % 4 != 0 {
             return None;
@@ -132,8 +145,8 @@ impl Backbone for ConvPatchBackbone {
         &self.name
     }
 
-    fn weights_sha256(&self) -> &str {
-        &self.sha256
+    fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     fn patch_size(&self) -> i64 {
@@ -201,13 +214,167 @@ fn parse_seeded_name(name: &str, prefix: &str) -> Option<(i64, i64, bool)> {
     (p > 0 && c > 0).then_some((p, c, pos))
 }
 
-/// Lower-case hex SHA-256 of the little-endian float32 bytes of `values`, in order.
+/// Lower-case hex SHA-256 of the little-endian float32 bytes of `values`, in order: the identity earlier versions
+/// recorded for the seeded backbones.
 fn sha256_f32<'a>(values: impl Iterator<Item = &'a f32>) -> String {
     let mut h = Sha256::new();
     for v in values {
         h.update(v.to_le_bytes());
     }
     h.finalize().iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Why a backbone cannot be loaded; every variant names the value or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BackboneError {
+    #[error(transparent)]
+    Vit(#[from] VitError),
+    #[error("backbone `{name}` is generated from a seed and takes no weights file")]
+    SeededWithWeights { name: String },
+    #[error("backbone `{name}` needs --backbone-weights FILE.safetensors")]
+    NeedsWeights { name: String },
+    #[error("{message} (or {SEEDED_BACKBONE_NAMES}, seeded test backbones without weights)")]
+    Unknown { message: String },
+    #[error("{model} embeds a backbone but its metadata `{key}` does not name it", key = META_BACKBONE)]
+    Unnamed { model: PathBuf },
+    #[error("{model} embeds backbone `{embedded}`, but --backbone {given} was given; leave --backbone out or give `{embedded}`")]
+    NameMismatch {
+        model: PathBuf,
+        embedded: String,
+        given: String,
+    },
+    #[error(
+        "{model} embeds backbone weights {embedded}, but {weights} holds other weights ({given}); leave \
+         --backbone-weights out to use the embedded ones, or give the file they were converted from"
+    )]
+    WeightsMismatch {
+        model: PathBuf,
+        embedded: String,
+        weights: PathBuf,
+        given: String,
+    },
+    #[error("backbone input: {0}")]
+    Input(String),
+}
+
+/// Where a command's backbone comes from: the `--backbone` name, the `--backbone-weights` file, and the model file
+/// the command runs (whose embedded `backbone.*` tensors are used when present).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BackboneRequest<'a> {
+    pub name: Option<&'a str>,
+    pub weights: Option<&'a Path>,
+    /// The model file (read) and its path.
+    pub model: Option<(&'a TensorFile, &'a Path)>,
+}
+
+/// The backbone names a command uses when `--backbone` is absent and no model embeds one.
+pub const DEFAULT_BACKBONE: &str = "dinov2-vitb14";
+
+/// A loaded backbone: a ViT (whose blocks a `--layer` can choose from) or a seeded backbone.
+pub enum LoadedBackbone {
+    Vit(Vit),
+    Seeded(Box<dyn Backbone>),
+}
+
+impl LoadedBackbone {
+    /// Loads what `request` names. A model file with `backbone.*` tensors brings its own backbone: its
+    /// `mrdino.backbone` names the architecture (a `--backbone` must agree), and `--backbone-weights`, when given,
+    /// must hold the same weights (same identity), else the command is refused naming both. Without an embedded
+    /// backbone: the seeded backbones take no weights, a ViT needs `--backbone-weights`.
+    pub fn load(request: BackboneRequest<'_>, device: Device) -> Result<Self, BackboneError> {
+        if let Some((file, path)) = request.model.filter(|(file, _)| has_embedded(file, BACKBONE_PREFIX)) {
+            return Self::embedded(request, file, path, device);
+        }
+        let name = request.name.unwrap_or(DEFAULT_BACKBONE);
+        if let Some(b) = seeded_backbone(name, device) {
+            if request.weights.is_some() {
+                return Err(BackboneError::SeededWithWeights { name: name.to_string() });
+            }
+            return Ok(Self::Seeded(b));
+        }
+        let config = VitConfig::by_name(name).map_err(|e| BackboneError::Unknown {
+            message: e.to_string(),
+        })?;
+        let weights = request.weights.ok_or_else(|| BackboneError::NeedsWeights { name: name.to_string() })?;
+        Ok(Self::Vit(Vit::load(weights, Some(config), device)?))
+    }
+
+    fn embedded(
+        request: BackboneRequest<'_>,
+        file: &TensorFile,
+        path: &Path,
+        device: Device,
+    ) -> Result<Self, BackboneError> {
+        let embedded = file
+            .meta(META_BACKBONE)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| BackboneError::Unnamed { model: path.to_path_buf() })?;
+        if let Some(given) = request.name.filter(|given| *given != embedded) {
+            return Err(BackboneError::NameMismatch {
+                model: path.to_path_buf(),
+                embedded: embedded.to_string(),
+                given: given.to_string(),
+            });
+        }
+        let config = VitConfig::by_name(embedded).map_err(|e| BackboneError::Unknown {
+            message: format!("{}: {e}", path.display()),
+        })?;
+        let vit = Vit::load_embedded(file, BACKBONE_PREFIX, path, config.clone(), device)?;
+        if let Some(weights) = request.weights {
+            let other = Vit::load(weights, Some(config), Device::Cpu)?;
+            if other.identity().id != vit.identity().id {
+                return Err(BackboneError::WeightsMismatch {
+                    model: path.to_path_buf(),
+                    embedded: vit.identity().short(),
+                    weights: weights.to_path_buf(),
+                    given: other.identity().short(),
+                });
+            }
+        }
+        Ok(Self::Vit(vit))
+    }
+
+    /// The backbone alone, for callers that need no `--layer`.
+    pub fn into_backbone(self) -> Box<dyn Backbone> {
+        match self {
+            Self::Vit(v) => Box::new(v),
+            Self::Seeded(b) => b,
+        }
+    }
+
+    pub fn backbone(&self) -> &dyn Backbone {
+        match self {
+            Self::Vit(v) => v,
+            Self::Seeded(b) => b.as_ref(),
+        }
+    }
+
+    /// Blocks a `--layer` can choose from (none for a backbone without blocks).
+    pub fn depth(&self) -> Option<usize> {
+        match self {
+            Self::Vit(v) => Some(v.config().depth as usize),
+            Self::Seeded(_) => None,
+        }
+    }
+
+    /// The image statistics the backbone normalises with, as recorded in feature caches.
+    pub fn normalisation(&self) -> String {
+        match self {
+            Self::Vit(v) => format!("mean {:?} std {:?}", v.config().mean, v.config().std),
+            Self::Seeded(_) => format!("mean {IMAGENET_MEAN:?} std {IMAGENET_STD:?}"),
+        }
+    }
+
+    /// Patch features (B, P, C) of images in [0, 1], from block `layer` (ViT only; default the last).
+    pub fn encode(&self, images01: &Tensor, layer: Option<usize>) -> Result<Tensor, BackboneError> {
+        match self {
+            Self::Vit(v) => {
+                let normalised = v.normalize(images01)?;
+                Ok(tch::no_grad(|| v.features(&normalised, layer))?)
+            }
+            Self::Seeded(b) => b.features(images01).map_err(BackboneError::Input),
+        }
+    }
 }
 
 /// What the names of the seeded backbones look like, for error messages.
@@ -233,7 +400,7 @@ const COLOUR_FREQUENCY_STD: f64 = 6.0;
 #[derive(Debug)]
 pub struct ColourFourierBackbone {
     name: String,
-    sha256: String,
+    identity: Identity,
     patch: i64,
     channels: i64,
     /// (3, C/2)
@@ -244,7 +411,8 @@ pub struct ColourFourierBackbone {
 }
 
 impl ColourFourierBackbone {
-    /// Needs an even C. The SHA-256 is that of the float32 bytes of B, then Q when present.
+    /// Needs an even C. The identity is that of the tensors `colour_frequencies` B (3, C/2) and, when present,
+    /// `position_projection` Q (16, C); earlier versions recorded the SHA-256 of the float32 bytes of B, then Q.
     pub fn new(patch: i64, channels: i64, position_code: bool, seed: u64, device: Device) -> Option<Self> {
         if patch <= 0 || channels <= 0 || channels % 2 != 0 {
             return None;
@@ -260,11 +428,16 @@ impl ColourFourierBackbone {
             .map(|_| (normal() * COLOUR_FREQUENCY_STD) as f32)
             .collect();
         let q: Option<Vec<f32>> = position_code.then(|| (0..16 * channels).map(|_| (normal() / 4.0) as f32).collect());
-        let sha256 = sha256_f32(b.iter().chain(q.iter().flatten()));
+        let (b_shape, q_shape) = ([3, half as usize], [16, channels as usize]);
+        let mut named = vec![("colour_frequencies", &b_shape[..], b.as_slice())];
+        if let Some(q) = &q {
+            named.push(("position_projection", &q_shape[..], q.as_slice()));
+        }
+        let identity = Identity::new(weights_id_f32(named), Some(sha256_f32(b.iter().chain(q.iter().flatten()))));
         let suffix = if position_code { "-pos" } else { "" };
         Some(Self {
             name: format!("random-colour-p{patch}-c{channels}{suffix}"),
-            sha256,
+            identity,
             patch,
             channels,
             colour_frequencies: Tensor::from_slice(&b).reshape([3, half]).to_device(device),
@@ -303,8 +476,8 @@ impl Backbone for ColourFourierBackbone {
         &self.name
     }
 
-    fn weights_sha256(&self) -> &str {
-        &self.sha256
+    fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     fn patch_size(&self) -> i64 {
@@ -366,8 +539,8 @@ impl Backbone for crate::vit::Vit {
         &self.config().name
     }
 
-    fn weights_sha256(&self) -> &str {
-        self.sha256()
+    fn identity(&self) -> &Identity {
+        crate::vit::Vit::identity(self)
     }
 
     fn patch_size(&self) -> i64 {
@@ -442,7 +615,7 @@ mod tests {
         let plain = ConvPatchBackbone::from_name("random-conv-p4-c8", Device::Cpu).unwrap();
         let pos = ConvPatchBackbone::from_name("random-conv-p4-c8-pos", Device::Cpu).unwrap();
         assert_eq!(pos.name(), "random-conv-p4-c8-pos");
-        assert_eq!(plain.weights_sha256(), pos.weights_sha256());
+        assert_eq!(plain.identity(), pos.identity());
         assert!(ConvPatchBackbone::from_name("random-conv-p4-c6-pos", Device::Cpu).is_none());
         // A flat grey image: every patch of the plain backbone is the same token, the position code tells them apart.
         let image = Tensor::full([1, 3, 8, 8], 0.5, (Kind::Float, Device::Cpu));
@@ -458,7 +631,7 @@ mod tests {
         let plain = ColourFourierBackbone::from_name("random-colour-p4-c32", Device::Cpu).unwrap();
         let pos = ColourFourierBackbone::from_name("random-colour-p4-c32-pos", Device::Cpu).unwrap();
         assert_eq!(pos.name(), "random-colour-p4-c32-pos");
-        assert_ne!(plain.weights_sha256(), pos.weights_sha256());
+        assert_ne!(plain.identity(), pos.identity());
         assert!(ColourFourierBackbone::from_name("random-colour-p4-c31", Device::Cpu).is_none());
         assert!(seeded_backbone("random-colour-p4-c32", Device::Cpu).is_some());
         assert!(seeded_backbone("random-conv-p4-c8", Device::Cpu).is_some());

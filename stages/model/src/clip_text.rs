@@ -25,7 +25,8 @@
 //! float tensors `token_embedding.weight` (V, W), `positional_embedding` (C, W),
 //! `blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.{weight,bias}` (qkv (3W, W) in q, k, v order),
 //! `norm.{weight,bias}` (`ln_final`) and `text_projection` (W, E), with the JSON [`ClipTextConfig`] in the
-//! metadata key [`CONFIG_METADATA_KEY`]. Every key and shape is checked; the SHA-256 of the file is its identity.
+//! metadata key [`CONFIG_METADATA_KEY`]. Every key and shape is checked; a digest of the tensors is its identity
+//! ([`mrdino_outputs::weights_id`]).
 //! The forward runs in float32 without autograd; the weights never change after loading.
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,7 +38,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::talk2dino::{Psi, TEMPLATES};
-use crate::vit::weights::sha256_hex;
+use mrdino_outputs::weights_id::{file_identity, Identity};
 use crate::vit::{Activation, Block, BlockSpec, LayerNorm, Weights};
 
 /// Metadata key holding the JSON configuration.
@@ -233,7 +234,7 @@ impl ClipTextConfig {
 /// A loaded, frozen CLIP text tower.
 pub struct ClipText {
     config: ClipTextConfig,
-    sha256: String,
+    identity: Identity,
     source_format: String,
     device: Device,
     _vs: nn::VarStore,
@@ -247,7 +248,7 @@ pub struct ClipText {
 impl ClipText {
     /// Loads `path` (canonical keys, configuration from the metadata), validating every key and shape; float32.
     pub fn load(path: &Path, device: Device) -> Result<Self, ClipTextError> {
-        let (config, sha256, source_format, tensors) = read_weights(path, device)?;
+        let (config, identity, source_format, tensors) = read_weights(path, device)?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let mut w = Weights { tensors, error: None };
@@ -267,7 +268,7 @@ impl ClipText {
         vs.freeze();
         Ok(Self {
             config,
-            sha256,
+            identity,
             source_format,
             device,
             _vs: vs,
@@ -283,9 +284,9 @@ impl ClipText {
         &self.config
     }
 
-    /// Lower-case hex SHA-256 of the weights file.
-    pub fn sha256(&self) -> &str {
-        &self.sha256
+    /// The identity of the weights (a digest of the tensors, see [`mrdino_outputs::weights_id`]).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The converter's `mrdino.source_format` (`openai`, `hf`, `mrdino`), `unknown` when absent.
@@ -398,16 +399,19 @@ impl ClipText {
     }
 }
 
-/// Reads, hashes and validates `path`: (configuration, SHA-256, source format, tensors on `device` in f32).
+/// Reads, identifies and validates `path`: (configuration, identity, source format, tensors on `device` in f32).
 fn read_weights(
     path: &Path,
     device: Device,
-) -> Result<(ClipTextConfig, String, String, HashMap<String, Tensor>), ClipTextError> {
+) -> Result<(ClipTextConfig, Identity, String, HashMap<String, Tensor>), ClipTextError> {
     let bytes = std::fs::read(path).map_err(|source| ClipTextError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let sha256 = sha256_hex(&bytes);
+    let identity = file_identity(path, &bytes, |_| true).map_err(|e| ClipTextError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let format_error = |e: safetensors::SafeTensorError| ClipTextError::Format {
         path: path.to_path_buf(),
         message: format!("{e:?}"),
@@ -473,7 +477,7 @@ fn read_weights(
         .get(SOURCE_METADATA_KEY)
         .cloned()
         .unwrap_or_else(|| "unknown".to_string());
-    Ok((config, sha256, source_format, tensors))
+    Ok((config, identity, source_format, tensors))
 }
 
 /// Random weights with the key set of `config` (weights N(0, 0.02), embeddings N(0, 0.1), LayerNorm weights

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;
-use sha2::{Digest, Sha256};
+use mrdino_outputs::weights_id::{file_identity, Identity};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
@@ -62,14 +62,14 @@ pub struct Resnet50 {
     _vs: nn::VarStore,
     net: Box<dyn ModuleT>,
     device: Device,
-    sha256: String,
+    identity: Identity,
 }
 
 impl std::fmt::Debug for Resnet50 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resnet50")
             .field("device", &self.device)
-            .field("sha256", &self.sha256)
+            .field("identity", &self.identity.id)
             .finish()
     }
 }
@@ -81,7 +81,12 @@ impl Resnet50 {
             path: path.to_path_buf(),
             source,
         })?;
-        let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let identity = file_identity(path, &bytes, |name| !name.ends_with("num_batches_tracked")).map_err(|e| {
+            ResnetError::Format {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
         let file = SafeTensors::deserialize(&bytes).map_err(|e| ResnetError::Format {
             path: path.to_path_buf(),
             message: format!("{e:?}"),
@@ -153,12 +158,12 @@ impl Resnet50 {
             _vs: vs,
             net: Box::new(net),
             device,
-            sha256,
+            identity,
         })
     }
 
-    pub fn sha256(&self) -> &str {
-        &self.sha256
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     pub fn device(&self) -> Device {

@@ -23,6 +23,7 @@
 //!   ([`axis_coverage`]); the instance's embedding is the coverage-weighted mean of the L2-normalised patch
 //!   tokens, and its score for a class the cosine to the class embedding ([`instance_scores`], [`top_two`]).
 
+use mrdino_outputs::weights_id::{file_identity, Identity};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -73,7 +74,7 @@ pub struct Psi {
     b1: Tensor,
     w2: Tensor,
     b2: Tensor,
-    sha256: String,
+    identity: Identity,
 }
 
 impl Psi {
@@ -83,10 +84,10 @@ impl Psi {
             path: path.into(),
             message: e.to_string(),
         })?;
-        let sha256: String = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes))
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let identity = file_identity(path, &bytes, |_| true).map_err(|e| Talk2DinoError::File {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
             .map_err(|e| Talk2DinoError::File {
                 path: path.into(),
@@ -140,7 +141,13 @@ impl Psi {
                 shape: tensors[*key].size(),
             });
         }
-        Ok(Self { w1, b1, w2, b2, sha256 })
+        Ok(Self {
+            w1,
+            b1,
+            w2,
+            b2,
+            identity,
+        })
     }
 
     /// The DINOv2 width ψ maps into (768 for ViT-B, 1024 for ViT-L).
@@ -148,8 +155,9 @@ impl Psi {
         self.w1.size()[0]
     }
 
-    pub fn sha256(&self) -> &str {
-        &self.sha256
+    /// The identity of the weights (a digest of the tensors, see [`mrdino_outputs::weights_id`]).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// ψ(t) for CLIP text embeddings (…, 512).

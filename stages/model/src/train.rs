@@ -124,8 +124,8 @@ pub trait FeatureSource {
     fn channels(&self) -> i64;
     /// Name of the backbone behind the features.
     fn backbone_name(&self) -> String;
-    /// SHA-256 of the backbone weights behind the features.
-    fn backbone_sha256(&self) -> String;
+    /// Identity of the backbone weights behind the features, as recorded ([`mrdino_outputs::weights_id`]).
+    fn backbone_id(&self) -> String;
     /// Features (B, P, C) float32 on `device` of the samples `first_sample .. first_sample + batch_size`.
     fn batch(&mut self, first_sample: u64, batch_size: usize, device: Device) -> Result<Tensor, TrainError>;
 }
@@ -171,7 +171,7 @@ impl FeatureSource for CacheSource {
         self.cache.meta().backbone.clone()
     }
 
-    fn backbone_sha256(&self) -> String {
+    fn backbone_id(&self) -> String {
         self.cache.meta().backbone_sha256.clone()
     }
 

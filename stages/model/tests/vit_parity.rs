@@ -209,7 +209,12 @@ fn dinov2_converted_layouts_load_identically() {
         "VarStore paths are the canonical key names"
     );
     assert_eq!(a.source_format(), "hf-dinov2");
-    assert_eq!(a.sha256().len(), 64);
+    assert_eq!(
+        a.identity().id,
+        b.identity().id,
+        "one set of weights in two layouts has one identity"
+    );
+    assert!(a.identity().id.starts_with("tensors-sha256:"));
     assert_eq!(VitConfig::by_name(&a.config().name).ok().as_ref(), Some(a.config()));
 }
 

@@ -44,6 +44,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use tch::{nn, Device, Kind, Tensor};
+use mrdino_outputs::checkpoint::TensorFile;
+use mrdino_outputs::weights_id::Identity;
 
 pub use config::{Activation, Family, PosInterp, VitConfig, VitSize};
 pub use weights::{CONFIG_METADATA_KEY, SOURCE_METADATA_KEY};
@@ -342,7 +344,7 @@ impl Weights {
 /// A loaded, frozen ViT backbone.
 pub struct Vit {
     config: VitConfig,
-    sha256: String,
+    identity: Identity,
     source_format: String,
     device: Device,
     precision: Precision,
@@ -372,7 +374,23 @@ impl Vit {
         precision: Precision,
     ) -> Result<Self, VitError> {
         precision.check(device)?;
-        let loaded = weights::load(path, config, device, Kind::Float)?;
+        Self::from_loaded(weights::load(path, config, device, Kind::Float)?, device, precision)
+    }
+
+    /// The ViT embedded under `prefix` (`backbone.`) in the model file `file` read from `path`, float32; see
+    /// [`weights::load_embedded`].
+    pub fn load_embedded(
+        file: &TensorFile,
+        prefix: &str,
+        path: &Path,
+        config: VitConfig,
+        device: Device,
+    ) -> Result<Self, VitError> {
+        let loaded = weights::load_embedded(file, prefix, path, config, device, Kind::Float)?;
+        Self::from_loaded(loaded, device, Precision::F32)
+    }
+
+    fn from_loaded(loaded: weights::LoadedWeights, device: Device, precision: Precision) -> Result<Self, VitError> {
         let config = loaded.config;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
@@ -407,7 +425,7 @@ impl Vit {
         }
         Ok(Self {
             config,
-            sha256: loaded.sha256,
+            identity: loaded.identity,
             source_format: loaded.source_format,
             device,
             precision,
@@ -427,9 +445,9 @@ impl Vit {
         &self.config
     }
 
-    /// Lower-case hex SHA-256 of the weights file.
-    pub fn sha256(&self) -> &str {
-        &self.sha256
+    /// The identity of the weights ([`mrdino_outputs::weights_id`]).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The converter's `mrdino.source_format` (`hub`, `hf`, `openai`, …), `unknown` when absent.

@@ -1,18 +1,23 @@
-//! Reading a ViT safetensors file: its configuration, identity and key/shape validation.
+//! Reading ViT weights: their configuration, identity and key/shape validation.
 //!
-//! The file holds the canonical (DINOv2 hub) key names that `tools/convert_vit.py` writes for every family. The
-//! configuration comes from the caller, or else from the file's `mrdino.vit_config` metadata (JSON of
-//! [`VitConfig`]); when both exist they must describe the same architecture (the caller may still choose
-//! another position-embedding resize). From the configuration the full expected key list with shapes is
-//! generated and the file must match it exactly; only `mask_token` (DINOv2's masked-image-modelling token,
-//! unused by a frozen backbone) and CLIP's `proj` may be absent. The SHA-256 of the whole file is its identity
-//! in every output that depends on it.
+//! The weights hold the canonical (DINOv2 hub) key names that `tools/convert_vit.py` writes for every family,
+//! either as a file of their own or embedded in a model file under a prefix (`backbone.*`, as
+//! `tools/convert_ocl_checkpoint.py` writes the reference checkpoints' frozen DINOv2). The configuration comes
+//! from the caller, or else from the file's `mrdino.vit_config` metadata (JSON of [`VitConfig`]); when both exist
+//! they must describe the same architecture (the caller may still choose another position-embedding resize).
+//! From the configuration the full expected key list with shapes is generated and the weights must match it
+//! exactly; only `mask_token` (DINOv2's masked-image-modelling token, unused by a frozen backbone) and CLIP's
+//! `proj` may be absent. The identity of the weights ([`mrdino_outputs::weights_id`]) is computed from the
+//! tensors the ViT reads (so `mask_token` is left out): a hub checkpoint converted on its own and the same
+//! tensors embedded in a converted reference checkpoint have one identity.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use mrdino_outputs::checkpoint::{parse_tensor_file, TensorFile};
 use mrdino_outputs::tensor_keys::check_keys;
-use safetensors::tensor::{Dtype, SafeTensors};
+use mrdino_outputs::weights_id::{hex, Identity};
+use safetensors::tensor::Dtype;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
@@ -23,39 +28,41 @@ pub const CONFIG_METADATA_KEY: &str = "mrdino.vit_config";
 /// Metadata key naming the layout the converter read (`hub`, `hf`, `openai`, …).
 pub const SOURCE_METADATA_KEY: &str = "mrdino.source_format";
 
-/// Keys a file may omit.
+/// Keys the weights may omit.
 const OPTIONAL_KEYS: &[&str] = &["mask_token", "proj"];
+/// Keys the ViT never reads: not loaded and not part of the identity.
+pub const UNUSED_KEYS: &[&str] = &["mask_token"];
 
-/// A validated weights file: tensors by canonical key, on the target device and in the target kind.
+/// Validated weights: tensors by canonical key, on the target device and in the target kind.
 pub struct LoadedWeights {
     pub config: VitConfig,
+    /// The file the weights come from (the model file, for embedded weights).
     pub path: PathBuf,
-    /// Lower-case hex SHA-256 of the whole file.
-    pub sha256: String,
-    /// `mrdino.source_format` metadata, `unknown` when absent.
+    pub identity: Identity,
+    /// `mrdino.source_format` metadata, `unknown` when absent (`embedded` for weights inside a model file).
     pub source_format: String,
     pub tensors: HashMap<String, Tensor>,
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
 }
 
-/// Reads, hashes and validates `path`; tensors are moved to `device` and cast to `kind`.
+/// Reads and validates the weights file `path`; tensors are moved to `device` and cast to `kind`. The earlier
+/// identity of the weights is the SHA-256 of the file's bytes.
 pub fn load(path: &Path, config: Option<VitConfig>, device: Device, kind: Kind) -> Result<LoadedWeights, VitError> {
     let bytes = std::fs::read(path).map_err(|source| VitError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let sha256 = sha256_hex(&bytes);
-    let format_error = |e: safetensors::SafeTensorError| VitError::Format {
+    let earlier = sha256_hex(&bytes);
+    let file = parse_tensor_file(path, &bytes).map_err(|e| VitError::Format {
         path: path.to_path_buf(),
-        message: format!("{e:?}"),
-    };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format_error)?;
-    let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
-    let stored = match metadata.get(CONFIG_METADATA_KEY) {
+        message: e.to_string(),
+    })?;
+    drop(bytes);
+    let stored = match file.meta(CONFIG_METADATA_KEY) {
         Some(json) => Some(VitConfig::from_json(json).map_err(|e| VitError::Metadata {
             path: path.to_path_buf(),
             key: CONFIG_METADATA_KEY.to_string(),
@@ -79,13 +86,59 @@ pub fn load(path: &Path, config: Option<VitConfig>, device: Device, kind: Kind) 
             })
         }
     };
-    let st = SafeTensors::deserialize(&bytes).map_err(format_error)?;
-    let mut found: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for name in st.names() {
-        let view = st.tensor(name).map_err(format_error)?;
-        found.insert(name.clone(), view.shape().iter().map(|&d| d as i64).collect());
-    }
+    let source_format = file.meta(SOURCE_METADATA_KEY).unwrap_or("unknown").to_string();
+    validated(&file, "", path, config, device, kind, Some(earlier), source_format)
+}
 
+/// Whether `file` embeds ViT weights under `prefix`.
+pub fn has_embedded(file: &TensorFile, prefix: &str) -> bool {
+    file.under(prefix).next().is_some()
+}
+
+/// The ViT weights embedded in the model file `file` (read from `path`) under `prefix`, validated against
+/// `config`. Their earlier identity is the digest the reference-checkpoint converter of earlier versions recorded
+/// ([`earlier_converter_digest`]), so model files converted then keep running on their own backbone.
+pub fn load_embedded(
+    file: &TensorFile,
+    prefix: &str,
+    path: &Path,
+    config: VitConfig,
+    device: Device,
+    kind: Kind,
+) -> Result<LoadedWeights, VitError> {
+    let earlier = earlier_converter_digest(file, prefix);
+    validated(file, prefix, path, config, device, kind, Some(earlier), "embedded".to_string())
+}
+
+/// What `tools/convert_ocl_checkpoint.py` of earlier versions recorded as `mrdino.backbone_sha256`: SHA-256 over
+/// the embedded tensors sorted by name (every one, `mask_token` included), each as its name's bytes followed by
+/// its float32 little-endian values.
+pub fn earlier_converter_digest(file: &TensorFile, prefix: &str) -> String {
+    let mut h = Sha256::new();
+    for (name, t) in file.under(prefix) {
+        h.update(name.as_bytes());
+        if t.dtype == Dtype::F32 {
+            h.update(&t.data);
+        }
+    }
+    hex(&h.finalize())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validated(
+    file: &TensorFile,
+    prefix: &str,
+    path: &Path,
+    config: VitConfig,
+    device: Device,
+    kind: Kind,
+    earlier: Option<String>,
+    source_format: String,
+) -> Result<LoadedWeights, VitError> {
+    let found: BTreeMap<String, Vec<i64>> = file
+        .under(prefix)
+        .map(|(name, t)| (name.to_string(), t.shape.iter().map(|&d| d as i64).collect()))
+        .collect();
     let mut expected = config.expected_keys();
     if config.family == super::Family::Dinov2 {
         expected.push(("mask_token".to_string(), vec![1, config.embed_dim]));
@@ -95,14 +148,19 @@ pub fn load(path: &Path, config: Option<VitConfig>, device: Device, kind: Kind) 
         problem,
         model: format!("backbone `{}`", config.name),
     })?;
-
+    let id = file
+        .weights_id(prefix, |name| !UNUSED_KEYS.contains(&name))
+        .map_err(|e| VitError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     let mut tensors = HashMap::with_capacity(expected.len());
     for (key, shape) in &expected {
-        if key == "mask_token" || !found.contains_key(key) {
+        if UNUSED_KEYS.contains(&key.as_str()) {
             continue;
         }
-        let view = st.tensor(key).map_err(format_error)?;
-        let source_kind = match view.dtype() {
+        let Some(raw) = file.get(&format!("{prefix}{key}")) else { continue };
+        let source_kind = match raw.dtype {
             Dtype::F32 => Kind::Float,
             Dtype::F16 => Kind::Half,
             Dtype::BF16 => Kind::BFloat16,
@@ -115,17 +173,14 @@ pub fn load(path: &Path, config: Option<VitConfig>, device: Device, kind: Kind) 
                 })
             }
         };
-        let t = Tensor::f_from_data_size(view.data(), shape, source_kind)?;
+        let t = Tensor::f_from_data_size(&raw.data, shape, source_kind)?;
         tensors.insert(key.clone(), t.f_to_kind(kind)?.f_to_device(device)?);
     }
     Ok(LoadedWeights {
         config,
         path: path.to_path_buf(),
-        sha256,
-        source_format: metadata
-            .get(SOURCE_METADATA_KEY)
-            .cloned()
-            .unwrap_or_else(|| "unknown".to_string()),
+        identity: Identity::new(id, earlier),
+        source_format,
         tensors,
     })
 }

@@ -167,14 +167,14 @@ impl RaftFlow {
         &self.arch
     }
 
-    /// Path, SHA-256, family, input range and default iterations of the weights file.
+    /// Path, identity, family, input range and default iterations of the weights file.
     pub fn weights_info(&self) -> &WeightsInfo {
         &self.info
     }
 
-    /// Lower-case hex SHA-256 of the weights file.
-    pub fn sha256(&self) -> &str {
-        &self.info.sha256
+    /// The identity of the weights (a digest of the tensors, see [`mrdino_outputs::weights_id`]).
+    pub fn identity(&self) -> &mrdino_outputs::weights_id::Identity {
+        &self.info.identity
     }
 
     pub fn iterations(&self) -> usize {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use mrdino_outputs::tensor_keys::check_keys;
 use safetensors::tensor::{Dtype, SafeTensors};
-use sha2::{Digest, Sha256};
+use mrdino_outputs::weights_id::{file_identity, Identity};
 use tch::{Device, Kind, Tensor};
 
 use super::RaftError;
@@ -290,8 +290,8 @@ fn encoder_keys(enc: &EncoderSpec, keys: &mut Vec<(String, Vec<i64>)>) {
 #[derive(Clone, Debug)]
 pub struct WeightsInfo {
     pub path: PathBuf,
-    /// Lower-case hex SHA-256 of the whole file.
-    pub sha256: String,
+    /// The identity of the weights ([`mrdino_outputs::weights_id`]): a digest of the tensors.
+    pub identity: Identity,
     /// `torchvision`, `princeton`, `smurf`, or `unknown` when the metadata does not say.
     pub family: String,
     pub input_range: InputRange,
@@ -322,10 +322,10 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedWeights, Ra
         path: path.to_path_buf(),
         source,
     })?;
-    let sha256 = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
+    let identity = file_identity(path, &bytes, |_| true).map_err(|e| RaftError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let format_error = |e: safetensors::SafeTensorError| RaftError::Format {
         path: path.to_path_buf(),
         message: format!("{e:?}"),
@@ -425,7 +425,7 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedWeights, Ra
         arch: architecture,
         info: WeightsInfo {
             path: path.to_path_buf(),
-            sha256,
+            identity,
             family,
             input_range,
             iterations,
