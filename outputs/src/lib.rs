@@ -10,6 +10,7 @@ pub mod flowviz;
 pub mod layout;
 pub mod names;
 pub mod overlay;
+pub mod provenance;
 pub mod report;
 pub mod rle;
 pub mod tables;
