@@ -13,6 +13,7 @@ pub mod overlay;
 pub mod provenance;
 pub mod report;
 pub mod rle;
+pub mod runs;
 pub mod tables;
 pub mod tensor_keys;
 
