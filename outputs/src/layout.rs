@@ -16,6 +16,9 @@ use crate::bookkeeping::Ledger;
 /// The job kind of `mrdino labels` in the bookkeeping.
 pub const LABELS_KIND: &str = "labels";
 
+/// The job kind of `mrdino infer` (prediction runs share the labels layout).
+pub const PREDICTIONS_KIND: &str = "predictions";
+
 /// The data directories of a labels root (each holds `params=<hash>` partitions).
 pub const LABELS_DATA_DIRS: &[&str] = &["frames", "instances"];
 

@@ -125,17 +125,30 @@ impl CocoRle {
         }
     }
 
+    /// Encodes run lengths (column-major, zeros first) that cover the `height`×`width` mask.
+    pub fn from_runs(runs: &[u32], height: u32, width: u32) -> Self {
+        Self {
+            height,
+            width,
+            counts: encode_counts(runs),
+        }
+    }
+
+    /// The run lengths (column-major, zeros first), checked to cover the mask exactly.
+    pub fn runs(&self) -> Result<Vec<u32>, RleError> {
+        let runs = decode_counts(&self.counts)?;
+        let expected = u64::from(self.height) * u64::from(self.width);
+        let covered: u64 = runs.iter().map(|&r| u64::from(r)).sum();
+        if covered != expected {
+            return Err(RleError::WrongLength { covered, expected });
+        }
+        Ok(runs)
+    }
+
     /// Decodes into row-major pixel indices, ascending.
     pub fn to_pixels(&self) -> Result<Vec<u32>, RleError> {
-        let runs = decode_counts(&self.counts)?;
+        let runs = self.runs()?;
         let (h, w) = (u64::from(self.height), u64::from(self.width));
-        let covered: u64 = runs.iter().map(|&r| u64::from(r)).sum();
-        if covered != h * w {
-            return Err(RleError::WrongLength {
-                covered,
-                expected: h * w,
-            });
-        }
         let mut pixels = Vec::new();
         let mut position = 0u64;
         for (i, &run) in runs.iter().enumerate() {

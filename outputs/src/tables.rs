@@ -5,6 +5,13 @@
 //! the pycocotools dict shape `{size: [h, w], counts: str}`. Rows are sorted by (sequence_id, frame_index,
 //! instance_id); files are zstd-compressed and written atomically; each file's key/value metadata carries the
 //! resolved parameters, their hash, the code version and the flow backend.
+//!
+//! Two `instances` columns are optional: `score` (float32, a confidence in [0, 1]) and `track_id` (uint32, the
+//! object's identity across the frames of its sequence, unique within the sequence), both null until a stage
+//! computes them ([`ScoreAndTrack`]). Every writer here writes them (null unless given); the readers take a
+//! missing column as all null, so files written before the columns existed still read. Adding nullable columns
+//! that readers may lack is a compatible change: [`SCHEMA_VERSION`] stays (it changes only when a reader of the
+//! old layout would misread a new file, or the other way round).
 
 use std::fs::File;
 use std::path::Path;
@@ -24,7 +31,8 @@ use parquet::file::properties::WriterProperties;
 use crate::atomic::{AtomicFile, OutputError};
 use crate::rle::CocoRle;
 
-/// Version of the table layout; bumped on any incompatible change.
+/// Version of the table layout; bumped on any incompatible change (not for added nullable columns that
+/// readers treat as null when absent, such as `score` and `track_id`).
 pub const SCHEMA_VERSION: &str = "1";
 
 /// Why a frame with a flow carries no label (the `excluded_reason` column).
@@ -186,6 +194,21 @@ pub const PREDICTION_COLUMNS: [&str; 5] = [
     "combination_num",
 ];
 
+/// The optional `instances` columns of one row: null (`None`) until a stage computes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ScoreAndTrack {
+    /// Confidence of the instance, in [0, 1].
+    pub score: Option<f32>,
+    /// Identity of the object across the frames of its sequence; unique within the sequence, and at most one
+    /// instance of a frame carries a given id.
+    pub track_id: Option<u32>,
+}
+
+/// Name of the confidence column of `instances`.
+pub const SCORE_COLUMN: &str = "score";
+/// Name of the track column of `instances`.
+pub const TRACK_ID_COLUMN: &str = "track_id";
+
 fn field(name: &str, data_type: DataType, nullable: bool) -> Field {
     Field::new(name, data_type, nullable)
 }
@@ -244,6 +267,8 @@ pub fn instances_schema() -> Schema {
         field("component_id", DataType::UInt32, false),
         field("hdbscan_label", DataType::Int32, true),
         field("mean_flow_px", DataType::Float32, false),
+        field(SCORE_COLUMN, DataType::Float32, true),
+        field(TRACK_ID_COLUMN, DataType::UInt32, true),
     ])
 }
 
@@ -306,7 +331,35 @@ pub fn frames_batch(rows: &[FrameRow]) -> Result<RecordBatch, arrow::error::Arro
     RecordBatch::try_new(Arc::new(frames_schema()), columns)
 }
 
+/// `instances` rows with `score` and `track_id` null.
 pub fn instances_batch(rows: &[InstanceRow]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    instances_batch_with_scores(rows, &vec![ScoreAndTrack::default(); rows.len()])
+}
+
+/// `instances` rows, `scores[i]` belonging to `rows[i]`. A score must be a number in [0, 1].
+pub fn instances_batch_with_scores(
+    rows: &[InstanceRow],
+    scores: &[ScoreAndTrack],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let invalid = arrow::error::ArrowError::InvalidArgumentError;
+    if rows.len() != scores.len() {
+        return Err(invalid(format!(
+            "{} instance rows but {} score/track rows",
+            rows.len(),
+            scores.len()
+        )));
+    }
+    if let Some((i, s)) = scores
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.score.is_some_and(|v| !(0.0..=1.0).contains(&v)))
+    {
+        let r = &rows[i];
+        return Err(invalid(format!(
+            "{} frame {} instance {}: score {:?} is not in [0, 1]",
+            r.sequence_id, r.frame_index, r.instance_id, s.score
+        )));
+    }
     let sizes = UInt32Array::from_iter_values(rows.iter().flat_map(|r| [r.mask.height, r.mask.width]));
     let size_list = ListArray::new(
         Arc::new(Field::new("item", DataType::UInt32, false)),
@@ -335,6 +388,8 @@ pub fn instances_batch(rows: &[InstanceRow]) -> Result<RecordBatch, arrow::error
         u32s(rows.iter().map(|r| r.component_id)),
         Arc::new(Int32Array::from_iter(rows.iter().map(|r| r.hdbscan_label))),
         Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.mean_flow_px))),
+        Arc::new(Float32Array::from_iter(scores.iter().map(|s| s.score))),
+        Arc::new(UInt32Array::from_iter(scores.iter().map(|s| s.track_id))),
     ];
     RecordBatch::try_new(Arc::new(instances_schema()), columns)
 }
@@ -386,11 +441,15 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch, metadata: &[(String, Stri
 /// Key/value metadata of a Parquet file.
 pub type KeyValues = Vec<(String, String)>;
 
-/// Reads a whole Parquet file and its key/value metadata.
-pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, KeyValues), OutputError> {
+/// The key/value metadata of a Parquet file, from its footer alone.
+pub fn read_key_values(path: &Path) -> Result<KeyValues, OutputError> {
     let file = File::open(path).map_err(|e| OutputError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| OutputError::format(path, e))?;
-    let metadata = builder
+    Ok(key_values_of(&builder))
+}
+
+fn key_values_of<T>(builder: &parquet::arrow::arrow_reader::ArrowReaderBuilder<T>) -> KeyValues {
+    builder
         .metadata()
         .file_metadata()
         .key_value_metadata()
@@ -399,7 +458,14 @@ pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, KeyValues), Output
                 .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Reads a whole Parquet file and its key/value metadata.
+pub fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, KeyValues), OutputError> {
+    let file = File::open(path).map_err(|e| OutputError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| OutputError::format(path, e))?;
+    let metadata = key_values_of(&builder);
     let reader = builder.build().map_err(|e| OutputError::format(path, e))?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
@@ -547,8 +613,53 @@ pub fn read_frames(path: &Path) -> Result<Vec<FrameRow>, OutputError> {
 /// Reads `instances` rows back.
 pub fn read_instances(path: &Path) -> Result<Vec<InstanceRow>, OutputError> {
     let (batches, _) = read_parquet(path)?;
+    instance_rows(&batches, path)
+}
+
+/// Reads `instances` rows back with their `score` and `track_id` (one read of the file).
+pub fn read_instances_with_scores(path: &Path) -> Result<(Vec<InstanceRow>, Vec<ScoreAndTrack>), OutputError> {
+    let (batches, _) = read_parquet(path)?;
+    Ok((instance_rows(&batches, path)?, score_rows(&batches, path)?))
+}
+
+/// The `score` and `track_id` of every row of an `instances` file; a file without the columns (written before
+/// they existed) reads as all null.
+pub fn read_scores_and_tracks(path: &Path) -> Result<Vec<ScoreAndTrack>, OutputError> {
+    let (batches, _) = read_parquet(path)?;
+    score_rows(&batches, path)
+}
+
+fn score_rows(batches: &[RecordBatch], path: &Path) -> Result<Vec<ScoreAndTrack>, OutputError> {
     let mut rows = Vec::new();
-    for b in &batches {
+    for b in batches {
+        let score = match b.column_by_name(SCORE_COLUMN) {
+            Some(_) => Some(f32_column(b, SCORE_COLUMN, path)?),
+            None => None,
+        };
+        let track = match b.column_by_name(TRACK_ID_COLUMN) {
+            Some(_) => Some(u32_column(b, TRACK_ID_COLUMN, path)?),
+            None => None,
+        };
+        for i in 0..b.num_rows() {
+            let score = score.filter(|c| c.is_valid(i)).map(|c| c.value(i));
+            if let Some(v) = score.filter(|v| !(0.0..=1.0).contains(v)) {
+                return Err(OutputError::format(
+                    path,
+                    format!("row {i}: score {v} is not in [0, 1]"),
+                ));
+            }
+            rows.push(ScoreAndTrack {
+                score,
+                track_id: track.filter(|c| c.is_valid(i)).map(|c| c.value(i)),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn instance_rows(batches: &[RecordBatch], path: &Path) -> Result<Vec<InstanceRow>, OutputError> {
+    let mut rows = Vec::new();
+    for b in batches {
         let s = |n: &str| string_column(b, n, path);
         let u = |n: &str| u32_column(b, n, path);
         let (dataset, seq, idx, name) = (s("dataset")?, s("sequence_id")?, u("frame_index")?, s("frame_name")?);
@@ -775,5 +886,122 @@ mod tests {
         write_parquet(&path, &odd, &[]).unwrap();
         let err = read_instances(&path).unwrap_err().to_string();
         assert!(err.contains("column `mask` is Utf8"), "{err}");
+    }
+
+    fn instance(frame_index: u32, instance_id: u32) -> InstanceRow {
+        InstanceRow {
+            dataset: "frames".into(),
+            sequence_id: "s".into(),
+            frame_index,
+            frame_name: format!("{frame_index:06}"),
+            instance_id,
+            mask: CocoRle::from_pixels(&[instance_id, 20], 5, 6),
+            bbox_xywh: [0.0, 0.0, 3.0, 4.0],
+            area_px: 2,
+            origin: InstanceOrigin::Component,
+            component_id: instance_id,
+            hdbscan_label: None,
+            mean_flow_px: 2.5,
+        }
+    }
+
+    #[test]
+    fn scores_and_tracks_round_trip_and_default_to_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.parquet");
+        let rows: Vec<InstanceRow> = (1..5).map(|k| instance(k / 2, k)).collect();
+        let scores = vec![
+            ScoreAndTrack {
+                score: Some(0.0),
+                track_id: Some(7),
+            },
+            ScoreAndTrack {
+                score: None,
+                track_id: Some(0),
+            },
+            ScoreAndTrack {
+                score: Some(1.0),
+                track_id: None,
+            },
+            ScoreAndTrack::default(),
+        ];
+        write_parquet(&path, &instances_batch_with_scores(&rows, &scores).unwrap(), &[]).unwrap();
+        assert_eq!(read_instances(&path).unwrap(), rows);
+        assert_eq!(read_scores_and_tracks(&path).unwrap(), scores);
+        assert_eq!(
+            read_instances_with_scores(&path).unwrap(),
+            (rows.clone(), scores.clone())
+        );
+
+        // Today's writers write both columns, null.
+        write_parquet(&path, &instances_batch(&rows).unwrap(), &[]).unwrap();
+        let (batches, _) = read_parquet(&path).unwrap();
+        for name in [SCORE_COLUMN, TRACK_ID_COLUMN] {
+            let column = batches[0].column_by_name(name).unwrap();
+            assert_eq!(column.null_count(), rows.len(), "{name}");
+        }
+        assert_eq!(
+            read_scores_and_tracks(&path).unwrap(),
+            vec![ScoreAndTrack::default(); 4]
+        );
+        let extra = PredictionColumns {
+            window: 0,
+            window_channel: 1,
+            slot: 0,
+            deactivation_weight: None,
+            combination_num: None,
+        };
+        write_parquet(&path, &prediction_instances_batch(&rows, &[extra; 4]).unwrap(), &[]).unwrap();
+        assert_eq!(
+            read_scores_and_tracks(&path).unwrap(),
+            vec![ScoreAndTrack::default(); 4]
+        );
+        assert_eq!(read_prediction_columns(&path).unwrap(), vec![Some(extra); 4]);
+    }
+
+    #[test]
+    fn files_written_before_the_score_and_track_columns_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.parquet");
+        let rows: Vec<InstanceRow> = (1..3).map(|k| instance(0, k)).collect();
+        // The schema-1 layout as first written: everything up to `mean_flow_px`.
+        let batch = instances_batch(&rows).unwrap();
+        let keep = batch.num_columns() - 2;
+        let old = batch.project(&(0..keep).collect::<Vec<_>>()).unwrap();
+        assert_eq!(old.schema().fields().last().unwrap().name(), "mean_flow_px");
+        write_parquet(&path, &old, &[]).unwrap();
+        assert_eq!(read_instances(&path).unwrap(), rows);
+        assert_eq!(
+            read_scores_and_tracks(&path).unwrap(),
+            vec![ScoreAndTrack::default(); 2]
+        );
+    }
+
+    #[test]
+    fn scores_outside_the_unit_interval_are_refused_on_write_and_read() {
+        let rows = vec![instance(3, 1)];
+        for bad in [1.5, -0.25, f32::NAN] {
+            let scores = [ScoreAndTrack {
+                score: Some(bad),
+                track_id: None,
+            }];
+            let err = instances_batch_with_scores(&rows, &scores).unwrap_err().to_string();
+            assert!(
+                err.contains("frame 3 instance 1") && err.contains("not in [0, 1]"),
+                "{err}"
+            );
+        }
+        assert!(instances_batch_with_scores(&rows, &[]).is_err());
+        // A file written by another tool with an out-of-range score.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd.parquet");
+        let batch = instances_batch(&rows).unwrap();
+        let mut columns = batch.columns().to_vec();
+        let i = batch.schema().index_of(SCORE_COLUMN).unwrap();
+        columns[i] = Arc::new(Float32Array::from(vec![Some(2.0f32)]));
+        let odd = RecordBatch::try_new(batch.schema(), columns).unwrap();
+        write_parquet(&path, &odd, &[]).unwrap();
+        let err = read_scores_and_tracks(&path).unwrap_err().to_string();
+        assert!(err.contains("odd.parquet") && err.contains("row 0: score 2"), "{err}");
     }
 }
