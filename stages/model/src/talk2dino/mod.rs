@@ -1,12 +1,16 @@
-//! Talk2DINO: CLIP text embeddings mapped into DINOv2 patch space by the learned ψ, for open-vocabulary names
-//! and text-prompted masks (lorebianchi98/Talk2DINO, `src/model.py` `ProjectionLayer`, `models/dinotext/`).
+//! Talk2DINO: CLIP text embeddings mapped into DINO patch space by the learned ψ, for open-vocabulary names and
+//! text-prompted masks (lorebianchi98/Talk2DINO: `src/model.py` `ProjectionLayer`,
+//! `src/open_vocabulary_segmentation/models/dinotext/{dinotext,masker,pamr}.py`, the mmseg evaluation in
+//! `segmentation/evaluation/dinotext_seg.py` and its dataset configs). Every number below is read from that code.
 //!
 //! - **ψ** = `hidden_layers.0 ∘ tanh ∘ linear_layer`: Linear(512 → D) then tanh then Linear(D → D), D = 768
 //!   (ViT-B) or 1024 (ViT-L); no activation after the second layer, no normalisation inside. Weights from a
-//!   safetensors file with Talk2DINO's names (`tools/convert_talk2dino.py` renames the older `linear_layer2`).
+//!   safetensors file with Talk2DINO's names (`tools/convert_talk2dino.py` renames the older `linear_layer2` and
+//!   records which released file it was, [`Variant`]). The DINOv3 files (`dinov3_vit{b,l}_mlp_infonce.pth`) have
+//!   the same four keys and shapes as the DINOv2 ones; only the backbone and its patch grid differ.
 //! - **Class embeddings**: each class name fills the 7 templates, the CLIP text embeddings (512-d, unnormalised)
-//!   are **averaged over the templates first**, then ψ, then L2-normalised.
-//! - **Masks** (`generate_masks`): DINOv2-B/14-reg patch tokens (after the final norm) L2-normalised per patch,
+//!   are **averaged over the templates first**, then ψ, then L2-normalised (`build_text_embedding`).
+//! - **Masks** (`generate_masks`): the backbone's patch tokens after the final norm, L2-normalised per patch,
 //!   cosine to every class embedding → `simmap` (B, N, h, w); soft mask = sigmoid(simmap). Optional background
 //!   cleaning (`similarity_assignment_weighted`, λ = 0.2): from the last block's pre-softmax CLS→patch attention
 //!   logits a_m (per head m; q scaled by 0.125, CLS and registers excluded) per-head embeddings
@@ -14,19 +18,32 @@
 //!   softmax_m(t_n·e_m); the class's attention map = Σ_m w_nm a_m / Σ_m w_nm, softmax over patches, rescaled by
 //!   the global min and max(max, max − min) to [min mask, max mask]; mask ← (mask + λ·map)/(1 + λ). The
 //!   reference runs on one image at a time, so min/max are per image here. Then bilinear upsampling with
-//!   `align_corners=True` to the image size, a constant background channel `bg_threshold` in front, argmax.
-//! - **Whole images**: [`preprocess`] is Talk2DINO's square `Resize((448, 448))` of a uint8 image (bilinear,
-//!   antialiased, rounded back to uint8, /255) and [`soft_masks`] the forward through a [`crate::vit::Vit`] up to
-//!   the (cleaned) sigmoid masks; [`label_map`] finishes the segmentation.
+//!   `align_corners=True` to the image size, optionally PAMR ([`pamr`]), a constant background channel
+//!   `bg_threshold` in front, argmax.
+//! - **Preprocessing** ([`resize_square`], [`preprocess`]): Talk2DINO's `T.Resize((448, 448))` runs on a
+//!   **float** tensor of 0..255 values (`read_image(...).float()` in the demo, `FloatImage` in the mmseg
+//!   pipeline) and divides by 255 afterwards: the resized values keep their fractions and are never rounded.
+//! - **Whole images** ([`segment`]): the two inference paths of Talk2DINO's code, chosen by [`View`]: the square
+//!   resize of the demo and Hugging Face path (default), or the sliding window of its benchmarks (keep-ratio
+//!   resize, 448 px crops at stride 224, scores averaged over the overlaps).
 //! - **Instance names** (not in Talk2DINO; how `mrdino name` uses its embeddings): an instance mask on a label
 //!   grid placed in the image by an [`AxisMap`] per axis is downsampled to the patch grid by exact area fraction
 //!   ([`axis_coverage`]); the instance's embedding is the coverage-weighted mean of the L2-normalised patch
 //!   tokens, and its score for a class the cosine to the class embedding ([`instance_scores`], [`top_two`]).
+//!
+//! The ψ and mask code is backbone-agnostic: it takes the patch tokens, the patch grid and the CLS→patch logits
+//! of whatever [`crate::vit::Vit`] runs; [`Variant`] records what each released ψ file expects of it.
+
+mod pamr;
+mod segment;
+
+pub use pamr::{pamr, PamrConfig};
+pub use segment::{keep_ratio_resize, segment, SegmentOptions, Segmentation, SlidingWindow, View};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 /// The 7 prompt templates Talk2DINO averages (`sub_imagenet_template`).
 pub const TEMPLATES: [&str; 7] = [
@@ -39,11 +56,18 @@ pub const TEMPLATES: [&str; 7] = [
     "a photo of the small {}.",
 ];
 
-/// λ of the background cleaning.
+/// λ of the background cleaning (`generate_masks(lambda_bg=0.2)`).
 pub const LAMBDA_BG: f64 = 0.2;
 
-/// The attention scale Talk2DINO hard-codes when it recomputes the CLS→patch logits.
+/// The attention scale Talk2DINO hard-codes when it recomputes the CLS→patch logits (`self.scale = 0.125`).
 pub const ATTENTION_SCALE: f64 = 0.125;
+
+/// The square side Talk2DINO resizes every image to (`resize_dim: 448` in every model config, DINOv2 and DINOv3).
+pub const INPUT_PX: i64 = 448;
+
+/// Safetensors metadata key under which `tools/convert_talk2dino.py` records the released file's name
+/// ([`Variant::proj_name`]).
+pub const VARIANT_METADATA_KEY: &str = "talk2dino.proj_name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Talk2DinoError {
@@ -64,9 +88,112 @@ pub enum Talk2DinoError {
         key: String,
         shape: Vec<i64>,
     },
+    #[error("{path}: metadata `{key}` = `{value}`: {message}")]
+    Metadata {
+        path: PathBuf,
+        key: String,
+        value: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Input(String),
+    #[error("keep-ratio resize of a {height}×{width} image to {new_height}×{new_width} (OpenCV): {message}")]
+    Resize {
+        height: i64,
+        width: i64,
+        new_height: i64,
+        new_width: i64,
+        message: String,
+    },
+    #[error(transparent)]
+    Vit(#[from] crate::vit::VitError),
+    #[error(transparent)]
+    Torch(#[from] TchError),
 }
 
-/// The learned text → DINOv2 mapping ψ.
+/// One of Talk2DINO's released ψ files and what its backbone configuration (`configs/*.yaml` for ψ,
+/// `src/open_vocabulary_segmentation/configs/*/dinotext_*.yml` for the model) and `DINOText.__init__` fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    /// The file's name in Talk2DINO's `weights/` without `.pth` (`proj_name` in its configs); what the converter
+    /// stores under [`VARIANT_METADATA_KEY`].
+    pub proj_name: &'static str,
+    /// The backbone as Talk2DINO loads it (`model_name`: a torch-hub name for DINOv2, a timm name for DINOv3).
+    pub backbone: &'static str,
+    /// Width of the backbone's tokens = ψ's output width (`dino_embed_dim`).
+    pub dim: i64,
+    /// Attention heads of the backbone's last block (`num_attn_heads`).
+    pub heads: i64,
+    /// Patch side of the backbone, px.
+    pub patch_px: i64,
+    /// Register tokens; with the CLS token they are the `num_global_tokens` (5) skipped before the patches.
+    pub registers: i64,
+    /// Square input side (`resize_dim`), px; also the sliding-window crop of the benchmarks.
+    pub input_px: i64,
+    /// True when Talk2DINO's CLS→patch logits for background cleaning come from the `attn.qkv` projection
+    /// *before* the backbone applies rotary position embeddings (timm's DINOv3 applies RoPE after `qkv`, and
+    /// Talk2DINO hooks the `qkv` output), so a backbone with RoPE must hand [`soft_masks`] the logits of q and
+    /// k without it. False for DINOv2, which has no RoPE.
+    pub logits_before_rope: bool,
+}
+
+impl Variant {
+    /// Patch grid side of the square input (32 for DINOv2-/14, 28 for DINOv3-/16 at 448 px).
+    pub fn grid(&self) -> i64 {
+        self.input_px / self.patch_px
+    }
+
+    /// The released variant named `proj_name` (`vitb_mlp_infonce`, `dinov3_vitb_mlp_infonce`, …).
+    pub fn by_proj_name(proj_name: &str) -> Option<&'static Variant> {
+        VARIANTS.iter().find(|v| v.proj_name == proj_name)
+    }
+}
+
+/// Talk2DINO's released ψ files (its `weights/` directory), with their backbones.
+pub const VARIANTS: [Variant; 4] = [
+    Variant {
+        proj_name: "vitb_mlp_infonce",
+        backbone: "dinov2_vitb14_reg",
+        dim: 768,
+        heads: 12,
+        patch_px: 14,
+        registers: 4,
+        input_px: INPUT_PX,
+        logits_before_rope: false,
+    },
+    Variant {
+        proj_name: "vitl_mlp_infonce",
+        backbone: "dinov2_vitl14_reg",
+        dim: 1024,
+        heads: 16,
+        patch_px: 14,
+        registers: 4,
+        input_px: INPUT_PX,
+        logits_before_rope: false,
+    },
+    Variant {
+        proj_name: "dinov3_vitb_mlp_infonce",
+        backbone: "vit_base_patch16_dinov3.lvd1689m",
+        dim: 768,
+        heads: 12,
+        patch_px: 16,
+        registers: 4,
+        input_px: INPUT_PX,
+        logits_before_rope: true,
+    },
+    Variant {
+        proj_name: "dinov3_vitl_mlp_infonce",
+        backbone: "vit_large_patch16_dinov3.lvd1689m",
+        dim: 1024,
+        heads: 16,
+        patch_px: 16,
+        registers: 4,
+        input_px: INPUT_PX,
+        logits_before_rope: true,
+    },
+];
+
+/// The learned text → DINO mapping ψ.
 #[derive(Debug)]
 pub struct Psi {
     w1: Tensor,
@@ -74,34 +201,39 @@ pub struct Psi {
     w2: Tensor,
     b2: Tensor,
     sha256: String,
+    variant: Option<&'static Variant>,
 }
 
 impl Psi {
-    /// Loads ψ (`linear_layer.{weight,bias}`, `hidden_layers.0.{weight,bias}`) from safetensors.
+    /// Loads ψ (`linear_layer.{weight,bias}`, `hidden_layers.0.{weight,bias}`) from safetensors, with the
+    /// released variant when the converter recorded it ([`VARIANT_METADATA_KEY`]; files converted before it did
+    /// have none). A recorded variant must be known and match the file's width.
     pub fn load(path: &Path, device: tch::Device) -> Result<Self, Talk2DinoError> {
-        let bytes = std::fs::read(path).map_err(|e| Talk2DinoError::File {
+        let file_error = |message: String| Talk2DinoError::File {
             path: path.into(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
         let sha256: String = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes))
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| file_error(e.to_string()))?;
+        let proj_name = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(VARIANT_METADATA_KEY))
+            .cloned();
         let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
-            .map_err(|e| Talk2DinoError::File {
-                path: path.into(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| file_error(e.to_string()))?
             .into_iter()
             .collect();
         let get = |key: &str| -> Result<Tensor, Talk2DinoError> {
-            tensors
-                .get(key)
-                .map(|t| t.to_kind(Kind::Float).to_device(device))
-                .ok_or_else(|| Talk2DinoError::Missing {
-                    path: path.into(),
-                    key: key.into(),
-                })
+            let t = tensors.get(key).ok_or_else(|| Talk2DinoError::Missing {
+                path: path.into(),
+                key: key.into(),
+            })?;
+            Ok(t.f_to_kind(Kind::Float)?.f_to_device(device)?)
         };
         let (w1, b1, w2, b2) = (
             get("linear_layer.weight")?,
@@ -109,7 +241,7 @@ impl Psi {
             get("hidden_layers.0.weight")?,
             get("hidden_layers.0.bias")?,
         );
-        let d = w1.size()[0];
+        let d = w1.size().first().copied().unwrap_or(0);
         for (key, t, expected) in [
             ("linear_layer.weight", &w1, vec![d, 512]),
             ("linear_layer.bias", &b1, vec![d]),
@@ -131,25 +263,62 @@ impl Psi {
             "hidden_layers.0.weight",
             "hidden_layers.0.bias",
         ];
-        let mut extra: Vec<&String> = tensors.keys().filter(|k| !known.contains(&k.as_str())).collect();
-        extra.sort();
-        if let Some(key) = extra.first() {
+        let mut extra: Vec<(&String, &Tensor)> = tensors.iter().filter(|(k, _)| !known.contains(&k.as_str())).collect();
+        extra.sort_by(|a, b| a.0.cmp(b.0));
+        if let Some((key, t)) = extra.first() {
             return Err(Talk2DinoError::Unexpected {
                 path: path.into(),
                 key: (*key).clone(),
-                shape: tensors[*key].size(),
+                shape: t.size(),
             });
         }
-        Ok(Self { w1, b1, w2, b2, sha256 })
+        let variant = match proj_name {
+            None => None,
+            Some(name) => {
+                let metadata_error = |message: String| Talk2DinoError::Metadata {
+                    path: path.into(),
+                    key: VARIANT_METADATA_KEY.into(),
+                    value: name.clone(),
+                    message,
+                };
+                let variant = Variant::by_proj_name(&name).ok_or_else(|| {
+                    metadata_error(format!(
+                        "not a released Talk2DINO ψ (known: {})",
+                        VARIANTS.map(|v| v.proj_name).join(", ")
+                    ))
+                })?;
+                if variant.dim != d {
+                    return Err(metadata_error(format!(
+                        "that variant maps to width {}, the file's ψ to {d}",
+                        variant.dim
+                    )));
+                }
+                Some(variant)
+            }
+        };
+        Ok(Self {
+            w1,
+            b1,
+            w2,
+            b2,
+            sha256,
+            variant,
+        })
     }
 
-    /// The DINOv2 width ψ maps into (768 for ViT-B, 1024 for ViT-L).
+    /// The DINO width ψ maps into (768 for ViT-B, 1024 for ViT-L).
     pub fn dim(&self) -> i64 {
-        self.w1.size()[0]
+        self.w1.size().first().copied().unwrap_or(0)
     }
 
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// The released Talk2DINO file this ψ was converted from, when the converter recorded it: its backbone, patch
+    /// grid and input size ([`Variant::input_px`] is the image size the pipeline must use with it).
+    pub fn variant(&self) -> Option<&'static Variant> {
+        self.variant
     }
 
     /// ψ(t) for CLIP text embeddings (…, 512).
@@ -174,45 +343,85 @@ pub fn l2_normalize(x: &Tensor, dim: i64) -> Tensor {
     x / x.norm_scalaropt_dim(2, [dim].as_slice(), true).clamp_min(1e-12)
 }
 
-/// Cosine similarity maps (B, N, h, w) between patch tokens (B, P = h·w, C) and class embeddings (N, C).
-pub fn similarity_maps(patches: &Tensor, grid: (i64, i64), classes: &Tensor) -> Tensor {
-    let (b, _, _) = patches.size3().unwrap_or((0, 0, 0));
-    let sim = l2_normalize(patches, -1).matmul(&classes.tr()); // (B, P, N)
-    sim.permute([0, 2, 1]).reshape([b, -1, grid.0, grid.1])
+fn f_l2_normalize(x: &Tensor, dim: i64) -> Result<Tensor, TchError> {
+    x.f_div(&x.f_norm_scalaropt_dim(2, [dim].as_slice(), true)?.f_clamp_min(1e-12)?)
+}
+
+/// Cosine similarity maps (B, N, h, w) between patch tokens (B, P = h·w, C) and class embeddings (N, C)
+/// (`DINOTextMasker.forward_seg`).
+pub fn similarity_maps(patches: &Tensor, grid: (i64, i64), classes: &Tensor) -> Result<Tensor, Talk2DinoError> {
+    let (b, p, c) = patches.size3()?;
+    let (_, c_classes) = classes.size2()?;
+    if p != grid.0 * grid.1 || c != c_classes {
+        return Err(Talk2DinoError::Input(format!(
+            "patch tokens {:?} on a {}×{} grid do not match class embeddings {:?}",
+            patches.size(),
+            grid.0,
+            grid.1,
+            classes.size()
+        )));
+    }
+    let sim = f_l2_normalize(patches, -1)?.f_matmul(&classes.f_tr()?)?; // (B, P, N)
+    Ok(sim.f_permute([0, 2, 1])?.f_reshape([b, -1, grid.0, grid.1])?)
 }
 
 /// Talk2DINO's background cleaning of soft masks (B, N, h, w) with the raw patch tokens (B, P, C), the last
-/// block's CLS→patch attention logits (B, M, P) and the class embeddings (N, C); min/max per image.
+/// block's CLS→patch attention logits (B, M, P) and the class embeddings (N, C); min/max per image
+/// (`similarity_assignment_weighted`, which assumes a batch of one).
 pub fn background_clean(
     masks: &Tensor,
     patches: &Tensor,
     attention_logits: &Tensor,
     classes: &Tensor,
     lambda: f64,
-) -> Tensor {
-    let size = masks.size();
-    let (b, n, h, w) = (size[0], size[1], size[2], size[3]);
+) -> Result<Tensor, Talk2DinoError> {
+    let (b, n, h, w) = masks.size4()?;
+    let (b_attn, _, p) = attention_logits.size3()?;
+    let (b_patches, p_patches, _) = patches.size3()?;
+    if b_attn != b || b_patches != b || p != h * w || p_patches != h * w {
+        return Err(Talk2DinoError::Input(format!(
+            "background cleaning: masks {:?}, patch tokens {:?} and attention logits {:?} disagree",
+            masks.size(),
+            patches.size(),
+            attention_logits.size()
+        )));
+    }
     let mut out = Vec::with_capacity(b as usize);
     for i in 0..b {
-        let mask = masks.get(i).reshape([n, h * w]);
-        let attn = attention_logits.get(i); // (M, P)
-        let feat = patches.get(i); // (P, C)
-                                   // Per-head embeddings: mean over patches of logit · feature, normalised.
-        let heads = l2_normalize(&(attn.matmul(&feat) / (h * w) as f64), -1); // (M, C)
-        let weights = classes.matmul(&heads.tr()).softmax(-1, Kind::Float); // (N, M)
-        let per_class = weights.matmul(&attn) / weights.sum_dim_intlist(-1, true, Kind::Float); // (N, P)
-        let per_class = per_class.softmax(-1, Kind::Float);
-        let (lo, hi) = (per_class.min().double_value(&[]), per_class.max().double_value(&[]));
+        let mask = masks.f_get(i)?.f_reshape([n, h * w])?;
+        let attn = attention_logits.f_get(i)?; // (M, P)
+        let feat = patches.f_get(i)?; // (P, C)
+
+        // Per-head embeddings: the mean over patches of logit · feature, normalised.
+        let heads = f_l2_normalize(&attn.f_matmul(&feat)?.f_div_scalar((h * w) as f64)?, -1)?; // (M, C)
+        let weights = classes.f_matmul(&heads.f_tr()?)?.f_softmax(-1, Kind::Float)?; // (N, M)
+        let per_class = weights
+            .f_matmul(&attn)?
+            .f_div(&weights.f_sum_dim_intlist(-1, true, Kind::Float)?)?
+            .f_softmax(-1, Kind::Float)?; // (N, P)
+        let (lo, hi) = (
+            per_class.f_min()?.f_double_value(&[])?,
+            per_class.f_max()?.f_double_value(&[])?,
+        );
         let hi = hi.max(hi - lo);
-        let (mlo, mhi) = (mask.min(), mask.max());
-        let rescaled = (per_class - lo) / hi * (&mhi - &mlo) + &mlo;
-        out.push(((mask + rescaled * lambda) / (1.0 + lambda)).reshape([n, h, w]));
+        let (mlo, mhi) = (mask.f_min()?, mask.f_max()?);
+        let rescaled = per_class
+            .f_sub_scalar(lo)?
+            .f_div_scalar(hi)?
+            .f_mul(&mhi.f_sub(&mlo)?)?
+            .f_add(&mlo)?;
+        out.push(
+            mask.f_add(&rescaled.f_mul_scalar(lambda)?)?
+                .f_div_scalar(1.0 + lambda)?
+                .f_reshape([n, h, w])?,
+        );
     }
-    Tensor::stack(&out, 0)
+    Ok(Tensor::f_stack(&out, 0)?)
 }
 
 /// Soft masks upsampled to (H, W) (bilinear, align_corners=True), a constant `bg_threshold` channel in front,
-/// argmax: 0 = background, k = class k−1. Returns (B, H, W) int64.
+/// argmax: 0 = background, k = class k−1. Returns (B, H, W) int64. (The square view without PAMR; [`segment`]
+/// runs every view.)
 pub fn label_map(soft_masks: &Tensor, size: (i64, i64), bg_threshold: f64) -> Tensor {
     let up = soft_masks.upsample_bilinear2d([size.0, size.1], true, None, None);
     let s = up.size();
@@ -220,23 +429,53 @@ pub fn label_map(soft_masks: &Tensor, size: (i64, i64), bg_threshold: f64) -> Te
     Tensor::cat(&[bg, up], 1).argmax(1, false)
 }
 
-/// The square side Talk2DINO resizes every image to (`Resize((448, 448))`): 32×32 patches of DINOv2-B/14.
-pub const INPUT_PX: i64 = 448;
-
-/// Talk2DINO's image preprocessing: (B, 3, H, W) RGB values in 0..=255 (any float or integer kind) →
-/// (B, 3, S, S) in [0, 1], as torchvision's `Resize((S, S))` (bilinear, `align_corners=False`, antialias — the
-/// default since torchvision 0.17; Talk2DINO's pinned 0.16 antialiased PIL images only, so the choice is pinned
-/// here) does on a uint8 image tensor — the result rounded to integers and clamped to 0..=255 — then `/255`.
-pub fn preprocess(images255: &Tensor, size_px: i64) -> Tensor {
-    images255
-        .to_kind(Kind::Float)
-        .internal_upsample_bilinear2d_aa([size_px, size_px], false, None, None)
-        .round()
-        .clamp(0.0, 255.0)
-        / 255.0
+/// Checks (B, 3, H, W) with B, H, W > 0.
+fn check_images(images: &Tensor, what: &str) -> Result<(i64, i64, i64), Talk2DinoError> {
+    match images.size().as_slice() {
+        &[b, 3, h, w] if b > 0 && h > 0 && w > 0 => Ok((b, h, w)),
+        other => Err(Talk2DinoError::Input(format!(
+            "{what}: expected (B, 3, H, W) with B, H, W > 0, got shape {other:?}"
+        ))),
+    }
 }
 
-/// Soft masks (B, N, h, w) of `images01` (Talk2DINO-preprocessed, see [`preprocess`]) for the class
+/// Talk2DINO's image preprocessing, `T.Resize((S, S))` then `/ 255`: (B, 3, H, W) RGB values in 0..=255 (any
+/// float or integer kind) → (B, 3, S, S) float32 in [0, 1]. The resize runs on the float values (bilinear,
+/// `align_corners=False`) and is **not rounded**: the values keep their fractions, as in Talk2DINO's
+/// `generate_masks`, whose input is a float tensor. An image already S×S is returned as is (torchvision's
+/// `resize` does the same). `antialias`: torchvision's default for tensors, true from torchvision 0.17 (the
+/// unpinned demo / Hugging Face environment), false in 0.16 (the pinned mmseg benchmark environment); the two
+/// differ only when the image is shrunk.
+pub fn resize_square(images255: &Tensor, size_px: i64, antialias: bool) -> Result<Tensor, Talk2DinoError> {
+    let (_, h, w) = check_images(images255, "resize_square")?;
+    if size_px <= 0 {
+        return Err(Talk2DinoError::Input(format!("resize_square: size {size_px} px")));
+    }
+    let x = images255.f_to_kind(Kind::Float)?;
+    let resized = if (h, w) == (size_px, size_px) {
+        x
+    } else if antialias {
+        x.f_internal_upsample_bilinear2d_aa([size_px, size_px], false, None, None)?
+    } else {
+        x.f_upsample_bilinear2d([size_px, size_px], false, None, None)?
+    };
+    Ok(resized.f_div_scalar(255.0)?)
+}
+
+/// [`resize_square`] with antialiasing (the square view's setting), for frames the caller built as (B, 3, H, W)
+/// tensors — it does not validate its input; [`resize_square`] does.
+pub fn preprocess(images255: &Tensor, size_px: i64) -> Tensor {
+    let x = images255.to_kind(Kind::Float);
+    let size = x.size();
+    let resized = if size.get(2..4) == Some([size_px, size_px].as_slice()) {
+        x
+    } else {
+        x.internal_upsample_bilinear2d_aa([size_px, size_px], false, None, None)
+    };
+    resized / 255.0
+}
+
+/// Soft masks (B, N, h, w) of `images01` (Talk2DINO-preprocessed, see [`resize_square`]) for the class
 /// embeddings (N, C): patch tokens after the final norm, cosine to every class, sigmoid, and with
 /// `with_background_clean` the cleaning of [`background_clean`] from the last block's CLS→patch attention logits,
 /// scaled by [`ATTENTION_SCALE`] as Talk2DINO recomputes them.
@@ -254,14 +493,21 @@ pub fn soft_masks(
         },
     )?;
     let _guard = tch::no_grad_guard();
-    let classes = classes.to_device(tokens.patches.device()).to_kind(Kind::Float);
-    let soft = similarity_maps(&tokens.patches, tokens.grid, &classes).sigmoid();
+    let as_vit = |e: Talk2DinoError| match e {
+        Talk2DinoError::Torch(e) => crate::vit::VitError::Torch(e),
+        Talk2DinoError::Vit(e) => e,
+        other => crate::vit::VitError::Input(other.to_string()),
+    };
+    let classes = classes.f_to_device(tokens.patches.device())?.f_to_kind(Kind::Float)?;
+    let soft = similarity_maps(&tokens.patches, tokens.grid, &classes)
+        .map_err(as_vit)?
+        .f_sigmoid()?;
     Ok(match &tokens.cls_attention_logits {
         Some(attn) if with_background_clean => {
             // The ViT scales the logits by head_dim^-½; Talk2DINO recomputes them with its hard-coded 0.125 (the
             // same for ViT-B/L's 64-wide heads, not for other widths).
-            let attn = attn * (ATTENTION_SCALE * (vit.config().head_dim() as f64).sqrt());
-            background_clean(&soft, &tokens.patches, &attn, &classes, LAMBDA_BG)
+            let attn = attn.f_mul_scalar(ATTENTION_SCALE * (vit.config().head_dim() as f64).sqrt())?;
+            background_clean(&soft, &tokens.patches, &attn, &classes, LAMBDA_BG).map_err(as_vit)?
         }
         _ => soft,
     })
