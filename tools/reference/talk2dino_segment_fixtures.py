@@ -5,8 +5,9 @@ output 512) and a random ψ (Linear 512→64, tanh, Linear 64→64), every param
 parity fixtures' own helpers and converted by the repository's converters.
 
 Pipeline re-stated (Talk2DINO `demo.py` / `models/dinotext`): class embeddings = the 7 templates tokenised by
-open_clip (= `clip.tokenize`), encoded, averaged over the templates, ψ, L2-normalised; the uint8 image through
-torchvision `Resize((448, 448))` (bilinear, antialias), /255, ImageNet normalisation; the last block's patch
+open_clip (= `clip.tokenize`), encoded, averaged over the templates, ψ, L2-normalised; the image as a float
+tensor of 0..255 values through torchvision `Resize((448, 448))` (bilinear, antialias; not rounded), /255,
+ImageNet normalisation; the last block's patch
 tokens after the final LayerNorm (registers and CLS dropped); cosine to every class; sigmoid; optionally the
 background cleaning (λ = 0.2) from the last block's pre-softmax CLS→patch logits (q·k·0.125 recomputed from the
 block's own projections); bilinear upsampling with align_corners=True to the image size; a constant background
@@ -90,8 +91,9 @@ def main(out: Path) -> None:
         frames = out / "frames" / "scene"
         frames.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img[0].permute(1, 2, 0).numpy()).save(frames / "000000.png")
-        resized = Resize((448, 448), interpolation=InterpolationMode.BILINEAR, antialias=True)(img)
-        pixel_values = vit_fixtures.normalise(resized.float() / 255.0, *vit_fixtures.convert_vit.IMAGENET)
+        # generate_masks resizes the float image (`read_image(...).float()`) and never rounds the result.
+        resized = Resize((448, 448), interpolation=InterpolationMode.BILINEAR, antialias=True)(img.float())
+        pixel_values = vit_fixtures.normalise(resized / 255.0, *vit_fixtures.convert_vit.IMAGENET)
         result = vit(pixel_values=pixel_values, output_hidden_states=True)
         tokens = result.last_hidden_state
         g = 448 // 14
