@@ -1,6 +1,9 @@
 //! Reading a ViT safetensors file: its configuration, identity and key/shape validation.
 //!
-//! The file holds the canonical (DINOv2 hub) key names that `tools/convert_vit.py` writes for every family. The
+//! The file holds the canonical (DINOv2 / DINOv3 hub) key names that `tools/convert_vit.py` writes for every
+//! family. DINOv3 files hold its storage tokens as `register_tokens`, no `pos_embed`, the K third of every
+//! `attn.qkv.bias` as zeros (the official `bias_mask` applied at conversion; the loader zeroes it again, see
+//! `VitConfig::k_bias`) and neither `bias_mask`, `rope_embed.periods` nor `mask_token`. The
 //! configuration comes from the caller, or else from the file's `mrdino.vit_config` metadata (JSON of
 //! [`VitConfig`]); when both exist they must describe the same architecture (the caller may still choose
 //! another position-embedding resize). From the configuration the full expected key list with shapes is
