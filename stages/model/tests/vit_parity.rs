@@ -517,7 +517,11 @@ fn dinov3_official_and_transformers_layouts_load_identically() {
         assert_eq!(v5.config(), hf.config());
         let mut expected = hf.config().expected_keys();
         expected.sort();
-        assert_eq!(hf.parameter_names(), expected, "VarStore paths are the canonical key names");
+        assert_eq!(
+            hf.parameter_names(),
+            expected,
+            "VarStore paths are the canonical key names"
+        );
         assert_eq!(official.parameter_names(), expected);
         // The official file's forward against transformers' on the same weights (its K bias was random and
         // masked; the converter wrote zeros).
@@ -541,7 +545,10 @@ fn dinov3_rope_tables_match_transformers() {
             assert!(head.eq(prefix_value).all().int64_value(&[]) == 1, "{key}: prefix rows");
         }
     }
-    assert!(rope_tables((2, 2), 30, 100.0, 1, Device::Cpu).is_err(), "head_dim 30 is not divisible by 4");
+    assert!(
+        rope_tables((2, 2), 30, 100.0, 1, Device::Cpu).is_err(),
+        "head_dim 30 is not divisible by 4"
+    );
 }
 
 #[test]
@@ -556,7 +563,11 @@ fn dinov3_parity_test_catches_an_interleaved_rope() {
             .unwrap_or_else(|e| panic!("{e}"));
         let f = vit.features(&x, None).unwrap_or_else(|e| panic!("{e}"));
         let right = max_abs(&f, io.tensor(&format!("dinov3_s.hf.{h}x{w}.patches")), "rotate-half");
-        let wrong = max_abs(&f, io.tensor(&format!("dinov3_s.interleaved.{h}x{w}.patches")), "interleaved");
+        let wrong = max_abs(
+            &f,
+            io.tensor(&format!("dinov3_s.interleaved.{h}x{w}.patches")),
+            "interleaved",
+        );
         eprintln!("dinov3_s {h}x{w}: rotate-half reference {right:.2e}, interleaved reference {wrong:.2e}");
         assert!(right <= TOLERANCE);
         assert!(
@@ -579,7 +590,10 @@ fn dinov3_k_bias_in_a_file_never_reaches_the_forward() {
     tch::manual_seed(3);
     for (key, t) in tensors.iter_mut() {
         if key.ends_with("attn.qkv.bias") {
-            assert!(t.narrow(0, d, d).eq(0.0).all().int64_value(&[]) == 1, "{key}: K bias written as zeros");
+            assert!(
+                t.narrow(0, d, d).eq(0.0).all().int64_value(&[]) == 1,
+                "{key}: K bias written as zeros"
+            );
             let k = Tensor::randn([d], (Kind::Float, Device::Cpu));
             *t = Tensor::cat(&[t.narrow(0, 0, d), k, t.narrow(0, 2 * d, d)], 0);
         }
@@ -597,8 +611,15 @@ fn dinov3_k_bias_in_a_file_never_reaches_the_forward() {
     let unmasked_path = dir.path().join("k_bias_on.safetensors");
     mrdino_model::vit::weights::save(&unmasked_path, &unmasked_config, &tensors).unwrap_or_else(|e| panic!("{e}"));
     let unmasked = Vit::load(&unmasked_path, None, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
-    let gap = max_abs(&unmasked.features(&x, None).unwrap_or_else(|e| panic!("{e}")), &want, "k bias on");
-    assert!(gap > 100.0 * TOLERANCE, "a K bias should change the features, got {gap:.2e}");
+    let gap = max_abs(
+        &unmasked.features(&x, None).unwrap_or_else(|e| panic!("{e}")),
+        &want,
+        "k bias on",
+    );
+    assert!(
+        gap > 100.0 * TOLERANCE,
+        "a K bias should change the features, got {gap:.2e}"
+    );
 }
 
 #[test]
@@ -626,7 +647,10 @@ fn dinov3_takes_any_multiple_of_16_and_names_other_sizes() {
             "{h}×{w}: {err:?}"
         );
         let message = err.map(|e| e.to_string()).unwrap_or_default();
-        assert!(message.contains(&format!("{h}×{w} px")) && message.contains("16"), "{message}");
+        assert!(
+            message.contains(&format!("{h}×{w} px")) && message.contains("16"),
+            "{message}"
+        );
     }
     assert!(matches!(
         vit.resized_pos_embed((4, 4)),
@@ -640,8 +664,7 @@ fn converter_presets_agree_with_vit_config() {
     // configuration `VitConfig::by_name` gives.
     let path = fixtures().join("presets.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let all: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
     for name in VitConfig::names() {
         assert!(all.contains_key(*name), "convert_vit.py has no preset {name}");
     }

@@ -372,7 +372,9 @@ impl VitConfig {
             match key {
                 "family" => {
                     family = Some(Family::parse(value).ok_or_else(|| {
-                        bad(format!("unknown family `{value}` (expected dinov2, dino, clip, mae or dinov3)"))
+                        bad(format!(
+                            "unknown family `{value}` (expected dinov2, dino, clip, mae or dinov3)"
+                        ))
                     })?)
                 }
                 "depth" => depth = Some(int()?),
@@ -636,18 +638,29 @@ mod tests {
             );
             assert_eq!((c.patch_size, c.registers, c.pos_grid), (16, 4, 0), "{name}");
             assert_eq!((c.rope_base, c.k_bias, c.ln_eps), (Some(100.0), false, 1e-5), "{name}");
-            assert!(c.layer_scale && c.patch_bias && !c.ln_pre && c.proj_dim.is_none(), "{name}");
+            assert!(
+                c.layer_scale && c.patch_bias && !c.ln_pre && c.proj_dim.is_none(),
+                "{name}"
+            );
             let act = if gated { Activation::Silu } else { Activation::Gelu };
             assert_eq!(c.activation, act, "{name}");
             assert_eq!((c.mean, c.std), (IMAGENET_MEAN, IMAGENET_STD), "{name}");
             let keys = c.expected_keys();
-            assert!(keys.iter().all(|(k, _)| k != "pos_embed"), "{name}: no learned position embedding");
-            assert!(keys.contains(&("register_tokens".to_string(), vec![1, 4, dim])), "{name}");
+            assert!(
+                keys.iter().all(|(k, _)| k != "pos_embed"),
+                "{name}: no learned position embedding"
+            );
+            assert!(
+                keys.contains(&("register_tokens".to_string(), vec![1, 4, dim])),
+                "{name}"
+            );
             let per_block = if gated { 16 } else { 14 };
             assert_eq!(keys.len() as i64, 4 + depth * per_block + 2, "{name}");
         }
         let plus = get("dinov3-vits16plus");
-        assert!(plus.expected_keys().contains(&("blocks.11.mlp.w3.weight".to_string(), vec![384, 1536])));
+        assert!(plus
+            .expected_keys()
+            .contains(&("blocks.11.mlp.w3.weight".to_string(), vec![384, 1536])));
         assert!(!plus.same_architecture(&get("dinov3-vits16")));
     }
 
@@ -703,18 +716,30 @@ mod tests {
     fn custom_dinov3_specs() {
         let get = |name: &str| VitConfig::by_name(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         let c = get("custom:family=dinov3,depth=2,dim=64,heads=2,patch=16");
-        assert_eq!(c.name, "custom:family=dinov3,depth=2,dim=64,heads=2,patch=16,registers=4");
+        assert_eq!(
+            c.name,
+            "custom:family=dinov3,depth=2,dim=64,heads=2,patch=16,registers=4"
+        );
         assert_eq!(
             (c.registers, c.pos_grid, c.mlp_dim, c.gated_mlp, c.rope_base, c.k_bias),
             (4, 0, 256, false, Some(100.0), false)
         );
         assert_eq!(get(&c.name), c);
         let s = get("custom:family=dinov3,depth=2,dim=64,heads=2,patch=16,ffn=swiglu,registers=0");
-        assert_eq!(s.name, "custom:family=dinov3,depth=2,dim=64,heads=2,patch=16,registers=0,ffn=swiglu");
-        assert_eq!((s.registers, s.mlp_dim, s.gated_mlp, s.activation), (0, 256, true, Activation::Silu));
+        assert_eq!(
+            s.name,
+            "custom:family=dinov3,depth=2,dim=64,heads=2,patch=16,registers=0,ffn=swiglu"
+        );
+        assert_eq!(
+            (s.registers, s.mlp_dim, s.gated_mlp, s.activation),
+            (0, 256, true, Activation::Silu)
+        );
         assert_eq!(get(&s.name), s);
         let w = get("custom:family=dinov3,depth=1,dim=32,heads=1,patch=8,mlp=40,ffn=swiglu");
-        assert_eq!(w.name, "custom:family=dinov3,depth=1,dim=32,heads=1,patch=8,registers=4,ffn=swiglu,mlp=40");
+        assert_eq!(
+            w.name,
+            "custom:family=dinov3,depth=1,dim=32,heads=1,patch=8,registers=4,ffn=swiglu,mlp=40"
+        );
         assert_eq!((w.mlp_dim, w.gated_mlp), (40, true));
         assert_eq!(get(&w.name), w);
         // The plus preset is reachable as a custom spec with the same layout.

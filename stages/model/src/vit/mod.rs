@@ -229,9 +229,7 @@ impl Rope {
             _ => return Err(tch::TchError::Shape(format!("RoPE: cannot halve {:?}", x.size()))),
         };
         let rotated = Tensor::f_cat(&[x2.f_neg()?, x1.shallow_clone()], -1)?;
-        x.f_mul(&self.cos)?
-            .f_add(&rotated.f_mul(&self.sin)?)?
-            .f_to_kind(kind)
+        x.f_mul(&self.cos)?.f_add(&rotated.f_mul(&self.sin)?)?.f_to_kind(kind)
     }
 }
 
@@ -618,7 +616,13 @@ impl Vit {
         };
         let rope = match self.config.rope_base {
             Some(base) => {
-                let (cos, sin) = rope_tables(grid, self.config.head_dim(), base, 1 + self.config.registers, self.device)?;
+                let (cos, sin) = rope_tables(
+                    grid,
+                    self.config.head_dim(),
+                    base,
+                    1 + self.config.registers,
+                    self.device,
+                )?;
                 Some(Rope { cos, sin })
             }
             None => None,
@@ -791,7 +795,9 @@ pub fn rope_tables(
 ) -> Result<(Tensor, Tensor), VitError> {
     let (h0, w0) = grid;
     if head_dim % 4 != 0 || head_dim <= 0 {
-        return Err(VitError::Input(format!("RoPE needs head_dim divisible by 4, got {head_dim}")));
+        return Err(VitError::Input(format!(
+            "RoPE needs head_dim divisible by 4, got {head_dim}"
+        )));
     }
     let opts = (Kind::Float, device);
     let axis = |n: i64| -> TResult<Tensor> {
