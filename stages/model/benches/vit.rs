@@ -26,6 +26,16 @@
 //!
 //! With the cores contended, two OpenMP threads are slower than one; models.md §7 measured ViT-B/14 at 378²
 //! in ≈ 0.8 s on the idle machine. No GPU was available, so no CUDA rows were measured.
+//!
+//! DINOv3 beside DINOv2, one run of `VIT_BENCH_THREADS=1 nice cargo bench -p mrdino-model --bench vit` (CPU
+//! float32, 1 thread, 5 runs, load average 12 on the 2 cores from other builds, baseline RSS 387 MiB); both
+//! B models see 27×27 patches (DINOv3 adds 4 storage tokens and RoPE, DINOv2 resizes its position embedding):
+//!
+//! | model | input | s / image | images / s | peak RSS forward (MiB) | load peak (MiB) |
+//! |---|---|---|---|---|---|
+//! | dinov2-vits14 | 378² | 1.443 | 0.69 | 573 | 559 |
+//! | dinov2-vitb14 | 378² | 4.929 | 0.20 | 841 | 1080 |
+//! | dinov3-vitb16 | 432² | 5.261 | 0.19 | 865 | 1122 |
 
 use std::time::Instant;
 
