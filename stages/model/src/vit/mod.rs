@@ -138,7 +138,8 @@ pub struct VitTokens {
     /// Patch grid (h0, w0) = (H/patch, W/patch).
     pub grid: (i64, i64),
     /// (B, heads, P) pre-softmax CLS→patch attention logits of the chosen block, q_cls·k_p·head_dim^-½ with the
-    /// CLS and register keys excluded (what Talk2DINO recomputes from the last block's qkv), when requested.
+    /// CLS and register keys excluded (what Talk2DINO recomputes from the last block's qkv), when requested. With
+    /// RoPE (DINOv3) the keys are the rotated ones the attention used; the CLS query is never rotated.
     pub cls_attention_logits: Option<Tensor>,
 }
 
