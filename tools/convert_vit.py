@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Convert ViT backbone weights to the safetensors layout read by `mrdino_model::vit`.
 
-Usage: convert_vit.py IN OUT.safetensors [--family dinov2|dino|clip|mae] [--name NAME] [--pos-interp MODE]
+Usage: convert_vit.py IN OUT.safetensors [--family dinov2|dino|clip|mae|dinov3] [--name NAME] [--pos-interp MODE]
                       [--part teacher|student] [--allow-pickle]
 
 Accepted inputs (layout detected from the key names):
@@ -20,13 +20,30 @@ Accepted inputs (layout detected from the key names):
   `intermediate.dense`, ...) and the transformers-5 in-memory names (`attention.q_proj`, `layers.i`,
   `mlp.fc1`, ...) are read; separate q, k, v are concatenated on dim 0. A `config.json` beside the file is
   read for `model_type` and `num_attention_heads`;
+- official DINOv3 `.pth` (`dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth`, ...; facebookresearch/dinov3
+  `DinoVisionTransformer`): `cls_token`, `storage_tokens` (written as `register_tokens`), `mask_token`
+  (dropped), `patch_embed.proj.*`, `rope_embed.periods` (checked against base 100 and dropped: the RoPE is
+  recomputed from the configuration), `blocks.{i}.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,ls2.gamma}.*`,
+  `blocks.{i}.attn.qkv.bias_mask` (checked to mask exactly the K third, then applied: the K third of
+  `attn.qkv.bias` is written as zeros and the mask dropped), `blocks.{i}.mlp.fc1/fc2.*` (S, B, L) or
+  `blocks.{i}.mlp.w1/w2/w3.*` (SwiGLU, S+), `norm.*`. Training-only keys such as the satellite models'
+  `local_cls_norm.*` are refused as unknown (those weights also need other image statistics);
+- transformers `DINOv3ViTModel` (`model.safetensors` on disk: `embeddings.{cls_token,register_tokens,
+  mask_token,patch_embeddings.*}`, `layer.{i}.{norm1,norm2}`, `layer.{i}.attention.{q,k,v,o}_proj` with no
+  `k_proj.bias` (`key_bias=False`; written as zeros), `layer.{i}.layer_scale{1,2}.lambda1`,
+  `layer.{i}.mlp.{up,down}_proj` (→ `mlp.fc1/fc2`) or `layer.{i}.mlp.{gate,up,down}_proj` (→ `mlp.w1/w2/w3`),
+  `norm.*`; a transformers-5 in-memory state dict has `model.layer.{i}` instead). A `config.json` beside the
+  file must agree (`layer_norm_eps` 1e-5, `rope_theta` 100, `hidden_act` gelu / silu for the gated MLP). Both
+  DINOv3 layouts give bit-identical files; the family is detected from the keys (`storage_tokens`,
+  `rope_embed.periods`, `bias_mask`, `embeddings.patch_embeddings.weight`, or no `pos_embed`);
 - an mrdino ViT safetensors file (re-written with its stored configuration unless `--name` is given);
 - OpenAI CLIP `.pt` (`ViT-B-16.pt`, a TorchScript archive with fp16 weights; a pickled state dict works
   too): the `visual.*` keys, cast to float32, the text tower dropped. `visual.proj` is stored (in, out) like
   OpenAI; HF's `visual_projection.weight` is its transpose.
 
-The architecture is read off the shapes (depth, width, patch, position grid, registers, MLP width; heads from
-`config.json`, `--name`, or width/64 as in every official model), matched against the presets of
+The architecture is read off the shapes (depth, width, patch, position grid, registers, MLP width and kind;
+heads from `config.json`, from DINOv3's `rope_embed.periods` (head_dim/4 entries), `--name`, or width/64 as in
+every official model), matched against the presets of
 `VitConfig::by_name`, and the full expected key list is checked: an unknown, missing or mis-shaped key stops
 the conversion with the key and both shapes named. `--name` fixes the architecture instead (a preset or
 `custom:...`, see `stages/model/src/vit/config.rs`), and the shapes must match it. The output holds
@@ -48,24 +65,31 @@ from safetensors.torch import load_file, save_file
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 CLIP_STATS = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
-FAMILIES = ("dinov2", "dino", "clip", "mae")
-NATIVE_PX = {"dinov2": 518, "dino": 224, "clip": 224, "mae": 224}
+FAMILIES = ("dinov2", "dino", "clip", "mae", "dinov3")
+NATIVE_PX = {"dinov2": 518, "dino": 224, "clip": 224, "mae": 224, "dinov3": 224}
 INTERPS = ("hub-offset", "size", "size-antialias", "none")
+ROPE_BASE = 100.0  # DINOv3 `pos_embed_rope_base`, transformers `rope_theta`
+DINOV3_LN_EPS = 1e-5  # DINOv3 `norm_layer="layernormbf16"`
 
-# name: (family, depth, dim, heads, patch, registers, pos_grid, proj) — the same table as VitConfig::by_name.
+# name: (family, depth, dim, heads, patch, registers, pos_grid, proj, ffn) — the same table as
+# VitConfig::by_name. Every preset's MLP (or SwiGLU) width is 4·dim; pos_grid 0 = no learned position embedding.
 PRESETS = {
-    "dinov2-vits14": ("dinov2", 12, 384, 6, 14, 0, 37, None),
-    "dinov2-vitb14": ("dinov2", 12, 768, 12, 14, 0, 37, None),
-    "dinov2-vitl14": ("dinov2", 24, 1024, 16, 14, 0, 37, None),
-    "dinov2-vits14-reg": ("dinov2", 12, 384, 6, 14, 4, 37, None),
-    "dinov2-vitb14-reg": ("dinov2", 12, 768, 12, 14, 4, 37, None),
-    "dinov2-vitl14-reg": ("dinov2", 24, 1024, 16, 14, 4, 37, None),
-    "dino-vits16": ("dino", 12, 384, 6, 16, 0, 14, None),
-    "dino-vits8": ("dino", 12, 384, 6, 8, 0, 28, None),
-    "dino-vitb16": ("dino", 12, 768, 12, 16, 0, 14, None),
-    "dino-vitb8": ("dino", 12, 768, 12, 8, 0, 28, None),
-    "clip-vitb16": ("clip", 12, 768, 12, 16, 0, 14, 512),
-    "mae-vitb16": ("mae", 12, 768, 12, 16, 0, 14, None),
+    "dinov2-vits14": ("dinov2", 12, 384, 6, 14, 0, 37, None, "mlp"),
+    "dinov2-vitb14": ("dinov2", 12, 768, 12, 14, 0, 37, None, "mlp"),
+    "dinov2-vitl14": ("dinov2", 24, 1024, 16, 14, 0, 37, None, "mlp"),
+    "dinov2-vits14-reg": ("dinov2", 12, 384, 6, 14, 4, 37, None, "mlp"),
+    "dinov2-vitb14-reg": ("dinov2", 12, 768, 12, 14, 4, 37, None, "mlp"),
+    "dinov2-vitl14-reg": ("dinov2", 24, 1024, 16, 14, 4, 37, None, "mlp"),
+    "dino-vits16": ("dino", 12, 384, 6, 16, 0, 14, None, "mlp"),
+    "dino-vits8": ("dino", 12, 384, 6, 8, 0, 28, None, "mlp"),
+    "dino-vitb16": ("dino", 12, 768, 12, 16, 0, 14, None, "mlp"),
+    "dino-vitb8": ("dino", 12, 768, 12, 8, 0, 28, None, "mlp"),
+    "clip-vitb16": ("clip", 12, 768, 12, 16, 0, 14, 512, "mlp"),
+    "mae-vitb16": ("mae", 12, 768, 12, 16, 0, 14, None, "mlp"),
+    "dinov3-vits16": ("dinov3", 12, 384, 6, 16, 4, 0, None, "mlp"),
+    "dinov3-vits16plus": ("dinov3", 12, 384, 6, 16, 4, 0, None, "swiglu"),
+    "dinov3-vitb16": ("dinov3", 12, 768, 12, 16, 4, 0, None, "mlp"),
+    "dinov3-vitl16": ("dinov3", 24, 1024, 16, 16, 4, 0, None, "mlp"),
 }
 
 
@@ -76,11 +100,43 @@ class ConversionError(Exception):
 def default_interp(family: str, registers: int) -> str:
     if family == "dinov2":
         return "hub-offset" if registers == 0 else "size-antialias"
+    if family == "dinov3":
+        return "none"
     return "hub-offset" if family == "dino" else "size"
 
 
-def make_config(name, family, depth, dim, heads, patch, registers, pos_grid, mlp=None, proj=None, interp=None):
-    """The JSON object `VitConfig` deserialises (field names and enum spellings as in config.rs)."""
+def make_config(name, family, depth, dim, heads, patch, registers, pos_grid, mlp=None, proj=None, interp=None,
+                ffn="mlp"):
+    """The JSON object `VitConfig` deserialises (field names and enum spellings as in config.rs). The DINOv3
+    switches (`gated_mlp`, `rope_base`, `k_bias`) are written only for DINOv3, so the other families' metadata
+    keeps the bytes it always had."""
+    if family == "dinov3":
+        gated = ffn == "swiglu"
+        config = {
+            "name": name,
+            "family": family,
+            "depth": depth,
+            "embed_dim": dim,
+            "heads": heads,
+            "mlp_dim": mlp if mlp is not None else 4 * dim,
+            "patch_size": patch,
+            "pos_grid": 0,
+            "registers": registers,
+            "layer_scale": True,
+            "patch_bias": True,
+            "ln_pre": False,
+            "ln_eps": DINOV3_LN_EPS,
+            "activation": "silu" if gated else "gelu",
+            "rope_base": ROPE_BASE,
+            "k_bias": False,
+            "proj_dim": None,
+            "pos_interp": "none",
+            "mean": IMAGENET[0],
+            "std": IMAGENET[1],
+        }
+        if gated:
+            config["gated_mlp"] = True
+        return config
     clip = family == "clip"
     mean, std = CLIP_STATS if clip else IMAGENET
     return {
@@ -105,10 +161,18 @@ def make_config(name, family, depth, dim, heads, patch, registers, pos_grid, mlp
     }
 
 
-def custom_name(family, depth, dim, heads, patch, registers, pos_grid, mlp, proj, interp):
+def preset_config(name: str) -> dict:
+    family, depth, dim, heads, patch, registers, pos_grid, proj, ffn = PRESETS[name]
+    return make_config(name, family, depth, dim, heads, patch, registers, pos_grid, proj=proj, ffn=ffn)
+
+
+def custom_name(family, depth, dim, heads, patch, registers, pos_grid, mlp, proj, interp, ffn="mlp"):
     """The canonical `custom:` spec, spelled exactly as `VitConfig::by_name` spells it."""
-    name = (f"custom:family={family},depth={depth},dim={dim},heads={heads},patch={patch},registers={registers},"
-            f"pos_grid={pos_grid}")
+    name = f"custom:family={family},depth={depth},dim={dim},heads={heads},patch={patch},registers={registers}"
+    if family != "dinov3":
+        name += f",pos_grid={pos_grid}"
+    if ffn == "swiglu":
+        name += ",ffn=swiglu"
     if mlp is not None:
         name += f",mlp={mlp}"
     if proj is not None:
@@ -120,7 +184,7 @@ def custom_name(family, depth, dim, heads, patch, registers, pos_grid, mlp, proj
 
 def config_by_name(name: str) -> dict:
     if name in PRESETS:
-        return make_config(name, *PRESETS[name])
+        return preset_config(name)
     if not name.startswith("custom:"):
         raise ConversionError(f"unknown backbone `{name}` (expected one of {', '.join(PRESETS)}, or custom:...)")
     fields = dict(item.split("=", 1) for item in name[len("custom:"):].split(",") if item)
@@ -131,21 +195,28 @@ def config_by_name(name: str) -> dict:
         raise ConversionError(f"bad backbone spec `{name}`: {e}") from None
     if family not in FAMILIES:
         raise ConversionError(f"bad backbone spec `{name}`: unknown family `{family}`")
-    registers = int(fields.get("registers", 0))
-    pos_grid = int(fields.get("pos_grid", NATIVE_PX[family] // ints["patch"]))
+    registers = int(fields.get("registers", 4 if family == "dinov3" else 0))
+    ffn = fields.get("ffn", "mlp")
+    if ffn not in ("mlp", "swiglu") or (ffn == "swiglu" and family != "dinov3"):
+        raise ConversionError(f"bad backbone spec `{name}`: ffn `{ffn}` (mlp, or swiglu in the dinov3 family)")
+    if family == "dinov3" and ("pos_grid" in fields or "interp" in fields):
+        raise ConversionError(f"bad backbone spec `{name}`: dinov3 has no learned position embedding")
+    pos_grid = int(fields.get("pos_grid", NATIVE_PX[family] // ints["patch"])) if family != "dinov3" else 0
     mlp = int(fields["mlp"]) if "mlp" in fields else None
     proj = int(fields["proj"]) if "proj" in fields else None
     interp = fields.get("interp")
     canonical = custom_name(family, ints["depth"], ints["dim"], ints["heads"], ints["patch"], registers, pos_grid,
-                            mlp, proj, interp)
+                            mlp, proj, interp, ffn)
     return make_config(canonical, family, ints["depth"], ints["dim"], ints["heads"], ints["patch"], registers,
-                       pos_grid, mlp, proj, interp)
+                       pos_grid, mlp, proj, interp, ffn)
 
 
 def expected_keys(config: dict) -> dict:
     """Canonical key → shape, as `VitConfig::expected_keys` (plus the optional DINOv2 mask_token)."""
     d, mlp = config["embed_dim"], config["mlp_dim"]
-    keys = {"cls_token": (1, 1, d), "pos_embed": (1, 1 + config["pos_grid"] ** 2, d)}
+    keys = {"cls_token": (1, 1, d)}
+    if config["pos_grid"]:
+        keys["pos_embed"] = (1, 1 + config["pos_grid"] ** 2, d)
     if config["registers"]:
         keys["register_tokens"] = (1, config["registers"], d)
     if config["family"] == "dinov2":
@@ -162,8 +233,13 @@ def expected_keys(config: dict) -> dict:
             keys[b + norm + ".weight"] = keys[b + norm + ".bias"] = (d,)
         keys[b + "attn.qkv.weight"], keys[b + "attn.qkv.bias"] = (3 * d, d), (3 * d,)
         keys[b + "attn.proj.weight"], keys[b + "attn.proj.bias"] = (d, d), (d,)
-        keys[b + "mlp.fc1.weight"], keys[b + "mlp.fc1.bias"] = (mlp, d), (mlp,)
-        keys[b + "mlp.fc2.weight"], keys[b + "mlp.fc2.bias"] = (d, mlp), (d,)
+        if config.get("gated_mlp", False):
+            keys[b + "mlp.w1.weight"], keys[b + "mlp.w1.bias"] = (mlp, d), (mlp,)
+            keys[b + "mlp.w2.weight"], keys[b + "mlp.w2.bias"] = (mlp, d), (mlp,)
+            keys[b + "mlp.w3.weight"], keys[b + "mlp.w3.bias"] = (d, mlp), (d,)
+        else:
+            keys[b + "mlp.fc1.weight"], keys[b + "mlp.fc1.bias"] = (mlp, d), (mlp,)
+            keys[b + "mlp.fc2.weight"], keys[b + "mlp.fc2.bias"] = (d, mlp), (d,)
         if config["layer_scale"]:
             keys[b + "ls1.gamma"] = keys[b + "ls2.gamma"] = (d,)
     keys["norm.weight"] = keys["norm.bias"] = (d,)
@@ -224,6 +300,8 @@ def detect_layout(keys) -> str:
         return "hf-clip"
     if any(re.search(r"(^|\.)embeddings\.patch_embeddings\.projection\.weight$", k) for k in keys):
         return "hf-dinov2" if any("layer_scale1" in k for k in keys) else "hf-vit"
+    if any(re.search(r"(^|\.)embeddings\.patch_embeddings\.weight$", k) for k in keys):
+        return "hf-dinov3"
     if "cls_token" in keys or "backbone.cls_token" in keys:
         return "hub"
     raise ConversionError("cannot tell the layout from the keys (no cls_token, embeddings.* or visual.* entries); "
@@ -393,6 +471,125 @@ def rename_hub(state: dict, wrapper):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# DINOv3: both layouts end in the canonical names with the K bias zeroed and no buffers.
+
+
+def rope_periods(head_dim: int) -> torch.Tensor:
+    """DINOv3's `RopePositionEmbedding` periods for base 100: base^(2k / (head_dim/2)), k < head_dim/4, fp32."""
+    k = torch.arange(head_dim // 4, dtype=torch.float32)
+    return ROPE_BASE ** (2 * k / (head_dim // 2))
+
+
+def zero_k_bias(state: dict) -> None:
+    """Writes zeros over the K third of every `blocks.i.attn.qkv.bias` (DINOv3's masked K bias)."""
+    for key in [k for k in state if re.match(r"^blocks\.\d+\.attn\.qkv\.bias$", k)]:
+        bias = state[key].detach().clone()
+        if bias.dim() != 1 or bias.shape[0] % 3:
+            raise ConversionError(f"key {key} has shape {list(bias.shape)}, expected [3·dim]")
+        d = bias.shape[0] // 3
+        bias[d:2 * d] = 0.0
+        state[key] = bias
+
+
+def is_official_dinov3(state: dict) -> bool:
+    return ("storage_tokens" in state or "rope_embed.periods" in state
+            or any(k.endswith(".attn.qkv.bias_mask") for k in state))
+
+
+def canonical_official_dinov3(state: dict):
+    """facebookresearch/dinov3 names → canonical; returns (state, dropped keys, head_dim or None)."""
+    out, dropped, masks = {}, [], {}
+    head_dim = None
+    for key, value in state.items():
+        if key == "storage_tokens":
+            out["register_tokens"] = value
+        elif key == "mask_token":
+            dropped.append(key)
+        elif key == "rope_embed.periods":
+            head_dim = 4 * value.numel()
+            want = rope_periods(head_dim)
+            if value.shape != want.shape or not torch.allclose(value.float(), want, rtol=1e-5, atol=0):
+                raise ConversionError(f"rope_embed.periods {value.flatten()[:4].tolist()}… are not base-{ROPE_BASE:g} "
+                                      f"periods {want[:4].tolist()}… (only DINOv3's base-100 RoPE is supported)")
+            dropped.append(key)
+        elif key.endswith(".attn.qkv.bias_mask"):
+            masks[key[:-len("_mask")]] = value
+            dropped.append(key)
+        else:
+            out[key] = value
+    for bias_key, mask in masks.items():
+        if bias_key not in out:
+            raise ConversionError(f"missing key: {bias_key} (its bias_mask is present)")
+        d = out[bias_key].shape[0] // 3
+        want = torch.ones(3 * d)
+        want[d:2 * d] = 0
+        if mask.shape != want.shape or not torch.equal(mask.float(), want):
+            raise ConversionError(f"{bias_key}_mask does not mask exactly the K third of {bias_key} "
+                                  f"(shape {list(mask.shape)}); only DINOv3's mask_k_bias layout is supported")
+    zero_k_bias(out)
+    return out, dropped, head_dim
+
+
+HF_DINOV3_BLOCK = [
+    (r"attention\.([qkv])_proj\.", r"attn.\1."),
+    (r"attention\.o_proj\.", "attn.proj."),
+    (r"layer_scale([12])\.lambda1$", r"ls\1.gamma"),
+]
+
+
+def rename_hf_dinov3(state: dict, meta: dict):
+    """transformers DINOv3ViTModel names (on disk `layer.i`, in memory `model.layer.i`) → canonical."""
+    gated = any(re.search(r"(^|\.)mlp\.gate_proj\.", k) for k in state)
+    mlp_names = {"gate_proj": "w1", "up_proj": "w2", "down_proj": "w3"} if gated else {"up_proj": "fc1",
+                                                                                        "down_proj": "fc2"}
+    if meta:
+        checks = [("layer_norm_eps", DINOV3_LN_EPS), ("rope_theta", ROPE_BASE),
+                  ("hidden_act", "silu" if gated else "gelu"), ("use_gated_mlp", gated), ("key_bias", False),
+                  ("query_bias", True), ("value_bias", True), ("proj_bias", True), ("mlp_bias", True)]
+        for field, want in checks:
+            got = meta.get(field, want)
+            if got != want and not (isinstance(got, float) and abs(got - want) <= 1e-12 * abs(want)):
+                raise ConversionError(f"config.json {field} = {got!r}, but DINOv3 "
+                                      f"{'with' if gated else 'without'} a gated MLP has {want!r}")
+    out, dropped = {}, []
+    simple = {
+        "embeddings.cls_token": "cls_token",
+        "embeddings.register_tokens": "register_tokens",
+        "embeddings.patch_embeddings.weight": "patch_embed.proj.weight",
+        "embeddings.patch_embeddings.bias": "patch_embed.proj.bias",
+        "norm.weight": "norm.weight",
+        "norm.bias": "norm.bias",
+    }
+    for key, value in state.items():
+        if key in simple:
+            out[simple[key]] = value
+        elif key == "embeddings.mask_token":
+            dropped.append(key)
+        elif key == "rope_embeddings.inv_freq":
+            want = 1.0 / rope_periods(4 * value.numel())
+            if not torch.allclose(value.float(), want, rtol=1e-5, atol=0):
+                raise ConversionError(f"rope_embeddings.inv_freq are not base-{ROPE_BASE:g} frequencies")
+            dropped.append(key)
+        elif m := re.match(r"^(?:model\.)?layer\.(\d+)\.(.*)$", key):
+            rest = m.group(2)
+            for pattern, replacement in HF_DINOV3_BLOCK:
+                rest = re.sub("^" + pattern, replacement, rest)
+            if mm := re.match(r"^mlp\.(\w+)\.(weight|bias)$", rest):
+                rest = f"mlp.{mlp_names.get(mm.group(1), mm.group(1))}.{mm.group(2)}"
+            out[f"blocks.{m.group(1)}.{rest}"] = value
+        else:
+            out[key] = value  # unknown: reported by the key check
+    for key in [k for k in out if re.match(r"^blocks\.\d+\.attn\.k\.bias$", k)]:
+        raise ConversionError(f"unexpected key {key.replace('attn.k.', 'attention.k_proj.')}: DINOv3 has no K bias "
+                              "(transformers key_bias=False)")
+    for key in [k for k in out if re.match(r"^blocks\.\d+\.attn\.q\.bias$", k)]:
+        out[key.replace(".q.bias", ".k.bias")] = torch.zeros_like(out[key])
+    out = fuse_qkv(out)
+    zero_k_bias(out)
+    return out, dropped
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Architecture
 
 
@@ -407,19 +604,23 @@ def infer_config(state: dict, family: str, heads) -> dict:
     if depth == 0:
         raise ConversionError("no blocks.{i}.* keys")
     patch = shape("patch_embed.proj.weight")[-1]
-    rows = shape("pos_embed")[1] - 1
-    pos_grid = round(rows ** 0.5)
-    if pos_grid * pos_grid != rows:
-        raise ConversionError(f"pos_embed has {rows} patch rows, not a square grid (shape {shape('pos_embed')})")
+    if family == "dinov3":
+        pos_grid = 0
+    else:
+        rows = shape("pos_embed")[1] - 1
+        pos_grid = round(rows ** 0.5)
+        if pos_grid * pos_grid != rows:
+            raise ConversionError(f"pos_embed has {rows} patch rows, not a square grid (shape {shape('pos_embed')})")
     registers = shape("register_tokens")[1] if "register_tokens" in state else 0
-    mlp = shape("blocks.0.mlp.fc1.weight")[0]
+    ffn = "swiglu" if "blocks.0.mlp.w1.weight" in state else "mlp"
+    mlp = shape("blocks.0.mlp.w1.weight" if ffn == "swiglu" else "blocks.0.mlp.fc1.weight")[0]
     proj = shape("proj")[1] if "proj" in state else None
     heads = heads or max(1, dim // 64)
     for name, (fam, *arch) in PRESETS.items():
-        if fam == family and arch == [depth, dim, heads, patch, registers, pos_grid, proj] and mlp == 4 * dim:
-            return make_config(name, *PRESETS[name])
+        if fam == family and arch == [depth, dim, heads, patch, registers, pos_grid, proj, ffn] and mlp == 4 * dim:
+            return preset_config(name)
     return config_by_name(custom_name(family, depth, dim, heads, patch, registers, pos_grid,
-                                      None if mlp == 4 * dim else mlp, proj, None))
+                                      None if mlp == 4 * dim else mlp, proj, None, ffn))
 
 
 def check_keys(state: dict, config: dict) -> None:
@@ -449,9 +650,13 @@ def convert(src: Path, dst: Path, family=None, name=None, pos_interp=None, part=
     state = strip_prefixes({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     layout = detect_layout(state.keys())
     meta = hf_config(src) if layout.startswith("hf") else {}
+    heads = meta.get("num_attention_heads")
     if layout == "openai-clip":
         canonical, dropped = rename_openai(state)
         detected = "clip"
+    elif layout == "hf-dinov3":
+        canonical, dropped = rename_hf_dinov3(state, meta)
+        detected = "dinov3"
     elif layout.startswith("hf"):
         canonical, dropped = rename_hf(state, layout)
         model_type = meta.get("model_type") or ""
@@ -465,7 +670,15 @@ def convert(src: Path, dst: Path, family=None, name=None, pos_interp=None, part=
             detected = "dino" if model_type in ("vit", "") else None
     else:
         canonical, dropped = rename_hub(state, wrapper)
-        if "register_tokens" in canonical or any(k.endswith("ls1.gamma") for k in canonical):
+        if is_official_dinov3(canonical):
+            canonical, more, head_dim = canonical_official_dinov3(canonical)
+            dropped += more
+            detected = "dinov3"
+            if head_dim and "cls_token" in canonical:
+                heads = heads or max(1, canonical["cls_token"].shape[-1] // head_dim)
+        elif "pos_embed" not in canonical and "cls_token" in canonical:
+            detected = "dinov3"  # canonical names without a learned position embedding
+        elif "register_tokens" in canonical or any(k.endswith("ls1.gamma") for k in canonical):
             detected = "dinov2"
         elif wrapper == "model" or any(k.startswith("decoder_") for k in state):
             detected = "mae"
@@ -481,9 +694,13 @@ def convert(src: Path, dst: Path, family=None, name=None, pos_interp=None, part=
         family = family or detected
         if family is None:
             raise ConversionError("cannot tell the family from the keys; pass --family or --name")
-        config = infer_config(canonical, family, meta.get("num_attention_heads"))
+        config = infer_config(canonical, family, heads)
     if pos_interp is not None:  # the name keeps naming the architecture; the resize is its own field
+        if config["family"] == "dinov3":
+            raise ConversionError("--pos-interp: dinov3 has no learned position embedding to resize")
         config["pos_interp"] = pos_interp
+    if not config.get("k_bias", True):
+        zero_k_bias(canonical)  # idempotent; also covers canonical files written by other tools
     check_keys(canonical, config)
     tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in sorted(canonical.items())}
     digest = hashlib.sha256()

@@ -32,7 +32,23 @@ script converts each and requires the converted tensors to be bit-identical. Mod
   hold the same values. Features = post_layernorm(block output) on all tokens; the CLS reference is HF's
   `pooler_output` and the projection `pooler_output @ proj`;
 - `vitb14`: Dinov2Model with the real ViT-B/14 widths (768, 12 heads, MLP 3072), depth 2, one 224×224 image,
-  hub resize (MR-DINOSAUR's setting).
+  hub resize (MR-DINOSAUR's setting);
+- `dinov3_s`, `dinov3_splus`, `dinov3_b`, `dinov3_l`: transformers DINOv3ViTModel with the widths of
+  `dinov3-vits16`, `-vits16plus` (SwiGLU 1536), `-vitb16` and `-vitl16` (dim, heads, MLP, 4 storage tokens,
+  LN eps 1e-5, RoPE base 100) at depth 2, references at 224×224, 160×320 and 432×432 (the 27×27 refinement
+  window). Saved with `save_pretrained` and converted; for S and S+ also as the transformers-5 in-memory
+  state dict and as an official facebookresearch/dinov3 `.pth` (fused qkv with a random K bias and its
+  `bias_mask`, `storage_tokens`, `rope_embed.periods`, `ls*.gamma`, `mlp.fc*` / `mlp.w1..w3`, `mask_token`
+  (1, D)) built from the same weights, and all conversions must be bit-identical. The official code is not
+  pip-installable, so transformers is the reference; the official forward is re-stated here from
+  `dinov3/models/vision_transformer.py`, `dinov3/layers/{attention,block,ffn_layers,rope_position_encoding}.py`
+  on the official-layout state dict and must agree with transformers (1e-5), which checks the official key
+  layout this script builds. `dinov3_s.interleaved.<H>x<W>.patches` are the references with a deliberately
+  wrong RoPE (interleaved pairs instead of rotate-half) and `dinov3.rope.{cos,sin}.<h0>x<w0>` transformers'
+  RoPE tables for head_dim 64.
+
+`presets.json` holds the converter's configuration JSON for every preset and a few custom specs, which the
+Rust test compares with `VitConfig::by_name`.
 
 `io.safetensors` holds per model `<model>.images.<H>x<W>` ([0,1] RGB, B×3×H×W) and the references
 `<model>.<mode>.<H>x<W>.{patches,cls,registers}` (patches after the final LayerNorm, CLS and registers
@@ -44,6 +60,7 @@ converter refuses a missing key, an unknown key and a wrong shape, naming the ke
 
 import contextlib
 from io import StringIO
+import json
 import math
 import sys
 import types
@@ -191,6 +208,213 @@ def check_refusals(out: Path, good: Path) -> None:
         if status == 0 or not all(n in stderr.getvalue() for n in needles):
             raise SystemExit(f"convert_vit.py accepted {path.name} or did not name {needles}: {stderr.getvalue()}")
         path.unlink()
+
+
+DINOV3 = {  # fixture: (preset, dim, heads, MLP width, gated, batch, layouts)
+    "dinov3_s": ("dinov3-vits16", 384, 6, 1536, False, 2, True),
+    "dinov3_splus": ("dinov3-vits16plus", 384, 6, 1536, True, 2, True),
+    "dinov3_b": ("dinov3-vitb16", 768, 12, 3072, False, 1, False),
+    "dinov3_l": ("dinov3-vitl16", 1024, 16, 4096, False, 1, False),
+}
+
+
+def official_dinov3_state(hf: dict, depth: int, dim: int, heads: int, gated: bool, gen) -> dict:
+    """The facebookresearch/dinov3 `DinoVisionTransformer` state dict of the network `hf` (transformers-5
+    in-memory names) holds, in the official key layout (`vision_transformer.py`, `layers/attention.py`,
+    `layers/ffn_layers.py`, `layers/rope_position_encoding.py`): the K third of the fused qkv bias is random and
+    `bias_mask` zeroes it, as `LinearKMaskedBias` does."""
+    head_dim = dim // heads
+    st = {
+        "cls_token": hf["embeddings.cls_token"],
+        "storage_tokens": hf["embeddings.register_tokens"],
+        "mask_token": hf["embeddings.mask_token"].reshape(1, dim),
+        "patch_embed.proj.weight": hf["embeddings.patch_embeddings.weight"],
+        "patch_embed.proj.bias": hf["embeddings.patch_embeddings.bias"],
+        "rope_embed.periods": 100 ** (2 * torch.arange(head_dim // 4, dtype=torch.float32) / (head_dim // 2)),
+        "norm.weight": hf["norm.weight"],
+        "norm.bias": hf["norm.bias"],
+    }
+    mlp = {"w1": "gate_proj", "w2": "up_proj", "w3": "down_proj"} if gated else {"fc1": "up_proj", "fc2": "down_proj"}
+    for i in range(depth):
+        s, d = f"model.layer.{i}.", f"blocks.{i}."
+        for n in ("norm1", "norm2"):
+            st[d + n + ".weight"], st[d + n + ".bias"] = hf[s + n + ".weight"], hf[s + n + ".bias"]
+        att = s + "attention."
+        st[d + "attn.qkv.weight"] = torch.cat([hf[att + f"{p}_proj.weight"] for p in "qkv"])
+        st[d + "attn.qkv.bias"] = torch.cat([hf[att + "q_proj.bias"], 0.1 * torch.randn(dim, generator=gen),
+                                             hf[att + "v_proj.bias"]])
+        mask = torch.ones(3 * dim)
+        mask[dim:2 * dim] = 0
+        st[d + "attn.qkv.bias_mask"] = mask
+        st[d + "attn.proj.weight"], st[d + "attn.proj.bias"] = hf[att + "o_proj.weight"], hf[att + "o_proj.bias"]
+        st[d + "ls1.gamma"], st[d + "ls2.gamma"] = hf[s + "layer_scale1.lambda1"], hf[s + "layer_scale2.lambda1"]
+        for ours, theirs in mlp.items():
+            st[f"{d}mlp.{ours}.weight"] = hf[f"{s}mlp.{theirs}.weight"]
+            st[f"{d}mlp.{ours}.bias"] = hf[f"{s}mlp.{theirs}.bias"]
+    return {k: v.detach().clone().contiguous() for k, v in st.items()}
+
+
+def official_dinov3_forward(st: dict, pixel_values, depth: int, heads: int, gated: bool):
+    """The official DINOv3 forward at inference (`get_intermediate_layers(x, n=[depth-1], norm=True)` patches),
+    re-stated from the official-layout state dict: tokens [CLS, storage, patches] without a position
+    embedding; per block x += ls1·proj(attn(norm1 x)) with the qkv bias multiplied by `bias_mask` and RoPE
+    (periods buffer, coordinates (i+0.5)/H·2−1 per axis, angles 2π·c/period tiled twice, x·cos +
+    rotate_half(x)·sin on the patch tokens only), x += ls2·mlp(norm2 x) with fc2(GELU(fc1)) or
+    w3(SiLU(w1)·w2); LayerNorm eps 1e-5."""
+    ln = lambda x, n: F.layer_norm(x, x.shape[-1:], st[n + ".weight"], st[n + ".bias"], 1e-5)  # noqa: E731
+    x = F.conv2d(pixel_values, st["patch_embed.proj.weight"], st["patch_embed.proj.bias"], stride=16)
+    b, dim, h, w = x.shape
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([st["cls_token"].expand(b, -1, -1), st["storage_tokens"].expand(b, -1, -1), x], dim=1)
+    ch = torch.arange(0.5, h, dtype=torch.float32) / h
+    cw = torch.arange(0.5, w, dtype=torch.float32) / w
+    coords = 2.0 * torch.stack(torch.meshgrid(ch, cw, indexing="ij"), dim=-1).flatten(0, 1) - 1.0
+    angles = (2 * math.pi * coords[:, :, None] / st["rope_embed.periods"][None, None, :]).flatten(1, 2).tile(2)
+    sin, cos = torch.sin(angles), torch.cos(angles)
+
+    def rope(t):
+        prefix = t.shape[-2] - sin.shape[-2]
+        half = t[:, :, prefix:].chunk(2, dim=-1)
+        rotated = torch.cat([-half[1], half[0]], dim=-1)
+        return torch.cat([t[:, :, :prefix], t[:, :, prefix:] * cos + rotated * sin], dim=-2)
+
+    for i in range(depth):
+        p = f"blocks.{i}."
+        y = ln(x, p + "norm1")
+        qkv = F.linear(y, st[p + "attn.qkv.weight"], st[p + "attn.qkv.bias"] * st[p + "attn.qkv.bias_mask"])
+        q, k, v = qkv.reshape(b, -1, 3, heads, dim // heads).unbind(2)
+        q, k, v = [t.transpose(1, 2) for t in (q, k, v)]
+        a = F.scaled_dot_product_attention(rope(q), rope(k), v).transpose(1, 2).reshape(b, -1, dim)
+        x = x + st[p + "ls1.gamma"] * F.linear(a, st[p + "attn.proj.weight"], st[p + "attn.proj.bias"])
+        y = ln(x, p + "norm2")
+        lin = lambda n, t: F.linear(t, st[f"{p}mlp.{n}.weight"], st[f"{p}mlp.{n}.bias"])  # noqa: E731
+        m = lin("w3", F.silu(lin("w1", y)) * lin("w2", y)) if gated else lin("fc2", F.gelu(lin("fc1", y)))
+        x = x + st[p + "ls2.gamma"] * m
+    return ln(x, "norm")[:, 5:]
+
+
+def interleaved_rope(q, k, cos, sin, **kwargs):
+    """A deliberately wrong RoPE: adjacent pairs (2i, 2i+1) rotated by angle i instead of the halves."""
+    n = sin.shape[-2]
+    half = cos.shape[-1] // 2
+    cos_i = cos[..., :half].repeat_interleave(2, dim=-1)
+    sin_i = sin[..., :half].repeat_interleave(2, dim=-1)
+
+    def rot(t):
+        pairs = t.unflatten(-1, (-1, 2))
+        return torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+
+    def apply(t):
+        prefix, patches = t.split((t.shape[-2] - n, n), dim=-2)
+        return torch.cat([prefix, patches * cos_i + rot(patches) * sin_i], dim=-2)
+
+    return apply(q), apply(k)
+
+
+def check_dinov3_refusals(out: Path, official: dict, hf_dir: Path) -> None:
+    """The converter must refuse a K mask that is not DINOv3's, RoPE periods of another base, a training-only
+    key (the satellite models' `local_cls_norm`) and a transformers config with another LayerNorm eps."""
+    cases = []
+    ones = dict(official)
+    ones["blocks.1.attn.qkv.bias_mask"] = torch.ones_like(official["blocks.1.attn.qkv.bias_mask"])
+    cases.append(("mask", ones, ["blocks.1.attn.qkv.bias_mask", "K third"]))
+    periods = dict(official)
+    periods["rope_embed.periods"] = official["rope_embed.periods"] ** 1.5
+    cases.append(("periods", periods, ["rope_embed.periods", "base-100"]))
+    sat = dict(official)
+    sat["local_cls_norm.weight"] = torch.ones(official["cls_token"].shape[-1])
+    cases.append(("sat", sat, ["unknown key: local_cls_norm.weight"]))
+    for tag, state, needles in cases:
+        path = out / f"broken_dinov3_{tag}.pth"
+        torch.save(state, path)
+        stderr = StringIO()
+        with contextlib.redirect_stderr(stderr):
+            status = convert_vit.main([str(path), str(out / "x.safetensors")])
+        if status == 0 or not all(n in stderr.getvalue() for n in needles):
+            raise SystemExit(f"convert_vit.py accepted {path.name} or did not name {needles}: {stderr.getvalue()}")
+        path.unlink()
+    config_path = hf_dir / "config.json"
+    good = config_path.read_text()
+    config_path.write_text(good.replace('"layer_norm_eps": 1e-05', '"layer_norm_eps": 1e-06'))
+    stderr = StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = convert_vit.main([str(hf_dir / "model.safetensors"), str(out / "x.safetensors")])
+    config_path.write_text(good)
+    if status == 0 or "layer_norm_eps" not in stderr.getvalue():
+        raise SystemExit(f"convert_vit.py accepted a DINOv3 config with LayerNorm eps 1e-6: {stderr.getvalue()}")
+
+
+def dinov3_fixtures(out: Path, io: dict, gen) -> list:
+    """Writes the DINOv3 models and references; returns the directories to remove."""
+    from transformers.models.dinov3_vit import modeling_dinov3_vit as hf_dinov3
+
+    sizes = [(224, 224), (160, 320), (432, 432)]
+    dirs = []
+    for model_name, (preset, dim, heads, mlp, gated, batch, layouts) in DINOV3.items():
+        config = T.DINOv3ViTConfig(hidden_size=dim, num_hidden_layers=2, num_attention_heads=heads,
+                                   intermediate_size=mlp, patch_size=16, num_register_tokens=4, use_gated_mlp=gated,
+                                   hidden_act="silu" if gated else "gelu", layer_norm_eps=1e-5, rope_theta=100.0)
+        model = T.DINOv3ViTModel(config).eval()
+        rerandomise(model, gen)
+        hf_dir = out / f"{model_name}_hf"
+        hf_dir.mkdir(exist_ok=True)
+        dirs.append(hf_dir)
+        model.save_pretrained(hf_dir)
+        hf = convert(hf_dir / "model.safetensors", out / f"{model_name}.safetensors")
+        state = model.state_dict()
+        if layouts:
+            torch.save(state, hf_dir / "pytorch_model.bin")
+            require_same(f"{model_name} on-disk vs in-memory names", hf,
+                         convert(hf_dir / "pytorch_model.bin", out / f"{model_name}_v5.safetensors"))
+            official = official_dinov3_state(state, 2, dim, heads, gated, gen)
+            torch.save(official, hf_dir / "official.pth")
+            require_same(f"{model_name} official vs HF layout", hf,
+                         convert(hf_dir / "official.pth", out / f"{model_name}_official.safetensors"))
+            if model_name == "dinov3_s":
+                check_dinov3_refusals(out, official, hf_dir)
+        for h, w in sizes:
+            x = images(gen, batch, h, w)
+            io[f"{model_name}.images.{h}x{w}"] = x
+            pixel_values = normalise(x, *convert_vit.IMAGENET)
+            refs = features(model, pixel_values, model.norm, 5)
+            record(io, f"{model_name}.hf.{h}x{w}", refs)
+            if layouts and (h, w) == (160, 320):
+                with torch.no_grad():
+                    restated = official_dinov3_forward(official, pixel_values, 2, heads, gated)
+                gap = (restated - refs[0]).abs().max().item()
+                if gap > 1e-5:
+                    raise SystemExit(f"{model_name}: official forward re-stated vs transformers differ by {gap:.2e}")
+                print(f"{model_name}: official forward re-stated vs transformers at 160x320: {gap:.2e}")
+        if model_name == "dinov3_s":
+            original = hf_dinov3.apply_rotary_pos_emb
+            hf_dinov3.apply_rotary_pos_emb = interleaved_rope
+            try:
+                for h, w in sizes:
+                    pixel_values = normalise(io[f"{model_name}.images.{h}x{w}"], *convert_vit.IMAGENET)
+                    io[f"{model_name}.interleaved.{h}x{w}.patches"] = features(model, pixel_values, model.norm,
+                                                                               5)[0].contiguous()
+            finally:
+                hf_dinov3.apply_rotary_pos_emb = original
+    rope = T.DINOv3ViTModel(T.DINOv3ViTConfig(hidden_size=128, num_attention_heads=2, num_hidden_layers=1,
+                                              intermediate_size=32)).eval().rope_embeddings
+    for h0, w0 in [(10, 20), (27, 27)]:  # eval mode: the training-time coordinate rescale is off
+        with torch.no_grad():
+            cos, sin = rope(torch.zeros(1, 3, 16 * h0, 16 * w0))
+        io[f"dinov3.rope.cos.{h0}x{w0}"] = cos.contiguous()
+        io[f"dinov3.rope.sin.{h0}x{w0}"] = sin.contiguous()
+    return dirs
+
+
+def presets_json(out: Path) -> None:
+    """The converter's configurations, for the Rust side to compare with `VitConfig::by_name`."""
+    names = list(convert_vit.PRESETS) + [
+        "custom:family=dinov2,depth=2,dim=64,heads=2,patch=14,registers=4,pos_grid=37",
+        "custom:family=clip,depth=2,dim=64,heads=2,patch=16,proj=32",
+        "custom:family=dino,depth=1,dim=32,heads=1,patch=8,mlp=100,interp=size",
+        "custom:family=dinov3,depth=2,dim=64,heads=2,patch=16",
+        "custom:family=dinov3,depth=2,dim=64,heads=2,patch=16,registers=0,ffn=swiglu,mlp=96",
+    ]
+    (out / "presets.json").write_text(json.dumps({n: convert_vit.config_by_name(n) for n in names}, indent=1))
 
 
 def module_tree(state: dict) -> torch.nn.Module:
@@ -383,13 +607,17 @@ def main(out: Path) -> None:
     io["vitb14.images.224x224"] = x
     record(io, "vitb14.hub-offset.224x224", features(model, normalise(x, *imagenet), model.layernorm, 1))
 
+    # ---------------------------------------------------------------- DINOv3
+    dinov3_dirs = dinov3_fixtures(out, io, gen)
+    presets_json(out)
+
     save_file(io, str(out / "io.safetensors"))
     for stale in ["dinov2_hub.pth", "dino_checkpoint.pth", "mae_pretrain.pth", "ViT-tiny.pt"]:
         (out / stale).unlink()
-    for d in ["dinov2_hf", "dinov2_reg_hf", "dino_hf", "mae_hf", "clip_hf", "vitb14_hf"]:
-        for f in (out / d).iterdir():
+    for d in [out / n for n in ["dinov2_hf", "dinov2_reg_hf", "dino_hf", "mae_hf", "clip_hf", "vitb14_hf"]] + dinov3_dirs:
+        for f in d.iterdir():
             f.unlink()
-        (out / d).rmdir()
+        d.rmdir()
     print(f"vit fixtures written to {out}")
 
 

@@ -225,6 +225,8 @@ impl ClipTextConfig {
             heads: self.heads,
             ln_eps: self.ln_eps,
             activation: self.activation,
+            gated_mlp: false,
+            k_bias: true,
             layer_scale: false,
             causal: true,
         }
@@ -345,7 +347,7 @@ impl ClipText {
             .f_reshape([n, l, w])?
             .f_add(&self.positional_embedding.f_narrow(0, 0, l)?)?;
         for block in &self.blocks {
-            x = block.forward(&x, false)?.0;
+            x = block.forward(&x, None, false)?.0;
         }
         let x = self.norm.forward(&x)?;
         let eot = ids

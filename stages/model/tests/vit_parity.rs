@@ -5,8 +5,13 @@
 //! masking) and CLIPVisionModel with every parameter re-randomised, saves them in their native layouts, converts
 //! them with `tools/convert_vit.py`, and records their features for [0,1] images at 224×224, 378×378 and
 //! 224×378 (patch 14) or 224×224, 384×384 and 160×320 (patch 16), with HF's resize and with the hub DINOv2 /
-//! DINOv1 resize re-stated; plus one 224×224 forward of a depth-2 model with the real ViT-B/14 widths. Every
-//! comparison must reach [`TOLERANCE`] max abs; position embeddings [`POS_TOLERANCE`].
+//! DINOv1 resize re-stated; plus one 224×224 forward of a depth-2 model with the real ViT-B/14 widths. DINOv3:
+//! DINOv3ViTModel at depth 2 with the widths of each preset (S, S+ with SwiGLU, B, L) at 224×224, 160×320 and
+//! 432×432 (27×27, the refinement window), converted from the transformers layouts and (S, S+) from an official
+//! facebookresearch/dinov3 `.pth` layout, which the script checks against its own re-statement of the official
+//! forward (the official code is not pip-installable, so transformers is the reference here). Every
+//! comparison must reach [`TOLERANCE`] max abs; position embeddings [`POS_TOLERANCE`], RoPE tables
+//! [`ROPE_TOLERANCE`].
 //!
 //! `MRDINO_VIT_FIXTURES=<dir>` reuses fixtures the script wrote to `<dir>` earlier instead of regenerating them.
 
@@ -14,11 +19,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use mrdino_model::vit::{ForwardOptions, PosInterp, Vit, VitConfig, VitError};
+use mrdino_model::vit::{rope_tables, ForwardOptions, PosInterp, Vit, VitConfig, VitError};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
 const POS_TOLERANCE: f64 = 1e-6;
+/// transformers multiplies by inverse frequencies where the official code (and mrdino) divides by periods: the
+/// tables differ in the last bits.
+const ROPE_TOLERANCE: f64 = 1e-5;
 
 fn python() -> PathBuf {
     match std::env::var_os("MRDINO_PYTHON") {
@@ -458,4 +466,216 @@ fn wrong_keys_and_shapes_are_refused_with_both_shapes() {
     let x = Tensor::rand([2, 3, 28, 42], (Kind::Float, Device::Cpu));
     let f = vit.features(&x, None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(f.size(), [2, 6, 32]);
+}
+
+// ------------------------------------------------------------------------------------------------------- DINOv3
+
+const SIZES_V3: &[(i64, i64)] = &[(224, 224), (160, 320), (432, 432)];
+
+/// A depth-2 DINOv3 fixture must be its preset with another depth, and match transformers at every size.
+fn dinov3_preset_width(model: &str, preset: &str) {
+    let vit = load(model, None);
+    let want = VitConfig::by_name(preset).unwrap_or_else(|e| panic!("{e}"));
+    let got = vit.config();
+    assert_eq!(
+        got,
+        &VitConfig {
+            name: got.name.clone(),
+            depth: 2,
+            ..want
+        },
+        "{model}: the fixture has the widths and switches of {preset}"
+    );
+    assert_eq!(vit.source_format(), "hf-dinov3");
+    let worst = check(&vit, model, "hf", SIZES_V3);
+    eprintln!("{model} ({preset} widths): worst max |Δ| {worst:.2e}");
+}
+
+#[test]
+fn dinov3_vits16_matches_transformers() {
+    dinov3_preset_width("dinov3_s", "dinov3-vits16");
+}
+
+#[test]
+fn dinov3_vits16plus_swiglu_matches_transformers() {
+    dinov3_preset_width("dinov3_splus", "dinov3-vits16plus");
+}
+
+#[test]
+fn dinov3_vitb16_matches_transformers() {
+    dinov3_preset_width("dinov3_b", "dinov3-vitb16");
+}
+
+#[test]
+fn dinov3_vitl16_matches_transformers() {
+    dinov3_preset_width("dinov3_l", "dinov3-vitl16");
+}
+
+#[test]
+fn dinov3_official_and_transformers_layouts_load_identically() {
+    for model in ["dinov3_s", "dinov3_splus"] {
+        let hf = load(model, None);
+        let official = load(&format!("{model}_official"), None);
+        let v5 = load(&format!("{model}_v5"), None);
+        assert_eq!(official.source_format(), "hub-dinov3");
+        assert_eq!(official.config(), hf.config());
+        assert_eq!(v5.config(), hf.config());
+        let mut expected = hf.config().expected_keys();
+        expected.sort();
+        assert_eq!(
+            hf.parameter_names(),
+            expected,
+            "VarStore paths are the canonical key names"
+        );
+        assert_eq!(official.parameter_names(), expected);
+        // The official file's forward against transformers' on the same weights (its K bias was random and
+        // masked; the converter wrote zeros).
+        check(&official, model, "hf", &[(160, 320), (432, 432)]);
+    }
+}
+
+#[test]
+fn dinov3_rope_tables_match_transformers() {
+    let io = Io::get();
+    for (h0, w0) in [(10, 20), (27, 27)] {
+        let prefix = 5;
+        let (cos, sin) = rope_tables((h0, w0), 64, 100.0, prefix, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cos.size(), [1, 1, prefix + h0 * w0, 64]);
+        for (name, table, prefix_value) in [("cos", &cos, 1.0), ("sin", &sin, 0.0)] {
+            let key = format!("dinov3.rope.{name}.{h0}x{w0}");
+            let patches = table.narrow(2, prefix, h0 * w0).squeeze_dim(0).squeeze_dim(0);
+            let err = max_abs(&patches, io.tensor(&key), &key);
+            assert!(err <= ROPE_TOLERANCE, "{key}: max |Δ| {err:.3e}");
+            let head = table.narrow(2, 0, prefix);
+            assert!(head.eq(prefix_value).all().int64_value(&[]) == 1, "{key}: prefix rows");
+        }
+    }
+    assert!(
+        rope_tables((2, 2), 30, 100.0, 1, Device::Cpu).is_err(),
+        "head_dim 30 is not divisible by 4"
+    );
+}
+
+#[test]
+fn dinov3_parity_test_catches_an_interleaved_rope() {
+    // References made with pairs (2i, 2i+1) rotated instead of the halves: mrdino's features are far from them,
+    // so an interleaved implementation would fail the parity above by the same margin.
+    let io = Io::get();
+    let vit = load("dinov3_s", None);
+    for &(h, w) in SIZES_V3 {
+        let x = vit
+            .normalize(io.tensor(&format!("dinov3_s.images.{h}x{w}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let f = vit.features(&x, None).unwrap_or_else(|e| panic!("{e}"));
+        let right = max_abs(&f, io.tensor(&format!("dinov3_s.hf.{h}x{w}.patches")), "rotate-half");
+        let wrong = max_abs(
+            &f,
+            io.tensor(&format!("dinov3_s.interleaved.{h}x{w}.patches")),
+            "interleaved",
+        );
+        eprintln!("dinov3_s {h}x{w}: rotate-half reference {right:.2e}, interleaved reference {wrong:.2e}");
+        assert!(right <= TOLERANCE);
+        assert!(
+            wrong > 100.0 * TOLERANCE,
+            "{h}x{w}: the interleaved RoPE gives nearly the same features ({wrong:.2e})"
+        );
+    }
+}
+
+#[test]
+fn dinov3_k_bias_in_a_file_never_reaches_the_forward() {
+    // The same weights with a random K third in every qkv bias: identical features under DINOv3's switch
+    // (k_bias false), different ones when the switch is turned on.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let vit = load("dinov3_s", None);
+    let config = vit.config().clone();
+    let path = fixtures().join("dinov3_s.safetensors");
+    let mut tensors = Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{e}"));
+    let d = config.embed_dim;
+    tch::manual_seed(3);
+    for (key, t) in tensors.iter_mut() {
+        if key.ends_with("attn.qkv.bias") {
+            assert!(
+                t.narrow(0, d, d).eq(0.0).all().int64_value(&[]) == 1,
+                "{key}: K bias written as zeros"
+            );
+            let k = Tensor::randn([d], (Kind::Float, Device::Cpu));
+            *t = Tensor::cat(&[t.narrow(0, 0, d), k, t.narrow(0, 2 * d, d)], 0);
+        }
+    }
+    let noisy = dir.path().join("k_bias.safetensors");
+    mrdino_model::vit::weights::save(&noisy, &config, &tensors).unwrap_or_else(|e| panic!("{e}"));
+    let x = Tensor::rand([1, 3, 64, 96], (Kind::Float, Device::Cpu));
+    let want = vit.features(&x, None).unwrap_or_else(|e| panic!("{e}"));
+    let masked = Vit::load(&noisy, None, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    assert!(masked.features(&x, None).unwrap_or_else(|e| panic!("{e}")).equal(&want));
+    let unmasked_config = VitConfig {
+        k_bias: true,
+        ..config.clone()
+    };
+    let unmasked_path = dir.path().join("k_bias_on.safetensors");
+    mrdino_model::vit::weights::save(&unmasked_path, &unmasked_config, &tensors).unwrap_or_else(|e| panic!("{e}"));
+    let unmasked = Vit::load(&unmasked_path, None, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    let gap = max_abs(
+        &unmasked.features(&x, None).unwrap_or_else(|e| panic!("{e}")),
+        &want,
+        "k bias on",
+    );
+    assert!(
+        gap > 100.0 * TOLERANCE,
+        "a K bias should change the features, got {gap:.2e}"
+    );
+}
+
+#[test]
+fn dinov3_takes_any_multiple_of_16_and_names_other_sizes() {
+    let vit = load("dinov3_splus", None);
+    for (h, w) in [(16, 16), (48, 80), (432, 160)] {
+        let x = Tensor::rand([1, 3, h, w], (Kind::Float, Device::Cpu));
+        let tokens = vit.forward_tokens(&x, None).unwrap_or_else(|e| panic!("{h}×{w}: {e}"));
+        assert_eq!(tokens.grid, (h / 16, w / 16));
+        assert_eq!(tokens.patches.size(), [1, (h / 16) * (w / 16), 384]);
+        assert_eq!(tokens.registers.size(), [1, 4, 384]);
+    }
+    for (h, w) in [(224, 230), (100, 96)] {
+        let x = Tensor::zeros([1, 3, h, w], (Kind::Float, Device::Cpu));
+        let err = vit.features(&x, None).err();
+        assert!(
+            matches!(
+                err,
+                Some(VitError::ImageSize {
+                    height_px,
+                    width_px,
+                    patch_px: 16
+                }) if (height_px, width_px) == (h, w)
+            ),
+            "{h}×{w}: {err:?}"
+        );
+        let message = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains(&format!("{h}×{w} px")) && message.contains("16"),
+            "{message}"
+        );
+    }
+    assert!(matches!(
+        vit.resized_pos_embed((4, 4)),
+        Err(VitError::NoPosEmbed { .. })
+    ));
+}
+
+#[test]
+fn converter_presets_agree_with_vit_config() {
+    // tools/convert_vit.py writes the JSON the loader reads: every preset and a few custom specs must give the
+    // configuration `VitConfig::by_name` gives.
+    let path = fixtures().join("presets.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    for name in VitConfig::names() {
+        assert!(all.contains_key(*name), "convert_vit.py has no preset {name}");
+    }
+    for (name, json) in &all {
+        let python = VitConfig::from_json(&json.to_string()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let rust = VitConfig::by_name(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(python, rust, "{name}");
+    }
 }

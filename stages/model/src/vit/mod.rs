@@ -1,23 +1,37 @@
 //! One Vision Transformer for every frozen backbone of the model half: DINOv2 (with and without registers),
-//! DINOv1, the OpenAI CLIP image tower and the MAE encoder, selected by a [`VitConfig`] (presets by name, or a
-//! custom size of any family).
+//! DINOv1, the OpenAI CLIP image tower, the MAE encoder and DINOv3, selected by a [`VitConfig`] (presets by
+//! name, or a custom size of any family).
 //!
 //! Contract: [`Vit::features`] returns the tokens of one block (0-based, default the last) passed through the
-//! final LayerNorm with CLS and register tokens dropped, as (B, P, C) with P = (H/patch)·(W/patch) in row-major
-//! patch order — what hub DINOv2's `get_intermediate_layers(x, [layer], norm=True)` returns and what
-//! MR-DINOSAUR's feature extractor uses (ViT-B/14, layer 11). H and W must be multiples of the patch size.
-//! The forward runs without autograd (the backbone is frozen); weights never change after loading.
+//! final LayerNorm with CLS and register (DINOv3: storage) tokens dropped, as (B, P, C) with
+//! P = (H/patch)·(W/patch) in row-major patch order — what hub DINOv2's and DINOv3's
+//! `get_intermediate_layers(x, n=[layer], norm=True)` return and what MR-DINOSAUR's feature extractor uses
+//! (ViT-B/14, layer 11). H and W must be multiples of the patch size (else [`VitError::ImageSize`]); models
+//! with a learned position embedding resize it to any such grid, DINOv3's RoPE needs no resize. The forward
+//! runs without autograd (the backbone is frozen); weights never change after loading.
 //!
-//! Token pipeline (models.md §3.1, §4), each step switched by the configuration, never by the family name:
+//! Token pipeline (models.md §3.1, §4; exports-dinov3.md §2), each step switched by the configuration, never by
+//! the family name:
 //! 1. patch conv (stride = patch, bias unless CLIP), flattened to (B, h0·w0, D);
-//! 2. CLS prepended, the position embedding — resized to (h0, w0) by [`PosInterp`], CLS row untouched — added;
+//! 2. CLS prepended; when `pos_grid` > 0 the position embedding — resized to (h0, w0) by [`PosInterp`], CLS row
+//!    untouched — added;
 //! 3. registers inserted between CLS and the patches, after the position add (they get no position);
 //! 4. `ln_pre` (CLIP);
-//! 5. pre-norm blocks: x += ls1 ⊙ proj(attn(norm1(x))), x += ls2 ⊙ fc2(act(fc1(norm2(x)))), with fused [q|k|v]
-//!    weights split by heads and `scaled_dot_product_attention` (scale head_dim^-½); LayerScale only in DINOv2;
-//!    GELU (erf) or QuickGELU (CLIP);
+//! 5. pre-norm blocks: x += ls1 ⊙ proj(attn(norm1(x))), x += ls2 ⊙ mlp(norm2(x)), with fused [q|k|v] weights
+//!    split by heads and `scaled_dot_product_attention` (scale head_dim^-½); LayerScale in DINOv2 and DINOv3;
+//!    mlp = fc2(act(fc1·)) with GELU (erf) or QuickGELU (CLIP), or DINOv3-S+'s SwiGLU w3(SiLU(w1·) ⊙ w2·);
+//!    DINOv3's K bias is zero (`k_bias` false: zeroed once at load, as the reference multiplies it by its
+//!    `bias_mask`); with `rope_base` set, q and k of the patch tokens (not CLS, not registers) are rotated
+//!    ([`rope_tables`]) before the attention;
 //! 6. the final LayerNorm `norm` (CLIP's `ln_post`, applied here to every token; the official CLIP applies it to
 //!    the CLS token only, which [`VitTokens::cls`] reproduces, and [`Vit::project`] applies CLIP's `proj`).
+//!
+//! DINOv3's RoPE (facebookresearch/dinov3 `dinov3/layers/rope_position_encoding.py` `RopePositionEmbedding`,
+//! `dinov3/layers/attention.py` `rope_apply`; transformers `DINOv3ViTRopePositionEmbedding`): patch centres
+//! (i + 0.5)/h0 and (j + 0.5)/w0 mapped to [−1, 1] per axis (`normalize_coords="separate"`), periods
+//! base^(4k/head_dim) for k < head_dim/4, angles 2π·coord/period laid out [y-angles, x-angles] and tiled twice
+//! to head_dim, then x·cos + rotate_half(x)·sin with rotate_half(x) = [−x₂, x₁] (halves, not interleaved
+//! pairs), in float32. The training-time coordinate shift, jitter and rescale are off at inference.
 //!
 //! The position-embedding trap (models.md §3.3): hub DINOv2 without registers and DINOv1 resize with
 //! `scale_factor = (h0+0.1)/M` (sampling ratio M/(h0+0.1), not M/h0), which differs by about 1 % from the
@@ -94,6 +108,14 @@ pub enum VitError {
     Dtype { path: PathBuf, key: String, dtype: String },
     #[error("input images: {0}")]
     Input(String),
+    #[error("input images: {height_px}×{width_px} px is not a multiple of the patch size {patch_px} px")]
+    ImageSize {
+        height_px: i64,
+        width_px: i64,
+        patch_px: i64,
+    },
+    #[error("`{name}` has no learned position embedding (it uses RoPE); there is nothing to resize")]
+    NoPosEmbed { name: String },
     #[error("layer {layer} does not exist; `{name}` has blocks 0..{depth}")]
     Layer { layer: usize, depth: i64, name: String },
     #[error(
@@ -118,7 +140,8 @@ pub struct VitTokens {
     /// Patch grid (h0, w0) = (H/patch, W/patch).
     pub grid: (i64, i64),
     /// (B, heads, P) pre-softmax CLS→patch attention logits of the chosen block, q_cls·k_p·head_dim^-½ with the
-    /// CLS and register keys excluded (what Talk2DINO recomputes from the last block's qkv), when requested.
+    /// CLS and register keys excluded (what Talk2DINO recomputes from the last block's qkv), when requested. With
+    /// RoPE (DINOv3) the keys are the rotated ones the attention used; the CLS query is never rotated.
     pub cls_attention_logits: Option<Tensor>,
 }
 
@@ -191,6 +214,28 @@ struct Attention {
     causal: bool,
 }
 
+/// RoPE tables of one forward, (1, 1, N, head_dim) float32 each, over all N tokens: cos = 1 and sin = 0 on the
+/// prefix (CLS, registers), so rotating every row leaves the prefix bit-for-bit unchanged.
+pub(crate) struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    /// x·cos + rotate_half(x)·sin on (B, heads, N, head_dim), computed in float32 and returned in x's kind.
+    fn apply(&self, x: &Tensor) -> TResult<Tensor> {
+        let kind = x.kind();
+        let x = x.f_to_kind(Kind::Float)?;
+        let halves = x.f_chunk(2, -1)?;
+        let (x1, x2) = match halves.as_slice() {
+            [a, b] => (a, b),
+            _ => return Err(tch::TchError::Shape(format!("RoPE: cannot halve {:?}", x.size()))),
+        };
+        let rotated = Tensor::f_cat(&[x2.f_neg()?, x1.shallow_clone()], -1)?;
+        x.f_mul(&self.cos)?.f_add(&rotated.f_mul(&self.sin)?)?.f_to_kind(kind)
+    }
+}
+
 /// q, k, v of one block, each (B, heads, N, head_dim).
 pub(crate) struct Qkv {
     q: Tensor,
@@ -199,18 +244,20 @@ pub(crate) struct Qkv {
 }
 
 impl Attention {
-    fn qkv(&self, x: &Tensor) -> TResult<Qkv> {
+    /// q, k, v of `x`; with `rope`, q and k come rotated (what the attention uses).
+    fn qkv(&self, x: &Tensor, rope: Option<&Rope>) -> TResult<Qkv> {
         let (b, n, d) = x.size3()?;
         let qkv = self
             .qkv
             .forward(x)?
             .f_reshape([b, n, 3, self.heads, d / self.heads])?
             .f_permute([2, 0, 3, 1, 4])?;
-        Ok(Qkv {
-            q: qkv.f_get(0)?,
-            k: qkv.f_get(1)?,
-            v: qkv.f_get(2)?,
-        })
+        let (q, k) = (qkv.f_get(0)?, qkv.f_get(1)?);
+        let (q, k) = match rope {
+            Some(r) => (r.apply(&q)?, r.apply(&k)?),
+            None => (q, k),
+        };
+        Ok(Qkv { q, k, v: qkv.f_get(2)? })
     }
 
     fn forward(&self, x: &Tensor, qkv: &Qkv) -> TResult<Tensor> {
@@ -236,6 +283,10 @@ pub(crate) struct BlockSpec {
     pub(crate) heads: i64,
     pub(crate) ln_eps: f64,
     pub(crate) activation: Activation,
+    /// `mlp.w1/w2/w3` gated MLP instead of `mlp.fc1/fc2`.
+    pub(crate) gated_mlp: bool,
+    /// False: the K third of `attn.qkv.bias` is zeroed at load (DINOv3's masked K bias).
+    pub(crate) k_bias: bool,
     pub(crate) layer_scale: bool,
     /// Token i attends to tokens j ≤ i only (SDPA `is_causal`, which gives the same numbers as CLIP's additive
     /// mask of −inf above the diagonal); false for every ViT.
@@ -249,9 +300,27 @@ impl BlockSpec {
             heads: config.heads,
             ln_eps: config.ln_eps,
             activation: config.activation,
+            gated_mlp: config.gated_mlp,
+            k_bias: config.k_bias,
             layer_scale: config.layer_scale,
             causal: false,
         }
+    }
+}
+
+/// The feed-forward half of a block.
+enum Mlp {
+    /// fc2(act(fc1·x)).
+    Plain { fc1: Linear, fc2: Linear },
+    /// w3(act(w1·x) ⊙ w2·x) (DINOv3's `SwiGLUFFN` with SiLU).
+    Gated { w1: Linear, w2: Linear, w3: Linear },
+}
+
+fn activate(h: &Tensor, activation: Activation) -> TResult<Tensor> {
+    match activation {
+        Activation::Gelu => h.f_gelu("none"),
+        Activation::QuickGelu => h.f_mul(&h.f_mul_scalar(1.702)?.f_sigmoid()?),
+        Activation::Silu => h.f_silu(),
     }
 }
 
@@ -260,8 +329,7 @@ pub(crate) struct Block {
     attn: Attention,
     ls1: Option<Tensor>,
     norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    mlp: Mlp,
     ls2: Option<Tensor>,
     activation: Activation,
 }
@@ -271,38 +339,60 @@ impl Block {
         let ls = |name: &str, w: &mut Weights| spec.layer_scale.then(|| w.var(&(path / name), "gamma"));
         let attn = path / "attn";
         let mlp = path / "mlp";
+        let qkv = Linear::new(&(&attn / "qkv"), w, true);
+        if !spec.k_bias {
+            if let Some(bias) = &qkv.bias {
+                let zeroed = tch::no_grad(|| bias.f_narrow(0, spec.dim, spec.dim).and_then(|mut k| k.f_zero_()));
+                if let Err(e) = zeroed {
+                    w.error.get_or_insert(e);
+                }
+            }
+        }
+        let norm1 = LayerNorm::new(&(path / "norm1"), w, spec.dim, spec.ln_eps);
         Self {
-            norm1: LayerNorm::new(&(path / "norm1"), w, spec.dim, spec.ln_eps),
+            norm1,
             attn: Attention {
-                qkv: Linear::new(&(&attn / "qkv"), w, true),
+                qkv,
                 proj: Linear::new(&(&attn / "proj"), w, true),
                 heads: spec.heads,
                 causal: spec.causal,
             },
             ls1: ls("ls1", w),
             norm2: LayerNorm::new(&(path / "norm2"), w, spec.dim, spec.ln_eps),
-            fc1: Linear::new(&(&mlp / "fc1"), w, true),
-            fc2: Linear::new(&(&mlp / "fc2"), w, true),
+            mlp: if spec.gated_mlp {
+                Mlp::Gated {
+                    w1: Linear::new(&(&mlp / "w1"), w, true),
+                    w2: Linear::new(&(&mlp / "w2"), w, true),
+                    w3: Linear::new(&(&mlp / "w3"), w, true),
+                }
+            } else {
+                Mlp::Plain {
+                    fc1: Linear::new(&(&mlp / "fc1"), w, true),
+                    fc2: Linear::new(&(&mlp / "fc2"), w, true),
+                }
+            },
             ls2: ls("ls2", w),
             activation: spec.activation,
         }
     }
 
-    /// One block; with `want_qkv` also returns this block's q/k/v.
-    pub(crate) fn forward(&self, x: &Tensor, want_qkv: bool) -> TResult<(Tensor, Option<Qkv>)> {
-        let qkv = self.attn.qkv(&self.norm1.forward(x)?)?;
+    /// One block; `rope` rotates q and k (DINOv3); with `want_qkv` also returns this block's q/k/v.
+    pub(crate) fn forward(&self, x: &Tensor, rope: Option<&Rope>, want_qkv: bool) -> TResult<(Tensor, Option<Qkv>)> {
+        let qkv = self.attn.qkv(&self.norm1.forward(x)?, rope)?;
         let a = self.attn.forward(x, &qkv)?;
         let a = match &self.ls1 {
             Some(g) => a.f_mul(g)?,
             None => a,
         };
         let x = x.f_add(&a)?;
-        let h = self.fc1.forward(&self.norm2.forward(&x)?)?;
-        let h = match self.activation {
-            Activation::Gelu => h.f_gelu("none")?,
-            Activation::QuickGelu => h.f_mul(&h.f_mul_scalar(1.702)?.f_sigmoid()?)?,
+        let h = self.norm2.forward(&x)?;
+        let m = match &self.mlp {
+            Mlp::Plain { fc1, fc2 } => fc2.forward(&activate(&fc1.forward(&h)?, self.activation)?)?,
+            Mlp::Gated { w1, w2, w3 } => {
+                let gate = activate(&w1.forward(&h)?, self.activation)?;
+                w3.forward(&gate.f_mul(&w2.forward(&h)?)?)?
+            }
         };
-        let m = self.fc2.forward(&h)?;
         let m = match &self.ls2 {
             Some(g) => m.f_mul(g)?,
             None => m,
@@ -350,7 +440,8 @@ pub struct Vit {
     precision: Precision,
     vs: nn::VarStore,
     cls_token: Tensor,
-    pos_embed: Tensor,
+    /// None without a learned position embedding (`pos_grid` 0, DINOv3).
+    pos_embed: Option<Tensor>,
     register_tokens: Option<Tensor>,
     patch_embed: (Tensor, Option<Tensor>),
     ln_pre: Option<LayerNorm>,
@@ -404,7 +495,7 @@ impl Vit {
             config.patch_bias.then(|| w.var(&patch, "bias")),
         );
         let cls_token = w.var(&root, "cls_token");
-        let pos_embed = w.var(&root, "pos_embed");
+        let pos_embed = (config.pos_grid > 0).then(|| w.var(&root, "pos_embed"));
         let register_tokens = (config.registers > 0).then(|| w.var(&root, "register_tokens"));
         let ln_pre = config
             .ln_pre
@@ -522,9 +613,11 @@ impl Vit {
         let (_, _, h, w) = images.size4()?;
         let patch = self.config.patch_size;
         if h % patch != 0 || w % patch != 0 {
-            return Err(VitError::Input(format!(
-                "{h}×{w} px is not a multiple of the patch size {patch}"
-            )));
+            return Err(VitError::ImageSize {
+                height_px: h,
+                width_px: w,
+                patch_px: patch,
+            });
         }
         let last = self.blocks.len().saturating_sub(1);
         let layer = options.layer.unwrap_or(last);
@@ -536,13 +629,29 @@ impl Vit {
             });
         }
         let grid = (h / patch, w / patch);
-        let pos = self.resized_pos_embed(grid)?;
+        let pos = match self.pos_embed {
+            Some(_) => Some(self.resized_pos_embed(grid)?),
+            None => None,
+        };
+        let rope = match self.config.rope_base {
+            Some(base) => {
+                let (cos, sin) = rope_tables(
+                    grid,
+                    self.config.head_dim(),
+                    base,
+                    1 + self.config.registers,
+                    self.device,
+                )?;
+                Some(Rope { cos, sin })
+            }
+            None => None,
+        };
         let run = || -> Result<VitTokens, VitError> {
             let _guard = tch::no_grad_guard();
             let x = images
                 .f_to_device(self.device)?
                 .f_to_kind(self.precision.weight_kind())?;
-            self.tokens(&x, &pos, grid, layer, options)
+            self.tokens(&x, pos.as_ref(), rope.as_ref(), grid, layer, options)
         };
         match self.precision {
             Precision::F16 => tch::autocast(true, run),
@@ -563,18 +672,25 @@ impl Vit {
         }
     }
 
-    /// The position embedding for a (h0, w0) grid, (1, 1 + h0·w0, C), in the weights' kind.
+    /// The position embedding for a (h0, w0) grid, (1, 1 + h0·w0, C), in the weights' kind;
+    /// [`VitError::NoPosEmbed`] for a model without one (DINOv3).
     pub fn resized_pos_embed(&self, grid: (i64, i64)) -> Result<Tensor, VitError> {
+        let Some(pos_embed) = &self.pos_embed else {
+            return Err(VitError::NoPosEmbed {
+                name: self.config.name.clone(),
+            });
+        };
         let _guard = tch::no_grad_guard();
-        let pe = self.pos_embed.f_to_kind(Kind::Float)?;
+        let pe = pos_embed.f_to_kind(Kind::Float)?;
         let out = interpolate_pos_embed(&pe, grid, self.config.pos_grid, self.config.pos_interp)?;
-        Ok(out.f_to_kind(self.pos_embed.kind())?)
+        Ok(out.f_to_kind(pos_embed.kind())?)
     }
 
     fn tokens(
         &self,
         images: &Tensor,
-        pos: &Tensor,
+        pos: Option<&Tensor>,
+        rope: Option<&Rope>,
         grid: (i64, i64),
         layer: usize,
         options: ForwardOptions,
@@ -585,7 +701,10 @@ impl Vit {
         let b = x.size()[0];
         let x = x.f_flatten(2, 3)?.f_transpose(1, 2)?;
         let cls = self.cls_token.f_expand([b, -1, -1], false)?;
-        let mut x = Tensor::f_cat(&[cls, x], 1)?.f_add(pos)?;
+        let mut x = Tensor::f_cat(&[cls, x], 1)?;
+        if let Some(pos) = pos {
+            x = x.f_add(pos)?;
+        }
         let r = self.config.registers;
         if let Some(reg) = &self.register_tokens {
             let reg = reg.f_expand([b, -1, -1], false)?;
@@ -597,7 +716,7 @@ impl Vit {
         let mut qkv = None;
         for (i, block) in self.blocks[..=layer].iter().enumerate() {
             let want = options.cls_attention_logits && i == layer;
-            let (next, q) = block.forward(&x, want)?;
+            let (next, q) = block.forward(&x, rope, want)?;
             x = next;
             if q.is_some() {
                 qkv = q;
@@ -677,6 +796,53 @@ pub fn interpolate_pos_embed(
     };
     let resized = resized.f_permute([0, 2, 3, 1])?.f_reshape([1, h0 * w0, c])?;
     Ok(Tensor::f_cat(&[cls, resized], 1)?)
+}
+
+/// DINOv3's axial RoPE tables for a (h0, w0) patch grid behind `prefix` tokens: (cos, sin), each
+/// (1, 1, prefix + h0·w0, head_dim) float32 on `device`, with cos = 1 and sin = 0 on the prefix rows.
+///
+/// Patch row r = i·w0 + j has coordinates y = 2(i + 0.5)/h0 − 1 and x = 2(j + 0.5)/w0 − 1; with periods
+/// p_k = base^(2k/(head_dim/2)), k < head_dim/4 (the reference's `periods` buffer), its angles are
+/// [2π·y/p_0 … 2π·y/p_{K−1}, 2π·x/p_0 … 2π·x/p_{K−1}] repeated twice (`angles.tile(2)`), all float32 in the
+/// reference's order of operations (`rope_position_encoding.py`, `RopePositionEmbedding.forward`).
+pub fn rope_tables(
+    grid: (i64, i64),
+    head_dim: i64,
+    base: f64,
+    prefix: i64,
+    device: Device,
+) -> Result<(Tensor, Tensor), VitError> {
+    let (h0, w0) = grid;
+    if head_dim % 4 != 0 || head_dim <= 0 {
+        return Err(VitError::Input(format!(
+            "RoPE needs head_dim divisible by 4, got {head_dim}"
+        )));
+    }
+    let opts = (Kind::Float, device);
+    let axis = |n: i64| -> TResult<Tensor> {
+        Tensor::f_arange_start(0.5, n as f64, opts)?
+            .f_div_scalar(n as f64)?
+            .f_mul_scalar(2.0)?
+            .f_sub_scalar(1.0)
+    };
+    let mesh = Tensor::f_meshgrid_indexing(&[axis(h0)?, axis(w0)?], "ij")?;
+    let coords = Tensor::f_stack(&mesh, -1)?.f_reshape([h0 * w0, 2])?;
+    let quarter = head_dim / 4;
+    let exponents = Tensor::f_arange(quarter, opts)?
+        .f_mul_scalar(2.0)?
+        .f_div_scalar((head_dim / 2) as f64)?;
+    let periods = Tensor::f_pow_scalar(base, &exponents)?;
+    let angles = coords
+        .f_unsqueeze(-1)?
+        .f_mul_scalar(2.0 * std::f64::consts::PI)?
+        .f_div(&periods.f_view([1, 1, quarter])?)?
+        .f_reshape([h0 * w0, 2 * quarter])?
+        .f_tile([1, 2])?;
+    let pad = |value: f64, table: Tensor| -> TResult<Tensor> {
+        let head = Tensor::f_full([prefix, head_dim], value, opts)?;
+        Tensor::f_cat(&[head, table], 0)?.f_view([1, 1, prefix + h0 * w0, head_dim])
+    };
+    Ok((pad(1.0, angles.f_cos()?)?, pad(0.0, angles.f_sin()?)?))
 }
 
 /// Writes random weights of `config` to `path` with the configuration in the metadata (benches, tests).

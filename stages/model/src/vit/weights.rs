@@ -1,15 +1,18 @@
 //! Reading ViT weights: their configuration, identity and key/shape validation.
 //!
-//! The weights hold the canonical (DINOv2 hub) key names that `tools/convert_vit.py` writes for every family,
-//! either as a file of their own or embedded in a model file under a prefix (`backbone.*`, as
-//! `tools/convert_ocl_checkpoint.py` writes the reference checkpoints' frozen DINOv2). The configuration comes
-//! from the caller, or else from the file's `mrdino.vit_config` metadata (JSON of [`VitConfig`]); when both exist
-//! they must describe the same architecture (the caller may still choose another position-embedding resize).
-//! From the configuration the full expected key list with shapes is generated and the weights must match it
-//! exactly; only `mask_token` (DINOv2's masked-image-modelling token, unused by a frozen backbone) and CLIP's
-//! `proj` may be absent. The identity of the weights ([`mrdino_outputs::weights_id`]) is computed from the
-//! tensors the ViT reads (so `mask_token` is left out): a hub checkpoint converted on its own and the same
-//! tensors embedded in a converted reference checkpoint have one identity.
+//! The weights hold the canonical (DINOv2 / DINOv3 hub) key names that `tools/convert_vit.py` writes for every
+//! family, either as a file of their own or embedded in a model file under a prefix (`backbone.*`, as
+//! `tools/convert_ocl_checkpoint.py` writes the reference checkpoints' frozen DINOv2). DINOv3 weights hold its
+//! storage tokens as `register_tokens`, no `pos_embed`, the K third of every `attn.qkv.bias` as zeros (the official
+//! `bias_mask` applied at conversion; the loader zeroes it again, see `VitConfig::k_bias`) and neither
+//! `bias_mask`, `rope_embed.periods` nor `mask_token`. The configuration comes from the caller, or else from the
+//! file's `mrdino.vit_config` metadata (JSON of [`VitConfig`]); when both exist they must describe the same
+//! architecture (the caller may still choose another position-embedding resize). From the configuration the full
+//! expected key list with shapes is generated and the weights must match it exactly; only `mask_token` (DINOv2's
+//! masked-image-modelling token, unused by a frozen backbone) and CLIP's `proj` may be absent. The identity of
+//! the weights ([`mrdino_outputs::weights_id`]) is computed from the tensors the ViT reads (so `mask_token` is
+//! left out): a hub checkpoint converted on its own and the same tensors embedded in a converted reference
+//! checkpoint have one identity.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
