@@ -66,10 +66,13 @@ pub const SPLIT_GRADIENT_MAX: f32 = 0.3;
 pub const SPLIT_MIN_SEED_PX: usize = 30;
 
 impl RuleOptions {
-    /// `--label-rules improved`: every option on.
+    /// `--label-rules improved`: photometric support and the flow-edge split — the combination that measured
+    /// best (generated scenes, DIS medium: F1@50 0.684 → 0.787 on the demo's scenes, 0.757 → 0.817 on 18
+    /// sequences of 6 seeds, precision, recall and fg-ARI all higher). The forward–backward check stays a
+    /// flag of its own: with the split it adds no F1 and lowers fg-ARI (its masks are smaller).
     pub fn improved() -> Self {
         Self {
-            fb_check: true,
+            fb_check: false,
             photo_check: true,
             flow_split: true,
         }
@@ -410,7 +413,7 @@ mod tests {
         assert_eq!(back, options);
         assert_eq!(
             serde_json::to_string(&RuleOptions::improved()).unwrap(),
-            r#"{"fb_check":true,"photo_check":true,"flow_split":true}"#
+            r#"{"photo_check":true,"flow_split":true}"#
         );
     }
 

@@ -194,8 +194,9 @@ fn improved_rules_score_and_tracks_on_generated_scenes_with_dis_flow() {
         reference.f1, reference.precision, reference.recall, reference.ranked_ap, reference.shuffled_ap,
         improved.f1, improved.precision, improved.recall, improved.ranked_ap
     );
-    // The opt-in rules: higher F1 with neither precision nor recall lower (measured 0.684 → 0.772).
-    assert!(improved.f1 > reference.f1 + 0.05, "{} vs {}", improved.f1, reference.f1);
+    // The opt-in rules: higher F1 with neither precision nor recall lower (measured in the pipeline on these
+    // scenes: 0.684 → 0.787).
+    assert!(improved.f1 > reference.f1 + 0.07, "{} vs {}", improved.f1, reference.f1);
     assert!(improved.precision >= reference.precision && improved.recall >= reference.recall);
     // The score ranks: AP50 by score above the fixed set's precision × recall, and above a shuffled score.
     for s in [&reference, &improved] {
