@@ -1480,15 +1480,15 @@ mod tests {
             frame(&[1, 2], &[11, 20], &[(1, 11), (2, 20)]),
         ];
         let c = tracking_counts(&frames);
-        assert_eq!((c.ground_truth_detections, c.predicted_detections, c.true_positives), (8, 9, 7));
+        assert_eq!((c.ground_truth_detections, c.predicted_detections, c.true_positives), (8, 8, 7));
         assert_eq!((c.id_switches, c.fragmentations), (1, 1));
         // IDTP: 1↔10 (2 frames) + 2↔20 (4 frames) = 6.
         assert_eq!(c.id_true_positives, 6);
         // Consecutive matched pairs: object 1 (f0,f1) same; object 2 three pairs same → 4 of 4.
         assert_eq!((c.consecutive_pairs, c.consecutive_pairs_same_track), (4, 4));
         let r = c.report();
-        assert!((r.motsa - (7.0 - 2.0 - 1.0) / 8.0).abs() < 1e-12);
-        assert!((r.idf1 - 12.0 / 17.0).abs() < 1e-12);
+        assert!((r.motsa - (7.0 - 1.0 - 1.0) / 8.0).abs() < 1e-12);
+        assert!((r.idf1 - 12.0 / 16.0).abs() < 1e-12);
         // A switch between consecutive frames lowers the same-track fraction.
         let c = tracking_counts(&[frame(&[1], &[5], &[(1, 5)]), frame(&[1], &[6], &[(1, 6)])]);
         assert_eq!((c.consecutive_pairs, c.consecutive_pairs_same_track, c.id_switches), (1, 0, 1));

@@ -132,7 +132,8 @@ pub fn warp_forward(pixels: &[u32], flow: &FlowField) -> Vec<u32> {
         grid[(r - r0) as usize * gw + (c - c0) as usize] = true;
     }
     let morph = |src: &[bool], dilate: bool| -> Vec<bool> {
-        let mut out = vec![!dilate; gh * gw];
+        // The grid's outer ring stays empty: the margin of 2 keeps every real pixel off it.
+        let mut out = vec![false; gh * gw];
         for r in 1..gh - 1 {
             for c in 1..gw - 1 {
                 let mut any = false;
