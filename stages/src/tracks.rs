@@ -274,16 +274,17 @@ mod tests {
         let flow = uniform_flow(20, 30, 3.0, -2.0);
         let a = block(30, 5..10, 4..9);
         assert_eq!(warp_forward(&a, &flow), block(30, 3..8, 7..12));
-        // A zoom-like flow (u = 2·(c − 10)/10) spreads pixels apart; the closing fills single gaps.
+        // A zoom-like flow (u = (c − 10)/2) spreads pixels apart (columns 10..16 land on 10, 12, 13, 15, 16, 18);
+        // the closing fills the single gaps.
         let mut uv = Vec::new();
         for _r in 0..20 {
             for c in 0..30 {
-                uv.extend([0.2 * (c as f32 - 10.0), 0.0]);
+                uv.extend([0.5 * (c as f32 - 10.0), 0.0]);
             }
         }
         let zoom = FlowField::new(20, 30, uv);
         let warped = warp_forward(&block(30, 5..10, 10..16), &zoom);
-        assert_eq!(warped, block(30, 5..10, 10..22), "columns 10,11,12,14,15,17,19,21 closed to 10..=21");
+        assert_eq!(warped, block(30, 5..10, 10..19));
         assert!(warp_forward(&a, &uniform_flow(20, 30, 100.0, 0.0)).is_empty());
         assert_eq!(mask_iou(&block(30, 0..2, 0..2), &block(30, 0..2, 1..3)), 2.0 / 6.0);
     }
