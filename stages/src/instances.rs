@@ -333,8 +333,16 @@ pub fn has_interior_edge(
 
 /// Splits the foreground of one frame into instances.
 pub fn separate_instances(flow: &FlowField, fg: &[bool], params: &InstanceParams) -> Vec<Instance> {
-    let (h, w) = (flow.height, flow.width);
-    let (labels, components) = connected_components(fg, h, w);
+    let (labels, components) = connected_components(fg, flow.height, flow.width);
+    separate_groups(flow, &labels, components, params)
+}
+
+/// Steps 4–6 on given groups of pixels: `labels` is the label image (group k has label k + 1) and `groups`
+/// their pixels in raster order — the 8-connected components for the reference, or the groups of an opt-in
+/// rule ([`crate::rules`]). Each group with an interior flow edge is split by HDBSCAN; instances under the
+/// size minimum are dropped and the rest numbered 1..N.
+pub fn separate_groups(flow: &FlowField, labels: &[u32], components: Vec<Vec<u32>>, params: &InstanceParams) -> Vec<Instance> {
+    let w = flow.width;
     let disk = disk_offsets(params.erosion_radius_px);
     let hdbscan_params = HdbscanParams {
         min_cluster_size: params.min_cluster_size,
@@ -343,7 +351,7 @@ pub fn separate_instances(flow: &FlowField, fg: &[bool], params: &InstanceParams
     let mut groups: Vec<(u32, Option<i32>, Vec<u32>)> = Vec::new();
     for (k, pixels) in components.into_iter().enumerate() {
         let label = k as u32 + 1;
-        if !has_interior_edge(flow, &labels, label, &pixels, params, &disk) {
+        if !has_interior_edge(flow, labels, label, &pixels, params, &disk) {
             groups.push((label, None, pixels));
             continue;
         }

@@ -5,4 +5,7 @@ pub mod flow;
 pub mod hdbscan;
 pub mod instances;
 pub mod metrics;
+pub mod rules;
+pub mod score;
 pub mod select;
+pub mod tracks;

@@ -362,6 +362,41 @@ pub fn match_predictions_with(
     ground_truth: &[u32],
     rule: PredictionRule,
 ) -> Result<MatchCounts, MetricsError> {
+    let matches = match_prediction_ids(prediction, ground_truth, rule)?;
+    Ok(MatchCounts {
+        true_positives: matches.predictions.iter().filter(|m| m.ground_truth_id.is_some()).count(),
+        predictions: matches.predictions.len(),
+        ground_truth: matches.ground_truth_ids.len(),
+    })
+}
+
+/// One counted prediction of an image and the ground-truth object it is a true positive for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PredictionMatch {
+    /// The predicted id in the map.
+    pub prediction_id: u32,
+    /// `Some(gt id)` iff the prediction is a true positive (IoU > 0.5 with that object, which it claimed).
+    pub ground_truth_id: Option<u32>,
+}
+
+/// Every counted prediction of an image (ascending id) with its match, and the counted ground-truth ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImageMatches {
+    pub predictions: Vec<PredictionMatch>,
+    /// Non-zero ground-truth ids present in the map, ascending.
+    pub ground_truth_ids: Vec<u32>,
+}
+
+/// The matching of [`match_predictions_with`], per prediction: the same rule (best IoU, first maximum, strict
+/// > 0.5, a ground-truth object claimed once), reported for every counted predicted id. For disjoint masks a
+/// prediction can exceed IoU 0.5 with at most one object and an object with at most one prediction, so the
+/// result does not depend on the order predictions are visited in — which is what lets [`RankedAp`] re-rank
+/// the same matches by a score.
+pub fn match_prediction_ids(
+    prediction: &[u32],
+    ground_truth: &[u32],
+    rule: PredictionRule,
+) -> Result<ImageMatches, MetricsError> {
     check_same_length("prediction vs ground truth", prediction, ground_truth)?;
     let table = Contingency::new(prediction, ground_truth, |_| true);
     let pred_areas = table.pred_sums();
@@ -369,14 +404,13 @@ pub fn match_predictions_with(
     // Ground-truth objects: non-zero ids present at this resolution.
     let gt_objects: Vec<usize> = (0..table.gt_ids.len()).filter(|&g| table.gt_ids[g] != 0).collect();
     let mut claimed = vec![false; table.gt_ids.len()];
-    let mut counts = MatchCounts {
-        ground_truth: gt_objects.len(),
-        ..MatchCounts::default()
+    let mut out = ImageMatches {
+        predictions: Vec::new(),
+        ground_truth_ids: gt_objects.iter().map(|&g| table.gt_ids[g]).collect(),
     };
     // Under `DiscardFirst` the first non-empty prediction (in id order) is taken as background and dropped.
     let first = usize::from(rule == PredictionRule::DiscardFirst);
     for (p, &pred_area) in pred_areas.iter().enumerate().skip(first) {
-        counts.predictions += 1;
         let mut best: Option<(usize, u64, u64)> = None;
         for &g in &gt_objects {
             let intersection = table.count(g, p);
@@ -392,14 +426,19 @@ pub fn match_predictions_with(
                 best = Some((g, intersection, union));
             }
         }
+        let mut matched = None;
         if let Some((g, intersection, union)) = best {
             if intersection as f64 / union as f64 > IOU_THRESHOLD && !claimed[g] {
                 claimed[g] = true;
-                counts.true_positives += 1;
+                matched = Some(table.gt_ids[g]);
             }
         }
+        out.predictions.push(PredictionMatch {
+            prediction_id: table.pred_ids[p],
+            ground_truth_id: matched,
+        });
     }
-    Ok(counts)
+    Ok(out)
 }
 
 /// Adjusted Rand index of one image as the reference computes it; `foreground_only` selects fg-ARI (pixels
@@ -681,6 +720,289 @@ pub fn decode_kitti_instances(values: &[u16]) -> Vec<u32> {
         .collect();
     let ids: HashMap<u16, u32> = instances.iter().enumerate().map(|(i, &v)| (v, i as u32 + 1)).collect();
     values.iter().map(|v| ids.get(v).copied().unwrap_or(0)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Ranked AP50: the predictions of a run ordered by a confidence score
+
+/// One counted prediction with its confidence and whether it is a true positive at IoU > 0.5.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ScoredPrediction {
+    pub score: f64,
+    pub true_positive: bool,
+}
+
+/// One point of the precision–recall curve: the predictions scoring at least `score` are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PrPoint {
+    pub score: f64,
+    pub recall: f64,
+    pub precision: f64,
+}
+
+/// AP50 of a ranked set of predictions (VOC 2010+ / COCO-style all-point interpolation), next to the fixed
+/// set's precision and recall.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RankedAp {
+    /// Area under the interpolated precision–recall curve: Σ (rₖ − rₖ₋₁) · max_{j ≥ k} pⱼ.
+    pub ap50: f64,
+    pub predictions: usize,
+    pub true_positives: usize,
+    pub ground_truth: usize,
+    /// Precision and recall of the whole set (the reference's "AP50" and "AR50"); their product is what
+    /// an uninformative ranking scores in expectation.
+    pub precision_at_full: f64,
+    pub recall_at_full: f64,
+    /// One point per distinct score, highest score first.
+    pub curve: Vec<PrPoint>,
+}
+
+/// Ranks `predictions` by descending score and integrates the interpolated precision–recall curve
+/// (all-point interpolation, as VOC 2010+ and COCO do, without COCO's 101-point sampling). Predictions with
+/// equal scores form one step (the curve gets one point after all of them), so the result does not depend
+/// on the order of tied predictions; NaN scores rank last. `ground_truth` is the number of objects.
+pub fn ranked_average_precision(predictions: &[ScoredPrediction], ground_truth: usize) -> RankedAp {
+    let key = |s: f64| if s.is_nan() { f64::NEG_INFINITY } else { s };
+    let mut order: Vec<&ScoredPrediction> = predictions.iter().collect();
+    order.sort_by(|a, b| key(b.score).total_cmp(&key(a.score)));
+    let ratio = |n: usize, d: usize| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+    let mut curve = Vec::new();
+    let (mut kept, mut tp) = (0usize, 0usize);
+    let mut i = 0;
+    while i < order.len() {
+        let score = key(order[i].score);
+        while i < order.len() && key(order[i].score) == score {
+            kept += 1;
+            tp += usize::from(order[i].true_positive);
+            i += 1;
+        }
+        curve.push(PrPoint {
+            score,
+            recall: ratio(tp, ground_truth),
+            precision: ratio(tp, kept),
+        });
+    }
+    // Interpolated precision: the best precision at this recall or beyond.
+    let mut envelope = 0.0f64;
+    let mut interpolated = vec![0.0; curve.len()];
+    for (k, point) in curve.iter().enumerate().rev() {
+        envelope = envelope.max(point.precision);
+        interpolated[k] = envelope;
+    }
+    let mut ap50 = 0.0;
+    let mut previous_recall = 0.0;
+    for (point, &p) in curve.iter().zip(&interpolated) {
+        ap50 += (point.recall - previous_recall) * p;
+        previous_recall = point.recall;
+    }
+    RankedAp {
+        ap50,
+        predictions: predictions.len(),
+        true_positives: tp,
+        ground_truth,
+        precision_at_full: ratio(tp, predictions.len()),
+        recall_at_full: ratio(tp, ground_truth),
+        curve,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tracking: CLEAR MOT on masks (MOTSA), IDF1, identity switches, fragmentations
+
+/// One frame of a tracked video as the evaluation sees it: the ground-truth ids present, the track ids of
+/// the counted predictions, and the true-positive pairs (ground-truth id, track id) of the IoU > 0.5
+/// matching ([`match_prediction_ids`]; unique in both ids).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackingFrame {
+    pub ground_truth_ids: Vec<u32>,
+    pub track_ids: Vec<u32>,
+    pub matches: Vec<(u32, u32)>,
+}
+
+/// Additive tracking counts (sum them over videos, then read the figures).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TrackingCounts {
+    /// Ground-truth detections (object × frame) and predicted detections.
+    pub ground_truth_detections: usize,
+    pub predicted_detections: usize,
+    pub true_positives: usize,
+    /// A ground-truth object matched to another track than at its previous match (CLEAR MOT IDSW).
+    pub id_switches: usize,
+    /// Σ over objects of (maximal runs of matched frames − 1): a tracked object lost and found again.
+    pub fragmentations: usize,
+    /// Detections on the identity-optimal assignment of whole ground-truth tracks to predicted tracks.
+    pub id_true_positives: usize,
+    /// Pairs of consecutive frames of a video in which one ground-truth object is matched in both.
+    pub consecutive_pairs: usize,
+    /// Those of them whose two matched predictions carry the same track id.
+    pub consecutive_pairs_same_track: usize,
+}
+
+impl std::ops::AddAssign for TrackingCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.ground_truth_detections += o.ground_truth_detections;
+        self.predicted_detections += o.predicted_detections;
+        self.true_positives += o.true_positives;
+        self.id_switches += o.id_switches;
+        self.fragmentations += o.fragmentations;
+        self.id_true_positives += o.id_true_positives;
+        self.consecutive_pairs += o.consecutive_pairs;
+        self.consecutive_pairs_same_track += o.consecutive_pairs_same_track;
+    }
+}
+
+/// The tracking figures of [`TrackingCounts`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct TrackingReport {
+    pub counts: TrackingCounts,
+    /// MOTSA (Voigtlaender et al., MOTS, CVPR 2019) = CLEAR MOT's MOTA with mask IoU > 0.5 matching:
+    /// (TP − FP − IDSW) / GT detections.
+    pub motsa: f64,
+    /// IDF1 (Ristani et al., 2016) = 2·IDTP / (GT detections + predicted detections).
+    pub idf1: f64,
+    /// consecutive_pairs_same_track / consecutive_pairs.
+    pub same_track_fraction: f64,
+}
+
+impl TrackingCounts {
+    pub fn report(&self) -> TrackingReport {
+        let ratio = |n: f64, d: usize| if d == 0 { 0.0 } else { n / d as f64 };
+        let false_positives = self.predicted_detections - self.true_positives;
+        TrackingReport {
+            counts: *self,
+            motsa: ratio(
+                self.true_positives as f64 - false_positives as f64 - self.id_switches as f64,
+                self.ground_truth_detections,
+            ),
+            idf1: ratio(
+                2.0 * self.id_true_positives as f64,
+                self.ground_truth_detections + self.predicted_detections,
+            ),
+            same_track_fraction: ratio(self.consecutive_pairs_same_track as f64, self.consecutive_pairs),
+        }
+    }
+}
+
+/// Tracking counts of one video (frames in time order; for pseudo-labels, the labelled frames of one
+/// segment). Identity switches follow CLEAR MOT: an object's last matched track is remembered across frames
+/// where it is unmatched. IDTP is the optimum of the assignment of ground-truth ids to track ids weighted by
+/// the frames they are matched in (exact, by the Hungarian method).
+pub fn tracking_counts(frames: &[TrackingFrame]) -> TrackingCounts {
+    let mut counts = TrackingCounts::default();
+    let mut last_track: std::collections::BTreeMap<u32, u32> = std::collections::BTreeMap::new();
+    let mut matched_runs: std::collections::BTreeMap<u32, (bool, usize)> = std::collections::BTreeMap::new();
+    let mut co_matched: std::collections::BTreeMap<(u32, u32), usize> = std::collections::BTreeMap::new();
+    let mut previous: Option<std::collections::BTreeMap<u32, u32>> = None;
+    let all_gt: BTreeSet<u32> = frames.iter().flat_map(|f| f.ground_truth_ids.iter().copied()).collect();
+    for frame in frames {
+        counts.ground_truth_detections += frame.ground_truth_ids.len();
+        counts.predicted_detections += frame.track_ids.len();
+        counts.true_positives += frame.matches.len();
+        let now: std::collections::BTreeMap<u32, u32> = frame.matches.iter().copied().collect();
+        for (&gt, &track) in &now {
+            if let Some(old) = last_track.insert(gt, track) {
+                counts.id_switches += usize::from(old != track);
+            }
+            *co_matched.entry((gt, track)).or_default() += 1;
+        }
+        for &gt in &all_gt {
+            let entry = matched_runs.entry(gt).or_insert((false, 0));
+            let matched = now.contains_key(&gt);
+            if matched && !entry.0 {
+                entry.1 += 1;
+            }
+            entry.0 = matched;
+        }
+        if let Some(prev) = &previous {
+            for (gt, track) in &now {
+                if let Some(prev_track) = prev.get(gt) {
+                    counts.consecutive_pairs += 1;
+                    counts.consecutive_pairs_same_track += usize::from(prev_track == track);
+                }
+            }
+        }
+        previous = Some(now);
+    }
+    counts.fragmentations = matched_runs.values().map(|&(_, runs)| runs.saturating_sub(1)).sum();
+    let gts: Vec<u32> = co_matched.keys().map(|k| k.0).collect::<BTreeSet<_>>().into_iter().collect();
+    let tracks: Vec<u32> = co_matched.keys().map(|k| k.1).collect::<BTreeSet<_>>().into_iter().collect();
+    let weights: Vec<Vec<i64>> = gts
+        .iter()
+        .map(|g| {
+            tracks
+                .iter()
+                .map(|t| co_matched.get(&(*g, *t)).copied().unwrap_or(0) as i64)
+                .collect()
+        })
+        .collect();
+    counts.id_true_positives = max_weight_assignment(&weights) as usize;
+    counts
+}
+
+/// The largest total weight of a one-to-one assignment of rows to columns (non-negative integer weights;
+/// rows or columns may stay unassigned). Hungarian method with potentials on the square matrix padded with
+/// zeros, O(n³) for n = max(rows, columns) — the videos' track counts are small.
+pub fn max_weight_assignment(weights: &[Vec<i64>]) -> i64 {
+    let rows = weights.len();
+    let cols = weights.iter().map(Vec::len).max().unwrap_or(0);
+    let n = rows.max(cols);
+    if n == 0 {
+        return 0;
+    }
+    let max_w = weights.iter().flatten().copied().max().unwrap_or(0);
+    // Minimise cost = max_w − weight (padding has weight 0).
+    let cost = |i: usize, j: usize| -> i64 { max_w - weights.get(i).and_then(|r| r.get(j)).copied().unwrap_or(0) };
+    let inf = i64::MAX / 4;
+    let (mut u, mut v) = (vec![0i64; n + 1], vec![0i64; n + 1]);
+    let (mut p, mut way) = (vec![0usize; n + 1], vec![0usize; n + 1]);
+    for i in 1..=n {
+        p[0] = i;
+        let mut j0 = 0usize;
+        let mut minv = vec![inf; n + 1];
+        let mut used = vec![false; n + 1];
+        loop {
+            used[j0] = true;
+            let i0 = p[j0];
+            let (mut delta, mut j1) = (inf, 0usize);
+            for j in 1..=n {
+                if !used[j] {
+                    let cur = cost(i0 - 1, j - 1) - u[i0] - v[j];
+                    if cur < minv[j] {
+                        minv[j] = cur;
+                        way[j] = j0;
+                    }
+                    if minv[j] < delta {
+                        delta = minv[j];
+                        j1 = j;
+                    }
+                }
+            }
+            for j in 0..=n {
+                if used[j] {
+                    u[p[j]] += delta;
+                    v[j] -= delta;
+                } else {
+                    minv[j] -= delta;
+                }
+            }
+            j0 = j1;
+            if p[j0] == 0 {
+                break;
+            }
+        }
+        loop {
+            let j1 = way[j0];
+            p[j0] = p[j1];
+            j0 = j1;
+            if j0 == 0 {
+                break;
+            }
+        }
+    }
+    (1..=n)
+        .filter(|&j| p[j] != 0)
+        .map(|j| weights.get(p[j] - 1).and_then(|r| r.get(j - 1)).copied().unwrap_or(0))
+        .sum()
 }
 
 #[cfg(test)]
@@ -1060,5 +1382,115 @@ mod tests {
             (scores.accuracy, scores.precision, scores.recall),
             (0.6, 2.0 / 3.0, 2.0 / 3.0)
         );
+    }
+
+    #[test]
+    fn per_prediction_matches_agree_with_the_counts() {
+        let gt = two_objects();
+        let mut prediction = gt.clone();
+        for row in 0..4 {
+            if prediction[row * 6 + 5] == 2 {
+                prediction[row * 6 + 5] = 5;
+            }
+        }
+        let m = match_prediction_ids(&prediction, &gt, PredictionRule::DiscardFirst).expect("match");
+        assert_eq!(m.ground_truth_ids, vec![1, 2]);
+        assert_eq!(
+            m.predictions,
+            vec![
+                PredictionMatch { prediction_id: 1, ground_truth_id: Some(1) },
+                PredictionMatch { prediction_id: 2, ground_truth_id: None },
+                PredictionMatch { prediction_id: 5, ground_truth_id: None },
+            ]
+        );
+    }
+
+    fn scored(pairs: &[(f64, bool)]) -> Vec<ScoredPrediction> {
+        pairs.iter().map(|&(score, true_positive)| ScoredPrediction { score, true_positive }).collect()
+    }
+
+    #[test]
+    fn ranked_ap_is_the_area_under_the_interpolated_curve() {
+        // 5 GT; ranked TP, FP, TP, FP, TP: points (r, p) = (.2, 1), (.2, .5), (.4, 2/3), (.4, .5), (.6, .6).
+        // Interpolated: 1 up to r = .2, 2/3 up to .4, .6 up to .6 → AP = .2 + .2·2/3 + .2·.6.
+        let r = ranked_average_precision(&scored(&[(0.9, true), (0.8, false), (0.7, true), (0.6, false), (0.5, true)]), 5);
+        assert!((r.ap50 - (0.2 + 0.2 * 2.0 / 3.0 + 0.2 * 0.6)).abs() < 1e-12, "{}", r.ap50);
+        assert_eq!((r.true_positives, r.predictions), (3, 5));
+        assert!((r.precision_at_full - 0.6).abs() < 1e-12 && (r.recall_at_full - 0.6).abs() < 1e-12);
+        assert_eq!(r.curve.len(), 5);
+        // Perfect ranking: every TP first → AP = recall at full (precision 1 along the way).
+        let best = ranked_average_precision(&scored(&[(0.9, true), (0.8, true), (0.7, true), (0.2, false), (0.1, false)]), 5);
+        assert!((best.ap50 - 0.6).abs() < 1e-12);
+        // Worst ranking: FPs first.
+        let worst = ranked_average_precision(&scored(&[(0.9, false), (0.8, false), (0.7, true), (0.6, true), (0.5, true)]), 5);
+        assert!(worst.ap50 < r.ap50 && r.ap50 < best.ap50);
+        // One tied score = no ranking: AP = precision × recall of the whole set.
+        let tied = ranked_average_precision(&scored(&[(0.5, false), (0.5, true), (0.5, true), (0.5, false), (0.5, true)]), 5);
+        assert!((tied.ap50 - 0.36).abs() < 1e-12);
+        assert_eq!(tied.curve.len(), 1);
+        // Empty inputs.
+        assert_eq!(ranked_average_precision(&[], 3).ap50, 0.0);
+        assert_eq!(ranked_average_precision(&scored(&[(1.0, false)]), 0).ap50, 0.0);
+    }
+
+    #[test]
+    fn a_shuffled_score_lowers_ranked_ap() {
+        // 40 predictions whose score orders true positives first, then the same scores permuted.
+        let truth: Vec<bool> = (0..40).map(|i| i % 3 != 0).collect();
+        let informative: Vec<ScoredPrediction> = truth
+            .iter()
+            .enumerate()
+            .map(|(i, &tp)| ScoredPrediction { score: if tp { 2.0 } else { 1.0 } - i as f64 * 1e-3, true_positive: tp })
+            .collect();
+        let good = ranked_average_precision(&informative, 50).ap50;
+        // A fixed permutation of the scores (multiplicative stride, coprime with 40).
+        let shuffled: Vec<ScoredPrediction> = (0..40)
+            .map(|i| ScoredPrediction { score: informative[(i * 17) % 40].score, true_positive: truth[i] })
+            .collect();
+        let bad = ranked_average_precision(&shuffled, 50).ap50;
+        assert!(good > bad + 0.05, "{good} vs {bad}");
+    }
+
+    #[test]
+    fn hungarian_finds_the_best_assignment() {
+        assert_eq!(max_weight_assignment(&[vec![3, 2], vec![3, 0]]), 5);
+        assert_eq!(max_weight_assignment(&[vec![1, 5, 0]]), 5);
+        assert_eq!(max_weight_assignment(&[vec![4], vec![6], vec![1]]), 6);
+        assert_eq!(max_weight_assignment(&[]), 0);
+        // Brute force over 3×3 permutations.
+        let w = vec![vec![7, 2, 9], vec![8, 6, 1], vec![3, 9, 4]];
+        let perms = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+        let best = perms.iter().map(|p| (0..3).map(|i| w[i][p[i]]).sum::<i64>()).max().unwrap();
+        assert_eq!(max_weight_assignment(&w), best);
+    }
+
+    #[test]
+    fn tracking_counts_switches_fragmentations_and_idf1() {
+        let frame = |gt: &[u32], tr: &[u32], m: &[(u32, u32)]| TrackingFrame {
+            ground_truth_ids: gt.to_vec(),
+            track_ids: tr.to_vec(),
+            matches: m.to_vec(),
+        };
+        // Object 1: tracks 10, 10, (missed), 11 → one switch, one fragmentation.
+        // Object 2: track 20 in every frame; one false positive track 30 in frame 1.
+        let frames = vec![
+            frame(&[1, 2], &[10, 20], &[(1, 10), (2, 20)]),
+            frame(&[1, 2], &[10, 20, 30], &[(1, 10), (2, 20)]),
+            frame(&[1, 2], &[20], &[(2, 20)]),
+            frame(&[1, 2], &[11, 20], &[(1, 11), (2, 20)]),
+        ];
+        let c = tracking_counts(&frames);
+        assert_eq!((c.ground_truth_detections, c.predicted_detections, c.true_positives), (8, 8, 7));
+        assert_eq!((c.id_switches, c.fragmentations), (1, 1));
+        // IDTP: 1↔10 (2 frames) + 2↔20 (4 frames) = 6.
+        assert_eq!(c.id_true_positives, 6);
+        // Consecutive matched pairs: object 1 (f0,f1) same; object 2 three pairs same → 4 of 4.
+        assert_eq!((c.consecutive_pairs, c.consecutive_pairs_same_track), (4, 4));
+        let r = c.report();
+        assert!((r.motsa - (7.0 - 1.0 - 1.0) / 8.0).abs() < 1e-12);
+        assert!((r.idf1 - 12.0 / 16.0).abs() < 1e-12);
+        // A switch between consecutive frames lowers the same-track fraction.
+        let c = tracking_counts(&[frame(&[1], &[5], &[(1, 5)]), frame(&[1], &[6], &[(1, 6)])]);
+        assert_eq!((c.consecutive_pairs, c.consecutive_pairs_same_track, c.id_switches), (1, 0, 1));
     }
 }
