@@ -104,13 +104,13 @@ fn published_checkpoints_convert_infer_and_score_with_one_weights_identity() {
     let hub_id = hub_vit.identity().clone();
     drop(hub_vit);
 
-    // Ground truth and frames: one generated sequence of three frames.
+    // Ground truth and frames: one generated sequence of two frames.
     let data = dir.join("data");
     run_ok(
         mrdino()
             .args(["synth", "--out"])
             .arg(&data)
-            .args(["--sequences", "1", "--frames", "3", "--size", "160x64", "--seed", "5"]),
+            .args(["--sequences", "1", "--frames", "2", "--size", "160x64", "--seed", "5"]),
     );
     let frames = data.join("frames");
 
@@ -170,7 +170,7 @@ fn published_checkpoints_convert_infer_and_score_with_one_weights_identity() {
         );
         let result: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(result["model_kind"], stage, "{checkpoint}");
-        assert_eq!(result["evaluated_frames"], 3, "{checkpoint}");
+        assert_eq!(result["evaluated_frames"], 2, "{checkpoint}");
         assert!(result["metrics"]["predictions"].as_u64().unwrap() > 0, "{checkpoint}: {result}");
         if first_model.is_none() {
             first_model = Some((model, alone));
