@@ -52,8 +52,9 @@ def main():
             if key not in meta:
                 fail(f"{fragment.path}: no `{key}` in the file metadata")
         for key in ("mrdino.backbone_sha256", "mrdino.text_sha256", "mrdino.psi_sha256"):
-            if len(meta[key]) != 64:
-                fail(f"{fragment.path}: `{key}` is not a SHA-256: {meta[key]}")
+            digest = meta[key].removeprefix("tensors-sha256:")
+            if not meta[key].startswith("tensors-sha256:") or len(digest) != 64:
+                fail(f"{fragment.path}: `{key}` is not a weights identity (tensors-sha256:<64 hex>): {meta[key]}")
         if len(json.loads(meta["mrdino.templates"])) != 7:
             fail(f"{fragment.path}: expected Talk2DINO's 7 templates")
         classes = json.loads(meta["mrdino.classes"])

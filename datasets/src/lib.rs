@@ -13,4 +13,5 @@ pub mod synth;
 pub use decode::Processing;
 pub use error::DatasetError;
 pub use image::{Frame, Geometry, RgbImage};
-pub use source::{kitti_eval_overlap, list_sequences, DatasetKind, ImageFile, Sequence, SequenceInput, SourceOptions};
+pub use source::{
+    kitti_eval_overlap, TRI_PD_BENCHMARK_RESIZE, TRI_PD_BENCHMARK_TOP_CROP_PX, list_sequences, DatasetKind, ImageFile, Sequence, SequenceInput, SourceOptions};

@@ -34,6 +34,11 @@ const KUBRIC_NON_FRAME_PREFIXES: &[&str] = &[
     "object_coordinates_",
 ];
 
+/// The TRI-PD benchmark's conversion of frames and evaluation labels (the reference's conversion scripts):
+/// resize to (height, width) 608×968 (frames Pillow bilinear, labels nearest), then the top 128 rows cropped.
+pub const TRI_PD_BENCHMARK_RESIZE: (usize, usize) = (608, 968);
+pub const TRI_PD_BENCHMARK_TOP_CROP_PX: usize = 128;
+
 /// The dataset layouts mrdino reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -216,6 +221,43 @@ impl Sequence {
             SequenceInput::Images(files) => relative(&self.root, &files[index].path),
             SequenceInput::Video(path) => format!("{}#{index}", relative(&self.root, path)),
         }
+    }
+
+    /// The frames at `indices`, each decoded once (image sequences read only those files; a video is read in
+    /// one pass up to the last index). Indices past the end are left out.
+    pub fn decode_frames(
+        &self,
+        indices: &std::collections::BTreeSet<usize>,
+    ) -> Result<std::collections::BTreeMap<usize, Frame>, DatasetError> {
+        let mut out = std::collections::BTreeMap::new();
+        if let Some(files) = self.image_files() {
+            for &index in indices {
+                let Some(file) = files.get(index) else { continue };
+                let (image, geometry) = read_processed(&file.path, &self.processing)?;
+                out.insert(
+                    index,
+                    Frame {
+                        index,
+                        name: file.name.clone(),
+                        image,
+                        geometry,
+                    },
+                );
+            }
+            return Ok(out);
+        }
+        let Some(&last) = indices.iter().next_back() else {
+            return Ok(out);
+        };
+        for (index, item) in self.frames()? {
+            if indices.contains(&index) {
+                out.insert(index, item?);
+            }
+            if index >= last {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Decodes the frames in order. Each item is one frame or the reason it could not be read; a video that

@@ -205,6 +205,14 @@ impl RunLayout {
     }
 }
 
+/// A model file (or a run directory's checkpoint): its path, contents and the identity of the model it holds.
+pub fn read_model_file(path: &Path) -> Result<(PathBuf, TensorFile, Identity), OutputError> {
+    let path = resolve_model_path(path);
+    let (file, file_sha256) = read_tensor_file_hashed(&path)?;
+    let identity = model_identity(&file, file_sha256).map_err(|e| OutputError::format(&path, e))?;
+    Ok((path, file, identity))
+}
+
 /// The model file behind `path`: the file itself, or the checkpoint of a run directory.
 pub fn resolve_model_path(path: &Path) -> PathBuf {
     if path.is_dir() {

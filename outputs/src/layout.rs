@@ -22,6 +22,18 @@ pub const PREDICTIONS_KIND: &str = "predictions";
 /// The data directories of a labels root (each holds `params=<hash>` partitions).
 pub const LABELS_DATA_DIRS: &[&str] = &["frames", "instances"];
 
+/// What a unit of a labels-layout run (`labels`, `segment`) produced: the payload of its done marker and of its
+/// entry in run manifests.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LabelCounts {
+    pub frames_decoded: usize,
+    pub frame_rows: usize,
+    pub quasi_static_frames: usize,
+    pub labelled_frames: usize,
+    pub instances: usize,
+}
+
 /// 64-bit FNV-1a of a string: stable across Rust versions, platforms and runs (unlike `DefaultHasher`).
 pub fn stable_hash64(text: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;

@@ -63,6 +63,13 @@ pub enum RunError {
     Output(#[from] OutputError),
     #[error("{path} belongs to a `{kind}` job, which is neither a labels nor a prediction run")]
     NotARun { path: PathBuf, kind: String },
+    #[error("{sequence} frame {frame}: instance {instance}: {message}")]
+    Mask {
+        sequence: String,
+        frame: String,
+        instance: u32,
+        message: String,
+    },
     #[error("cannot list {dir} (no tables for params={params_hash}?): {source}")]
     NoTables {
         dir: PathBuf,
@@ -189,6 +196,51 @@ pub fn read_run(root: &Path, params_hash: Option<&str>) -> Result<RunTables, Run
         incomplete_units,
         passed_over,
     })
+}
+
+/// The instance ids of one frame: its instances' masks painted into an id map at the frame's label grid
+/// (row-major, `height × width`, 0 = background, the pixel of a later instance over an earlier one).
+pub fn instance_ids(frame: &FrameRow, instances: &[&InstanceRow]) -> Result<Vec<u32>, RunError> {
+    let (height, width) = (frame.height as usize, frame.width as usize);
+    let mut ids = vec![0u32; height * width];
+    let bad = |instance: u32, message: String| RunError::Mask {
+        sequence: frame.sequence_id.clone(),
+        frame: frame.frame_name.clone(),
+        instance,
+        message,
+    };
+    for inst in instances {
+        if (inst.mask.height, inst.mask.width) != (frame.height, frame.width) {
+            return Err(bad(
+                inst.instance_id,
+                format!(
+                    "a {}x{} mask on a {}x{} label grid",
+                    inst.mask.height, inst.mask.width, frame.height, frame.width
+                ),
+            ));
+        }
+        let pixels = inst.mask.to_pixels().map_err(|e| bad(inst.instance_id, e.to_string()))?;
+        for p in pixels {
+            if let Some(id) = ids.get_mut(p as usize) {
+                *id = inst.instance_id;
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Up to `count` labelled frames, evenly spaced, preferring frames with instances.
+pub fn sample_frames(frames: &[FrameRow], count: usize) -> Vec<&FrameRow> {
+    let with_instances: Vec<&FrameRow> = frames.iter().filter(|f| f.labelled && f.num_instances > 0).collect();
+    let candidates = if with_instances.is_empty() {
+        frames.iter().filter(|f| f.labelled).collect()
+    } else {
+        with_instances
+    };
+    if candidates.len() <= count {
+        return candidates;
+    }
+    (0..count).map(|k| candidates[k * candidates.len() / count]).collect()
 }
 
 #[cfg(test)]

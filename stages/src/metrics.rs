@@ -156,6 +156,19 @@ impl LabelMap {
     }
 }
 
+/// The instance-id map of a frame of a labels or prediction run: its instances' masks at the frame's label grid.
+pub fn instance_map(
+    frame: &mrdino_outputs::FrameRow,
+    instances: &[&mrdino_outputs::InstanceRow],
+) -> Result<LabelMap, mrdino_outputs::runs::RunError> {
+    let labels = mrdino_outputs::runs::instance_ids(frame, instances)?;
+    Ok(LabelMap {
+        height: frame.height as usize,
+        width: frame.width as usize,
+        labels,
+    })
+}
+
 /// Source index of every destination index for PyTorch's legacy `nearest` (`F.interpolate(mode="nearest")`,
 /// `nearest_idx` in ATen's `UpSample.h`): identity when the sizes are equal, `dst >> 1` when doubling,
 /// otherwise min(floorf(dst · (in / out)), in − 1) with the scale and the product in float32.
@@ -647,9 +660,9 @@ pub fn quasi_static_retrieval(selected: &[bool], camera_static: &[bool]) -> Resu
     })
 }
 
-/// Resize, crop and size filter of the TRI-PD evaluation ground truth (see the module docs).
-pub const TRI_PD_GT_RESIZE: (usize, usize) = (608, 968);
-pub const TRI_PD_GT_TOP_CROP_PX: usize = 128;
+/// Resize and crop of the TRI-PD evaluation ground truth: the benchmark's conversion (see the module docs).
+pub use mrdino_datasets::{TRI_PD_BENCHMARK_RESIZE as TRI_PD_GT_RESIZE, TRI_PD_BENCHMARK_TOP_CROP_PX as TRI_PD_GT_TOP_CROP_PX};
+/// Size filter of the TRI-PD evaluation ground truth.
 pub const TRI_PD_GT_MIN_PX: usize = 500;
 
 /// Pillow's NEAREST source index for every output index (float64 accumulation from s/2 in steps of s).

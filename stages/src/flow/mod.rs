@@ -8,6 +8,7 @@ use mrdino_datasets::RgbImage;
 pub mod classic;
 pub mod files;
 pub mod raft;
+pub mod source;
 
 pub use classic::{DisFlow, DisPreset, FarnebackFlow};
 

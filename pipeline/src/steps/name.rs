@@ -18,7 +18,6 @@
 //! share one `--out`: each parameter set (classes, weights, source) is its own `params=<hash>` partition.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ use mrdino_model::device::parse_device;
 use mrdino_model::talk2dino::{instance_scores, preprocess, top_two, AxisMap, Psi, INPUT_PX, TEMPLATES};
 use mrdino_model::vit::{Vit, VitConfig};
 use mrdino_outputs::bookkeeping::{
-    choose_partition, in_shard, partitions, unix_now, Ledger, Plan, PlannedUnit, Shard, Status, WhenSeveral,
+    choose_partition, in_shard, partitions, Ledger, Plan, PlannedUnit, Shard, WhenSeveral,
 };
 use mrdino_outputs::names::{
     names_batch, NameRow, NamesLayout, CLASSES_KEY, NAMES_DATA_DIRS, NAMES_KIND, TEMPLATES_KEY,
@@ -43,10 +42,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
-use crate::cmd_eval::{read_label_tables, LabelTables};
-use crate::cmd_report::decode_frames;
-use crate::job::{LabelCounts, UnitTally, CODE_VERSION};
-use crate::unit_job::{Stopped, UnitDone, UnitDriver};
+use crate::engine::job::{OpenJob, UnitTally, CODE_VERSION};
+use crate::engine::progress;
+use crate::engine::runs::read_label_tables;
+use crate::engine::status::JobKind;
+use crate::engine::stop::{StopHandle, Stopped};
+use crate::engine::units::{Driver, UnitDone};
+use mrdino_outputs::layout::LabelCounts;
+use mrdino_outputs::runs::RunTables as LabelTables;
 
 /// The class list used when `--classes` is not given: road users that move, and the static scene around them
 /// (so that a mask on a building or on the road can say so instead of being forced into a road-user class).
@@ -133,7 +136,7 @@ impl Talk2Dino {
         })
     }
 
-    /// The identities of the three weights, for the migration rule of earlier ones (see `crate::identity`).
+    /// The identities of the three weights, for the migration rule of earlier ones (see `crate::settings::identity`).
     pub fn identities(&self) -> [&Identity; 3] {
         [self.vit.identity(), self.text.identity(), self.psi.identity()]
     }
@@ -223,16 +226,16 @@ pub struct NameArgs {
     #[arg(long)]
     pub root: Option<PathBuf>,
     /// Dataset layout of the source frames (default: the one in the source run's plan).
-    #[arg(long, value_parser = crate::parse_dataset)]
+    #[arg(long, value_parser = crate::cli::values::dataset)]
     pub dataset: Option<DatasetKind>,
     /// Frames per backbone forward.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Process only shard I of N (stable hash of the sequence id); defaults to Slurm's array variables.
-    #[arg(long, value_parser = crate::parse_shard)]
+    #[arg(long, value_parser = crate::cli::values::shard)]
     pub shard: Option<Shard>,
     /// Stop cleanly (exit code 4) before this many seconds have passed; rerun to resume.
-    #[arg(long, value_parser = crate::parse_time_budget, allow_hyphen_values = true)]
+    #[arg(long, value_parser = crate::cli::values::time_budget, allow_hyphen_values = true)]
     pub time_budget: Option<Duration>,
     /// No per-unit messages.
     #[arg(long)]
@@ -444,7 +447,7 @@ impl Namer<'_> {
         if sequence.image_files().is_some() {
             for chunk in frames.rows.chunks(self.batch) {
                 let indices: BTreeSet<usize> = chunk.iter().map(|r| r.frame_index as usize).collect();
-                let mut decoded = decode_frames(sequence, &indices)?;
+                let mut decoded = sequence.decode_frames(&indices)?;
                 for &row in chunk {
                     let frame = decoded
                         .remove(&(row.frame_index as usize))
@@ -555,9 +558,12 @@ impl Namer<'_> {
 }
 
 /// `mrdino name`.
-pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
+pub fn run(args: &NameArgs, stop: &StopHandle) -> Result<ExitCode> {
+    let shard = match args.shard {
+        Some(s) => Some(s),
+        None => crate::cli::groups::shard_from_env()?,
+    };
     let started = Instant::now();
-    let started_unix_s = unix_now();
     if args.batch == 0 {
         bail!("--batch must be positive");
     }
@@ -584,16 +590,13 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         classes: classes.clone(),
         templates: TEMPLATES.iter().map(|s| s.to_string()).collect(),
         input_px: INPUT_PX,
-        resize: "bilinear, antialias, align_corners=False, rounded to uint8".into(),
+        resize: "bilinear, antialias, align_corners=False, on the float image (not rounded)".into(),
         mask_to_patches: "exact area fraction through the frames' resize/crop provenance".into(),
     };
     let params =
-        crate::identity::continue_earlier_partition(&args.out, NAMES_DATA_DIRS, params, &model.identities(), NameParams::hash)?;
+        crate::settings::identity::continue_earlier_partition(&args.out, NAMES_DATA_DIRS, params, &model.identities(), NameParams::hash)?;
     let hash = params.hash();
     let layout = NamesLayout::new(&args.out, &hash);
-    let ledger = layout.ledger();
-    ledger.prepare(&[layout.dir()])?;
-    ledger.write_params(&params, CODE_VERSION)?;
     // Units: the done units of the source run, in its plan order, fingerprinted by their source tables.
     let mut units = Vec::new();
     for unit in &source_plan.units {
@@ -604,7 +607,8 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         units.push(PlannedUnit::new(&unit.id, unit.frames, &source_fingerprint(&files)?));
     }
     let plan = Plan::new(NAMES_KIND, &hash, &source_plan.dataset, source, CODE_VERSION, units);
-    ledger.write_plan(&plan)?;
+    let job = OpenJob::open(layout.ledger(), &[layout.dir()], &params, plan, shard)?;
+    let (ledger, plan) = (&job.ledger, &job.plan);
     if !tables.incomplete_units.is_empty() && !args.quiet {
         eprintln!(
             "note: {} units of {} are not done and get no names",
@@ -638,20 +642,23 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
         class_embeddings: &class_embeddings,
         batch: args.batch,
     };
-    let driver = UnitDriver {
-        ledger: &ledger,
-        started,
-        time_budget: args.time_budget,
-        bar: None,
+    let stop = stop.with_budget(args.time_budget);
+    let units: Vec<((), &PlannedUnit)> = plan.units.iter().filter(|u| in_shard(&u.id, shard)).map(|u| ((), u)).collect();
+    let bar = progress::units(units.len() as u64, "sequences", args.quiet);
+    let describe = |c: &NameCounts| format!("{} instances named", c.instances);
+    let driver = Driver {
+        ledger,
+        stop: &stop,
+        bar: &bar,
         quiet: args.quiet,
+        describe: Some(&describe),
+        on_skip: None,
     };
-    let stop = || driver.stop_requested();
-    let run = driver.run(
-        plan.units.iter().filter(|u| in_shard(&u.id, shard)).map(|u| ((), u)),
-        |(), planned| {
+    let stop_requested = || stop.requested();
+    let run = driver.run_each(units, |(): (), planned: &PlannedUnit| {
             let frames = unit_frames(&tables, &planned.id);
             let rows = match sequences.iter().find(|s| s.id == planned.id) {
-                Some(sequence) if !frames.rows.is_empty() => namer.unit(sequence, &frames, &stop)?,
+                Some(sequence) if !frames.rows.is_empty() => namer.unit(sequence, &frames, &stop_requested)?,
                 Some(_) => Vec::new(),
                 None if frames.rows.is_empty() => Vec::new(),
                 None => bail!("sequence {} is not in the source dataset any more", planned.id),
@@ -666,22 +673,13 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
                 files: vec![file],
                 failures: Vec::new(),
             })
-        },
-        |c| format!("{} instances named", c.instances),
-    );
+    });
     let totals = NameTotals {
         units: run.tally,
         instances: run.done_counts().map(|c| c.instances).sum(),
         seconds: started.elapsed().as_secs_f64(),
     };
-    let exit = run.finish(
-        &ledger,
-        &hash,
-        serde_json::to_value(&params)?,
-        shard,
-        started_unix_s,
-        &totals,
-    )?;
+    let exit = job.finish(run, &totals, 0)?;
     eprintln!(
         "name: {} units done ({} instances), {} already done, {} failed, {} interrupted in {:.1} s → {}",
         totals.units.done,
@@ -695,47 +693,14 @@ pub fn run(args: &NameArgs, shard: Option<Shard>) -> Result<ExitCode> {
     Ok(exit)
 }
 
-/// Whether `out` holds a names job: a plan of kind `names` is in its bookkeeping.
-pub fn is_names_run(out: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(out.join("_plan")) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        std::fs::read(e.path())
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .is_some_and(|plan| plan["kind"] == NAMES_KIND)
-    })
-}
-
-/// Done / failed / missing units of a names job.
-pub fn status(out: &Path, params: Option<&str>, num_shards: Option<NonZeroU64>) -> Result<Status<NameCounts>> {
-    let choice = choose_partition(out, NAMES_DATA_DIRS, params, WhenSeveral::Refuse)?;
-    Ok(Ledger::new(out, NAMES_KIND, &choice.params_hash).status(num_shards)?)
-}
-
-pub fn print_status(status: &Status<NameCounts>) {
-    let instances: usize = status.done.values().map(|m| m.payload.instances).sum();
-    let totals = format!("{instances} instances");
-    crate::batch::print_job_status("names ", status, &totals);
-}
-
-/// Checks every planned unit is done and writes the merged manifest.
-pub fn finalize(out: &Path, params: Option<&str>) -> Result<PathBuf> {
-    let report = status(out, params, None)?;
-    let markers = crate::batch::require_complete(&report, print_status)?;
-    let ledger = Ledger::new(out, NAMES_KIND, &report.plan.params_hash);
-    let manifest = serde_json::json!({
-        "kind": NAMES_KIND,
-        "params_hash": report.plan.params_hash,
-        "params": ledger.read_params()?.unwrap_or(serde_json::Value::Null),
-        "units": markers.len(),
-        "instances": markers.iter().map(|m| m.payload.instances).sum::<usize>(),
-        "seconds": markers.iter().map(|m| m.seconds).sum::<f64>(),
-        "per_unit": markers,
-    });
-    Ok(ledger.write_final_manifest(&manifest)?)
-}
+/// The names job for `status` and `finalize`.
+pub const JOB: JobKind = JobKind {
+    kind: NAMES_KIND,
+    label: "names ",
+    data_dirs: NAMES_DATA_DIRS,
+    totals: &[("instances", "instances", "instances")],
+    frame_failures: false,
+};
 
 /// The names of a names root's complete units, keyed like instances. The partition: `params` when given, else the
 /// latest one made from the source partition `source_params` (a names root may hold several class lists, or names of

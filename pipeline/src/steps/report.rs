@@ -16,19 +16,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use mrdino_datasets::decode::read_processed;
-use mrdino_datasets::{list_sequences, DatasetKind, Frame, Processing, Sequence, SourceOptions};
+use mrdino_datasets::{DatasetKind, Frame, Sequence};
 use mrdino_outputs::flowviz::{flow_to_image, wheel_legend, write_rgb_png};
 use mrdino_outputs::layout::unit_key;
 use mrdino_outputs::overlay::{write_overlay, OverlayInstance};
 use mrdino_outputs::report::{render_html, ReportInput, SampleFigure};
-use mrdino_outputs::{write_atomic, FrameRow, InstanceRow};
+use mrdino_outputs::{write_atomic, InstanceRow};
 use mrdino_stages::flow::files::{find_flow_file, read_flow_file};
 use mrdino_stages::flow::{DisFlow, DisPreset, FlowEstimator, FlowField};
 use serde::Deserialize;
 
-use crate::cmd_eval::{read_label_tables, LabelTables};
-use crate::cmd_infer::{canvas_image, InferParams, PREDICTIONS_KIND};
+use crate::engine::runs::{read_label_tables, source_sequences};
+use crate::settings::infer::InferParams;
+use mrdino_model::predict::canvas_image;
+use mrdino_outputs::runs::{sample_frames, RunKind, RunTables as LabelTables};
 
 /// Side of the colour-wheel legend image, in pixels.
 const LEGEND_PX: usize = 128;
@@ -72,9 +73,6 @@ struct ParamsFile {
 #[derive(Deserialize)]
 struct StoredParams {
     dataset: DatasetKind,
-    #[serde(default)]
-    cameras: Vec<String>,
-    processing: Processing,
     flow: StoredFlow,
 }
 
@@ -162,103 +160,9 @@ impl FlowImages {
     }
 }
 
-/// Frames of `sequence` at `indices`, decoded once (one pass for videos).
-pub(crate) fn decode_frames(sequence: &Sequence, indices: &BTreeSet<usize>) -> Result<BTreeMap<usize, Frame>> {
-    let mut out = BTreeMap::new();
-    if let Some(files) = sequence.image_files() {
-        for &index in indices {
-            let Some(file) = files.get(index) else { continue };
-            let (image, geometry) = read_processed(&file.path, &sequence.processing)?;
-            out.insert(
-                index,
-                Frame {
-                    index,
-                    name: file.name.clone(),
-                    image,
-                    geometry,
-                },
-            );
-        }
-        return Ok(out);
-    }
-    let Some(&last) = indices.iter().next_back() else {
-        return Ok(out);
-    };
-    for (index, item) in sequence.frames()? {
-        if indices.contains(&index) {
-            out.insert(index, item?);
-        }
-        if index >= last {
-            break;
-        }
-    }
-    Ok(out)
-}
-
-/// Up to `count` labelled frames, evenly spaced, preferring frames with instances.
-pub(crate) fn sample_frames(frames: &[FrameRow], count: usize) -> Vec<&FrameRow> {
-    let with_instances: Vec<&FrameRow> = frames.iter().filter(|f| f.labelled && f.num_instances > 0).collect();
-    let candidates = if with_instances.is_empty() {
-        frames.iter().filter(|f| f.labelled).collect()
-    } else {
-        with_instances
-    };
-    if candidates.len() <= count {
-        return candidates;
-    }
-    (0..count).map(|k| candidates[k * candidates.len() / count]).collect()
-}
-
-/// The source sequences of a labels run, with the processing its parameter file records.
-pub(crate) fn run_sequences(tables: &LabelTables) -> Result<Vec<Sequence>> {
-    let path = tables.layout.ledger().params_file();
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read the parameter file {}", path.display()))?;
-    let params: ParamsFile =
-        serde_json::from_slice(&bytes).with_context(|| format!("{}: not a parameter file", path.display()))?;
-    source_sequences(tables, Some(&params))
-}
-
-/// Where the source frames are: the dataset listed as the labels run listed it.
-fn source_sequences(tables: &LabelTables, params: Option<&ParamsFile>) -> Result<Vec<Sequence>> {
-    if let Some(infer) = prediction_params(tables)? {
-        let plan =
-            mrdino_outputs::bookkeeping::Ledger::new(&tables.layout.root, PREDICTIONS_KIND, &tables.layout.params_hash)
-                .read_plan()?;
-        let source = SourceOptions {
-            kind: infer.dataset,
-            root: plan.root.clone(),
-            cameras: Some(infer.cameras.clone()),
-            processing: Some(infer.processing),
-        };
-        return list_sequences(&source).with_context(|| {
-            format!(
-                "cannot list the source frames of `{}` at {}",
-                plan.dataset,
-                plan.root.display()
-            )
-        });
-    }
-    let plan = tables.layout.ledger().read_plan()?;
-    let params = params.context("no parameter file, so the frames' processing is unknown")?;
-    let source = SourceOptions {
-        kind: params.params.dataset,
-        root: plan.root.clone(),
-        cameras: Some(params.params.cameras.clone()),
-        processing: Some(params.params.processing),
-    };
-    let sequences = list_sequences(&source).with_context(|| {
-        format!(
-            "cannot list the source frames of `{}` at {}",
-            plan.dataset,
-            plan.root.display()
-        )
-    })?;
-    Ok(sequences)
-}
-
 /// The parameters of a prediction run (`mrdino infer`); `None` for a labels run.
 fn prediction_params(tables: &LabelTables) -> Result<Option<InferParams>> {
-    if tables.kind != PREDICTIONS_KIND {
+    if tables.kind != RunKind::Predictions {
         return Ok(None);
     }
     let params =
@@ -298,7 +202,8 @@ fn write_samples(
             .iter()
             .find(|s| s.id == *sequence_id)
             .with_context(|| format!("sequence {sequence_id} is no longer in the source dataset"))?;
-        let frames = decode_frames(sequence, indices)
+        let frames = sequence
+            .decode_frames(indices)
             .with_context(|| format!("cannot re-read frames of {sequence_id} for the report"))?;
         decoded.insert(sequence_id, frames);
     }
@@ -312,7 +217,7 @@ fn write_samples(
         let canvas;
         let image = match &predictions {
             Some(p) => {
-                canvas = canvas_image(p, frame)?;
+                canvas = canvas_image(frame, &p.preset.window_grid(), p.tri_pd_view())?;
                 &canvas
             }
             None => &frame.image,
@@ -370,7 +275,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let tables = read_label_tables(&args.labels, args.params.as_deref())?;
     let (names_params, names) = match &args.names {
         Some(dir) => {
-            let (hash, names) = crate::cmd_name::read_names_run(dir, None, &tables.layout.params_hash)
+            let (hash, names) = crate::steps::name::read_names_run(dir, None, &tables.layout.params_hash)
                 .with_context(|| format!("cannot read the names in {}", dir.display()))?;
             (Some(hash), names)
         }
@@ -381,7 +286,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let labels_flow = params.as_ref().map(|p| &p.params.flow);
     let (mut flow, mut flow_note) = FlowImages::choose(args.flow_dir.as_deref(), labels_flow)?;
-    if tables.kind == PREDICTIONS_KIND {
+    if tables.kind == RunKind::Predictions {
         flow_note = "Predictions of a slot model (`mrdino infer`): masks drawn on the model's canvas; no flow.".into();
     }
     let mut notes: Vec<String> = tables
@@ -397,7 +302,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let samples = if args.samples == 0 {
         Vec::new()
     } else {
-        match source_sequences(&tables, params.as_ref()) {
+        match source_sequences(&tables, None, None, None) {
             Ok(sequences) => write_samples(args, &tables, &sequences, &mut flow, &names)?,
             Err(e) => {
                 notes.push(format!("No sampled frames: {e:#}."));
@@ -467,7 +372,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             ),
         ));
     }
-    facts.push(("report made by".into(), format!("mrdino {}", crate::job::CODE_VERSION)));
+    facts.push(("report made by".into(), format!("mrdino {}", crate::engine::job::CODE_VERSION)));
     let input = ReportInput {
         title: "mrdino pseudo-label report".into(),
         facts,

@@ -34,7 +34,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use mrdino_datasets::decode::read_processed;
@@ -59,15 +58,17 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use crate::cmd_eval::read_label_tables;
-use crate::cmd_infer::read_model_file;
-use crate::flowsel::parse_device;
-use crate::job::CODE_VERSION;
-use crate::refine_views::{LabelIndex, WindowLayout};
-use crate::training::{
-    check_saved_params, initial_state, merge, prepare_run_dir, preset_name, read_config, restore_training_state,
-    run_steps, write_checkpoint, CheckpointMeta, LoopSettings, StepRunner,
+use crate::engine::job::CODE_VERSION;
+use crate::engine::runs::read_label_tables;
+use crate::engine::stop::StopHandle;
+use crate::engine::training::{
+    check_saved_params, initial_state, prepare_run_dir, restore_training_state, run_steps, write_checkpoint,
+    CheckpointMeta, LoopSettings, StepRunner,
 };
+use crate::settings::presets::Preset;
+use crate::settings::{merge, read_config};
+use mrdino_model::refine_views::LabelIndex;
+use mrdino_outputs::checkpoint::read_model_file;
 
 /// Stage tags in checkpoints (`mrdino.stage`).
 pub const STAGE1: &str = "stage1";
@@ -98,12 +99,6 @@ pub struct RefineArgs {
     /// Feature cache of the labels' windows (`mrdino features --views windows --labels LABELS`).
     #[arg(long)]
     pub features: Option<PathBuf>,
-    /// Backbone for on-the-fly features instead of a cache (with --root).
-    #[arg(long)]
-    pub backbone: Option<String>,
-    /// Weights of the backbone (safetensors).
-    #[arg(long)]
-    pub backbone_weights: Option<PathBuf>,
     /// Dataset root, for on-the-fly features (frames are read from the paths the labels recorded).
     #[arg(long)]
     pub root: Option<PathBuf>,
@@ -143,18 +138,14 @@ pub struct RefineArgs {
     /// with the whole batch's).
     #[arg(long)]
     pub per_image_similarity: bool,
-    /// auto, cpu or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Threads libtorch may use on CPU (default: libtorch's choice).
-    #[arg(long)]
-    pub torch_threads: Option<i32>,
-    /// Stop cleanly (checkpoint, exit code 4) after this many seconds; rerun to resume.
-    #[arg(long)]
-    pub time_budget: Option<f64>,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: crate::cli::groups::RunArgs,
+    #[command(flatten)]
+    pub device: crate::cli::groups::DeviceArgs,
+    /// On-the-fly features instead of a cache (with --root); a `--from` model file that embeds its backbone
+    /// brings its own.
+    #[command(flatten)]
+    pub backbone: crate::cli::groups::BackboneArgs,
 }
 
 /// Stage-2 settings.
@@ -208,27 +199,22 @@ pub struct RefineParams {
 }
 
 impl RefineParams {
-    /// The reference recipe of `stage` for `preset`.
+    /// The reference recipe of `stage` for `preset` (see `crate::settings::presets`).
     pub fn preset(stage: &str, preset: &str, dataset: &str) -> Option<Self> {
-        if !matches!(preset, "kitti" | "tri-pd" | "movi-e") {
-            return None;
-        }
-        let (epochs, max_steps, lr, stage2) = match stage {
-            STAGE1 => (15.0, None, 4e-6, None),
-            STAGE2 => (
-                1.0,
-                (preset != "movi-e").then_some(2000),
-                4e-5,
-                Some(Stage2Params {
-                    background_weight: if preset == "kitti" { 0.4 } else { 0.2 },
-                    similarity_threshold: SIMILARITY_THRESHOLD,
-                    hidden: if preset == "movi-e" { 1024 } else { 2048 },
-                    keep_largest_masks: false,
-                    per_image_similarity: false,
-                }),
-            ),
+        let stage2 = match stage {
+            STAGE1 => false,
+            STAGE2 => true,
             _ => return None,
         };
+        let recipe = Preset::parse_model(preset)?.refine(stage2);
+        let (epochs, max_steps, lr) = (recipe.epochs, recipe.max_steps, recipe.lr);
+        let stage2 = recipe.stage2.map(|(background_weight, hidden)| Stage2Params {
+            background_weight,
+            similarity_threshold: SIMILARITY_THRESHOLD,
+            hidden,
+            keep_largest_masks: false,
+            per_image_similarity: false,
+        });
         Some(Self {
             stage: stage.to_string(),
             preset: preset.to_string(),
@@ -290,7 +276,11 @@ impl RefineParams {
 /// Preset < config file < flags; `steps` stays 0 until the number of views is known.
 fn resolve_params(stage: &str, args: &RefineArgs, dataset: DatasetKind) -> Result<RefineParams> {
     let file = args.config.as_deref().map(read_config).transpose()?;
-    let preset = preset_name(args.preset.as_deref(), file.as_ref(), dataset);
+    let preset = args
+        .preset
+        .clone()
+        .or_else(|| file.as_ref().and_then(|f| f.get("preset")).and_then(|p| p.as_str()).map(str::to_string))
+        .unwrap_or_else(|| Preset::for_dataset(dataset).model().name().to_string());
     let base = RefineParams::preset(stage, &preset, dataset.name())
         .with_context(|| format!("unknown preset `{preset}` (expected kitti, tri-pd or movi-e)"))?;
     let mut value = serde_json::to_value(&base)?;
@@ -350,10 +340,10 @@ fn resolve_params(stage: &str, args: &RefineArgs, dataset: DatasetKind) -> Resul
     Ok(p)
 }
 
-pub fn run(command: &RefineCommand) -> Result<ExitCode> {
+pub fn run(command: &RefineCommand, stop: &StopHandle) -> Result<ExitCode> {
     match command {
-        RefineCommand::Stage1(args) => refine(STAGE1, args),
-        RefineCommand::Stage2(args) => refine(STAGE2, args),
+        RefineCommand::Stage1(args) => refine(STAGE1, args, stop),
+        RefineCommand::Stage2(args) => refine(STAGE2, args, stop),
     }
 }
 
@@ -568,12 +558,8 @@ impl Head {
     }
 }
 
-fn refine(stage: &str, args: &RefineArgs) -> Result<ExitCode> {
-    let started = Instant::now();
-    let device = parse_device(&args.device)?;
-    if let Some(n) = args.torch_threads {
-        tch::set_num_threads(n.max(1));
-    }
+fn refine(stage: &str, args: &RefineArgs, stop: &StopHandle) -> Result<ExitCode> {
+    let device = args.device.device()?;
     let tables = read_label_tables(&args.labels, None)?;
     let labels_params = tables.layout.params_hash.clone();
     let dataset = tables
@@ -582,9 +568,10 @@ fn refine(stage: &str, args: &RefineArgs) -> Result<ExitCode> {
         .and_then(|f| DatasetKind::parse(&f.dataset))
         .with_context(|| format!("{}: the labels run has no frames", args.labels.display()))?;
     let mut params = resolve_params(stage, args, dataset)?;
-    let (from, from_file, from_identity) = read_model_file(&args.from)?;
-    let labels = LabelIndex::new(tables, WindowLayout::for_dataset(dataset));
-    let mut source: Box<dyn ViewSource> = match (&args.features, &args.backbone) {
+    let (from, from_file, from_identity) =
+        read_model_file(&args.from).with_context(|| format!("cannot read model {}", args.from.display()))?;
+    let labels = LabelIndex::new(tables, Preset::for_dataset(dataset).window_layout());
+    let mut source: Box<dyn ViewSource> = match (&args.features, &args.backbone.backbone) {
         (Some(dir), None) => {
             let cache =
                 FeatureCache::open(dir).with_context(|| format!("cannot open feature cache {}", dir.display()))?;
@@ -597,7 +584,7 @@ fn refine(stage: &str, args: &RefineArgs) -> Result<ExitCode> {
                 .context("--backbone computes features from the frames: give the dataset --root the labels read")?;
             let request = BackboneRequest {
                 name: Some(name),
-                weights: args.backbone_weights.as_deref(),
+                weights: args.backbone.backbone_weights.as_deref(),
                 model: Some((&from_file, &from)),
             };
             let backbone = LoadedBackbone::load(request, device)?.into_backbone();
@@ -692,7 +679,7 @@ fn refine(stage: &str, args: &RefineArgs) -> Result<ExitCode> {
     let mut state = initial_state(params.seed);
     if checkpoint.is_file() {
         state = restore(&checkpoint, &params, &from_identity, &model, head.as_ref(), &mut adam)?;
-        if !args.quiet {
+        if !args.run.quiet {
             eprintln!("resuming {} at step {}", layout.dir.display(), state.step);
         }
     }
@@ -715,9 +702,8 @@ fn refine(stage: &str, args: &RefineArgs) -> Result<ExitCode> {
         seed: params.seed,
         checkpoint_every: params.checkpoint_every,
         log_every: params.log_every,
-        time_budget: args.time_budget.map(Duration::from_secs_f64),
-        quiet: args.quiet,
-        started,
+        stop: &stop.with_budget(args.run.time_budget),
+        quiet: args.run.quiet,
         what: if stage == STAGE1 {
             "refined (stage 1)"
         } else {

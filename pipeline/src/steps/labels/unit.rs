@@ -8,8 +8,7 @@
 //! resolved into rows. Instances are computed for every frame that passes the corner test and has enough
 //! foreground; whether it ends up labelled depends on its run and segment.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 
 use crossbeam_channel::bounded;
 use mrdino_datasets::{DatasetError, Frame, Geometry, Sequence};
@@ -17,39 +16,13 @@ use mrdino_outputs::bookkeeping::FrameFailure;
 use mrdino_outputs::tables::{ExcludedReason, InstanceOrigin};
 use mrdino_outputs::{CocoRle, FrameRow, InstanceRow};
 use mrdino_stages::flow::files::{find_flow_file, kubric_flow_file, read_flow_file, read_kubric_flow};
-use mrdino_stages::flow::{FlowError, FlowEstimator, FlowField};
+use mrdino_stages::flow::source::FlowSource;
+use mrdino_stages::flow::{FlowError, FlowField};
 use mrdino_stages::instances::{separate_instances, Origin};
 use mrdino_stages::select::{corner_means_of_magnitude, CornerMeans};
 
-use crate::config::Params;
-
-/// Where flow comes from.
-pub enum FlowSource {
-    Estimator {
-        estimator: Box<dyn FlowEstimator>,
-        batch: usize,
-    },
-    Import {
-        dir: PathBuf,
-    },
-    /// Kubric's `forward_flow_XXXXX.png` beside each `rgba_XXXXX.png` (MOVi scenes).
-    Kubric,
-}
-
-impl FlowSource {
-    /// An independent copy for another unit running at the same time (`None` when the estimator cannot be
-    /// forked, e.g. a network).
-    pub fn fork(&self) -> Option<FlowSource> {
-        match self {
-            FlowSource::Estimator { estimator, batch } => Some(FlowSource::Estimator {
-                estimator: estimator.fork()?,
-                batch: *batch,
-            }),
-            FlowSource::Import { dir } => Some(FlowSource::Import { dir: dir.clone() }),
-            FlowSource::Kubric => Some(FlowSource::Kubric),
-        }
-    }
-}
+use crate::engine::stop::StopHandle;
+use crate::settings::labels::LabelsParams as Params;
 
 /// The table's name for how a stage found an instance.
 fn table_origin(origin: Origin) -> InstanceOrigin {
@@ -259,7 +232,7 @@ pub fn process_unit(
     sequence: &Sequence,
     params: &Params,
     flow: &mut FlowSource,
-    stop: &AtomicBool,
+    stop: &StopHandle,
     on_frame: &(dyn Fn() + Sync),
 ) -> Result<UnitOutput, UnitError> {
     let frames = sequence.frames().map_err(|e| UnitError::Failed(e.to_string()))?;
@@ -271,7 +244,7 @@ pub fn process_unit(
         let (frame_tx, frame_rx) = bounded::<(usize, Result<Frame, DatasetError>)>(4);
         scope.spawn(move || {
             for item in frames {
-                if stop.load(Ordering::Relaxed) || frame_tx.send(item).is_err() {
+                if stop.requested() || frame_tx.send(item).is_err() {
                     break;
                 }
             }
@@ -287,7 +260,7 @@ pub fn process_unit(
                 return Ok(());
             }
             let FlowSource::Estimator { estimator, .. } = flow else {
-                unreachable!("only estimators batch")
+                return Err(UnitError::Failed("only an estimator batches frame pairs".into()));
             };
             let pairs: Vec<_> = pending.iter().map(|(_, a, b)| (&a.image, &b.image)).collect();
             let results: Vec<Result<FlowField, String>> = match estimator.estimate(&pairs) {
@@ -303,7 +276,7 @@ pub fn process_unit(
         };
 
         for (index, item) in frame_rx {
-            if stop.load(Ordering::Relaxed) {
+            if stop.requested() {
                 interrupted = true;
                 break;
             }
@@ -370,7 +343,7 @@ pub fn process_unit(
             .join()
             .map_err(|_| UnitError::Failed("analysis stage panicked".into()))
     })?;
-    if interrupted || stop.load(Ordering::Relaxed) {
+    if interrupted || stop.requested() {
         return Err(UnitError::Interrupted);
     }
     if metas.len() < 2 {

@@ -22,7 +22,6 @@
 //! checkpoint of a killed run are dropped on resume and logged again.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use crossbeam_channel::{bounded, Receiver};
@@ -38,12 +37,14 @@ use mrdino_outputs::write_atomic;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::flowsel::parse_device;
-use crate::job::CODE_VERSION;
-use crate::training::{
-    check_saved_params, initial_state, merge, prepare_run_dir, preset_name, read_config, restore_training_state,
-    run_steps, write_checkpoint, CheckpointMeta, LoopSettings, StepRunner,
+use crate::engine::job::CODE_VERSION;
+use crate::engine::stop::StopHandle;
+use crate::engine::training::{
+    check_saved_params, initial_state, prepare_run_dir, restore_training_state, run_steps, write_checkpoint,
+    CheckpointMeta, LoopSettings, StepRunner,
 };
+use crate::settings::presets::Preset;
+use crate::settings::{merge, read_config};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TrainCommand {
@@ -71,14 +72,6 @@ pub struct DinosaurTrainArgs {
     /// Train from this feature cache (written by `mrdino features`) instead of running a backbone.
     #[arg(long)]
     pub features: Option<PathBuf>,
-    /// Backbone for on-the-fly features (seeded, no weights: `random-conv-p<PS>-c<C>[-pos]`, a random conv patch
-    /// embedding, `-pos` with a sine–cosine position code; `random-colour-p<PS>-c<C>[-pos]`, random Fourier
-    /// features of patch colours; for smoke runs and the demo).
-    #[arg(long)]
-    pub backbone: Option<String>,
-    /// Weights of the backbone (safetensors).
-    #[arg(long)]
-    pub backbone_weights: Option<PathBuf>,
     #[arg(long)]
     pub steps: Option<u64>,
     #[arg(long)]
@@ -97,21 +90,17 @@ pub struct DinosaurTrainArgs {
     /// Seed of sampling, augmentation, slot noise and initialisation.
     #[arg(long)]
     pub seed: Option<i64>,
-    /// auto, cpu or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Threads decoding and augmenting images (default: all cores).
-    #[arg(long)]
+    /// Threads decoding and augmenting images (at least 1; default: all cores).
+    #[arg(long, value_parser = crate::cli::values::count)]
     pub workers: Option<usize>,
-    /// Threads libtorch may use on CPU (default: libtorch's choice).
-    #[arg(long)]
-    pub torch_threads: Option<i32>,
-    /// Stop cleanly (checkpoint, exit code 4) after this many seconds; rerun to resume.
-    #[arg(long)]
-    pub time_budget: Option<f64>,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: crate::cli::groups::RunArgs,
+    #[command(flatten)]
+    pub device: crate::cli::groups::DeviceArgs,
+    /// On-the-fly features instead of a cache: a ViT with its weights, or a seeded backbone without
+    /// (`random-conv-p<PS>-c<C>[-pos]`, `random-colour-p<PS>-c<C>[-pos]`; for smoke runs and the demo).
+    #[command(flatten)]
+    pub backbone: crate::cli::groups::BackboneArgs,
 }
 
 /// Image preparation before the backbone (ignored with a feature cache).
@@ -150,54 +139,16 @@ pub struct TrainParams {
 }
 
 impl TrainParams {
-    /// The reference recipe of `preset` (`kitti`, `tri-pd`, `movi-e`).
+    /// The reference recipe of `preset` (`kitti`, `tri-pd`, `movi-e`; see `crate::settings::presets`).
     pub fn preset(preset: &str, dataset: &str) -> Option<Self> {
-        let model = DinosaurConfig::preset(preset)?;
-        let (steps, batch_size, lr, augment) = match preset {
-            "kitti" => (
-                100_000,
-                64,
-                4e-4,
-                AugmentParams {
-                    resize_height: 378,
-                    resize_width: 1260,
-                    crop_height: 378,
-                    crop_width: 378,
-                    random_flip: true,
-                },
-            ),
-            "tri-pd" => (
-                500_000,
-                16,
-                1e-4,
-                AugmentParams {
-                    resize_height: 490,
-                    resize_width: 980,
-                    crop_height: 490,
-                    crop_width: 490,
-                    random_flip: true,
-                },
-            ),
-            _ => (
-                500_000,
-                64,
-                4e-4,
-                AugmentParams {
-                    resize_height: 266,
-                    resize_width: 266,
-                    crop_height: 266,
-                    crop_width: 266,
-                    random_flip: false,
-                },
-            ),
-        };
+        let recipe = Preset::parse_model(preset)?.train();
         Some(Self {
             preset: preset.to_string(),
             dataset: dataset.to_string(),
-            model,
-            steps,
-            batch_size,
-            lr,
+            model: recipe.model,
+            steps: recipe.steps,
+            batch_size: recipe.batch_size,
+            lr: recipe.lr,
             warmup_steps: 10_000,
             lr_decay_rate: 0.5,
             lr_decay_steps: 100_000,
@@ -206,7 +157,13 @@ impl TrainParams {
             adam_beta2: 0.999,
             adam_eps: 1e-8,
             seed: 0,
-            augment,
+            augment: AugmentParams {
+                resize_height: recipe.resize.0,
+                resize_width: recipe.resize.1,
+                crop_height: recipe.crop.0,
+                crop_width: recipe.crop.1,
+                random_flip: recipe.random_flip,
+            },
             checkpoint_every: 1000,
             log_every: 10,
         })
@@ -273,7 +230,11 @@ pub fn resolve_params(args: &DinosaurTrainArgs) -> Result<TrainParams> {
             )
         })?;
     let file = args.config.as_deref().map(read_config).transpose()?;
-    let preset = preset_name(args.preset.as_deref(), file.as_ref(), kind);
+    let preset = args
+        .preset
+        .clone()
+        .or_else(|| file.as_ref().and_then(|f| f.get("preset")).and_then(|p| p.as_str()).map(str::to_string))
+        .unwrap_or_else(|| Preset::for_dataset(kind).model().name().to_string());
     let base = TrainParams::preset(&preset, kind.name())
         .with_context(|| format!("unknown preset `{preset}` (expected kitti, tri-pd or movi-e)"))?;
     let mut value = serde_json::to_value(&base)?;
@@ -307,9 +268,9 @@ pub fn resolve_params(args: &DinosaurTrainArgs) -> Result<TrainParams> {
     Ok(p)
 }
 
-pub fn run(command: &TrainCommand) -> Result<std::process::ExitCode> {
+pub fn run(command: &TrainCommand, stop: &StopHandle) -> Result<std::process::ExitCode> {
     match command {
-        TrainCommand::Dinosaur(args) => train_dinosaur(args),
+        TrainCommand::Dinosaur(args) => train_dinosaur(args, stop),
     }
 }
 
@@ -322,14 +283,10 @@ pub(crate) fn build_backbone(name: &str, weights: Option<&Path>, device: Device)
     Ok(LoadedBackbone::load(request, device)?.into_backbone())
 }
 
-fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
-    let started = Instant::now();
+fn train_dinosaur(args: &DinosaurTrainArgs, stop: &StopHandle) -> Result<std::process::ExitCode> {
     let mut params = resolve_params(args)?;
-    let device = parse_device(&args.device)?;
-    if let Some(n) = args.torch_threads {
-        tch::set_num_threads(n.max(1));
-    }
-    let source: Box<dyn FeatureSource> = match (&args.features, &args.backbone) {
+    let device = args.device.device()?;
+    let source: Box<dyn FeatureSource> = match (&args.features, &args.backbone.backbone) {
         (Some(dir), None) => {
             let cache =
                 FeatureCache::open(dir).with_context(|| format!("cannot open feature cache {}", dir.display()))?;
@@ -340,7 +297,7 @@ fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
                 .root
                 .as_ref()
                 .context("--root is needed to compute features from images")?;
-            let backbone = build_backbone(name, args.backbone_weights.as_deref(), device)?;
+            let backbone = build_backbone(name, args.backbone.backbone_weights.as_deref(), device)?;
             Box::new(ImageSource::new(&params, root, backbone, args.workers)?)
         }
         (Some(_), Some(_)) => bail!("give either --features or --backbone, not both"),
@@ -368,7 +325,7 @@ fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
     let checkpoint = layout.checkpoint_file();
     if checkpoint.is_file() {
         state = restore(&checkpoint, &params, &model, &mut adam)?;
-        if !args.quiet {
+        if !args.run.quiet {
             eprintln!("resuming {} at step {}", layout.dir.display(), state.step);
         }
     }
@@ -388,9 +345,8 @@ fn train_dinosaur(args: &DinosaurTrainArgs) -> Result<std::process::ExitCode> {
         seed: params.seed,
         checkpoint_every: params.checkpoint_every,
         log_every: params.log_every,
-        time_budget: args.time_budget.map(Duration::from_secs_f64),
-        quiet: args.quiet,
-        started,
+        stop: &stop.with_budget(args.run.time_budget),
+        quiet: args.run.quiet,
         what: "trained",
     };
     let mut runner = DinosaurRunner {

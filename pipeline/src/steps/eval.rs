@@ -39,10 +39,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use mrdino_datasets::decode::read_unchanged;
-use mrdino_outputs::bookkeeping::{choose_partition, Ledger, WhenSeveral};
-use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS, LABELS_KIND};
 use mrdino_outputs::tables::read_prediction_columns;
-use mrdino_outputs::tables::{read_frames, read_instances};
 use mrdino_outputs::{write_atomic, FrameRow, InstanceRow};
 use mrdino_stages::metrics::{
     decode_kitti_instances, nearest_exact_indices, quasi_static_retrieval, tri_pd_ground_truth, EvalPreset, Evaluator,
@@ -51,6 +48,9 @@ use mrdino_stages::metrics::{
 use opencv::core::CV_16U;
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::settings::infer::MODEL_STAGE2;
+use mrdino_outputs::runs::RunKind;
 
 /// Ground-truth layouts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -113,107 +113,13 @@ fn parse_preset(text: &str) -> Result<EvalPreset, String> {
         .map_err(|e: mrdino_stages::metrics::MetricsError| e.to_string())
 }
 
-/// The rows of one parameter partition of a labels or prediction run: done units only.
-pub struct LabelTables {
-    pub layout: Layout,
-    /// Job kind: `labels` or `predictions` (`mrdino infer`).
-    pub kind: String,
-    /// The run's resolved parameters (`OUT/_params/<hash>.json`), `null` when absent.
-    pub params: serde_json::Value,
-    pub frames: Vec<FrameRow>,
-    pub instances: Vec<InstanceRow>,
-    /// Tables of units that are not done (an interrupted or running job, or changed inputs), left out.
-    pub incomplete_units: Vec<PathBuf>,
-}
-
-/// Reads every done unit of `labels` (the bookkeeping's one rule for "done") in plan order. The partition is
-/// the one given, the only one, or else the one whose labels run started last, so that `make demo` keeps
-/// working after a parameter change. A prediction run of `mrdino infer` (same layout, job kind
-/// `predictions`) reads the same way.
-pub fn read_label_tables(labels: &Path, params: Option<&str>) -> Result<LabelTables> {
-    let choice = choose_partition(labels, LABELS_DATA_DIRS, params, WhenSeveral::Latest)?;
-    if params.is_none() && !choice.others.is_empty() {
-        eprintln!(
-            "note: {} holds labels of several parameter sets (params={}, params={}); using the latest run, \
-             params={} (choose with --params)",
-            labels.display(),
-            choice.params_hash,
-            choice.others.join(", params="),
-            choice.params_hash
-        );
-    }
-    let layout = Layout::new(labels, &choice.params_hash);
-    let kind = match crate::cmd_infer::job_kind(labels) {
-        Some(kind) if kind == crate::cmd_infer::PREDICTIONS_KIND => kind,
-        _ => LABELS_KIND.to_string(),
-    };
-    let ledger = Ledger::new(labels, &kind, &choice.params_hash);
-    let plan = ledger.read_plan()?;
-    let params = ledger.read_params()?.unwrap_or(serde_json::Value::Null);
-    let (mut frames, mut instances) = (Vec::new(), Vec::new());
-    let mut done_files = std::collections::BTreeSet::new();
-    for unit in &plan.units {
-        if ledger.is_done::<serde_json::Value>(unit).is_none() {
-            continue;
-        }
-        let [frames_file, instances_file] = layout.unit_outputs(&unit.id);
-        frames.extend(read_frames(&frames_file)?);
-        instances.extend(read_instances(&instances_file)?);
-        done_files.insert(frames_file);
-    }
-    let dir = layout.frames_dir();
-    let mut incomplete_units: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| {
-            format!(
-                "cannot list {} (no labels for params={}?)",
-                dir.display(),
-                choice.params_hash
-            )
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
-        .filter(|p| !done_files.contains(p))
-        .collect();
-    incomplete_units.sort();
-    Ok(LabelTables {
-        layout,
-        kind,
-        params,
-        frames,
-        instances,
-        incomplete_units,
-    })
-}
+/// The rows of a labels or prediction run (see `mrdino_outputs::runs`).
+pub use mrdino_outputs::runs::RunTables as LabelTables;
+pub use crate::engine::runs::read_label_tables;
 
 /// The prediction of one frame: its instance masks painted into an id map at the label grid.
 pub(crate) fn prediction_map(frame: &FrameRow, instances: &[&InstanceRow]) -> Result<LabelMap> {
-    let (height, width) = (frame.height as usize, frame.width as usize);
-    let mut labels = vec![0u32; height * width];
-    for inst in instances {
-        if (inst.mask.height, inst.mask.width) != (frame.height, frame.width) {
-            bail!(
-                "{} frame {}: instance {} has a {}x{} mask on a {}x{} label grid",
-                frame.sequence_id,
-                frame.frame_name,
-                inst.instance_id,
-                inst.mask.height,
-                inst.mask.width,
-                frame.height,
-                frame.width
-            );
-        }
-        let pixels = inst.mask.to_pixels().with_context(|| {
-            format!(
-                "{} frame {}: instance {}",
-                frame.sequence_id, frame.frame_name, inst.instance_id
-            )
-        })?;
-        for p in pixels {
-            labels[p as usize] = inst.instance_id;
-        }
-    }
-    Ok(LabelMap::new(height, width, labels)?)
+    Ok(mrdino_stages::metrics::instance_map(frame, instances)?)
 }
 
 /// Reads a single-channel 8- or 16-bit PNG as (height, width, values).
@@ -479,7 +385,7 @@ impl PredictionScoring {
                 to_original: false,
             },
             Some(kind) => Self {
-                rule: if kind == crate::cmd_infer::MODEL_STAGE2 && format != GtFormat::Kubric {
+                rule: if kind == MODEL_STAGE2 && format != GtFormat::Kubric {
                     PredictionRule::DiscardFirst
                 } else {
                     PredictionRule::KeepAll
@@ -544,7 +450,7 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
     let tables = read_label_tables(run, args.params.as_deref())?;
     let model_kind = match (
         args.predictions.is_some(),
-        tables.kind == crate::cmd_infer::PREDICTIONS_KIND,
+        tables.kind == RunKind::Predictions,
     ) {
         (true, true) => Some(
             tables.params["model_kind"]
@@ -634,14 +540,14 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
             .add_image(&prediction, &truth)
             .with_context(context)?;
     }
-    let quasi_static = if args.gt_format == GtFormat::Synth && tables.kind == LABELS_KIND {
+    let quasi_static = if args.gt_format == GtFormat::Synth && tables.kind == RunKind::Labels {
         Some(retrieval(&tables.frames, &mut gt)?)
     } else {
         None
     };
     Ok(EvalResult {
         labels: run.to_path_buf(),
-        kind: tables.kind.clone(),
+        kind: tables.kind.name().to_string(),
         model_kind,
         scoring,
         params_hash: tables.layout.params_hash.clone(),
@@ -817,7 +723,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd_infer::{channel_objects, MODEL_BASELINE, MODEL_STAGE2};
+    use mrdino_model::predict::channel_objects;
+    use crate::settings::infer::MODEL_BASELINE;
     use mrdino_model::windows::MergedCanvas;
     use mrdino_outputs::tables::InstanceOrigin;
     use mrdino_outputs::CocoRle;

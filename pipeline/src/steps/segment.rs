@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use mrdino_datasets::{list_sequences, DatasetKind, Frame, Processing, Sequence, SourceOptions};
 use mrdino_model::talk2dino::{label_map, preprocess, soft_masks, INPUT_PX, LAMBDA_BG, TEMPLATES};
-use mrdino_outputs::bookkeeping::{in_shard, unix_now, FrameFailure, Shard};
+use mrdino_outputs::bookkeeping::{FrameFailure, Shard};
 use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
 use mrdino_outputs::names::prompted_instances_batch;
 use mrdino_outputs::tables::{frames_batch, write_parquet, InstanceOrigin, SCHEMA_VERSION};
@@ -32,9 +32,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
-use crate::cmd_name::{frame_tensor, parse_classes, Talk2Dino, Talk2DinoArgs, WeightsIdentity};
-use crate::job::{build_plan, LabelCounts, Totals, CODE_VERSION};
-use crate::unit_job::{Stopped, UnitDone, UnitDriver};
+use crate::engine::job::{build_plan, OpenJob, CODE_VERSION};
+use crate::engine::progress;
+use crate::engine::stop::{StopHandle, Stopped};
+use crate::engine::units::{Driver, UnitDone};
+use crate::steps::labels::Totals;
+use crate::steps::name::{frame_tensor, parse_classes, Talk2Dino, Talk2DinoArgs, WeightsIdentity};
+use mrdino_outputs::bookkeeping::PlannedUnit;
+use mrdino_outputs::layout::LabelCounts;
 
 /// Talk2DINO demo's background threshold on the sigmoid masks (values lie in [0.27, 0.73]).
 pub const DEFAULT_THRESHOLD: f64 = 0.55;
@@ -46,7 +51,7 @@ pub struct SegmentArgs {
     #[arg(long, required = true)]
     pub prompt: Vec<String>,
     /// Dataset layout: frames, video, kitti, tri-pd, movi-e.
-    #[arg(long, value_parser = crate::parse_dataset)]
+    #[arg(long, value_parser = crate::cli::values::dataset)]
     pub dataset: DatasetKind,
     /// Dataset root.
     #[arg(long)]
@@ -58,7 +63,7 @@ pub struct SegmentArgs {
     #[arg(long, value_delimiter = ',')]
     pub cameras: Option<Vec<String>>,
     /// Resize every frame to WxH first (default: the dataset's reference geometry, as `labels`).
-    #[arg(long, value_parser = crate::parse_size)]
+    #[arg(long, value_parser = crate::cli::values::size)]
     pub resize: Option<(usize, usize)>,
     #[command(flatten)]
     pub model: Talk2DinoArgs,
@@ -72,10 +77,10 @@ pub struct SegmentArgs {
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Process only shard I of N (stable hash of the sequence id); defaults to Slurm's array variables.
-    #[arg(long, value_parser = crate::parse_shard)]
+    #[arg(long, value_parser = crate::cli::values::shard)]
     pub shard: Option<Shard>,
     /// Stop cleanly (exit code 4) before this many seconds have passed; rerun to resume.
-    #[arg(long, value_parser = crate::parse_time_budget, allow_hyphen_values = true)]
+    #[arg(long, value_parser = crate::cli::values::time_budget, allow_hyphen_values = true)]
     pub time_budget: Option<Duration>,
     /// No per-unit messages.
     #[arg(long)]
@@ -243,9 +248,12 @@ impl Segmenter<'_> {
 }
 
 /// `mrdino segment`.
-pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
+pub fn run(args: &SegmentArgs, stop: &StopHandle) -> Result<ExitCode> {
     let started = Instant::now();
-    let started_unix_s = unix_now();
+    let shard = match args.shard {
+        Some(s) => Some(s),
+        None => crate::cli::groups::shard_from_env()?,
+    };
     if args.batch == 0 {
         bail!("--batch must be positive");
     }
@@ -287,7 +295,7 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         threshold: args.threshold,
         flow: NoFlow { backend: "none".into() },
     };
-    let params = crate::identity::continue_earlier_partition(
+    let params = crate::settings::identity::continue_earlier_partition(
         &args.out,
         LABELS_DATA_DIRS,
         params,
@@ -297,10 +305,8 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
     let hash = params.hash();
     let layout = Layout::new(&args.out, &hash);
     let ledger = layout.ledger();
-    ledger.prepare(&[layout.frames_dir(), layout.instances_dir()])?;
-    ledger.write_params(&params, CODE_VERSION)?;
     let plan = build_plan(ledger.kind(), &hash, args.dataset.name(), &sequences);
-    ledger.write_plan(&plan)?;
+    let job = OpenJob::open(ledger, &[layout.frames_dir(), layout.instances_dir()], &params, plan, shard)?;
     let metadata = vec![
         ("mrdino.schema_version".to_string(), SCHEMA_VERSION.to_string()),
         ("mrdino.code_version".to_string(), CODE_VERSION.to_string()),
@@ -323,21 +329,21 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         classes: &classes,
         params: &params,
     };
-    let driver = UnitDriver {
-        ledger: &ledger,
-        started,
-        time_budget: args.time_budget,
-        bar: None,
+    let stop = stop.with_budget(args.time_budget);
+    let units = job.units(&sequences);
+    let bar = progress::units(units.len() as u64, "sequences", args.quiet);
+    let describe = |c: &LabelCounts| format!("{} frames, {} prompt regions", c.frame_rows, c.instances);
+    let driver = Driver {
+        ledger: &job.ledger,
+        stop: &stop,
+        bar: &bar,
         quiet: args.quiet,
+        describe: Some(&describe),
+        on_skip: None,
     };
-    let stop = || driver.stop_requested();
-    let run = driver.run(
-        sequences
-            .iter()
-            .zip(&plan.units)
-            .filter(|(s, _)| in_shard(&s.id, shard)),
-        |sequence, planned| {
-            let output = segmenter.unit(sequence, args.batch, &stop)?;
+    let stop_requested = || stop.requested();
+    let run = driver.run_each(units, |sequence: &Sequence, planned: &PlannedUnit| {
+            let output = segmenter.unit(sequence, args.batch, &stop_requested)?;
             let [frames_path, instances_path] = layout.unit_outputs(&planned.id);
             let prompt_of: Vec<&str> = output
                 .instances
@@ -361,9 +367,7 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
                 files: vec![frames_path, instances_path],
                 failures: output.failures,
             })
-        },
-        |c| format!("{} frames, {} prompt regions", c.frame_rows, c.instances),
-    );
+    });
     let totals = Totals {
         units: run.tally,
         frames: run.done_counts().map(|c| c.frame_rows).sum(),
@@ -373,14 +377,7 @@ pub fn run(args: &SegmentArgs, shard: Option<Shard>) -> Result<ExitCode> {
         frame_failures: run.frame_failures,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let exit = run.finish(
-        &ledger,
-        &hash,
-        serde_json::to_value(&params)?,
-        shard,
-        started_unix_s,
-        &totals,
-    )?;
+    let exit = job.finish(run, &totals, 0)?;
     eprintln!(
         "segment: {} units done ({} frames, {} prompt regions), {} already done, {} failed, {} interrupted, {} frame \
          failures in {:.1} s → {}",

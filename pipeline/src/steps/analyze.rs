@@ -38,8 +38,9 @@ use mrdino_outputs::write_atomic;
 use mrdino_outputs::FrameRow;
 use tch::{Device, Kind, Tensor};
 
-use crate::cmd_eval::{prediction_map, read_label_tables, GroundTruth, GtFormat};
-use crate::cmd_report::{decode_frames, run_sequences, sample_frames};
+use crate::engine::runs::{read_label_tables, source_sequences};
+use crate::steps::eval::{prediction_map, GroundTruth, GtFormat};
+use mrdino_outputs::runs::sample_frames;
 
 /// Flags of `mrdino analyze`.
 #[derive(Debug, clap::Args)]
@@ -298,7 +299,7 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
             sampled.len()
         );
     }
-    let sequences = run_sequences(&tables)?;
+    let sequences = source_sequences(&tables, None, None, None)?;
     let params = VariantParams {
         fill: args.fill,
         centre_radius: args.centre_radius,
@@ -355,7 +356,7 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
         let Some(indices) = by_sequence.get(sequence.id.as_str()) else {
             continue;
         };
-        let decoded = decode_frames(sequence, indices)?;
+        let decoded = sequence.decode_frames(indices)?;
         for frame_row in sampled.iter().filter(|f| f.sequence_id == sequence.id) {
             let Some(frame) = decoded.get(&(frame_row.frame_index as usize)) else {
                 bail!(

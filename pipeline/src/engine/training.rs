@@ -1,22 +1,21 @@
-//! What every training command shares (`train dinosaur`, `refine stage1`, `refine stage2`): the metrics log,
-//! the loss plot, config merging, the preset choice, checkpoint writing and resuming, and the step loop with its
-//! stop rules.
+//! The training step loop every training command runs on (`train dinosaur`, `refine stage1`, `refine stage2`):
+//! the metrics log, the loss plot, checkpoint cadence and writing, resuming, and the stop rules.
 //!
-//! The loop ([`run_steps`]) runs steps until `steps`; it logs a [`MetricsRow`] every `log_every` steps to
-//! `metrics.jsonl`, writes the checkpoint (through the [`StepRunner`]) and `loss.svg` every `checkpoint_every`
-//! steps and at the end, and on SIGINT/SIGTERM or when `--time-budget` has passed writes them and returns exit
-//! code 4. Rows logged after the last checkpoint of a killed run are dropped on resume and logged again, so the
-//! log of a resumed run equals an uninterrupted one's (but for the wall-clock column).
+//! [`run_steps`] runs steps until `steps`; it appends a [`MetricsRow`] every `log_every` steps to `metrics.jsonl`
+//! (and the wall-clock time to `timing.jsonl`), writes the checkpoint (through the [`StepRunner`]) and `loss.svg`
+//! every `checkpoint_every` steps and at the end, and when the stop handle says so (signal, time budget) writes
+//! them and returns exit code 4. The metrics log is append-only: on resume the rows up to the checkpoint's step are
+//! kept byte for byte and the file is cut right after them (rows a killed run logged after its last checkpoint,
+//! and a partial last line, are dropped and logged again), so the log of a resumed run equals an uninterrupted
+//! one's byte for byte. Wall-clock time is not in it for that reason.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mrdino_datasets::DatasetKind;
 use mrdino_model::dinosaur::Dinosaur;
 use mrdino_model::optim::Adam;
 use mrdino_model::tensors::{from_tch, to_tch};
@@ -31,26 +30,8 @@ use mrdino_outputs::write_atomic;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::job::CODE_VERSION;
-use crate::run::STOP;
-use crate::EXIT_STOPPED;
-
-/// Merges `over` into `base` key by key (nested objects recursively), as config files override presets.
-pub(crate) fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(k) {
-                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
-                    _ => {
-                        b.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o.clone(),
-    }
-}
+use super::job::CODE_VERSION;
+use super::stop::{StopHandle, EXIT_STOPPED};
 
 /// One row of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,37 +41,50 @@ pub struct MetricsRow {
     pub lr: f64,
     pub grad_norm: f64,
     pub mask_similarity: f64,
-    pub elapsed_s: f64,
 }
 
-/// Rows of `path` up to `max_step` (complete lines only; a partial last line of a killed run is dropped).
-fn read_metrics(path: &Path, max_step: u64) -> Result<Vec<MetricsRow>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(Vec::new());
+/// One row of `timing.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct TimingRow {
+    step: u64,
+    elapsed_s: f64,
+}
+
+/// The rows of the metrics log at `path` up to `max_step` and the byte length they take: complete lines only, up
+/// to the first that is not a row (a partial last line of a killed run).
+fn kept_rows(path: &Path, max_step: u64) -> Result<(Vec<MetricsRow>, u64)> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let mut rows = Vec::new();
+    let (mut rows, mut length) = (Vec::new(), 0u64);
     for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
-        if let Ok(row) = serde_json::from_str::<MetricsRow>(line.trim_end()) {
-            if row.step <= max_step {
+        match serde_json::from_str::<MetricsRow>(line.trim_end()) {
+            Ok(row) if row.step <= max_step => {
                 rows.push(row);
+                length += line.len() as u64;
             }
+            _ => break,
         }
     }
-    Ok(rows)
+    Ok((rows, length))
 }
 
-fn write_metrics(path: &Path, rows: &[MetricsRow]) -> Result<()> {
-    let mut text = String::new();
-    for r in rows {
-        text.push_str(&serde_json::to_string(r)?);
-        text.push('\n');
-    }
-    write_atomic(path, text.as_bytes())?;
-    Ok(())
+/// Opens the log at `path` for appending after its first `length` bytes (cutting what follows).
+fn append_after(path: &Path, length: u64) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.set_len(length)
+        .with_context(|| format!("cannot cut {} after its checkpointed rows", path.display()))?;
+    Ok(file)
 }
 
 /// A line plot of loss over steps (log-scale loss axis), as a self-contained SVG.
-pub(crate) fn loss_svg(rows: &[MetricsRow]) -> String {
+pub fn loss_svg(rows: &[MetricsRow]) -> String {
     let (w, h, m) = (640.0, 360.0, 50.0);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
@@ -133,7 +127,7 @@ pub(crate) fn loss_svg(rows: &[MetricsRow]) -> String {
 }
 
 /// One training run's steps: what the loop calls.
-pub(crate) trait StepRunner {
+pub trait StepRunner {
     /// One optimisation step on the samples `first_sample .. first_sample + batch_size`.
     fn step(&mut self, step: u64, first_sample: u64) -> Result<StepMetrics>;
     /// Writes the checkpoint of `state` atomically.
@@ -141,23 +135,22 @@ pub(crate) trait StepRunner {
 }
 
 /// How a run's loop is driven.
-pub(crate) struct LoopSettings<'a> {
+pub struct LoopSettings<'a> {
     pub layout: &'a RunLayout,
     pub steps: u64,
     pub batch_size: u64,
     pub seed: i64,
     pub checkpoint_every: u64,
     pub log_every: u64,
-    pub time_budget: Option<Duration>,
+    /// Signals and the time budget.
+    pub stop: &'a StopHandle,
     pub quiet: bool,
-    /// When this process started (the time budget counts from it).
-    pub started: Instant,
     /// Word for the finishing message, e.g. "trained" or "refined (stage 1)".
     pub what: &'a str,
 }
 
 /// A fresh run's state.
-pub(crate) fn initial_state(seed: i64) -> TrainState {
+pub fn initial_state(seed: i64) -> TrainState {
     TrainState {
         step: 0,
         next_sample: 0,
@@ -167,15 +160,7 @@ pub(crate) fn initial_state(seed: i64) -> TrainState {
     }
 }
 
-/// Runs the steps from `state` on (see the module docs). Returns success or exit code 4 (stopped).
-pub(crate) fn run_steps(
-    settings: &LoopSettings<'_>,
-    mut state: TrainState,
-    runner: &mut dyn StepRunner,
-) -> Result<ExitCode> {
-    let layout = settings.layout;
-    let mut rows = read_metrics(&layout.metrics_file(), state.step)?;
-    write_metrics(&layout.metrics_file(), &rows)?;
+fn step_bar(settings: &LoopSettings<'_>, position: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(
         Some(settings.steps),
         if settings.quiet {
@@ -189,13 +174,61 @@ pub(crate) fn run_steps(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix("steps");
-    bar.set_position(state.step);
-    let elapsed_before = state.elapsed_s;
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(layout.metrics_file())
-        .with_context(|| format!("cannot open {}", layout.metrics_file().display()))?;
+    bar.set_position(position);
+    bar
+}
+
+/// The run's two logs, opened for appending after the rows of steps up to `step`.
+struct Logs {
+    rows: Vec<MetricsRow>,
+    metrics: std::fs::File,
+    timing: std::fs::File,
+}
+
+impl Logs {
+    fn open(layout: &RunLayout, step: u64) -> Result<Self> {
+        let (rows, length) = kept_rows(&layout.metrics_file(), step)?;
+        let metrics = append_after(&layout.metrics_file(), length)?;
+        let timing_path = layout.dir.join("timing.jsonl");
+        let timing_length = timing_prefix(&timing_path, step)?;
+        let timing = append_after(&timing_path, timing_length)?;
+        Ok(Self { rows, metrics, timing })
+    }
+
+    fn log(&mut self, row: MetricsRow, elapsed_s: f64) -> Result<()> {
+        writeln!(self.metrics, "{}", serde_json::to_string(&row)?)?;
+        self.metrics.flush()?;
+        let timing = TimingRow {
+            step: row.step,
+            elapsed_s,
+        };
+        writeln!(self.timing, "{}", serde_json::to_string(&timing)?)?;
+        self.rows.push(row);
+        Ok(())
+    }
+}
+
+/// The byte length of the timing log's rows up to `step`.
+fn timing_prefix(path: &Path, step: u64) -> Result<u64> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(0);
+    };
+    let mut length = 0u64;
+    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        match serde_json::from_str::<TimingRow>(line.trim_end()) {
+            Ok(row) if row.step <= step => length += line.len() as u64,
+            _ => break,
+        }
+    }
+    Ok(length)
+}
+
+/// Runs the steps from `state` on (see the module docs). Returns success or exit code 4 (stopped).
+pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mut dyn StepRunner) -> Result<ExitCode> {
+    let layout = settings.layout;
+    let mut logs = Logs::open(layout, state.step)?;
+    let bar = step_bar(settings, state.step);
+    let (started, elapsed_before) = (Instant::now(), state.elapsed_s);
     let save = |runner: &dyn StepRunner, state: &TrainState, rows: &[MetricsRow]| -> Result<()> {
         runner.save(state)?;
         write_atomic(&layout.loss_plot_file(), loss_svg(rows).as_bytes())?;
@@ -203,11 +236,8 @@ pub(crate) fn run_steps(
     };
     let batch = settings.batch_size;
     while state.step < settings.steps {
-        if settings.time_budget.is_some_and(|b| settings.started.elapsed() >= b) {
-            STOP.store(true, Ordering::SeqCst);
-        }
-        if STOP.load(Ordering::SeqCst) {
-            save(runner, &state, &rows)?;
+        if settings.stop.requested() {
+            save(runner, &state, &logs.rows)?;
             bar.abandon();
             eprintln!(
                 "stopped at step {}; checkpoint written, run the same command again to resume",
@@ -215,15 +245,14 @@ pub(crate) fn run_steps(
             );
             return Ok(ExitCode::from(EXIT_STOPPED));
         }
-        let first = state.step * batch;
-        let m = runner.step(state.step, first)?;
+        let m = runner.step(state.step, state.step * batch)?;
         if !m.loss.is_finite() {
-            anyhow::bail!("non-finite loss {} at step {}", m.loss, state.step);
+            bail!("non-finite loss {} at step {}", m.loss, state.step);
         }
         state.step += 1;
         state.next_sample = state.step * batch;
         state.rng_state = sample_rng(settings.seed, state.next_sample).state;
-        state.elapsed_s = elapsed_before + settings.started.elapsed().as_secs_f64();
+        state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         if state.step % settings.log_every == 0 || state.step == settings.steps {
             let row = MetricsRow {
                 step: state.step,
@@ -231,21 +260,18 @@ pub(crate) fn run_steps(
                 lr: m.lr,
                 grad_norm: m.grad_norm,
                 mask_similarity: m.mask_similarity,
-                elapsed_s: state.elapsed_s,
             };
-            writeln!(metrics_file, "{}", serde_json::to_string(&row)?)?;
-            metrics_file.flush()?;
-            rows.push(row);
+            logs.log(row, state.elapsed_s)?;
             bar.set_message(format!("loss {:.4}", m.loss));
         }
         if state.step % settings.checkpoint_every == 0 || state.step == settings.steps {
-            save(runner, &state, &rows)?;
+            save(runner, &state, &logs.rows)?;
         }
         bar.set_position(state.step);
     }
     bar.finish_and_clear();
     if !settings.quiet {
-        let last = rows.last().map_or(f64::NAN, |r| r.loss);
+        let last = logs.rows.last().map_or(f64::NAN, |r| r.loss);
         eprintln!(
             "{} {} steps; last loss {last:.5}; checkpoint {}",
             settings.what,
@@ -256,45 +282,16 @@ pub(crate) fn run_steps(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads a JSON config file of parameter overrides.
-pub(crate) fn read_config(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("invalid JSON in {}", path.display()))?;
-    anyhow::ensure!(
-        value.is_object(),
-        "config file {} must hold a JSON object",
-        path.display()
-    );
-    Ok(value)
-}
-
 /// The run directory, created, with stale temporaries of dead writers removed.
-pub(crate) fn prepare_run_dir(dir: &Path) -> Result<RunLayout> {
+pub fn prepare_run_dir(dir: &Path) -> Result<RunLayout> {
     let layout = RunLayout::new(dir);
     std::fs::create_dir_all(&layout.dir).with_context(|| format!("cannot create {}", layout.dir.display()))?;
     mrdino_outputs::atomic::remove_stale_temporaries(&layout.dir)?;
     Ok(layout)
 }
 
-/// The recipe preset of a run: the flag, else the config file's `"preset"`, else the dataset's own (TRI-PD and
-/// MOVi-E theirs; KITTI, frame folders and videos `kitti`).
-pub(crate) fn preset_name(flag: Option<&str>, file: Option<&serde_json::Value>, dataset: DatasetKind) -> String {
-    flag.map(str::to_string)
-        .or_else(|| {
-            file.and_then(|f| f.get("preset"))
-                .and_then(|p| p.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| match dataset {
-            DatasetKind::TriPd => "tri-pd".into(),
-            DatasetKind::MoviE => "movi-e".into(),
-            _ => "kitti".into(),
-        })
-}
-
 /// What a training checkpoint records beside its tensors.
-pub(crate) struct CheckpointMeta<'a> {
+pub struct CheckpointMeta<'a> {
     /// `refine` stage (`stage1`, `stage2`); `None` for `train dinosaur`.
     pub stage: Option<&'a str>,
     pub model_config: String,
@@ -305,7 +302,7 @@ pub(crate) struct CheckpointMeta<'a> {
 
 /// Writes a checkpoint atomically: `tensors` (the weights), the Adam moments under [`OPTIMIZER_PREFIX`], the
 /// metadata and `state` with the optimiser's per-parameter step counts.
-pub(crate) fn write_checkpoint(
+pub fn write_checkpoint(
     path: &Path,
     tensors: Vec<RawTensor>,
     adam: &Adam,
@@ -339,9 +336,9 @@ pub(crate) fn write_checkpoint(
 
 /// Refuses checkpoint `file` (read from `path`) unless the identity of its saved parameters (what must not change
 /// across a resume) equals that of `current`; an identity of `weights` recorded by an earlier version counts as
-/// theirs (see `crate::identity`). `inputs` names what else, besides the flags, is part of that identity (e.g.
-/// the model refined), for the message.
-pub(crate) fn check_saved_params<P: DeserializeOwned>(
+/// theirs (see `crate::settings::identity`). `inputs` names what else, besides the flags, is part of that identity
+/// (e.g. the model refined), for the message.
+pub fn check_saved_params<P: DeserializeOwned>(
     file: &TensorFile,
     path: &Path,
     identity: impl Fn(&P) -> serde_json::Value,
@@ -352,8 +349,8 @@ pub(crate) fn check_saved_params<P: DeserializeOwned>(
 ) -> Result<()> {
     let saved: P = serde_json::from_str(file.meta(META_PARAMS).context("checkpoint lacks parameters")?)
         .with_context(|| format!("{}: unreadable parameters (not a {what} checkpoint?)", path.display()))?;
-    let saved = crate::identity::canonical_ids(&identity(&saved), weights);
-    let now = crate::identity::canonical_ids(&identity(current), weights);
+    let saved = crate::settings::identity::canonical_ids(&identity(&saved), weights);
+    let now = crate::settings::identity::canonical_ids(&identity(current), weights);
     if saved != now {
         bail!(
             "{} holds a {what} run with other parameters{inputs}; use another --out or the same parameters\n \
@@ -369,7 +366,7 @@ pub(crate) fn check_saved_params<P: DeserializeOwned>(
 /// Resumes from checkpoint `file`: its training state (the sample generator must be where `seed` puts it), the
 /// DINOSAUR weights into `model` and the Adam moments into `adam`. Extra trained tensors (a stage-2 head) are the
 /// caller's.
-pub(crate) fn restore_training_state(
+pub fn restore_training_state(
     file: &TensorFile,
     path: &Path,
     seed: i64,
@@ -397,4 +394,39 @@ pub(crate) fn restore_training_state(
     }
     adam.import_state(&moments, &state.optimizer_steps)?;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resuming_keeps_the_checkpointed_rows_byte_for_byte_and_cuts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let row = |step: u64| MetricsRow {
+            step,
+            loss: 0.1 + 1.0 / 3.0 * step as f64,
+            lr: 1e-3 / 7.0,
+            grad_norm: 2f64.sqrt(),
+            mask_similarity: 0.3,
+        };
+        let mut text = String::new();
+        for step in 1..=5 {
+            text.push_str(&serde_json::to_string(&row(step)).unwrap());
+            text.push('\n');
+        }
+        let kept_len = text.lines().take(3).map(|l| l.len() + 1).sum::<usize>();
+        text.push_str("{\"step\": 6, \"lo"); // a partial line of a killed run
+        std::fs::write(&path, &text).unwrap();
+        let (rows, length) = kept_rows(&path, 3).unwrap();
+        assert_eq!(rows, vec![row(1), row(2), row(3)]);
+        assert_eq!(length as usize, kept_len);
+        let mut file = append_after(&path, length).unwrap();
+        writeln!(file, "{}", serde_json::to_string(&row(4)).unwrap()).unwrap();
+        let after = std::fs::read_to_string(&path).unwrap();
+        let expected: String = text.lines().take(4).map(|l| format!("{l}\n")).collect();
+        assert_eq!(after, expected, "the first rows are untouched bytes");
+        assert_eq!(kept_rows(&dir.path().join("none.jsonl"), 9).unwrap().1, 0);
+    }
 }

@@ -43,7 +43,7 @@ pub struct FrameSize {
 }
 
 fn parse_size(text: &str) -> Result<FrameSize, String> {
-    let (width, height) = crate::parse_size(text)?;
+    let (width, height) = crate::cli::values::size(text)?;
     Ok(FrameSize { height, width })
 }
 

@@ -1,0 +1,136 @@
+//! The flag groups every command shares, defined once. Each is flattened into a command's arguments under its
+//! own help heading, and the commands list them in one order: the command's own flags, then `Input`, `Job`,
+//! `Device`, `Backbone`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use mrdino_datasets::DatasetKind;
+use mrdino_outputs::bookkeeping::Shard;
+
+use super::values;
+
+/// Where frames come from.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Input")]
+pub struct DatasetArgs {
+    /// Dataset layout: frames, video, kitti, tri-pd, movi-e.
+    #[arg(long, value_parser = values::dataset)]
+    pub dataset: DatasetKind,
+    /// Dataset root (a directory, or a video file for `--dataset video`).
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Cameras to read (KITTI: image_02,image_03; TRI-PD: camera_01,camera_05,camera_06).
+    #[arg(long, value_delimiter = ',')]
+    pub cameras: Option<Vec<String>>,
+}
+
+impl DatasetArgs {
+    /// The cameras given, or the dataset's own.
+    pub fn cameras(&self) -> Vec<String> {
+        self.cameras.clone().unwrap_or_else(|| self.dataset.default_cameras())
+    }
+}
+
+/// How a long job stops and reports: `--time-budget`, `--quiet`.
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(next_help_heading = "Job")]
+pub struct RunArgs {
+    /// Stop cleanly (exit code 4) before this many seconds have passed (a finite number >= 0); rerun to resume.
+    #[arg(long, value_parser = values::time_budget, allow_hyphen_values = true)]
+    pub time_budget: Option<Duration>,
+    /// No progress bars or per-unit messages.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// A job of units (sequences): shards, failures, stopping, reporting.
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(next_help_heading = "Job")]
+pub struct JobArgs {
+    /// Process only shard I of N (I in 0..N), assigned by a stable hash of the sequence id. Defaults to
+    /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when those are set.
+    #[arg(long, value_parser = values::shard)]
+    pub shard: Option<Shard>,
+    /// Exit with code 3 when more than this many units or frames failed.
+    #[arg(long, default_value_t = 0)]
+    pub max_failures: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl JobArgs {
+    /// `--shard`, else Slurm's array variables, else none.
+    pub fn shard(&self) -> Result<Option<Shard>> {
+        match self.shard {
+            Some(s) => Ok(Some(s)),
+            None => shard_from_env(),
+        }
+    }
+}
+
+/// Shard from Slurm's array variables.
+pub fn shard_from_env() -> Result<Option<Shard>> {
+    let (Ok(id), Ok(count)) = (
+        std::env::var("SLURM_ARRAY_TASK_ID"),
+        std::env::var("SLURM_ARRAY_TASK_COUNT"),
+    ) else {
+        return Ok(None);
+    };
+    let min: u64 = match std::env::var("SLURM_ARRAY_TASK_MIN") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("SLURM_ARRAY_TASK_MIN is not a number: {v}"))?,
+        Err(_) => 0,
+    };
+    let id: u64 = id
+        .parse()
+        .with_context(|| format!("SLURM_ARRAY_TASK_ID is not a number: {id}"))?;
+    let count: u64 = count
+        .parse()
+        .with_context(|| format!("SLURM_ARRAY_TASK_COUNT is not a number: {count}"))?;
+    let index = id
+        .checked_sub(min)
+        .context("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN")?;
+    values::shard(&format!("{index}/{count}"))
+        .map(Some)
+        .map_err(anyhow::Error::msg)
+}
+
+/// Where libtorch runs.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Device")]
+pub struct DeviceArgs {
+    /// auto (CUDA when libtorch sees it), cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Threads libtorch may use on CPU (at least 1; default: libtorch's choice, all cores).
+    #[arg(long, value_parser = values::torch_threads)]
+    pub torch_threads: Option<i32>,
+}
+
+impl DeviceArgs {
+    /// The device, with libtorch's thread count set.
+    pub fn device(&self) -> Result<tch::Device> {
+        if let Some(n) = self.torch_threads {
+            tch::set_num_threads(n);
+        }
+        Ok(mrdino_model::device::parse_device(&self.device)?)
+    }
+}
+
+/// The frozen backbone.
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(next_help_heading = "Backbone")]
+pub struct BackboneArgs {
+    /// Backbone: dinov2-vitb14 (DINOSAUR's; the default), dinov2-vits14, dinov2-vitb14-reg, dino-vitb8,
+    /// clip-vitb16, mae-vitb16, … or custom:… (see the README); seeded test backbones random-conv-p<PS>-c<C>[-pos]
+    /// and random-colour-p<PS>-c<C>[-pos] take no weights. A model file that embeds its backbone brings its own.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// The backbone's weights (safetensors from tools/convert_vit.py); not needed for a model file that embeds
+    /// its backbone (when given, they must be the same weights).
+    #[arg(long)]
+    pub backbone_weights: Option<PathBuf>,
+}
