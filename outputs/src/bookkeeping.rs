@@ -38,21 +38,29 @@
 //! one is gone; a truncated or altered file under an old marker cannot be detected. Rerunning the unit (delete
 //! its marker) replaces the marker by a checked one.
 //!
-//! ## Cost, measured (2-core AMD EPYC VM, load ≈ 11 from parallel builds; release build)
+//! ## Cost, measured
 //!
-//! Hash throughput in memory, 64 MB buffer, best of 5–10 (`/tmp/hashbench`, a scratch program over the
-//! crates below): XXH3-128 (`twox-hash` 2.1, already built for `parquet`) 13–16 GB/s; XXH3-64 13–17 GB/s;
-//! XXH64 8–12 GB/s; CRC32 (`crc32fast`) 7–15 GB/s; SHA-256 (`sha2` 0.11) 0.8 GB/s. Reading and hashing a file
-//! with XXH3-128: 5 MB (a KITTI-sized labels unit, a few hundred frames) 2.9 ms from the page cache; 100 MB
-//! (a large features shard) 32 ms cached, 260 ms uncached (the disk, ≈ 390 MB/s here, is the bound). SHA-256
-//! would cost 6 ms / 150 ms cached and become the bound on any disk faster than 0.7 GB/s, for no gain: the
-//! check guards against damage (truncation, lost files, flipped bits), not against an adversary, and a
-//! 128-bit hash misses a random change with probability 2⁻¹²⁸. XXH3-128 is the choice.
+//! `cargo bench --workspace --bench done_check -- OUT` (2-core AMD EPYC VM with SHA extensions, load ≈ 6 from
+//! parallel builds; minimum of 3–10 repeats; "uncached" drops the files from the page cache first):
+//!
+//! | | |
+//! |---|---|
+//! | XXH3-128 (`twox-hash` 2.1, already built for `parquet`), 64 MB in memory | 11–13 GB/s |
+//! | SHA-256 (`sha2` 0.11, SHA-NI), 64 MB in memory | 1.0–1.6 GB/s |
+//! | check of a KITTI-sized labels unit (frames 0.2 MB + instances 5 MB) | 0.5 ms cached, 5–7 ms uncached |
+//! | check of a 10 MB / 100 MB features shard | 0.6–0.9 ms / 10–13 ms cached, 10 ms / 56–66 ms uncached |
+//! | `write_marker` (hash + atomic, synced write of the marker), 5.2 MB / 100 MB unit | 7 ms / 16–24 ms |
+//! | check of the `make demo` unit (vtest.avi, 794 frames; Parquet 0.03 + 0.43 MB) | 0.1 ms |
+//!
+//! XXH3-128 is the choice: the check guards against damage (truncation, lost files, flipped bits), not against
+//! an adversary; a 128-bit hash misses a random change with probability 2⁻¹²⁸; and SHA-256 would be the
+//! bound on any disk faster than ≈ 1 GB/s (uncached reads here ran at 1.6–1.8 GB/s) where XXH3 stays below
+//! the disk. (A scratch comparison also measured XXH64 8–12 GB/s and CRC32 via `crc32fast` 7–15 GB/s.)
 //!
 //! So checking a unit costs one read of its outputs: negligible beside computing them (a labels unit takes
-//! seconds to minutes per frame batch; a features shard minutes), and for a whole resumed or finalized job
-//! one read of everything it wrote (10 GB of labels at 390 MB/s: ≈ 26 s cold, a few seconds cached).
-//! `write_marker` reads the outputs just written, from the page cache.
+//! seconds to minutes, a features shard minutes), and for a whole resumed or finalized job one read of
+//! everything it wrote (10 GB of labels ≈ 6 s from disk at these rates, ≈ 1 s cached). `write_marker` reads
+//! the outputs just written, from the page cache.
 //!
 //! # Concurrency
 //!
@@ -392,7 +400,10 @@ impl std::fmt::Display for Corruption {
             Damage::Size {
                 recorded_bytes,
                 found_bytes,
-            } => write!(f, "{file}: {found_bytes} bytes, the done marker records {recorded_bytes}"),
+            } => write!(
+                f,
+                "{file}: {found_bytes} bytes, the done marker records {recorded_bytes}"
+            ),
             Damage::Checksum { recorded, found } => write!(
                 f,
                 "{file}: content changed (XXH3-128 {found}, the done marker records {recorded})"
@@ -697,14 +708,7 @@ impl Ledger {
                 Ok(meta) if meta.is_file() => meta.len(),
                 Ok(_) => return Err(corrupt(file, Damage::Missing)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(corrupt(file, Damage::Missing)),
-                Err(e) => {
-                    return Err(corrupt(
-                        file,
-                        Damage::Unreadable {
-                            message: e.to_string(),
-                        },
-                    ))
-                }
+                Err(e) => return Err(corrupt(file, Damage::Unreadable { message: e.to_string() })),
             };
             let Some(checks) = &marker.file_checks else {
                 continue;
@@ -722,14 +726,8 @@ impl Ledger {
             to_hash.push((file, path, check));
         }
         for (file, path, check) in to_hash {
-            let found = FileCheck::of_file(&path).map_err(|e| {
-                corrupt(
-                    file,
-                    Damage::Unreadable {
-                        message: e.to_string(),
-                    },
-                )
-            })?;
+            let found =
+                FileCheck::of_file(&path).map_err(|e| corrupt(file, Damage::Unreadable { message: e.to_string() }))?;
             if found.size_bytes != check.size_bytes {
                 return Err(corrupt(
                     file,
@@ -1086,7 +1084,7 @@ mod tests {
         let marker = DoneMarker::new(
             &ledger,
             &u,
-            &[output.clone()],
+            std::slice::from_ref(&output),
             "v1",
             0.5,
             Vec::new(),
@@ -1105,7 +1103,13 @@ mod tests {
                 }
             )]))
         );
-        assert_eq!(DoneMarker { file_checks: None, ..checked }, marker);
+        assert_eq!(
+            DoneMarker {
+                file_checks: None,
+                ..checked
+            },
+            marker
+        );
         // The payload is stored flat beside the common fields.
         let raw: serde_json::Value =
             serde_json::from_slice(&std::fs::read(ledger.marker_file("seq/a")).unwrap()).unwrap();
@@ -1133,12 +1137,17 @@ mod tests {
             }
         );
         // Streamed in read-sized pieces, a file longer than the buffer hashes as the whole does.
-        let bytes: Vec<u8> = (0..HASH_BUFFER_BYTES * 5 / 2 + 17).map(|i| (i * 131 % 251) as u8).collect();
+        let bytes: Vec<u8> = (0..HASH_BUFFER_BYTES * 5 / 2 + 17)
+            .map(|i| (i * 131 % 251) as u8)
+            .collect();
         let big = dir.path().join("big");
         std::fs::write(&big, &bytes).unwrap();
         let check = FileCheck::of_file(&big).unwrap();
         assert_eq!(check.size_bytes, bytes.len() as u64);
-        assert_eq!(check.xxh3_128, format!("{:032x}", twox_hash::XxHash3_128::oneshot(&bytes)));
+        assert_eq!(
+            check.xxh3_128,
+            format!("{:032x}", twox_hash::XxHash3_128::oneshot(&bytes))
+        );
         assert!(FileCheck::of_file(&dir.path().join("absent")).is_err());
     }
 
@@ -1220,13 +1229,20 @@ mod tests {
                 file: relative.clone(),
                 damage: expected,
             };
-            assert_eq!(ledger.check::<Counts>(victim), UnitCheck::Corrupt(corruption.clone()), "{name}");
+            assert_eq!(
+                ledger.check::<Counts>(victim),
+                UnitCheck::Corrupt(corruption.clone()),
+                "{name}"
+            );
             // The skip test of a rerun says "not done", so the rerun redoes the unit.
             assert!(ledger.is_done::<Counts>(victim).is_none(), "{name}");
             assert!(ledger.is_done::<Counts>(&units[0]).is_some());
 
             let status = ledger.status::<Counts>(NonZeroU64::new(2)).unwrap();
-            assert_eq!(status.corrupt, BTreeMap::from([(victim.id.clone(), corruption.clone())]));
+            assert_eq!(
+                status.corrupt,
+                BTreeMap::from([(victim.id.clone(), corruption.clone())])
+            );
             assert_eq!(status.done.keys().collect::<Vec<_>>(), ["a", "c"], "{name}");
             assert!(status.missing.is_empty() && status.failed.is_empty());
             assert!(!status.complete());
@@ -1238,7 +1254,10 @@ mod tests {
 
             write_unit(&ledger, victim);
             let status = ledger.status::<Counts>(None).unwrap();
-            assert!(status.complete() && status.corrupt.is_empty(), "{name}: redone unit not done");
+            assert!(
+                status.complete() && status.corrupt.is_empty(),
+                "{name}: redone unit not done"
+            );
         }
     }
 
@@ -1402,7 +1421,7 @@ mod tests {
             Some("disk full")
         );
         later(UnitOutcome::Done, None);
-        assert!(ledger.status::<Counts>(None).unwrap().failed.get("c").is_none());
+        assert!(!ledger.status::<Counts>(None).unwrap().failed.contains_key("c"));
     }
 
     #[test]
