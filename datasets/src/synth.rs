@@ -333,6 +333,7 @@ pub fn sequence_name(index: usize) -> String {
 pub fn generate(params: &SynthParams, out_dir: &Path) -> Result<SynthSummary, SynthError> {
     match generate_stoppable(params, out_dir, &|| false)? {
         SynthRun::Complete(summary) => Ok(summary),
+        // Not reached (nothing asks to stop); kept as an error rather than a panic.
         SynthRun::Stopped(stopped) => Err(SynthError::Io {
             path: stopped.out_dir,
             source: std::io::Error::new(std::io::ErrorKind::Interrupted, "generation stopped"),
@@ -440,7 +441,7 @@ fn check_directory(params: &SynthParams, out_dir: &Path) -> Result<Option<bool>,
     let mut differences = Vec::new();
     if record.get("format_version") != wanted.get("format_version") {
         differences.push(format!(
-            "format_version {} (this run: {SYNTH_FORMAT_VERSION})",
+            "format_version: recorded {}, this run {SYNTH_FORMAT_VERSION}",
             shown(record.get("format_version"))
         ));
     }
@@ -454,13 +455,17 @@ fn check_directory(params: &SynthParams, out_dir: &Path) -> Result<Option<bool>,
     for key in keys {
         let (recorded, this_run) = (found.and_then(|p| p.get(key)), expected.and_then(|p| p.get(key)));
         if recorded != this_run {
-            differences.push(format!("{key} {} (this run: {})", shown(recorded), shown(this_run)));
+            differences.push(format!(
+                "{key}: recorded {}, this run {}",
+                shown(recorded),
+                shown(this_run)
+            ));
         }
     }
     if !differences.is_empty() {
         return Err(SynthError::OtherDataset {
             dir: out_dir.to_path_buf(),
-            differences: differences.join(", "),
+            differences: differences.join("; "),
         });
     }
     // Records of versions that wrote them last have no `complete`: their presence meant complete.

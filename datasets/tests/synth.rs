@@ -594,7 +594,10 @@ fn a_directory_of_another_dataset_or_of_other_files_is_refused() {
     let err = generate(&longer, dir.path()).expect_err("another dataset's directory accepted");
     assert!(matches!(err, SynthError::OtherDataset { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("frames 7 (this run: 9), seed 5 (this run: 6)"), "{text}");
+    assert!(
+        text.contains("(frames: recorded 7, this run 9; seed: recorded 5, this run 6)"),
+        "{text}"
+    );
     assert_eq!(all_files(dir.path()), before, "a refused run changed the directory");
 
     let foreign = tempfile::tempdir().expect("tempdir");
