@@ -294,7 +294,8 @@ pub struct SynthStopped {
     /// Complete sequences (kept or written), in generation order from the first.
     pub sequences_complete: usize,
     pub sequences_planned: usize,
-    /// Files this run wrote, `synth.json` and the stopped sequence's frames included.
+    /// Files this run wrote for the complete sequences, `synth.json` included (the stopped sequence's files are
+    /// rewritten by the rerun and not counted).
     pub files_written: usize,
 }
 
@@ -356,8 +357,10 @@ pub fn generate_stoppable(
     remove_temporaries(out_dir)?;
     remove_temporaries(&out_dir.join("meta"))?;
 
-    let scenes: Vec<Scene> = (0..params.sequences).map(|index| Scene::new(params, index)).collect();
-    let kept: Vec<bool> = scenes.iter().map(|scene| sequence_complete(scene, out_dir)).collect();
+    // Scenes are built one at a time: all of them at once could hold gigabytes of poses at the bounds.
+    let kept: Vec<bool> = (0..params.sequences)
+        .map(|index| sequence_complete(out_dir, index, params.frames))
+        .collect();
     let mut records_written = 0;
     let all_kept = kept.iter().all(|&k| k);
     if recorded_complete != Some(true) || !all_kept {
@@ -365,7 +368,8 @@ pub fn generate_stoppable(
         records_written += 1;
     }
     let mut sequences = Vec::with_capacity(params.sequences);
-    for (scene, kept) in scenes.iter().zip(kept) {
+    for (index, kept) in kept.into_iter().enumerate() {
+        let scene = &Scene::new(params, index);
         let summary = if kept {
             scene.summary(0, true)
         } else {
@@ -482,9 +486,8 @@ fn shown(value: Option<&serde_json::Value>) -> String {
 }
 
 /// Whether every file of the sequence exists, its meta file (written last) included.
-fn sequence_complete(scene: &Scene, out_dir: &Path) -> bool {
-    let name = sequence_name(scene.index);
-    let frame_count = scene.cameras.len();
+fn sequence_complete(out_dir: &Path, index: usize, frame_count: usize) -> bool {
+    let name = sequence_name(index);
     out_dir.join("meta").join(format!("{name}.json")).is_file()
         && (0..frame_count).all(|t| {
             let stem = frame_name(t);
