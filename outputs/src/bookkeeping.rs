@@ -653,6 +653,18 @@ impl Ledger {
         Ok(plan)
     }
 
+    /// The unit's marker as stored, verified against nothing (`None` when there is none). For tools and tests
+    /// that inspect or re-record a marker; whether the unit is done is [`Ledger::check`]'s answer.
+    pub fn read_marker<P: DeserializeOwned>(&self, unit_id: &str) -> Result<Option<DoneMarker<P>>, BookkeepingError> {
+        let path = self.marker_file(unit_id);
+        let Some(bytes) = read_if_present(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| BookkeepingError::invalid(&path, e))
+    }
+
     /// The unit's marker if the unit is done (see the module doc: the one rule for "done").
     pub fn is_done<P: DeserializeOwned>(&self, unit: &PlannedUnit) -> Option<DoneMarker<P>> {
         match self.check(unit) {
@@ -832,8 +844,9 @@ impl Ledger {
     }
 
     /// Done, corrupt, failed and missing units of the plan (every done unit's outputs are read once; see the
-    /// module doc). A unit is failed when it has no marker (or a stale one) and the latest run manifest that
-    /// mentions it as done, skipped or failed says failed.
+    /// module doc). A unit that is not done is failed when the latest run manifest that mentions it as done,
+    /// skipped or failed says failed (so a corrupt unit whose redo failed is failed, with the redo's error);
+    /// else corrupt when its marker no longer matches its files; else missing.
     pub fn status<P: DeserializeOwned>(&self, num_shards: Option<NonZeroU64>) -> Result<Status<P>, BookkeepingError> {
         let plan = self.read_plan()?;
         let (manifests, unreadable) = self.read_manifests::<AnyPayload, serde_json::Value>();
@@ -862,9 +875,15 @@ impl Ledger {
                 UnitCheck::Done(marker) => {
                     done.insert(unit.id.clone(), marker);
                 }
-                UnitCheck::Corrupt(corruption) => {
-                    corrupt.insert(unit.id.clone(), corruption);
-                }
+                UnitCheck::Corrupt(corruption) => match last_error.get(&unit.id) {
+                    // A rerun tried to redo the corrupt unit and failed: its error says more.
+                    Some(e) => {
+                        failed.insert(unit.id.clone(), e.clone());
+                    }
+                    None => {
+                        corrupt.insert(unit.id.clone(), corruption);
+                    }
+                },
                 UnitCheck::NotDone => match last_error.get(&unit.id) {
                     Some(e) => {
                         failed.insert(unit.id.clone(), e.clone());
@@ -1251,6 +1270,15 @@ mod tests {
             assert_eq!(status.shards_to_rerun(), Some(BTreeSet::from([shard])), "{name}");
             let message = corruption.to_string();
             assert!(message.starts_with(&relative), "{message}");
+            // The marker as stored is still readable; recording it again makes it vouch for the altered bytes
+            // (how a test hands a reader a table that is wrong on purpose).
+            let stored = ledger.read_marker::<Counts>(&victim.id).unwrap().unwrap();
+            if name == "delete" {
+                assert!(ledger.write_marker(&stored).is_err());
+            } else {
+                ledger.write_marker(&stored).unwrap();
+                assert!(ledger.is_done::<Counts>(victim).is_some(), "{name}");
+            }
 
             write_unit(&ledger, victim);
             let status = ledger.status::<Counts>(None).unwrap();
@@ -1286,6 +1314,43 @@ mod tests {
         assert!(err.contains(&format!("{}-1.bin", units[2].key)), "{err}");
         assert!(!marker.exists());
         assert_eq!(ledger.check::<Counts>(&units[2]), UnitCheck::NotDone);
+    }
+
+    #[test]
+    fn a_corrupt_unit_whose_redo_failed_is_failed_with_the_redo_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, units) = done_job(dir.path());
+        std::fs::remove_file(&unit_files(&ledger, &units[1])[0]).unwrap();
+        assert_eq!(ledger.status::<Counts>(None).unwrap().corrupt.len(), 1);
+        let failed_redo = RunManifest {
+            kind: "labels".into(),
+            params_hash: "h".into(),
+            params: serde_json::Value::Null,
+            code_version: "v".into(),
+            command_line: Vec::new(),
+            shard: None,
+            host: host_name().into(),
+            pid: std::process::id(),
+            started_unix_s: unix_now(),
+            finished_unix_s: unix_now(),
+            units: vec![UnitStatus {
+                unit: "b".into(),
+                status: UnitOutcome::Failed,
+                seconds: 0.0,
+                error: Some("cannot write the unit's outputs".into()),
+                failures: Vec::new(),
+                payload: Counts::default(),
+            }],
+            totals: serde_json::Value::Null,
+        };
+        ledger.write_manifest(&failed_redo, None).unwrap();
+        let status = ledger.status::<Counts>(None).unwrap();
+        assert!(status.corrupt.is_empty());
+        assert_eq!(
+            status.failed.get("b").map(String::as_str),
+            Some("cannot write the unit's outputs")
+        );
+        assert!(!status.complete());
     }
 
     #[test]
