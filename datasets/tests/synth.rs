@@ -1,13 +1,19 @@
 //! The synthetic generator's contract, checked on its own files: same seed → same bytes; the flow explains the
 //! frames (backward warping with it reproduces frame t far better than zero flow); static-camera pairs have
 //! zero background flow in the corners and pass the reference's quasi-static corner rule while moving-camera
-//! pairs fail it; moving objects move by more than the 2.5 px foreground threshold everywhere.
+//! pairs fail it; moving objects move by more than the 2.5 px foreground threshold everywhere. A stopped run
+//! resumes to the bytes of one uninterrupted run; another dataset's directory and parameters beyond the
+//! documented bounds are refused.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use mrdino_datasets::synth::{frame_name, generate, sequence_name, SynthParams, TextureStyle};
+use mrdino_datasets::synth::{
+    frame_name, generate, generate_stoppable, sequence_name, SynthError, SynthParams, SynthRun, TextureStyle,
+    MAX_FRAMES, MAX_SEQUENCES, MAX_SIDE_PX, MAX_TOTAL_PIXELS,
+};
 use opencv::core::{Mat, MatTraitConst, MatTraitConstManual};
 use opencv::imgcodecs;
 use serde_json::Value;
@@ -486,5 +492,175 @@ fn flat_scenes_share_the_textured_geometry_and_give_each_surface_one_colour() {
         spread(a.path()) > 60,
         "textured surfaces spread only {}",
         spread(a.path())
+    );
+}
+
+/// Three sequences of seven frames, small.
+fn resumable() -> SynthParams {
+    SynthParams {
+        seed: 5,
+        sequences: 3,
+        frames: 7,
+        height: 32,
+        width: 48,
+        texture: TextureStyle::Textured,
+        object_size_percent: 30,
+    }
+}
+
+/// A `should_stop` that lets `frames` frames through, then says stop.
+fn stop_after(frames: usize) -> impl Fn() -> bool {
+    let asked = Cell::new(0);
+    move || {
+        asked.set(asked.get() + 1);
+        asked.get() > frames
+    }
+}
+
+fn record(dir: &Path) -> Value {
+    serde_json::from_slice(&fs::read(dir.join("synth.json")).expect("synth.json")).expect("json")
+}
+
+#[test]
+fn a_stopped_run_resumes_to_the_bytes_of_one_uninterrupted_run() {
+    let params = resumable();
+    let whole = generated(&params);
+    let expected = all_files(whole.path());
+    assert_eq!(record(whole.path())["complete"], true);
+
+    // Stops before the first frame, inside sequence 0, at the boundary to sequence 1, inside sequence 2; then
+    // twice in a row (two interruptions) before the run that completes.
+    for stops in [vec![0], vec![3], vec![7], vec![17], vec![2, 9]] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut complete_before = 0;
+        for &frames in &stops {
+            match generate_stoppable(&params, dir.path(), &stop_after(frames)).expect("generate") {
+                SynthRun::Stopped(stopped) => {
+                    // Complete sequences are kept; the incomplete one restarts at its first frame.
+                    assert_eq!(stopped.sequences_complete, complete_before + frames / 7, "{stops:?}");
+                    complete_before = stopped.sequences_complete;
+                    assert_eq!(stopped.sequences_planned, 3);
+                }
+                SynthRun::Complete(_) => panic!("{stops:?}: not stopped"),
+            }
+            assert_eq!(record(dir.path())["complete"], false, "{stops:?}");
+        }
+        // A run killed while writing leaves a temporary behind; the rerun removes it.
+        let frames_dir = dir.path().join("frames").join(sequence_name(complete_before));
+        fs::create_dir_all(&frames_dir).expect("dir");
+        fs::write(frames_dir.join(".000001.png.tmp-Ab3dEf"), b"half a png").expect("temporary");
+
+        let summary = generate(&params, dir.path()).expect("resume");
+        assert_eq!(summary.sequences_kept(), complete_before, "{stops:?}");
+        let files = all_files(dir.path());
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>(),
+            "{stops:?}"
+        );
+        for (path, bytes) in &files {
+            assert!(
+                bytes == &expected[path],
+                "{stops:?}: {} differs from one run's",
+                path.display()
+            );
+        }
+    }
+
+    // A complete directory is kept as it is.
+    let modified = |dir: &Path| {
+        fs::metadata(dir.join("synth.json"))
+            .expect("meta")
+            .modified()
+            .expect("mtime")
+    };
+    let before = modified(whole.path());
+    let again = generate(&params, whole.path()).expect("rerun");
+    assert_eq!((again.files_written(), again.sequences_kept()), (0, 3));
+    assert_eq!(modified(whole.path()), before);
+    assert_eq!(all_files(whole.path()), expected);
+}
+
+#[test]
+fn a_directory_of_another_dataset_or_of_other_files_is_refused() {
+    let params = resumable();
+    let dir = generated(&params);
+    let before = all_files(dir.path());
+    let longer = SynthParams {
+        frames: 9,
+        seed: 6,
+        ..params.clone()
+    };
+    let err = generate(&longer, dir.path()).expect_err("another dataset's directory accepted");
+    assert!(matches!(err, SynthError::OtherDataset { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("(frames: recorded 7, this run 9; seed: recorded 5, this run 6)"),
+        "{text}"
+    );
+    assert_eq!(all_files(dir.path()), before, "a refused run changed the directory");
+
+    let foreign = tempfile::tempdir().expect("tempdir");
+    fs::create_dir(foreign.path().join("frames")).expect("dir");
+    fs::write(foreign.path().join("notes.txt"), b"mine").expect("file");
+    let err = generate(&params, foreign.path()).expect_err("a foreign directory accepted");
+    assert!(matches!(err, SynthError::NotSynthDirectory { .. }), "{err}");
+    assert!(err.to_string().contains("frames, notes.txt"), "{err}");
+    assert!(!foreign.path().join("synth.json").exists());
+
+    // A record written by earlier versions (last, without `complete`) counts as complete.
+    let mut old = record(dir.path());
+    old.as_object_mut().expect("object").remove("complete");
+    fs::write(
+        dir.path().join("synth.json"),
+        serde_json::to_vec_pretty(&old).expect("json"),
+    )
+    .expect("write");
+    let kept = generate(&params, dir.path()).expect("old record");
+    assert_eq!((kept.files_written(), kept.sequences_kept()), (0, 3));
+}
+
+#[test]
+fn parameters_beyond_the_documented_bounds_are_refused_naming_the_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = SynthParams::default();
+    for (params, bound) in [
+        (
+            SynthParams {
+                sequences: MAX_SEQUENCES + 1,
+                ..base.clone()
+            },
+            format!("1..={MAX_SEQUENCES}"),
+        ),
+        (
+            SynthParams {
+                frames: MAX_FRAMES + 1,
+                ..base.clone()
+            },
+            format!("2..={MAX_FRAMES}"),
+        ),
+        (
+            SynthParams {
+                width: MAX_SIDE_PX + 1,
+                ..base.clone()
+            },
+            format!("..={MAX_SIDE_PX} px"),
+        ),
+        (
+            SynthParams {
+                sequences: MAX_SEQUENCES,
+                frames: MAX_FRAMES,
+                ..base.clone()
+            },
+            format!("at most {MAX_TOTAL_PIXELS} pixels"),
+        ),
+    ] {
+        let err = generate(&params, dir.path()).expect_err("beyond a bound");
+        assert!(err.to_string().contains(&bound), "{err} does not name {bound}");
+    }
+    assert_eq!(
+        fs::read_dir(dir.path()).expect("dir").count(),
+        0,
+        "a refused run wrote files"
     );
 }
