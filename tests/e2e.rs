@@ -1317,6 +1317,17 @@ fn bad_numbers_are_usage_errors_naming_the_value() {
     }
 }
 
+/// Writes the done marker of `unit` of the only labels partition in `out` again, so that it vouches for the unit's
+/// files as they are now (tests that alter a done unit's tables on purpose).
+fn rerecord_marker(out: &Path, unit: &str) {
+    use mrdino_outputs::bookkeeping::{partitions, AnyPayload, Ledger};
+    let hashes = partitions(out, mrdino_outputs::layout::LABELS_DATA_DIRS);
+    assert_eq!(hashes.len(), 1, "{hashes:?}");
+    let ledger = Ledger::new(out, "labels", &hashes[0]);
+    let marker = ledger.read_marker::<AnyPayload>(unit).unwrap().unwrap();
+    ledger.write_marker(&marker).unwrap();
+}
+
 /// Rewrites a Parquet file with column `name` replaced by strings.
 fn replace_column_with_strings(path: &Path, name: &str) {
     use arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -1383,6 +1394,8 @@ fn eval_and_report_on_tables_with_other_column_types_or_oversized_masks_fail_nam
     let batch = mrdino_outputs::tables::instances_batch(&rows).unwrap();
     let original = std::fs::read(&instances).unwrap();
     mrdino_outputs::tables::write_parquet(&instances, &batch, &[]).unwrap();
+    // The tables are altered on purpose: the markers vouch for them again, so the readers reach them.
+    rerecord_marker(&out, "s00");
     let result = report();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");
@@ -1391,10 +1404,12 @@ fn eval_and_report_on_tables_with_other_column_types_or_oversized_masks_fail_nam
         "{stderr}"
     );
     std::fs::write(&instances, original).unwrap();
+    rerecord_marker(&out, "s00");
 
     // Columns of other types.
     let frames = only_file_of(&out.join("frames"), "s01-");
     replace_column_with_strings(&frames, "frame_index");
+    rerecord_marker(&out, "s01");
     for result in [eval(), report()] {
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert_eq!(result.status.code(), Some(1), "{stderr}");
@@ -1406,6 +1421,7 @@ fn eval_and_report_on_tables_with_other_column_types_or_oversized_masks_fail_nam
         );
     }
     replace_column_with_strings(&instances, "area_px");
+    rerecord_marker(&out, "s00");
     let result = report();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(
@@ -1541,4 +1557,57 @@ fn flow_export_refuses_a_directory_of_other_parameters_naming_both_values() {
         .unwrap();
     assert_eq!(result.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&result.stderr).contains("no record of the flow parameters"));
+}
+
+#[test]
+fn a_truncated_deleted_or_bit_flipped_unit_is_corrupt_and_the_same_command_redoes_exactly_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    many_short_sequences(&root, 3, 8);
+    let reference = dir.path().join("reference");
+    run_ok(&mut labels_cmd(&root, &reference));
+    let out = dir.path().join("out");
+    run_ok(&mut labels_cmd(&root, &out));
+    type Damage = fn(&Path);
+    let truncate: Damage = |p| {
+        let bytes = std::fs::read(p).unwrap();
+        std::fs::write(p, &bytes[..200.min(bytes.len())]).unwrap();
+    };
+    let delete: Damage = |p| std::fs::remove_file(p).unwrap();
+    let flip: Damage = |p| {
+        let mut bytes = std::fs::read(p).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x10;
+        std::fs::write(p, &bytes).unwrap();
+    };
+    for (what, damage, unit, table) in [
+        ("truncated", truncate, "s01-", "instances"),
+        ("deleted", delete, "s02-", "frames"),
+        ("bit-flipped", flip, "s00-", "instances"),
+    ] {
+        let file = only_file_of(&out.join(table), unit);
+        damage(&file);
+        let status = mrdino().arg("status").arg("--out").arg(&out).output().unwrap();
+        let text = String::from_utf8_lossy(&status.stdout);
+        assert_eq!(status.status.code(), Some(3), "{what}: {text}");
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            text.contains("corrupt       1") && text.contains(&name),
+            "{what}: status names the corrupt unit's file\n{text}"
+        );
+        let fin = mrdino().arg("finalize").arg("--out").arg(&out).output().unwrap();
+        let stderr = String::from_utf8_lossy(&fin.stderr);
+        assert!(
+            fin.status.code() == Some(1) && stderr.contains("1 corrupt"),
+            "{what}: {stderr}"
+        );
+        let again = run_ok(&mut labels_cmd(&root, &out));
+        let stderr = String::from_utf8_lossy(&again.stderr);
+        assert!(
+            stderr.contains("(1 done, 2 already done"),
+            "{what}: the rerun redoes exactly the corrupt unit\n{stderr}"
+        );
+        assert_eq!(sorted_tables(&out), sorted_tables(&reference), "{what}");
+        run_ok(mrdino().arg("finalize").arg("--out").arg(&out));
+    }
 }

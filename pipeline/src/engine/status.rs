@@ -3,7 +3,9 @@
 //! Every array task rebuilds the same deterministic unit list, so the plan (`OUT/_plan/params=<hash>.json`) is the
 //! contract between shards: `status` asks the bookkeeping which planned units are done (its one rule), which
 //! failed last time and which are missing, and prints the shards to rerun as a Slurm `--array` expression;
-//! `finalize` checks that every planned unit is done and merges the per-unit statistics into one manifest
+//! A unit whose files no longer match what its marker recorded (size, XXH3-128) is *corrupt*: listed with the file
+//! and why, not complete, and redone by the next run of the same command. `finalize` checks that every planned
+//! unit is done and merges the per-unit statistics into one manifest
 //! (`OUT/_manifest-<hash>.json`). The kind of job in a directory is read from its plans; each kind is described by
 //! a [`JobKind`] (its data directories and which marker counts it totals), so one implementation serves them all.
 
@@ -110,6 +112,16 @@ pub fn print_status(kind: &JobKind, status: &Status<AnyPayload>) {
         status.plan.units.len()
     );
     println!("  done     {:>6}  ({})", status.done.len(), totals.join(", "));
+    if status.unchecked_done() > 0 {
+        println!(
+            "    {} of them with markers of an earlier mrdino, which vouch for the files' existence only",
+            status.unchecked_done()
+        );
+    }
+    println!("  corrupt  {:>6}", status.corrupt.len());
+    for (unit, corruption) in &status.corrupt {
+        println!("    {unit}: {corruption}");
+    }
     println!("  failed   {:>6}", status.failed.len());
     for (unit, error) in &status.failed {
         println!("    {unit}: {error}");
@@ -145,9 +157,10 @@ pub fn finalize(kind: &JobKind, out: &Path, params: Option<&str>) -> Result<Path
     if !report.complete() {
         print_status(kind, &report);
         bail!(
-            "not finalized: {} of {} planned units are not done ({} failed, {} missing)",
-            report.failed.len() + report.missing.len(),
+            "not finalized: {} of {} planned units are not done ({} corrupt, {} failed, {} missing)",
+            report.not_done(),
             report.plan.units.len(),
+            report.corrupt.len(),
             report.failed.len(),
             report.missing.len()
         );
