@@ -50,6 +50,7 @@ fn dispatch(command: &Command, stop: &StopHandle) -> Result<ExitCode> {
         Command::Infer(args) => steps::infer::run(args, stop),
         Command::Name(args) => steps::name::run(args, stop),
         Command::Segment(args) => steps::segment::run(args, stop),
+        Command::Export(args) => steps::export::run(args),
         Command::Status(args) => {
             let kind = status::kind_of(&args.out, JOBS)?;
             let report = status::status(kind, &args.out, args.params.as_deref(), args.num_shards)?;

@@ -1,6 +1,7 @@
 //! The command line: every command's arguments, and the flag groups they share ([`groups`]), defined once.
 //! Parsing only; what a command does is its step's (`crate::steps`).
 
+pub mod export;
 pub mod features;
 pub mod flow;
 pub mod groups;
@@ -64,6 +65,9 @@ pub enum Command {
     Name(Box<steps::name::NameArgs>),
     /// Talk2DINO's text-prompted masks of every frame of a dataset, as a labels-shaped run with a prompt column.
     Segment(Box<steps::segment::SegmentArgs>),
+    /// A labels or prediction run as COCO instances or YouTube-VIS JSON (masks at the original resolution, scores
+    /// and track ids), for the tools other teams train and browse with.
+    Export(Box<export::ExportArgs>),
 }
 
 #[derive(clap::Args)]

@@ -5,6 +5,7 @@
 use mrdino_datasets::{DatasetKind, Processing, SourceOptions};
 use mrdino_stages::flow::source::FlowParams;
 use mrdino_stages::instances::InstanceParams;
+use mrdino_stages::rules::RuleOptions;
 use mrdino_stages::select::SelectParams;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,10 @@ pub struct LabelsParams {
     /// Exclude the 142 KITTI raw frames that are KITTI instance-segmentation benchmark images (both cameras;
     /// the reference removes them for `image_02` only). On for the `kitti` preset.
     pub exclude_eval_overlap: bool,
+    /// The opt-in label rules (`--label-rules`, `--fb-check`, `--photo-check`, `--flow-split`); absent from the
+    /// serialised parameters (and so from the hash) when all are off, the reference.
+    #[serde(default, skip_serializing_if = "RuleOptions::is_reference")]
+    pub rules: RuleOptions,
 }
 
 /// Optional overrides from a JSON config file; absent fields keep the preset's value.
@@ -138,6 +143,7 @@ impl LabelsParams {
             select,
             instances,
             exclude_eval_overlap: preset == Preset::Kitti && !args.keep_eval_overlap,
+            rules: args.rules(),
         };
         params.validate()?;
         Ok(params)
@@ -165,6 +171,12 @@ impl LabelsParams {
             .require(i.fg_round_decimals.is_none_or(|d| d <= 9), || {
                 format!("fg_round_decimals = {:?} must be at most 9", i.fg_round_decimals)
             });
+        c.require(!self.rules.fb_check || self.flow.computes(), || {
+            format!(
+                "--fb-check needs the backward flow, which `--flow {}` does not compute",
+                self.flow.name()
+            )
+        });
         c.finish("labels parameters")
     }
 
@@ -207,6 +219,7 @@ mod tests {
             select: preset.select(),
             instances: preset.instances(),
             exclude_eval_overlap: preset == Preset::Kitti,
+            rules: RuleOptions::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod analyze;
 pub mod compare;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod flow;
 pub mod infer;

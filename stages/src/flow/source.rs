@@ -81,6 +81,11 @@ impl FlowParams {
         }
     }
 
+    /// Whether the backend computes flow (and so can compute the backward flow too), rather than reading files.
+    pub fn computes(&self) -> bool {
+        !matches!(self, FlowParams::Import | FlowParams::Kubric)
+    }
+
     /// The recorded identity of the network's weights (`None` without a network).
     pub fn weights_id(&self) -> Option<&str> {
         match self {

@@ -11,7 +11,9 @@
 //! threads, not with the dataset. Network flow runs one unit at a time (the network batches frame pairs
 //! instead). Rows do not depend on the number of units or threads in flight.
 
+pub mod analysis;
 pub mod overlays;
+pub mod rows;
 pub mod unit;
 
 use std::path::Path;
@@ -23,7 +25,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use mrdino_datasets::{list_sequences, Sequence};
 use mrdino_outputs::bookkeeping::{partitions, PlannedUnit};
 use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS, LABELS_KIND};
-use mrdino_outputs::tables::{frames_batch, instances_batch, write_parquet, SCHEMA_VERSION};
+use mrdino_outputs::tables::{frames_batch, instances_batch_with_scores, write_parquet, SCHEMA_VERSION};
 use mrdino_stages::flow::source::{self, BuiltFlow, FlowSource};
 use serde::{Deserialize, Serialize};
 
@@ -50,16 +52,7 @@ pub const JOB: JobKind = JobKind {
     frame_failures: true,
 };
 
-/// What a labels unit produced, recorded in its marker and in run manifests.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LabelCounts {
-    pub frames_decoded: usize,
-    pub frame_rows: usize,
-    pub quasi_static_frames: usize,
-    pub labelled_frames: usize,
-    pub instances: usize,
-}
+pub use mrdino_outputs::layout::LabelCounts;
 
 /// What a run did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -281,17 +274,19 @@ fn label_unit(
         Err(UnitError::Interrupted) => return Err(crate::engine::stop::Stopped.into()),
         Err(UnitError::Failed(message)) => anyhow::bail!(message),
     };
+    let rows = &output.rows;
     let counts = LabelCounts {
         frames_decoded: output.decoded_frames,
-        frame_rows: output.frames.len(),
-        quasi_static_frames: output.frames.iter().filter(|f| f.quasi_static).count(),
-        labelled_frames: output.frames.iter().filter(|f| f.labelled).count(),
-        instances: output.instances.len(),
+        frame_rows: rows.frames.len(),
+        quasi_static_frames: rows.frames.iter().filter(|f| f.quasi_static).count(),
+        labelled_frames: rows.frames.iter().filter(|f| f.labelled).count(),
+        instances: rows.instances.len(),
     };
     let [frames_path, instances_path] = layout.unit_outputs(&planned.id);
     let write = || -> Result<()> {
-        write_parquet(&frames_path, &frames_batch(&output.frames)?, metadata)?;
-        write_parquet(&instances_path, &instances_batch(&output.instances)?, metadata)?;
+        write_parquet(&frames_path, &frames_batch(&rows.frames)?, metadata)?;
+        let instances = instances_batch_with_scores(&rows.instances, &rows.scores)?;
+        write_parquet(&instances_path, &instances, metadata)?;
         Ok(())
     };
     write().context("cannot write the unit's outputs")?;

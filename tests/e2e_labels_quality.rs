@@ -1,0 +1,183 @@
+//! Labels other teams can trust and use, on the real binary and generated scenes with exact ground truth:
+//! * every instance of a labelled frame carries a confidence score in [0, 1] and a track id; with the
+//!   generator's exact flow, instances of consecutive labelled frames that are the same ground-truth object keep
+//!   their track id (≥ 95 %), and the ids do not depend on the thread count or on shards;
+//! * `--label-rules improved` runs and is part of the parameters (another partition); `--fb-check` needs a flow
+//!   method that computes flow and is refused with imported flow;
+//! * `mrdino export` writes COCO and YouTube-VIS files that pycocotools reads, every mask equal to the Parquet
+//!   mask at the original resolution (tools/check_exports.py).
+
+mod common;
+
+use common::{mrdino, python, run_ok, synth};
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use mrdino_outputs::bookkeeping::partitions;
+use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
+use mrdino_outputs::tables::{read_frames, read_instances_with_scores};
+
+fn labels(frames: &Path, flow: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = mrdino();
+    cmd.args(["labels", "--dataset", "frames", "--quiet", "--flow", "import", "--flow-dir"])
+        .arg(flow)
+        .arg("--root")
+        .arg(frames)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    cmd
+}
+
+/// (sequence, frame, instance) → (score, track id) of every instance of the only partition in `out`.
+fn scored(out: &Path) -> BTreeMap<(String, u32, u32), (Option<f32>, Option<u32>)> {
+    let hashes = partitions(out, LABELS_DATA_DIRS);
+    assert_eq!(hashes.len(), 1, "{hashes:?}");
+    let layout = Layout::new(out, &hashes[0]);
+    let mut rows = BTreeMap::new();
+    for entry in std::fs::read_dir(layout.instances_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let (instances, scores) = read_instances_with_scores(&path).unwrap();
+        for (i, s) in instances.iter().zip(scores) {
+            rows.insert((i.sequence_id.clone(), i.frame_index, i.instance_id), (s.score, s.track_id));
+        }
+    }
+    rows
+}
+
+/// The ground-truth id (the most frequent non-zero id under the mask) of every instance.
+fn gt_ids(data: &Path, out: &Path) -> BTreeMap<(String, u32, u32), u16> {
+    let hashes = partitions(out, LABELS_DATA_DIRS);
+    let layout = Layout::new(out, &hashes[0]);
+    let mut names = BTreeMap::new();
+    for entry in std::fs::read_dir(layout.frames_dir()).unwrap() {
+        for f in read_frames(&entry.unwrap().path()).unwrap() {
+            names.insert((f.sequence_id.clone(), f.frame_index), f.frame_name.clone());
+        }
+    }
+    let mut ids = BTreeMap::new();
+    for entry in std::fs::read_dir(layout.instances_dir()).unwrap() {
+        let (instances, _) = read_instances_with_scores(&entry.unwrap().path()).unwrap();
+        for i in instances {
+            let name = &names[&(i.sequence_id.clone(), i.frame_index)];
+            let png = data.join("instances").join(&i.sequence_id).join(format!("{name}.png"));
+            let (_, gt) = mrdino_datasets::decode::read_unchanged(&png)
+                .map(|m| {
+                    use opencv::prelude::*;
+                    let values: Vec<u16> = match m.depth() {
+                        opencv::core::CV_8U => m.data_typed::<u8>().unwrap().iter().map(|&v| u16::from(v)).collect(),
+                        _ => m.data_typed::<u16>().unwrap().to_vec(),
+                    };
+                    (m.cols(), values)
+                })
+                .unwrap();
+            let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+            for p in i.mask.to_pixels().unwrap() {
+                let v = gt[p as usize];
+                if v != 0 {
+                    *counts.entry(v).or_default() += 1;
+                }
+            }
+            if let Some((&id, _)) = counts.iter().max_by_key(|(_, &n)| n) {
+                ids.insert((i.sequence_id.clone(), i.frame_index, i.instance_id), id);
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn scores_tracks_rules_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let frames = synth(&data, "160x96", 3, 12);
+    let flow = data.join("flow");
+    let out = dir.path().join("labels");
+    run_ok(&mut labels(&frames, &flow, &out, &["--threads", "1"]));
+    let rows = scored(&out);
+    assert!(rows.len() >= 10, "enough instances to check: {}", rows.len());
+    assert!(
+        rows.values()
+            .all(|(s, t)| s.is_some_and(|s| (0.0..=1.0).contains(&s)) && t.is_some()),
+        "every instance has a score in [0, 1] and a track id"
+    );
+
+    // Consecutive labelled frames: instances of one ground-truth object keep their track id.
+    let gt = gt_ids(&data, &out);
+    let (mut pairs, mut kept) = (0, 0);
+    for ((seq, frame, inst), id) in &gt {
+        for ((seq2, frame2, inst2), id2) in &gt {
+            if seq2 == seq && *frame2 == frame + 1 && id2 == id {
+                pairs += 1;
+                if rows[&(seq.clone(), *frame, *inst)].1 == rows[&(seq2.clone(), *frame2, *inst2)].1 {
+                    kept += 1;
+                }
+            }
+        }
+    }
+    assert!(pairs >= 5, "matched pairs of consecutive frames: {pairs}");
+    assert!(
+        kept as f64 >= 0.95 * pairs as f64,
+        "{kept} of {pairs} matched pairs keep their track id"
+    );
+
+    // Ids do not depend on threads or shards.
+    let two = dir.path().join("two-threads");
+    run_ok(&mut labels(&frames, &flow, &two, &["--threads", "2"]));
+    assert_eq!(scored(&two), rows);
+    let sharded = dir.path().join("sharded");
+    for i in 0..3 {
+        run_ok(&mut labels(&frames, &flow, &sharded, &["--shard", &format!("{i}/3")]));
+    }
+    assert_eq!(scored(&sharded), rows);
+
+    // The opt-in rules: their own partition; the backward flow cannot come from files.
+    let improved = dir.path().join("improved");
+    run_ok(&mut labels(&frames, &flow, &improved, &["--label-rules", "improved"]));
+    let params = std::fs::read_dir(improved.join("_params")).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(params).unwrap();
+    assert!(text.contains("\"photo_check\":true") && text.contains("\"flow_split\":true"), "{text}");
+    let refused = labels(&frames, &flow, &dir.path().join("fb"), &["--fb-check"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        refused.status.code() == Some(1) && stderr.contains("--fb-check") && stderr.contains("import"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("fb").exists());
+
+    // Exports, read back by pycocotools.
+    let coco = dir.path().join("labels.coco.json");
+    let ytvis = dir.path().join("labels.ytvis.json");
+    for (format, file) in [("coco", &coco), ("youtube-vis", &ytvis)] {
+        run_ok(
+            mrdino()
+                .args(["export", "--format", format, "--labels"])
+                .arg(&out)
+                .arg("--out")
+                .arg(file),
+        );
+    }
+    let check = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/check_exports.py"))
+        .arg(&out)
+        .arg("--root")
+        .arg(&frames)
+        .arg("--coco")
+        .arg(&coco)
+        .arg("--ytvis")
+        .arg(&ytvis)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "check_exports.py:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(summary["instances"].as_u64(), Some(rows.len() as u64), "{summary}");
+    assert!(summary["coco"]["annotations"].as_u64().unwrap_or(0) > 0, "{summary}");
+    assert!(summary["youtube_vis"]["masks"].as_u64().unwrap_or(0) > 0, "{summary}");
+}
