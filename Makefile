@@ -26,14 +26,15 @@ APT_STAMP := $(MRDINO_CACHE)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c
 VENV_STAMP := $(VENV)/.stamp-$(shell md5sum < tools/requirements.txt | cut -c1-12)
 VENV_TF_STAMP := $(VENV_TF)/.stamp-$(shell md5sum < tools/requirements-tf.txt | cut -c1-12)
 
-.PHONY: help setup apt venv venv-tf build test bench demo demo-synth demo-refine clean-cache
+.PHONY: help setup apt venv venv-tf build test bench demo demo-synth demo-refine clean-cache same-outputs
 
 help:
 	@echo "make demo   - pseudo-labels for the bundled vtest.avi clip and their HTML report (installs what it needs)"
-	@echo "make demo-synth - synthetic videos with exact ground truth: labels with DIS and imported flow, scored"
+	@echo "make demo-synth - synthetic videos with exact ground truth: labels with DIS, DIS + improved rules and imported flow, scored"
 	@echo "make demo-refine - the MR-DINOSAUR refinement end to end on generated data, one table of metrics"
 	@echo "make test   - the whole test suite (installs what it needs)"
 	@echo "make bench  - post-processing, HDBSCAN, RAFT, ViT and whole-labels-run (1 vs all threads) benchmarks"
+	@echo "make same-outputs BASELINE=old/mrdino - compare every output of this build with an earlier binary's"
 
 setup: apt venv venv-tf
 
@@ -67,6 +68,11 @@ build: setup
 test: build
 	MRDINO_PYTHON=$(VENV)/bin/python MRDINO_TF_PYTHON=$(VENV_TF)/bin/python cargo test --release --locked --workspace
 
+# The outputs of this build against an earlier binary's (tests/same_outputs.rs), e.g. BASELINE=old/mrdino.
+same-outputs: build
+	@test -x "$(BASELINE)" || { echo "usage: make same-outputs BASELINE=path/to/an/earlier/mrdino" >&2; exit 2; }
+	MRDINO_BASELINE=$(abspath $(BASELINE)) cargo test --release --locked --workspace --test same_outputs -- --ignored --nocapture
+
 bench: build
 	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked --workspace --bench postprocess
 	MRDINO_PYTHON=$(VENV)/bin/python cargo bench --locked --workspace --bench hdbscan
@@ -91,8 +97,12 @@ demo-synth: build
 	  --flow import --flow-dir $(SYNTH_OUT)/data/flow --quiet
 	@echo "== DIS flow =="
 	$(MRDINO) eval --labels $(SYNTH_OUT)/labels-dis --gt $(SYNTH_OUT)/data --gt-format synth
+	$(MRDINO) labels --dataset frames --root $(SYNTH_OUT)/data/frames --out $(SYNTH_OUT)/labels-dis-improved \
+	  --flow dis --label-rules improved --quiet
 	@echo "== exact (imported) flow =="
 	$(MRDINO) eval --labels $(SYNTH_OUT)/labels-exact --gt $(SYNTH_OUT)/data --gt-format synth
+	@echo "== DIS flow, --label-rules improved =="
+	$(MRDINO) eval --labels $(SYNTH_OUT)/labels-dis-improved --gt $(SYNTH_OUT)/data --gt-format synth
 
 # make demo-refine: the whole refinement on generated data (exact flow, so the pseudo-labels are good) with a
 # seeded backbone (no weights needed): synth (flat-coloured scenes, large objects) → labels → window features

@@ -138,7 +138,9 @@ fn scores_tracks_rules_and_exports() {
     run_ok(&mut labels(&frames, &flow, &improved, &["--label-rules", "improved"]));
     let params = std::fs::read_dir(improved.join("_params")).unwrap().next().unwrap().unwrap().path();
     let text = std::fs::read_to_string(params).unwrap();
-    assert!(text.contains("\"photo_check\":true") && text.contains("\"flow_split\":true"), "{text}");
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rules = &record["params"]["rules"];
+    assert!(rules["photo_check"] == true && rules["flow_split"] == true, "{text}");
     let refused = labels(&frames, &flow, &dir.path().join("fb"), &["--fb-check"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(

@@ -28,6 +28,7 @@ track_id per sequence, an instance without one is its own track.
 Prints a JSON summary; exits non-zero on the first mismatch.
 """
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -125,10 +126,12 @@ def main():
     summary = {"params": params, "labelled_frames": len(labelled), "instances": len(rows),
                "empty_at_original": len(rows) - len(reference)}
 
-    if args.coco:
-        summary["coco"] = check_coco(args.coco, args.root, frames, labelled, rows, reference)
-    if args.ytvis:
-        summary["youtube_vis"] = check_ytvis(args.ytvis, args.root, frames, labelled, rows, reference)
+    # pycocotools reports its progress on stdout; stdout carries only the summary.
+    with contextlib.redirect_stdout(sys.stderr):
+        if args.coco:
+            summary["coco"] = check_coco(args.coco, args.root, frames, labelled, rows, reference)
+        if args.ytvis:
+            summary["youtube_vis"] = check_ytvis(args.ytvis, args.root, frames, labelled, rows, reference)
     print(json.dumps(summary))
 
 

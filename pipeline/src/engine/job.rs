@@ -97,6 +97,7 @@ impl OpenJob {
         plan: Plan,
         shard: Option<Shard>,
     ) -> Result<Self> {
+        super::kinds::claim(ledger.root(), ledger.kind())?;
         ledger
             .prepare(data_dirs)
             .with_context(|| format!("cannot prepare output directory {}", ledger.root().display()))?;

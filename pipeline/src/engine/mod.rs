@@ -4,6 +4,7 @@
 //! loop with its checkpoint cadence. Steps supply only their unit's work (or their step's work).
 
 pub mod job;
+pub mod kinds;
 pub mod progress;
 pub mod runs;
 pub mod status;

@@ -285,7 +285,7 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
 /// The run directory, created, with stale temporaries of dead writers removed.
 pub fn prepare_run_dir(dir: &Path) -> Result<RunLayout> {
     let layout = RunLayout::new(dir);
-    std::fs::create_dir_all(&layout.dir).with_context(|| format!("cannot create {}", layout.dir.display()))?;
+    super::kinds::claim(dir, super::kinds::TRAINING_KIND)?;
     mrdino_outputs::atomic::remove_stale_temporaries(&layout.dir)?;
     Ok(layout)
 }
