@@ -84,13 +84,13 @@ mod tests {
         assert_eq!(as_text, vec![file.display().to_string()]);
         // File lines are names as they are (no comma split); they follow the text flags.
         assert_eq!(
-            class_list("--classes", &text(&["sky"]), "--classes-file", &[file.clone()]).unwrap(),
+            class_list("--classes", &text(&["sky"]), "--classes-file", std::slice::from_ref(&file)).unwrap(),
             vec!["sky", "car,bus", "tram"]
         );
-        let err = class_list("--classes", &text(&["tram"]), "--classes-file", &[file.clone()]).unwrap_err();
+        let err = class_list("--classes", &text(&["tram"]), "--classes-file", std::slice::from_ref(&file)).unwrap_err();
         assert!(err.to_string().contains("`tram` is listed twice (--classes-file"), "{err}");
         let missing = dir.path().join("nosuch.txt");
-        let err = format!("{:#}", class_list("--classes", &[], "--classes-file", &[missing.clone()]).unwrap_err());
+        let err = format!("{:#}", class_list("--classes", &[], "--classes-file", std::slice::from_ref(&missing)).unwrap_err());
         assert!(err.contains("cannot read --classes-file") && err.contains("nosuch.txt"), "{err}");
         let empty = dir.path().join("empty.txt");
         std::fs::write(&empty, "# nothing\n\n").unwrap();

@@ -128,13 +128,13 @@ pub enum Talk2DinoError {
     Backbone {
         path: PathBuf,
         #[source]
-        source: crate::vit::VitError,
+        source: Box<crate::vit::VitError>,
     },
     #[error("cannot load the text tower {}", path.display())]
     TextTower {
         path: PathBuf,
         #[source]
-        source: crate::clip_text::ClipTextError,
+        source: Box<crate::clip_text::ClipTextError>,
     },
     /// Weights that do not belong together (ψ and backbone, input size and patch).
     #[error("{0}")]

@@ -64,12 +64,12 @@ impl Talk2Dino {
         let vit = Vit::load(&files.backbone_weights, Some(config), device).map_err(|source| {
             Talk2DinoError::Backbone {
                 path: files.backbone_weights.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
         let text = ClipText::load(&files.text_weights, device).map_err(|source| Talk2DinoError::TextTower {
             path: files.text_weights.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let psi = Psi::load(&files.psi_weights, device)?;
         if let Some(variant) = psi.variant() {
@@ -198,5 +198,32 @@ mod tests {
             ..record
         };
         assert!(serde_json::to_string(&with).unwrap().ends_with(r#""psi_variant":"dinov3_vitb_mlp_infonce"}"#));
+    }
+
+    #[test]
+    fn a_backbone_other_than_the_psi_release_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vit.safetensors");
+        let config = VitConfig::by_name("custom:family=dinov2,depth=1,dim=64,heads=2,patch=14,registers=4,pos_grid=4")
+            .unwrap();
+        crate::vit::write_random_weights(&path, &config, 1).unwrap();
+        let vit = Vit::load(&path, Some(config), Device::Cpu).unwrap();
+        let files = Talk2DinoFiles {
+            backbone: "custom-tiny".into(),
+            backbone_weights: path,
+            text_weights: "text.safetensors".into(),
+            psi_weights: "psi.safetensors".into(),
+        };
+        let dinov3 = Variant::by_proj_name("dinov3_vitb_mlp_infonce").unwrap();
+        let err = check_variant(dinov3, &vit, &files).unwrap_err().to_string();
+        for needle in [
+            "psi.safetensors",
+            "dinov3_vitb_mlp_infonce",
+            "width 768, patch 16 px, 4 registers",
+            "`custom-tiny`",
+            "width 64, patch 14 px, 4 registers",
+        ] {
+            assert!(err.contains(needle), "`{needle}` not in: {err}");
+        }
     }
 }
