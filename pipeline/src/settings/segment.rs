@@ -8,9 +8,7 @@
 
 use anyhow::Result;
 use mrdino_datasets::{DatasetKind, Processing};
-use mrdino_model::talk2dino::{
-    PamrConfig, SegmentOptions, Talk2Dino, View, WeightsIdentity, LAMBDA_BG, TEMPLATES,
-};
+use mrdino_model::talk2dino::{PamrConfig, SegmentOptions, Talk2Dino, View, WeightsIdentity, LAMBDA_BG, TEMPLATES};
 use serde::{Deserialize, Serialize};
 
 use super::check::{Bound, Checks};
@@ -105,9 +103,7 @@ impl SegmentParams {
             background_clean: request.background_clean,
             lambda: LAMBDA_BG,
             threshold: request.threshold,
-            flow: NoFlow {
-                backend: "none".into(),
-            },
+            flow: NoFlow { backend: "none".into() },
             view,
             pamr: request.pamr.then(PamrConfig::talk2dino),
         })
@@ -143,8 +139,21 @@ mod tests {
 
     fn args(extra: &[&str]) -> Result<SegmentArgs, clap::Error> {
         let base = [
-            "segment", "--prompt", "car", "--out", "o", "--dataset", "frames", "--root", "r", "--backbone-weights",
-            "b", "--text-weights", "t", "--psi-weights", "p",
+            "segment",
+            "--prompt",
+            "car",
+            "--out",
+            "o",
+            "--dataset",
+            "frames",
+            "--root",
+            "r",
+            "--backbone-weights",
+            "b",
+            "--text-weights",
+            "t",
+            "--psi-weights",
+            "p",
         ];
         Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.args)
     }
@@ -152,8 +161,13 @@ mod tests {
     #[test]
     fn the_threshold_is_a_number_in_the_unit_interval() {
         for bad in ["-1", "2", "1.0001"] {
-            let err = SegmentRequest::resolve(&args(&["--threshold", bad]).unwrap()).unwrap_err().to_string();
-            assert!(err.contains(&format!("threshold = {}", bad.parse::<f64>().unwrap())), "{err}");
+            let err = SegmentRequest::resolve(&args(&["--threshold", bad]).unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("threshold = {}", bad.parse::<f64>().unwrap())),
+                "{err}"
+            );
             assert!(err.contains(">= 0 and <= 1"), "{err}");
         }
         for bad in ["nan", "inf", "x"] {
@@ -173,7 +187,10 @@ mod tests {
         let request = SegmentRequest::resolve(&args(&["--view", "sliding", "--pamr"]).unwrap()).unwrap();
         assert_eq!((request.view, request.pamr), (ViewKind::Sliding, true));
         let request = SegmentRequest::resolve(&args(&[]).unwrap()).unwrap();
-        assert_eq!((request.view, request.pamr, request.threshold), (ViewKind::Square, false, 0.55));
+        assert_eq!(
+            (request.view, request.pamr, request.threshold),
+            (ViewKind::Square, false, 0.55)
+        );
         let params = |view: Option<View>, pamr: Option<PamrConfig>| SegmentParams {
             job: "segment".into(),
             dataset: DatasetKind::Frames,
@@ -193,9 +210,7 @@ mod tests {
             background_clean: false,
             lambda: LAMBDA_BG,
             threshold: 0.55,
-            flow: NoFlow {
-                backend: "none".into(),
-            },
+            flow: NoFlow { backend: "none".into() },
             view,
             pamr,
         };
@@ -203,7 +218,10 @@ mod tests {
         let json = serde_json::to_value(&square).unwrap();
         assert!(json.get("view").is_none() && json.get("pamr").is_none(), "{json}");
         assert_eq!(square.options().view, View::Square { input_px: 448 });
-        let sliding = params(Some(View::by_name("sliding", 448).unwrap()), Some(PamrConfig::talk2dino()));
+        let sliding = params(
+            Some(View::by_name("sliding", 448).unwrap()),
+            Some(PamrConfig::talk2dino()),
+        );
         assert_ne!(sliding.hash(), square.hash());
         assert_eq!(sliding.options().pamr, Some(PamrConfig::talk2dino()));
         let back: SegmentParams = serde_json::from_value(serde_json::to_value(&sliding).unwrap()).unwrap();

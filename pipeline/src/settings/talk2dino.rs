@@ -73,7 +73,13 @@ mod tests {
     fn text_is_text_and_files_are_files() {
         let text = |values: &[&str]| -> Vec<String> { values.iter().map(|s| s.to_string()).collect() };
         assert_eq!(
-            class_list("--classes", &text(&["car, traffic light", "person"]), "--classes-file", &[]).unwrap(),
+            class_list(
+                "--classes",
+                &text(&["car, traffic light", "person"]),
+                "--classes-file",
+                &[]
+            )
+            .unwrap(),
             vec!["car", "traffic light", "person"]
         );
         let dir = tempfile::tempdir().unwrap();
@@ -84,17 +90,40 @@ mod tests {
         assert_eq!(as_text, vec![file.display().to_string()]);
         // File lines are names as they are (no comma split); they follow the text flags.
         assert_eq!(
-            class_list("--classes", &text(&["sky"]), "--classes-file", std::slice::from_ref(&file)).unwrap(),
+            class_list(
+                "--classes",
+                &text(&["sky"]),
+                "--classes-file",
+                std::slice::from_ref(&file)
+            )
+            .unwrap(),
             vec!["sky", "car,bus", "tram"]
         );
-        let err = class_list("--classes", &text(&["tram"]), "--classes-file", std::slice::from_ref(&file)).unwrap_err();
-        assert!(err.to_string().contains("`tram` is listed twice (--classes-file"), "{err}");
+        let err = class_list(
+            "--classes",
+            &text(&["tram"]),
+            "--classes-file",
+            std::slice::from_ref(&file),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("`tram` is listed twice (--classes-file"),
+            "{err}"
+        );
         let missing = dir.path().join("nosuch.txt");
-        let err = format!("{:#}", class_list("--classes", &[], "--classes-file", std::slice::from_ref(&missing)).unwrap_err());
-        assert!(err.contains("cannot read --classes-file") && err.contains("nosuch.txt"), "{err}");
+        let err = format!(
+            "{:#}",
+            class_list("--classes", &[], "--classes-file", std::slice::from_ref(&missing)).unwrap_err()
+        );
+        assert!(
+            err.contains("cannot read --classes-file") && err.contains("nosuch.txt"),
+            "{err}"
+        );
         let empty = dir.path().join("empty.txt");
         std::fs::write(&empty, "# nothing\n\n").unwrap();
-        let err = class_list("--classes", &[], "--classes-file", &[empty]).unwrap_err().to_string();
+        let err = class_list("--classes", &[], "--classes-file", &[empty])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("empty.txt lists no names"), "{err}");
         assert!(class_list("--classes", &text(&["car,car"]), "f", &[])
             .unwrap_err()

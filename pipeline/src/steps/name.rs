@@ -25,7 +25,9 @@ use anyhow::{bail, Context, Result};
 use mrdino_datasets::{Frame, Processing, Sequence};
 use mrdino_model::talk2dino::{frame_instance_scores, frame_tensor, top_two, Talk2Dino};
 use mrdino_outputs::bookkeeping::{AnyPayload, Ledger, Plan, PlannedUnit};
-use mrdino_outputs::names::{names_batch, NameRow, NamesLayout, CLASSES_KEY, NAMES_DATA_DIRS, NAMES_KIND, TEMPLATES_KEY};
+use mrdino_outputs::names::{
+    names_batch, NameRow, NamesLayout, CLASSES_KEY, NAMES_DATA_DIRS, NAMES_KIND, TEMPLATES_KEY,
+};
 use mrdino_outputs::runs::RunTables;
 use mrdino_outputs::tables::{write_parquet, SCHEMA_VERSION};
 use mrdino_outputs::{FrameRow, InstanceRow};
@@ -273,7 +275,10 @@ fn file_metadata(params: &NameParams, hash: &str, source: &Path) -> Result<Vec<(
         ("mrdino.text_sha256".to_string(), weights.text_sha256.clone()),
         ("mrdino.psi_sha256".to_string(), weights.psi_sha256.clone()),
         ("mrdino.source".to_string(), source.display().to_string()),
-        ("mrdino.source_params_hash".to_string(), params.source_params_hash.clone()),
+        (
+            "mrdino.source_params_hash".to_string(),
+            params.source_params_hash.clone(),
+        ),
     ])
 }
 
@@ -289,10 +294,23 @@ pub fn run(args: &NameArgs, stop: &StopHandle) -> Result<ExitCode> {
     let model = Talk2Dino::load(&args.model.files(), device)?;
     let class_embeddings = model.class_embeddings(&request.classes)?;
     let params = NameParams::new(&request, tables.params_hash(), &model);
-    let params = continue_earlier_partition(&args.out, NAMES_DATA_DIRS, params, &model.identities(), NameParams::hash)?;
+    let params = continue_earlier_partition(
+        &args.out,
+        NAMES_DATA_DIRS,
+        params,
+        &model.identities(),
+        NameParams::hash,
+    )?;
     let hash = params.hash();
     let layout = NamesLayout::new(&args.out, &hash);
-    let plan = Plan::new(NAMES_KIND, &hash, &source_plan.dataset, &request.source, CODE_VERSION, units);
+    let plan = Plan::new(
+        NAMES_KIND,
+        &hash,
+        &source_plan.dataset,
+        &request.source,
+        CODE_VERSION,
+        units,
+    );
     let job = OpenJob::open(layout.ledger(), &[layout.dir()], &params, plan, shard)?;
     let quiet = args.job.run.quiet;
     if !tables.incomplete_units.is_empty() && !quiet {

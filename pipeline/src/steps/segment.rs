@@ -205,7 +205,10 @@ fn file_metadata(params: &SegmentParams, hash: &str) -> Result<Vec<(String, Stri
         ("mrdino.params_hash".to_string(), hash.to_string()),
         ("mrdino.params".to_string(), serde_json::to_string(params)?),
         ("mrdino.prompts".to_string(), serde_json::to_string(&params.prompts)?),
-        ("mrdino.templates".to_string(), serde_json::to_string(&params.templates)?),
+        (
+            "mrdino.templates".to_string(),
+            serde_json::to_string(&params.templates)?,
+        ),
         ("mrdino.backbone_sha256".to_string(), weights.backbone_sha256.clone()),
         ("mrdino.text_sha256".to_string(), weights.text_sha256.clone()),
         ("mrdino.psi_sha256".to_string(), weights.psi_sha256.clone()),
@@ -229,12 +232,24 @@ pub fn run(args: &SegmentArgs, stop: &StopHandle) -> Result<ExitCode> {
     let model = Talk2Dino::load(&args.model.files(), device)?;
     let classes = model.class_embeddings(&request.prompts)?;
     let params = SegmentParams::new(&request, &model)?;
-    let params = continue_earlier_partition(&args.out, LABELS_DATA_DIRS, params, &model.identities(), SegmentParams::hash)?;
+    let params = continue_earlier_partition(
+        &args.out,
+        LABELS_DATA_DIRS,
+        params,
+        &model.identities(),
+        SegmentParams::hash,
+    )?;
     let hash = params.hash();
     let layout = Layout::new(&args.out, &hash);
     let ledger = layout.ledger();
     let plan = build_plan(ledger.kind(), &hash, request.dataset.name(), &sequences);
-    let job = OpenJob::open(ledger, &[layout.frames_dir(), layout.instances_dir()], &params, plan, shard)?;
+    let job = OpenJob::open(
+        ledger,
+        &[layout.frames_dir(), layout.instances_dir()],
+        &params,
+        plan,
+        shard,
+    )?;
     let metadata = file_metadata(&params, &hash)?;
     let stop = stop.with_budget(args.job.run.time_budget);
     let segmenter = Segmenter {

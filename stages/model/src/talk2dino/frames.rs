@@ -161,7 +161,9 @@ pub fn segment_frames(
             .position(|f| f.size() != size)
             .map_or(frames.len(), |n| start + n);
         let batch = Tensor::f_cat(&frames[start..end], 0)?.f_to_device(vit.device())?;
-        let labels = segment(vit, &batch, classes, options)?.labels.f_to_device(Device::Cpu)?;
+        let labels = segment(vit, &batch, classes, options)?
+            .labels
+            .f_to_device(Device::Cpu)?;
         for b in 0..(end - start) as i64 {
             out.push(regions(&labels.f_get(b)?, n_classes as usize)?);
         }

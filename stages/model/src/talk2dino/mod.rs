@@ -631,8 +631,11 @@ pub fn instance_scores(
     })
 }
 
+/// A class index and its score.
+pub type Ranked = (usize, f32);
+
 /// Index and value of the best and the second-best score (ties: the lower index first); NaNs never win.
-pub fn top_two(scores: &[f32]) -> Option<((usize, f32), Option<(usize, f32)>)> {
+pub fn top_two(scores: &[f32]) -> Option<(Ranked, Option<Ranked>)> {
     let mut order: Vec<usize> = (0..scores.len()).filter(|&i| !scores[i].is_nan()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let best = *order.first()?;

@@ -61,12 +61,11 @@ impl Talk2Dino {
     /// Loads the three weights on `device` and checks them against each other (see the module docs).
     pub fn load(files: &Talk2DinoFiles, device: Device) -> Result<Self, Talk2DinoError> {
         let config = VitConfig::by_name(&files.backbone)?;
-        let vit = Vit::load(&files.backbone_weights, Some(config), device).map_err(|source| {
-            Talk2DinoError::Backbone {
+        let vit =
+            Vit::load(&files.backbone_weights, Some(config), device).map_err(|source| Talk2DinoError::Backbone {
                 path: files.backbone_weights.clone(),
                 source: Box::new(source),
-            }
-        })?;
+            })?;
         let text = ClipText::load(&files.text_weights, device).map_err(|source| Talk2DinoError::TextTower {
             path: files.text_weights.clone(),
             source: Box::new(source),
@@ -197,15 +196,17 @@ mod tests {
             psi_variant: Some("dinov3_vitb_mlp_infonce".into()),
             ..record
         };
-        assert!(serde_json::to_string(&with).unwrap().ends_with(r#""psi_variant":"dinov3_vitb_mlp_infonce"}"#));
+        assert!(serde_json::to_string(&with)
+            .unwrap()
+            .ends_with(r#""psi_variant":"dinov3_vitb_mlp_infonce"}"#));
     }
 
     #[test]
     fn a_backbone_other_than_the_psi_release_is_refused_naming_both() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vit.safetensors");
-        let config = VitConfig::by_name("custom:family=dinov2,depth=1,dim=64,heads=2,patch=14,registers=4,pos_grid=4")
-            .unwrap();
+        let config =
+            VitConfig::by_name("custom:family=dinov2,depth=1,dim=64,heads=2,patch=14,registers=4,pos_grid=4").unwrap();
         crate::vit::write_random_weights(&path, &config, 1).unwrap();
         let vit = Vit::load(&path, Some(config), Device::Cpu).unwrap();
         let files = Talk2DinoFiles {
