@@ -55,6 +55,46 @@ fn model_args(cmd: &mut Command, dir: &Path) {
         .args(["--device", "cpu", "--quiet"]);
 }
 
+/// The random-weight fixture: a tiny DINOv2-with-registers backbone, a one-layer CLIP text tower and a ψ into
+/// its 64 dimensions, written to `dir/weights` (the files `model_args` passes).
+fn random_weights(dir: &Path) -> PathBuf {
+    let weights = dir.join("weights");
+    std::fs::create_dir_all(&weights).unwrap();
+    write_random_weights(
+        &weights.join("backbone.safetensors"),
+        &VitConfig::by_name(VIT_SPEC).unwrap(),
+        3,
+    )
+    .unwrap();
+    clip_text::write_random_weights(
+        &weights.join("text.safetensors"),
+        &ClipTextConfig::by_name("custom:width=32,layers=1,heads=2,embed=512").unwrap(),
+        4,
+    )
+    .unwrap();
+    tch::manual_seed(5);
+    let psi = [
+        (
+            "linear_layer.weight",
+            Tensor::randn([64, 512], (Kind::Float, tch::Device::Cpu)) * 0.05,
+        ),
+        (
+            "linear_layer.bias",
+            Tensor::randn([64], (Kind::Float, tch::Device::Cpu)) * 0.1,
+        ),
+        (
+            "hidden_layers.0.weight",
+            Tensor::randn([64, 64], (Kind::Float, tch::Device::Cpu)) * 0.2,
+        ),
+        (
+            "hidden_layers.0.bias",
+            Tensor::randn([64], (Kind::Float, tch::Device::Cpu)) * 0.1,
+        ),
+    ];
+    Tensor::write_safetensors(&psi[..], weights.join("psi.safetensors")).unwrap();
+    weights
+}
+
 #[test]
 fn segment_matches_talk2dino_inference() {
     let tmp = tempfile::tempdir().unwrap();
@@ -155,40 +195,7 @@ fn name_labels_joins_instances_and_resumes() {
         .sum();
     assert!(instances > 0, "the synth labels must have instances");
 
-    let weights = dir.join("weights");
-    std::fs::create_dir_all(&weights).unwrap();
-    write_random_weights(
-        &weights.join("backbone.safetensors"),
-        &VitConfig::by_name(VIT_SPEC).unwrap(),
-        3,
-    )
-    .unwrap();
-    clip_text::write_random_weights(
-        &weights.join("text.safetensors"),
-        &ClipTextConfig::by_name("custom:width=32,layers=1,heads=2,embed=512").unwrap(),
-        4,
-    )
-    .unwrap();
-    tch::manual_seed(5);
-    let psi = [
-        (
-            "linear_layer.weight",
-            Tensor::randn([64, 512], (Kind::Float, tch::Device::Cpu)) * 0.05,
-        ),
-        (
-            "linear_layer.bias",
-            Tensor::randn([64], (Kind::Float, tch::Device::Cpu)) * 0.1,
-        ),
-        (
-            "hidden_layers.0.weight",
-            Tensor::randn([64, 64], (Kind::Float, tch::Device::Cpu)) * 0.2,
-        ),
-        (
-            "hidden_layers.0.bias",
-            Tensor::randn([64], (Kind::Float, tch::Device::Cpu)) * 0.1,
-        ),
-    ];
-    Tensor::write_safetensors(&psi[..], weights.join("psi.safetensors")).unwrap();
+    let weights = random_weights(dir);
 
     let names = dir.join("names");
     let name_cmd = |out: &Path| {
@@ -366,4 +373,210 @@ fn name_labels_joins_instances_and_resumes() {
         })
         .sum();
     assert_eq!(counted, instances, "the per-name counts add up to the instances");
+}
+
+/// The parameters of the only partition of a run in `out` (`OUT/_params/<hash>.json`), with the hash.
+fn only_params(out: &Path) -> (String, serde_json::Value) {
+    let files: Vec<PathBuf> = std::fs::read_dir(out.join("_params"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{}: one partition expected, got {files:?}", out.display());
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    (value["params_hash"].as_str().unwrap().to_string(), value["params"].clone())
+}
+
+/// (sequence, frame, instance, mask) of every prompt region of a segment run.
+fn regions(root: &Path) -> Vec<(String, u32, u32, mrdino_outputs::CocoRle)> {
+    parquet_files(&root.join("instances"))
+        .iter()
+        .flat_map(|f| read_instances(f).unwrap())
+        .map(|i| (i.sequence_id, i.frame_index, i.instance_id, i.mask))
+        .collect()
+}
+
+/// `mrdino segment` on `frames` with the random weights of `weights`.
+fn segment_cmd(frames: &Path, weights: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = mrdino();
+    cmd.args(["segment", "--dataset", "frames", "--root"])
+        .arg(frames)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    model_args(&mut cmd, weights);
+    cmd
+}
+
+/// Runs `cmd`, expecting exit code `code` and `needle` in its stderr.
+fn refused(cmd: &mut Command, code: i32, needle: &str) {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(needle), "`{needle}` not in:\n{stderr}");
+}
+
+#[test]
+fn class_and_prompt_files_come_through_their_own_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let frames = common::synth(&data, "160x96", 2, 8);
+    let labels = dir.join("labels");
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "frames", "--root"])
+            .arg(&frames)
+            .arg("--out")
+            .arg(&labels)
+            .args(["--flow", "import", "--flow-dir"])
+            .arg(data.join("flow"))
+            .arg("--quiet"),
+    );
+    let weights = random_weights(dir);
+    let name_cmd = |out: &Path, extra: &[&str]| {
+        let mut cmd = mrdino();
+        cmd.arg("name").arg("--labels").arg(&labels).arg("--out").arg(out).args(extra);
+        model_args(&mut cmd, &weights);
+        cmd
+    };
+    let names = |out: &Path| -> Vec<_> {
+        parquet_files(&out.join("names"))
+            .iter()
+            .flat_map(|f| read_names(f).unwrap())
+            .collect()
+    };
+
+    // A class list file gives the names (and the partition) of the same list as text.
+    let classes = dir.join("classes.txt");
+    std::fs::write(&classes, "# road users\ncar\nperson\n\ntree  # plants\nroad\n").unwrap();
+    let (from_text, from_file) = (dir.join("names-text"), dir.join("names-file"));
+    run_ok(&mut name_cmd(&from_text, &["--classes", "car,person", "--classes", "tree,road"]));
+    run_ok(&mut name_cmd(&from_file, &["--classes-file", classes.to_str().unwrap()]));
+    let rows = names(&from_text);
+    assert!(!rows.is_empty(), "the synth labels must have instances");
+    assert_eq!(names(&from_file), rows);
+    assert_eq!(only_params(&from_file).0, only_params(&from_text).0);
+    assert_eq!(
+        only_params(&from_file).1["classes"],
+        serde_json::json!(["car", "person", "tree", "road"])
+    );
+    // A mistyped path is refused, naming it, before any work; as text it would have been a class name.
+    let missing = dir.join("names-missing");
+    refused(&mut name_cmd(&missing, &["--classes-file", "nosuch.txt"]), 2, "nosuch.txt");
+    assert!(!missing.exists(), "nothing may be written for a refused command");
+
+    // The same for prompts.
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "car\nroad # the ground\n").unwrap();
+    let (seg_text, seg_file) = (dir.join("segment-text"), dir.join("segment-file"));
+    run_ok(&mut segment_cmd(&frames, &weights, &seg_text, &["--prompt", "car,road", "--threshold", "0"]));
+    let file_args = ["--prompts-file", prompts.to_str().unwrap(), "--threshold", "0"];
+    run_ok(&mut segment_cmd(&frames, &weights, &seg_file, &file_args));
+    assert!(!regions(&seg_text).is_empty(), "the prompts must win some pixels");
+    assert_eq!(regions(&seg_file), regions(&seg_text));
+    assert_eq!(only_params(&seg_file).0, only_params(&seg_text).0);
+    let seg_missing = dir.join("segment-missing");
+    refused(
+        &mut segment_cmd(&frames, &weights, &seg_missing, &["--prompts-file", "nosuch.txt"]),
+        2,
+        "nosuch.txt",
+    );
+    assert!(!seg_missing.exists());
+
+    // `--prompt car` is the prompt "car", even with a file `./car` (listing other prompts) in the working directory.
+    let cwd = dir.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::write(cwd.join("car"), "road\nsky\n").unwrap();
+    let seg_car = dir.join("segment-car");
+    run_ok(segment_cmd(&frames, &weights, &seg_car, &["--prompt", "car", "--threshold", "0"]).current_dir(&cwd));
+    assert_eq!(only_params(&seg_car).1["prompts"], serde_json::json!(["car"]));
+    let car = regions(&seg_car);
+    assert!(!car.is_empty() && car.iter().all(|r| r.2 == 1), "one prompt, instance id 1");
+}
+
+#[test]
+fn segment_sliding_view_and_pamr_run_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let frames = common::synth(&dir.join("data"), "160x96", 1, 2);
+    let weights = random_weights(dir);
+    let mut hashes = Vec::new();
+    let mut any_region = false;
+    for (case, extra) in [
+        ("square", &[][..]),
+        ("sliding", &["--view", "sliding"][..]),
+        ("pamr", &["--pamr"][..]),
+        ("sliding-pamr", &["--view", "sliding", "--pamr", "--background-clean"][..]),
+    ] {
+        let out = dir.join(case);
+        let mut args = vec!["--prompt", "car,road", "--threshold", "0"];
+        args.extend(extra);
+        run_ok(&mut segment_cmd(&frames, &weights, &out, &args));
+        run_ok(mrdino().arg("status").arg("--out").arg(&out));
+        let (hash, params) = only_params(&out);
+        hashes.push(hash);
+        let sliding = case.starts_with("sliding");
+        match &params["view"] {
+            serde_json::Value::Null => assert!(!sliding, "{case}: {params}"),
+            view => {
+                assert!(sliding, "{case}: {params}");
+                assert_eq!(view["view"], "sliding");
+                assert_eq!((view["crop_px"].as_i64(), view["stride_px"].as_i64()), (Some(448), Some(224)));
+            }
+        }
+        assert_eq!(params["pamr"].is_null(), !case.ends_with("pamr"), "{case}: {params}");
+        if case.ends_with("pamr") {
+            assert_eq!(params["pamr"]["iterations"], 10);
+            assert_eq!(params["pamr"]["dilations_px"], serde_json::json!([1, 2, 4, 8, 12, 24]));
+        }
+        let frame_rows: Vec<_> = parquet_files(&out.join("frames"))
+            .iter()
+            .flat_map(|f| mrdino_outputs::tables::read_frames(f).unwrap())
+            .collect();
+        assert_eq!(frame_rows.len(), 2, "{case}: one row per frame");
+        assert!(frame_rows.iter().all(|f| f.labelled && (f.height, f.width) == (96, 160)));
+        let rows: Vec<_> = parquet_files(&out.join("instances"))
+            .iter()
+            .flat_map(|f| read_instances(f).unwrap())
+            .collect();
+        for row in &rows {
+            assert_eq!(row.origin, InstanceOrigin::Prompt);
+            assert_eq!((row.mask.height, row.mask.width), (96, 160), "{case}");
+            assert!((1..=2).contains(&row.instance_id) && row.component_id + 1 == row.instance_id);
+            assert_eq!(row.area_px as usize, row.mask.to_pixels().unwrap().len());
+        }
+        any_region |= !rows.is_empty();
+    }
+    assert!(any_region, "the prompts must win some pixels in some view");
+    let distinct: std::collections::BTreeSet<_> = hashes.iter().collect();
+    assert_eq!(distinct.len(), hashes.len(), "every view / PAMR choice is its own partition: {hashes:?}");
+}
+
+#[test]
+fn meaningless_segment_and_name_values_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // No dataset and no weights exist: a refusal must come before they are looked at.
+    let (frames, weights, out) = (dir.join("no-frames"), dir.join("no-weights"), dir.join("out"));
+    for (value, code, needle) in [
+        ("-1", 1, "threshold = -1 must be a finite number >= 0 and <= 1"),
+        ("2", 1, "threshold = 2 must be a finite number >= 0 and <= 1"),
+        ("1.5", 1, "threshold = 1.5 must be"),
+        ("nan", 2, "`nan` is not a finite number"),
+        ("inf", 2, "`inf` is not a finite number"),
+    ] {
+        refused(
+            &mut segment_cmd(&frames, &weights, &out, &["--prompt", "car", "--threshold", value]),
+            code,
+            needle,
+        );
+        assert!(!out.exists(), "--threshold {value}: nothing may be written");
+    }
+    refused(&mut segment_cmd(&frames, &weights, &out, &["--prompt", "car", "--batch", "0"]), 2, "--batch");
+    refused(&mut segment_cmd(&frames, &weights, &out, &["--prompt", "car,,road"]), 1, "empty name");
+    let mut name = mrdino();
+    name.arg("name").arg("--labels").arg(dir.join("no-run")).arg("--out").arg(&out).args(["--batch", "0"]);
+    model_args(&mut name, &weights);
+    refused(&mut name, 2, "--batch");
+    assert!(!out.exists());
 }

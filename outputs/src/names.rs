@@ -13,6 +13,7 @@
 //! order of the class list in the file metadata) and `coverage_patches` (the mask's area on the patch grid, in
 //! patches: small values mean the embedding rests on few patches).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 
 use crate::atomic::OutputError;
-use crate::bookkeeping::Ledger;
+use crate::bookkeeping::{choose_partition, partitions, AnyPayload, BookkeepingError, Ledger, WhenSeveral};
 use crate::layout::unit_key;
 use crate::tables::{
     column, f32_column, instances_batch, read_parquet, string_column, strings, u32_column, u32s, wrong_type,
@@ -172,6 +173,73 @@ impl NamesLayout {
     }
 }
 
+/// Errors of reading a names run; each names the directory or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum NamesError {
+    #[error(transparent)]
+    Bookkeeping(#[from] BookkeepingError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("{root} holds no names of the labels partition params={source_params} (names partitions: {present})")]
+    NoNamesOf {
+        root: PathBuf,
+        source_params: String,
+        present: String,
+    },
+}
+
+/// The names of one partition of a names root, keyed like instances: (sequence_id, frame_index, instance_id).
+pub type NameMap = BTreeMap<(String, u32, u32), NameRow>;
+
+/// The names of a names root's done units, and the partition they come from: `params` when given (it must be
+/// present), else the latest partition (parameters written last; ties to the greatest hash) made from the source
+/// partition `source_params` (a names root may hold several class lists, or names of several labels partitions).
+/// A unit is read when [`Ledger::is_done`] says it is done, in plan order.
+pub fn read_names_run(root: &Path, params: Option<&str>, source_params: &str) -> Result<(String, NameMap), NamesError> {
+    let hash = match params {
+        Some(hash) => choose_partition(root, NAMES_DATA_DIRS, Some(hash), WhenSeveral::Latest)?.params_hash,
+        None => latest_names_of(root, source_params)?,
+    };
+    let layout = NamesLayout::new(root, &hash);
+    let ledger = layout.ledger();
+    let plan = ledger.read_plan()?;
+    let mut names = NameMap::new();
+    for unit in &plan.units {
+        if ledger.is_done::<AnyPayload>(unit).is_none() {
+            continue;
+        }
+        for row in read_names(&layout.file(&unit.id))? {
+            names.insert((row.sequence_id.clone(), row.frame_index, row.instance_id), row);
+        }
+    }
+    Ok((hash, names))
+}
+
+/// The latest names partition of `root` whose parameters record `source_params` as their source partition.
+fn latest_names_of(root: &Path, source_params: &str) -> Result<String, NamesError> {
+    let all = partitions(root, NAMES_DATA_DIRS);
+    let written = |hash: &str| {
+        std::fs::metadata(Ledger::new(root, NAMES_KIND, hash).params_file())
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    all.iter()
+        .filter(|h| {
+            Ledger::new(root, NAMES_KIND, h)
+                .read_params()
+                .ok()
+                .flatten()
+                .is_some_and(|p| p["source_params_hash"] == source_params)
+        })
+        .max_by_key(|h| (written(h.as_str()), h.as_str()))
+        .cloned()
+        .ok_or_else(|| NamesError::NoNamesOf {
+            root: root.to_path_buf(),
+            source_params: source_params.to_string(),
+            present: if all.is_empty() { "none".to_string() } else { all.join(", ") },
+        })
+}
+
 /// An `instances` batch with a `prompt` column (the text prompt whose region each row is) appended.
 pub fn prompted_instances_batch(
     rows: &[InstanceRow],
@@ -195,7 +263,63 @@ pub fn prompted_instances_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bookkeeping::{DoneMarker, Plan, PlannedUnit};
     use crate::tables::write_parquet;
+
+    fn row(sequence_id: &str, instance_id: u32, name: &str) -> NameRow {
+        NameRow {
+            dataset: "frames".into(),
+            sequence_id: sequence_id.into(),
+            frame_index: 0,
+            frame_name: "00000".into(),
+            instance_id,
+            name: name.into(),
+            score: 0.5,
+            runner_up: None,
+            runner_up_score: None,
+            scores: vec![0.5],
+            coverage_patches: 1.0,
+        }
+    }
+
+    /// A names partition `hash` of labels partition `source` with units a (done) and b (written, not done).
+    fn names_partition(root: &Path, hash: &str, source: &str, name: &str) {
+        let layout = NamesLayout::new(root, hash);
+        let ledger = layout.ledger();
+        ledger.prepare(&[layout.dir()]).unwrap();
+        ledger
+            .write_params(&serde_json::json!({ "source_params_hash": source }), "v-test")
+            .unwrap();
+        let units: Vec<PlannedUnit> = ["a", "b"].iter().map(|id| PlannedUnit::new(id, Some(1), id)).collect();
+        ledger
+            .write_plan(&Plan::new(NAMES_KIND, hash, "frames", root, "v-test", units.clone()))
+            .unwrap();
+        for unit in &units {
+            let file = layout.file(&unit.id);
+            write_parquet(&file, &names_batch(&[row(&unit.id, 1, name)]).unwrap(), &[]).unwrap();
+            if unit.id == "a" {
+                let marker = DoneMarker::new(&ledger, unit, &[file], "v-test", 0.0, Vec::new(), AnyPayload::new());
+                ledger.write_marker(&marker).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_names_run_is_read_by_its_source_partition_done_units_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        names_partition(root, "1111", "labels-x", "car");
+        names_partition(root, "2222", "labels-y", "bus");
+        let (hash, names) = read_names_run(root, None, "labels-y").unwrap();
+        assert_eq!(hash, "2222");
+        assert_eq!(names.len(), 1, "unit b is not done");
+        assert_eq!(names[&("a".to_string(), 0, 1)].name, "bus");
+        let (hash, names) = read_names_run(root, Some("1111"), "ignored").unwrap();
+        assert_eq!((hash.as_str(), names[&("a".to_string(), 0, 1)].name.as_str()), ("1111", "car"));
+        let err = read_names_run(root, None, "labels-z").unwrap_err().to_string();
+        assert!(err.contains("params=labels-z") && err.contains("1111, 2222"), "{err}");
+        assert!(read_names_run(root, Some("3333"), "labels-x").is_err());
+    }
 
     #[test]
     fn names_round_trip_with_nulls() {

@@ -134,3 +134,35 @@ pub struct BackboneArgs {
     #[arg(long)]
     pub backbone_weights: Option<PathBuf>,
 }
+
+/// The Talk2DINO weights every open-vocabulary command loads (`name`, `segment`).
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Talk2DINO")]
+pub struct Talk2DinoArgs {
+    /// DINO backbone, as Talk2DINO uses it: dinov2-vitb14-reg (the default; ViT-L: dinov2-vitl14-reg),
+    /// dinov3-vitb16 / dinov3-vitl16 for a ψ converted from a DINOv3 release, custom:… for tests.
+    #[arg(long, default_value = "dinov2-vitb14-reg")]
+    pub backbone: String,
+    /// The backbone's weights (safetensors from tools/convert_vit.py, e.g. of `dinov2_vitb14_reg`).
+    #[arg(long)]
+    pub backbone_weights: PathBuf,
+    /// CLIP ViT-B/16 text tower (safetensors from tools/convert_clip_text.py).
+    #[arg(long)]
+    pub text_weights: PathBuf,
+    /// Talk2DINO's ψ (safetensors from tools/convert_talk2dino.py). A ψ converted from a released file records
+    /// it: its backbone's width, patch and registers are then required, and its input size is used.
+    #[arg(long)]
+    pub psi_weights: PathBuf,
+}
+
+impl Talk2DinoArgs {
+    /// The files of the bundle, for `mrdino_model::talk2dino::Talk2Dino::load`.
+    pub fn files(&self) -> mrdino_model::talk2dino::Talk2DinoFiles {
+        mrdino_model::talk2dino::Talk2DinoFiles {
+            backbone: self.backbone.clone(),
+            backbone_weights: self.backbone_weights.clone(),
+            text_weights: self.text_weights.clone(),
+            psi_weights: self.psi_weights.clone(),
+        }
+    }
+}

@@ -7,6 +7,8 @@ pub mod flow;
 pub mod groups;
 pub mod infer;
 pub mod labels;
+pub mod name;
+pub mod segment;
 pub mod values;
 
 use std::num::NonZeroU64;
@@ -62,9 +64,9 @@ pub enum Command {
     Infer(Box<infer::InferArgs>),
     /// Open-vocabulary names (Talk2DINO) for the instances of a labels or predictions run, as a Parquet table
     /// joinable to `instances`.
-    Name(Box<steps::name::NameArgs>),
+    Name(Box<name::NameArgs>),
     /// Talk2DINO's text-prompted masks of every frame of a dataset, as a labels-shaped run with a prompt column.
-    Segment(Box<steps::segment::SegmentArgs>),
+    Segment(Box<segment::SegmentArgs>),
     /// A labels or prediction run as COCO instances or YouTube-VIS JSON (masks at the original resolution, scores
     /// and track ids), for the tools other teams train and browse with.
     Export(Box<export::ExportArgs>),

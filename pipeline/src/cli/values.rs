@@ -2,6 +2,7 @@
 //! naming the value, before any work.
 
 use std::num::NonZeroU64;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mrdino_datasets::DatasetKind;
@@ -84,6 +85,18 @@ pub fn finite(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// A file that must exist (`--classes-file`, `--prompts-file`): a missing path is refused, never read as text.
+pub fn existing_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    if !path.exists() {
+        return Err(format!("no such file `{s}`"));
+    }
+    if !path.is_file() {
+        return Err(format!("`{s}` is not a file"));
+    }
+    Ok(path)
+}
+
 /// `--num-shards N` of `status`.
 pub fn shard_count(s: &str) -> Result<NonZeroU64, String> {
     let n: u64 = s
@@ -113,5 +126,7 @@ mod tests {
         assert_eq!(size("320x128").unwrap(), (320, 128));
         assert!(shard("3/3").is_err());
         assert!(shard_count("0").is_err());
+        assert!(existing_file("no/such/file.txt").unwrap_err().contains("no/such/file.txt"));
+        assert!(existing_file(".").unwrap_err().contains("not a file"));
     }
 }

@@ -12,7 +12,10 @@ pub mod features;
 pub mod identity;
 pub mod infer;
 pub mod labels;
+pub mod name;
 pub mod presets;
+pub mod segment;
+pub mod talk2dino;
 
 use std::path::Path;
 

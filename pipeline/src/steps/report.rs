@@ -275,7 +275,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let tables = read_label_tables(&args.labels, args.params.as_deref())?;
     let (names_params, names) = match &args.names {
         Some(dir) => {
-            let (hash, names) = crate::steps::name::read_names_run(dir, None, &tables.layout.params_hash)
+            let (hash, names) = mrdino_outputs::names::read_names_run(dir, None, &tables.layout.params_hash)
                 .with_context(|| format!("cannot read the names in {}", dir.display()))?;
             (Some(hash), names)
         }

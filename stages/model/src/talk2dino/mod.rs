@@ -31,12 +31,24 @@
 //!   ([`axis_coverage`]); the instance's embedding is the coverage-weighted mean of the L2-normalised patch
 //!   tokens, and its score for a class the cosine to the class embedding ([`instance_scores`], [`top_two`]).
 //!
+//! - **The bundle** ([`Talk2Dino`], `models.rs`): backbone, text tower, ψ and tokenizer loaded and checked
+//!   against each other (ψ's release fixes the backbone's width, patch and registers, and the input size);
+//!   **frames and tables** (`frames.rs`): decoded frames as tensors, instance masks of the pipeline's tables
+//!   on the patch grid, label maps as regions.
+//!
 //! The ψ and mask code is backbone-agnostic: it takes the patch tokens, the patch grid and the CLS→patch logits
 //! of whatever [`crate::vit::Vit`] runs; [`Variant`] records what each released ψ file expects of it.
 
+mod frames;
+mod models;
 mod pamr;
 mod segment;
 
+pub use frames::{
+    frame_instance_scores, frame_tensor, instance_masks, label_axes, regions, segment_frames, FrameRegions,
+    PromptRegion,
+};
+pub use models::{Talk2Dino, Talk2DinoFiles, WeightsIdentity};
 pub use pamr::{pamr, PamrConfig};
 pub use segment::{keep_ratio_resize, segment, SegmentOptions, Segmentation, SlidingWindow, View};
 
@@ -106,6 +118,29 @@ pub enum Talk2DinoError {
         new_width: i64,
         message: String,
     },
+    #[error("{sequence} frame {frame}: {message}")]
+    Frame {
+        sequence: String,
+        frame: String,
+        message: String,
+    },
+    #[error("cannot load the backbone {}", path.display())]
+    Backbone {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::vit::VitError>,
+    },
+    #[error("cannot load the text tower {}", path.display())]
+    TextTower {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::clip_text::ClipTextError>,
+    },
+    /// Weights that do not belong together (ψ and backbone, input size and patch).
+    #[error("{0}")]
+    Mismatch(String),
+    #[error(transparent)]
+    ClipText(#[from] crate::clip_text::ClipTextError),
     #[error(transparent)]
     Vit(#[from] crate::vit::VitError),
     #[error(transparent)]
@@ -596,8 +631,11 @@ pub fn instance_scores(
     })
 }
 
+/// A class index and its score.
+pub type Ranked = (usize, f32);
+
 /// Index and value of the best and the second-best score (ties: the lower index first); NaNs never win.
-pub fn top_two(scores: &[f32]) -> Option<((usize, f32), Option<(usize, f32)>)> {
+pub fn top_two(scores: &[f32]) -> Option<(Ranked, Option<Ranked>)> {
     let mut order: Vec<usize> = (0..scores.len()).filter(|&i| !scores[i].is_nan()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let best = *order.first()?;
