@@ -169,3 +169,116 @@ fn analysis_report_has_every_pair_and_renders() {
         "a non-trivial screenshot"
     );
 }
+
+/// An all-background 16-bit id PNG of `height`×`width` at `path`.
+fn write_empty_ids_png(path: &Path, height: usize, width: usize) {
+    use opencv::core::{Mat, Vector};
+    use opencv::prelude::*;
+    let ids = vec![0u16; height * width];
+    let mat = Mat::new_rows_cols_with_data(height as i32, width as i32, &ids)
+        .expect("mat")
+        .try_clone()
+        .expect("clone");
+    let mut buf = Vector::<u8>::new();
+    opencv::imgcodecs::imencode_def(".png", &mat, &mut buf).expect("encode");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, buf.as_slice()).expect("write png");
+}
+
+#[test]
+fn statistics_of_masks_without_objects_are_not_computable_with_the_reason_and_a_stop_exits_4() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (data, labels) = (dir.join("data"), dir.join("labels"));
+    run_ok(
+        mrdino()
+            .args([
+                "synth",
+                "--sequences",
+                "1",
+                "--frames",
+                "10",
+                "--size",
+                "96x64",
+                "--out",
+            ])
+            .arg(&data),
+    );
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "frames", "--root"])
+            .arg(data.join("frames"))
+            .arg("--out")
+            .arg(&labels)
+            .args(["--flow", "import", "--flow-dir"])
+            .arg(data.join("flow"))
+            .arg("--quiet"),
+    );
+    // Ground truth without any object: the foreground variant is the same grey image for every frame.
+    let gt = dir.join("gt");
+    for frame in std::fs::read_dir(data.join("frames/seq000")).unwrap().flatten() {
+        let name = frame.path().with_extension("png");
+        write_empty_ids_png(&gt.join("seq000").join(name.file_name().unwrap()), 64, 96);
+    }
+    let weights = dir.join("rn50.safetensors");
+    random_resnet(&weights);
+    let out = dir.join("analysis");
+    let analyze = |extra: &[&str]| {
+        let mut cmd = mrdino();
+        cmd.args(["analyze", "--labels"])
+            .arg(&labels)
+            .arg("--gt")
+            .arg(&gt)
+            .args(["--gt-format", "ids", "--backbone", "swav-rn50", "--backbone-weights"])
+            .arg(&weights)
+            .args([
+                "--frames",
+                "6",
+                "--size",
+                "64",
+                "--bootstrap",
+                "10",
+                "--k",
+                "3",
+                "--device",
+                "cpu",
+            ])
+            .args(["--torch-threads", "1", "--out"])
+            .arg(&out)
+            .args(extra);
+        cmd
+    };
+    // A spent time budget stops before the first frame: exit 4, no report.
+    let stopped = analyze(&["--time-budget", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("start over"), "{stderr}");
+    assert!(!out.join("analysis.json").exists());
+
+    run_ok(&mut analyze(&[]));
+    let text = std::fs::read_to_string(out.join("analysis.json")).unwrap();
+    assert!(!text.contains("NaN") && !text.contains("null"), "{text}");
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let within = json["within_backbone"].as_array().unwrap();
+    for pair in within {
+        let involves_foreground = pair["a"] == "foreground" || pair["b"] == "foreground";
+        for stat in ["cka", "cka_debiased", "svcca", "pwcca"] {
+            let reason = pair[stat]["not_computable"].as_str();
+            if involves_foreground {
+                let reason = reason.unwrap_or_else(|| panic!("{stat} of {pair} should not be computable"));
+                assert!(
+                    reason.contains("foreground") && reason.contains("no variance"),
+                    "{reason}"
+                );
+            } else {
+                assert!(
+                    pair[stat]["value"].as_f64().is_some_and(f64::is_finite),
+                    "{stat} of {pair}"
+                );
+            }
+        }
+    }
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(!html.contains("NaN"));
+    assert!(html.contains("<h2>Not computable</h2>") && html.contains("no variance"));
+}

@@ -402,3 +402,309 @@ fn report_renders_statistics_plots_overlays_and_flow() {
 fn links_of(html: &str, prefix: &str) -> Vec<String> {
     links(html).into_iter().filter(|l| l.starts_with(prefix)).collect()
 }
+
+/// Every file under `dir` with its bytes, by path relative to `dir`, sorted.
+fn tree_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                files.push((path.strip_prefix(dir).expect("prefix").to_path_buf(), bytes));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A failed command's stderr (asserting that it failed).
+fn refused(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "expected a refusal; stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn synth_stopped_by_two_sigterms_exits_4_and_the_rerun_gives_the_bytes_of_one_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let synth = |out: &Path| {
+        let mut cmd = mrdino();
+        cmd.args([
+            "synth",
+            "--sequences",
+            "4",
+            "--frames",
+            "40",
+            "--size",
+            "480x192",
+            "--quiet",
+            "--out",
+        ])
+        .arg(out);
+        cmd
+    };
+    let reference = tmp.path().join("reference");
+    run_ok(&mut synth(&reference));
+
+    let out = tmp.path().join("out");
+    let child = synth(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until generation is under way (the first frame is written), then signal twice.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let first_frame = out.join("frames/seq000/000000.png");
+    while !first_frame.is_file() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    let result = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(4), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(
+        tree_bytes(&out),
+        tree_bytes(&reference),
+        "the run was stopped before the end"
+    );
+
+    run_ok(&mut synth(&out));
+    assert_eq!(tree_bytes(&out), tree_bytes(&reference));
+}
+
+#[test]
+fn synth_prints_width_first_survives_a_closed_stdout_and_refuses_another_dataset() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let out = run_ok(
+        mrdino()
+            .args(["synth", "--sequences", "1", "--frames", "2", "--size", "96x64", "--out"])
+            .arg(&data),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("at 96x64"), "{stdout}");
+
+    // Another dataset's directory: other parameters, or files without a synth record.
+    let stderr = refused(
+        mrdino()
+            .args(["synth", "--sequences", "1", "--frames", "3", "--size", "96x64", "--out"])
+            .arg(&data),
+    );
+    assert!(
+        stderr.contains("other parameters") && stderr.contains("data"),
+        "{stderr}"
+    );
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    std::fs::write(other.join("notes.txt"), b"mine").expect("write");
+    let stderr = refused(mrdino().args(["synth", "--frames", "2", "--out"]).arg(&other));
+    assert!(stderr.contains("not a directory of `synth`"), "{stderr}");
+    assert_eq!(std::fs::read(other.join("notes.txt")).expect("read"), b"mine");
+
+    // A reader that stops after one line: no panic, exit 0.
+    let piped = tmp.path().join("piped");
+    let script = format!(
+        "set -o pipefail; {} synth --sequences 1000 --frames 2 --size 32x32 --out {} | head -1",
+        env!("CARGO_BIN_EXE_mrdino"),
+        piped.display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("bash");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("synth: 1000 sequences"));
+}
+
+#[test]
+fn outputs_over_inputs_are_refused_naming_both_and_corrupt_units_are_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, labels) = synth_and_label(tmp.path());
+    let part = std::fs::read_dir(labels.join("instances"))
+        .expect("instances")
+        .flatten()
+        .next()
+        .expect("a partition")
+        .path();
+    let table = std::fs::read_dir(&part)
+        .expect("partition")
+        .flatten()
+        .next()
+        .expect("a table")
+        .path();
+    let before = std::fs::read(&table).expect("table");
+    let eval = |json: &Path| {
+        let mut cmd = mrdino();
+        cmd.args(["eval", "--labels"])
+            .arg(&labels)
+            .arg("--gt")
+            .arg(&data)
+            .args(["--gt-format", "synth", "--json"])
+            .arg(json);
+        cmd
+    };
+    // eval --json over a label file of its own input.
+    let stderr = refused(&mut eval(&table));
+    assert!(stderr.contains("lies inside the input --labels"), "{stderr}");
+    assert!(stderr.contains(&table.display().to_string()), "{stderr}");
+    assert_eq!(
+        std::fs::read(&table).expect("table"),
+        before,
+        "the label file is untouched"
+    );
+    // … or inside the ground truth.
+    let stderr = refused(&mut eval(&data.join("meta/x.json")));
+    assert!(stderr.contains("lies inside the input --gt"), "{stderr}");
+
+    // compare --json over one of its --eval files.
+    let json = tmp.path().join("in.json");
+    run_ok(&mut eval(&json));
+    let written = std::fs::read(&json).expect("json");
+    let stderr = refused(
+        mrdino()
+            .args(["compare", "--eval"])
+            .arg(format!("a={}", json.display()))
+            .arg("--json")
+            .arg(&json),
+    );
+    assert!(stderr.contains("is the input --eval"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&json).expect("json"),
+        written,
+        "the eval file is untouched"
+    );
+
+    // report --out inside the run's tables.
+    let stderr = refused(
+        mrdino()
+            .args(["report", "--labels"])
+            .arg(&labels)
+            .arg("--out")
+            .arg(part.join("r")),
+    );
+    assert!(
+        stderr.contains("--out") && stderr.contains("lies inside the input --labels"),
+        "{stderr}"
+    );
+
+    // A corrupt unit (its table changed after its done marker) is refused, naming the unit and the file.
+    let mut bytes = before.clone();
+    bytes.push(0);
+    std::fs::write(&table, &bytes).expect("corrupt");
+    let unit = table.file_stem().expect("stem").to_string_lossy().into_owned();
+    let stderr = refused(&mut eval(&tmp.path().join("after.json")));
+    assert!(stderr.contains("corrupt") && stderr.contains(&unit), "{stderr}");
+    assert!(
+        stderr.contains(&table.file_name().expect("name").to_string_lossy().into_owned()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn report_refuses_flow_files_of_another_size_naming_the_file_and_both_sizes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, labels) = synth_and_label(tmp.path());
+    let small = tmp.path().join("small-flow");
+    for entry in std::fs::read_dir(data.join("flow")).expect("flow").flatten() {
+        let dir = small.join(entry.file_name());
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for file in std::fs::read_dir(entry.path()).expect("seq").flatten() {
+            let field = mrdino_stages::flow::FlowField::new(64, 64, vec![0.5; 64 * 64 * 2]);
+            std::fs::write(
+                dir.join(file.file_name()),
+                mrdino_stages::flow::files::encode_npy(&field),
+            )
+            .expect("npy");
+        }
+    }
+    let stderr = refused(
+        mrdino()
+            .args(["report", "--samples", "1", "--labels"])
+            .arg(&labels)
+            .arg("--out")
+            .arg(tmp.path().join("report"))
+            .arg("--flow-dir")
+            .arg(&small),
+    );
+    assert!(stderr.contains("small-flow") && stderr.contains(".npy"), "{stderr}");
+    assert!(
+        stderr.contains("flow is 64x64") && stderr.contains("320x128"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn analyze_refuses_a_run_without_instances_and_a_k_beyond_the_points_before_any_work() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_, labels) = synth_and_label(tmp.path());
+    let weights = tmp.path().join("absent.safetensors");
+    let analyze = |run: &Path, extra: &[&str]| {
+        let mut cmd = mrdino();
+        cmd.args(["analyze", "--labels"])
+            .arg(run)
+            .args(["--backbone", "swav-rn50", "--backbone-weights"])
+            .arg(&weights)
+            .arg("--out")
+            .arg(tmp.path().join("analysis"))
+            .args(extra);
+        cmd
+    };
+    let stderr = refused(&mut analyze(&labels, &["--frames", "6", "--k", "1000"]));
+    assert!(
+        stderr.contains("--k 1000") && stderr.contains("6 frames × 5 variants = 30 points"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("analysis").exists(), "nothing written");
+
+    // A run whose frames have no instance at all.
+    let empty = tmp.path().join("empty");
+    let layout = Layout::new(&empty, "0123456789abcdef");
+    let frames: Vec<FrameRow> = (0..6).map(|i| frame_row(i, true, 0)).collect();
+    write_parquet(&layout.frames_file("hand"), &frames_batch(&frames).expect("batch"), &[]).expect("frames");
+    write_parquet(
+        &layout.instances_file("hand"),
+        &instances_batch(&[]).expect("batch"),
+        &[],
+    )
+    .expect("instances");
+    let ledger = layout.ledger();
+    let unit = PlannedUnit::new("hand", Some(6), "hand-made");
+    let plan = Plan::new(
+        "labels",
+        &layout.params_hash,
+        "frames",
+        &tmp.path().join("nowhere"),
+        "test",
+        vec![unit.clone()],
+    );
+    ledger.write_plan(&plan).expect("plan");
+    let marker = DoneMarker::new(
+        &ledger,
+        &unit,
+        &layout.unit_outputs("hand"),
+        "test",
+        0.0,
+        Vec::new(),
+        serde_json::Map::new(),
+    );
+    ledger.write_marker(&marker).expect("marker");
+    let stderr = refused(&mut analyze(&empty, &[]));
+    assert!(
+        stderr.contains("has no instances") && stderr.contains("empty"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("analysis").exists(), "nothing written");
+}

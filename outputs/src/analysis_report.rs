@@ -5,6 +5,11 @@
 //! each backbone and between every pair of backbones for each variant, k-NN purity bars with their bootstrap
 //! intervals, a 2-D projection of the pooled representations coloured by variant, and example variant images.
 //! Values are shown with three decimals; hovering a cell shows its bootstrap interval.
+//!
+//! A statistic that cannot be computed on the frames analysed (a side without variance, a value that is not a
+//! finite number, no usable bootstrap resample) is [`Statistic::NotComputable`] with its reason: `null`-free
+//! JSON (`{"not_computable": "<reason>"}`), a grey "n/a" cell or bar on the page, and the reasons listed under
+//! "Not computable". No NaN is ever written.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +21,27 @@ pub struct Interval {
     pub value: f64,
     pub ci_low: f64,
     pub ci_high: f64,
+    /// Bootstrap resamples on which the statistic is undefined, left out of the interval (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undefined_resamples: Option<usize>,
+}
+
+/// A statistic: its value with an interval, or why it cannot be computed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Statistic {
+    Computed(Interval),
+    NotComputable { not_computable: String },
+}
+
+impl Statistic {
+    /// The interval, when computed.
+    pub fn computed(&self) -> Option<&Interval> {
+        match self {
+            Self::Computed(interval) => Some(interval),
+            Self::NotComputable { .. } => None,
+        }
+    }
 }
 
 /// The four similarity statistics of one pair of representations.
@@ -26,10 +52,10 @@ pub struct PairStats {
     pub representation: String,
     pub a: String,
     pub b: String,
-    pub cka: Interval,
-    pub cka_debiased: Interval,
-    pub svcca: Interval,
-    pub pwcca: Interval,
+    pub cka: Statistic,
+    pub cka_debiased: Statistic,
+    pub svcca: Statistic,
+    pub pwcca: Statistic,
 }
 
 /// k-NN purity of one backbone's representation, per variant and overall.
@@ -38,8 +64,8 @@ pub struct PurityStats {
     pub backbone: String,
     pub representation: String,
     pub k: usize,
-    pub per_variant: Vec<(String, Interval)>,
-    pub overall: Interval,
+    pub per_variant: Vec<(String, Statistic)>,
+    pub overall: Statistic,
 }
 
 /// A 2-D projection of one backbone's pooled representations; `variant` indexes `AnalysisReport::variants`.
@@ -91,8 +117,16 @@ fn ramp(value: f64) -> String {
     )
 }
 
+/// Bootstrap interval text of a cell or bar title: `[low, high]`, with the left-out resamples when any.
+fn interval_text(v: &Interval) -> String {
+    match v.undefined_resamples {
+        Some(n) if n > 0 => format!("[{:.3}, {:.3}] ({n} resamples undefined, left out)", v.ci_low, v.ci_high),
+        _ => format!("[{:.3}, {:.3}]", v.ci_low, v.ci_high),
+    }
+}
+
 /// A labelled square matrix of values as an SVG heat map.
-fn svg_heatmap(title: &str, labels: &[String], cell: impl Fn(usize, usize) -> Option<Interval>) -> String {
+fn svg_heatmap(title: &str, labels: &[String], cell: impl Fn(usize, usize) -> Option<Statistic>) -> String {
     let n = labels.len();
     let (size, left, top) = (46.0, 110.0, 40.0);
     let width = left + size * n as f64 + 10.0;
@@ -118,21 +152,32 @@ fn svg_heatmap(title: &str, labels: &[String], cell: impl Fn(usize, usize) -> Op
         for j in 0..n {
             let (cx, cy) = (left + size * j as f64, top + size * i as f64);
             match cell(i, j) {
-                Some(v) => {
+                Some(Statistic::Computed(v)) => {
                     let fg = if v.value > 0.6 { "#fff" } else { "#000" };
                     svg += &format!(
                         "<rect x=\"{cx}\" y=\"{cy}\" width=\"{size}\" height=\"{size}\" fill=\"{}\" stroke=\"#fff\">\
-                         <title>{} / {}: {:.3} [{:.3}, {:.3}]</title></rect>\
+                         <title>{} / {}: {:.3} {}</title></rect>\
                          <text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" fill=\"{fg}\">{:.3}</text>",
                         ramp(v.value),
                         escape(&labels[i]),
                         escape(&labels[j]),
                         v.value,
-                        v.ci_low,
-                        v.ci_high,
+                        interval_text(&v),
                         cx + size / 2.0,
                         cy + size / 2.0 + 4.0,
                         v.value
+                    );
+                }
+                Some(Statistic::NotComputable { not_computable }) => {
+                    svg += &format!(
+                        "<rect x=\"{cx}\" y=\"{cy}\" width=\"{size}\" height=\"{size}\" fill=\"#ddd\" stroke=\"#fff\">\
+                         <title>{} / {}: not computable: {}</title></rect>\
+                         <text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#555\">n/a</text>",
+                        escape(&labels[i]),
+                        escape(&labels[j]),
+                        escape(&not_computable),
+                        cx + size / 2.0,
+                        cy + size / 2.0 + 4.0
                     );
                 }
                 None => svg += &format!(
@@ -144,8 +189,8 @@ fn svg_heatmap(title: &str, labels: &[String], cell: impl Fn(usize, usize) -> Op
     svg + "</svg>"
 }
 
-/// Horizontal bars with interval whiskers, values in [0, 1].
-fn svg_bars(title: &str, bars: &[(String, Interval)]) -> String {
+/// Horizontal bars with interval whiskers, values in [0, 1]; a statistic that cannot be computed is a grey "n/a".
+fn svg_bars(title: &str, bars: &[(String, Statistic)]) -> String {
     let (left, bar_h, plot_w) = (110.0, 22.0, 300.0);
     let height = 40.0 + bar_h * bars.len() as f64 + 30.0;
     let mut svg = format!(
@@ -154,30 +199,22 @@ fn svg_bars(title: &str, bars: &[(String, Interval)]) -> String {
         left + plot_w + 60.0,
         t = escape(title)
     );
-    for (i, (label, v)) in bars.iter().enumerate() {
+    for (i, (label, statistic)) in bars.iter().enumerate() {
         let y = 32.0 + bar_h * i as f64;
-        let w = plot_w * v.value.clamp(0.0, 1.0);
         svg += &format!(
-            "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>\
-             <rect x=\"{left}\" y=\"{y}\" width=\"{w}\" height=\"{}\" fill=\"{}\"><title>{:.3} [{:.3}, {:.3}]</title></rect>\
-             <line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#000\"/>\
-             <text x=\"{}\" y=\"{}\" font-size=\"11\">{:.3}</text>",
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
             left - 6.0,
             y + bar_h * 0.65,
-            escape(label),
-            bar_h - 6.0,
-            PALETTE[i % PALETTE.len()],
-            v.value,
-            v.ci_low,
-            v.ci_high,
-            left + plot_w * v.ci_low.clamp(0.0, 1.0),
-            left + plot_w * v.ci_high.clamp(0.0, 1.0),
-            y + (bar_h - 6.0) / 2.0,
-            y + (bar_h - 6.0) / 2.0,
-            left + plot_w + 8.0,
-            y + bar_h * 0.65,
-            v.value
+            escape(label)
         );
+        svg += &match statistic {
+            Statistic::Computed(v) => svg_bar(v, (left, y, bar_h, plot_w), PALETTE[i % PALETTE.len()]),
+            Statistic::NotComputable { not_computable } => format!(
+                "<text x=\"{left}\" y=\"{}\" font-size=\"11\" fill=\"#555\">n/a<title>not computable: {}</title></text>",
+                y + bar_h * 0.65,
+                escape(not_computable)
+            ),
+        };
     }
     let axis_y = 32.0 + bar_h * bars.len() as f64 + 4.0;
     svg += &format!(
@@ -189,6 +226,26 @@ fn svg_bars(title: &str, bars: &[(String, Interval)]) -> String {
         axis_y + 14.0
     );
     svg + "</svg>"
+}
+
+/// One bar with its whisker and value; `(left, y, bar height, plot width)` place it.
+fn svg_bar(v: &Interval, (left, y, bar_h, plot_w): (f64, f64, f64, f64), colour: &str) -> String {
+    let w = plot_w * v.value.clamp(0.0, 1.0);
+    format!(
+        "<rect x=\"{left}\" y=\"{y}\" width=\"{w}\" height=\"{}\" fill=\"{colour}\"><title>{:.3} {}</title></rect>\
+         <line x1=\"{}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"#000\"/>\
+         <text x=\"{}\" y=\"{}\" font-size=\"11\">{:.3}</text>",
+        bar_h - 6.0,
+        v.value,
+        interval_text(v),
+        left + plot_w * v.ci_low.clamp(0.0, 1.0),
+        left + plot_w * v.ci_high.clamp(0.0, 1.0),
+        y + (bar_h - 6.0) / 2.0,
+        y + (bar_h - 6.0) / 2.0,
+        left + plot_w + 8.0,
+        y + bar_h * 0.65,
+        v.value
+    )
 }
 
 /// Scatter plot of a projection, coloured by variant, with a legend.
@@ -233,13 +290,13 @@ fn svg_scatter(title: &str, projection: &Projection, variants: &[String]) -> Str
     svg + "</svg>"
 }
 
-type Pick = fn(&PairStats) -> Interval;
+type Pick = fn(&PairStats) -> &Statistic;
 
 const STATISTICS: [(&str, Pick); 4] = [
-    ("CKA", |p| p.cka),
-    ("debiased CKA", |p| p.cka_debiased),
-    ("SVCCA", |p| p.svcca),
-    ("PWCCA", |p| p.pwcca),
+    ("CKA", |p| &p.cka),
+    ("debiased CKA", |p| &p.cka_debiased),
+    ("SVCCA", |p| &p.svcca),
+    ("PWCCA", |p| &p.pwcca),
 ];
 
 /// Heat maps of one group of pairs (the pairs sharing `shared` and `representation`).
@@ -259,18 +316,64 @@ fn heatmaps(html: &mut String, pairs: &[PairStats], shared: &str, representation
     for (name, pick) in STATISTICS {
         let svg = svg_heatmap(&format!("{name} — {shared}, {representation}"), labels, |i, j| {
             if i == j {
-                Some(Interval {
+                Some(Statistic::Computed(Interval {
                     value: 1.0,
                     ci_low: 1.0,
                     ci_high: 1.0,
-                })
+                    undefined_resamples: None,
+                }))
             } else {
-                find(&labels[i], &labels[j]).map(pick)
+                find(&labels[i], &labels[j]).map(|p| pick(p).clone())
             }
         });
         html.push_str(&svg);
     }
     html.push_str("</div>");
+}
+
+/// Every statistic of the report that cannot be computed, with what it compares and why.
+pub fn not_computable(report: &AnalysisReport) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (kind, pairs) in [("within", &report.within_backbone), ("between", &report.between_backbones)] {
+        for p in pairs {
+            for (name, pick) in STATISTICS {
+                if let Statistic::NotComputable { not_computable } = pick(p) {
+                    let what = if kind == "within" {
+                        format!("{name} of {} ({}): {} vs {}", p.shared, p.representation, p.a, p.b)
+                    } else {
+                        format!("{name} of {} vs {} ({}, {})", p.a, p.b, p.shared, p.representation)
+                    };
+                    out.push((what, not_computable.clone()));
+                }
+            }
+        }
+    }
+    for p in &report.purity {
+        let all = p.per_variant.iter().map(|(v, s)| (v.as_str(), s));
+        for (variant, statistic) in all.chain([("overall", &p.overall)]) {
+            if let Statistic::NotComputable { not_computable } = statistic {
+                let what = format!("k-NN purity of {} ({}), {variant}", p.backbone, p.representation);
+                out.push((what, not_computable.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The "Not computable" list of the page (nothing when every statistic was computed).
+fn not_computable_section(html: &mut String, report: &AnalysisReport) {
+    let missing = not_computable(report);
+    if missing.is_empty() {
+        return;
+    }
+    *html += &format!(
+        "<h2>Not computable</h2><p>{} statistics cannot be computed on these frames and are shown as n/a:</p><ul>",
+        missing.len()
+    );
+    for (what, why) in &missing {
+        *html += &format!("<li>{}: {}</li>", escape(what), escape(why));
+    }
+    html.push_str("</ul>");
 }
 
 /// The HTML page of an analysis.
@@ -322,7 +425,7 @@ pub fn render_analysis_html(report: &AnalysisReport) -> String {
     html.push_str("<h2>k-NN purity of the variants</h2><div class=\"row\">");
     for p in &report.purity {
         let mut bars = p.per_variant.clone();
-        bars.push(("overall".to_string(), p.overall));
+        bars.push(("overall".to_string(), p.overall.clone()));
         html.push_str(&svg_bars(
             &format!("{} — {} (k = {})", p.backbone, p.representation, p.k),
             &bars,
@@ -333,7 +436,9 @@ pub fn render_analysis_html(report: &AnalysisReport) -> String {
         let title = format!("{} — {} ({})", p.backbone, p.representation, p.method);
         html.push_str(&svg_scatter(&title, p, &report.variants));
     }
-    html.push_str("</div><h2>Example variants</h2>");
+    html.push_str("</div>");
+    not_computable_section(&mut html, report);
+    html.push_str("<h2>Example variants</h2>");
     for example in &report.examples {
         html += &format!("<h3>{}</h3><div class=\"row\">", escape(&example.frame));
         for (variant, path) in &example.images {
@@ -353,12 +458,13 @@ pub fn render_analysis_html(report: &AnalysisReport) -> String {
 mod tests {
     use super::*;
 
-    fn iv(v: f64) -> Interval {
-        Interval {
+    fn iv(v: f64) -> Statistic {
+        Statistic::Computed(Interval {
             value: v,
             ci_low: v - 0.05,
             ci_high: v + 0.05,
-        }
+            undefined_resamples: None,
+        })
     }
 
     #[test]
@@ -408,5 +514,52 @@ mod tests {
         assert!(html.contains("examples/0_full.png"));
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<AnalysisReport>(&json).unwrap(), report);
+        assert!(!html.contains("Not computable"));
+    }
+
+    #[test]
+    fn statistics_that_cannot_be_computed_are_named_with_their_reason_never_nan() {
+        let gone = || Statistic::NotComputable {
+            not_computable: "the border representations are the same for every frame".into(),
+        };
+        let report = AnalysisReport {
+            source: "run".into(),
+            frames: 4,
+            backbones: vec!["a".into()],
+            variants: vec!["full".into(), "border".into()],
+            representations: vec!["mean".into()],
+            settings: serde_json::json!({}),
+            within_backbone: vec![PairStats {
+                shared: "a".into(),
+                representation: "mean".into(),
+                a: "full".into(),
+                b: "border".into(),
+                cka: gone(),
+                cka_debiased: gone(),
+                svcca: gone(),
+                pwcca: iv(0.5),
+            }],
+            between_backbones: Vec::new(),
+            purity: vec![PurityStats {
+                backbone: "a".into(),
+                representation: "mean".into(),
+                k: 3,
+                per_variant: vec![("full".into(), iv(1.0)), ("border".into(), gone())],
+                overall: gone(),
+            }],
+            projections: Vec::new(),
+            examples: Vec::new(),
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(!json.contains("null") && !json.contains("NaN"), "{json}");
+        assert_eq!(json.matches("\"not_computable\"").count(), 5, "{json}");
+        assert_eq!(serde_json::from_str::<AnalysisReport>(&json).unwrap(), report);
+        let html = render_analysis_html(&report);
+        assert!(!html.contains("NaN"));
+        assert!(html.contains("<h2>Not computable</h2><p>5 statistics"), "{html}");
+        assert!(html.contains("CKA of a (mean): full vs border: the border representations"), "{html}");
+        assert!(html.contains("k-NN purity of a (mean), overall"), "{html}");
+        assert_eq!(html.matches(">n/a<").count(), 2 * 3 + 2, "three heat-map pairs of cells, two bars");
+        assert_eq!(not_computable(&report).len(), 5);
     }
 }

@@ -671,6 +671,7 @@ mod tests {
             instances,
             scores,
             incomplete_units: Vec::new(),
+            corrupt_units: Vec::new(),
             passed_over: Vec::new(),
         }
     }

@@ -9,7 +9,9 @@
 //! * the job kind, `labels` or `predictions`, is the one the partition's plan records (the binary asks the
 //!   first plan of the root instead; the two agree on every root holding one kind, and this one also reads a
 //!   root where a labels and a prediction partition live side by side); another kind is an error;
-//! * a unit is read when [`Ledger::is_done`] says it is done — the bookkeeping's one rule — in plan order;
+//! * a unit is read when [`Ledger::check`] says it is done — the bookkeeping's one rule — in plan order; a
+//!   unit it finds corrupt (a done marker whose files no longer match) is listed in [`RunTables::corrupt_units`]
+//!   with the file at fault, so a reader can refuse rather than silently score a part of the run;
 //! * the `frames` files of the partition that belong to no done unit (an interrupted or running job, changed
 //!   inputs) are listed, sorted, in [`RunTables::incomplete_units`], and left out.
 //!
@@ -21,7 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::atomic::OutputError;
-use crate::bookkeeping::{choose_partition, AnyPayload, BookkeepingError, Ledger, Plan, WhenSeveral};
+use crate::bookkeeping::{
+    choose_partition, AnyPayload, BookkeepingError, Corruption, Ledger, Plan, UnitCheck, WhenSeveral,
+};
 use crate::layout::{Layout, LABELS_DATA_DIRS, LABELS_KIND, PREDICTIONS_KIND};
 use crate::tables::{read_frames, read_instances_with_scores, read_key_values, FrameRow, InstanceRow, ScoreAndTrack};
 
@@ -78,6 +82,14 @@ pub enum RunError {
     },
 }
 
+/// A planned unit whose done marker no longer matches its files ([`Ledger::check`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptUnit {
+    pub unit: String,
+    /// The file at fault (relative to the run's root) and what is wrong with it.
+    pub corruption: Corruption,
+}
+
 /// The rows of one parameter partition of a labels or prediction run: done units only, in plan order.
 #[derive(Clone, Debug)]
 pub struct RunTables {
@@ -99,6 +111,9 @@ pub struct RunTables {
     pub scores: Vec<ScoreAndTrack>,
     /// Tables of units that are not done, left out.
     pub incomplete_units: Vec<PathBuf>,
+    /// Planned units whose done marker no longer matches their files (left out, and their tables, if any, listed
+    /// in `incomplete_units` too), in plan order.
+    pub corrupt_units: Vec<CorruptUnit>,
     /// The other partitions present when none was given (empty when the hash was given or was the only one).
     pub passed_over: Vec<String>,
 }
@@ -154,9 +169,18 @@ pub fn read_run(root: &Path, params_hash: Option<&str>) -> Result<RunTables, Run
     let (mut frames, mut instances, mut scores) = (Vec::new(), Vec::new(), Vec::new());
     let (mut code_versions, mut done_files) = (BTreeSet::new(), BTreeSet::new());
     let mut file_metadata = BTreeMap::new();
+    let mut corrupt_units = Vec::new();
     for unit in &plan.units {
-        let Some(marker) = ledger.is_done::<AnyPayload>(unit) else {
-            continue;
+        let marker = match ledger.check::<AnyPayload>(unit) {
+            UnitCheck::Done(marker) => marker,
+            UnitCheck::Corrupt(corruption) => {
+                corrupt_units.push(CorruptUnit {
+                    unit: unit.id.clone(),
+                    corruption,
+                });
+                continue;
+            }
+            UnitCheck::NotDone => continue,
         };
         code_versions.insert(marker.code_version);
         let [frames_file, instances_file] = layout.unit_outputs(&unit.id);
@@ -194,6 +218,7 @@ pub fn read_run(root: &Path, params_hash: Option<&str>) -> Result<RunTables, Run
         instances,
         scores,
         incomplete_units,
+        corrupt_units,
         passed_over,
     })
 }
@@ -394,11 +419,16 @@ pub(crate) mod tests {
         assert_eq!(tables.incomplete_units, [tables.layout.frames_file("b")]);
         assert!(tables.passed_over.is_empty() && tables.several_partitions_note().is_none());
 
-        // A marker whose listed output is gone is not done (the bookkeeping's rule).
+        assert!(tables.corrupt_units.is_empty());
+        // A marker whose listed output is gone is not done (the bookkeeping's rule): the unit is corrupt.
         std::fs::remove_file(tables.layout.instances_file("a")).unwrap();
         let tables = read_run(dir.path(), Some("h1")).unwrap();
         assert_eq!(tables.frames.len(), 2);
         assert_eq!(tables.incomplete_units.len(), 2);
+        assert_eq!(tables.corrupt_units.len(), 1);
+        let corrupt = &tables.corrupt_units[0];
+        assert_eq!(corrupt.unit, "a");
+        assert!(corrupt.corruption.to_string().contains("instances/params=h1/"), "{:?}", corrupt);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The command line: every command's arguments, and the flag groups they share ([`groups`]), defined once.
 //! Parsing only; what a command does is its step's (`crate::steps`).
 
+pub mod analyze;
+pub mod compare;
+pub mod eval;
 pub mod export;
 pub mod features;
 pub mod flow;
@@ -8,7 +11,9 @@ pub mod groups;
 pub mod infer;
 pub mod labels;
 pub mod name;
+pub mod report;
 pub mod segment;
+pub mod synth;
 pub mod values;
 
 use std::num::NonZeroU64;
@@ -31,8 +36,9 @@ pub enum Command {
     Labels(Box<labels::LabelsArgs>),
     /// Compute forward flow and write it as files readable by `labels --flow import`.
     Flow(Box<flow::FlowCmdArgs>),
-    /// Generate a small video dataset with exact flow, instance and camera-motion ground truth.
-    Synth(steps::synth::SynthArgs),
+    /// Generate a small video dataset with exact flow, instance and camera-motion ground truth; stops cleanly on
+    /// a signal or `--time-budget` (exit code 4) and the same command completes it.
+    Synth(synth::SynthArgs),
     /// List the units of a `labels` run (same arguments) and write the plan, without processing.
     Plan(Box<labels::LabelsArgs>),
     /// Done / failed / missing units of an output directory (any job kind), and the shards to rerun.
@@ -41,11 +47,11 @@ pub enum Command {
     Finalize(StatusArgs),
     /// Score pseudo-labels against ground-truth masks of moving objects (F1@50, AP50, AR50, fg-/all-ARI,
     /// quasi-static retrieval); prints a table and writes JSON.
-    Eval(steps::eval::EvalArgs),
+    Eval(eval::EvalArgs),
     /// One table of several `eval` results (e.g. pseudo-labels, baseline, stage 1, stage 2), also as JSON.
-    Compare(steps::compare::CompareArgs),
+    Compare(compare::CompareArgs),
     /// Static HTML report of a labels run: per-sequence statistics, SVG plots, overlays and flow of sampled frames.
-    Report(steps::report::ReportArgs),
+    Report(report::ReportArgs),
     /// Train a slot model (`train dinosaur`): reference recipe per dataset, resumable checkpoints.
     #[command(subcommand)]
     Train(steps::train::TrainCommand),
@@ -55,7 +61,7 @@ pub enum Command {
     Refine(steps::refine::RefineCommand),
     /// How much each frozen backbone's representation changes when only the foreground, the background, the
     /// centre or the border of a frame is kept: CKA, SVCCA, PWCCA, k-NN purity, an HTML report.
-    Analyze(Box<steps::analyze::AnalyzeArgs>),
+    Analyze(Box<analyze::AnalyzeArgs>),
     /// Frozen-backbone features of a dataset's views (or of a pseudo-label run's windows) as a resumable,
     /// shardable feature cache that training reads.
     Features(Box<features::FeaturesArgs>),

@@ -7,12 +7,24 @@ use std::time::Duration;
 
 use mrdino_datasets::DatasetKind;
 use mrdino_outputs::bookkeeping::Shard;
+use mrdino_stages::ground_truth::GtFormat;
 
 /// `--dataset`.
 pub fn dataset(s: &str) -> Result<DatasetKind, String> {
     DatasetKind::parse(s).ok_or_else(|| {
         let names: Vec<&str> = DatasetKind::ALL.iter().map(|k| k.name()).collect();
         format!("unknown dataset `{s}` (expected one of: {})", names.join(", "))
+    })
+}
+
+/// `--gt-format`: a ground-truth layout by name (`movi-e` = `kubric`).
+pub fn gt_format(s: &str) -> Result<GtFormat, String> {
+    GtFormat::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = GtFormat::ALL.iter().map(|f| f.name()).collect();
+        format!(
+            "unknown ground-truth format `{s}` (expected one of: {}, movi-e)",
+            names.join(", ")
+        )
     })
 }
 
@@ -48,10 +60,7 @@ pub fn time_budget(s: &str) -> Result<Duration, String> {
 
 /// A count that must be at least 1 (`--threads`, `--workers`, `--batch`, …).
 pub fn count(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    let n: usize = s.trim().parse().map_err(|_| format!("`{s}` is not a whole number"))?;
     if n == 0 {
         return Err("must be at least 1".into());
     }
@@ -66,10 +75,7 @@ pub fn torch_threads(s: &str) -> Result<i32, String> {
 
 /// A seed: a whole number ≥ 0 (as `synth` and PyTorch's `manual_seed` take them).
 pub fn seed(s: &str) -> Result<i64, String> {
-    let n: i64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    let n: i64 = s.trim().parse().map_err(|_| format!("`{s}` is not a whole number"))?;
     if n < 0 {
         return Err(format!("a seed must be at least 0, got {n}"));
     }
@@ -99,10 +105,7 @@ pub fn existing_file(s: &str) -> Result<PathBuf, String> {
 
 /// `--num-shards N` of `status`.
 pub fn shard_count(s: &str) -> Result<NonZeroU64, String> {
-    let n: u64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    let n: u64 = s.trim().parse().map_err(|_| format!("`{s}` is not a whole number"))?;
     NonZeroU64::new(n).ok_or_else(|| "must be at least 1".to_string())
 }
 
@@ -128,5 +131,8 @@ mod tests {
         assert!(shard_count("0").is_err());
         assert!(existing_file("no/such/file.txt").unwrap_err().contains("no/such/file.txt"));
         assert!(existing_file(".").unwrap_err().contains("not a file"));
+        assert_eq!(gt_format("movi-e"), Ok(GtFormat::Kubric));
+        assert_eq!(gt_format("tri-pd"), Ok(GtFormat::TriPd));
+        assert!(gt_format("coco").unwrap_err().contains("`coco`"));
     }
 }

@@ -7,7 +7,9 @@
 //! output partition (`params=<hash>`), so outputs of different parameters are never mixed. The per-dataset
 //! recipes of every command live in one table ([`presets`]).
 
+pub mod analyze;
 pub mod check;
+pub mod eval;
 pub mod features;
 pub mod identity;
 pub mod infer;
@@ -16,13 +18,13 @@ pub mod name;
 pub mod presets;
 pub mod segment;
 pub mod talk2dino;
+pub mod synth;
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-
 
 /// The one parameter hash: the first 16 hex digits of the SHA-256 of the parameters' canonical JSON (fields in
 /// declaration order, as serde writes them).

@@ -17,416 +17,130 @@
 //! For purity a bootstrap resample counts each drawn frame once (a duplicated point would be its own nearest
 //! neighbour). The 2-D projections are PCA. Outputs: `OUT/analysis.json`, `OUT/index.html`, and example
 //! variant images `OUT/examples/*.png`.
+//!
+//! Refused before any work (`crate::settings::analyze`): meaningless flags, a run without any instance when the
+//! masks are the run's (every foreground would be empty), fewer than 4 frames, `--k` not below the points of
+//! k-NN purity (frames × 5 variants), `--cca-max-dims` not below the frames, and a report directory that is,
+//! lies inside or contains an input (the run's tables and bookkeeping, `--gt`, the weights, the source
+//! dataset). A statistic undefined on the frames analysed (a side without variance, e.g. the foreground
+//! variant when no sampled frame has an object in the ground truth) is reported as not computable with its
+//! reason, in the JSON and on the page; no NaN is written.
+//!
+//! Stopping: SIGINT/SIGTERM or a spent `--time-budget` stops between frames; nothing is written beyond the
+//! example images, the command exits with code 4, and a rerun starts the analysis over (the representations
+//! are not kept).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use mrdino_model::device::parse_device;
-use mrdino_model::resnet::Resnet50;
-use mrdino_model::similarity::{
-    bootstrap, knn_purity, linear_cka, linear_cka_debiased, pca_2d, pwcca, svcca, svd_reduce, Estimate,
-    SimilarityError, SplitMix64,
-};
-use mrdino_model::variants::{make_variant, Fill, Variant, VariantParams};
-use mrdino_model::vit::{ForwardOptions, Vit, VitConfig};
+use mrdino_model::representations::{AnalysisBackbone, Representations, REPRESENTATIONS};
+use mrdino_model::similarity::{pair_estimates, pca_2d, purity_estimates, Estimate, SimilarityError};
+use mrdino_model::variants::{foreground_from_ids, image_from_rgb, make_variant, to_rgb_bytes, Variant};
 use mrdino_outputs::analysis_report::{
-    render_analysis_html, AnalysisReport, Example, Interval, PairStats, Projection, PurityStats,
+    render_analysis_html, AnalysisReport, Example, Interval, PairStats, Projection, PurityStats, Statistic,
 };
 use mrdino_outputs::flowviz::write_rgb_png;
-use mrdino_outputs::write_atomic;
-use mrdino_outputs::FrameRow;
-use tch::{Device, Kind, Tensor};
+use mrdino_outputs::layout::LABELS_DATA_DIRS;
+use mrdino_outputs::runs::{sample_frames, RunTables};
+use mrdino_outputs::{write_atomic, FrameRow};
+use mrdino_stages::ground_truth::GroundTruth;
+use mrdino_stages::metrics::{instance_map, LabelMap};
+use tch::Tensor;
 
+use crate::cli::analyze::AnalyzeArgs;
+use crate::engine::paths::{check_outputs, job_inputs};
+use crate::engine::progress::print_stdout;
 use crate::engine::runs::{read_label_tables, source_sequences};
-use crate::steps::eval::{prediction_map, GroundTruth, GtFormat};
-use mrdino_outputs::runs::sample_frames;
+use crate::engine::stop::{StopHandle, EXIT_STOPPED};
+use crate::settings::analyze::{AnalyzeSettings, MIN_FRAMES};
 
-/// Flags of `mrdino analyze`.
-#[derive(Debug, clap::Args)]
-pub struct AnalyzeArgs {
-    /// Output directory of `mrdino labels` (or of `mrdino infer`): frames and object masks.
-    #[arg(long, value_name = "RUN")]
-    pub labels: PathBuf,
-    /// Parameter hash of the run (default: the only one, or the latest).
-    #[arg(long, value_name = "HASH")]
-    pub params: Option<String>,
-    /// Take the object masks from this ground truth instead of the run's instances.
-    #[arg(long, value_name = "DIR", requires = "gt_format")]
-    pub gt: Option<PathBuf>,
-    /// Layout of `--gt` (as `mrdino eval`).
-    #[arg(long, value_enum)]
-    pub gt_format: Option<GtFormat>,
-    /// A backbone: a ViT name (`dinov2-vitb14`, `dino-vitb16`, `clip-vitb16`, `mae-vitb16`, …, `custom:…`) or
-    /// `swav-rn50`; repeat for several, each followed by its `--backbone-weights`.
-    #[arg(long = "backbone", value_name = "NAME", required = true)]
-    pub backbones: Vec<String>,
-    /// Weights (safetensors) of each `--backbone`, in the same order.
-    #[arg(long = "backbone-weights", value_name = "FILE", required = true)]
-    pub backbone_weights: Vec<PathBuf>,
-    /// Report directory.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Frames to sample (evenly, among frames with objects).
-    #[arg(long, default_value_t = 200)]
-    pub frames: usize,
-    /// Fill of the removed part: mean (of the kept pixels), black, blur or blur:<sigma px>.
-    #[arg(long, default_value = "mean", value_parser = Fill::parse)]
-    pub fill: Fill,
-    /// Radius of the centre disc as a fraction of min(H, W)/2.
-    #[arg(long, default_value_t = 0.5)]
-    pub centre_radius: f64,
-    /// Square input size of the backbones (rounded down to a multiple of each backbone's patch).
-    #[arg(long, default_value_t = 224)]
-    pub size: i64,
-    /// Neighbours for k-NN purity.
-    #[arg(long, default_value_t = 10)]
-    pub k: usize,
-    /// Bootstrap resamples for the intervals.
-    #[arg(long, default_value_t = 100)]
-    pub bootstrap: usize,
-    /// At most this many singular directions per side for SVCCA/PWCCA (default ⌊frames/10⌋).
-    #[arg(long)]
-    pub cca_max_dims: Option<usize>,
-    /// Seed of the bootstrap.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Frames per forward.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Frames whose variant images are written to the report.
-    #[arg(long, default_value_t = 3)]
-    pub examples: usize,
-    /// auto, cpu or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Threads libtorch may use on CPU (default: libtorch's choice, all cores). The statistics are many small
-    /// matrix products and SVDs, for which threads can cost more than they gain on a loaded machine.
-    #[arg(long)]
-    pub torch_threads: Option<i32>,
-}
-
-/// A loaded backbone of the analysis.
-enum Backbone {
-    Vit(Box<Vit>),
-    Resnet(Box<Resnet50>),
-}
-
-impl Backbone {
-    fn load(name: &str, path: &Path, device: Device) -> Result<(String, Self)> {
-        let backbone = if name == "swav-rn50" {
-            Backbone::Resnet(Box::new(Resnet50::load(path, device)?))
-        } else {
-            let config = VitConfig::by_name(name)?;
-            Backbone::Vit(Box::new(Vit::load(path, Some(config), device)?))
-        };
-        Ok((name.to_string(), backbone))
-    }
-
-    fn patch(&self) -> i64 {
-        match self {
-            Backbone::Vit(v) => v.patch_size(),
-            Backbone::Resnet(_) => 32,
-        }
-    }
-
-    /// (CLS, mean-pooled) representations of images (B, 3, S, S) in [0, 1]; ResNet: (None, pooled).
-    fn represent(&self, images01: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
-        Ok(match self {
-            Backbone::Vit(v) => {
-                let tokens = tch::no_grad(|| v.forward(&v.normalize(images01)?, ForwardOptions::default()))?;
-                (Some(tokens.cls), tokens.patches.mean_dim(1, false, Kind::Float))
-            }
-            Backbone::Resnet(r) => (None, r.pooled(&r.normalize(images01))),
-        })
+/// A bootstrap estimate as the report shows it, or why the statistic cannot be computed; an error that is not
+/// about these frames (inputs that do not fit the statistic) is returned.
+fn statistic(estimate: Result<Estimate, SimilarityError>) -> Result<Statistic> {
+    match estimate {
+        Ok(e) => Ok(Statistic::Computed(Interval {
+            value: e.value,
+            ci_low: e.ci_low,
+            ci_high: e.ci_high,
+            undefined_resamples: (e.undefined_resamples > 0).then_some(e.undefined_resamples),
+        })),
+        Err(e) if e.is_undefined() => Ok(Statistic::NotComputable {
+            not_computable: e.to_string(),
+        }),
+        Err(e) => Err(e.into()),
     }
 }
 
-const REPRESENTATIONS: [&str; 2] = ["cls", "mean"];
-
-/// Pooled representations, rows = frames in sample order.
-struct Collected {
-    /// (backbone index, variant, representation) → rows of f64.
-    rows: BTreeMap<(usize, Variant, &'static str), Vec<Tensor>>,
-}
-
-impl Collected {
-    fn matrix(&self, backbone: usize, variant: Variant, representation: &'static str) -> Option<Tensor> {
-        self.rows
-            .get(&(backbone, variant, representation))
-            .map(|rows| Tensor::cat(rows, 0).to_kind(Kind::Double).to_device(Device::Cpu))
-    }
-}
-
-fn interval(e: Estimate) -> Interval {
-    Interval {
-        value: e.value,
-        ci_low: e.ci_low,
-        ci_high: e.ci_high,
-    }
-}
-
-/// The four statistics of one pair, with bootstrap intervals over frames.
-fn pair_stats(x: &Tensor, y: &Tensor, args: &AnalyzeArgs, max_dims: usize) -> Result<[Interval; 4], SimilarityError> {
-    let n = x.size()[0] as usize;
-    let (rx, ry) = (svd_reduce(x, 0.99, Some(max_dims)), svd_reduce(y, 0.99, Some(max_dims)));
-    let pick = |m: &Tensor, idx: &Tensor| m.index_select(0, idx);
-    let cka = bootstrap(n, args.bootstrap, args.seed, |i| linear_cka(&pick(x, i), &pick(y, i)))?;
-    let dcka = bootstrap(n, args.bootstrap, args.seed, |i| {
-        linear_cka_debiased(&pick(x, i), &pick(y, i))
-    })?;
-    let sv = bootstrap(n, args.bootstrap, args.seed, |i| {
-        svcca(&pick(&rx, i), &pick(&ry, i), 1.0, None)
-    })?;
-    let pw = bootstrap(n, args.bootstrap, args.seed, |i| pwcca(&pick(&rx, i), &pick(&ry, i)))?;
-    Ok([interval(cka), interval(dcka), interval(sv), interval(pw)])
-}
-
-fn to_pair(shared: &str, representation: &str, a: &str, b: &str, s: [Interval; 4]) -> PairStats {
-    PairStats {
+/// The four statistics of one pair: `shared` is what both sides share (a backbone or a variant), `sides` the
+/// names of the two sides.
+fn pair_stats(
+    shared: &str,
+    representation: &str,
+    sides: [&str; 2],
+    (x, y): (&Tensor, &Tensor),
+    (settings, max_dims): (&AnalyzeSettings, usize),
+) -> Result<PairStats> {
+    let e = pair_estimates(x, y, sides, settings.bootstrap, max_dims);
+    Ok(PairStats {
         shared: shared.to_string(),
         representation: representation.to_string(),
-        a: a.to_string(),
-        b: b.to_string(),
-        cka: s[0],
-        cka_debiased: s[1],
-        svcca: s[2],
-        pwcca: s[3],
-    }
+        a: sides[0].to_string(),
+        b: sides[1].to_string(),
+        cka: statistic(e.cka)?,
+        cka_debiased: statistic(e.cka_debiased)?,
+        svcca: statistic(e.svcca)?,
+        pwcca: statistic(e.pwcca)?,
+    })
 }
 
-/// k-NN purity of the pooled variants of one representation, with a bootstrap over frames (each drawn frame once).
-fn purity_stats(per_variant: &[Tensor], args: &AnalyzeArgs) -> Result<(Vec<Interval>, Interval)> {
-    let n = per_variant[0].size()[0] as usize;
-    let compute = |frames: &[i64]| -> Result<(Vec<f64>, f64)> {
-        let idx = Tensor::from_slice(frames);
-        let points = Tensor::cat(
-            &per_variant.iter().map(|m| m.index_select(0, &idx)).collect::<Vec<_>>(),
-            0,
-        );
-        let labels: Vec<usize> = (0..per_variant.len())
-            .flat_map(|v| std::iter::repeat_n(v, frames.len()))
-            .collect();
-        let k = args.k.min(points.size()[0] as usize - 1).max(1);
-        let p = knn_purity(&points, &labels, k)?;
-        Ok((p.per_label, p.overall))
-    };
-    let all: Vec<i64> = (0..n as i64).collect();
-    let (values, overall) = compute(&all)?;
-    let mut rng = SplitMix64::new(args.seed);
-    let mut samples: Vec<(Vec<f64>, f64)> = Vec::new();
-    for _ in 0..args.bootstrap {
-        let drawn: BTreeSet<i64> = (0..n).map(|_| rng.below(n as u64) as i64).collect();
-        let drawn: Vec<i64> = drawn.into_iter().collect();
-        if drawn.len() * per_variant.len() > args.k.min(2) + 1 {
-            samples.push(compute(&drawn)?);
-        }
-    }
-    let ci = |value: f64, pick: &dyn Fn(&(Vec<f64>, f64)) -> f64| {
-        let v: Vec<f64> = samples.iter().map(pick).collect();
-        Interval {
-            value,
-            ci_low: mrdino_model::similarity::percentile(&v, 2.5),
-            ci_high: mrdino_model::similarity::percentile(&v, 97.5),
+/// k-NN purity of one backbone's representation; all not computable (with the reason) when undefined.
+fn purity_stats(
+    backbone: &str,
+    representation: &str,
+    mats: &[Tensor],
+    settings: &AnalyzeSettings,
+) -> Result<PurityStats> {
+    let names = Variant::ALL.iter().map(|v| v.name().to_string());
+    let (per_variant, overall) = match purity_estimates(mats, settings.k, settings.bootstrap) {
+        Ok(p) => (
+            names
+                .zip(p.per_label)
+                .map(|(n, e)| Ok((n, statistic(Ok(e))?)))
+                .collect::<Result<Vec<_>>>()?,
+            statistic(Ok(p.overall))?,
+        ),
+        Err(e) => {
+            let gone = statistic(Err(e))?;
+            (names.map(|n| (n, gone.clone())).collect(), gone)
         }
     };
-    let per = values
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| ci(v, &|s: &(Vec<f64>, f64)| s.0[i]))
-        .collect();
-    Ok((per, ci(overall, &|s: &(Vec<f64>, f64)| s.1)))
+    Ok(PurityStats {
+        backbone: backbone.to_string(),
+        representation: representation.to_string(),
+        k: settings.k,
+        per_variant,
+        overall,
+    })
 }
 
-/// (3, H, W) float [0, 1] → RGB bytes.
-fn to_rgb_bytes(image: &Tensor) -> Vec<u8> {
-    let bytes = (image.clamp(0.0, 1.0) * 255.0)
-        .round()
-        .to_kind(Kind::Uint8)
-        .permute([1, 2, 0])
-        .contiguous();
-    Vec::<u8>::try_from(bytes.flatten(0, -1)).unwrap_or_default()
+/// Statistics of the pooled representations of `frames` frames.
+struct Statistics {
+    within: Vec<PairStats>,
+    between: Vec<PairStats>,
+    purity: Vec<PurityStats>,
+    projections: Vec<Projection>,
 }
 
-pub fn run(args: &AnalyzeArgs) -> Result<()> {
-    if args.frames < 4 {
-        bail!(
-            "--frames must be at least 4 (debiased CKA needs 4 frames), got {}",
-            args.frames
-        );
-    }
-    if !(args.centre_radius.is_finite() && args.centre_radius > 0.0) {
-        bail!("--centre-radius must be a positive number, got {}", args.centre_radius);
-    }
-    if args.batch == 0 || args.k == 0 || args.size <= 0 {
-        bail!("--batch, --k and --size must be positive");
-    }
-    let device = parse_device(&args.device)?;
-    if let Some(n) = args.torch_threads {
-        tch::set_num_threads(n.max(1));
-    }
-    let mut names = Vec::new();
-    let mut backbones = Vec::new();
-    if args.backbones.len() != args.backbone_weights.len() {
-        bail!(
-            "{} --backbone but {} --backbone-weights: give each backbone its weights, in order",
-            args.backbones.len(),
-            args.backbone_weights.len()
-        );
-    }
-    for (spec, weights) in args.backbones.iter().zip(&args.backbone_weights) {
-        let (name, backbone) = Backbone::load(spec, weights, device)?;
-        if names.contains(&name) {
-            bail!("--backbone {name} is given twice");
-        }
-        names.push(name);
-        backbones.push(backbone);
-    }
-
-    let tables = read_label_tables(&args.labels, args.params.as_deref())?;
-    let mut gt = match (&args.gt, args.gt_format) {
-        (Some(dir), Some(format)) => Some(GroundTruth::new(dir, format)?),
-        _ => None,
-    };
-    let sampled: Vec<FrameRow> = sample_frames(&tables.frames, args.frames)
-        .into_iter()
-        .cloned()
-        .collect();
-    if sampled.len() < 4 {
-        bail!(
-            "{} has {} labelled frames with objects; the analysis needs at least 4",
-            args.labels.display(),
-            sampled.len()
-        );
-    }
-    let sequences = source_sequences(&tables, None, None, None)?;
-    let params = VariantParams {
-        fill: args.fill,
-        centre_radius: args.centre_radius,
-    };
-    let examples_dir = args.out.join("examples");
-    std::fs::create_dir_all(&examples_dir).with_context(|| format!("cannot create {}", examples_dir.display()))?;
-
-    // Frames grouped by sequence, decoded once per sequence, processed in batches.
-    let mut by_sequence: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
-    for f in &sampled {
-        by_sequence
-            .entry(&f.sequence_id)
-            .or_default()
-            .insert(f.frame_index as usize);
-    }
-    let mut collected = Collected { rows: BTreeMap::new() };
-    let mut examples = Vec::new();
-    let mut pending: Vec<(Tensor, Tensor)> = Vec::new();
-    let mut used = 0usize;
-    let flush = |pending: &mut Vec<(Tensor, Tensor)>, collected: &mut Collected| -> Result<()> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        for variant in Variant::ALL {
-            let images: Vec<Tensor> = pending
-                .iter()
-                .map(|(img, fg)| make_variant(img, fg, variant, &params))
-                .collect();
-            let batch = Tensor::stack(&images, 0);
-            for (b, backbone) in backbones.iter().enumerate() {
-                let side = (args.size / backbone.patch()).max(1) * backbone.patch();
-                let input = batch
-                    .upsample_bilinear2d([side, side], false, None, None)
-                    .to_device(device);
-                let (cls, mean) = backbone.represent(&input)?;
-                if let Some(cls) = cls {
-                    collected
-                        .rows
-                        .entry((b, variant, "cls"))
-                        .or_default()
-                        .push(cls.to_device(Device::Cpu));
-                }
-                collected
-                    .rows
-                    .entry((b, variant, "mean"))
-                    .or_default()
-                    .push(mean.to_device(Device::Cpu));
-            }
-        }
-        pending.clear();
-        Ok(())
-    };
-    for sequence in &sequences {
-        let Some(indices) = by_sequence.get(sequence.id.as_str()) else {
-            continue;
-        };
-        let decoded = sequence.decode_frames(indices)?;
-        for frame_row in sampled.iter().filter(|f| f.sequence_id == sequence.id) {
-            let Some(frame) = decoded.get(&(frame_row.frame_index as usize)) else {
-                bail!(
-                    "{}: frame {} could not be re-read from the source",
-                    sequence.id,
-                    frame_row.frame_name
-                );
-            };
-            let mask = match gt.as_mut() {
-                Some(gt) => gt.load(frame_row)?.with_context(|| {
-                    format!(
-                        "no ground truth for {} frame {}",
-                        frame_row.sequence_id, frame_row.frame_name
-                    )
-                })?,
-                None => {
-                    let instances: Vec<_> = tables
-                        .instances
-                        .iter()
-                        .filter(|i| i.sequence_id == frame_row.sequence_id && i.frame_index == frame_row.frame_index)
-                        .collect();
-                    prediction_map(frame_row, &instances)?
-                }
-            };
-            let (h, w) = (frame.image.height as i64, frame.image.width as i64);
-            if (mask.height as i64, mask.width as i64) != (h, w) {
-                bail!(
-                    "{} frame {}: a {}x{} mask for a {h}x{w} frame",
-                    frame_row.sequence_id,
-                    frame_row.frame_name,
-                    mask.height,
-                    mask.width
-                );
-            }
-            let image = Tensor::from_slice(&frame.image.data)
-                .view([h, w, 3])
-                .permute([2, 0, 1])
-                .to_kind(Kind::Float)
-                / 255.0;
-            let labels: Vec<i64> = mask.labels.iter().map(|&l| i64::from(l != 0)).collect();
-            let fg = Tensor::from_slice(&labels).view([h, w]).to_kind(Kind::Bool);
-            if examples.len() < args.examples {
-                let mut images = Vec::new();
-                for variant in Variant::ALL {
-                    let name = format!("{}_{}.png", examples.len(), variant.name());
-                    let rgb = to_rgb_bytes(&make_variant(&image, &fg, variant, &params));
-                    write_rgb_png(&examples_dir.join(&name), &rgb, h as usize, w as usize)?;
-                    images.push((variant.name().to_string(), format!("examples/{name}")));
-                }
-                examples.push(Example {
-                    frame: format!("{} / {}", frame_row.sequence_id, frame_row.frame_name),
-                    images,
-                });
-            }
-            pending.push((image, fg));
-            used += 1;
-            if pending.len() == args.batch {
-                flush(&mut pending, &mut collected)?;
-            }
-        }
-    }
-    flush(&mut pending, &mut collected)?;
-    eprintln!("analysed {used} frames with {} backbones", names.len());
-
-    let max_dims = args.cca_max_dims.unwrap_or(used / 10).max(1);
-    let mut within = Vec::new();
-    let mut between = Vec::new();
-    let mut purity = Vec::new();
-    let mut projections = Vec::new();
-    let variant_names: Vec<String> = Variant::ALL.iter().map(|v| v.name().to_string()).collect();
+/// Within-backbone pairs, purity and projections of every backbone.
+fn within_backbones(
+    names: &[String],
+    collected: &Representations,
+    (settings, max_dims): (&AnalyzeSettings, usize),
+    frames: usize,
+    stats: &mut Statistics,
+) -> Result<()> {
     for (b, name) in names.iter().enumerate() {
         for representation in REPRESENTATIONS {
             let mats: Vec<Tensor> = Variant::ALL
@@ -438,25 +152,20 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
             }
             for i in 0..mats.len() {
                 for j in i + 1..mats.len() {
-                    let s = pair_stats(&mats[i], &mats[j], args, max_dims)?;
-                    within.push(to_pair(name, representation, &variant_names[i], &variant_names[j], s));
+                    let sides = [Variant::ALL[i].name(), Variant::ALL[j].name()];
+                    let pair = (&mats[i], &mats[j]);
+                    stats
+                        .within
+                        .push(pair_stats(name, representation, sides, pair, (settings, max_dims))?);
                 }
             }
-            let (per, overall) = purity_stats(&mats, args)?;
-            purity.push(PurityStats {
-                backbone: name.clone(),
-                representation: representation.to_string(),
-                k: args.k,
-                per_variant: variant_names.iter().cloned().zip(per).collect(),
-                overall,
-            });
-            let pooled = Tensor::cat(&mats, 0);
-            let points = pca_2d(&pooled)
+            stats.purity.push(purity_stats(name, representation, &mats, settings)?);
+            let points = pca_2d(&Tensor::f_cat(&mats, 0)?)
                 .into_iter()
                 .enumerate()
-                .map(|(i, (x, y))| (x, y, i / used))
+                .map(|(i, (x, y))| (x, y, i / frames))
                 .collect();
-            projections.push(Projection {
+            stats.projections.push(Projection {
                 backbone: name.clone(),
                 representation: representation.to_string(),
                 method: "pca".to_string(),
@@ -464,7 +173,17 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
             });
         }
     }
-    for &variant in &Variant::ALL {
+    Ok(())
+}
+
+/// Pairs of backbones for every variant and representation.
+fn between_backbones(
+    names: &[String],
+    collected: &Representations,
+    scope: (&AnalyzeSettings, usize),
+    stats: &mut Statistics,
+) -> Result<()> {
+    for variant in Variant::ALL {
         for representation in REPRESENTATIONS {
             for a in 0..names.len() {
                 for b in a + 1..names.len() {
@@ -474,36 +193,281 @@ pub fn run(args: &AnalyzeArgs) -> Result<()> {
                     ) else {
                         continue;
                     };
-                    let s = pair_stats(&x, &y, args, max_dims)?;
-                    between.push(to_pair(variant.name(), representation, &names[a], &names[b], s));
+                    let sides = [names[a].as_str(), names[b].as_str()];
+                    stats
+                        .between
+                        .push(pair_stats(variant.name(), representation, sides, (&x, &y), scope)?);
                 }
             }
         }
     }
+    Ok(())
+}
+
+/// Where the masks come from: the run's instances or the ground truth.
+enum Masks<'t> {
+    Instances(BTreeMap<(&'t str, u32), Vec<&'t mrdino_outputs::InstanceRow>>),
+    GroundTruth(GroundTruth),
+}
+
+impl<'t> Masks<'t> {
+    fn new(args: &AnalyzeArgs, tables: &'t RunTables) -> Result<Self> {
+        if let (Some(dir), Some(format)) = (&args.gt, args.gt_format) {
+            return Ok(Self::GroundTruth(GroundTruth::new(dir, format)?));
+        }
+        let mut by_frame: BTreeMap<(&str, u32), Vec<_>> = BTreeMap::new();
+        for inst in &tables.instances {
+            by_frame
+                .entry((inst.sequence_id.as_str(), inst.frame_index))
+                .or_default()
+                .push(inst);
+        }
+        Ok(Self::Instances(by_frame))
+    }
+
+    fn mask(&mut self, frame: &FrameRow) -> Result<LabelMap> {
+        match self {
+            Self::GroundTruth(gt) => gt.load(frame)?.with_context(|| {
+                format!(
+                    "no ground truth for {} frame {} ({})",
+                    frame.sequence_id,
+                    frame.frame_name,
+                    gt.file(frame).display()
+                )
+            }),
+            Self::Instances(by_frame) => {
+                let rows = by_frame
+                    .get(&(frame.sequence_id.as_str(), frame.frame_index))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                Ok(instance_map(frame, rows)?)
+            }
+        }
+    }
+}
+
+/// The backbones of the analysis, loaded on `device`, with their names.
+struct Backbones {
+    names: Vec<String>,
+    loaded: Vec<AnalysisBackbone>,
+}
+
+impl Backbones {
+    fn load(args: &AnalyzeArgs, device: tch::Device) -> Result<Self> {
+        let mut loaded = Vec::new();
+        for (name, weights) in args.backbones.iter().zip(&args.backbone_weights) {
+            let backbone = AnalysisBackbone::load(name, weights, device)
+                .with_context(|| format!("cannot load --backbone {name} from {}", weights.display()))?;
+            loaded.push(backbone);
+        }
+        Ok(Self {
+            names: args.backbones.clone(),
+            loaded,
+        })
+    }
+}
+
+/// Streams the sampled frames through the backbones: representations and example images.
+struct Collector<'a> {
+    settings: &'a AnalyzeSettings,
+    backbones: &'a Backbones,
+    examples_dir: &'a Path,
+    stop: &'a StopHandle,
+    collected: Representations,
+    examples: Vec<Example>,
+    pending: Vec<(Tensor, Tensor)>,
+    used: usize,
+}
+
+impl Collector<'_> {
+    fn flush(&mut self) -> Result<()> {
+        let names = &self.backbones.names;
+        let (params, size) = (&self.settings.variants, self.settings.size_px);
+        self.collected
+            .add_batch(&self.pending, &self.backbones.loaded, names, params, size)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes the variant images of one frame when examples are still wanted.
+    fn example(&mut self, row: &FrameRow, image: &Tensor, fg: &Tensor, (h, w): (usize, usize)) -> Result<()> {
+        if self.examples.len() >= self.settings.examples {
+            return Ok(());
+        }
+        let mut images = Vec::new();
+        for variant in Variant::ALL {
+            let name = format!("{}_{}.png", self.examples.len(), variant.name());
+            let rgb = to_rgb_bytes(&make_variant(image, fg, variant, &self.settings.variants))?;
+            write_rgb_png(&self.examples_dir.join(&name), &rgb, h, w)?;
+            images.push((variant.name().to_string(), format!("examples/{name}")));
+        }
+        self.examples.push(Example {
+            frame: format!("{} / {}", row.sequence_id, row.frame_name),
+            images,
+        });
+        Ok(())
+    }
+
+    /// Adds one frame; its mask must have the frame's size.
+    fn add(&mut self, row: &FrameRow, rgb: &[u8], (h, w): (usize, usize), mask: &LabelMap) -> Result<()> {
+        if (mask.height, mask.width) != (h, w) {
+            bail!(
+                "{} frame {}: a {}x{} mask for a {h}x{w} frame",
+                row.sequence_id,
+                row.frame_name,
+                mask.height,
+                mask.width
+            );
+        }
+        let image = image_from_rgb(rgb, h, w)?;
+        let fg = foreground_from_ids(&mask.labels, h, w)?;
+        self.example(row, &image, &fg, (h, w))?;
+        self.pending.push((image, fg));
+        self.used += 1;
+        if self.pending.len() == self.settings.batch {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Feeds every sampled frame through the collector, sequence by sequence; `false` when stopped.
+fn collect(
+    collector: &mut Collector<'_>,
+    tables: &RunTables,
+    sampled: &[FrameRow],
+    masks: &mut Masks<'_>,
+) -> Result<bool> {
+    let mut by_sequence: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+    for f in sampled {
+        by_sequence
+            .entry(&f.sequence_id)
+            .or_default()
+            .insert(f.frame_index as usize);
+    }
+    for sequence in &source_sequences(tables, None, None, None)? {
+        let Some(indices) = by_sequence.get(sequence.id.as_str()) else {
+            continue;
+        };
+        let decoded = sequence.decode_frames(indices)?;
+        for row in sampled.iter().filter(|f| f.sequence_id == sequence.id) {
+            if collector.stop.requested() {
+                return Ok(false);
+            }
+            let frame = decoded.get(&(row.frame_index as usize)).with_context(|| {
+                format!(
+                    "{}: frame {} could not be re-read from the source",
+                    sequence.id, row.frame_name
+                )
+            })?;
+            let mask = masks.mask(row)?;
+            let size = (frame.image.height, frame.image.width);
+            collector.add(row, &frame.image.data, size, &mask)?;
+        }
+    }
+    collector.flush()?;
+    Ok(!collector.stop.requested())
+}
+
+/// Refuses a report directory that is, lies inside or contains an input.
+fn check_paths(args: &AnalyzeArgs, tables: &RunTables) -> Result<()> {
+    let run = job_inputs(&args.labels, LABELS_DATA_DIRS);
+    let mut inputs: Vec<(&str, &Path)> = run.iter().map(|p| ("--labels", p.as_path())).collect();
+    if let Some(gt) = &args.gt {
+        inputs.push(("--gt", gt));
+    }
+    inputs.extend(
+        args.backbone_weights
+            .iter()
+            .map(|w| ("--backbone-weights", w.as_path())),
+    );
+    if !tables.dataset_root.as_os_str().is_empty() {
+        inputs.push(("the source dataset", &tables.dataset_root));
+    }
+    check_outputs(&inputs, &[("--out", &args.out)])
+}
+
+/// The frames to analyse, after refusing what would make the statistics meaningless; with the CCA dimensions.
+fn sample(args: &AnalyzeArgs, settings: &AnalyzeSettings, tables: &RunTables) -> Result<(Vec<FrameRow>, usize)> {
+    if !settings.ground_truth && tables.instances.is_empty() {
+        bail!(
+            "{} (params={}) has no instances: the foreground of every frame would be empty, so the analysis \
+             could compute nothing; analyse a run with objects, or give --gt",
+            args.labels.display(),
+            tables.layout.params_hash
+        );
+    }
+    let sampled: Vec<FrameRow> = sample_frames(&tables.frames, settings.frames)
+        .into_iter()
+        .cloned()
+        .collect();
+    if sampled.len() < MIN_FRAMES {
+        bail!(
+            "{} has {} labelled frames with objects; the analysis needs at least {MIN_FRAMES}",
+            args.labels.display(),
+            sampled.len()
+        );
+    }
+    let max_dims = settings.for_frames(sampled.len())?;
+    Ok((sampled, max_dims))
+}
+
+/// `mrdino analyze`: 0 with the report written, 4 when stopped (a rerun starts over).
+pub fn run(args: &AnalyzeArgs, stop: &StopHandle) -> Result<ExitCode> {
+    let settings = AnalyzeSettings::resolve(args)?;
+    let tables = read_label_tables(&args.labels, args.params.as_deref())?;
+    check_paths(args, &tables)?;
+    let (sampled, max_dims) = sample(args, &settings, &tables)?;
+    let mut masks = Masks::new(args, &tables)?;
+    let backbones = Backbones::load(args, args.device.device()?)?;
+    let examples_dir = args.out.join("examples");
+    std::fs::create_dir_all(&examples_dir).with_context(|| format!("cannot create {}", examples_dir.display()))?;
+    let stop = stop.with_budget(args.run.time_budget);
+    let mut collector = Collector {
+        settings: &settings,
+        backbones: &backbones,
+        examples_dir: &examples_dir,
+        stop: &stop,
+        collected: Representations::default(),
+        examples: Vec::new(),
+        pending: Vec::new(),
+        used: 0,
+    };
+    if !collect(&mut collector, &tables, &sampled, &mut masks)? {
+        eprintln!(
+            "analyze: stopped after {} of {} frames; run the same command again to start over",
+            collector.used,
+            sampled.len()
+        );
+        return Ok(ExitCode::from(EXIT_STOPPED));
+    }
+    let (used, collected, examples) = (collector.used, collector.collected, collector.examples);
+    if !args.run.quiet {
+        eprintln!("analysed {used} frames with {} backbones", backbones.names.len());
+    }
+    let mut stats = Statistics {
+        within: Vec::new(),
+        between: Vec::new(),
+        purity: Vec::new(),
+        projections: Vec::new(),
+    };
+    within_backbones(&backbones.names, &collected, (&settings, max_dims), used, &mut stats)?;
+    between_backbones(&backbones.names, &collected, (&settings, max_dims), &mut stats)?;
     let report = AnalysisReport {
         source: args.labels.display().to_string(),
         frames: used,
-        backbones: names,
-        variants: variant_names,
+        backbones: backbones.names.clone(),
+        variants: Variant::ALL.iter().map(|v| v.name().to_string()).collect(),
         representations: REPRESENTATIONS.iter().map(|s| s.to_string()).collect(),
-        settings: serde_json::json!({
-            "fill": params.fill,
-            "centre_radius": params.centre_radius,
-            "size": args.size,
-            "k": args.k,
-            "bootstrap": args.bootstrap,
-            "seed": args.seed,
-            "cca_max_dims": max_dims,
-            "masks": if args.gt.is_some() { "ground truth" } else { "run instances" },
-        }),
-        within_backbone: within,
-        between_backbones: between,
-        purity,
-        projections,
+        settings: settings.record(max_dims),
+        within_backbone: stats.within,
+        between_backbones: stats.between,
+        purity: stats.purity,
+        projections: stats.projections,
         examples,
     };
     write_atomic(&args.out.join("analysis.json"), &serde_json::to_vec_pretty(&report)?)?;
     write_atomic(&args.out.join("index.html"), render_analysis_html(&report).as_bytes())?;
-    println!("{}", args.out.join("index.html").display());
-    Ok(())
+    print_stdout(&format!("{}\n", args.out.join("index.html").display()))?;
+    Ok(ExitCode::SUCCESS)
 }

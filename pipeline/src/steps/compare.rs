@@ -1,23 +1,17 @@
 //! `mrdino compare`: one table of the metrics of several `mrdino eval` results, in the order given (e.g. the
 //! pseudo-labels, the baseline, stage 1 and stage 2, as the paper's ablation tables list them), also written as
-//! JSON.
+//! JSON. The JSON output may not be (or lie inside, or contain) one of the `--eval` files: that is refused
+//! before anything is read.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use mrdino_outputs::write_atomic;
 use serde::Serialize;
 
-/// Flags of `mrdino compare`.
-#[derive(Debug, clap::Args)]
-pub struct CompareArgs {
-    /// NAME=FILE: the JSON an `mrdino eval` wrote, under the row name NAME (repeat, in table order).
-    #[arg(long = "eval", value_name = "NAME=FILE", required = true)]
-    pub evals: Vec<String>,
-    /// Write the table as JSON here.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-}
+use crate::cli::compare::CompareArgs;
+use crate::engine::paths::check_outputs;
+use crate::engine::progress::print_stdout;
 
 /// One row of the comparison.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -32,11 +26,16 @@ pub struct CompareRow {
     pub images: u64,
 }
 
-fn read_row(spec: &str) -> Result<CompareRow> {
+/// `NAME=FILE` of `--eval`.
+fn parse_spec(spec: &str) -> Result<(&str, PathBuf)> {
     let Some((name, file)) = spec.split_once('=') else {
         bail!("--eval {spec}: expected NAME=FILE");
     };
-    let path = PathBuf::from(file);
+    Ok((name, PathBuf::from(file)))
+}
+
+fn read_row(spec: &str) -> Result<CompareRow> {
+    let (name, path) = parse_spec(spec)?;
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
@@ -86,8 +85,13 @@ pub fn format_rows(rows: &[CompareRow]) -> String {
 }
 
 pub fn run(args: &CompareArgs) -> Result<()> {
+    if let Some(json) = &args.json {
+        let files = args.evals.iter().map(|s| parse_spec(s)).collect::<Result<Vec<_>>>()?;
+        let inputs: Vec<(&str, &Path)> = files.iter().map(|(_, file)| ("--eval", file.as_path())).collect();
+        check_outputs(&inputs, &[("--json", json)])?;
+    }
     let rows = args.evals.iter().map(|s| read_row(s)).collect::<Result<Vec<_>>>()?;
-    print!("{}", format_rows(&rows));
+    print_stdout(&format_rows(&rows))?;
     if let Some(path) = &args.json {
         write_atomic(path, &serde_json::to_vec_pretty(&rows)?)?;
     }

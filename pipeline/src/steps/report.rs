@@ -9,55 +9,38 @@
 //! The flow shown is the flow the labels saw when that is on disk: with `--flow-dir` (the directory given to
 //! `labels --flow import`) the files are read. Otherwise it is recomputed from the source frames with OpenCV
 //! DIS (the labels' DIS preset when they used DIS, else `medium`), and the page says so, since a network
-//! flow or an imported flow may differ from it. When the source frames cannot be found the page is written
-//! without samples and says why.
+//! flow or an imported flow may differ from it. A flow file whose size differs from the frame's is refused,
+//! naming the file and both sizes, as `labels` refuses it. When the source frames cannot be found the page is
+//! written without samples and says why.
+//!
+//! The report directory may not be, lie inside or contain any input (the run's tables and bookkeeping, the flow
+//! directory, the names run, the source dataset): that is refused before anything is written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use mrdino_datasets::{DatasetKind, Frame, Sequence};
+use mrdino_model::predict::canvas_image;
 use mrdino_outputs::flowviz::{flow_to_image, wheel_legend, write_rgb_png};
-use mrdino_outputs::layout::unit_key;
+use mrdino_outputs::layout::{unit_key, LABELS_DATA_DIRS};
+use mrdino_outputs::names::NAMES_DATA_DIRS;
 use mrdino_outputs::overlay::{write_overlay, OverlayInstance};
 use mrdino_outputs::report::{render_html, ReportInput, SampleFigure};
-use mrdino_outputs::{write_atomic, InstanceRow};
+use mrdino_outputs::runs::{sample_frames, RunKind, RunTables as LabelTables};
+use mrdino_outputs::{write_atomic, FrameRow, InstanceRow};
 use mrdino_stages::flow::files::{find_flow_file, read_flow_file};
 use mrdino_stages::flow::{DisFlow, DisPreset, FlowEstimator, FlowField};
 use serde::Deserialize;
 
+use crate::cli::report::ReportArgs;
+use crate::engine::paths::{check_outputs, job_inputs};
+use crate::engine::progress::print_stdout;
 use crate::engine::runs::{read_label_tables, source_sequences};
 use crate::settings::infer::InferParams;
-use mrdino_model::predict::canvas_image;
-use mrdino_outputs::runs::{sample_frames, RunKind, RunTables as LabelTables};
 
 /// Side of the colour-wheel legend image, in pixels.
 const LEGEND_PX: usize = 128;
-
-/// Flags of `mrdino report`.
-#[derive(Debug, clap::Args)]
-pub struct ReportArgs {
-    /// Output directory of `mrdino labels`.
-    #[arg(long, value_name = "OUT")]
-    pub labels: PathBuf,
-    /// Parameter hash to report on (default: the only one, or the latest run when OUT holds several).
-    #[arg(long, value_name = "HASH")]
-    pub params: Option<String>,
-    /// Directory the report is written to (index.html, overlays/, flow/).
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
-    /// Number of labelled frames to show with overlay and flow.
-    #[arg(long, value_name = "N", default_value_t = 6)]
-    pub samples: usize,
-    /// Flow files the labels imported (`labels --flow import --flow-dir DIR`); without it the flow of the
-    /// sampled frames is recomputed with OpenCV DIS.
-    #[arg(long, value_name = "DIR")]
-    pub flow_dir: Option<PathBuf>,
-    /// Output directory of `mrdino name` for this run: names on the overlays and a per-name count table (the
-    /// latest names partition made from the reported labels partition).
-    #[arg(long, value_name = "OUT")]
-    pub names: Option<PathBuf>,
-}
 
 /// Names of instances keyed by (sequence_id, frame_index, instance_id).
 type NameMap = BTreeMap<(String, u32, u32), mrdino_outputs::names::NameRow>;
@@ -145,7 +128,20 @@ impl FlowImages {
                         dir.display()
                     )
                 })?;
-                Ok(read_flow_file(&path)?)
+                let field = read_flow_file(&path)?;
+                if (field.height, field.width) != (frame.image.height, frame.image.width) {
+                    bail!(
+                        "{}: flow is {}x{} but frames are processed at {}x{} (frame {} of {sequence_id}); is \
+                         --flow-dir the flow the labels imported?",
+                        path.display(),
+                        field.width,
+                        field.height,
+                        frame.image.width,
+                        frame.image.height,
+                        frame.name
+                    );
+                }
+                Ok(field)
             }
             FlowImages::Dis(dis) => {
                 let next = next.with_context(|| format!("frame {} of {sequence_id} has no next frame", frame.name))?;
@@ -170,33 +166,22 @@ fn prediction_params(tables: &LabelTables) -> Result<Option<InferParams>> {
     Ok(Some(params))
 }
 
-/// Writes the overlay and flow images of the sampled frames; returns their figures in sample order. For a
-/// prediction run the masks are drawn on the model's canvas and no flow is shown.
-fn write_samples(
-    args: &ReportArgs,
-    tables: &LabelTables,
+/// The source frames the samples need, decoded once per sequence: each sampled frame and, when the flow is
+/// recomputed, its next frame.
+fn decode_samples<'r>(
+    chosen: &[&'r FrameRow],
     sequences: &[Sequence],
-    flow: &mut FlowImages,
-    names: &NameMap,
-) -> Result<Vec<SampleFigure>> {
-    let chosen = sample_frames(&tables.frames, args.samples);
-    let predictions = prediction_params(tables)?;
-    let mut instances: BTreeMap<(&str, u32), Vec<&InstanceRow>> = BTreeMap::new();
-    for inst in &tables.instances {
-        instances
-            .entry((inst.sequence_id.as_str(), inst.frame_index))
-            .or_default()
-            .push(inst);
-    }
+    with_next: bool,
+) -> Result<BTreeMap<&'r str, BTreeMap<usize, Frame>>> {
     let mut wanted: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
-    for frame in &chosen {
+    for frame in chosen {
         let indices = wanted.entry(frame.sequence_id.as_str()).or_default();
         indices.insert(frame.frame_index as usize);
-        if predictions.is_none() && flow.needs_next_frame() {
+        if with_next {
             indices.insert(frame.frame_index as usize + 1);
         }
     }
-    let mut decoded: BTreeMap<&str, BTreeMap<usize, Frame>> = BTreeMap::new();
+    let mut decoded = BTreeMap::new();
     for (sequence_id, indices) in &wanted {
         let sequence = sequences
             .iter()
@@ -205,17 +190,34 @@ fn write_samples(
         let frames = sequence
             .decode_frames(indices)
             .with_context(|| format!("cannot re-read frames of {sequence_id} for the report"))?;
-        decoded.insert(sequence_id, frames);
+        decoded.insert(*sequence_id, frames);
     }
-    let mut figures = Vec::new();
-    for row in chosen {
-        let frames = &decoded[row.sequence_id.as_str()];
+    Ok(decoded)
+}
+
+/// What drawing the samples needs besides each frame.
+struct Drawing<'a> {
+    out: &'a Path,
+    flow: &'a mut FlowImages,
+    names: &'a NameMap,
+    predictions: Option<InferParams>,
+}
+
+impl Drawing<'_> {
+    /// Writes the overlay (and, for labels, the flow image) of one sampled frame; `frames` are its sequence's
+    /// decoded frames.
+    fn figure(
+        &mut self,
+        row: &FrameRow,
+        frames: &BTreeMap<usize, Frame>,
+        rows: &[&InstanceRow],
+    ) -> Result<SampleFigure> {
         let index = row.frame_index as usize;
         let frame = frames
             .get(&index)
             .with_context(|| format!("frame {} of {} could not be re-read", row.frame_name, row.sequence_id))?;
         let canvas;
-        let image = match &predictions {
+        let image = match &self.predictions {
             Some(p) => {
                 canvas = canvas_image(frame, &p.preset.window_grid(), p.tri_pd_view())?;
                 &canvas
@@ -234,14 +236,11 @@ fn write_samples(
                 row.height
             );
         }
-        let rows = instances
-            .get(&(row.sequence_id.as_str(), row.frame_index))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
         let items: Vec<OverlayInstance<'_>> = rows
             .iter()
             .map(|r| OverlayInstance {
-                name: names
+                name: self
+                    .names
                     .get(&(r.sequence_id.clone(), r.frame_index, r.instance_id))
                     .map(|n| n.name.as_str()),
                 ..OverlayInstance::of_row(r)
@@ -249,46 +248,103 @@ fn write_samples(
             .collect();
         let stem = format!("{}-{}", unit_key(&row.sequence_id), row.frame_name);
         let overlay_href = format!("overlays/{stem}.png");
-        write_overlay(&args.out.join(&overlay_href), &image.data, height, width, &items)?;
-        let (flow_href, max_flow_px) = if predictions.is_some() {
+        write_overlay(&self.out.join(&overlay_href), &image.data, height, width, &items)?;
+        let (flow_href, max_flow_px) = if self.predictions.is_some() {
             (None, None)
         } else {
-            let field = flow.flow(&row.sequence_id, frame, frames.get(&(index + 1)))?;
+            let field = self.flow.flow(&row.sequence_id, frame, frames.get(&(index + 1)))?;
             let picture = flow_to_image(field.height, field.width, &field.uv);
             let flow_href = format!("flow/{stem}.png");
-            write_rgb_png(&args.out.join(&flow_href), &picture.rgb, picture.height, picture.width)?;
+            write_rgb_png(&self.out.join(&flow_href), &picture.rgb, picture.height, picture.width)?;
             (Some(flow_href), Some(picture.max_magnitude_px))
         };
-        figures.push(SampleFigure {
+        Ok(SampleFigure {
             sequence_id: row.sequence_id.clone(),
             frame_name: row.frame_name.clone(),
             instances: rows.len(),
             overlay_href,
             flow_href,
             max_flow_px,
-        });
+        })
+    }
+}
+
+/// Writes the overlay and flow images of the sampled frames; returns their figures in sample order. For a
+/// prediction run the masks are drawn on the model's canvas and no flow is shown.
+fn write_samples(
+    args: &ReportArgs,
+    tables: &LabelTables,
+    sequences: &[Sequence],
+    flow: &mut FlowImages,
+    names: &NameMap,
+) -> Result<Vec<SampleFigure>> {
+    let chosen = sample_frames(&tables.frames, args.samples);
+    let predictions = prediction_params(tables)?;
+    let mut instances: BTreeMap<(&str, u32), Vec<&InstanceRow>> = BTreeMap::new();
+    for inst in &tables.instances {
+        instances
+            .entry((inst.sequence_id.as_str(), inst.frame_index))
+            .or_default()
+            .push(inst);
+    }
+    let decoded = decode_samples(&chosen, sequences, predictions.is_none() && flow.needs_next_frame())?;
+    let mut drawing = Drawing {
+        out: &args.out,
+        flow,
+        names,
+        predictions,
+    };
+    let mut figures = Vec::new();
+    for row in chosen {
+        let frames = decoded
+            .get(row.sequence_id.as_str())
+            .with_context(|| format!("sequence {} was not decoded", row.sequence_id))?;
+        let rows = instances
+            .get(&(row.sequence_id.as_str(), row.frame_index))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        figures.push(drawing.figure(row, frames, rows)?);
     }
     Ok(figures)
 }
 
-pub fn run(args: &ReportArgs) -> Result<()> {
-    let tables = read_label_tables(&args.labels, args.params.as_deref())?;
-    let (names_params, names) = match &args.names {
-        Some(dir) => {
-            let (hash, names) = mrdino_outputs::names::read_names_run(dir, None, &tables.layout.params_hash)
-                .with_context(|| format!("cannot read the names in {}", dir.display()))?;
-            (Some(hash), names)
-        }
-        None => (None, NameMap::new()),
-    };
-    let params: Option<ParamsFile> = std::fs::read(tables.layout.ledger().params_file())
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let labels_flow = params.as_ref().map(|p| &p.params.flow);
-    let (mut flow, mut flow_note) = FlowImages::choose(args.flow_dir.as_deref(), labels_flow)?;
-    if tables.kind == RunKind::Predictions {
-        flow_note = "Predictions of a slot model (`mrdino infer`): masks drawn on the model's canvas; no flow.".into();
+/// Refuses a report directory that is, lies inside or contains an input: the run's tables and bookkeeping, the
+/// flow directory, the names run, the source dataset.
+fn check_paths(args: &ReportArgs, tables: &LabelTables) -> Result<()> {
+    let run = job_inputs(&args.labels, LABELS_DATA_DIRS);
+    let mut inputs: Vec<(&str, &Path)> = run.iter().map(|p| ("--labels", p.as_path())).collect();
+    let names = args
+        .names
+        .as_deref()
+        .map(|dir| job_inputs(dir, NAMES_DATA_DIRS))
+        .unwrap_or_default();
+    inputs.extend(names.iter().map(|p| ("--names", p.as_path())));
+    if let Some(dir) = &args.flow_dir {
+        inputs.push(("--flow-dir", dir));
     }
+    if !tables.dataset_root.as_os_str().is_empty() {
+        inputs.push(("the source dataset", &tables.dataset_root));
+    }
+    check_outputs(&inputs, &[("--out", &args.out)])
+}
+
+/// The names of the run's instances (`--names`), with the names partition's hash.
+fn read_names(args: &ReportArgs, tables: &LabelTables) -> Result<(Option<String>, NameMap)> {
+    let Some(dir) = &args.names else {
+        return Ok((None, NameMap::new()));
+    };
+    let (hash, names) = mrdino_outputs::names::read_names_run(dir, None, &tables.layout.params_hash)
+        .with_context(|| format!("cannot read the names in {}", dir.display()))?;
+    Ok((Some(hash), names))
+}
+
+/// The sampled figures (none when the source frames cannot be read, with a note why) and the page's notes.
+fn samples_and_notes(
+    args: &ReportArgs,
+    tables: &LabelTables,
+    flow: &mut FlowImages,
+    names: &NameMap,
+) -> Result<(Vec<SampleFigure>, Vec<String>)> {
     let mut notes: Vec<String> = tables
         .incomplete_units
         .iter()
@@ -302,8 +358,8 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let samples = if args.samples == 0 {
         Vec::new()
     } else {
-        match source_sequences(&tables, None, None, None) {
-            Ok(sequences) => write_samples(args, &tables, &sequences, &mut flow, &names)?,
+        match source_sequences(tables, None, None, None) {
+            Ok(sequences) => write_samples(args, tables, &sequences, flow, names)?,
             Err(e) => {
                 notes.push(format!("No sampled frames: {e:#}."));
                 Vec::new()
@@ -313,19 +369,29 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     if samples.is_empty() && args.samples > 0 && notes.is_empty() {
         notes.push("No labelled frame to show.".into());
     }
-    let legend_href = if samples.is_empty() {
-        None
-    } else {
-        let legend = wheel_legend(LEGEND_PX);
-        write_rgb_png(
-            &args.out.join("flow-wheel.png"),
-            &legend.rgb,
-            legend.height,
-            legend.width,
-        )?;
-        Some("flow-wheel.png".to_string())
-    };
-    let labelled = tables.frames.iter().filter(|f| f.labelled).count();
+    Ok((samples, notes))
+}
+
+/// The instances per name, most frequent first.
+fn name_counts(tables: &LabelTables, names: &NameMap) -> Vec<(String, usize)> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for inst in &tables.instances {
+        if let Some(n) = names.get(&(inst.sequence_id.clone(), inst.frame_index, inst.instance_id)) {
+            *counts.entry(n.name.as_str()).or_default() += 1;
+        }
+    }
+    let mut counts: Vec<(String, usize)> = counts.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts
+}
+
+/// The facts table at the top of the page.
+fn facts(
+    args: &ReportArgs,
+    tables: &LabelTables,
+    params: Option<&ParamsFile>,
+    names: (Option<&String>, &[(String, usize)]),
+) -> Vec<(String, String)> {
     let mut facts = vec![
         ("labels".to_string(), args.labels.display().to_string()),
         (
@@ -333,36 +399,28 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             format!("params={}", tables.layout.params_hash),
         ),
     ];
-    if let Some(p) = &params {
+    if let Some(p) = params {
         facts.push(("dataset".into(), p.params.dataset.name().to_string()));
         facts.push(("labels flow".into(), p.params.flow.describe()));
         facts.push(("labels made by".into(), format!("mrdino {}", p.code_version)));
     }
+    let sequences = tables
+        .frames
+        .iter()
+        .map(|f| f.sequence_id.as_str())
+        .collect::<BTreeSet<_>>()
+        .len();
+    let labelled = tables.frames.iter().filter(|f| f.labelled).count();
     facts.push((
         "totals".into(),
         format!(
-            "sequences {}, frames {}, labelled {}, instances {}",
-            tables
-                .frames
-                .iter()
-                .map(|f| f.sequence_id.as_str())
-                .collect::<BTreeSet<_>>()
-                .len(),
+            "sequences {sequences}, frames {}, labelled {labelled}, instances {}",
             tables.frames.len(),
-            labelled,
             tables.instances.len()
         ),
     ));
-    let mut name_counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for inst in &tables.instances {
-        if let Some(n) = names.get(&(inst.sequence_id.clone(), inst.frame_index, inst.instance_id)) {
-            *name_counts.entry(n.name.as_str()).or_default() += 1;
-        }
-    }
-    let mut name_counts: Vec<(String, usize)> = name_counts.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    name_counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    if let (Some(dir), Some(hash)) = (&args.names, &names_params) {
-        let named: usize = name_counts.iter().map(|(_, n)| n).sum();
+    if let (Some(dir), Some(hash)) = (&args.names, names.0) {
+        let named: usize = names.1.iter().map(|(_, n)| n).sum();
         facts.push((
             "names".into(),
             format!(
@@ -372,7 +430,40 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             ),
         ));
     }
-    facts.push(("report made by".into(), format!("mrdino {}", crate::engine::job::CODE_VERSION)));
+    facts.push((
+        "report made by".into(),
+        format!("mrdino {}", crate::engine::job::CODE_VERSION),
+    ));
+    facts
+}
+
+/// Writes the colour-wheel legend when there are flow images to explain.
+fn write_legend(out: &Path, samples: &[SampleFigure]) -> Result<Option<String>> {
+    if samples.is_empty() {
+        return Ok(None);
+    }
+    let legend = wheel_legend(LEGEND_PX);
+    write_rgb_png(&out.join("flow-wheel.png"), &legend.rgb, legend.height, legend.width)?;
+    Ok(Some("flow-wheel.png".to_string()))
+}
+
+/// `mrdino report`.
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let tables = read_label_tables(&args.labels, args.params.as_deref())?;
+    check_paths(args, &tables)?;
+    let (names_params, names) = read_names(args, &tables)?;
+    let params: Option<ParamsFile> = std::fs::read(tables.layout.ledger().params_file())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let labels_flow = params.as_ref().map(|p| &p.params.flow);
+    let (mut flow, mut flow_note) = FlowImages::choose(args.flow_dir.as_deref(), labels_flow)?;
+    if tables.kind == RunKind::Predictions {
+        flow_note = "Predictions of a slot model (`mrdino infer`): masks drawn on the model's canvas; no flow.".into();
+    }
+    let (samples, notes) = samples_and_notes(args, &tables, &mut flow, &names)?;
+    let legend_href = write_legend(&args.out, &samples)?;
+    let name_counts = name_counts(&tables, &names);
+    let facts = facts(args, &tables, params.as_ref(), (names_params.as_ref(), &name_counts));
     let input = ReportInput {
         title: "mrdino pseudo-label report".into(),
         facts,
@@ -386,6 +477,10 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     };
     let index = args.out.join("index.html");
     write_atomic(&index, render_html(&input).as_bytes())?;
-    println!("report: {} ({} sampled frames)", index.display(), input.samples.len());
+    print_stdout(&format!(
+        "report: {} ({} sampled frames)\n",
+        index.display(),
+        input.samples.len()
+    ))?;
     Ok(())
 }

@@ -1,77 +1,41 @@
 //! `mrdino synth`: writes a small generated dataset with exact ground truth (frames, forward flow,
-//! instance maps, motion metadata) for demos, tests and metric checks. The generator and the file layout are
-//! documented in `mrdino_datasets::synth`; this module only maps flags to its parameters and prints a summary.
+//! instance maps, motion metadata) for demos, tests and metric checks. The generator, its bounds and the file
+//! layout are documented in `mrdino_datasets::synth`; this module maps flags to its parameters
+//! (`crate::settings::synth`), runs it under the job's stop handle and prints a summary.
+//!
+//! Stopping: the generator asks the stop handle before every frame; on SIGINT/SIGTERM or when `--time-budget`
+//! is spent it stops and the command exits with code 4. The same command then completes the directory to the
+//! bytes of an uninterrupted run (complete sequences are kept, the stopped one is regenerated from its first
+//! frame). A second signal quits at once (the engine's rule); the generator writes every file atomically, so
+//! that too is resumed. A directory holding another dataset (other parameters, or files but no `synth.json`) is
+//! refused. `synth` reads no input, so there is nothing for its output to overlap.
 
-use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
-use mrdino_datasets::synth::{generate, SynthParams, TextureStyle};
+use anyhow::{Context, Result};
+use mrdino_datasets::synth::{generate_stoppable, SynthParams, SynthRun, SynthStopped, SynthSummary};
 
-/// Flags of `mrdino synth`.
-#[derive(Debug, clap::Args)]
-pub struct SynthArgs {
-    /// Output directory (created if missing); frames/, flow/, instances/, meta/ and synth.json go there.
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
-    /// Seed of the generator; the same seed and sizes give byte-identical files.
-    #[arg(long, value_name = "S", default_value_t = SynthParams::default().seed)]
-    pub seed: u64,
-    /// Number of sequences.
-    #[arg(long, value_name = "N", default_value_t = SynthParams::default().sequences)]
-    pub sequences: usize,
-    /// Frames per sequence (at least 2).
-    #[arg(long, value_name = "F", default_value_t = SynthParams::default().frames)]
-    pub frames: usize,
-    /// Frame size in pixels, width x height (the convention of every size flag, as `labels --resize`).
-    #[arg(long, value_name = "WxH", default_value = "320x128", value_parser = parse_size)]
-    pub size: FrameSize,
-    /// Surface colouring: `textured` (noise and stripes, for estimated flow) or `flat` (one colour per surface;
-    /// labels need `--flow import`).
-    #[arg(long, value_name = "STYLE", default_value = "textured")]
-    pub texture: TextureStyle,
-    /// Base object size in percent of the frame's shorter side (rectangles 1–2× as wide, ellipses 0.9–1.8×,
-    /// stars 1.4–2×).
-    #[arg(long, value_name = "PCT", default_value_t = SynthParams::default().object_size_percent)]
-    pub object_size: u32,
-}
+use crate::cli::synth::SynthArgs;
+use crate::engine::progress::print_stdout;
+use crate::engine::stop::{StopHandle, EXIT_STOPPED};
+use crate::settings::synth::resolve;
 
-/// A frame size in pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrameSize {
-    pub height: usize,
-    pub width: usize,
-}
-
-fn parse_size(text: &str) -> Result<FrameSize, String> {
-    let (width, height) = crate::cli::values::size(text)?;
-    Ok(FrameSize { height, width })
-}
-
-pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
-    let params = SynthParams {
-        seed: args.seed,
-        sequences: args.sequences,
-        frames: args.frames,
-        height: args.size.height,
-        width: args.size.width,
-        texture: args.texture,
-        object_size_percent: args.object_size,
-    };
-    let summary = generate(&params, &args.out)
-        .with_context(|| format!("generating a synthetic dataset in {}", args.out.display()))?;
-    println!(
-        "synth: {} sequences of {} frames at {}x{} (seed {}) in {}: {} files",
+/// The lines printed for a complete dataset: its size (width first, as every size flag) and, unless `quiet`, its
+/// sequences.
+fn summary_text(params: &SynthParams, summary: &SynthSummary, quiet: bool) -> String {
+    let mut text = format!(
+        "synth: {} sequences of {} frames at {}x{} (seed {}) in {}: {} files\n",
         summary.sequences.len(),
         params.frames,
-        params.height,
         params.width,
+        params.height,
         params.seed,
         summary.out_dir.display(),
         summary.files_written()
     );
-    for sequence in &summary.sequences {
-        println!(
-            "  {}: {} objects ({} moving), camera static for {} of {} frame pairs",
+    for sequence in summary.sequences.iter().filter(|_| !quiet) {
+        text += &format!(
+            "  {}: {} objects ({} moving), camera static for {} of {} frame pairs\n",
             sequence.name,
             sequence.objects,
             sequence.moving_objects,
@@ -79,25 +43,59 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
             sequence.static_camera_pairs + sequence.moving_camera_pairs
         );
     }
-    Ok(())
+    text
+}
+
+/// The note of a stopped run.
+fn stopped_text(stopped: &SynthStopped) -> String {
+    format!(
+        "synth: stopped early with {} of {} sequences complete in {}; run the same command again to resume",
+        stopped.sequences_complete,
+        stopped.sequences_planned,
+        stopped.out_dir.display()
+    )
+}
+
+/// `mrdino synth`: 0 when the dataset is complete, 4 when it stopped early.
+pub fn run(args: &SynthArgs, stop: &StopHandle) -> Result<ExitCode> {
+    let params = resolve(args)?;
+    let stop = stop.with_budget(args.run.time_budget);
+    let run = generate_stoppable(&params, &args.out, &|| stop.requested())
+        .with_context(|| format!("generating a synthetic dataset in {}", args.out.display()))?;
+    match run {
+        SynthRun::Complete(summary) => {
+            print_stdout(&summary_text(&params, &summary, args.run.quiet))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SynthRun::Stopped(stopped) => {
+            eprintln!("{}", stopped_text(&stopped));
+            Ok(ExitCode::from(EXIT_STOPPED))
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
-    fn sizes_parse_as_width_by_height_like_every_size_flag() {
-        assert_eq!(
-            parse_size("320x128"),
-            Ok(FrameSize {
-                height: 128,
-                width: 320
-            })
+    fn the_size_is_printed_width_first() {
+        let params = SynthParams {
+            height: 128,
+            width: 320,
+            ..SynthParams::default()
+        };
+        let summary = SynthSummary {
+            out_dir: PathBuf::from("d"),
+            params: params.clone(),
+            sequences: Vec::new(),
+            records_written: 2,
+        };
+        let text = summary_text(&params, &summary, false);
+        assert!(
+            text.starts_with("synth: 0 sequences of 24 frames at 320x128 (seed 0) in d: 2 files"),
+            "{text}"
         );
-        assert_eq!(parse_size("96X64"), Ok(FrameSize { height: 64, width: 96 }));
-        assert!(parse_size("128").is_err());
-        assert!(parse_size("ax3").is_err());
-        assert!(parse_size("0x3").is_err());
     }
 }

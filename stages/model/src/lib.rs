@@ -15,8 +15,8 @@
 //!   class embeddings and masks;
 //! - [`dinosaur`], [`backbone`], [`optim`], [`train`], [`tensors`]: the DINOSAUR slot model, the backbone
 //!   trait it trains on, Adam with exportable state, one training step and tensor ↔ file conversion;
-//! - [`resnet`], [`similarity`], [`variants`]: SwaV's ResNet-50, the robustness analysis' statistics and image
-//!   variants.
+//! - [`resnet`], [`similarity`], [`variants`], [`representations`]: SwaV's ResNet-50, the robustness analysis'
+//!   statistics, image variants and the backbones' pooled representations of them.
 
 pub mod backbone;
 pub mod clip_text;
@@ -30,6 +30,7 @@ pub mod predict;
 pub mod refine;
 pub mod refine_views;
 pub mod refined;
+pub mod representations;
 pub mod resnet;
 pub mod similarity;
 pub mod talk2dino;

@@ -29,6 +29,22 @@
 //! The bootstrap resamples frames (rows) with replacement from a seeded splitmix64 stream and reports the 2.5 and
 //! 97.5 percentiles with linear interpolation between order statistics (NumPy's default), so intervals are
 //! reproducible from the seed.
+//!
+//! # Statistics that cannot be computed
+//!
+//! The analysis' estimates ([`pair_estimates`], [`purity_estimates`]) never report NaN. A statistic is
+//! *undefined* on a set of frames when one side has the same representation for every frame (no variance:
+//! every comparison is 0/0 — e.g. the foreground variant of frames without any object, or the border variant
+//! when the centre disc covers the frame), when its value is not a finite number (the debiased HSIC estimates
+//! of a side can be ≤ 0), or, for purity, when there are not more points than neighbours. An undefined point
+//! value makes the estimate an error naming the reason ([`SimilarityError::NoVariance`], `NotFinite`, `BadK`);
+//! bootstrap resamples where the statistic is undefined are left out of the interval and counted
+//! ([`Estimate::undefined_resamples`]), and when no resample is left the estimate is `NoResample`. A side has
+//! no variance when the root-mean-square distance of its rows from their mean is at most [`NO_VARIANCE_RMS`]
+//! times the root-mean-square norm of its rows (float32 representations of one image computed in different
+//! batches differ by about 1e-7 relative).
+
+use std::collections::BTreeSet;
 
 use tch::{Kind, Tensor};
 
@@ -51,6 +67,35 @@ pub enum SimilarityError {
     LabelCount { labels: usize, points: i64 },
     #[error("k-NN purity: k = {k} must be in 1..{points}")]
     BadK { k: usize, points: i64 },
+    #[error("the {side} representations are the same for every frame (no variance), so {statistic} is 0/0")]
+    NoVariance { statistic: &'static str, side: String },
+    #[error("{statistic} is not a finite number on these frames")]
+    NotFinite { statistic: &'static str },
+    #[error("{statistic} is defined on none of the {resamples} bootstrap resamples")]
+    NoResample { statistic: &'static str, resamples: usize },
+}
+
+impl SimilarityError {
+    /// Whether the statistic is undefined on these particular frames (rather than called on inputs that do not
+    /// fit it): a bootstrap resample with such an error is left out.
+    pub fn is_undefined(&self) -> bool {
+        matches!(
+            self,
+            Self::NoVariance { .. } | Self::NotFinite { .. } | Self::BadK { .. } | Self::NoResample { .. }
+        )
+    }
+}
+
+/// Relative spread below which a side counts as constant (see the module docs).
+pub const NO_VARIANCE_RMS: f64 = 1e-6;
+
+/// Whether the rows of X (n×p) differ: the RMS distance of the rows from their mean exceeds [`NO_VARIANCE_RMS`]
+/// times the RMS norm of the rows.
+pub fn has_variance(x: &Tensor) -> bool {
+    let x = x.to_kind(Kind::Double);
+    let spread = scalar(&centred(&x).square().sum(Kind::Double));
+    let size = scalar(&x.square().sum(Kind::Double));
+    spread.is_finite() && spread > NO_VARIANCE_RMS * NO_VARIANCE_RMS * size
 }
 
 fn check_pair(x: &Tensor, y: &Tensor, statistic: &'static str, min_rows: i64) -> Result<(), SimilarityError> {
@@ -297,6 +342,8 @@ pub struct Estimate {
     pub value: f64,
     pub ci_low: f64,
     pub ci_high: f64,
+    /// Resamples on which the statistic is undefined, left out of the interval ([`bootstrap_defined`]).
+    pub undefined_resamples: usize,
 }
 
 /// Evaluates `statistic` on all `n` rows and on `resamples` bootstrap resamples of the rows (indices drawn with
@@ -317,6 +364,176 @@ where
         value,
         ci_low: percentile(&values, 2.5),
         ci_high: percentile(&values, 97.5),
+        undefined_resamples: 0,
+    })
+}
+
+/// [`bootstrap`] for a statistic that can be undefined on some frames (see the module docs): an undefined point
+/// value is the error; undefined resamples are left out of the interval and counted; none left is `NoResample`.
+pub fn bootstrap_defined<F>(
+    n: usize,
+    resamples: usize,
+    seed: u64,
+    name: &'static str,
+    statistic: F,
+) -> Result<Estimate, SimilarityError>
+where
+    F: Fn(&Tensor) -> Result<f64, SimilarityError>,
+{
+    let all = Tensor::arange(n as i64, (Kind::Int64, tch::Device::Cpu));
+    let value = statistic(&all)?;
+    let mut rng = SplitMix64::new(seed);
+    let mut values = Vec::with_capacity(resamples);
+    let mut undefined_resamples = 0;
+    for _ in 0..resamples {
+        let idx: Vec<i64> = (0..n).map(|_| rng.below(n as u64) as i64).collect();
+        match statistic(&Tensor::from_slice(&idx)) {
+            Ok(v) => values.push(v),
+            Err(e) if e.is_undefined() => undefined_resamples += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    if values.is_empty() {
+        return Err(SimilarityError::NoResample {
+            statistic: name,
+            resamples,
+        });
+    }
+    Ok(Estimate {
+        value,
+        ci_low: percentile(&values, 2.5),
+        ci_high: percentile(&values, 97.5),
+        undefined_resamples,
+    })
+}
+
+/// `value` of `statistic`, or `NotFinite`.
+fn finite(statistic: &'static str, value: f64) -> Result<f64, SimilarityError> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(SimilarityError::NotFinite { statistic })
+    }
+}
+
+/// The four statistics comparing two representations of the same frames, each with its bootstrap interval or
+/// why it is undefined.
+#[derive(Debug)]
+pub struct PairEstimates {
+    pub cka: Result<Estimate, SimilarityError>,
+    pub cka_debiased: Result<Estimate, SimilarityError>,
+    pub svcca: Result<Estimate, SimilarityError>,
+    pub pwcca: Result<Estimate, SimilarityError>,
+}
+
+/// How the intervals are drawn: resamples and the seed of their stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootstrapSettings {
+    pub resamples: usize,
+    pub seed: u64,
+}
+
+/// CKA, debiased CKA, SVCCA and PWCCA between X (n×p) and Y (n×q), rows = the same frames, named `sides` in
+/// the reasons. SVCCA and PWCCA run on each side's top singular directions keeping 99 % of the variance, at
+/// most `max_dims`, reduced once on all frames; each statistic is bootstrapped over frames with the same
+/// resamples ([`bootstrap_defined`]).
+pub fn pair_estimates(
+    x: &Tensor,
+    y: &Tensor,
+    sides: [&str; 2],
+    settings: BootstrapSettings,
+    max_dims: usize,
+) -> PairEstimates {
+    let n = x.size()[0] as usize;
+    let (rx, ry) = (svd_reduce(x, 0.99, Some(max_dims)), svd_reduce(y, 0.99, Some(max_dims)));
+    let estimate = |name: &'static str, a: &Tensor, b: &Tensor, f: &dyn Fn(&Tensor, &Tensor) -> Result<f64, SimilarityError>| {
+        bootstrap_defined(n, settings.resamples, settings.seed, name, |idx| {
+            let (a, b) = (a.index_select(0, idx), b.index_select(0, idx));
+            for (side, m) in sides.iter().zip([&a, &b]) {
+                if !has_variance(m) {
+                    return Err(SimilarityError::NoVariance {
+                        statistic: name,
+                        side: (*side).to_string(),
+                    });
+                }
+            }
+            finite(name, f(&a, &b)?)
+        })
+    };
+    PairEstimates {
+        cka: estimate("CKA", x, y, &linear_cka),
+        cka_debiased: estimate("debiased CKA", x, y, &linear_cka_debiased),
+        svcca: estimate("SVCCA", &rx, &ry, &|a, b| svcca(a, b, 1.0, None)),
+        pwcca: estimate("PWCCA", &rx, &ry, &pwcca),
+    }
+}
+
+/// k-NN purity of pooled variants with bootstrap intervals: per variant and overall.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PurityEstimates {
+    pub per_label: Vec<Estimate>,
+    pub overall: Estimate,
+}
+
+/// k-NN purity of the pooled representations of `per_label` groups (each n×p, rows = the same frames), with a
+/// bootstrap over frames in which each drawn frame counts once (a duplicated point would be its own nearest
+/// neighbour). Undefined when k is not below the number of points; a resample with too few distinct frames for
+/// k is left out of the intervals and counted.
+pub fn purity_estimates(
+    per_label: &[Tensor],
+    k: usize,
+    settings: BootstrapSettings,
+) -> Result<PurityEstimates, SimilarityError> {
+    let n = per_label.first().map_or(0, |m| m.size()[0] as usize);
+    let compute = |frames: &[i64]| -> Result<Purity, SimilarityError> {
+        let idx = Tensor::from_slice(frames);
+        let points = Tensor::cat(
+            &per_label.iter().map(|m| m.index_select(0, &idx)).collect::<Vec<_>>(),
+            0,
+        );
+        let labels: Vec<usize> = (0..per_label.len())
+            .flat_map(|v| std::iter::repeat_n(v, frames.len()))
+            .collect();
+        knn_purity(&points, &labels, k)
+    };
+    let all: Vec<i64> = (0..n as i64).collect();
+    let point = compute(&all)?;
+    let mut rng = SplitMix64::new(settings.seed);
+    let mut samples: Vec<Purity> = Vec::new();
+    let mut undefined_resamples = 0;
+    for _ in 0..settings.resamples {
+        let drawn: BTreeSet<i64> = (0..n).map(|_| rng.below(n as u64) as i64).collect();
+        let drawn: Vec<i64> = drawn.into_iter().collect();
+        match compute(&drawn) {
+            Ok(p) => samples.push(p),
+            Err(e) if e.is_undefined() => undefined_resamples += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    if samples.is_empty() {
+        return Err(SimilarityError::NoResample {
+            statistic: "k-NN purity",
+            resamples: settings.resamples,
+        });
+    }
+    let ci = |value: f64, pick: &dyn Fn(&Purity) -> f64| -> Result<Estimate, SimilarityError> {
+        let v: Vec<f64> = samples.iter().map(pick).collect();
+        Ok(Estimate {
+            value: finite("k-NN purity", value)?,
+            ci_low: percentile(&v, 2.5),
+            ci_high: percentile(&v, 97.5),
+            undefined_resamples,
+        })
+    };
+    let per_label = point
+        .per_label
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| ci(v, &|s: &Purity| s.per_label[i]))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PurityEstimates {
+        per_label,
+        overall: ci(point.overall, &|s: &Purity| s.overall)?,
     })
 }
 

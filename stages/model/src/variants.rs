@@ -12,7 +12,7 @@
 //!
 //! Everything is a tensor operation on the image's device; the output has the input's shape and kind Float.
 
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 /// Which part of the frame a variant keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -154,6 +154,43 @@ pub fn gaussian_blur(image: &Tensor, sigma_px: f64) -> Tensor {
         3,
     );
     x.squeeze_dim(0)
+}
+
+/// An RGB frame (`height`×`width`×3 bytes, row-major) as a (3, H, W) float image in [0, 1].
+pub fn image_from_rgb(rgb: &[u8], height: usize, width: usize) -> Result<Tensor, TchError> {
+    let (h, w) = (height as i64, width as i64);
+    Tensor::f_from_slice(rgb)?
+        .f_view([h, w, 3])?
+        .f_permute([2, 0, 1])?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(255.0)
+}
+
+/// The foreground mask (H, W) of an id map (row-major, `height`×`width`, 0 = background): every object's pixels.
+pub fn foreground_from_ids(ids: &[u32], height: usize, width: usize) -> Result<Tensor, TchError> {
+    let labels: Vec<i64> = ids.iter().map(|&l| i64::from(l != 0)).collect();
+    Tensor::f_from_slice(&labels)?
+        .f_view([height as i64, width as i64])?
+        .f_to_kind(Kind::Bool)
+}
+
+/// A (3, H, W) image in [0, 1] as RGB bytes (row-major, clamped and rounded).
+pub fn to_rgb_bytes(image: &Tensor) -> Result<Vec<u8>, TchError> {
+    let bytes = (image.f_clamp(0.0, 1.0)? * 255.0)
+        .f_round()?
+        .f_to_kind(Kind::Uint8)?
+        .f_permute([1, 2, 0])?
+        .f_contiguous()?;
+    Vec::<u8>::try_from(bytes.f_flatten(0, -1)?)
+}
+
+/// The variant of every (image, foreground) pair, stacked as a batch (B, 3, H, W); the images share one size.
+pub fn variant_batch(frames: &[(Tensor, Tensor)], variant: Variant, params: &VariantParams) -> Result<Tensor, TchError> {
+    let images: Vec<Tensor> = frames
+        .iter()
+        .map(|(image, fg)| make_variant(image, fg, variant, params))
+        .collect();
+    Tensor::f_stack(&images, 0)
 }
 
 /// The variant of `image` (3, H, W) in [0, 1] given its foreground mask (H, W).
