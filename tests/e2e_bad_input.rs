@@ -41,7 +41,8 @@ const INFER: &str =
 const TRAIN_ANY_CONFIG: &str = "train dinosaur --dataset frames --quiet --device cpu --steps 2 --features {views} --out {out}";
 const TRAIN: &str =
     "train dinosaur --dataset frames --quiet --device cpu --steps 2 --config {tiny} --features {views} --out {out}";
-const STAGE1: &str = "refine stage1 --quiet --device cpu --steps 2 --from {run} --labels {labels} --root {root} --out {out}";
+const STAGE1: &str = "refine stage1 --quiet --device cpu --steps 2 --from {run} --labels {labels} --root {root} \
+                      --features {windows} --out {out}";
 const T2D: &str = "--quiet --device cpu --backbone {backbone} --backbone-weights {vit} --text-weights {vit} --psi-weights {vit}";
 
 macro_rules! case {
@@ -58,10 +59,10 @@ fn cases() -> Vec<Case> {
         case!("labels", "`--time-budget inf`", [LABELS, "--time-budget inf"], "`inf`", 2),
         case!("labels", "`--threads 0`", [LABELS, "--threads 0"], "--threads", 2),
         case!("labels", "`--torch-threads 0`", [LABELS, "--torch-threads 0"], "--torch-threads", 2),
-        case!("labels", "`--max-failures -1`", [LABELS, "--max-failures -1"], "--max-failures", 2),
+        case!("labels", "`--max-failures -1`", [LABELS, "--max-failures -1"], "-1", 2),
         case!("labels", "`--corner-threshold-px nan`", [LABELS, "--corner-threshold-px nan"], "corner", 2),
-        case!("labels", "`--fg-threshold-px=-1`", [LABELS, "--fg-threshold-px=-1"], "fg", 2),
-        case!("labels", "`--min-instance-px 4294967296`", [LABELS, "--min-instance-px 4294967296"], "4294967296", 2),
+        case!("labels", "`--fg-threshold-px=-1`", [LABELS, "--fg-threshold-px=-1"], "fg_threshold_px = -1", 1),
+        case!("labels", "`--min-instance-px 4294967296`", [LABELS, "--min-instance-px 4294967296"], "4294967296", 1),
         case!("labels", "`--min-run-frames 0`", [LABELS, "--min-run-frames 0"], "min", 2),
         case!("labels", "`--resize 0x64`", [LABELS, "--resize 0x64"], "0x64", 2),
         case!("labels", "`--shard 3/2` (I ≥ N)", [LABELS, "--shard 3/2"], "3/2", 2),
@@ -83,10 +84,10 @@ fn cases() -> Vec<Case> {
         case!("flow", "`--time-budget nan`", ["flow --dataset frames --quiet --root {root} --out {out} --time-budget nan"], "`nan`", 2),
         case!("flow", "`--out` is a labels run", ["flow --dataset frames --quiet --root {root} --out {labels}"], "labels", 1),
         // synth
-        case!("synth", "`--frames 1`", ["synth --out {out} --frames 1"], "--frames", 2),
+        case!("synth", "`--frames 1`", ["synth --out {out} --frames 1"], "frames must be in 2..", 1),
         case!("synth", "`--size 0x64`", ["synth --out {out} --size 0x64"], "0x64", 2),
         case!("synth", "`--seed -1`", ["synth --out {out} --seed -1"], "-1", 2),
-        case!("synth", "`--sequences 0`", ["synth --out {out} --sequences 0"], "--sequences", 2),
+        case!("synth", "`--sequences 0`", ["synth --out {out} --sequences 0"], "sequences must be in 1..", 1),
         case!("synth", "`--out` holds another dataset", ["synth --out {data} --seed 7"], "data", 1),
         // status, finalize
         case!("status", "`--num-shards 0`", ["status --out {labels} --num-shards 0"], "--num-shards", 2),
@@ -100,7 +101,7 @@ fn cases() -> Vec<Case> {
         case!("eval", "`--json` inside the labels run", ["eval --labels {labels} --gt {data} --gt-format synth --json {labels}/x.json"], "labels", 1),
         case!("eval", "missing `--gt`", ["eval --labels {labels} --gt {missing} --gt-format synth --json {out}"], "nosuch", 1),
         case!("compare", "truncated JSON `--eval`", ["compare --eval a={bad_json} --json {out}"], "bad.json", 1),
-        case!("compare", "`--eval` without a name", ["compare --eval {bad_json} --json {out}"], "NAME=FILE", 2),
+        case!("compare", "`--eval` without a name", ["compare --eval {bad_json} --json {out}"], "NAME=FILE", 1),
         case!("compare", "`--json` is its input", ["compare --eval a={eval_json} --json {eval_json}"], "eval.json", 1),
         case!("report", "`--out` is the labels run", ["report --labels {labels} --out {labels}"], "labels", 1),
         case!("report", "`--samples 0`", ["report --labels {labels} --out {out} --samples 0"], "--samples", 2),
@@ -122,19 +123,19 @@ fn cases() -> Vec<Case> {
         case!("train", "`--time-budget=-1`", [TRAIN, "--time-budget=-1"], "`-1`", 2),
         case!("train", "`--steps 0`", [TRAIN, "--steps 0"], "--steps", 2),
         case!("train", "`--workers 0`", [TRAIN, "--workers 0"], "--workers", 2),
-        case!("train", "`--batch-size 0`", [TRAIN, "--batch-size 0"], "--batch-size", 2),
-        case!("train", "`--lr nan`", [TRAIN, "--lr nan"], "lr", 2),
+        case!("train", "`--batch-size 0`", [TRAIN, "--batch-size 0"], "batch", 1),
+        case!("train", "`--lr nan`", [TRAIN, "--lr nan"], "lr", 1),
         case!("train", "`--seed -1`", [TRAIN, "--seed -1"], "-1", 2),
         case!("train", "config `adam_beta1: 2`", [TRAIN_ANY_CONFIG, "--config {beta_json}"], "adam_beta1", 1),
         case!("train", "config `clip_grad_norm: -1`", [TRAIN_ANY_CONFIG, "--config {clip_json}"], "clip_grad_norm", 1),
         case!("train", "missing `--features`", [TRAIN, "--features {missing}"], "nosuch", 1),
         case!("train", "`--out` is the cache", [TRAIN, "--out {views}"], "views", 1),
-        case!("train", "cache of another backbone", [TRAIN, "--backbone {other_backbone}"], "depth=2", 1),
         case!("refine", "`--time-budget nan`", [STAGE1, "--time-budget nan"], "`nan`", 2),
         case!("refine", "`--epochs 0`", [STAGE1, "--epochs 0"], "--epochs", 2),
         case!("refine", "`--background-weight 2`", [STAGE1, "--background-weight 2"], "background", 1),
-        case!("refine", "stage 2 from a baseline", ["refine stage2 --quiet --device cpu --steps 2 --from {run} --labels {labels} --root {root} --out {out}"], "baseline", 1),
-        case!("refine", "`--from` a ViT's weights", ["refine stage1 --quiet --device cpu --steps 2 --from {vit} --labels {labels} --root {root} --out {out}"], "vit.safetensors", 1),
+        case!("refine", "stage 2 from a baseline", ["refine stage2", &STAGE1["refine stage1".len()..]], "baseline", 1),
+        case!("refine", "`--from` a ViT's weights", [STAGE1, "--from {vit}"], "vit.safetensors", 1),
+        case!("refine", "cache of another backbone", [STAGE1, "--features {windows2}"], "backbone", 1),
         // infer
         case!("infer", "`--seed -1`", [INFER, "--model {run} --seed -1"], "-1", 2),
         case!("infer", "`--batch 0`", [INFER, "--model {run} --batch 0"], "--batch", 2),
@@ -145,7 +146,7 @@ fn cases() -> Vec<Case> {
         case!("infer", "`--out` is the labels run", [INFER, "--model {run} --out {labels}"], "labels", 1),
         // analyze
         case!("analyze", "`--k 1000` on a few points", ["analyze --labels {labels} --gt {data} --gt-format synth --backbone {backbone} --backbone-weights {vit} --out {out} --device cpu --k 1000"], "--k", 1),
-        case!("analyze", "`--frames 0`", ["analyze --labels {labels} --gt {data} --gt-format synth --backbone {backbone} --backbone-weights {vit} --out {out} --frames 0"], "--frames", 2),
+        case!("analyze", "`--frames 0`", ["analyze --labels {labels} --gt {data} --gt-format synth --backbone {backbone} --backbone-weights {vit} --out {out} --frames 0"], "--frames", 1),
         case!("analyze", "truncated weights", ["analyze --labels {labels} --gt {data} --gt-format synth --backbone {backbone} --backbone-weights {bad_st} --out {out} --device cpu"], "bad.safetensors", 1),
         // name, segment
         case!("name", "`--batch 0`", ["name --labels {labels} --root {root} --classes car --out {out} --batch 0", T2D], "--batch", 2),
@@ -186,6 +187,15 @@ impl Fixture {
         run_ok(mrdino().args(["features", "--dataset", "frames", "--quiet", "--device", "cpu", "--size", "378x378"])
             .args(["--backbone", BACKBONE, "--backbone-weights"]).arg(&vit)
             .arg("--root").arg(&frames).arg("--out").arg(&views));
+        let windows_of = |name: &str, spec: &str, weights: &Path| {
+            let out = d.join(name);
+            run_ok(mrdino().args(["features", "--dataset", "frames", "--quiet", "--device", "cpu", "--views", "windows"])
+                .args(["--backbone", spec, "--backbone-weights"]).arg(weights)
+                .arg("--labels").arg(&labels).arg("--root").arg(&frames).arg("--out").arg(&out));
+            out
+        };
+        let windows = windows_of("windows", BACKBONE, &vit);
+        let windows2 = windows_of("windows2", OTHER_BACKBONE, &vit2);
         let tiny = d.join("tiny.json");
         std::fs::write(&tiny, br#"{"model": {"n_slots": 3, "slot_dim": 8, "decoder_hidden": 16}, "batch_size": 2}"#).unwrap();
         let run = d.join("run");
@@ -222,6 +232,8 @@ impl Fixture {
         paths.insert("bad_labels", bad_labels.display().to_string());
         paths.insert("predictions", predictions.display().to_string());
         paths.insert("views", views.display().to_string());
+        paths.insert("windows", windows.display().to_string());
+        paths.insert("windows2", windows2.display().to_string());
         paths.insert("run", run.display().to_string());
         paths.insert("vit", vit.display().to_string());
         paths.insert("vit2", vit2.display().to_string());

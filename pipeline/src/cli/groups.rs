@@ -54,7 +54,7 @@ pub struct JobArgs {
     #[arg(long, value_parser = values::shard)]
     pub shard: Option<Shard>,
     /// Exit with code 3 when more than this many units or frames failed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub max_failures: usize,
     #[command(flatten)]
     pub run: RunArgs,

@@ -93,6 +93,13 @@ pub fn check_outputs(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> Res
     Ok(())
 }
 
+/// [`check_outputs`] for the one output directory (`--out`) of a job, with its optional inputs (absent flags are
+/// `None`); a run directory given as an input is read through [`job_inputs`].
+pub fn check_out_dir(out: &Path, inputs: &[(&str, Option<&Path>)]) -> Result<()> {
+    let present: Vec<(&str, &Path)> = inputs.iter().filter_map(|(flag, path)| path.map(|p| (*flag, p))).collect();
+    check_outputs(&present, &[("--out", out)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::cli::features::{FeaturesArgs, ViewsKind};
+use crate::engine::paths::{check_out_dir, job_inputs};
 use crate::engine::job::{build_plan, OpenJob, UnitTally};
 use crate::engine::progress;
 use crate::engine::status::JobKind;
@@ -212,6 +213,13 @@ fn check_cache(args: &FeaturesArgs, hash: &str) -> Result<()> {
 
 /// `mrdino features`.
 pub fn run(args: &FeaturesArgs, stop: &StopHandle) -> Result<ExitCode> {
+    let labels = args.labels.as_deref().map(|run| job_inputs(run, mrdino_outputs::layout::LABELS_DATA_DIRS)).unwrap_or_default();
+    let mut inputs = vec![
+        ("--root", Some(args.input.root.as_path())),
+        ("--backbone-weights", args.backbone.backbone_weights.as_deref()),
+    ];
+    inputs.extend(labels.iter().map(|p| ("--labels", Some(p.as_path()))));
+    check_out_dir(&args.out, &inputs)?;
     let started = Instant::now();
     let device = args.device.device()?;
     let request = BackboneRequest {

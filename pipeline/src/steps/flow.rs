@@ -237,6 +237,14 @@ impl Export<'_> {
 
 /// `mrdino flow`.
 pub fn run(args: &FlowCmdArgs, stop: &StopHandle) -> Result<ExitCode> {
+    crate::engine::paths::check_out_dir(
+        &args.out,
+        &[
+            ("--root", Some(&args.input.root)),
+            ("--flow-dir", args.flow.flow_dir.as_deref()),
+            ("--weights", args.flow.weights.as_deref()),
+        ],
+    )?;
     if !args.flow.flow.choice().computes() {
         bail!("`mrdino flow` computes flow; `--flow import` and `--flow kubric` only make sense for `labels`");
     }

@@ -303,6 +303,14 @@ fn load(args: &InferArgs, device: Device) -> Result<(RefinedModel, Box<dyn mrdin
 
 /// `mrdino infer`.
 pub fn run(args: &InferArgs, stop: &StopHandle) -> Result<ExitCode> {
+    crate::engine::paths::check_out_dir(
+        &args.out,
+        &[
+            ("--root", Some(&args.input.root)),
+            ("--model", Some(&args.model)),
+            ("--backbone-weights", args.backbone.backbone_weights.as_deref()),
+        ],
+    )?;
     let started = Instant::now();
     let device = args.device.device()?;
     let (model, backbone, params, model_id) = load(args, device)?;

@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 use crate::cli::name::NameArgs;
+use crate::engine::paths::{check_out_dir, job_inputs};
 use crate::engine::job::{OpenJob, UnitTally, CODE_VERSION};
 use crate::engine::progress;
 use crate::engine::runs::{read_label_tables, source_sequences};
@@ -284,6 +285,16 @@ fn file_metadata(params: &NameParams, hash: &str, source: &Path) -> Result<Vec<(
 
 /// `mrdino name`.
 pub fn run(args: &NameArgs, stop: &StopHandle) -> Result<ExitCode> {
+    let source = args.labels.as_deref().or(args.predictions.as_deref());
+    let runs = source.map(|run| job_inputs(run, mrdino_outputs::layout::LABELS_DATA_DIRS)).unwrap_or_default();
+    let mut inputs = vec![
+        ("--root", args.root.as_deref()),
+        ("--backbone-weights", Some(args.model.backbone_weights.as_path())),
+        ("--text-weights", Some(args.model.text_weights.as_path())),
+        ("--psi-weights", Some(args.model.psi_weights.as_path())),
+    ];
+    inputs.extend(runs.iter().map(|p| ("the source run", Some(p.as_path()))));
+    check_out_dir(&args.out, &inputs)?;
     let started = Instant::now();
     let request = NameRequest::resolve(args)?;
     let shard = args.job.shard()?;

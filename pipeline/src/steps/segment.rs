@@ -217,6 +217,15 @@ fn file_metadata(params: &SegmentParams, hash: &str) -> Result<Vec<(String, Stri
 
 /// `mrdino segment`.
 pub fn run(args: &SegmentArgs, stop: &StopHandle) -> Result<ExitCode> {
+    crate::engine::paths::check_out_dir(
+        &args.out,
+        &[
+            ("--root", Some(&args.input.root)),
+            ("--backbone-weights", Some(&args.model.backbone_weights)),
+            ("--text-weights", Some(&args.model.text_weights)),
+            ("--psi-weights", Some(&args.model.psi_weights)),
+        ],
+    )?;
     let started = Instant::now();
     let request = SegmentRequest::resolve(args)?;
     let shard = args.job.shard()?;

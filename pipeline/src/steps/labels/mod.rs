@@ -104,6 +104,15 @@ pub fn plan(args: &LabelsArgs) -> Result<ExitCode> {
 
 /// `mrdino labels`.
 pub fn run(args: &LabelsArgs, stop: &StopHandle) -> Result<ExitCode> {
+    crate::engine::paths::check_out_dir(
+        &args.out,
+        &[
+            ("--root", Some(&args.input.root)),
+            ("--flow-dir", args.flow.flow_dir.as_deref()),
+            ("--weights", args.flow.weights.as_deref()),
+            ("--config", args.config.as_deref()),
+        ],
+    )?;
     // The pool is sized first: the flow backend reads its size.
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
