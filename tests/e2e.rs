@@ -1355,24 +1355,6 @@ fn only_file_of(dir: &Path, prefix: &str) -> PathBuf {
         .unwrap()
 }
 
-/// Records the current size and hash of every output in the done markers of `out`, so that tables rewritten by
-/// a test count as written by the job (not as corrupt units).
-fn record_rewritten_outputs(out: &Path) {
-    use mrdino_outputs::bookkeeping::{DoneMarker, Ledger};
-    let mut pending = vec![out.join("_done")];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "json") {
-                let marker: DoneMarker<serde_json::Value> =
-                    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-                Ledger::new(out, &marker.kind, &marker.params_hash).write_marker(&marker).unwrap();
-            }
-        }
-    }
-}
 
 #[test]
 fn eval_and_report_on_tables_with_other_column_types_or_oversized_masks_fail_naming_the_file() {
@@ -1413,7 +1395,7 @@ fn eval_and_report_on_tables_with_other_column_types_or_oversized_masks_fail_nam
     let batch = mrdino_outputs::tables::instances_batch(&rows).unwrap();
     let original = std::fs::read(&instances).unwrap();
     mrdino_outputs::tables::write_parquet(&instances, &batch, &[]).unwrap();
-    record_rewritten_outputs(&out);
+    common::record_rewritten_outputs(&out);
     let result = report();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");
@@ -1427,7 +1409,7 @@ fn eval_and_report_on_tables_with_other_column_types_or_oversized_masks_fail_nam
     // Columns of other types.
     let frames = only_file_of(&out.join("frames"), "s01-");
     replace_column_with_strings(&frames, "frame_index");
-    record_rewritten_outputs(&out);
+    common::record_rewritten_outputs(&out);
     for result in [eval(), report()] {
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert_eq!(result.status.code(), Some(1), "{stderr}");
@@ -1439,7 +1421,7 @@ fn eval_and_report_on_tables_with_other_column_types_or_oversized_masks_fail_nam
         );
     }
     replace_column_with_strings(&instances, "area_px");
-    record_rewritten_outputs(&out);
+    common::record_rewritten_outputs(&out);
     let result = report();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(

@@ -5,7 +5,11 @@
 //! * `--label-rules improved` runs and is part of the parameters (another partition); `--fb-check` needs a flow
 //!   method that computes flow and is refused with imported flow;
 //! * `mrdino export` writes COCO and YouTube-VIS files that pycocotools reads, every mask equal to the Parquet
-//!   mask at the original resolution (tools/check_exports.py).
+//!   mask at the original resolution (tools/check_exports.py);
+//! * `mrdino eval` ranks the instances by score: with DIS flow, AP50 by score lies clearly above the fixed set's
+//!   precision × recall, and the same run with its scores shuffled scores lower; it scores tracking against the
+//!   generator's persistent ids (with exact flow ≥ 95 % of consecutive matched pairs keep their track); `report
+//!   --eval` draws the precision–recall curve.
 
 mod common;
 
@@ -182,4 +186,105 @@ fn scores_tracks_rules_and_exports() {
     assert_eq!(summary["instances"].as_u64(), Some(rows.len() as u64), "{summary}");
     assert!(summary["coco"]["annotations"].as_u64().unwrap_or(0) > 0, "{summary}");
     assert!(summary["youtube_vis"]["masks"].as_u64().unwrap_or(0) > 0, "{summary}");
+}
+
+/// Runs `mrdino eval` on a labels run against the generated ground truth and returns its JSON.
+fn eval_json(out: &Path, data: &Path, json: &Path) -> serde_json::Value {
+    run_ok(mrdino().arg("eval").arg("--labels").arg(out).arg("--gt").arg(data).args(["--gt-format", "synth", "--json"]).arg(json));
+    serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
+}
+
+/// Rewrites every instances table of `out` with its `score` column permuted by one fixed permutation of the
+/// run's scores, then lets the done markers vouch for the rewritten files.
+fn shuffle_scores(out: &Path) {
+    use arrow::array::{Array, ArrayRef, Float32Array, RecordBatch};
+    let hashes = partitions(out, LABELS_DATA_DIRS);
+    let layout = Layout::new(out, &hashes[0]);
+    let mut files: Vec<_> = std::fs::read_dir(layout.instances_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let tables: Vec<_> = files.iter().map(|f| mrdino_outputs::tables::read_parquet(f).unwrap()).collect();
+    let mut all: Vec<f32> = Vec::new();
+    for (batches, _) in &tables {
+        for b in batches {
+            let column = b.column_by_name("score").unwrap();
+            let scores = column.as_any().downcast_ref::<Float32Array>().unwrap();
+            all.extend((0..scores.len()).map(|i| scores.value(i)));
+        }
+    }
+    // A fixed pseudo-random permutation (Fisher–Yates with a linear congruential generator).
+    let mut state = 12345u64;
+    for i in (1..all.len()).rev() {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        all.swap(i, (state >> 33) as usize % (i + 1));
+    }
+    let mut next = all.into_iter();
+    for (file, (batches, metadata)) in files.iter().zip(tables) {
+        let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+        let shuffled: Float32Array = (0..batch.num_rows()).map(|_| next.next()).collect();
+        let index = batch.schema().index_of("score").unwrap();
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns[index] = std::sync::Arc::new(shuffled);
+        let rewritten = RecordBatch::try_new(batch.schema(), columns).unwrap();
+        mrdino_outputs::tables::write_parquet(file, &rewritten, &metadata).unwrap();
+    }
+    common::record_rewritten_outputs(out);
+}
+
+#[test]
+fn eval_ranks_by_score_scores_tracks_and_the_report_draws_the_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let frames = synth(&data, "160x96", 3, 16);
+    let out = dir.path().join("labels-dis");
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "frames", "--quiet", "--flow", "dis", "--root"])
+            .arg(&frames)
+            .arg("--out")
+            .arg(&out),
+    );
+    let result = eval_json(&out, &data, &dir.path().join("eval.json"));
+    let ranked = &result["ranked"];
+    let ap = ranked["ap50"].as_f64().unwrap();
+    let chance = ranked["precision_at_full"].as_f64().unwrap() * ranked["recall_at_full"].as_f64().unwrap();
+    eprintln!("DIS flow: AP50 by score {ap:.3}, fixed-set precision × recall {chance:.3}; {ranked}");
+    assert!(ranked["predictions"].as_u64().unwrap() >= 20, "{ranked}");
+    assert!(ap > chance + 0.05, "AP50 by score {ap} is not clearly above precision × recall {chance}");
+    assert!(!ranked["curve"].as_array().unwrap().is_empty());
+    let tracking = &result["tracking"];
+    for figure in ["motsa", "idf1", "same_track_fraction"] {
+        assert!(tracking[figure].as_f64().is_some_and(|v| v <= 1.0), "{tracking}");
+    }
+
+    // The report draws the curve of this evaluation.
+    let report = dir.path().join("report");
+    run_ok(
+        mrdino()
+            .arg("report")
+            .arg("--labels")
+            .arg(&out)
+            .arg("--eval")
+            .arg(dir.path().join("eval.json"))
+            .args(["--samples", "1", "--out"])
+            .arg(&report),
+    );
+    let page = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(page.contains("Precision and recall by score") && page.contains(&format!("AP50 {ap:.3}")));
+
+    // The same instances with their scores shuffled rank worse.
+    shuffle_scores(&out);
+    let shuffled = eval_json(&out, &data, &dir.path().join("shuffled.json"));
+    let shuffled_ap = shuffled["ranked"]["ap50"].as_f64().unwrap();
+    eprintln!("shuffled scores: AP50 {shuffled_ap:.3}");
+    assert_eq!(shuffled["metrics"], result["metrics"], "the fixed-set metrics do not depend on the score");
+    assert!(shuffled_ap < ap, "shuffled scores: AP50 {shuffled_ap} not below {ap}");
+
+    // With exact flow the tracks hold.
+    let exact = dir.path().join("labels-exact");
+    run_ok(&mut labels(&frames, &data.join("flow"), &exact, &[]));
+    let result = eval_json(&exact, &data, &dir.path().join("exact.json"));
+    let tracking = &result["tracking"];
+    eprintln!("exact flow tracking: {tracking}");
+    assert!(tracking["same_track_fraction"].as_f64().unwrap() >= 0.95, "{tracking}");
+    assert!(tracking["counts"]["consecutive_pairs"].as_u64().unwrap() >= 5, "{tracking}");
 }

@@ -132,6 +132,67 @@ pub struct ReportInput {
     pub notes: Vec<String>,
     /// Instances per open-vocabulary name (`report --names`), most frequent first; empty = no names table.
     pub name_counts: Vec<(String, usize)>,
+    /// The precision–recall curve of the instances ranked by score (`report --eval`), if any.
+    pub precision_recall: Option<PrecisionRecall>,
+}
+
+/// A precision–recall curve from an `mrdino eval` result: points (recall, precision) from the highest score
+/// down, the AP50 they integrate to, and the fixed set's precision and recall.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrecisionRecall {
+    pub points: Vec<(f64, f64)>,
+    pub ap50: f64,
+    pub precision_at_full: f64,
+    pub recall_at_full: f64,
+}
+
+/// The precision–recall curve as an SVG figure (recall on x, precision on y, both in [0, 1]); the fixed set is a
+/// dot at the curve's end.
+pub fn svg_precision_recall(pr: &PrecisionRecall) -> String {
+    let (left, right, top, bottom) = (46.0, 14.0, 22.0, 30.0);
+    let (plot_w, plot_h) = (300.0, 220.0);
+    let (width, height) = (left + plot_w + right, top + plot_h + bottom);
+    let at = |r: f64, p: f64| (left + plot_w * r.clamp(0.0, 1.0), top + plot_h * (1.0 - p.clamp(0.0, 1.0)));
+    let mut svg = svg_open(width, height, "Precision-recall curve of the instances ranked by score");
+    let _ = write!(
+        svg,
+        r#"<text x="{left}" y="14" class="title">Ranked by score: AP50 {:.3}</text>"#,
+        pr.ap50
+    );
+    let _ = write!(
+        svg,
+        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#adb5bd"/>"##
+    );
+    let path: Vec<String> = std::iter::once((0.0, pr.points.first().map_or(0.0, |p| p.1)))
+        .chain(pr.points.iter().copied())
+        .map(|(r, p)| {
+            let (x, y) = at(r, p);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    let _ = write!(
+        svg,
+        r##"<polyline points="{}" fill="none" stroke="#1c7ed6" stroke-width="1.5"/>"##,
+        path.join(" ")
+    );
+    let (x, y) = at(pr.recall_at_full, pr.precision_at_full);
+    let _ = write!(
+        svg,
+        r##"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="#e8590c"><title>every instance: precision {:.3}, recall {:.3}</title></circle>"##,
+        pr.precision_at_full, pr.recall_at_full
+    );
+    let _ = write!(
+        svg,
+        r#"<text x="{left}" y="{:.1}">0</text><text x="{:.1}" y="{:.1}" text-anchor="end">recall 1</text><text x="{:.1}" y="{:.1}" text-anchor="end">1</text><text x="{:.1}" y="{:.1}" text-anchor="end">0</text></svg>"#,
+        top + plot_h + 14.0,
+        left + plot_w,
+        top + plot_h + 14.0,
+        left - 4.0,
+        top + 8.0,
+        left - 4.0,
+        top + plot_h
+    );
+    svg
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -664,7 +725,17 @@ fn plots(html: &mut String, input: &ReportInput, stats: &[SequenceStats], groups
         "area (px, power-of-two bins)",
         &area_bins(&input.instances),
     ));
-    html.push_str("</div>\n<h2>Foreground fraction over frame index</h2>\n");
+    html.push_str("</div>\n");
+    if let Some(pr) = &input.precision_recall {
+        html.push_str(
+            "<h2>Precision and recall by score</h2>\n<p class=\"note\">Instances ranked by their score and matched \
+             to the ground truth at IoU &gt; 0.5 (<code>mrdino eval</code>); the orange dot is every instance kept \
+             (the reference's fixed set).</p>\n<div class=\"plots\">",
+        );
+        html.push_str(&svg_precision_recall(pr));
+        html.push_str("</div>\n");
+    }
+    html.push_str("<h2>Foreground fraction over frame index</h2>\n");
     html.push_str(
         "<p class=\"note\">Grey line: fraction of pixels above the foreground threshold, every frame with a flow; \
          green dots: labelled frames; blue bands: quasi-static frames. One vertical scale for all sequences.</p>\n<div class=\"fg\">",

@@ -24,4 +24,8 @@ pub struct ReportArgs {
     /// latest names partition made from the reported labels partition).
     #[arg(long, value_name = "OUT")]
     pub names: Option<PathBuf>,
+    /// The JSON `mrdino eval --json` wrote for this run: its precision–recall curve of the instances ranked by
+    /// score is drawn (the run's params hash must be the evaluated one).
+    #[arg(long, value_name = "FILE")]
+    pub eval: Option<PathBuf>,
 }

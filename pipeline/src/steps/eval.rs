@@ -15,6 +15,12 @@
 //! With `synth` ground truth a labels run also gets its quasi-static selection scored against the generator's
 //! static-camera flags (per-frame corner test and membership of a long-enough run).
 //!
+//! When every instance of the run has a confidence `score`, the same IoU > 0.5 matches are ranked by it: AP50
+//! the VOC/COCO way (area under the interpolated precision–recall curve) with the curve itself, next to the
+//! reference's fixed-set precision and recall. When the instances have a `track_id` and the ground truth's ids
+//! persist over frames (`synth`, `kubric`), the labelled frames of each segment are scored as a video: MOTSA,
+//! IDF1, identity switches, fragmentations and the share of consecutive matched pairs that keep their track.
+//!
 //! Before any work the JSON output is checked against the inputs (the run's tables and bookkeeping, the ground
 //! truth): it may not overwrite, lie inside or contain any of them. A unit of the run whose done marker no
 //! longer matches its files (corrupt) is refused, naming the unit and the file: a partial score is never
@@ -27,12 +33,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use mrdino_outputs::layout::LABELS_DATA_DIRS;
 use mrdino_outputs::provenance::FrameGeometry;
 use mrdino_outputs::runs::{RunKind, RunTables};
-use mrdino_outputs::tables::read_prediction_columns;
+use mrdino_outputs::tables::{read_prediction_columns, ScoreAndTrack};
 use mrdino_outputs::{write_atomic, FrameRow, InstanceRow};
 use mrdino_stages::ground_truth::{GroundTruth, GtFormat};
 use mrdino_stages::metrics::{
-    instance_map, quasi_static_retrieval, EvalPreset, Evaluator, LabelMap, MetricsReport, PredictionRule,
-    RetrievalScores,
+    instance_map, match_prediction_ids, quasi_static_retrieval, ranked_average_precision, tracking_counts,
+    EvalPreset, Evaluator, LabelMap, MetricsReport, PredictionRule, RankedAp, RetrievalScores, ScoredPrediction,
+    TrackingCounts, TrackingFrame, TrackingReport,
 };
 use serde::Serialize;
 
@@ -79,6 +86,10 @@ pub struct EvalResult {
     pub per_sequence: Vec<SequenceMetrics>,
     /// Only with `--gt-format synth`.
     pub quasi_static: Option<QuasiStaticScores>,
+    /// AP50 with the instances ranked by their `score` (only when every instance has one).
+    pub ranked: Option<RankedAp>,
+    /// Tracking over the labelled frames of each segment (only with track ids and persistent ground-truth ids).
+    pub tracking: Option<TrackingReport>,
 }
 
 /// A prediction canvas brought back to the original frame through the provenance columns (nearest at pixel
@@ -153,6 +164,11 @@ struct Scores<'a> {
     per_sequence: BTreeMap<&'a str, Evaluator>,
     labelled: usize,
     missing: usize,
+    /// Every counted instance with its score and match (`None` once an instance has no score).
+    ranked: Option<Vec<ScoredPrediction>>,
+    ground_truth_objects: usize,
+    /// The labelled frames of each (sequence, segment), in order (`None` when tracking is not scored).
+    videos: Option<BTreeMap<(&'a str, u32), Vec<TrackingFrame>>>,
 }
 
 /// What scoring a run needs besides its tables.
@@ -162,6 +178,8 @@ struct Scoring<'g> {
     resolution: EvalPreset,
     predictions: bool,
     skip_missing_gt: bool,
+    /// Ground-truth ids persist over the frames of a sequence.
+    persistent_ids: bool,
 }
 
 impl Scoring<'_> {
@@ -205,14 +223,65 @@ impl Scoring<'_> {
         Ok(Some((back, truth)))
     }
 
+    /// Adds one frame's matches, by instance, to the ranking and the tracking.
+    fn add_matches<'t>(
+        &self,
+        scores: &mut Scores<'t>,
+        frame: &'t FrameRow,
+        maps: (&LabelMap, &LabelMap),
+        instances: &[(&InstanceRow, ScoreAndTrack)],
+    ) -> Result<()> {
+        if scores.ranked.is_none() && scores.videos.is_none() {
+            return Ok(());
+        }
+        let (prediction, truth) = self.resolution.to_eval_resolution(maps.0, maps.1)?;
+        let matches = match_prediction_ids(&prediction.labels, &truth.labels, self.scoring.rule)?;
+        let of = |id: u32| instances.iter().find(|(row, _)| row.instance_id == id).map(|(_, st)| *st);
+        scores.ground_truth_objects += matches.ground_truth_ids.len();
+        if let Some(ranked) = &mut scores.ranked {
+            let scored: Option<Vec<ScoredPrediction>> = matches
+                .predictions
+                .iter()
+                .map(|m| {
+                    of(m.prediction_id).and_then(|st| st.score).map(|score| ScoredPrediction {
+                        score: f64::from(score),
+                        true_positive: m.ground_truth_id.is_some(),
+                    })
+                })
+                .collect();
+            match scored {
+                Some(scored) => ranked.extend(scored),
+                None => scores.ranked = None,
+            }
+        }
+        if let (Some(videos), Some(segment)) = (&mut scores.videos, frame.segment) {
+            let mut tracked = TrackingFrame {
+                ground_truth_ids: matches.ground_truth_ids.clone(),
+                ..TrackingFrame::default()
+            };
+            for m in &matches.predictions {
+                let Some(track) = of(m.prediction_id).and_then(|st| st.track_id) else {
+                    scores.videos = None;
+                    return Ok(());
+                };
+                tracked.track_ids.push(track);
+                if let Some(gt) = m.ground_truth_id {
+                    tracked.matches.push((gt, track));
+                }
+            }
+            videos.entry((frame.sequence_id.as_str(), segment)).or_default().push(tracked);
+        }
+        Ok(())
+    }
+
     /// Scores every labelled frame of `tables`.
     fn score<'t>(&mut self, tables: &'t RunTables) -> Result<Scores<'t>> {
-        let mut by_frame: BTreeMap<(&str, u32), Vec<&InstanceRow>> = BTreeMap::new();
-        for inst in &tables.instances {
+        let mut by_frame: BTreeMap<(&str, u32), Vec<(&InstanceRow, ScoreAndTrack)>> = BTreeMap::new();
+        for (i, inst) in tables.instances.iter().enumerate() {
             by_frame
                 .entry((inst.sequence_id.as_str(), inst.frame_index))
                 .or_default()
-                .push(inst);
+                .push((inst, tables.scores.get(i).copied().unwrap_or_default()));
         }
         let (resolution, rule) = (self.resolution, self.scoring.rule);
         let evaluator = move || Evaluator::new(resolution).with_rule(rule);
@@ -221,15 +290,20 @@ impl Scoring<'_> {
             per_sequence: BTreeMap::new(),
             labelled: 0,
             missing: 0,
+            ranked: (!tables.instances.is_empty()).then(Vec::new),
+            ground_truth_objects: 0,
+            videos: self.persistent_ids.then(BTreeMap::new),
         };
         for frame in tables.frames.iter().filter(|f| f.labelled) {
             scores.labelled += 1;
             let key = (frame.sequence_id.as_str(), frame.frame_index);
             let instances = by_frame.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-            let Some((prediction, truth)) = self.pair(frame, instances)? else {
+            let rows: Vec<&InstanceRow> = instances.iter().map(|(row, _)| *row).collect();
+            let Some((prediction, truth)) = self.pair(frame, &rows)? else {
                 scores.missing += 1;
                 continue;
             };
+            self.add_matches(&mut scores, frame, (&prediction, &truth), instances)?;
             let context = || format!("frame {} of {}", frame.frame_name, frame.sequence_id);
             scores.overall.add_image(&prediction, &truth).with_context(context)?;
             scores
@@ -269,8 +343,20 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
         resolution,
         predictions: model_kind.is_some(),
         skip_missing_gt: args.skip_missing_gt,
+        persistent_ids: matches!(args.gt_format, GtFormat::Synth | GtFormat::Kubric),
     }
     .score(&tables)?;
+    let ranked = scores
+        .ranked
+        .as_ref()
+        .map(|ranked| ranked_average_precision(ranked, scores.ground_truth_objects));
+    let tracking = scores.videos.as_ref().map(|videos| {
+        let mut counts = TrackingCounts::default();
+        for frames in videos.values() {
+            counts += tracking_counts(frames);
+        }
+        counts.report()
+    });
     let quasi_static = if args.gt_format == GtFormat::Synth && tables.kind == RunKind::Labels {
         Some(retrieval(&tables.frames, &mut gt)?)
     } else {
@@ -298,6 +384,8 @@ pub fn evaluate(args: &EvalArgs) -> Result<EvalResult> {
             })
             .collect(),
         quasi_static,
+        ranked,
+        tracking,
     })
 }
 
@@ -419,6 +507,31 @@ pub fn format_table(result: &EvalResult) -> String {
     let mut out = format_header(result) + &format_metrics(result);
     if let Some(q) = &result.quasi_static {
         out.push_str(&format_retrieval(q));
+    }
+    if let Some(r) = &result.ranked {
+        out.push_str(&format!(
+            "\nranked by score: AP50 {:.3} ({} instances, {} true positives, {} objects); the fixed set: precision \
+             {:.3} × recall {:.3} = {:.3}\n",
+            r.ap50,
+            r.predictions,
+            r.true_positives,
+            r.ground_truth,
+            r.precision_at_full,
+            r.recall_at_full,
+            r.precision_at_full * r.recall_at_full
+        ));
+    }
+    if let Some(t) = &result.tracking {
+        out.push_str(&format!(
+            "tracking (labelled frames of each segment): MOTSA {:.3}, IDF1 {:.3}, {} identity switches, {} \
+             fragmentations; {:.1} % of {} consecutive matched pairs keep their track\n",
+            t.motsa,
+            t.idf1,
+            t.counts.id_switches,
+            t.counts.fragmentations,
+            100.0 * t.same_track_fraction,
+            t.counts.consecutive_pairs
+        ));
     }
     out
 }

@@ -26,7 +26,7 @@ use mrdino_outputs::flowviz::{flow_to_image, wheel_legend, write_rgb_png};
 use mrdino_outputs::layout::{unit_key, LABELS_DATA_DIRS};
 use mrdino_outputs::names::NAMES_DATA_DIRS;
 use mrdino_outputs::overlay::{write_overlay, OverlayInstance};
-use mrdino_outputs::report::{render_html, ReportInput, SampleFigure};
+use mrdino_outputs::report::{render_html, PrecisionRecall, ReportInput, SampleFigure};
 use mrdino_outputs::runs::{sample_frames, RunKind, RunTables as LabelTables};
 use mrdino_outputs::{write_atomic, FrameRow, InstanceRow};
 use mrdino_stages::flow::files::{find_flow_file, read_flow_file};
@@ -319,6 +319,9 @@ fn check_paths(args: &ReportArgs, tables: &LabelTables) -> Result<()> {
         .map(|dir| job_inputs(dir, NAMES_DATA_DIRS))
         .unwrap_or_default();
     inputs.extend(names.iter().map(|p| ("--names", p.as_path())));
+    if let Some(file) = &args.eval {
+        inputs.push(("--eval", file));
+    }
     if let Some(dir) = &args.flow_dir {
         inputs.push(("--flow-dir", dir));
     }
@@ -447,6 +450,46 @@ fn write_legend(out: &Path, samples: &[SampleFigure]) -> Result<Option<String>> 
     Ok(Some("flow-wheel.png".to_string()))
 }
 
+/// The precision–recall curve of an `mrdino eval` JSON (`--eval`) of the reported partition; a file of another
+/// partition, or without a ranking (instances without scores), is refused naming it.
+fn read_precision_recall(file: Option<&Path>, params_hash: &str) -> Result<Option<PrecisionRecall>> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read --eval {}", file.display()))?;
+    let result: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("--eval {}: not the JSON of `mrdino eval`", file.display()))?;
+    let evaluated = result["params_hash"].as_str().unwrap_or_default();
+    if evaluated != params_hash {
+        bail!(
+            "--eval {} scores params={evaluated}, but the report is of params={params_hash}",
+            file.display()
+        );
+    }
+    let ranked = &result["ranked"];
+    let number = |v: &serde_json::Value| v.as_f64();
+    let points: Option<Vec<(f64, f64)>> = ranked["curve"]
+        .as_array()
+        .map(|curve| curve.iter().filter_map(|p| Some((number(&p["recall"])?, number(&p["precision"])?))).collect());
+    let (Some(points), Some(ap50), Some(precision), Some(recall)) = (
+        points,
+        number(&ranked["ap50"]),
+        number(&ranked["precision_at_full"]),
+        number(&ranked["recall_at_full"]),
+    ) else {
+        bail!(
+            "--eval {}: no ranking by score (a run without scores, or eval of an earlier version)",
+            file.display()
+        );
+    };
+    Ok(Some(PrecisionRecall {
+        points,
+        ap50,
+        precision_at_full: precision,
+        recall_at_full: recall,
+    }))
+}
+
 /// `mrdino report`.
 pub fn run(args: &ReportArgs) -> Result<()> {
     let tables = read_label_tables(&args.labels, args.params.as_deref())?;
@@ -464,6 +507,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let legend_href = write_legend(&args.out, &samples)?;
     let name_counts = name_counts(&tables, &names);
     let facts = facts(args, &tables, params.as_ref(), (names_params.as_ref(), &name_counts));
+    let precision_recall = read_precision_recall(args.eval.as_deref(), &tables.layout.params_hash)?;
     let input = ReportInput {
         title: "mrdino pseudo-label report".into(),
         facts,
@@ -474,6 +518,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         legend_href,
         notes,
         name_counts,
+        precision_recall,
     };
     let index = args.out.join("index.html");
     write_atomic(&index, render_html(&input).as_bytes())?;
