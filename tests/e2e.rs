@@ -1,5 +1,6 @@
 //! End-to-end tests: each builds a small dataset in a temporary directory, runs the real `mrdino` binary and
 //! reads the Parquet tables back (in Rust, and with pyarrow, duckdb and pycocotools).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

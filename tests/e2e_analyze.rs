@@ -1,6 +1,7 @@
 //! End-to-end test of `mrdino analyze`: synth labels → two random-weight ViTs and a random-weight ResNet-50 →
 //! the JSON holds every pair of variants per backbone and representation and every pair of backbones per
 //! variant, and the HTML report renders in headless Chromium (DOM dumped and a screenshot taken).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

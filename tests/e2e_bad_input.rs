@@ -6,6 +6,7 @@
 //!
 //! The case table is also the documentation: `docs/bad-input.md` is rendered from it together with the first
 //! error line each case prints. The test fails when the file differs; `MRDINO_BLESS=1` rewrites it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

@@ -7,6 +7,7 @@
 //!
 //! The panic comes from the engine's fault hook (`MRDINO_FAULT_PANIC_UNIT=<unit id>`), which panics inside the
 //! unit's work, where a libtorch or OpenCV panic would surface.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

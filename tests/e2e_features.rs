@@ -1,6 +1,7 @@
 //! End-to-end tests of `mrdino features`: a feature cache of `mrdino synth` frames with a random-weight ViT,
 //! read back by the cache reader; the same job as two shards equals one run; `status` / `finalize` on the cache;
 //! a rerun skips done units; a stop by time budget exits 4 and resumes; another backbone is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

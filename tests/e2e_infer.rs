@@ -14,6 +14,7 @@
 //!   KITTI-encoded and TRI-PD ground truth, and refuses a labels run given as predictions;
 //! * the TRI-PD (two 490 windows on a 980×490 canvas) and MOVi-E (one 266 window) presets, each with a model
 //!   trained on views of its window size, predict and score end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

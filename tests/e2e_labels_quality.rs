@@ -10,6 +10,7 @@
 //!   precision × recall, and the same run with its scores shuffled scores lower; it scores tracking against the
 //!   generator's persistent ids (with exact flow ≥ 95 % of consecutive matched pairs keep their track); `report
 //!   --eval` draws the precision–recall curve.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 
@@ -249,7 +250,13 @@ fn eval_ranks_by_score_scores_tracks_and_the_report_draws_the_curve() {
     let chance = ranked["precision_at_full"].as_f64().unwrap() * ranked["recall_at_full"].as_f64().unwrap();
     eprintln!("DIS flow: AP50 by score {ap:.3}, fixed-set precision × recall {chance:.3}; {ranked}");
     assert!(ranked["predictions"].as_u64().unwrap() >= 20, "{ranked}");
-    assert!(ap > chance + 0.05, "AP50 by score {ap} is not clearly above precision × recall {chance}");
+    // An uninformative ranking scores precision × recall in expectation, a perfect one the recall: the score must
+    // take a clear share of the room between them.
+    let perfect = ranked["recall_at_full"].as_f64().unwrap();
+    assert!(
+        ap > chance + 0.25 * (perfect - chance),
+        "AP50 by score {ap} is not clearly above precision × recall {chance} (perfect ranking: {perfect})"
+    );
     assert!(!ranked["curve"].as_array().unwrap().is_empty());
     let tracking = &result["tracking"];
     for figure in ["motsa", "idf1", "same_track_fraction"] {

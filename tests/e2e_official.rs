@@ -13,6 +13,7 @@
 //!   naming both;
 //! * a model file written under the previous rule (backbone recorded as the SHA-256 of the weights file's bytes)
 //!   runs with that very file and is refused, with what to do, with any other.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! End-to-end tests of label quality: `mrdino eval` on generated data with exact ground truth and on a
 //! hand-made prediction whose scores are worked out below, and `mrdino report` rendered from a real run.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

@@ -11,6 +11,7 @@
 //!   flag on the same run directory is refused;
 //! * the on-the-fly path (frames → windows → backbone) sees the same windows and masks as the cache: its first
 //!   loss equals the cached run's up to the cache's f16 rounding.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

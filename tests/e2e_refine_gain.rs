@@ -15,6 +15,7 @@
 //! Asserted, with room for another CPU's rounding: stage 2's F1@50 is at least 1.6× the baseline's and its AP50
 //! at least 2×, stage 1's AR50 is above the baseline's, and stage 2 predicts fewer objects than the baseline
 //! (its deactivation drops background slots).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

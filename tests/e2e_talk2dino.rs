@@ -10,6 +10,7 @@
 //!   `finalize` read the names job; a spent `--time-budget` exits 4 and the rerun completes it; `--predictions`
 //!   reads the same layout; `segment` on the synth frames is a labels-shaped run (`status`, `name` read it) whose
 //!   two shards give the rows of one run; `report --names` shows the per-name counts.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

@@ -10,6 +10,7 @@
 //! * SIGTERM stops a run with exit code 4 after writing a checkpoint, and the rerun completes identically.
 //! A second, short test runs the on-the-fly path (frames decoded, resized, cropped, flipped on CPU threads,
 //! the same random conv backbone) and checks that it trains and resumes identically too.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

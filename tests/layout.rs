@@ -1,6 +1,7 @@
 //! The binary's layering holds: a step module (`pipeline/src/steps/<step>`) never imports another step, and the
 //! layers below the steps (`engine`, `settings`, `cli`) never import a step. Steps share code only through those
 //! layers and the library crates, so one command's change cannot reach into another's.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::path::{Path, PathBuf};
 

@@ -6,6 +6,7 @@
 //! record are the only additions allowed.
 //!
 //! Not part of `make test` (it needs the baseline binary): `make same-outputs BASELINE=path/to/old/mrdino`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
 

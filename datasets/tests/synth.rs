@@ -4,6 +4,7 @@
 //! pairs fail it; moving objects move by more than the 2.5 px foreground threshold everywhere. A stopped run
 //! resumes to the bytes of one uninterrupted run; another dataset's directory and parameters beyond the
 //! documented bounds are refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::cell::Cell;
 use std::collections::BTreeMap;

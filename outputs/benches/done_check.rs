@@ -7,6 +7,7 @@
 //!
 //! Times are the minimum over the repeats. Uncached reads are bounded by the disk: time them with the page
 //! cache dropped for the files (`dd if=FILE iflag=nocache count=0`) and `mrdino status`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -9,6 +9,7 @@
 //! annToMask with the Parquet mask mapped to the original frame by PyTorch's `nearest-exact`, checks counts,
 //! area and bbox against pycocotools, evaluates the file against itself (AP 1), and walks the YouTube-VIS file
 //! as its loaders do, decoding every segmentation.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

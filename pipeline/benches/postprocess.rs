@@ -12,6 +12,7 @@
 //! Measured on the shared 2-core machine (load average about 1): 29.9–30.6 ms/frame in total, of which ~29 ms is
 //! the instance stage (HDBSCAN on the two touching pairs about 22 ms, with `hdbscan::cluster_pixels`; the
 //! kd-tree path it replaced gave 41–44 ms/frame in total).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::time::Instant;
 

@@ -5,6 +5,7 @@
 //! `tests/hdbscan_support`). Ours is single-threaded. The library is timed with its defaults
 //! (approximate MST, `core_dist_n_jobs=4`), with its defaults on one core (`core_dist_n_jobs=1`), and with the
 //! exact MST on one core. Times are the minimum over the repeats; Python's exclude start-up and file I/O.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 #[path = "../tests/hdbscan_support/mod.rs"]
 mod hdbscan_support;

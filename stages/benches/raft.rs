@@ -18,6 +18,7 @@
 //! An earlier run under similar load gave 6.20 / 18.10 s: on this shared machine the figures move by 2×
 //! between runs, and models.md §7 measured 3.2 s for raft-large on an idle machine. No GPU was available, so
 //! no CUDA figures were measured.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::time::Instant;
 

@@ -2,6 +2,7 @@
 //! maps (blocky objects, split, merged, relabelled and noisy predictions). The reference script is
 //! `tools/reference/ari_ref.py`, run with the project's Python environment (`MRDINO_PYTHON`, default
 //! `$HOME/.cache/mrdino/venv/bin/python`, which has numpy and scikit-learn); without it the test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::io::Write;
 use std::path::PathBuf;

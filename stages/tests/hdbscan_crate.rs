@@ -2,6 +2,7 @@
 //! algorithm on dense distances. Its `min_samples` counts the point itself, so it gets ours + 1.
 //! (The crate does not expose its MST; the exactness of our MST weight is checked against a brute-force Prim in
 //! the module's unit tests.)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 #[allow(dead_code)] // each test crate uses a part of the shared helpers
 mod hdbscan_support;

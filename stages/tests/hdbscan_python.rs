@@ -1,6 +1,7 @@
 //! Parity of `mrdino_stages::hdbscan` with the Python `hdbscan` library on realistic component features.
 //! Needs the project's Python environment (`MRDINO_PYTHON`, default `$HOME/.cache/mrdino/venv/bin/python`);
 //! without it the test fails rather than silently passing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 #[allow(dead_code)] // each test crate uses a part of the shared helpers
 mod hdbscan_support;

@@ -2,6 +2,7 @@
 //! (`tools/reference/instances_ref.py`: numpy text rounding, scikit-image labels and erosion, scipy Sobel,
 //! `hdbscan`), on realistic flow fields: noisy static background, objects with smoothly varying flow,
 //! objects touching the image border, touching objects with different motion, and magnitudes near 2.5 px.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::path::PathBuf;
 use std::process::Command;

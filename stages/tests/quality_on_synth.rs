@@ -3,6 +3,7 @@
 //! track ids follow the objects. Real components only: `mrdino_datasets::synth` writes the scenes, OpenCV DIS
 //! computes the forward and backward flow, the reference stages select frames and separate instances, and
 //! `metrics` scores them against the generator's instance maps of moving objects.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::path::Path;
 

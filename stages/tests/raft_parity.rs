@@ -8,6 +8,7 @@
 //! the batch of 3 must equal the 3 pairs run one by one.
 //!
 //! `MRDINO_RAFT_FIXTURES=<dir>` reuses fixtures the script wrote to `<dir>` earlier instead of regenerating them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

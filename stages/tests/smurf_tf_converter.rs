@@ -9,6 +9,7 @@
 //!
 //! The TF converter is otherwise untested here (no real checkpoint), so a missing interpreter fails the test
 //! instead of skipping it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

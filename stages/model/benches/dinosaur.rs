@@ -7,6 +7,7 @@
 //! Run: `cargo bench --workspace --bench dinosaur` (`DINOSAUR_BENCH_BATCH`, default 8 — the reference trains
 //! KITTI with 64 on a GPU; `DINOSAUR_BENCH_STEPS`, default 3 timed steps after one warm-up;
 //! `DINOSAUR_BENCH_THREADS`, default 2). Peak memory is the process's VmHWM after each configuration.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::time::Instant;
 

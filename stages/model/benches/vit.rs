@@ -36,6 +36,7 @@
 //! | dinov2-vits14 | 378² | 1.443 | 0.69 | 573 | 559 |
 //! | dinov2-vitb14 | 378² | 4.929 | 0.20 | 841 | 1080 |
 //! | dinov3-vitb16 | 432² | 5.261 | 0.19 | 865 | 1122 |
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::time::Instant;
 

@@ -11,6 +11,7 @@
 //! 7 templates through a random ψ, and the converter's messages for unknown and missing keys.
 //!
 //! `MRDINO_CLIP_TEXT_FIXTURES=<dir>` reuses fixtures the script wrote to `<dir>` earlier.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

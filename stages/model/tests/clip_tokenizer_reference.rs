@@ -1,5 +1,6 @@
 //! `mrdino_model::clip_tokenizer` against CLIP's own tokenizer (OpenAI's SimpleTokenizer as open_clip ships it,
 //! with ftfy) on >= 1,000 strings (`tools/reference/clip_tokenizer_fixtures.py`): identical 77-id rows.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -10,6 +10,7 @@
 //! P = 729, h = 2048), batch 1, whose configuration the loader infers from the shapes.
 //!
 //! `MRDINO_DINOSAUR_FIXTURES=<dir>` reuses fixtures written earlier.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -13,6 +13,7 @@
 //! default losses must match them to 1e-6 and the merged canvases exactly.
 //!
 //! `MRDINO_REFINE_FIXTURES=<dir>` reuses fixtures the script wrote to `<dir>` earlier instead of regenerating.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! `mrdino_model::resnet::Resnet50` against torchvision's `resnet50` with the same re-randomised weights and
 //! BatchNorm statistics, loaded through `tools/convert_resnet.py` from a SwaV-layout checkpoint
 //! (`tools/reference/resnet_fixtures.py`, run with `MRDINO_PYTHON`). Pooled features must agree to 1e-4.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,5 +1,6 @@
 //! `mrdino_model::similarity` against NumPy / scikit-learn re-statements (`tools/reference/similarity_fixtures.py`,
 //! run with `MRDINO_PYTHON`), ≤ 1e-8 relative, and the invariances CKA must have.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! layout, class embeddings, similarity maps (≤ 1e-5), sigmoid masks, background cleaning, upsampling, and the
 //! argmax with a background threshold (identical on ≥ 99.9 % of pixels); and a random ψ in the layout of Talk2DINO's
 //! DINOv3 release (`dinov3_vitb_mlp_infonce.pth`) converted and loaded with its variant, input size and patch grid.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

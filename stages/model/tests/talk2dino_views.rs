@@ -7,6 +7,7 @@
 //! - PAMR alone on a random image and random soft masks (refined masks within 1e-5, argmax identical);
 //! - square view with background cleaning, square view with PAMR, sliding view, and sliding view with background
 //!   cleaning and PAMR: labels identical on ≥ 99.99 % of the pixels of every case, scores close.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -14,6 +14,7 @@
 //! [`ROPE_TOLERANCE`].
 //!
 //! `MRDINO_VIT_FIXTURES=<dir>` reuses fixtures the script wrote to `<dir>` earlier instead of regenerating them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
