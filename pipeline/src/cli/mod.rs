@@ -6,6 +6,8 @@ pub mod flow;
 pub mod groups;
 pub mod infer;
 pub mod labels;
+pub mod refine;
+pub mod train;
 pub mod values;
 
 use std::num::NonZeroU64;
@@ -45,11 +47,11 @@ pub enum Command {
     Report(steps::report::ReportArgs),
     /// Train a slot model (`train dinosaur`): reference recipe per dataset, resumable checkpoints.
     #[command(subcommand)]
-    Train(steps::train::TrainCommand),
+    Train(train::TrainCommand),
     /// MR-DINOSAUR refinement of a DINOSAUR model with pseudo-labels: `refine stage1` (slot attention), then
     /// `refine stage2` (slot deactivation); resumable checkpoints.
     #[command(subcommand)]
-    Refine(steps::refine::RefineCommand),
+    Refine(refine::RefineCommand),
     /// How much each frozen backbone's representation changes when only the foreground, the background, the
     /// centre or the border of a frame is kept: CKA, SVCCA, PWCCA, k-NN purity, an HTML report.
     Analyze(Box<steps::analyze::AnalyzeArgs>),

@@ -8,15 +8,21 @@
 //! kept byte for byte and the file is cut right after them (rows a killed run logged after its last checkpoint,
 //! and a partial last line, are dropped and logged again), so the log of a resumed run equals an uninterrupted
 //! one's byte for byte. Wall-clock time is not in it for that reason.
+//!
+//! Before a run allocates or writes anything, its step checks: [`check_out_apart`] (the run directory is not,
+//! does not hold and does not lie inside an input; a local check until the engine's general one for every
+//! command exists), [`check_batch`] (a batch is not larger than the data's views) and [`check_memory`] (the
+//! step's memory, estimated from shapes by `mrdino_model::memory`, fits what the machine has available).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mrdino_model::dinosaur::Dinosaur;
+use mrdino_model::memory::{available, check_fits, MemoryEstimate};
 use mrdino_model::optim::Adam;
 use mrdino_model::tensors::{from_tch, to_tch};
 use mrdino_model::train::{sample_rng, StepMetrics};
@@ -282,6 +288,84 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
     Ok(ExitCode::SUCCESS)
 }
 
+/// `path` made absolute and lexically normal, its longest existing prefix resolved through symbolic links (so a
+/// run directory that does not exist yet compares like one that does).
+fn comparable(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut normal = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    let mut existing = normal.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return normal,
+        }
+    }
+    let mut resolved = existing.canonicalize().unwrap_or_else(|_| existing.to_path_buf());
+    resolved.extend(rest.iter().rev());
+    resolved
+}
+
+/// Refuses a run directory `out` that is one of the `inputs` (flag name, path), lies inside one, or holds one.
+pub fn check_out_apart(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let out_c = comparable(out);
+    for (flag, input) in inputs {
+        let input_c = comparable(input);
+        let relation = if out_c == input_c {
+            "is"
+        } else if out_c.starts_with(&input_c) {
+            "lies inside"
+        } else if input_c.starts_with(&out_c) {
+            "holds"
+        } else {
+            continue;
+        };
+        bail!(
+            "--out {} {relation} the input {flag} {}: the run would write its checkpoint among its inputs; give \
+             another --out",
+            out.display(),
+            input.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a batch larger than the data: every batch would draw some views twice, and memory would grow with a
+/// number the data does not bound.
+pub fn check_batch(batch_size: usize, n_views: usize, what: &str) -> Result<()> {
+    ensure!(
+        batch_size <= n_views,
+        "batch_size = {batch_size} is more than the {n_views} views of {what}; give --batch-size {n_views} or less"
+    );
+    Ok(())
+}
+
+/// Refuses a step whose estimated memory exceeds what `device` has available, naming both; where the available
+/// memory is unknown (CUDA) it says so unless `quiet`.
+pub fn check_memory(estimate: &MemoryEstimate, device: tch::Device, hint: &str, quiet: bool) -> Result<()> {
+    if let Some(why) = check_fits(estimate, &available(device), hint)? {
+        if !quiet {
+            eprintln!(
+                "note: the step's estimated {} is not checked against the device's memory: {why}",
+                mrdino_model::memory::human_bytes(estimate.total_bytes())
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The run directory, created, with stale temporaries of dead writers removed.
 pub fn prepare_run_dir(dir: &Path) -> Result<RunLayout> {
     let layout = RunLayout::new(dir);
@@ -399,6 +483,27 @@ pub fn restore_training_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_out_among_the_inputs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(cache.join("shard")).unwrap();
+        let inputs = [("--features", cache.as_path())];
+        let err = check_out_apart(&cache, &inputs).unwrap_err().to_string();
+        assert!(err.contains(" is the input --features"), "{err}");
+        let err = check_out_apart(&cache.join("run"), &inputs).unwrap_err().to_string();
+        assert!(err.contains("lies inside the input --features"), "{err}");
+        let err = check_out_apart(&cache.join("x/../../cache/new"), &inputs).unwrap_err().to_string();
+        assert!(err.contains("lies inside"), "{err}");
+        let err = check_out_apart(dir.path(), &inputs).unwrap_err().to_string();
+        assert!(err.contains("holds the input --features"), "{err}");
+        check_out_apart(&dir.path().join("run"), &inputs).unwrap();
+        check_out_apart(&dir.path().join("cache2"), &inputs).unwrap();
+        assert!(check_batch(23, 23, "the cache").is_ok());
+        let err = check_batch(1_000_000, 23, "the cache").unwrap_err().to_string();
+        assert!(err.contains("1000000") && err.contains("23 views"), "{err}");
+    }
 
     #[test]
     fn resuming_keeps_the_checkpointed_rows_byte_for_byte_and_cuts_the_rest() {

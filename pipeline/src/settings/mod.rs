@@ -13,6 +13,8 @@ pub mod identity;
 pub mod infer;
 pub mod labels;
 pub mod presets;
+pub mod refine;
+pub mod train;
 
 use std::path::Path;
 
