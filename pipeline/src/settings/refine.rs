@@ -145,11 +145,26 @@ impl RefineParams {
         if let Some(cap) = self.max_steps {
             c.int("max_steps", cap, 1, None);
         }
-        optimiser_checks(&mut c, self.lr, self.clip_grad_norm, [self.adam_beta1, self.adam_beta2, self.adam_eps]);
+        optimiser_checks(
+            &mut c,
+            self.lr,
+            self.clip_grad_norm,
+            [self.adam_beta1, self.adam_beta2, self.adam_eps],
+        );
         if let Some(s2) = &self.stage2 {
-            c.float("stage2.background_weight", s2.background_weight, Bound::Closed(0.0), Bound::Closed(1.0))
-                .float("stage2.similarity_threshold", s2.similarity_threshold, Bound::Closed(-1.0), Bound::Closed(1.0))
-                .int("stage2.hidden", s2.hidden, 1, None);
+            c.float(
+                "stage2.background_weight",
+                s2.background_weight,
+                Bound::Closed(0.0),
+                Bound::Closed(1.0),
+            )
+            .float(
+                "stage2.similarity_threshold",
+                s2.similarity_threshold,
+                Bound::Closed(-1.0),
+                Bound::Closed(1.0),
+            )
+            .int("stage2.hidden", s2.hidden, 1, None);
         }
         c.finish("refinement parameters")
     }
@@ -173,7 +188,9 @@ pub fn resolve(stage: ModelStage, args: &RefineArgs, dataset: DatasetKind) -> Re
     }
     if let Some(v) = args.steps {
         if v == 0 {
-            bail!("invalid refinement parameters: steps = 0 must be at least 1 (leave --steps out to train whole epochs)");
+            bail!(
+                "invalid refinement parameters: steps = 0 must be at least 1 (leave --steps out to train whole epochs)"
+            );
         }
         p.steps = v;
         p.max_steps = None;
@@ -270,10 +287,19 @@ mod tests {
             (|p| p.adam_eps = -1e-8, "adam_eps = -0.00000001"),
             (|p| p.seed = -3, "seed = -3"),
             (|p| p.log_every = 0, "log_every = 0"),
-            (|p| p.stage2.as_mut().unwrap().background_weight = 1.5, "stage2.background_weight = 1.5"),
-            (|p| p.stage2.as_mut().unwrap().background_weight = -0.1, "stage2.background_weight = -0.1"),
+            (
+                |p| p.stage2.as_mut().unwrap().background_weight = 1.5,
+                "stage2.background_weight = 1.5",
+            ),
+            (
+                |p| p.stage2.as_mut().unwrap().background_weight = -0.1,
+                "stage2.background_weight = -0.1",
+            ),
             (|p| p.stage2.as_mut().unwrap().hidden = 0, "stage2.hidden = 0"),
-            (|p| p.stage2.as_mut().unwrap().similarity_threshold = 2.0, "stage2.similarity_threshold = 2"),
+            (
+                |p| p.stage2.as_mut().unwrap().similarity_threshold = 2.0,
+                "stage2.similarity_threshold = 2",
+            ),
         ];
         for (edit, want) in cases {
             let mut p = RefineParams::preset(ModelStage::Stage2, "kitti", "kitti").unwrap();
@@ -295,7 +321,10 @@ mod tests {
         let mut p = RefineParams::preset(ModelStage::Stage1, "kitti", "kitti").unwrap();
         p.epochs = 0.01;
         p.set_steps(5);
-        assert_eq!(p.steps, 1, "any positive epochs of a non-empty set train at least one step");
+        assert_eq!(
+            p.steps, 1,
+            "any positive epochs of a non-empty set train at least one step"
+        );
         p.steps = 7;
         p.set_steps(5);
         assert_eq!(p.steps, 7);

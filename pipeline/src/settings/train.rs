@@ -110,9 +110,19 @@ impl TrainParams {
             .int("checkpoint_every", self.checkpoint_every, 1, None)
             .int("log_every", self.log_every, 1, None)
             .int("lr_decay_steps", self.lr_decay_steps, 1, None)
-            .float("lr_decay_rate", self.lr_decay_rate, Bound::Open(0.0), Bound::Closed(1.0))
+            .float(
+                "lr_decay_rate",
+                self.lr_decay_rate,
+                Bound::Open(0.0),
+                Bound::Closed(1.0),
+            )
             .int("seed", self.seed, 0, None);
-        optimiser_checks(&mut c, self.lr, self.clip_grad_norm, [self.adam_beta1, self.adam_beta2, self.adam_eps]);
+        optimiser_checks(
+            &mut c,
+            self.lr,
+            self.clip_grad_norm,
+            [self.adam_beta1, self.adam_beta2, self.adam_eps],
+        );
         model_checks(&mut c, &self.model);
         let a = &self.augment;
         c.int("augment.resize_height", a.resize_height, 1, None)
@@ -174,7 +184,11 @@ fn leaves(value: &serde_json::Value, prefix: String) -> Vec<(String, serde_json:
     };
     let mut out = Vec::new();
     for (k, v) in object {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         for (path, leaf) in leaves(v, key) {
             out.push((path, serde_json::json!({ k: leaf })));
         }
@@ -185,7 +199,11 @@ fn leaves(value: &serde_json::Value, prefix: String) -> Vec<(String, serde_json:
 /// The preset named by the flag, else by the config file, else the dataset's.
 pub fn preset_name(flag: Option<&str>, file: Option<&serde_json::Value>, dataset: DatasetKind) -> String {
     flag.map(str::to_string)
-        .or_else(|| file.and_then(|f| f.get("preset")).and_then(|p| p.as_str()).map(str::to_string))
+        .or_else(|| {
+            file.and_then(|f| f.get("preset"))
+                .and_then(|p| p.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| Preset::for_dataset(dataset).model().name().to_string())
 }
 
@@ -247,7 +265,10 @@ mod tests {
             TrainParams::preset(preset, preset).unwrap().validate().unwrap();
         }
         let p = kitti();
-        assert_eq!((p.steps, p.batch_size, p.lr, p.warmup_steps), (100_000, 64, 4e-4, 10_000));
+        assert_eq!(
+            (p.steps, p.batch_size, p.lr, p.warmup_steps),
+            (100_000, 64, 4e-4, 10_000)
+        );
         assert!(TrainParams::preset("coco", "frames").is_none());
     }
 
@@ -291,7 +312,8 @@ mod tests {
         p.warmup_steps = 0;
         p.lr_decay_rate = 1.0;
         p.adam_beta1 = 0.0;
-        p.validate().expect("lr 0, no warm-up, no decay and beta1 0 are defined");
+        p.validate()
+            .expect("lr 0, no warm-up, no decay and beta1 0 are defined");
     }
 
     #[test]
@@ -300,9 +322,13 @@ mod tests {
         let file = serde_json::json!({"lr": 1e-3, "model": {"n_slots": 7, "slot_dim": "x"}});
         let err = with_config(&base, Some(&file)).unwrap_err().to_string();
         assert!(err.contains("`model.slot_dim`"), "{err}");
-        let err = with_config(&base, Some(&serde_json::json!({"steps": -1}))).unwrap_err().to_string();
+        let err = with_config(&base, Some(&serde_json::json!({"steps": -1})))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`steps`") && err.contains("-1"), "{err}");
-        let err = with_config(&base, Some(&serde_json::json!({"stpes": 1}))).unwrap_err().to_string();
+        let err = with_config(&base, Some(&serde_json::json!({"stpes": 1})))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("stpes"), "{err}");
         let p = with_config(&base, Some(&serde_json::json!({"model": {"n_slots": 7}}))).unwrap();
         assert_eq!((p.model.n_slots, p.model.slot_dim), (7, 32));

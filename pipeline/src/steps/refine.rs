@@ -95,7 +95,9 @@ fn read_from(stage: ModelStage, args: &RefineArgs) -> Result<(PathBuf, TensorFil
     if Some(found) != stage.refined_from() {
         let recorded = file
             .meta(META_STAGE)
-            .map_or("no `mrdino.stage`, and the stage-2 head's tensors".to_string(), |s| format!("`{META_STAGE}` = {s}"));
+            .map_or("no `mrdino.stage`, and the stage-2 head's tensors".to_string(), |s| {
+                format!("`{META_STAGE}` = {s}")
+            });
         bail!(
             "refine {stage} --from takes {}; {} is a {found} model ({recorded})",
             accepted(stage),
@@ -176,7 +178,13 @@ fn check_views(from_file: &TensorFile, from: &Path, config: &DinosaurConfig, sou
 }
 
 /// One step's memory: the refinement step at the windows' pixels, and with frames the backbone's forward.
-fn step_memory(params: &RefineParams, config: &DinosaurConfig, view_px: i64, max_masks: i64, images: bool) -> MemoryEstimate {
+fn step_memory(
+    params: &RefineParams,
+    config: &DinosaurConfig,
+    view_px: i64,
+    max_masks: i64,
+    images: bool,
+) -> MemoryEstimate {
     let batch = params.batch_size as u64;
     let kind = match &params.stage2 {
         Some(s2) => StepKind::Stage2 {
@@ -189,7 +197,10 @@ fn step_memory(params: &RefineParams, config: &DinosaurConfig, view_px: i64, max
     let mut estimate = memory::training_step(config, batch, kind);
     if images {
         estimate.add("window images", 3.0 * (batch as f64) * (view_px * view_px) as f64 * 4.0);
-        estimate.add("backbone forward", memory::backbone_forward(batch, config.n_patches, config.feature_dim));
+        estimate.add(
+            "backbone forward",
+            memory::backbone_forward(batch, config.n_patches, config.feature_dim),
+        );
     }
     estimate
 }

@@ -80,7 +80,14 @@ fn open_source(args: &DinosaurTrainArgs, params: &TrainParams, device: Device) -
             };
             let backbone = LoadedBackbone::load(request, device)?.into_backbone();
             let kind = DatasetKind::parse(&params.dataset).context("dataset")?;
-            Box::new(ImageSource::new(kind, root, backbone, &params.augment, params.seed, args.workers)?)
+            Box::new(ImageSource::new(
+                kind,
+                root,
+                backbone,
+                &params.augment,
+                params.seed,
+                args.workers,
+            )?)
         }
         (Some(_), Some(_)) => bail!("give either --features or --backbone, not both"),
         (None, None) => bail!("give --features CACHE or --backbone NAME"),
@@ -98,7 +105,10 @@ fn step_memory(args: &DinosaurTrainArgs, params: &TrainParams) -> memory::Memory
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let crop = (a.crop_height, a.crop_width);
         let resize = (a.resize_height, a.resize_width);
-        estimate.add("decoded image batches", memory::image_batches(batch, crop, resize, workers));
+        estimate.add(
+            "decoded image batches",
+            memory::image_batches(batch, crop, resize, workers),
+        );
         let (p, c) = (params.model.n_patches, params.model.feature_dim);
         estimate.add("backbone forward", memory::backbone_forward(batch, p, c));
     }
@@ -120,7 +130,12 @@ fn train_dinosaur(args: &DinosaurTrainArgs, stop: &StopHandle) -> Result<ExitCod
     params.model.feature_dim = source.channels();
     params.model.n_patches = source.n_patches();
     params.validate()?;
-    check_memory(&step_memory(args, &params), device, "lower --batch-size or the model's sizes", args.run.quiet)?;
+    check_memory(
+        &step_memory(args, &params),
+        device,
+        "lower --batch-size or the model's sizes",
+        args.run.quiet,
+    )?;
 
     let layout = prepare_run_dir(&args.out)?;
     tch::manual_seed(params.seed);
@@ -150,7 +165,11 @@ fn train_dinosaur(args: &DinosaurTrainArgs, stop: &StopHandle) -> Result<ExitCod
         checkpoint,
         backbone,
     };
-    run_steps(&loop_settings(args, &params, &layout, &stop.with_budget(args.run.time_budget)), state, &mut runner)
+    run_steps(
+        &loop_settings(args, &params, &layout, &stop.with_budget(args.run.time_budget)),
+        state,
+        &mut runner,
+    )
 }
 
 fn write_params(layout: &RunLayout, params: &TrainParams, backbone: &(String, String)) -> Result<()> {

@@ -158,10 +158,8 @@ impl ImageSource {
     ) -> Result<Self, LoaderError> {
         let a = augment;
         let ps = backbone.patch_size();
-        let fits = a.crop_height > 0
-            && a.crop_width > 0
-            && a.crop_height <= a.resize_height
-            && a.crop_width <= a.resize_width;
+        let fits =
+            a.crop_height > 0 && a.crop_width > 0 && a.crop_height <= a.resize_height && a.crop_width <= a.resize_width;
         if !fits || a.crop_height % ps != 0 || a.crop_width % ps != 0 {
             return Err(LoaderError::Crop {
                 crop_height: a.crop_height,
@@ -173,7 +171,9 @@ impl ImageSource {
         }
         let paths = image_paths(kind, root)?;
         if paths.is_empty() {
-            return Err(LoaderError::NoImages { root: root.to_path_buf() });
+            return Err(LoaderError::NoImages {
+                root: root.to_path_buf(),
+            });
         }
         Ok(Self {
             n_patches: (a.crop_height / ps) * (a.crop_width / ps),

@@ -81,7 +81,12 @@ impl MemoryEstimate {
 
 /// Parameter counts of a DINOSAUR model: (every parameter, those of `perceptual_grouping.*`).
 pub fn dinosaur_parameters(c: &DinosaurConfig) -> (f64, f64) {
-    let (f, d, h, p) = (c.feature_dim as f64, c.slot_dim as f64, c.decoder_hidden as f64, c.n_patches as f64);
+    let (f, d, h, p) = (
+        c.feature_dim as f64,
+        c.slot_dim as f64,
+        c.decoder_hidden as f64,
+        c.n_patches as f64,
+    );
     let ff = c.ff_mlp_ratio as f64 * d;
     let input = 2.0 * f
         + match c.input_projection {
@@ -137,7 +142,9 @@ pub fn training_step(c: &DinosaurConfig, batch: u64, kind: StepKind) -> MemoryEs
     };
     match kind {
         StepKind::Baseline => {}
-        StepKind::Stage1 { view_px, max_masks } => e.add("masks, matching and loss at pixels", pixels(view_px, max_masks)),
+        StepKind::Stage1 { view_px, max_masks } => {
+            e.add("masks, matching and loss at pixels", pixels(view_px, max_masks))
+        }
         StepKind::Stage2 {
             view_px,
             max_masks,
@@ -247,7 +254,10 @@ fn cgroup_available() -> Option<(f64, &'static str)> {
         let stat = read("memory.stat").unwrap_or_default();
         return cgroup_left(&limit, &usage, &stat, "inactive_file ").map(|b| (b, "the cgroup's memory.max"));
     }
-    let (limit, usage) = (read("memory/memory.limit_in_bytes")?, read("memory/memory.usage_in_bytes")?);
+    let (limit, usage) = (
+        read("memory/memory.limit_in_bytes")?,
+        read("memory/memory.usage_in_bytes")?,
+    );
     let stat = read("memory/memory.stat").unwrap_or_default();
     cgroup_left(&limit, &usage, &stat, "total_inactive_file ").map(|b| (b, "the cgroup's memory.limit_in_bytes"))
 }
@@ -355,7 +365,10 @@ mod tests {
         let stat = "active_file 5\ninactive_file 1000\n";
         assert_eq!(cgroup_left("4000\n", "3500\n", stat, "inactive_file "), Some(1500.0));
         assert_eq!(cgroup_left("max\n", "3500\n", stat, "inactive_file "), None);
-        assert_eq!(cgroup_left("9223372036854771712\n", "1\n", "", "total_inactive_file "), None);
+        assert_eq!(
+            cgroup_left("9223372036854771712\n", "1\n", "", "total_inactive_file "),
+            None
+        );
         let c = DinosaurConfig::kitti();
         let e = training_step(&c, 8, StepKind::Baseline);
         let small = Available::Bytes {
@@ -363,7 +376,10 @@ mod tests {
             source: "test".into(),
         };
         let err = check_fits(&e, &small, "lower --batch-size").unwrap_err().to_string();
-        assert!(err.contains("4.1 GiB") && err.contains("954 MiB") && err.contains("lower --batch-size"), "{err}");
+        assert!(
+            err.contains("4.1 GiB") && err.contains("954 MiB") && err.contains("lower --batch-size"),
+            "{err}"
+        );
         assert!(err.contains("decoder activations"), "{err}");
         let big = Available::Bytes {
             bytes: 1e12,

@@ -19,7 +19,9 @@ use tch::{Device, Tensor};
 
 use crate::dinosaur::{masks_to_image, slot_noise, Dinosaur, DinosaurError};
 use crate::optim::Adam;
-use crate::refine::{stage1_loss, stage2_loss, weighted_masks, RefineError, SlotDeactivation, Stage2Inputs, Stage2Options};
+use crate::refine::{
+    stage1_loss, stage2_loss, weighted_masks, RefineError, SlotDeactivation, Stage2Inputs, Stage2Options,
+};
 use crate::refined::ModelStage;
 use crate::tensors::{from_tch, to_tch, TensorConvError};
 use crate::train::StepMetrics;
@@ -212,7 +214,11 @@ mod tests {
         let model = Dinosaur::new(config, Device::Cpu).unwrap();
         let trained = trained_parameters(&model, ModelStage::Stage1).unwrap();
         assert!(!trained.is_empty() && trained.iter().all(|(n, _)| n.starts_with(GROUPING_PREFIX)));
-        let frozen: Vec<_> = model.named_parameters().into_iter().filter(|(_, t)| !t.requires_grad()).collect();
+        let frozen: Vec<_> = model
+            .named_parameters()
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .collect();
         assert!(frozen.iter().all(|(n, _)| !n.starts_with(GROUPING_PREFIX)) && !frozen.is_empty());
         assert!(trained_parameters(&model, ModelStage::Baseline).is_err());
 
@@ -245,6 +251,9 @@ mod tests {
         }
         let wider = TrainableHead::new(8, 6, 3, Device::Cpu);
         let err = wider.restore(&file, Path::new("c")).unwrap_err().to_string();
-        assert!(err.contains("object_decoder.slot_decoder.0") && err.contains("shape"), "{err}");
+        assert!(
+            err.contains("object_decoder.slot_decoder.0") && err.contains("shape"),
+            "{err}"
+        );
     }
 }

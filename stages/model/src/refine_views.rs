@@ -347,8 +347,12 @@ pub trait ViewSource {
     /// The identity of the backbone's weights when they are at hand (not for cached features).
     fn backbone_identity(&self) -> Option<&Identity>;
     /// The batch of the samples `first_sample .. first_sample + batch_size`, on `device`.
-    fn batch(&mut self, first_sample: u64, batch_size: usize, device: Device)
-        -> Result<(Tensor, Tensor), ViewSourceError>;
+    fn batch(
+        &mut self,
+        first_sample: u64,
+        batch_size: usize,
+        device: Device,
+    ) -> Result<(Tensor, Tensor), ViewSourceError>;
 }
 
 /// The masks of a batch of views, zero-padded to the largest instance count (B, C_max, S, S).
@@ -487,13 +491,12 @@ pub fn window_image(labels: &LabelIndex, root: &Path, key: &ViewKey) -> Result<T
         dataset: row.dataset.clone(),
     })?;
     let path = root.join(&row.source_path);
-    let (rgb, _) =
-        read_processed(&path, &kind.reference_processing()).map_err(|source| ViewSourceError::Read {
-            sequence: row.sequence_id.clone(),
-            frame: row.frame_name.clone(),
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
+    let (rgb, _) = read_processed(&path, &kind.reference_processing()).map_err(|source| ViewSourceError::Read {
+        sequence: row.sequence_id.clone(),
+        frame: row.frame_name.clone(),
+        path: path.clone(),
+        source: Box::new(source),
+    })?;
     if (rgb.height, rgb.width) != (row.height as usize, row.width as usize) {
         return Err(ViewSourceError::Grid {
             path,
