@@ -10,7 +10,10 @@
 //!   its loss ends below the initial head's on the same batches; `--time-budget 0` exits 4 and the resumed run equals an uninterrupted one; another quirk
 //!   flag on the same run directory is refused;
 //! * the on-the-fly path (frames → windows → backbone) sees the same windows and masks as the cache: its first
-//!   loss equals the cached run's up to the cache's f16 rounding.
+//!   loss equals the cached run's up to the cache's f16 rounding;
+//! * each stage takes one kind of model (stage 1 a baseline, stage 2 a stage-1 run) and refuses another naming
+//!   the kind found; `--steps 0`, `--epochs 0`, a batch larger than the windows, stage-2 values out of range,
+//!   stage-2 flags on stage 1 and an `--out` inside the labels run are refused before any work.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
@@ -265,4 +268,52 @@ fn on_the_fly_windows_equal_the_cached_windows() {
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() <= 1e-2 * x.abs(), "cached {x} vs on-the-fly {y}");
     }
+}
+
+/// Runs `cmd`, expecting it to fail with `code`; returns its stderr.
+fn refused(cmd: &mut Command, code: i32) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    stderr
+}
+
+#[test]
+fn each_stage_takes_its_kind_of_model_and_refuses_meaningless_runs() {
+    let f = fixture();
+    let out = f.dir.join("refused");
+    let message = refused(&mut refine_cmd(&f, "stage2", &f.baseline, &out, &["--steps", "2"]), 1);
+    assert!(
+        message.contains("is a baseline model") && message.contains("stage-1 run"),
+        "{message}"
+    );
+    for (stage, extra, want) in [
+        ("stage1", &["--steps", "0"][..], "steps = 0"),
+        ("stage1", &["--epochs", "0"][..], "epochs = 0"),
+        ("stage1", &["--batch-size", "100000"][..], "100000"),
+        ("stage1", &["--background-weight", "0.5"][..], "stage-2 flags"),
+        ("stage2", &["--background-weight", "1.5"][..], "stage2.background_weight = 1.5"),
+        ("stage2", &["--hidden", "0"][..], "stage2.hidden = 0"),
+    ] {
+        let from = if stage == "stage1" { &f.baseline } else { &out };
+        let message = refused(&mut refine_cmd(&f, stage, from, &out, extra), 1);
+        assert!(message.contains(want), "{stage} {extra:?}: {message}");
+    }
+    assert!(!out.exists(), "a refused run created its directory");
+    let message = refused(&mut refine_cmd(&f, "stage1", &f.baseline, &f.labels.join("run"), &["--steps", "2"]), 1);
+    assert!(message.contains("lies inside the input --labels"), "{message}");
+    let message = refused(&mut refine_cmd(&f, "stage1", &f.baseline, &out, &["--seed", "-1"]), 2);
+    assert!(message.contains("--seed"), "{message}");
+
+    let s1 = f.dir.join("stage1");
+    run_ok(&mut refine_cmd(&f, "stage1", &f.baseline, &s1, &["--steps", "2"]));
+    let message = refused(&mut refine_cmd(&f, "stage1", &s1, &out, &["--steps", "2"]), 1);
+    assert!(message.contains("is a stage1 model"), "{message}");
+    let s2 = f.dir.join("stage2");
+    run_ok(&mut refine_cmd(&f, "stage2", &s1, &s2, &["--steps", "2", "--hidden", "16"]));
+    assert_eq!(stage_of(&s2), "stage2");
+    let message = refused(&mut refine_cmd(&f, "stage1", &s2, &out, &["--steps", "2"]), 1);
+    assert!(message.contains("is a stage2 model"), "{message}");
+    let message = refused(&mut refine_cmd(&f, "stage2", &s2, &out, &["--steps", "2"]), 1);
+    assert!(message.contains("is a stage2 model"), "{message}");
 }

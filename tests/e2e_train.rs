@@ -9,7 +9,10 @@
 //!   byte-identical to the uninterrupted run's and ends with bit-identical weights and optimiser moments;
 //! * SIGTERM stops a run with exit code 4 after writing a checkpoint, and the rerun completes identically.
 //! A second, short test runs the on-the-fly path (frames decoded, resized, cropped, flipped on CPU threads,
-//! the same random conv backbone) and checks that it trains and resumes identically too.
+//! the same random conv backbone) and checks that it trains and resumes identically too. A third checks the
+//! refusals before any work: `--steps 0`, a batch larger than the cache's views, config values out of range, a
+//! model whose step cannot fit the machine's available memory, an `--out` inside the feature cache, and flag
+//! values that mean nothing (usage errors, exit 2).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
@@ -228,4 +231,65 @@ fn trains_on_the_fly_through_the_cpu_pipeline_and_resumes_exactly() {
         tensors(&part) == tensors(&full),
         "weights of the resumed on-the-fly run differ"
     );
+}
+
+/// Runs `cmd`, expecting it to fail with `code`; returns its stderr.
+fn refused(cmd: &mut Command, code: i32) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    stderr
+}
+
+#[test]
+fn meaningless_oversized_or_misplaced_runs_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = synth(&tmp.path().join("synth"), "64x160");
+    let cache = tmp.path().join("cache");
+    build_cache(&frames, &cache);
+    let config = tiny_config(tmp.path());
+    let cache_arg = ["--features", cache.to_str().unwrap()];
+    let out = tmp.path().join("run");
+
+    let message = refused(&mut train_cmd(&config, &cache_arg, &out, 0), 1);
+    assert!(message.contains("steps = 0"), "{message}");
+    let message = refused(train_cmd(&config, &cache_arg, &out, 5).args(["--batch-size", "1000000"]), 1);
+    assert!(message.contains("1000000") && message.contains("32 views"), "{message}");
+    for (key, value, want) in [
+        ("adam_beta1", serde_json::json!(2), "adam_beta1 = 2"),
+        ("clip_grad_norm", serde_json::json!(-1), "clip_grad_norm = -1"),
+        ("lr_decay_rate", serde_json::json!(0), "lr_decay_rate = 0"),
+    ] {
+        let bad = tmp.path().join(format!("{key}.json"));
+        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        c[key] = value;
+        std::fs::write(&bad, serde_json::to_vec(&c).unwrap()).unwrap();
+        let message = refused(&mut train_cmd(&bad, &cache_arg, &out, 5), 1);
+        assert!(message.contains(want), "{want}: {message}");
+    }
+    // A model too large for the machine is refused from its shapes, naming both numbers.
+    let huge = tmp.path().join("huge.json");
+    let c = serde_json::json!({"model": {"n_slots": 4, "slot_dim": 16, "decoder_hidden": 4_000_000}, "batch_size": 8});
+    std::fs::write(&huge, serde_json::to_vec(&c).unwrap()).unwrap();
+    let message = refused(&mut train_cmd(&huge, &cache_arg, &out, 5), 1);
+    assert!(message.contains("one training step needs about") && message.contains("is available"), "{message}");
+    assert!(!out.exists(), "a refused run created its directory");
+
+    let message = refused(&mut train_cmd(&config, &cache_arg, &cache.join("run"), 5), 1);
+    assert!(message.contains("lies inside the input --features"), "{message}");
+    assert!(!cache.join("run").exists());
+    let message = refused(train_cmd(&config, &cache_arg, &out, 5).args(["--seed", "-1"]), 2);
+    assert!(message.contains("--seed"), "{message}");
+    let message = refused(train_cmd(&config, &cache_arg, &out, 5).args(["--lr", "NaN"]), 2);
+    assert!(message.contains("--lr"), "{message}");
+    let mut zero = mrdino();
+    zero.args(["train", "dinosaur", "--dataset", "frames", "--config"])
+        .arg(&config)
+        .args(cache_arg)
+        .arg("--out")
+        .arg(&out)
+        .args(["--workers", "0", "--quiet"]);
+    let message = refused(&mut zero, 2);
+    assert!(message.contains("--workers"), "{message}");
+    assert!(!out.exists(), "a refused run created its directory");
 }

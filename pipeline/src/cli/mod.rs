@@ -11,9 +11,11 @@ pub mod groups;
 pub mod infer;
 pub mod labels;
 pub mod name;
+pub mod refine;
 pub mod report;
 pub mod segment;
 pub mod synth;
+pub mod train;
 pub mod values;
 
 use std::num::NonZeroU64;
@@ -21,7 +23,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::steps;
 
 #[derive(Parser)]
 #[command(name = "mrdino", version = env!("MRDINO_CODE_VERSION"), about = "Instance pseudo-labels of moving objects from raw video (MR-DINOSAUR).")]
@@ -54,11 +55,11 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Train a slot model (`train dinosaur`): reference recipe per dataset, resumable checkpoints.
     #[command(subcommand)]
-    Train(steps::train::TrainCommand),
+    Train(train::TrainCommand),
     /// MR-DINOSAUR refinement of a DINOSAUR model with pseudo-labels: `refine stage1` (slot attention), then
     /// `refine stage2` (slot deactivation); resumable checkpoints.
     #[command(subcommand)]
-    Refine(steps::refine::RefineCommand),
+    Refine(refine::RefineCommand),
     /// How much each frozen backbone's representation changes when only the foreground, the background, the
     /// centre or the border of a frame is kept: CKA, SVCCA, PWCCA, k-NN purity, an HTML report.
     Analyze(Box<analyze::AnalyzeArgs>),

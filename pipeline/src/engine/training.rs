@@ -8,6 +8,11 @@
 //! kept byte for byte and the file is cut right after them (rows a killed run logged after its last checkpoint,
 //! and a partial last line, are dropped and logged again), so the log of a resumed run equals an uninterrupted
 //! one's byte for byte. Wall-clock time is not in it for that reason.
+//!
+//! Before a run allocates or writes anything, its step checks: the run directory against its inputs
+//! (`super::paths::check_outputs`), [`check_batch`] (a batch is not larger than the data's views) and
+//! [`check_memory`] (the step's memory, estimated from shapes by `mrdino_model::memory`, fits what the machine has
+//! available).
 
 use std::io::Write;
 use std::path::Path;
@@ -17,6 +22,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mrdino_model::dinosaur::Dinosaur;
+use mrdino_model::memory::{available, check_fits, MemoryEstimate};
 use mrdino_model::optim::Adam;
 use mrdino_model::tensors::{from_tch, to_tch};
 use mrdino_model::train::{sample_rng, StepMetrics};
@@ -282,6 +288,30 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
     Ok(ExitCode::SUCCESS)
 }
 
+/// Refuses a batch larger than the data: every batch would draw some views twice, and memory would grow with a
+/// number the data does not bound.
+pub fn check_batch(batch_size: usize, n_views: usize, what: &str) -> Result<()> {
+    ensure!(
+        batch_size <= n_views,
+        "batch_size = {batch_size} is more than the {n_views} views of {what}; give --batch-size {n_views} or less"
+    );
+    Ok(())
+}
+
+/// Refuses a step whose estimated memory exceeds what `device` has available, naming both; where the available
+/// memory is unknown (CUDA) it says so unless `quiet`.
+pub fn check_memory(estimate: &MemoryEstimate, device: tch::Device, hint: &str, quiet: bool) -> Result<()> {
+    if let Some(why) = check_fits(estimate, &available(device), hint)? {
+        if !quiet {
+            eprintln!(
+                "note: the step's estimated {} is not checked against the device's memory: {why}",
+                mrdino_model::memory::human_bytes(estimate.total_bytes())
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The run directory, created, with stale temporaries of dead writers removed.
 pub fn prepare_run_dir(dir: &Path) -> Result<RunLayout> {
     let layout = RunLayout::new(dir);
@@ -399,6 +429,16 @@ pub fn restore_training_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_out_among_the_inputs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(cache.join("shard")).unwrap();
+        assert!(check_batch(23, 23, "the cache").is_ok());
+        let err = check_batch(1_000_000, 23, "the cache").unwrap_err().to_string();
+        assert!(err.contains("1000000") && err.contains("23 views"), "{err}");
+    }
 
     #[test]
     fn resuming_keeps_the_checkpointed_rows_byte_for_byte_and_cuts_the_rest() {

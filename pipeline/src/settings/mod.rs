@@ -16,9 +16,11 @@ pub mod infer;
 pub mod labels;
 pub mod name;
 pub mod presets;
+pub mod refine;
 pub mod segment;
-pub mod talk2dino;
 pub mod synth;
+pub mod talk2dino;
+pub mod train;
 
 use std::path::Path;
 

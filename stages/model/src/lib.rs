@@ -9,12 +9,15 @@
 //! - [`vit`]: one ViT for DINOv2 (± registers), DINOv1, CLIP's image tower and MAE, with the official
 //!   position-embedding resizes;
 //! - [`views`], [`windows`]: training views from pseudo-labels, inference windows, their join and merge;
-//! - [`matching`], [`refine`]: the Hungarian assignment and the stage-1 / stage-2 losses;
+//! - [`matching`], [`refine`], [`refine_train`], [`refine_views`]: the Hungarian assignment, the stage-1 / stage-2
+//!   losses, one refinement step with what each stage trains, and the refinement's training views and batches;
 //! - [`refined`]: a model file as inference loads it (DINOSAUR ± the stage-2 deactivation head);
 //! - [`clip_tokenizer`], [`clip_text`], [`talk2dino`]: CLIP's BPE tokenizer and text tower, Talk2DINO's ψ,
 //!   class embeddings and masks;
 //! - [`dinosaur`], [`backbone`], [`optim`], [`train`], [`tensors`]: the DINOSAUR slot model, the backbone
 //!   trait it trains on, Adam with exportable state, one training step and tensor ↔ file conversion;
+//! - [`loader`], [`memory`]: on-the-fly training images (decoded and augmented on CPU threads) and the memory
+//!   a training step needs, estimated from shapes, against what the machine has;
 //! - [`resnet`], [`similarity`], [`variants`], [`representations`]: SwaV's ResNet-50, the robustness analysis'
 //!   statistics, image variants and the backbones' pooled representations of them.
 
@@ -24,10 +27,13 @@ pub mod clip_tokenizer;
 pub mod device;
 pub mod dinosaur;
 pub mod encode;
+pub mod loader;
 pub mod matching;
+pub mod memory;
 pub mod optim;
 pub mod predict;
 pub mod refine;
+pub mod refine_train;
 pub mod refine_views;
 pub mod refined;
 pub mod representations;

@@ -11,15 +11,32 @@
 //!
 //! A view is keyed by (sequence, frame, window offset): `[x, 0]` for the windows, `[left, top]` of the crop in the
 //! resized frame for MOVi-E.
+//!
+//! The refinement's batches ([`ViewSource`]): features (B, P, C) of the views the [`Sampler`] draws and their
+//! instance masks (B, C_max, S, S) — the view's distinct non-zero ids in ascending order, one binary map each,
+//! zero-padded to the batch's largest count ([`batch_masks`]; ids above 255 stay distinct, the reference's uint8
+//! window labels merge them). The features come from a feature cache of the windows ([`CachedViews`], read as
+//! `train dinosaur` reads a cache) or from the frames through the backbone ([`ImageViews`], the pixels of each
+//! window cut by the same rule from the frame the labels recorded, [`window_image`]).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use mrdino_outputs::feature_cache::ViewKey;
+use mrdino_datasets::decode::read_processed;
+use mrdino_datasets::{DatasetError, DatasetKind};
+use mrdino_outputs::feature_cache::{FeatureCache, ViewKey};
 use mrdino_outputs::runs::{instance_ids, RunError, RunTables};
+use mrdino_outputs::weights_id::Identity;
 use mrdino_outputs::{FrameRow, InstanceRow};
-use tch::{Kind, Tensor};
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
 
-use crate::views::{movi_e_training_view, training_view_ids, training_views, ViewError, ViewPreset, MOVI_E_VIEW_PX};
+use crate::backbone::Backbone;
+use crate::train::{CacheSource, FeatureSource, Sampler, TrainError};
+use crate::views::{
+    batch_instance_masks, instance_masks, movi_e_training_view, training_view_ids, training_views, ViewError,
+    ViewPreset, MOVI_E_VIEW_PX,
+};
 
 /// How a dataset's labelled frames are cut into training views.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,6 +199,16 @@ impl LabelIndex {
         Self { layout, tables, frames }
     }
 
+    /// The most instances of a labelled frame: a bound on the masks of any of its views.
+    pub fn max_instances(&self) -> u32 {
+        self.frames
+            .values()
+            .filter_map(|(f, _)| self.tables.frames.get(*f))
+            .map(|row| row.num_instances)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The run's tables.
     pub fn tables(&self) -> &RunTables {
         &self.tables
@@ -249,5 +276,287 @@ impl LabelIndex {
                 frame: key.frame_index,
                 window,
             })
+    }
+}
+
+/// Why a refinement batch cannot be made; each names the view, file or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewSourceError {
+    #[error(transparent)]
+    View(#[from] RefineViewError),
+    #[error(transparent)]
+    Masks(#[from] ViewError),
+    #[error(transparent)]
+    Features(#[from] TrainError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error(
+        "the feature cache holds {width}x{height} views, the refinement windows of this dataset are \
+         {view_px}x{view_px} (make the cache with `mrdino features --views windows --labels …`)"
+    )]
+    CacheViewSize { height: i64, width: i64, view_px: i64 },
+    #[error("the feature cache has no key for its view {view}")]
+    NoKey { view: usize },
+    #[error(
+        "the feature cache does not match the labels run: view {sequence} frame {frame} ({window:?}) is not a \
+         training window of a labelled frame"
+    )]
+    NotAWindow {
+        sequence: String,
+        frame: u64,
+        window: Option<[i64; 2]>,
+    },
+    #[error("{view_px} px windows are not a multiple of the backbone's patch {patch_px}")]
+    Patch { view_px: i64, patch_px: i64 },
+    #[error("{sequence}: unknown dataset `{dataset}` in the labels")]
+    Dataset { sequence: String, dataset: String },
+    #[error(
+        "{sequence} frame {frame}: cannot read {path} as an image (video input needs a feature cache: `mrdino \
+         features --views windows`): {source}"
+    )]
+    Read {
+        sequence: String,
+        frame: String,
+        path: PathBuf,
+        source: Box<DatasetError>,
+    },
+    #[error("{path}: reads as {width}x{height}, the labels' grid is {grid_width}x{grid_height}")]
+    Grid {
+        path: PathBuf,
+        height: usize,
+        width: usize,
+        grid_height: u32,
+        grid_width: u32,
+    },
+    #[error("{sequence} frame {frame}: a view without pixels")]
+    NoPixels { sequence: String, frame: u64 },
+    #[error("backbone: {0}")]
+    Backbone(String),
+}
+
+/// Where a refinement batch comes from: features (B, P, C) and instance masks (B, C_max, S, S).
+pub trait ViewSource {
+    /// N, views in one epoch.
+    fn n_views(&self) -> usize;
+    /// P, patches per view.
+    fn n_patches(&self) -> i64;
+    /// C, feature channels.
+    fn channels(&self) -> i64;
+    /// Name of the backbone and the identity of its weights, as recorded.
+    fn backbone(&self) -> (String, String);
+    /// The identity of the backbone's weights when they are at hand (not for cached features).
+    fn backbone_identity(&self) -> Option<&Identity>;
+    /// The batch of the samples `first_sample .. first_sample + batch_size`, on `device`.
+    fn batch(
+        &mut self,
+        first_sample: u64,
+        batch_size: usize,
+        device: Device,
+    ) -> Result<(Tensor, Tensor), ViewSourceError>;
+}
+
+/// The masks of a batch of views, zero-padded to the largest instance count (B, C_max, S, S).
+pub fn batch_masks(labels: &LabelIndex, keys: &[&ViewKey]) -> Result<Tensor, ViewSourceError> {
+    let px = labels.layout.view_px();
+    let masks: Vec<Tensor> = keys
+        .par_iter()
+        .map(|key| -> Result<Tensor, ViewSourceError> {
+            let view = labels.view(key, None)?;
+            Ok(instance_masks(&view.ids, px, px)?.1)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(batch_instance_masks(&masks)?)
+}
+
+/// Features of the windows from a feature cache (read as `train dinosaur` reads it; the masks of the same
+/// views from the labels).
+pub struct CachedViews {
+    source: CacheSource,
+    sampler: Sampler,
+    labels: LabelIndex,
+}
+
+impl CachedViews {
+    /// Checks that every cached view is a training window of a labelled frame of `labels` (by lookup; the
+    /// window's masks are computed when a batch draws it).
+    pub fn new(cache: FeatureCache, labels: LabelIndex, seed: i64) -> Result<Self, ViewSourceError> {
+        let px = labels.layout.view_px() as i64;
+        let meta = cache.meta();
+        if (meta.image_height, meta.image_width) != (px, px) {
+            return Err(ViewSourceError::CacheViewSize {
+                height: meta.image_height,
+                width: meta.image_width,
+                view_px: px,
+            });
+        }
+        for v in 0..cache.n_views() {
+            let key = cache.view_key(v).ok_or(ViewSourceError::NoKey { view: v })?;
+            if key.window.is_none() || labels.frame(&key.sequence_id, key.frame_index).is_none() {
+                return Err(ViewSourceError::NotAWindow {
+                    sequence: key.sequence_id.clone(),
+                    frame: key.frame_index,
+                    window: key.window,
+                });
+            }
+        }
+        Ok(Self {
+            sampler: Sampler::new(seed, cache.n_views()),
+            source: CacheSource::new(cache, seed),
+            labels,
+        })
+    }
+}
+
+impl ViewSource for CachedViews {
+    fn n_views(&self) -> usize {
+        self.source.n_views()
+    }
+
+    fn n_patches(&self) -> i64 {
+        self.source.n_patches()
+    }
+
+    fn channels(&self) -> i64 {
+        self.source.channels()
+    }
+
+    fn backbone(&self) -> (String, String) {
+        (self.source.backbone_name(), self.source.backbone_id())
+    }
+
+    fn backbone_identity(&self) -> Option<&Identity> {
+        None
+    }
+
+    fn batch(
+        &mut self,
+        first_sample: u64,
+        batch_size: usize,
+        device: Device,
+    ) -> Result<(Tensor, Tensor), ViewSourceError> {
+        let features = self.source.batch(first_sample, batch_size, device)?;
+        let cache = self.source.cache();
+        let keys = (0..batch_size as u64)
+            .map(|b| {
+                let view = self.sampler.view(first_sample + b);
+                cache.view_key(view).ok_or(ViewSourceError::NoKey { view })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let masks = batch_masks(&self.labels, &keys)?.f_to_device(device)?;
+        Ok((features, masks))
+    }
+}
+
+/// Features of the windows computed from the frames through the backbone.
+pub struct ImageViews {
+    backbone: Box<dyn Backbone>,
+    /// The dataset root the labels' `source_path`s are relative to.
+    root: PathBuf,
+    keys: Vec<ViewKey>,
+    sampler: Sampler,
+    labels: LabelIndex,
+}
+
+impl ImageViews {
+    /// Every view of `labels`, read from the frames under `root` through `backbone`.
+    pub fn new(
+        backbone: Box<dyn Backbone>,
+        root: &Path,
+        labels: LabelIndex,
+        seed: i64,
+    ) -> Result<Self, ViewSourceError> {
+        let px = labels.layout.view_px() as i64;
+        if px % backbone.patch_size() != 0 {
+            return Err(ViewSourceError::Patch {
+                view_px: px,
+                patch_px: backbone.patch_size(),
+            });
+        }
+        let keys = labels.all_views()?;
+        Ok(Self {
+            sampler: Sampler::new(seed, keys.len()),
+            backbone,
+            root: root.to_path_buf(),
+            keys,
+            labels,
+        })
+    }
+}
+
+/// The pixels of one window (3, S, S) in [0, 1], read from the frame the labels recorded (under `root`).
+pub fn window_image(labels: &LabelIndex, root: &Path, key: &ViewKey) -> Result<Tensor, ViewSourceError> {
+    let (row, _) = labels.id_map(&key.sequence_id, key.frame_index)?;
+    let kind = DatasetKind::parse(&row.dataset).ok_or_else(|| ViewSourceError::Dataset {
+        sequence: row.sequence_id.clone(),
+        dataset: row.dataset.clone(),
+    })?;
+    let path = root.join(&row.source_path);
+    let (rgb, _) = read_processed(&path, &kind.reference_processing()).map_err(|source| ViewSourceError::Read {
+        sequence: row.sequence_id.clone(),
+        frame: row.frame_name.clone(),
+        path: path.clone(),
+        source: Box::new(source),
+    })?;
+    if (rgb.height, rgb.width) != (row.height as usize, row.width as usize) {
+        return Err(ViewSourceError::Grid {
+            path,
+            height: rgb.height,
+            width: rgb.width,
+            grid_height: row.height,
+            grid_width: row.width,
+        });
+    }
+    labels
+        .view(key, Some(&rgb.data))?
+        .image
+        .ok_or_else(|| ViewSourceError::NoPixels {
+            sequence: key.sequence_id.clone(),
+            frame: key.frame_index,
+        })
+}
+
+impl ViewSource for ImageViews {
+    fn n_views(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn n_patches(&self) -> i64 {
+        let g = self.labels.layout.view_px() as i64 / self.backbone.patch_size();
+        g * g
+    }
+
+    fn channels(&self) -> i64 {
+        self.backbone.feature_dim()
+    }
+
+    fn backbone(&self) -> (String, String) {
+        (self.backbone.name().to_string(), self.backbone.identity().id.clone())
+    }
+
+    fn backbone_identity(&self) -> Option<&Identity> {
+        Some(self.backbone.identity())
+    }
+
+    fn batch(
+        &mut self,
+        first_sample: u64,
+        batch_size: usize,
+        device: Device,
+    ) -> Result<(Tensor, Tensor), ViewSourceError> {
+        let keys: Vec<&ViewKey> = (0..batch_size as u64)
+            .map(|b| &self.keys[self.sampler.view(first_sample + b)])
+            .collect();
+        let images: Vec<Tensor> = keys
+            .par_iter()
+            .map(|k| window_image(&self.labels, &self.root, k))
+            .collect::<Result<_, _>>()?;
+        let features = self
+            .backbone
+            .features(&Tensor::f_stack(&images, 0)?)
+            .map_err(ViewSourceError::Backbone)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(device)?;
+        let masks = batch_masks(&self.labels, &keys)?.f_to_device(device)?;
+        Ok((features, masks))
     }
 }

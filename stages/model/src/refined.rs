@@ -14,16 +14,104 @@
 //!   background;
 //! * baseline: the K alphas upsampled; the window merge takes the first slot of every window for background
 //!   (the reference's evaluation does so for the baseline too, spec §3.6).
+//!
+//! [`ModelStage`] says which step of the pipeline a model file comes from (baseline DINOSAUR, refinement stage
+//! 1, stage 2), so a step can refuse a model of the wrong stage naming the one it found.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use mrdino_outputs::checkpoint::{read_tensor_file, resolve_model_path, TensorFile};
+use mrdino_outputs::checkpoint::{read_tensor_file, resolve_model_path, TensorFile, META_STAGE};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::dinosaur::{masks_to_image, Dinosaur, DinosaurError, LoadError};
 use crate::refine::{deactivated_masks, RefineError, SlotDeactivation};
 use crate::tensors::to_tch;
+
+/// Which step of the pipeline a model comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelStage {
+    /// DINOSAUR as `train dinosaur` (or the reference's first training) leaves it.
+    Baseline,
+    /// After refinement stage 1 (the slot attention refined on pseudo-labels).
+    Stage1,
+    /// After refinement stage 2 (with the slot-deactivation head).
+    Stage2,
+}
+
+/// A model file whose stage cannot be told.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{path}: unknown `{key}` = `{found}` (expected baseline, stage1 or stage2)", key = META_STAGE)]
+    Unknown { path: PathBuf, found: String },
+    #[error(
+        "{path}: `{key}` says {recorded} but the file {holds} the stage-2 head's tensors \
+         (`object_decoder.slot_decoder.*`)",
+        key = META_STAGE,
+        holds = if *has_head { "holds" } else { "lacks" }
+    )]
+    Inconsistent { path: PathBuf, recorded: String, has_head: bool },
+}
+
+impl ModelStage {
+    /// The name recorded in `mrdino.stage`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelStage::Baseline => "baseline",
+            ModelStage::Stage1 => "stage1",
+            ModelStage::Stage2 => "stage2",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "baseline" => Some(ModelStage::Baseline),
+            "stage1" => Some(ModelStage::Stage1),
+            "stage2" => Some(ModelStage::Stage2),
+            _ => None,
+        }
+    }
+
+    /// The stage a refinement stage starts from: stage 1 from a baseline, stage 2 from a stage-1 model.
+    pub fn refined_from(self) -> Option<Self> {
+        match self {
+            ModelStage::Baseline => None,
+            ModelStage::Stage1 => Some(ModelStage::Baseline),
+            ModelStage::Stage2 => Some(ModelStage::Stage1),
+        }
+    }
+
+    /// The stage of a model file (read from `path`): its `mrdino.stage` (converted reference checkpoints and
+    /// refinement runs record it); without one, stage 2 when it holds the deactivation head, else a baseline
+    /// (`train dinosaur` records no stage). A recorded stage that contradicts the head's presence is an error.
+    pub fn of_file(file: &TensorFile, path: &Path) -> Result<Self, StageError> {
+        let has_head = file
+            .tensors
+            .iter()
+            .any(|t| t.name.starts_with(crate::dinosaur::SLOT_DECODER_PREFIX));
+        let Some(recorded) = file.meta(META_STAGE) else {
+            return Ok(if has_head { ModelStage::Stage2 } else { ModelStage::Baseline });
+        };
+        let stage = Self::parse(recorded).ok_or_else(|| StageError::Unknown {
+            path: path.to_path_buf(),
+            found: recorded.to_string(),
+        })?;
+        if has_head != (stage == ModelStage::Stage2) {
+            return Err(StageError::Inconsistent {
+                path: path.to_path_buf(),
+                recorded: recorded.to_string(),
+                has_head,
+            });
+        }
+        Ok(stage)
+    }
+}
+
+impl std::fmt::Display for ModelStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Layers of the slot-deactivation MLP as the reference's `nn.Sequential` numbers them.
 pub const SLOT_DECODER_LAYERS: [&str; 4] = ["0", "2", "4", "6"];
@@ -320,5 +408,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("slot_decoder.8.weight"), "{err}");
+    }
+
+    #[test]
+    fn the_stage_of_a_file_is_recorded_or_told_by_the_head() {
+        let path = Path::new("m.safetensors");
+        let stage = |file: &TensorFile| ModelStage::of_file(file, path);
+        assert_eq!(stage(&model_file(None)).unwrap(), ModelStage::Baseline);
+        assert_eq!(stage(&model_file(Some(5))).unwrap(), ModelStage::Stage2);
+        let tagged = |hidden, name: &str| {
+            let mut file = model_file(hidden);
+            file.metadata.insert(META_STAGE.into(), name.into());
+            file
+        };
+        assert_eq!(stage(&tagged(None, "stage1")).unwrap(), ModelStage::Stage1);
+        assert_eq!(stage(&tagged(None, "baseline")).unwrap(), ModelStage::Baseline);
+        assert_eq!(stage(&tagged(Some(5), "stage2")).unwrap(), ModelStage::Stage2);
+        let err = stage(&tagged(None, "stage3")).unwrap_err().to_string();
+        assert!(err.contains("m.safetensors") && err.contains("`stage3`"), "{err}");
+        let err = stage(&tagged(Some(5), "stage1")).unwrap_err().to_string();
+        assert!(err.contains("says stage1") && err.contains("holds"), "{err}");
+        let err = stage(&tagged(None, "stage2")).unwrap_err().to_string();
+        assert!(err.contains("lacks"), "{err}");
+        assert_eq!(ModelStage::Stage2.refined_from(), Some(ModelStage::Stage1));
+        assert_eq!(ModelStage::Stage1.refined_from(), Some(ModelStage::Baseline));
+        assert_eq!(ModelStage::Baseline.refined_from(), None);
     }
 }

@@ -110,6 +110,8 @@ pub enum TrainError {
     Cache(#[from] OutputError),
     #[error("feature source: {0}")]
     Source(String),
+    #[error(transparent)]
+    Loader(#[from] crate::loader::LoaderError),
     #[error("non-finite loss {loss} at step {step}")]
     NonFinite { step: u64, loss: f64 },
 }

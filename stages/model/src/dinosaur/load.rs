@@ -97,6 +97,18 @@ fn is_foreign(key: &str) -> bool {
     key.starts_with(BACKBONE_PREFIX) || key.starts_with(OPTIMIZER_PREFIX) || key.starts_with(SLOT_DECODER_PREFIX)
 }
 
+/// The configuration of the model in `file` (read from `path`): its `mrdino.model_config` metadata, else inferred
+/// from the shapes ([`infer_config`]; `n_slots` overrides K). Nothing is allocated.
+pub fn file_config(file: &TensorFile, path: &Path, n_slots: Option<i64>) -> Result<DinosaurConfig, LoadError> {
+    match file.meta(META_MODEL_CONFIG) {
+        Some(json) => serde_json::from_str(json).map_err(|e| LoadError::Config {
+            path: path.to_path_buf(),
+            message: format!("{META_MODEL_CONFIG}: {e}"),
+        }),
+        None => infer_config(file, path, n_slots),
+    }
+}
+
 impl Dinosaur {
     /// Loads a model file, or the checkpoint of a training run directory.
     pub fn load(path: &Path, device: Device) -> Result<Self, LoadError> {
@@ -112,14 +124,7 @@ impl Dinosaur {
         n_slots: Option<i64>,
         device: Device,
     ) -> Result<Self, LoadError> {
-        let config = match file.meta(META_MODEL_CONFIG) {
-            Some(json) => serde_json::from_str(json).map_err(|e| LoadError::Config {
-                path: path.to_path_buf(),
-                message: format!("{META_MODEL_CONFIG}: {e}"),
-            })?,
-            None => infer_config(file, path, n_slots)?,
-        };
-        let model = Dinosaur::new(config, device)?;
+        let model = Dinosaur::new(file_config(file, path, n_slots)?, device)?;
         let params = model.named_parameters();
         for (key, _) in &params {
             let raw = file.get(key).ok_or_else(|| LoadError::MissingKey {

@@ -31,7 +31,7 @@ mod load;
 mod noise;
 
 pub use config::{DinosaurConfig, InputProjection};
-pub use load::{infer_config, LoadError, RUN_CHECKPOINT_FILE, SLOT_DECODER_PREFIX};
+pub use load::{file_config, infer_config, LoadError, RUN_CHECKPOINT_FILE, SLOT_DECODER_PREFIX};
 pub use noise::slot_noise;
 
 use tch::nn::{self, Init};
