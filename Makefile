@@ -65,7 +65,11 @@ $(VENV_TF_STAMP): tools/requirements-tf.txt
 build: setup
 	cargo build --release --locked -p mrdino
 
+# Lints first (clippy.toml, [workspace.lints]: no unwrap/expect outside tests, no panicking Duration constructors,
+# no function of the binary over 79 lines), then every test. --release shares the build scripts' outputs with `build`.
 test: build
+	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+	cargo clippy --release --locked --workspace --all-targets -- -D warnings
 	MRDINO_PYTHON=$(VENV)/bin/python MRDINO_TF_PYTHON=$(VENV_TF)/bin/python cargo test --release --locked --workspace
 
 # The outputs of this build against an earlier binary's (tests/same_outputs.rs), e.g. BASELINE=old/mrdino.

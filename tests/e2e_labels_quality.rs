@@ -36,8 +36,11 @@ fn labels(frames: &Path, flow: &Path, out: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
+/// (sequence, frame, instance) → (score, track id).
+type Scored = BTreeMap<(String, u32, u32), (Option<f32>, Option<u32>)>;
+
 /// (sequence, frame, instance) → (score, track id) of every instance of the only partition in `out`.
-fn scored(out: &Path) -> BTreeMap<(String, u32, u32), (Option<f32>, Option<u32>)> {
+fn scored(out: &Path) -> Scored {
     let hashes = partitions(out, LABELS_DATA_DIRS);
     assert_eq!(hashes.len(), 1, "{hashes:?}");
     let layout = Layout::new(out, &hashes[0]);

@@ -8,6 +8,7 @@
 //! * a run killed with SIGKILL at three points (each after a checkpoint) and rerun each time has a `metrics.jsonl`
 //!   byte-identical to the uninterrupted run's and ends with bit-identical weights and optimiser moments;
 //! * SIGTERM stops a run with exit code 4 after writing a checkpoint, and the rerun completes identically.
+//!
 //! A second, short test runs the on-the-fly path (frames decoded, resized, cropped, flipped on CPU threads,
 //! the same random conv backbone) and checks that it trains and resumes identically too. A third checks the
 //! refusals before any work: `--steps 0`, a batch larger than the cache's views, config values out of range, a

@@ -400,8 +400,8 @@ pub struct ImageMatches {
     pub ground_truth_ids: Vec<u32>,
 }
 
-/// The matching of [`match_predictions_with`], per prediction: the same rule (best IoU, first maximum, strict
-/// > 0.5, a ground-truth object claimed once), reported for every counted predicted id. For disjoint masks a
+/// The matching of [`match_predictions_with`], per prediction: the same rule (best IoU, first maximum, strictly
+/// above 0.5, a ground-truth object claimed once), reported for every counted predicted id. For disjoint masks a
 /// prediction can exceed IoU 0.5 with at most one object and an object with at most one prediction, so the
 /// result does not depend on the order predictions are visited in — which is what lets [`RankedAp`] re-rank
 /// the same matches by a score.

@@ -113,7 +113,7 @@ impl OpenJob {
     }
 
     /// The units of this task's shard, each paired with the item of `items` at the same position in the plan.
-    pub fn units<'a, T>(&'a self, items: impl IntoIterator<Item = T>) -> Vec<(T, &'a PlannedUnit)> {
+    pub fn units<T>(&self, items: impl IntoIterator<Item = T>) -> Vec<(T, &PlannedUnit)> {
         items
             .into_iter()
             .zip(&self.plan.units)

@@ -259,7 +259,7 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
         state.next_sample = state.step * batch;
         state.rng_state = sample_rng(settings.seed, state.next_sample).state;
         state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        if state.step % settings.log_every == 0 || state.step == settings.steps {
+        if state.step.is_multiple_of(settings.log_every) || state.step == settings.steps {
             let row = MetricsRow {
                 step: state.step,
                 loss: m.loss,
@@ -270,7 +270,7 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
             logs.log(row, state.elapsed_s)?;
             bar.set_message(format!("loss {:.4}", m.loss));
         }
-        if state.step % settings.checkpoint_every == 0 || state.step == settings.steps {
+        if state.step.is_multiple_of(settings.checkpoint_every) || state.step == settings.steps {
             save(runner, &state, &logs.rows)?;
         }
         bar.set_position(state.step);

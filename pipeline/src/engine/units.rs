@@ -84,6 +84,9 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .to_string()
 }
 
+/// The work of one unit on a worker's state: the unit's item and its plan entry in, its outcome out.
+pub type UnitWork<'a, W, T, C> = dyn Fn(&mut W, T, &PlannedUnit) -> Result<UnitDone<C>> + Sync + 'a;
+
 impl<C> Driver<'_, C>
 where
     C: Clone + Default + Serialize + DeserializeOwned + Send,
@@ -184,7 +187,7 @@ where
         &self,
         units: Vec<(T, &PlannedUnit)>,
         mut workers: Vec<W>,
-        work: &(dyn Fn(&mut W, T, &PlannedUnit) -> Result<UnitDone<C>> + Sync),
+        work: &UnitWork<'_, W, T, C>,
     ) -> UnitRun<C>
     where
         T: Send,

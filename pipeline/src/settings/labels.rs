@@ -262,7 +262,8 @@ mod tests {
 
     #[test]
     fn meaningless_values_are_refused_naming_them() {
-        let cases: [(fn(&mut LabelsParams), &str); 5] = [
+        type Case = (fn(&mut LabelsParams), &'static str);
+        let cases: [Case; 5] = [
             (|p: &mut LabelsParams| p.select.corner_threshold_px = f64::NAN, "corner_threshold_px"),
             (|p: &mut LabelsParams| p.select.corner_threshold_px = 0.0, "corner_threshold_px"),
             (|p: &mut LabelsParams| p.instances.fg_threshold_px = -1.0, "fg_threshold_px"),

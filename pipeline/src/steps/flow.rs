@@ -283,7 +283,7 @@ pub fn run(args: &FlowCmdArgs, stop: &StopHandle) -> Result<ExitCode> {
     check_directory(&args.out, &hash, &record)?;
     let plan = build_plan(FLOW_KIND, &hash, args.input.dataset.name(), &sequences);
     let ledger = Ledger::new(&args.out, FLOW_KIND, &hash);
-    let job = OpenJob::open(ledger, &[args.out.clone()], &record, plan, args.job.shard()?)?;
+    let job = OpenJob::open(ledger, std::slice::from_ref(&args.out), &record, plan, args.job.shard()?)?;
     let stop = stop.with_budget(args.job.run.time_budget);
     export(args, &job, &sequences, built.source, &stop)
 }

@@ -45,7 +45,7 @@ use crate::engine::job::{build_plan, OpenJob, UnitTally, CODE_VERSION};
 use crate::engine::progress;
 use crate::engine::status::JobKind;
 use crate::engine::stop::{StopHandle, Stopped};
-use crate::engine::units::{Driver, UnitDone};
+use crate::engine::units::{Driver, UnitDone, UnitRun};
 use crate::settings::identity::continue_earlier_partition;
 use crate::settings::infer::{InferParams, MODEL_BASELINE, MODEL_STAGE2};
 use crate::settings::presets::Preset;
@@ -301,8 +301,8 @@ fn load(args: &InferArgs, device: Device) -> Result<(RefinedModel, Box<dyn mrdin
     Ok((model, backbone, params, model_id))
 }
 
-/// `mrdino infer`.
-pub fn run(args: &InferArgs, stop: &StopHandle) -> Result<ExitCode> {
+/// Refuses an `--out` that is, holds or lies inside an input.
+fn check_paths(args: &InferArgs) -> Result<()> {
     crate::engine::paths::check_out_dir(
         &args.out,
         &[
@@ -310,7 +310,37 @@ pub fn run(args: &InferArgs, stop: &StopHandle) -> Result<ExitCode> {
             ("--model", Some(&args.model)),
             ("--backbone-weights", args.backbone.backbone_weights.as_deref()),
         ],
-    )?;
+    )
+}
+
+/// The job's totals, printed.
+fn summary(run: &UnitRun<PredictionCounts>, started: Instant, out: &std::path::Path) -> PredictionTotals {
+    let totals = PredictionTotals {
+        units: run.tally,
+        frames: run.done_counts().map(|c| c.frame_rows).sum(),
+        instances: run.done_counts().map(|c| c.instances).sum(),
+        frame_failures: run.frame_failures,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    eprintln!(
+        "infer: {} units done ({} frames, {} instances), {} already done, {} failed, {} interrupted, {} frame \
+         failures in {:.1} s → {}",
+        totals.units.done,
+        totals.frames,
+        totals.instances,
+        totals.units.skipped,
+        totals.units.failed,
+        totals.units.interrupted,
+        totals.frame_failures,
+        totals.seconds,
+        out.display()
+    );
+    totals
+}
+
+/// `mrdino infer`.
+pub fn run(args: &InferArgs, stop: &StopHandle) -> Result<ExitCode> {
+    check_paths(args)?;
     let started = Instant::now();
     let device = args.device.device()?;
     let (model, backbone, params, model_id) = load(args, device)?;
@@ -383,25 +413,6 @@ pub fn run(args: &InferArgs, stop: &StopHandle) -> Result<ExitCode> {
             failures: output.failures,
         })
     });
-    let totals = PredictionTotals {
-        units: run.tally,
-        frames: run.done_counts().map(|c| c.frame_rows).sum(),
-        instances: run.done_counts().map(|c| c.instances).sum(),
-        frame_failures: run.frame_failures,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    eprintln!(
-        "infer: {} units done ({} frames, {} instances), {} already done, {} failed, {} interrupted, {} frame \
-         failures in {:.1} s → {}",
-        totals.units.done,
-        totals.frames,
-        totals.instances,
-        totals.units.skipped,
-        totals.units.failed,
-        totals.units.interrupted,
-        totals.frame_failures,
-        totals.seconds,
-        args.out.display()
-    );
+    let totals = summary(&run, started, &args.out);
     job.finish(run, &totals, args.job.max_failures)
 }

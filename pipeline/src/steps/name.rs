@@ -283,8 +283,19 @@ fn file_metadata(params: &NameParams, hash: &str, source: &Path) -> Result<Vec<(
     ])
 }
 
-/// `mrdino name`.
-pub fn run(args: &NameArgs, stop: &StopHandle) -> Result<ExitCode> {
+/// Says how many units of the source run are not done (they get no names).
+fn note_incomplete(tables: &mrdino_outputs::runs::RunTables, source: &std::path::Path, quiet: bool) {
+    if !tables.incomplete_units.is_empty() && !quiet {
+        eprintln!(
+            "note: {} units of {} are not done and get no names",
+            tables.incomplete_units.len(),
+            source.display()
+        );
+    }
+}
+
+/// Refuses an `--out` that is, holds or lies inside an input (the source run's tables, the frames, the weights).
+fn check_paths(args: &NameArgs) -> Result<()> {
     let source = args.labels.as_deref().or(args.predictions.as_deref());
     let runs = source.map(|run| job_inputs(run, mrdino_outputs::layout::LABELS_DATA_DIRS)).unwrap_or_default();
     let mut inputs = vec![
@@ -294,7 +305,12 @@ pub fn run(args: &NameArgs, stop: &StopHandle) -> Result<ExitCode> {
         ("--psi-weights", Some(args.model.psi_weights.as_path())),
     ];
     inputs.extend(runs.iter().map(|p| ("the source run", Some(p.as_path()))));
-    check_out_dir(&args.out, &inputs)?;
+    check_out_dir(&args.out, &inputs)
+}
+
+/// `mrdino name`.
+pub fn run(args: &NameArgs, stop: &StopHandle) -> Result<ExitCode> {
+    check_paths(args)?;
     let started = Instant::now();
     let request = NameRequest::resolve(args)?;
     let shard = args.job.shard()?;
@@ -324,13 +340,7 @@ pub fn run(args: &NameArgs, stop: &StopHandle) -> Result<ExitCode> {
     );
     let job = OpenJob::open(layout.ledger(), &[layout.dir()], &params, plan, shard)?;
     let quiet = args.job.run.quiet;
-    if !tables.incomplete_units.is_empty() && !quiet {
-        eprintln!(
-            "note: {} units of {} are not done and get no names",
-            tables.incomplete_units.len(),
-            request.source.display()
-        );
-    }
+    note_incomplete(&tables, &request.source, quiet);
     let metadata = file_metadata(&params, &hash, &request.source)?;
     let stop = stop.with_budget(args.job.run.time_budget);
     let namer = Namer {

@@ -271,6 +271,7 @@ pub struct BackboneRequest<'a> {
 pub const DEFAULT_BACKBONE: &str = "dinov2-vitb14";
 
 /// A loaded backbone: a ViT (whose blocks a `--layer` can choose from) or a seeded backbone.
+#[allow(clippy::large_enum_variant, reason = "one per command, never moved in a loop")]
 pub enum LoadedBackbone {
     Vit(Vit),
     Seeded(Box<dyn Backbone>),

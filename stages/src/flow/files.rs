@@ -197,6 +197,7 @@ pub fn read_kubric_flow(path: &Path) -> Result<FlowField, FlowError> {
 }
 
 /// The flow as a `.npy` file (float32, (H, W, 2), C order).
+#[expect(clippy::expect_used, reason = "writing into a Vec cannot fail")]
 pub fn encode_npy(field: &FlowField) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.uv.len() * 4 + 128);
     let shape = [field.height as u64, field.width as u64, 2];
