@@ -96,17 +96,22 @@ demo: build
 SYNTH_OUT ?= outputs/demo-synth
 demo-synth: build
 	$(MRDINO) synth --out $(SYNTH_OUT)/data
-	$(MRDINO) labels --dataset frames --root $(SYNTH_OUT)/data/frames --out $(SYNTH_OUT)/labels-dis --flow dis --quiet
 	$(MRDINO) labels --dataset frames --root $(SYNTH_OUT)/data/frames --out $(SYNTH_OUT)/labels-exact \
 	  --flow import --flow-dir $(SYNTH_OUT)/data/flow --quiet
-	@echo "== DIS flow =="
-	$(MRDINO) eval --labels $(SYNTH_OUT)/labels-dis --gt $(SYNTH_OUT)/data --gt-format synth
+	$(MRDINO) labels --dataset frames --root $(SYNTH_OUT)/data/frames --out $(SYNTH_OUT)/labels-dis --flow dis --quiet
+	@for rule in fb-check photo-check flow-split; do \
+	  $(MRDINO) labels --dataset frames --root $(SYNTH_OUT)/data/frames --out $(SYNTH_OUT)/labels-dis-$$rule \
+	    --flow dis --$$rule --quiet || exit 1; done
 	$(MRDINO) labels --dataset frames --root $(SYNTH_OUT)/data/frames --out $(SYNTH_OUT)/labels-dis-improved \
 	  --flow dis --label-rules improved --quiet
-	@echo "== exact (imported) flow =="
-	$(MRDINO) eval --labels $(SYNTH_OUT)/labels-exact --gt $(SYNTH_OUT)/data --gt-format synth
-	@echo "== DIS flow, --label-rules improved =="
-	$(MRDINO) eval --labels $(SYNTH_OUT)/labels-dis-improved --gt $(SYNTH_OUT)/data --gt-format synth
+	@for run in exact dis dis-fb-check dis-photo-check dis-flow-split dis-improved; do \
+	  echo "== $$run =="; \
+	  $(MRDINO) eval --labels $(SYNTH_OUT)/labels-$$run --gt $(SYNTH_OUT)/data --gt-format synth \
+	    --json $(SYNTH_OUT)/eval-$$run.json || exit 1; done
+	$(MRDINO) compare --json $(SYNTH_OUT)/compare.json --eval exact=$(SYNTH_OUT)/eval-exact.json \
+	  --eval dis=$(SYNTH_OUT)/eval-dis.json --eval dis+fb-check=$(SYNTH_OUT)/eval-dis-fb-check.json \
+	  --eval dis+photo-check=$(SYNTH_OUT)/eval-dis-photo-check.json \
+	  --eval dis+flow-split=$(SYNTH_OUT)/eval-dis-flow-split.json --eval dis+improved=$(SYNTH_OUT)/eval-dis-improved.json
 
 # make demo-refine: the whole refinement on generated data (exact flow, so the pseudo-labels are good) with a
 # seeded backbone (no weights needed): synth (flat-coloured scenes, large objects) → labels → window features

@@ -99,17 +99,16 @@ fn cases() -> Vec<Case> {
         // eval, compare, report, export
         case!("eval", "missing `--labels`", ["eval --labels {missing} --gt {data} --gt-format synth --json {out}"], "nosuch", 1),
         case!("eval", "truncated Parquet in `--labels`", ["eval --labels {bad_labels} --gt {data} --gt-format synth --json {out}"], "seq000", 1),
-        case!("eval", "`--json` inside the labels run", ["eval --labels {labels} --gt {data} --gt-format synth --json {labels}/x.json"], "labels", 1),
+        case!("eval", "`--json` inside the labels run", ["eval --labels {labels} --gt {data} --gt-format synth --json {labels}/instances/x.json"], "lies inside the input", 1),
         case!("eval", "missing `--gt`", ["eval --labels {labels} --gt {missing} --gt-format synth --json {out}"], "nosuch", 1),
         case!("compare", "truncated JSON `--eval`", ["compare --eval a={bad_json} --json {out}"], "bad.json", 1),
         case!("compare", "`--eval` without a name", ["compare --eval {bad_json} --json {out}"], "NAME=FILE", 1),
         case!("compare", "`--json` is its input", ["compare --eval a={eval_json} --json {eval_json}"], "eval.json", 1),
         case!("report", "`--out` is the labels run", ["report --labels {labels} --out {labels}"], "labels", 1),
-        case!("report", "`--samples 0`", ["report --labels {labels} --out {out} --samples 0"], "--samples", 2),
-        case!("report", "flow of another size", ["report --labels {labels} --out {out} --flow-dir {small_flow}"], "64x48", 1),
+        case!("report", "flow of another size", ["report --labels {labels} --out {out} --flow-dir {small_flow}"], "small_flow", 1),
         case!("export", "missing `--labels`", ["export --labels {missing} --format coco --out {out}"], "nosuch", 1),
         case!("export", "`--format` unknown", ["export --labels {labels} --format voc --out {out}"], "voc", 2),
-        case!("export", "`--out` inside the labels run", ["export --labels {labels} --format coco --out {labels}/coco.json"], "labels", 1),
+        case!("export", "`--out` inside the labels run", ["export --labels {labels} --format coco --out {labels}/frames/coco.json"], "lies inside the input", 1),
         // features
         case!("features", "`--batch 0`", [FEATURES, "--backbone-weights {vit} --batch 0"], "--batch", 2),
         case!("features", "`--size 0x28`", [FEATURES, "--backbone-weights {vit} --size 0x28"], "0x28", 2),
@@ -122,17 +121,17 @@ fn cases() -> Vec<Case> {
         // train, refine
         case!("train", "`--time-budget nan`", [TRAIN, "--time-budget nan"], "`nan`", 2),
         case!("train", "`--time-budget=-1`", [TRAIN, "--time-budget=-1"], "`-1`", 2),
-        case!("train", "`--steps 0`", [TRAIN, "--steps 0"], "--steps", 2),
+        case!("train", "`--steps 0`", [TRAIN, "--steps 0"], "steps = 0", 1),
         case!("train", "`--workers 0`", [TRAIN, "--workers 0"], "--workers", 2),
-        case!("train", "`--batch-size 0`", [TRAIN, "--batch-size 0"], "batch", 1),
-        case!("train", "`--lr nan`", [TRAIN, "--lr nan"], "lr", 1),
+        case!("train", "`--batch-size 0`", [TRAIN, "--batch-size 0"], "--batch-size", 2),
+        case!("train", "`--lr nan`", [TRAIN, "--lr nan"], "--lr", 2),
         case!("train", "`--seed -1`", [TRAIN, "--seed -1"], "-1", 2),
         case!("train", "config `adam_beta1: 2`", [TRAIN_ANY_CONFIG, "--config {beta_json}"], "adam_beta1", 1),
         case!("train", "config `clip_grad_norm: -1`", [TRAIN_ANY_CONFIG, "--config {clip_json}"], "clip_grad_norm", 1),
         case!("train", "missing `--features`", [TRAIN, "--features {missing}"], "nosuch", 1),
         case!("train", "`--out` is the cache", [TRAIN, "--out {views}"], "views", 1),
         case!("refine", "`--time-budget nan`", [STAGE1, "--time-budget nan"], "`nan`", 2),
-        case!("refine", "`--epochs 0`", [STAGE1, "--epochs 0"], "--epochs", 2),
+        case!("refine", "`--epochs 0`", [STAGE1, "--epochs 0"], "epochs = 0", 1),
         case!("refine", "`--background-weight 2`", [STAGE1, "--background-weight 2"], "background", 1),
         case!("refine", "stage 2 from a baseline", ["refine stage2", &STAGE1["refine stage1".len()..]], "baseline", 1),
         case!("refine", "`--from` a ViT's weights", [STAGE1, "--from {vit}"], "vit.safetensors", 1),
@@ -147,16 +146,16 @@ fn cases() -> Vec<Case> {
         case!("infer", "`--out` is the labels run", [INFER, "--model {run} --out {labels}"], "labels", 1),
         // analyze
         case!("analyze", "`--k 1000` on a few points", ["analyze --labels {labels} --gt {data} --gt-format synth --backbone {backbone} --backbone-weights {vit} --out {out} --device cpu --k 1000"], "--k", 1),
-        case!("analyze", "`--frames 0`", ["analyze --labels {labels} --gt {data} --gt-format synth --backbone {backbone} --backbone-weights {vit} --out {out} --frames 0"], "--frames", 1),
+        case!("analyze", "`--frames 0`", ["analyze --labels {labels} --gt {data} --gt-format synth --backbone {backbone} --backbone-weights {vit} --out {out} --frames 0"], "--frames", 2),
         case!("analyze", "truncated weights", ["analyze --labels {labels} --gt {data} --gt-format synth --backbone {backbone} --backbone-weights {bad_st} --out {out} --device cpu"], "bad.safetensors", 1),
         // name, segment
         case!("name", "`--batch 0`", ["name --labels {labels} --root {root} --classes car --out {out} --batch 0", T2D], "--batch", 2),
-        case!("name", "missing `--classes-file`", ["name --labels {labels} --root {root} --classes-file {missing} --out {out}", T2D], "nosuch", 1),
+        case!("name", "missing `--classes-file`", ["name --labels {labels} --root {root} --classes-file {missing} --out {out}", T2D], "nosuch", 2),
         case!("name", "truncated text weights", ["name --labels {labels} --root {root} --classes car --out {out} --quiet --device cpu --backbone {backbone} --backbone-weights {vit} --text-weights {bad_st} --psi-weights {vit}"], "bad.safetensors", 1),
-        case!("segment", "`--threshold -1`", ["segment --dataset frames --root {root} --prompt car --out {out} --threshold -1", T2D], "threshold", 2),
+        case!("segment", "`--threshold -1`", ["segment --dataset frames --root {root} --prompt car --out {out} --threshold -1", T2D], "threshold = -1", 1),
         case!("segment", "`--threshold nan`", ["segment --dataset frames --root {root} --prompt car --out {out} --threshold nan", T2D], "threshold", 2),
         case!("segment", "`--batch 0`", ["segment --dataset frames --root {root} --prompt car --out {out} --batch 0", T2D], "--batch", 2),
-        case!("segment", "missing `--prompts-file`", ["segment --dataset frames --root {root} --prompts-file {missing} --out {out}", T2D], "nosuch", 1),
+        case!("segment", "missing `--prompts-file`", ["segment --dataset frames --root {root} --prompts-file {missing} --out {out}", T2D], "nosuch", 2),
     ]
 }
 
@@ -176,7 +175,7 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let data = d.join("data");
-        let frames = synth(&data, "96x64", 2, 4);
+        let frames = synth(&data, "160x96", 2, 8);
         let labels = d.join("labels");
         run_ok(mrdino().args(["labels", "--dataset", "frames", "--quiet", "--flow", "import", "--flow-dir"])
             .arg(data.join("flow")).arg("--root").arg(&frames).arg("--out").arg(&labels));

@@ -42,7 +42,7 @@ pub trait Backbone: Send {
     fn device(&self) -> Device;
     /// `images01` (B, 3, H, W) float in [0, 1] (any device) → features (B, (H/ps)·(W/ps), C) float32 on the
     /// backbone's device, patches in row-major order; no gradient. Errors name what is wrong with the input.
-    fn features(&self, images01: &Tensor) -> Result<Tensor, String>;
+    fn features(&self, images01: &Tensor) -> Result<Tensor, FeatureError>;
 }
 
 /// See the module docs: normalisation, a strided Conv2d(3, C, ps, ps), the optional position code and a
@@ -161,7 +161,7 @@ impl Backbone for ConvPatchBackbone {
         self.device
     }
 
-    fn features(&self, images01: &Tensor) -> Result<Tensor, String> {
+    fn features(&self, images01: &Tensor) -> Result<Tensor, FeatureError> {
         Ok(tch::no_grad(|| {
             let x = images01.to_device(self.device).to_kind(Kind::Float);
             let mean = Tensor::from_slice(&IMAGENET_MEAN)
@@ -224,6 +224,24 @@ fn sha256_f32<'a>(values: impl Iterator<Item = &'a f32>) -> String {
     h.finalize().iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Why a backbone could not encode a batch of images.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    /// The images are not what the backbone takes (shape, size), with the reason.
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Vit(Box<VitError>),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+impl From<VitError> for FeatureError {
+    fn from(e: VitError) -> Self {
+        Self::Vit(Box::new(e))
+    }
+}
+
 /// Why a backbone cannot be loaded; every variant names the value or file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum BackboneError {
@@ -254,7 +272,7 @@ pub enum BackboneError {
         given: String,
     },
     #[error("backbone input: {0}")]
-    Input(String),
+    Features(#[from] FeatureError),
 }
 
 /// Where a command's backbone comes from: the `--backbone` name, the `--backbone-weights` file, and the model file
@@ -373,7 +391,7 @@ impl LoadedBackbone {
                 let normalised = v.normalize(images01)?;
                 Ok(tch::no_grad(|| v.features(&normalised, layer))?)
             }
-            Self::Seeded(b) => b.features(images01).map_err(BackboneError::Input),
+            Self::Seeded(b) => Ok(b.features(images01)?),
         }
     }
 }
@@ -493,17 +511,17 @@ impl Backbone for ColourFourierBackbone {
         self.device
     }
 
-    fn features(&self, images01: &Tensor) -> Result<Tensor, String> {
+    fn features(&self, images01: &Tensor) -> Result<Tensor, FeatureError> {
         let size = images01.size();
         let [_, 3, height, width] = size[..] else {
-            return Err(format!("expected images (B, 3, H, W), got {size:?}"));
+            return Err(FeatureError::Input(format!("expected images (B, 3, H, W), got {size:?}")));
         };
         let (grid_h, grid_w) = (height / self.patch, width / self.patch);
         if grid_h == 0 || grid_w == 0 {
-            return Err(format!(
+            return Err(FeatureError::Input(format!(
                 "a {height}×{width} image is smaller than one {} px patch",
                 self.patch
-            ));
+            )));
         }
         Ok(tch::no_grad(|| {
             let x = images01.to_device(self.device).to_kind(Kind::Float);
@@ -556,11 +574,11 @@ impl Backbone for crate::vit::Vit {
         crate::vit::Vit::device(self)
     }
 
-    fn features(&self, images01: &Tensor) -> Result<Tensor, String> {
+    fn features(&self, images01: &Tensor) -> Result<Tensor, FeatureError> {
         let images = self
             .normalize(&images01.to_kind(Kind::Float))
-            .map_err(|e| e.to_string())?;
-        tch::no_grad(|| crate::vit::Vit::features(self, &images, None)).map_err(|e| e.to_string())
+            ?;
+        Ok(tch::no_grad(|| crate::vit::Vit::features(self, &images, None))?)
     }
 }
 

@@ -71,7 +71,7 @@ pub enum LoaderError {
     #[error("expected the batch at sample {expected}, the decoding thread sent sample {got}")]
     OutOfOrder { expected: u64, got: u64 },
     #[error("backbone: {0}")]
-    Backbone(String),
+    Backbone(#[from] crate::backbone::FeatureError),
     #[error(transparent)]
     Batch(#[from] tch::TchError),
 }

@@ -36,7 +36,7 @@ pub enum PredictError {
     #[error(transparent)]
     Torch(#[from] tch::TchError),
     #[error("backbone: {0}")]
-    Backbone(String),
+    Backbone(#[from] crate::backbone::FeatureError),
     #[error("{what}: {message}")]
     Config { what: &'static str, message: String },
 }

@@ -331,7 +331,7 @@ pub enum ViewSourceError {
     #[error("{sequence} frame {frame}: a view without pixels")]
     NoPixels { sequence: String, frame: u64 },
     #[error("backbone: {0}")]
-    Backbone(String),
+    Backbone(#[from] crate::backbone::FeatureError),
 }
 
 /// Where a refinement batch comes from: features (B, P, C) and instance masks (B, C_max, S, S).

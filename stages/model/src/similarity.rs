@@ -51,7 +51,7 @@ use tch::{Kind, Tensor};
 pub use crate::train::SplitMix64;
 
 /// Errors of the statistics: shapes that do not describe the same examples, or too few examples.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum SimilarityError {
     #[error("representations must be 2-D (examples × features), got shapes {x:?} and {y:?}")]
     NotMatrices { x: Vec<i64>, y: Vec<i64> },
@@ -73,6 +73,15 @@ pub enum SimilarityError {
     NotFinite { statistic: &'static str },
     #[error("{statistic} is defined on none of the {resamples} bootstrap resamples")]
     NoResample { statistic: &'static str, resamples: usize },
+    /// A tensor operation or the copy of its result failed (libtorch's message).
+    #[error("tensor operation failed: {0}")]
+    Torch(String),
+}
+
+impl From<tch::TchError> for SimilarityError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch(e.to_string())
+    }
 }
 
 impl SimilarityError {
@@ -186,28 +195,28 @@ pub struct Cca {
 }
 
 /// CCA between centred X and Y (whitening by SVD).
-fn cca_centred(x: &Tensor, y: &Tensor) -> Cca {
+fn cca_centred(x: &Tensor, y: &Tensor) -> Result<Cca, SimilarityError> {
     let (qx, qy) = (whiten(x), whiten(y));
     let (a, s, b) = qx.tr().matmul(&qy).svd(true, true);
     let m = s.size()[0];
-    let correlations = Vec::<f64>::try_from(&s.clamp(0.0, 1.0)).unwrap_or_default();
-    Cca {
+    let correlations = Vec::<f64>::try_from(&s.clamp(0.0, 1.0))?;
+    Ok(Cca {
         correlations,
         variates_x: qx.matmul(&a.narrow(1, 0, m)),
         variates_y: qy.matmul(&b.narrow(1, 0, m)),
-    }
+    })
 }
 
 /// Canonical correlation analysis between X (n×p) and Y (n×q).
 pub fn cca(x: &Tensor, y: &Tensor) -> Result<Cca, SimilarityError> {
     check_pair(x, y, "CCA", 2)?;
-    Ok(cca_centred(&centred(x), &centred(y)))
+    cca_centred(&centred(x), &centred(y))
 }
 
 /// Top singular directions of a centred matrix keeping `keep_variance` of Σσ² (at most `max_dims`), as `U_k Σ_k`.
-fn reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Tensor {
+fn reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Result<Tensor, SimilarityError> {
     let (u, s, _) = x.svd(true, true);
-    let var: Vec<f64> = Vec::<f64>::try_from(&s.square()).unwrap_or_default();
+    let var: Vec<f64> = Vec::<f64>::try_from(&s.square())?;
     let total: f64 = var.iter().sum();
     let mut acc = 0.0;
     let mut k = 0;
@@ -219,12 +228,12 @@ fn reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Tensor {
         }
     }
     let k = (k.min(max_dims.unwrap_or(usize::MAX)) as i64).max(1);
-    u.narrow(1, 0, k) * s.narrow(0, 0, k).unsqueeze(0)
+    Ok(u.narrow(1, 0, k) * s.narrow(0, 0, k).unsqueeze(0))
 }
 
 /// Each side reduced to its top singular directions keeping `keep_variance` of the variance, at most `max_dims`
 /// (CCA needs clearly more examples than dimensions: with n ≤ dims every canonical correlation is 1).
-pub fn svd_reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Tensor {
+pub fn svd_reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Result<Tensor, SimilarityError> {
     reduce(&centred(x), keep_variance, max_dims)
 }
 
@@ -232,8 +241,8 @@ pub fn svd_reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Te
 /// (at most `max_dims` of them).
 pub fn svcca(x: &Tensor, y: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Result<f64, SimilarityError> {
     check_pair(x, y, "SVCCA", 2)?;
-    let (x, y) = (svd_reduce(x, keep_variance, max_dims), svd_reduce(y, keep_variance, max_dims));
-    let rho = cca_centred(&x, &y).correlations;
+    let (x, y) = (svd_reduce(x, keep_variance, max_dims)?, svd_reduce(y, keep_variance, max_dims)?);
+    let rho = cca_centred(&x, &y)?.correlations;
     Ok(rho.iter().sum::<f64>() / rho.len().max(1) as f64)
 }
 
@@ -241,14 +250,14 @@ pub fn svcca(x: &Tensor, y: &Tensor, keep_variance: f64, max_dims: Option<usize>
 pub fn pwcca(x: &Tensor, y: &Tensor) -> Result<f64, SimilarityError> {
     check_pair(x, y, "PWCCA", 2)?;
     let (xc, yc) = (centred(x), centred(y));
-    let result = cca_centred(&xc, &yc);
+    let result = cca_centred(&xc, &yc)?;
     let (variates, acts) = if xc.size()[1] <= yc.size()[1] {
         (&result.variates_x, &xc)
     } else {
         (&result.variates_y, &yc)
     };
     let weights = variates.tr().matmul(acts).abs().sum_dim_intlist(1, false, Kind::Double);
-    let weights = Vec::<f64>::try_from(&weights).unwrap_or_default();
+    let weights = Vec::<f64>::try_from(&weights)?;
     let total: f64 = weights.iter().sum();
     let weighted: f64 = weights.iter().zip(&result.correlations).map(|(w, r)| w * r).sum();
     Ok(weighted / total)
@@ -302,7 +311,7 @@ pub fn knn_purity(points: &Tensor, labels: &[usize], k: usize) -> Result<Purity,
         );
         // Stable sort: equal distances keep index order.
         let (_, order) = d.sort_stable(true, 1, false);
-        let nearest = Vec::<i64>::try_from(&order.narrow(1, 0, k as i64).flatten(0, -1)).unwrap_or_default();
+        let nearest = Vec::<i64>::try_from(&order.narrow(1, 0, k as i64).flatten(0, -1))?;
         for i in 0..len as usize {
             let own = labels[start as usize + i];
             let same = nearest[i * k..(i + 1) * k]
@@ -445,7 +454,7 @@ pub fn pair_estimates(
     max_dims: usize,
 ) -> PairEstimates {
     let n = x.size()[0] as usize;
-    let (rx, ry) = (svd_reduce(x, 0.99, Some(max_dims)), svd_reduce(y, 0.99, Some(max_dims)));
+    let reduced = svd_reduce(x, 0.99, Some(max_dims)).and_then(|rx| Ok((rx, svd_reduce(y, 0.99, Some(max_dims))?)));
     let estimate = |name: &'static str, a: &Tensor, b: &Tensor, f: &dyn Fn(&Tensor, &Tensor) -> Result<f64, SimilarityError>| {
         bootstrap_defined(n, settings.resamples, settings.seed, name, |idx| {
             let (a, b) = (a.index_select(0, idx), b.index_select(0, idx));
@@ -463,8 +472,14 @@ pub fn pair_estimates(
     PairEstimates {
         cka: estimate("CKA", x, y, &linear_cka),
         cka_debiased: estimate("debiased CKA", x, y, &linear_cka_debiased),
-        svcca: estimate("SVCCA", &rx, &ry, &|a, b| svcca(a, b, 1.0, None)),
-        pwcca: estimate("PWCCA", &rx, &ry, &pwcca),
+        svcca: match &reduced {
+            Ok((rx, ry)) => estimate("SVCCA", rx, ry, &|a, b| svcca(a, b, 1.0, None)),
+            Err(e) => Err(e.clone()),
+        },
+        pwcca: match &reduced {
+            Ok((rx, ry)) => estimate("PWCCA", rx, ry, &pwcca),
+            Err(e) => Err(e.clone()),
+        },
     }
 }
 
