@@ -132,7 +132,7 @@ fn cases() -> Vec<Case> {
         case!("train", "`--out` is the cache", [TRAIN, "--out {views}"], "views", 1),
         case!("refine", "`--time-budget nan`", [STAGE1, "--time-budget nan"], "`nan`", 2),
         case!("refine", "`--epochs 0`", [STAGE1, "--epochs 0"], "epochs = 0", 1),
-        case!("refine", "`--background-weight 2`", [STAGE1, "--background-weight 2"], "background", 1),
+        case!("refine", "stage 2 `--background-weight 2`", ["refine stage2", &STAGE1["refine stage1".len()..], "--background-weight 2"], "background_weight = 2", 1),
         case!("refine", "stage 2 from a baseline", ["refine stage2", &STAGE1["refine stage1".len()..]], "baseline", 1),
         case!("refine", "`--from` a ViT's weights", [STAGE1, "--from {vit}"], "vit.safetensors", 1),
         case!("refine", "cache of another backbone", [STAGE1, "--features {windows2}"], "backbone", 1),

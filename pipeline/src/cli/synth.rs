@@ -14,7 +14,7 @@ pub struct SynthArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Seed of the generator; the same seed and sizes give byte-identical files.
-    #[arg(long, value_name = "S", default_value_t = SynthParams::default().seed)]
+    #[arg(long, value_name = "S", default_value_t = SynthParams::default().seed, allow_hyphen_values = true)]
     pub seed: u64,
     /// Number of sequences (1..=1000).
     #[arg(long, value_name = "N", default_value_t = SynthParams::default().sequences)]

@@ -41,6 +41,18 @@ pub fn kind_of_directory(dir: &Path) -> Result<Option<String>> {
     Ok(dir.join(CHECKPOINT_FILE).is_file().then(|| TRAINING_KIND.to_string()))
 }
 
+/// Refuses `dir` when it holds another kind of output than `kind`, without writing anything (a job calls it
+/// before its own checks of the directory, so that the kind is what the message names).
+pub fn refuse_other_kind(dir: &Path, kind: &str) -> Result<()> {
+    match kind_of_directory(dir)? {
+        Some(found) if found != kind => bail!(
+            "{} holds `{found}` output, not `{kind}`: write to another directory",
+            dir.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses `dir` when it holds another kind of output than `kind`; records `kind` on the first write.
 pub fn claim(dir: &Path, kind: &str) -> Result<()> {
     match kind_of_directory(dir)? {

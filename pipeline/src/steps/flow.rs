@@ -237,6 +237,7 @@ impl Export<'_> {
 
 /// `mrdino flow`.
 pub fn run(args: &FlowCmdArgs, stop: &StopHandle) -> Result<ExitCode> {
+    crate::engine::kinds::refuse_other_kind(&args.out, FLOW_KIND)?;
     crate::engine::paths::check_out_dir(
         &args.out,
         &[

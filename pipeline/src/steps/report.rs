@@ -490,8 +490,18 @@ fn read_precision_recall(file: Option<&Path>, params_hash: &str) -> Result<Optio
     }))
 }
 
-/// `mrdino report`.
+/// `mrdino report`. A report that fails (e.g. on flow of another size, found while drawing the samples) leaves
+/// no directory behind that it created.
 pub fn run(args: &ReportArgs) -> Result<()> {
+    let existed = args.out.exists();
+    let result = write_report(args);
+    if result.is_err() && !existed {
+        let _ = std::fs::remove_dir_all(&args.out);
+    }
+    result
+}
+
+fn write_report(args: &ReportArgs) -> Result<()> {
     let tables = read_label_tables(&args.labels, args.params.as_deref())?;
     check_paths(args, &tables)?;
     let (names_params, names) = read_names(args, &tables)?;
