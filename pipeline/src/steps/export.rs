@@ -4,7 +4,7 @@
 //! sequence, one annotation per track with one mask or null per frame). The conventions are
 //! `mrdino_outputs::export`'s; the run is read as every reader reads it (done units only).
 
-use crate::engine::paths::{check_outputs, job_inputs};
+use crate::engine::paths::{check_out_dir, job_inputs};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -20,10 +20,7 @@ pub fn run(args: &ExportArgs) -> Result<ExitCode> {
     let runs = source.map(|run| job_inputs(run, mrdino_outputs::layout::LABELS_DATA_DIRS)).unwrap_or_default();
     let mut inputs: Vec<(&str, Option<&std::path::Path>)> = vec![("--root", args.root.as_deref())];
     inputs.extend(runs.iter().map(|p| ("the source run", Some(p.as_path()))));
-    check_outputs(
-        &inputs.iter().filter_map(|(f, p)| p.map(|p| (*f, p))).collect::<Vec<_>>(),
-        &[("--out", &args.out)],
-    )?;
+    check_out_dir(&args.out, &inputs)?;
     let (source, wanted) = match (&args.labels, &args.predictions) {
         (Some(path), None) => (path, RunKind::Labels),
         (None, Some(path)) => (path, RunKind::Predictions),
