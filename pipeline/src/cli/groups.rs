@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use mrdino_datasets::DatasetKind;
+use mrdino_model::memory::{self, MemoryEstimate};
 use mrdino_outputs::bookkeeping::Shard;
 
 use super::values;
@@ -117,6 +118,36 @@ impl DeviceArgs {
             tch::set_num_threads(n);
         }
         Ok(mrdino_model::device::parse_device(&self.device)?)
+    }
+}
+
+/// How much memory a run may plan for; the commands that estimate their memory from shapes (`train`, `refine`,
+/// `infer`) take it.
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(next_help_heading = "Device")]
+pub struct MemoryArgs {
+    /// The most memory the run may use, e.g. 6G or 500M (K, M, G, T are powers of 1024, as in Slurm's --mem): a
+    /// configuration estimated above it is refused before it allocates. Default: what the machine, or the job's
+    /// cgroup, has available (on CUDA, without a limit, unchecked).
+    #[arg(long, value_name = "SIZE", value_parser = values::memory_size)]
+    pub memory_limit: Option<f64>,
+}
+
+impl MemoryArgs {
+    /// Refuses `estimate` when it exceeds what `device` has available (lowered to `--memory-limit`), naming both
+    /// numbers and `hint`; where the available memory is unknown it says so unless `quiet`.
+    pub fn check(&self, estimate: &MemoryEstimate, device: tch::Device, hint: &str, quiet: bool) -> Result<()> {
+        let available = memory::limited(memory::available(device), self.memory_limit);
+        if let Some(why) = memory::check_fits(estimate, &available, hint)? {
+            if !quiet {
+                eprintln!(
+                    "note: the estimated {} of {} is not checked against the device's memory: {why}",
+                    memory::human_bytes(estimate.total_bytes()),
+                    estimate.what
+                );
+            }
+        }
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::settings::presets::Preset;
 
-use super::groups::{BackboneArgs, DatasetArgs, DeviceArgs, JobArgs};
+use super::groups::{BackboneArgs, DatasetArgs, DeviceArgs, MemoryArgs, JobArgs};
 use super::values;
 
 #[derive(Debug, clap::Args)]
@@ -35,6 +35,8 @@ pub struct InferArgs {
     pub job: JobArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
     #[command(flatten)]
     pub backbone: BackboneArgs,
 }

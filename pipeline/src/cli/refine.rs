@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::groups::{BackboneArgs, DeviceArgs, RunArgs};
+use super::groups::{BackboneArgs, DeviceArgs, MemoryArgs, RunArgs};
 use super::values;
 
 #[derive(Debug, clap::Subcommand)]
@@ -77,6 +77,8 @@ pub struct RefineArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
     /// On-the-fly features instead of a cache (with --root); a `--from` model file that embeds its backbone
     /// brings its own.
     #[command(flatten)]

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::groups::{BackboneArgs, DeviceArgs, RunArgs};
+use super::groups::{BackboneArgs, DeviceArgs, MemoryArgs, RunArgs};
 use super::values;
 
 #[derive(Debug, clap::Subcommand)]
@@ -62,6 +62,8 @@ pub struct DinosaurTrainArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
     /// On-the-fly features instead of a cache: a ViT with its weights, or a seeded backbone without
     /// (`random-conv-p<PS>-c<C>[-pos]`, `random-colour-p<PS>-c<C>[-pos]`; for smoke runs and the demo).
     #[command(flatten)]

@@ -82,6 +82,31 @@ pub fn seed(s: &str) -> Result<i64, String> {
     Ok(n)
 }
 
+/// A memory size (`--memory-limit`): a number with an optional unit K, M, G or T (also KiB…TiB, KB…TB), each a
+/// power of 1024 as in Slurm's `--mem`; a bare number is bytes. Zero, negative and non-finite sizes are refused.
+/// Written here because the size crates read `8G` as 8·10⁹ bytes, which is not what a Slurm user means.
+pub fn memory_size(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    if number.trim().is_empty() {
+        return Err(format!("`{s}` is not a memory size (e.g. 6G, 500M)"));
+    }
+    let scale = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "K" | "KB" | "KIB" => 1024.0,
+        "M" | "MB" | "MIB" => 1024f64.powi(2),
+        "G" | "GB" | "GIB" => 1024f64.powi(3),
+        "T" | "TB" | "TIB" => 1024f64.powi(4),
+        _ => return Err(format!("`{}` in `{s}` is not a unit (K, M, G or T)", unit.trim())),
+    };
+    let v: f64 = number.trim().parse().map_err(|_| format!("`{s}` is not a memory size (e.g. 6G, 500M)"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("a memory size must be more than 0, got `{s}`"));
+    }
+    Ok(v * scale)
+}
+
 /// A finite number (any sign); range checks belong to the resolved parameters.
 pub fn finite(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
@@ -112,6 +137,22 @@ pub fn shard_count(s: &str) -> Result<NonZeroU64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_sizes_are_powers_of_1024_and_nonsense_is_refused() {
+        let gib = 1024.0 * 1024.0 * 1024.0;
+        assert_eq!(memory_size("6G"), Ok(6.0 * gib));
+        assert_eq!(memory_size("6GiB"), Ok(6.0 * gib));
+        assert_eq!(memory_size(" 1.5 gb "), Ok(1.5 * gib));
+        assert_eq!(memory_size("500M"), Ok(500.0 * 1024.0 * 1024.0));
+        assert_eq!(memory_size("2048"), Ok(2048.0));
+        assert_eq!(memory_size("1T"), Ok(1024.0 * gib));
+        for bad in ["0", "-1G", "nanG", "inf", "6X", "G", "", "6 GB extra"] {
+            assert!(memory_size(bad).is_err(), "{bad}");
+        }
+        assert!(memory_size("6X").unwrap_err().contains("`X`"));
+        assert!(memory_size("-1G").unwrap_err().contains("more than 0"));
+    }
 
     #[test]
     fn meaningless_values_are_refused_with_the_value_named() {

@@ -11,8 +11,8 @@
 //!
 //! Before a run allocates or writes anything, its step checks: the run directory against its inputs
 //! (`super::paths::check_outputs`), [`check_batch`] (a batch is not larger than the data's views) and
-//! [`check_memory`] (the step's memory, estimated from shapes by `mrdino_model::memory`, fits what the machine has
-//! available).
+//! `cli::groups::MemoryArgs::check` (the step's memory, estimated from shapes by `mrdino_model::memory`, fits what
+//! the machine has available, or `--memory-limit`).
 
 use std::io::Write;
 use std::path::Path;
@@ -22,7 +22,6 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mrdino_model::dinosaur::Dinosaur;
-use mrdino_model::memory::{available, check_fits, MemoryEstimate};
 use mrdino_model::optim::Adam;
 use mrdino_model::tensors::{from_tch, to_tch};
 use mrdino_model::train::{sample_rng, StepMetrics};
@@ -295,20 +294,6 @@ pub fn check_batch(batch_size: usize, n_views: usize, what: &str) -> Result<()> 
         batch_size <= n_views,
         "batch_size = {batch_size} is more than the {n_views} views of {what}; give --batch-size {n_views} or less"
     );
-    Ok(())
-}
-
-/// Refuses a step whose estimated memory exceeds what `device` has available, naming both; where the available
-/// memory is unknown (CUDA) it says so unless `quiet`.
-pub fn check_memory(estimate: &MemoryEstimate, device: tch::Device, hint: &str, quiet: bool) -> Result<()> {
-    if let Some(why) = check_fits(estimate, &available(device), hint)? {
-        if !quiet {
-            eprintln!(
-                "note: the step's estimated {} is not checked against the device's memory: {why}",
-                mrdino_model::memory::human_bytes(estimate.total_bytes())
-            );
-        }
-    }
     Ok(())
 }
 

@@ -25,6 +25,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use mrdino_datasets::{list_sequences, Geometry, Processing, Sequence, SourceOptions};
 use mrdino_model::backbone::{BackboneRequest, LoadedBackbone};
+use mrdino_model::memory::{window_inference, InferenceBatch, MemoryEstimate};
 use mrdino_model::predict::{frame_canvas, FramePrediction, WindowPredictor};
 use mrdino_model::refined::RefinedModel;
 use mrdino_model::windows::{MergeOptions, WindowGrid};
@@ -338,6 +339,25 @@ fn summary(run: &UnitRun<PredictionCounts>, started: Instant, out: &std::path::P
     totals
 }
 
+/// The memory of one forward batch: `--batch` frames, but never more than the longest sequence holds (a batch does
+/// not span sequences; a video's length is not known before decoding, so it counts as `--batch`).
+fn batch_memory(batch: usize, sequences: &[Sequence], model: &RefinedModel, grid: &WindowGrid) -> Result<MemoryEstimate> {
+    let longest = sequences
+        .iter()
+        .map(|s| s.frame_count_hint().unwrap_or(batch))
+        .max()
+        .unwrap_or(0);
+    let (canvas_h, canvas_w) = grid.padded_size();
+    let shapes = InferenceBatch {
+        frames: batch.min(longest) as u64,
+        windows: grid.offsets()?.len() as i64,
+        window_px: (grid.window_height_px, grid.window_width_px),
+        canvas_px: (canvas_h, canvas_w),
+        head_hidden: model.deactivation.as_ref().map(|h| h.hidden),
+    };
+    Ok(window_inference(model.dinosaur.config(), &shapes))
+}
+
 /// `mrdino infer`.
 pub fn run(args: &InferArgs, stop: &StopHandle) -> Result<ExitCode> {
     check_paths(args)?;
@@ -349,8 +369,6 @@ pub fn run(args: &InferArgs, stop: &StopHandle) -> Result<ExitCode> {
         ..MergeOptions::default()
     };
     let grid = params.preset.window_grid();
-    let predictor = WindowPredictor::new(&model, backbone.as_ref(), grid, merge, device, params.seed)
-        .with_context(|| format!("the {} preset", params.preset.name()))?;
     let dataset = args.input.dataset;
     let sequences = list_sequences(&SourceOptions {
         kind: dataset,
@@ -359,6 +377,10 @@ pub fn run(args: &InferArgs, stop: &StopHandle) -> Result<ExitCode> {
         processing: Some(params.processing),
     })
     .with_context(|| format!("cannot list dataset `{}` at {}", dataset.name(), args.input.root.display()))?;
+    let estimate = batch_memory(args.batch, &sequences, &model, &grid)?;
+    args.memory.check(&estimate, device, "lower --batch", args.job.run.quiet)?;
+    let predictor = WindowPredictor::new(&model, backbone.as_ref(), grid, merge, device, params.seed)
+        .with_context(|| format!("the {} preset", params.preset.name()))?;
     let identities = [&model_id, backbone.identity()];
     let params = continue_earlier_partition(&args.out, LABELS_DATA_DIRS, params, &identities, InferParams::hash)?;
     let hash = params.hash();

@@ -54,7 +54,7 @@ use crate::engine::job::CODE_VERSION;
 use crate::engine::runs::read_label_tables;
 use crate::engine::stop::StopHandle;
 use crate::engine::training::{
-    check_batch, check_memory, check_saved_params, initial_state, prepare_run_dir,
+    check_batch, check_saved_params, initial_state, prepare_run_dir,
     restore_training_state, run_steps, write_checkpoint, CheckpointMeta, LoopSettings, StepRunner,
 };
 use crate::settings::presets::Preset;
@@ -245,7 +245,7 @@ fn prepare(stage: ModelStage, args: &RefineArgs, device: Device) -> Result<Prepa
     let config = file_config(&from_file, &from, None)?;
     check_views(&from_file, &from, &config, source.as_ref())?;
     let estimate = step_memory(&params, &config, view_px, max_masks, args.features.is_none());
-    check_memory(&estimate, device, "lower --batch-size", args.run.quiet)?;
+    args.memory.check(&estimate, device, "lower --batch-size", args.run.quiet)?;
     Ok(Prepared {
         params,
         from,

@@ -37,7 +37,7 @@ use crate::cli::train::{DinosaurTrainArgs, TrainCommand};
 use crate::engine::job::CODE_VERSION;
 use crate::engine::stop::StopHandle;
 use crate::engine::training::{
-    check_batch, check_memory, check_saved_params, initial_state, prepare_run_dir,
+    check_batch, check_saved_params, initial_state, prepare_run_dir,
     restore_training_state, run_steps, write_checkpoint, CheckpointMeta, LoopSettings, StepRunner,
 };
 use crate::settings::train::{self as settings, TrainParams};
@@ -130,7 +130,7 @@ fn train_dinosaur(args: &DinosaurTrainArgs, stop: &StopHandle) -> Result<ExitCod
     params.model.feature_dim = source.channels();
     params.model.n_patches = source.n_patches();
     params.validate()?;
-    check_memory(
+    args.memory.check(
         &step_memory(args, &params),
         device,
         "lower --batch-size or the model's sizes",

@@ -20,6 +20,17 @@
 //! P 729, h 2048) at batch 8 estimates 4.1 GiB where `README.md` measured a peak RSS of 4.6 GiB from a feature cache
 //! (the process and libtorch's own memory included).
 //!
+//! **Inference** ([`window_inference`], `mrdino infer`): the same parts under `no_grad` for the batch's frames ×
+//! windows, plus the canvases, the masks at window pixels and one frame's joined windows. Checked against measured
+//! peaks: a KITTI baseline model (K 15, D 32, F 768, h 2048, four 378 px windows) with the `random-conv-p14-c768`
+//! backbone (so the ViT's term is absent) estimates 1.2 GiB at batch 1 and 4.3 GiB at batch 4 where
+//! `/usr/bin/time -v mrdino infer --batch 1|4 …` measured peak RSS 1.3 and 3.3 GiB: the per-frame growth is
+//! overestimated by about 40 % (libtorch frees a decoder layer's input before the next one's output is complete),
+//! which errs towards refusing early rather than being killed.
+//!
+//! `--memory-limit` ([`limited`]) lowers the available memory to what the user allows, and stands in for it where
+//! it is unknown (CUDA).
+//!
 //! **Available** ([`available`]): on Linux `MemAvailable` of `/proc/meminfo`, lowered to what a cgroup memory
 //! limit leaves (v2 `memory.max` − `memory.current` + inactive file pages; v1 `memory.limit_in_bytes` −
 //! `memory.usage_in_bytes` + `total_inactive_file`), as a batch scheduler's cgroup kills a job there first. On
@@ -53,13 +64,23 @@ pub struct MemoryTerm {
     pub bytes: f64,
 }
 
-/// An estimate: its parts, largest first.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// An estimate: what it is of, and its parts, largest first.
+#[derive(Clone, Debug, PartialEq)]
 pub struct MemoryEstimate {
+    /// What needs the memory, for messages ("one training step", "one inference batch").
+    pub what: &'static str,
     pub terms: Vec<MemoryTerm>,
 }
 
 impl MemoryEstimate {
+    /// An empty estimate of `what`.
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            terms: Vec::new(),
+        }
+    }
+
     /// Adds a part (ignored when zero).
     pub fn add(&mut self, what: &'static str, bytes: f64) {
         if bytes > 0.0 {
@@ -122,7 +143,7 @@ pub fn training_step(c: &DinosaurConfig, batch: u64, kind: StepKind) -> MemoryEs
         StepKind::Stage1 { .. } => grouping,
         StepKind::Stage2 { .. } => 0.0,
     };
-    let mut e = MemoryEstimate::default();
+    let mut e = MemoryEstimate::new("one training step");
     e.add("model weights", all * F32);
     e.add("gradients and Adam moments", 3.0 * trained * F32);
     e.add("features batch", b * p * f * F32);
@@ -155,6 +176,56 @@ pub fn training_step(c: &DinosaurConfig, batch: u64, kind: StepKind) -> MemoryEs
             e.add("deactivation head activations", 3.0 * b * k * hidden as f64 * 2.0 * F32);
         }
     }
+    e
+}
+
+/// The shapes of one batch of windowed inference (`mrdino infer`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InferenceBatch {
+    /// Frames per forward.
+    pub frames: u64,
+    /// Windows per frame.
+    pub windows: i64,
+    /// A window's (height, width) in pixels.
+    pub window_px: (i64, i64),
+    /// The canvas a frame is padded or resized to, (height, width) in pixels.
+    pub canvas_px: (i64, i64),
+    /// The stage-2 deactivation head's hidden width, for a stage-2 model.
+    pub head_hidden: Option<i64>,
+}
+
+/// The estimate of one batch of windowed inference of `config` (under `no_grad`): the model's weights, the
+/// canvases and their windows (float32, 3 channels), the backbone's working set over all windows of the batch,
+/// the features, the encoder's and one decoder layer's working sets, the masks upsampled to window pixels (the
+/// bilinear output and its copy), and one frame's windows joined on the canvas (the frames are joined one at a time).
+pub fn window_inference(c: &DinosaurConfig, s: &InferenceBatch) -> MemoryEstimate {
+    let windows = s.frames * s.windows.max(0) as u64;
+    let (b, k, d, f, p, h) = (
+        windows as f64,
+        c.n_slots as f64,
+        c.slot_dim as f64,
+        c.feature_dim as f64,
+        c.n_patches as f64,
+        c.decoder_hidden as f64,
+    );
+    let window_px = (s.window_px.0 * s.window_px.1) as f64;
+    let canvas_px = (s.canvas_px.0 * s.canvas_px.1) as f64;
+    let mut e = MemoryEstimate::new("one inference batch");
+    let head = s.head_hidden.map_or(0.0, |hidden| head_parameters(c.slot_dim, hidden));
+    e.add("model weights", (dinosaur_parameters(c).0 + head) * F32);
+    e.add(
+        "canvases and windows",
+        3.0 * (s.frames as f64 * canvas_px + 2.0 * b * window_px) * F32,
+    );
+    e.add("backbone forward", backbone_forward(windows, c.n_patches, c.feature_dim));
+    e.add("features batch", b * p * f * F32);
+    e.add(
+        "encoder forward",
+        (b * p * (3.0 * f + 4.0 * d) + c.iterations as f64 * b * k * p * 4.0) * F32,
+    );
+    e.add("decoder forward", b * k * p * (2.0 * h + 2.0 * (f + 1.0)) * F32);
+    e.add("masks at window pixels", 2.0 * b * k * window_px * F32);
+    e.add("one frame's windows joined", s.windows as f64 * k * canvas_px * F32);
     e
 }
 
@@ -193,6 +264,22 @@ pub fn available(device: Device) -> Available {
                 crate::device::device_name(other)
             ),
         },
+    }
+}
+
+/// `available`, lowered to a limit the user gave (`--memory-limit`); with a limit, a device whose free memory is
+/// unknown is checked against the limit alone.
+pub fn limited(available: Available, limit_bytes: Option<f64>) -> Available {
+    let Some(limit) = limit_bytes else {
+        return available;
+    };
+    let given = || Available::Bytes {
+        bytes: limit,
+        source: format!("--memory-limit {}", human_bytes(limit)),
+    };
+    match available {
+        Available::Bytes { bytes, .. } if bytes <= limit => available,
+        _ => given(),
     }
 }
 
@@ -262,7 +349,7 @@ fn cgroup_available() -> Option<(f64, &'static str)> {
     cgroup_left(&limit, &usage, &stat, "total_inactive_file ").map(|b| (b, "the cgroup's memory.limit_in_bytes"))
 }
 
-/// Bytes for a message: `1.2 GiB`, `340 MiB`.
+/// Bytes for a message: `1.2 GiB`, `340 MiB`, `12 KiB`, `100 bytes` (rounded up below a GiB).
 pub fn human_bytes(bytes: f64) -> String {
     const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
     const MIB: f64 = 1024.0 * 1024.0;
@@ -270,16 +357,20 @@ pub fn human_bytes(bytes: f64) -> String {
         format!("{:.3e} bytes", bytes)
     } else if bytes >= GIB {
         format!("{:.1} GiB", bytes / GIB)
-    } else {
+    } else if bytes >= MIB {
         format!("{:.0} MiB", (bytes / MIB).ceil())
+    } else if bytes >= 1024.0 {
+        format!("{:.0} KiB", (bytes / 1024.0).ceil())
+    } else {
+        format!("{bytes:.0} bytes")
     }
 }
 
 /// Why a step does not fit.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "one training step needs about {needed} ({largest} the largest part) but {free} is available ({origin}); \
-     {hint}",
+    "{what} needs about {needed} ({largest} the largest part) but {free} is available ({origin}); {hint}",
+    what = estimate.what,
     needed = human_bytes(estimate.total_bytes()),
     largest = estimate.largest().map_or(String::new(), |t| format!("{} {}", t.what, human_bytes(t.bytes))),
     free = human_bytes(*available_bytes)
@@ -355,6 +446,60 @@ mod tests {
         assert_eq!(e.largest().map(|t| t.what), Some("decoder activations"));
         let huge = training_step(&c, 1_000_000, StepKind::Baseline);
         assert!(huge.total_bytes() > 4e14);
+    }
+
+    #[test]
+    fn inference_memory_grows_with_the_frames_and_names_what_it_is_of() {
+        let c = DinosaurConfig::kitti();
+        let shapes = |frames| InferenceBatch {
+            frames,
+            windows: 4,
+            window_px: (378, 378),
+            canvas_px: (378, 1512),
+            head_hidden: Some(1024),
+        };
+        let gb = |frames| window_inference(&c, &shapes(frames)).total_bytes() / 1e9;
+        // Four frames of four KITTI windows: 16 windows of 729 patches through DINOSAUR, whose decoder MLP (2048 wide)
+        // runs over 16·15·729 slot-patch pairs: about 6 GB, most of it the decoder.
+        assert!((4.0..8.0).contains(&gb(4)), "{}", gb(4));
+        assert!(gb(8) > 1.8 * gb(4) && gb(8) < 2.0 * gb(4));
+        let e = window_inference(&c, &shapes(1_000_000));
+        assert_eq!(e.what, "one inference batch");
+        assert_eq!(e.largest().map(|t| t.what), Some("decoder forward"));
+        let without_head = InferenceBatch {
+            head_hidden: None,
+            ..shapes(4)
+        };
+        let weights = |e: &MemoryEstimate| e.terms.iter().find(|t| t.what == "model weights").map(|t| t.bytes);
+        let head = weights(&window_inference(&c, &shapes(4))).unwrap() - weights(&window_inference(&c, &without_head)).unwrap();
+        assert_eq!(head, head_parameters(c.slot_dim, 1024) * 4.0);
+        let small = Available::Bytes {
+            bytes: 1e9,
+            source: "test".into(),
+        };
+        let err = check_fits(&e, &small, "lower --batch").unwrap_err().to_string();
+        assert!(err.starts_with("one inference batch needs about"), "{err}");
+    }
+
+    #[test]
+    fn a_memory_limit_lowers_what_is_available_and_stands_in_for_an_unknown_device() {
+        let host = Available::Bytes {
+            bytes: 8e9,
+            source: "MemAvailable".into(),
+        };
+        assert_eq!(limited(host.clone(), None), host);
+        assert_eq!(limited(host.clone(), Some(16e9)), host);
+        let lowered = limited(host, Some(2.0 * 1024.0 * 1024.0 * 1024.0));
+        assert_eq!(
+            lowered,
+            Available::Bytes {
+                bytes: 2.0 * 1024.0 * 1024.0 * 1024.0,
+                source: "--memory-limit 2.0 GiB".into()
+            }
+        );
+        let cuda = Available::Unknown { why: "cuda".into() };
+        assert!(matches!(limited(cuda.clone(), Some(1e9)), Available::Bytes { bytes, .. } if bytes == 1e9));
+        assert_eq!(limited(cuda.clone(), None), cuda);
     }
 
     #[test]

@@ -160,7 +160,8 @@ impl WindowGrid {
         }
     }
 
-    fn padded_size(&self) -> (i64, i64) {
+    /// The canvas after padding, (height, width) in pixels.
+    pub fn padded_size(&self) -> (i64, i64) {
         (
             self.image_height_px + self.padding.top_px + self.padding.bottom_px,
             self.image_width_px + self.padding.left_px + self.padding.right_px,
