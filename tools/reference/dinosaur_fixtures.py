@@ -187,6 +187,11 @@ def mask_similarity(masks):
     return off.mean()
 
 
+def slot_entropy(weights):
+    """Mean over tokens of the entropy over the slot axis (dim 1) of (B, K, P) weights, divided by ln K."""
+    return torch.special.entr(weights).sum(dim=1).mean() / math.log(weights.shape[1])
+
+
 def schedule_factor(step, warmup, decay_rate, decay_steps):
     factor = min(1.0, step / warmup) if warmup else 1.0
     if step < warmup:
@@ -257,6 +262,8 @@ def main():
     io["small.masks_image_12x12"] = masks_as_image(masks, 12, 12)
     io["small.masks_image_6x24"] = masks_as_image(masks, 6, 24)
     io["small.mask_similarity"] = mask_similarity(masks).reshape(1)
+    io["small.attention_entropy"] = slot_entropy(attn).reshape(1)
+    io["small.mask_entropy"] = slot_entropy(masks).reshape(1)
 
     base_lr, warmup, decay_rate, decay_steps, first_step = 1e-3, 10, 0.5, 100, 3
     opt = torch.optim.Adam(model.parameters(), lr=base_lr)
@@ -307,6 +314,8 @@ def main():
     io["kitti.features"], io["kitti.noise"] = kfeatures, knoise
     io["kitti.slots"], io["kitti.masks"], io["kitti.reconstruction"] = slots, masks, recon
     io["kitti.loss"] = loss.reshape(1)
+    io["kitti.attention_entropy"] = slot_entropy(attn).reshape(1)
+    io["kitti.mask_similarity"] = mask_similarity(masks).reshape(1)
 
     save_file({k: v.detach().contiguous() for k, v in io.items()}, str(out / "io.safetensors"))
     print(f"dinosaur fixtures in {out} (torch {torch.__version__})")

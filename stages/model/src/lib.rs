@@ -16,6 +16,8 @@
 //!   class embeddings and masks;
 //! - [`dinosaur`], [`backbone`], [`optim`], [`train`], [`tensors`]: the DINOSAUR slot model, the backbone
 //!   trait it trains on, Adam with exportable state, one training step and tensor ↔ file conversion;
+//! - [`collapse`]: whether a slot model's slots collapsed into one, from the figures of its training steps, and
+//!   the choice among restarts;
 //! - [`loader`], [`memory`]: on-the-fly training images (decoded and augmented on CPU threads) and the memory
 //!   a training step needs, estimated from shapes, against what the machine has;
 //! - [`resnet`], [`similarity`], [`variants`], [`representations`]: SwaV's ResNet-50, the robustness analysis'
@@ -24,6 +26,7 @@
 pub mod backbone;
 pub mod clip_text;
 pub mod clip_tokenizer;
+pub mod collapse;
 pub mod device;
 pub mod dinosaur;
 pub mod encode;

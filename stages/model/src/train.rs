@@ -16,7 +16,7 @@ use mrdino_outputs::OutputError;
 use safetensors::tensor::Dtype;
 use tch::{Device, Kind, Tensor};
 
-use crate::dinosaur::{slot_noise, Dinosaur, DinosaurError};
+use crate::dinosaur::{slot_noise, Dinosaur, DinosaurError, DinosaurOutput};
 use crate::optim::Adam;
 
 /// SplitMix64 (Steele, Lea & Flood 2014): a 64-bit state, one multiply-xorshift output per step.
@@ -202,7 +202,24 @@ pub struct StepMetrics {
     pub lr: f64,
     /// Total gradient norm before clipping.
     pub grad_norm: f64,
+    /// Mean pairwise cosine of the batch's decoder masks ([`crate::dinosaur::mask_similarity`]).
     pub mask_similarity: f64,
+    /// Normalised slot-attention entropy of the batch ([`crate::dinosaur::slot_entropy`]; 1 = uniform).
+    pub attention_entropy: f64,
+}
+
+impl StepMetrics {
+    /// The metrics of a step whose forward gave `out`: loss, learning rate and gradient norm as measured, the
+    /// collapse figures (mask similarity, attention entropy) from `out`.
+    pub fn of_forward(loss: f64, lr: f64, grad_norm: f64, out: &DinosaurOutput) -> Self {
+        Self {
+            loss,
+            lr,
+            grad_norm,
+            mask_similarity: out.mask_similarity(),
+            attention_entropy: out.attention_entropy(),
+        }
+    }
 }
 
 /// One optimisation step on `features` for the samples `first_sample ..`: noise, forward, backward, clip,
@@ -232,12 +249,7 @@ pub fn train_step(
     out.loss.backward();
     let grad_norm = adam.clip_grad_norm(clip_norm);
     adam.step(lr);
-    Ok(StepMetrics {
-        loss,
-        lr,
-        grad_norm,
-        mask_similarity: out.mask_similarity(),
-    })
+    Ok(StepMetrics::of_forward(loss, lr, grad_norm, &out))
 }
 
 #[cfg(test)]

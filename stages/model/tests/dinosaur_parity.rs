@@ -3,9 +3,10 @@
 //! `tools/reference/dinosaur_fixtures.py` (run with `MRDINO_PYTHON`, default `$HOME/.cache/mrdino/venv/bin/python`)
 //! builds the slot model with every parameter re-randomised (LayerNorm weights and biases, every bias, μ, log σ,
 //! pos_embed), draws the slot noise with `torch.manual_seed(S + i); torch.randn(…)`, and records slots, alpha
-//! masks, reconstruction, loss, attention, masks on image grids, Mask Similarity, and the parameters and Adam
-//! moments after two `torch.optim.Adam` updates with `clip_grad_norm_(…, 1.0)` and the warm-up/decay schedule
-//! (scheduler steps 3 and 4). Sizes: F = 64, D = 16, K = 4, P = 16, h = 64, batch 2; every option of the
+//! masks, reconstruction, loss, attention, masks on image grids, Mask Similarity, the normalised slot entropy
+//! of the attention and of the masks (`torch.special.entr`), and the parameters and Adam moments after two
+//! `torch.optim.Adam` updates with `clip_grad_norm_(…, 1.0)` and the warm-up/decay schedule (scheduler steps 3
+//! and 4). Sizes: F = 64, D = 16, K = 4, P = 16, h = 64, batch 2; every option of the
 //! backbone study at once on a second model; one forward at the real KITTI sizes (F = 768, D = 32, K = 15,
 //! P = 729, h = 2048), batch 1, whose configuration the loader infers from the shapes.
 //!
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use mrdino_model::dinosaur::{slot_noise, Dinosaur};
+use mrdino_model::dinosaur::{slot_entropy, slot_noise, Dinosaur};
 use mrdino_model::optim::{Adam, AdamConfig, LrSchedule};
 use tch::{Device, Tensor};
 
@@ -89,6 +90,16 @@ fn check(what: &str, got: &Tensor, want: &Tensor) -> f64 {
     d
 }
 
+/// A scalar figure against the fixture's (a one-element tensor), within [`TOLERANCE`].
+fn check_scalar(what: &str, got: f64, io: &Io, key: &str) {
+    let want = io.get(key).double_value(&[0]);
+    eprintln!("{what}: {got} vs {want}");
+    assert!(
+        got.is_finite() && (got - want).abs() <= TOLERANCE,
+        "{what}: {got} vs PyTorch {want}"
+    );
+}
+
 fn model(name: &str) -> Dinosaur {
     let path = fixtures().join(format!("{name}.safetensors"));
     Dinosaur::load(&path, Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -131,6 +142,8 @@ fn forward_matches_pytorch() {
         (similarity - want).abs() <= TOLERANCE,
         "mask similarity {similarity} vs {want}"
     );
+    check_scalar("attention entropy", out.attention_entropy(), &io, "small.attention_entropy");
+    check_scalar("mask entropy", slot_entropy(&out.masks), &io, "small.mask_entropy");
     assert!(
         out.masks_as_image(5, 7).is_err(),
         "16 patches form no grid of aspect 5:7"
@@ -249,6 +262,8 @@ fn kitti_sizes_forward_matches_pytorch() {
         io.get("kitti.reconstruction"),
     );
     check("kitti loss", &out.loss.reshape([1]), io.get("kitti.loss"));
+    check_scalar("kitti attention entropy", out.attention_entropy(), &io, "kitti.attention_entropy");
+    check_scalar("kitti mask similarity", out.mask_similarity(), &io, "kitti.mask_similarity");
 }
 
 #[test]

@@ -189,6 +189,12 @@ impl DinosaurOutput {
     pub fn mask_similarity(&self) -> f64 {
         mask_similarity(&self.masks)
     }
+
+    /// Slot-attention entropy of the last iteration, normalised: see [`slot_entropy`] of [`Self::attention`].
+    /// 1 when every token attends to all slots alike (collapse), 0 when each token attends to one slot.
+    pub fn attention_entropy(&self) -> f64 {
+        slot_entropy(&self.attention)
+    }
 }
 
 /// See [`DinosaurOutput::masks_as_image`].
@@ -241,6 +247,24 @@ pub fn mask_similarity(masks: &Tensor) -> f64 {
             - cos.diagonal(0, 1, 2).sum_dim_intlist(&[1][..], false, Kind::Float))
             / (k * (k - 1)) as f64;
         off_diagonal.mean(Kind::Float).double_value(&[])
+    })
+}
+
+/// Normalised slot entropy of weights (B, K, P) that sum to 1 over the slot axis (attention, alpha masks):
+/// mean over the B·P tokens of −Σ_k w·ln w, divided by ln K (0 · ln 0 = 0), so 0 ≤ H ≤ 1 — 1 when every token
+/// spreads evenly over the K slots, 0 when each token belongs to one slot. 0 when K = 1; NaN for another rank.
+/// In PyTorch: `-(w * w.clamp_min(1e-30).log()).sum(1).mean() / math.log(K)`.
+pub fn slot_entropy(weights: &Tensor) -> f64 {
+    let size = weights.size();
+    let [_, k, _] = size[..] else { return f64::NAN };
+    if k < 2 {
+        return 0.0;
+    }
+    tch::no_grad(|| {
+        let w = weights.to_kind(Kind::Float);
+        let plogp = &w * w.clamp_min(1e-30).log();
+        let per_token = plogp.sum_dim_intlist(&[1][..], false, Kind::Float).neg();
+        per_token.mean(Kind::Float).double_value(&[]) / (k as f64).ln()
     })
 }
 
