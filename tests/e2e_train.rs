@@ -294,3 +294,82 @@ fn meaningless_oversized_or_misplaced_runs_are_refused_before_any_work() {
     assert!(message.contains("--workers"), "{message}");
     assert!(!out.exists(), "a refused run created its directory");
 }
+
+/// `--candidates 3`: three restarts train 100 steps each, the choice follows the recorded figures, the continued
+/// run equals a single run of the chosen seed (metrics byte for byte, weights and moments bit for bit), and kill -9
+/// during the candidates (twice) reaches the same choice and the same final weights.
+#[test]
+fn restarts_are_chosen_from_their_collapse_figures_and_resume_to_the_same_choice() {
+    const STEPS: u64 = 200;
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = synth(&tmp.path().join("synth"), "64x160");
+    let cache = tmp.path().join("cache");
+    build_cache(&frames, &cache);
+    let config = tiny_config(tmp.path());
+    let cache_arg = ["--features", cache.to_str().unwrap()];
+    let restarts = ["--candidates", "3", "--candidate-steps", "100"];
+
+    let run = tmp.path().join("run");
+    run_ok(train_cmd(&config, &cache_arg, &run, STEPS).args(restarts));
+    let choice: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("candidates/choice.json")).unwrap()).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&choice).unwrap());
+    let assessed = choice["assessed"].as_array().unwrap();
+    let seeds: Vec<i64> = assessed.iter().map(|c| c["seed"].as_i64().unwrap()).collect();
+    assert_eq!(seeds, [5, 6, 7], "seeds from the config's seed on");
+    // Each verdict is the mean of the candidate's own logged figures over steps 1..=100.
+    for c in assessed {
+        let rows = metrics(&run.join(format!("candidates/seed-{}", c["seed"])));
+        assert_eq!(rows.len(), 100, "a candidate stops at --candidate-steps");
+        let sims: Vec<f64> = rows.iter().map(|r| r["mask_similarity"].as_f64().unwrap()).collect();
+        let verdict_sim = c["verdict"]["mask_similarity"].as_f64().unwrap();
+        assert!((verdict_sim - mean(&sims)).abs() < 1e-12, "{verdict_sim} vs {}", mean(&sims));
+        assert!(rows.iter().all(|r| r["attention_entropy"].as_f64().is_some_and(|h| (0.0..=1.0).contains(&h))));
+    }
+    // The chosen one: not collapsed when any is not, then the lowest mask similarity.
+    let key = |c: &serde_json::Value| {
+        (
+            c["verdict"]["collapsed"].as_bool().unwrap(),
+            c["verdict"]["mask_similarity"].as_f64().unwrap(),
+        )
+    };
+    let best = assessed.iter().min_by(|a, b| key(a).partial_cmp(&key(b)).unwrap()).unwrap();
+    assert_eq!(choice["chosen_seed"], best["seed"]);
+    let chosen = choice["chosen_seed"].as_i64().unwrap();
+
+    // The continued run is the single run of the chosen seed, byte for byte.
+    let single = tmp.path().join("single");
+    run_ok(train_cmd(&config, &cache_arg, &single, STEPS).args(["--seed", &chosen.to_string()]));
+    assert!(
+        std::fs::read(run.join("metrics.jsonl")).unwrap() == std::fs::read(single.join("metrics.jsonl")).unwrap(),
+        "metrics.jsonl of the continued candidate differs from a single --seed {chosen} run"
+    );
+    assert!(tensors(&run) == tensors(&single), "weights or moments differ from a single --seed {chosen} run");
+    let last = metrics(&run).pop().unwrap();
+    assert!(last["collapse"].is_object(), "the last step is a check step: {last}");
+
+    // kill -9 in the second candidate, then in the third; the same command resumes to the same choice and weights.
+    let killed = tmp.path().join("killed");
+    for (candidate, min_step) in [("seed-6", 50), ("seed-7", 50)] {
+        let dir = killed.join("candidates").join(candidate);
+        let mut cmd = train_cmd(&config, &cache_arg, &killed, STEPS);
+        cmd.args(restarts);
+        let mut child = start_until_checkpoint(cmd, &dir, min_step);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!killed.join("candidates/choice.json").exists());
+    }
+    run_ok(train_cmd(&config, &cache_arg, &killed, STEPS).args(restarts));
+    assert_eq!(
+        std::fs::read(killed.join("candidates/choice.json")).unwrap(),
+        std::fs::read(run.join("candidates/choice.json")).unwrap()
+    );
+    assert!(tensors(&killed) == tensors(&run), "weights after kill -9 during the candidates differ");
+
+    // Other restart flags on a run with a recorded choice, and candidates that leave no steps, are refused.
+    let message = refused(train_cmd(&config, &cache_arg, &run, STEPS).args(["--candidates", "2", "--candidate-steps", "100"]), 1);
+    assert!(message.contains("--candidates 3") && message.contains("--candidates 2"), "{message}");
+    let fresh = tmp.path().join("fresh");
+    let message = refused(train_cmd(&config, &cache_arg, &fresh, STEPS).args(["--candidates", "2", "--candidate-steps", "200"]), 1);
+    assert!(message.contains("--candidate-steps 200") && message.contains("steps = 200"), "{message}");
+}

@@ -41,6 +41,8 @@ pub const META_BACKBONE_SHA256: &str = "mrdino.backbone_sha256";
 pub const META_STAGE: &str = "mrdino.stage";
 pub const META_TRAIN_STATE: &str = "mrdino.train_state";
 pub const META_SOURCE: &str = "mrdino.source";
+/// The latest collapse verdict of a training checkpoint (JSON), once the run has reached a check step.
+pub const META_COLLAPSE: &str = "mrdino.collapse";
 
 /// `mrdino.format` values.
 pub const FORMAT_MODEL: &str = "mrdino-model-v1";

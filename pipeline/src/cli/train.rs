@@ -55,6 +55,15 @@ pub struct DinosaurTrainArgs {
     /// Seed of sampling, augmentation, slot noise and initialisation (a whole number >= 0).
     #[arg(long, value_parser = values::seed, allow_hyphen_values = true)]
     pub seed: Option<i64>,
+    /// Restarts to choose among without ground truth: train this many candidates from seeds seed, seed + 1, …
+    /// for --candidate-steps steps each (in RUN/candidates/), keep the one whose slots split best (not collapsed,
+    /// then the lowest Mask Similarity) and continue only it to --steps. 1 = no restarts.
+    #[arg(long, default_value_t = 1, value_parser = values::count)]
+    pub candidates: usize,
+    /// Steps each candidate trains before the choice (at least 1, fewer than the run's steps; default 500, the
+    /// first collapse check step).
+    #[arg(long, value_parser = values::count, requires = "candidates")]
+    pub candidate_steps: Option<usize>,
     /// Threads decoding and augmenting images (at least 1; default: all cores).
     #[arg(long, value_parser = values::count)]
     pub workers: Option<usize>,

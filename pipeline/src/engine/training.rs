@@ -21,12 +21,13 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mrdino_model::collapse::{self, Figures, Verdict};
 use mrdino_model::dinosaur::Dinosaur;
 use mrdino_model::optim::Adam;
 use mrdino_model::tensors::{from_tch, to_tch};
 use mrdino_model::train::{sample_rng, StepMetrics};
 use mrdino_outputs::checkpoint::{
-    write_tensor_file, RawTensor, RunLayout, TensorFile, TrainState, FORMAT_CHECKPOINT, META_BACKBONE,
+    write_tensor_file, RawTensor, RunLayout, TensorFile, TrainState, FORMAT_CHECKPOINT, META_BACKBONE, META_COLLAPSE,
     META_BACKBONE_SHA256, META_CODE_VERSION, META_FORMAT, META_MODEL_CONFIG, META_PARAMS, META_STAGE, META_TRAIN_STATE,
     OPTIMIZER_PREFIX,
 };
@@ -46,6 +47,33 @@ pub struct MetricsRow {
     pub lr: f64,
     pub grad_norm: f64,
     pub mask_similarity: f64,
+    /// Normalised slot-attention entropy (absent in logs written before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_entropy: Option<f64>,
+    /// The collapse verdict, on the rows of check steps (`mrdino_model::collapse::check_steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse: Option<Verdict>,
+}
+
+impl MetricsRow {
+    /// The collapse figures of this row; a row without the entropy has none.
+    pub fn figures(&self) -> Option<Figures> {
+        Some(Figures {
+            step: self.step,
+            mask_similarity: self.mask_similarity,
+            attention_entropy: self.attention_entropy?,
+        })
+    }
+}
+
+/// The collapse verdict at `step` from the logged `rows` of a model with `n_slots` slots, when `step` is one of
+/// the run's check steps and rows with both figures lie in its window.
+pub fn collapse_verdict(rows: &[MetricsRow], n_slots: i64, total_steps: u64, step: u64) -> Option<Verdict> {
+    if !collapse::check_steps(total_steps).contains(&step) {
+        return None;
+    }
+    let figures: Vec<Figures> = rows.iter().filter_map(MetricsRow::figures).collect();
+    collapse::assess(&figures, n_slots, step)
 }
 
 /// One row of `timing.jsonl`.
@@ -74,6 +102,11 @@ fn kept_rows(path: &Path, max_step: u64) -> Result<(Vec<MetricsRow>, u64)> {
         }
     }
     Ok((rows, length))
+}
+
+/// The rows of a run's metrics log (complete rows only; none when there is no log yet).
+pub fn logged_rows(layout: &RunLayout) -> Result<Vec<MetricsRow>> {
+    Ok(kept_rows(&layout.metrics_file(), u64::MAX)?.0)
 }
 
 /// Opens the log at `path` for appending after its first `length` bytes (cutting what follows).
@@ -135,14 +168,19 @@ pub fn loss_svg(rows: &[MetricsRow]) -> String {
 pub trait StepRunner {
     /// One optimisation step on the samples `first_sample .. first_sample + batch_size`.
     fn step(&mut self, step: u64, first_sample: u64) -> Result<StepMetrics>;
-    /// Writes the checkpoint of `state` atomically.
-    fn save(&self, state: &TrainState) -> Result<()>;
+    /// Writes the checkpoint of `state` atomically, with the run's latest collapse verdict in its metadata.
+    fn save(&self, state: &TrainState, collapse: Option<&Verdict>) -> Result<()>;
 }
 
 /// How a run's loop is driven.
 pub struct LoopSettings<'a> {
     pub layout: &'a RunLayout,
+    /// The run's length (the learning-rate schedule and the check steps follow it).
     pub steps: u64,
+    /// Stop (with a checkpoint, successfully) after this many steps instead: a restart candidate.
+    pub stop_at: Option<u64>,
+    /// K, for the collapse verdicts.
+    pub n_slots: i64,
     pub batch_size: u64,
     pub seed: i64,
     pub checkpoint_every: u64,
@@ -190,6 +228,11 @@ struct Logs {
     timing: std::fs::File,
 }
 
+/// The latest collapse verdict among `rows`.
+fn latest_verdict(rows: &[MetricsRow]) -> Option<&Verdict> {
+    rows.iter().rev().find_map(|r| r.collapse.as_ref())
+}
+
 impl Logs {
     fn open(layout: &RunLayout, step: u64) -> Result<Self> {
         let (rows, length) = kept_rows(&layout.metrics_file(), step)?;
@@ -200,15 +243,31 @@ impl Logs {
         Ok(Self { rows, metrics, timing })
     }
 
-    fn log(&mut self, row: MetricsRow, elapsed_s: f64) -> Result<()> {
+    /// Logs step `step`'s metrics `m`, with the collapse verdict when `step` is a check step.
+    fn log_step(&mut self, settings: &LoopSettings<'_>, step: u64, m: &StepMetrics, elapsed_s: f64) -> Result<()> {
+        self.rows.push(MetricsRow {
+            step,
+            loss: m.loss,
+            lr: m.lr,
+            grad_norm: m.grad_norm,
+            mask_similarity: m.mask_similarity,
+            attention_entropy: Some(m.attention_entropy),
+            collapse: None,
+        });
+        let verdict = collapse_verdict(&self.rows, settings.n_slots, settings.steps, step);
+        if let (Some(v), false) = (&verdict, settings.quiet) {
+            if v.collapsed {
+                eprintln!("warning: step {step}: {}", v.reason);
+            }
+        }
+        let Some(row) = self.rows.last_mut() else {
+            bail!("no row to log at step {step}");
+        };
+        row.collapse = verdict;
         writeln!(self.metrics, "{}", serde_json::to_string(&row)?)?;
         self.metrics.flush()?;
-        let timing = TimingRow {
-            step: row.step,
-            elapsed_s,
-        };
+        let timing = TimingRow { step, elapsed_s };
         writeln!(self.timing, "{}", serde_json::to_string(&timing)?)?;
-        self.rows.push(row);
         Ok(())
     }
 }
@@ -228,6 +287,15 @@ fn timing_prefix(path: &Path, step: u64) -> Result<u64> {
     Ok(length)
 }
 
+/// The progress line's message: the loss, and the latest collapse verdict once there is one.
+fn progress_message(m: &StepMetrics, verdict: Option<&Verdict>) -> String {
+    match verdict {
+        Some(v) if v.collapsed => format!("loss {:.4} COLLAPSED at step {} (mask sim {:.3})", m.loss, v.step, v.mask_similarity),
+        Some(v) => format!("loss {:.4} slots split (mask sim {:.3} at step {})", m.loss, v.mask_similarity, v.step),
+        None => format!("loss {:.4}", m.loss),
+    }
+}
+
 /// Runs the steps from `state` on (see the module docs). Returns success or exit code 4 (stopped).
 pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mut dyn StepRunner) -> Result<ExitCode> {
     let layout = settings.layout;
@@ -235,12 +303,13 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
     let bar = step_bar(settings, state.step);
     let (started, elapsed_before) = (Instant::now(), state.elapsed_s);
     let save = |runner: &dyn StepRunner, state: &TrainState, rows: &[MetricsRow]| -> Result<()> {
-        runner.save(state)?;
+        runner.save(state, latest_verdict(rows))?;
         write_atomic(&layout.loss_plot_file(), loss_svg(rows).as_bytes())?;
         Ok(())
     };
     let batch = settings.batch_size;
-    while state.step < settings.steps {
+    let end = settings.stop_at.map_or(settings.steps, |s| s.min(settings.steps));
+    while state.step < end {
         if settings.stop.requested() {
             save(runner, &state, &logs.rows)?;
             bar.abandon();
@@ -258,18 +327,12 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
         state.next_sample = state.step * batch;
         state.rng_state = sample_rng(settings.seed, state.next_sample).state;
         state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+        // Rows follow the run's cadence, not `stop_at`, so a candidate's log is the prefix of its full run's.
         if state.step.is_multiple_of(settings.log_every) || state.step == settings.steps {
-            let row = MetricsRow {
-                step: state.step,
-                loss: m.loss,
-                lr: m.lr,
-                grad_norm: m.grad_norm,
-                mask_similarity: m.mask_similarity,
-            };
-            logs.log(row, state.elapsed_s)?;
-            bar.set_message(format!("loss {:.4}", m.loss));
+            logs.log_step(settings, state.step, &m, state.elapsed_s)?;
+            bar.set_message(progress_message(&m, latest_verdict(&logs.rows)));
         }
-        if state.step.is_multiple_of(settings.checkpoint_every) || state.step == settings.steps {
+        if state.step.is_multiple_of(settings.checkpoint_every) || state.step == end {
             save(runner, &state, &logs.rows)?;
         }
         bar.set_position(state.step);
@@ -313,6 +376,8 @@ pub struct CheckpointMeta<'a> {
     pub params: String,
     /// Backbone name and the identity of its weights.
     pub backbone: &'a (String, String),
+    /// The run's latest collapse verdict.
+    pub collapse: Option<&'a Verdict>,
 }
 
 /// Writes a checkpoint atomically: `tensors` (the weights), the Adam moments under [`OPTIMIZER_PREFIX`], the
@@ -345,6 +410,9 @@ pub fn write_checkpoint(
     m.insert(META_BACKBONE.into(), meta.backbone.0.clone());
     m.insert(META_BACKBONE_SHA256.into(), meta.backbone.1.clone());
     m.insert(META_TRAIN_STATE.into(), serde_json::to_string(&state)?);
+    if let Some(v) = meta.collapse {
+        m.insert(META_COLLAPSE.into(), serde_json::to_string(v)?);
+    }
     write_tensor_file(path, &file)?;
     Ok(())
 }
@@ -435,6 +503,8 @@ mod tests {
             lr: 1e-3 / 7.0,
             grad_norm: 2f64.sqrt(),
             mask_similarity: 0.3,
+            attention_entropy: Some(0.1 + 1.0 / 7.0 * step as f64),
+            collapse: None,
         };
         let mut text = String::new();
         for step in 1..=5 {
@@ -453,5 +523,29 @@ mod tests {
         let expected: String = text.lines().take(4).map(|l| format!("{l}\n")).collect();
         assert_eq!(after, expected, "the first rows are untouched bytes");
         assert_eq!(kept_rows(&dir.path().join("none.jsonl"), 9).unwrap().1, 0);
+    }
+
+    #[test]
+    fn verdicts_come_at_check_steps_from_the_rows_with_both_figures() {
+        let row = |step: u64, entropy: Option<f64>| MetricsRow {
+            step,
+            loss: 0.5,
+            lr: 1e-4,
+            grad_norm: 1.0,
+            mask_similarity: 0.995,
+            attention_entropy: entropy,
+            collapse: None,
+        };
+        let rows: Vec<MetricsRow> = (1..=50).map(|i| row(10 * i, Some(0.99))).collect();
+        assert!(collapse_verdict(&rows, 4, 5000, 490).is_none(), "490 is not a check step");
+        let v = collapse_verdict(&rows, 4, 5000, 500).unwrap();
+        assert!(v.collapsed && v.rows == 10, "{v:?}");
+        // A log written before the entropy was measured has no figures: no verdict, not a false one.
+        let old: Vec<MetricsRow> = (1..=50).map(|i| row(10 * i, None)).collect();
+        assert!(collapse_verdict(&old, 4, 5000, 500).is_none());
+        let line = serde_json::to_string(&row(10, None)).unwrap();
+        assert!(!line.contains("attention_entropy") && !line.contains("collapse"), "{line}");
+        let parsed: MetricsRow = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed, row(10, None));
     }
 }

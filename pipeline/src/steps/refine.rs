@@ -35,6 +35,7 @@ use std::process::ExitCode;
 use anyhow::{bail, ensure, Context, Result};
 use mrdino_datasets::DatasetKind;
 use mrdino_model::backbone::{BackboneRequest, LoadedBackbone};
+use mrdino_model::collapse::Verdict;
 use mrdino_model::dinosaur::{file_config, Dinosaur, DinosaurConfig};
 use mrdino_model::memory::{self, MemoryEstimate, StepKind};
 use mrdino_model::optim::{Adam, AdamConfig};
@@ -296,7 +297,8 @@ fn refine(stage: ModelStage, args: &RefineArgs, stop: &StopHandle) -> Result<Exi
     let backbone = source.backbone();
     write_params(&layout, args, &from, n_views, &backbone, &params)?;
     let stop = stop.with_budget(args.run.time_budget);
-    let settings = loop_settings(stage, args, &params, &layout, &stop);
+    let mut settings = loop_settings(stage, args, &params, &layout, &stop);
+    settings.n_slots = model.config().n_slots;
     let mut runner = RefineRunner {
         params: &params,
         model,
@@ -343,6 +345,8 @@ fn loop_settings<'a>(
     LoopSettings {
         layout,
         steps: params.steps,
+        stop_at: None,
+        n_slots: 0,
         batch_size: params.batch_size as u64,
         seed: params.seed,
         checkpoint_every: params.checkpoint_every,
@@ -386,7 +390,7 @@ impl StepRunner for RefineRunner<'_> {
         Ok(refine_step(&step, &mut self.adam, &features, &masks, first_sample)?)
     }
 
-    fn save(&self, state: &TrainState) -> Result<()> {
+    fn save(&self, state: &TrainState, collapse: Option<&Verdict>) -> Result<()> {
         let mut tensors = self.model.raw_parameters()?;
         if let Some(head) = &self.head {
             tensors.extend(head.raw_parameters()?);
@@ -396,6 +400,7 @@ impl StepRunner for RefineRunner<'_> {
             model_config: serde_json::to_string(self.model.config())?,
             params: serde_json::to_string(self.params)?,
             backbone: &self.backbone,
+            collapse,
         };
         write_checkpoint(&self.checkpoint, tensors, &self.adam, state, meta)
     }

@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use mrdino_datasets::DatasetKind;
 use mrdino_model::backbone::{BackboneRequest, LoadedBackbone};
+use mrdino_model::collapse::Verdict;
 use mrdino_model::dinosaur::Dinosaur;
 use mrdino_model::loader::ImageSource;
 use mrdino_model::memory::{self, StepKind};
@@ -41,6 +42,8 @@ use crate::engine::training::{
     restore_training_state, run_steps, write_checkpoint, CheckpointMeta, LoopSettings, StepRunner,
 };
 use crate::settings::train::{self as settings, TrainParams};
+
+mod candidates;
 
 pub fn run(command: &TrainCommand, stop: &StopHandle) -> Result<ExitCode> {
     match command {
@@ -138,6 +141,27 @@ fn train_dinosaur(args: &DinosaurTrainArgs, stop: &StopHandle) -> Result<ExitCod
     )?;
 
     let layout = prepare_run_dir(&args.out)?;
+    let stop = stop.with_budget(args.run.time_budget);
+    let mut source = source;
+    if args.candidates > 1 {
+        if let Some(stopped) = candidates::choose(args, &mut params, &layout, device, &stop)? {
+            return Ok(stopped);
+        }
+        source = open_source(args, &params, device)?;
+    }
+    train_run(args, &params, &layout, source, device, &stop, None)
+}
+
+/// Trains (or resumes) the run in `layout` with `params` to its end, or to `stop_at` steps (a restart candidate).
+fn train_run(
+    args: &DinosaurTrainArgs,
+    params: &TrainParams,
+    layout: &RunLayout,
+    source: Box<dyn FeatureSource>,
+    device: Device,
+    stop: &StopHandle,
+    stop_at: Option<u64>,
+) -> Result<ExitCode> {
     tch::manual_seed(params.seed);
     let model = Dinosaur::new(params.model.clone(), device)?;
     let config = AdamConfig {
@@ -150,14 +174,14 @@ fn train_dinosaur(args: &DinosaurTrainArgs, stop: &StopHandle) -> Result<ExitCod
     let mut state = initial_state(params.seed);
     let checkpoint = layout.checkpoint_file();
     if checkpoint.is_file() {
-        state = restore(&checkpoint, &params, &model, &mut adam)?;
+        state = restore(&checkpoint, params, &model, &mut adam)?;
         if !args.run.quiet {
             eprintln!("resuming {} at step {}", layout.dir.display(), state.step);
         }
     }
-    write_params(&layout, &params, &backbone)?;
+    write_params(layout, params, &backbone)?;
     let mut runner = DinosaurRunner {
-        params: &params,
+        params,
         model,
         adam,
         source,
@@ -165,11 +189,9 @@ fn train_dinosaur(args: &DinosaurTrainArgs, stop: &StopHandle) -> Result<ExitCod
         checkpoint,
         backbone,
     };
-    run_steps(
-        &loop_settings(args, &params, &layout, &stop.with_budget(args.run.time_budget)),
-        state,
-        &mut runner,
-    )
+    let mut settings = loop_settings(args, params, layout, stop);
+    settings.stop_at = stop_at;
+    run_steps(&settings, state, &mut runner)
 }
 
 fn write_params(layout: &RunLayout, params: &TrainParams, backbone: &(String, String)) -> Result<()> {
@@ -194,6 +216,8 @@ fn loop_settings<'a>(
     LoopSettings {
         layout,
         steps: params.steps,
+        stop_at: None,
+        n_slots: params.model.n_slots,
         batch_size: params.batch_size as u64,
         seed: params.seed,
         checkpoint_every: params.checkpoint_every,
@@ -235,12 +259,13 @@ impl StepRunner for DinosaurRunner<'_> {
         })
     }
 
-    fn save(&self, state: &TrainState) -> Result<()> {
+    fn save(&self, state: &TrainState, collapse: Option<&Verdict>) -> Result<()> {
         let meta = CheckpointMeta {
             stage: None,
             model_config: serde_json::to_string(&self.params.model)?,
             params: serde_json::to_string(self.params)?,
             backbone: &self.backbone,
+            collapse,
         };
         write_checkpoint(&self.checkpoint, self.model.raw_parameters()?, &self.adam, state, meta)
     }
