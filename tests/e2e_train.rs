@@ -347,6 +347,17 @@ fn restarts_are_chosen_from_their_collapse_figures_and_resume_to_the_same_choice
     assert!(tensors(&run) == tensors(&single), "weights or moments differ from a single --seed {chosen} run");
     let last = metrics(&run).pop().unwrap();
     assert!(last["collapse"].is_object(), "the last step is a check step: {last}");
+    // status says where the run is, its verdict and the choice; a candidate stopped at 100 is not complete.
+    let out = mrdino().args(["status", "--out"]).arg(&run).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let word = if last["collapse"]["collapsed"].as_bool().unwrap() { "COLLAPSED" } else { "not collapsed" };
+    assert!(text.contains("step 200 of 200") && text.contains(&format!("collapse check at step 200: {word}")), "{text}");
+    assert!(text.contains(&format!("restarts: continued seed {chosen}")), "{text}");
+    let out = mrdino().args(["status", "--out"]).arg(run.join("candidates/seed-5")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("step 100 of 200") && text.contains("not checked yet (first check at step 200)"), "{text}");
 
     // kill -9 in the second candidate, then in the third; the same command resumes to the same choice and weights.
     let killed = tmp.path().join("killed");

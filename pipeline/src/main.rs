@@ -53,6 +53,10 @@ fn dispatch(command: &Command, stop: &StopHandle) -> Result<ExitCode> {
         Command::Segment(args) => steps::segment::run(args, stop),
         Command::Export(args) => steps::export::run(args),
         Command::Status(args) => {
+            if engine::kinds::kind_of_directory(&args.out)?.as_deref() == Some(engine::kinds::TRAINING_KIND) {
+                let done = engine::training::print_run_status(&args.out)?;
+                return Ok(if done { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURES) });
+            }
             let kind = status::kind_of(&args.out, JOBS)?;
             let report = status::status(kind, &args.out, args.params.as_deref(), args.num_shards)?;
             status::print_status(kind, &report);

@@ -479,6 +479,52 @@ pub fn restore_training_state(
     Ok(state)
 }
 
+/// What `mrdino status` says of a training or refinement run: its step of its steps, the last loss, the latest
+/// collapse verdict (or that none has been reached), and the restarts' choice when there was one. `Ok(true)` when
+/// the run has reached its steps.
+pub fn print_run_status(dir: &Path) -> Result<bool> {
+    let layout = RunLayout::new(dir);
+    let path = layout.checkpoint_file();
+    let file = mrdino_outputs::checkpoint::read_tensor_file(&path)
+        .with_context(|| format!("{} holds a training run without a checkpoint yet", dir.display()))?;
+    let state: TrainState = serde_json::from_str(file.meta(META_TRAIN_STATE).context("checkpoint lacks train state")?)
+        .with_context(|| format!("{}: unreadable train state", path.display()))?;
+    let params: serde_json::Value = serde_json::from_str(file.meta(META_PARAMS).unwrap_or("{}"))
+        .with_context(|| format!("{}: unreadable parameters", path.display()))?;
+    let steps = params["steps"].as_u64().unwrap_or(state.step);
+    let what = file.meta(META_STAGE).map_or("DINOSAUR training".to_string(), |s| format!("refinement {s}"));
+    println!("{what} — step {} of {steps}", state.step);
+    let rows = logged_rows(&layout)?;
+    if let Some(last) = rows.iter().rev().find(|r| r.step <= state.step) {
+        let entropy = last.attention_entropy.map_or("not logged".to_string(), |h| format!("{h:.3}"));
+        println!(
+            "  last logged step {}: loss {:.5}, mask similarity {:.3}, attention entropy {entropy}",
+            last.step, last.loss, last.mask_similarity
+        );
+    }
+    match file.meta(META_COLLAPSE) {
+        Some(json) => {
+            let v: Verdict = serde_json::from_str(json).with_context(|| format!("{}: unreadable verdict", path.display()))?;
+            let word = if v.collapsed { "COLLAPSED" } else { "not collapsed" };
+            println!("  collapse check at step {}: {word} — {}", v.step, v.reason);
+        }
+        None => {
+            let next = collapse::check_steps(steps).into_iter().find(|&s| s > state.step);
+            println!(
+                "  collapse: not checked yet{}",
+                next.map_or(String::new(), |s| format!(" (first check at step {s})"))
+            );
+        }
+    }
+    let choice_path = dir.join("candidates").join("choice.json");
+    if let Ok(bytes) = std::fs::read(&choice_path) {
+        let choice: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a candidates choice", choice_path.display()))?;
+        println!("  restarts: continued seed {} — {}", choice["chosen_seed"], choice["reason"].as_str().unwrap_or(""));
+    }
+    Ok(state.step >= steps)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
