@@ -116,14 +116,18 @@ demo-synth: build
 # make demo-refine: the whole refinement on generated data (exact flow, so the pseudo-labels are good) with a
 # seeded backbone (no weights needed): synth (flat-coloured scenes, large objects) → labels → window features
 # (random Fourier features of patch colours plus a position code, 42 px patches) → a small DINOSAUR → stage 1 →
-# stage 2 → predictions of each model → one table of metrics (and summary.json). One libtorch thread, so the
-# numbers are the README's on any run of this machine.
+# stage 2 → predictions of each model → one table of metrics (and summary.json).
+# The baseline trains four restarts for 500 steps and continues the one whose slots split (`--candidates`).
+# REFINE_DEMO_SEED (the scenes) and REFINE_DEMO_THREADS (libtorch's, i.e. the rounding) vary the run.
 REFINE_DEMO_OUT ?= outputs/demo-refine
 REFINE_DEMO_BACKBONE ?= random-colour-p42-c64-pos
-REFINE_DEMO_RUN = --device cpu --torch-threads 1 --quiet
+REFINE_DEMO_SEED ?= 3
+REFINE_DEMO_THREADS ?= 1
+REFINE_DEMO_RUN = --device cpu --torch-threads $(REFINE_DEMO_THREADS) --quiet
 demo-refine: build
 	@mkdir -p $(REFINE_DEMO_OUT)
-	$(MRDINO) synth --out $(REFINE_DEMO_OUT)/data --sequences 4 --frames 24 --seed 3 --texture flat --object-size 40
+	$(MRDINO) synth --out $(REFINE_DEMO_OUT)/data --sequences 4 --frames 24 --seed $(REFINE_DEMO_SEED) --texture flat \
+	  --object-size 40
 	$(MRDINO) labels --dataset frames --root $(REFINE_DEMO_OUT)/data/frames --out $(REFINE_DEMO_OUT)/labels \
 	  --flow import --flow-dir $(REFINE_DEMO_OUT)/data/flow --quiet
 	$(MRDINO) features --dataset frames --root $(REFINE_DEMO_OUT)/data/frames --labels $(REFINE_DEMO_OUT)/labels \
@@ -131,7 +135,7 @@ demo-refine: build
 	@echo '{"model": {"n_slots": 4, "slot_dim": 32, "decoder_hidden": 128}, "batch_size": 8, "lr": 1e-3, "warmup_steps": 50, "lr_decay_steps": 20000}' \
 	  > $(REFINE_DEMO_OUT)/dinosaur.json
 	$(MRDINO) train dinosaur --dataset frames --features $(REFINE_DEMO_OUT)/features --config $(REFINE_DEMO_OUT)/dinosaur.json \
-	  --steps 5000 --seed 0 --out $(REFINE_DEMO_OUT)/baseline $(REFINE_DEMO_RUN)
+	  --steps 5000 --seed 0 --candidates 4 --candidate-steps 500 --out $(REFINE_DEMO_OUT)/baseline $(REFINE_DEMO_RUN)
 	$(MRDINO) refine stage1 --from $(REFINE_DEMO_OUT)/baseline --labels $(REFINE_DEMO_OUT)/labels \
 	  --features $(REFINE_DEMO_OUT)/features --lr 1e-3 --epochs 30 --out $(REFINE_DEMO_OUT)/stage1 $(REFINE_DEMO_RUN)
 	$(MRDINO) refine stage2 --from $(REFINE_DEMO_OUT)/stage1 --labels $(REFINE_DEMO_OUT)/labels \

@@ -24,10 +24,12 @@ const BACKBONE: &str = "custom:family=dinov2,depth=2,dim=32,heads=2,patch=14,reg
 const DEMO_VIDEO: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
 /// Files of bookkeeping that carry times, hosts or process ids (their content is checked by the engine's tests).
 const SKIPPED: [&str; 3] = ["_manifest", "_done", "_kind.json"];
-/// What this version adds on purpose: the instances' `score` and `track_id` (null before, filled now) and the
-/// synth record's `complete` flag (synth became resumable).
+/// What this version adds on purpose: the instances' `score` and `track_id` (null before, filled now), the
+/// synth record's `complete` flag (synth became resumable), the training metrics' attention entropy and collapse
+/// verdict (and the verdict in the checkpoint's metadata), and the collapse panel of `loss.svg`.
 const INTENDED_COLUMNS: [&str; 2] = ["score", "track_id"];
-const INTENDED_KEYS: [&str; 1] = ["complete"];
+const INTENDED_KEYS: [&str; 4] = ["complete", "attention_entropy", "collapse", "mrdino.collapse"];
+const INTENDED_FILES: [&str; 1] = ["loss.svg"];
 /// Record fields that differ between any two runs.
 const VOLATILE: [&str; 5] = ["code_version", "elapsed_s", "wall_s", "started", "finished"];
 
@@ -82,7 +84,7 @@ fn stripped_json(bytes: &[u8]) -> Option<Value> {
 fn stripped_meta(entries: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, Value> {
     entries
         .into_iter()
-        .filter(|(k, _)| !VOLATILE.iter().any(|v| k.ends_with(v)))
+        .filter(|(k, _)| !VOLATILE.iter().any(|v| k.ends_with(v)) && !INTENDED_KEYS.contains(&k.as_str()))
         .map(|(k, v)| {
             let mut value = serde_json::from_str::<Value>(&v).unwrap_or(Value::String(v));
             strip(&mut value);
@@ -141,7 +143,16 @@ fn compare_file(old: &Path, new: &Path, differences: &mut Vec<String>) {
         Some("json") | Some("jsonl") => {
             let (a, b) = (std::fs::read(old).unwrap(), std::fs::read(new).unwrap());
             let lines = |bytes: &[u8]| -> Vec<Option<Value>> {
-                String::from_utf8_lossy(bytes).lines().map(|l| stripped_json(l.as_bytes())).collect()
+                let without_intended = |mut v: Value| {
+                    if let Some(map) = v.as_object_mut() {
+                        map.retain(|k, _| !INTENDED_KEYS.contains(&k.as_str()));
+                    }
+                    v
+                };
+                String::from_utf8_lossy(bytes)
+                    .lines()
+                    .map(|l| stripped_json(l.as_bytes()).map(without_intended))
+                    .collect()
             };
             let same = match (stripped_json(&a), stripped_json(&b)) {
                 (Some(x), Some(mut y)) => {
@@ -171,7 +182,10 @@ fn compare_trees(old: &Path, new: &Path) -> Vec<String> {
     while let Some(rel) = stack.pop() {
         for entry in std::fs::read_dir(old.join(&rel)).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if SKIPPED.contains(&name.as_str()) || name.ends_with(".png") && name.starts_with("metrics") {
+            if SKIPPED.contains(&name.as_str())
+                || INTENDED_FILES.contains(&name.as_str())
+                || name.ends_with(".png") && name.starts_with("metrics")
+            {
                 continue;
             }
             let path = rel.join(&name);

@@ -121,47 +121,74 @@ fn append_after(path: &Path, length: u64) -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// A line plot of loss over steps (log-scale loss axis), as a self-contained SVG.
+/// The run's plot, a self-contained SVG: the loss over steps (log scale) on top; below, the collapse figures
+/// (Mask Similarity and attention entropy, 0–1) with their thresholds dashed and the latest verdict in words.
 pub fn loss_svg(rows: &[MetricsRow]) -> String {
-    let (w, h, m) = (640.0, 360.0, 50.0);
+    let (w, h, m) = (640.0, 600.0, 50.0);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    let pts: Vec<(f64, f64)> = rows
+    let loss: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r.loss > 0.0)
         .map(|r| (r.step as f64, r.loss.log10()))
         .collect();
-    if let (Some(first), Some(last)) = (pts.first(), pts.last()) {
-        let (x0, x1) = (first.0, last.0.max(first.0 + 1.0));
-        let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-        let hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-6);
+    let x_range = loss.first().zip(loss.last()).map(|(a, b)| (a.0, b.0.max(a.0 + 1.0)));
+    if let Some((x0, x1)) = x_range {
         let px = |x: f64| m + (x - x0) / (x1 - x0) * (w - 2.0 * m);
-        let py = |y: f64| h - m - (y - lo) / (hi - lo) * (h - 2.0 * m);
-        let path: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        let lo = loss.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let hi = loss.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-6);
+        let py = |y: f64| 310.0 - (y - lo) / (hi - lo) * 260.0;
+        s.push_str(&polyline(loss.iter().map(|&(x, y)| (px(x), py(y))), "#1f77b4", ""));
         s.push_str(&format!(
-            "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{}\"/>\n",
-            path.join(" ")
+            "<text x=\"{m}\" y=\"330\">step {x0:.0}</text><text x=\"{:.0}\" y=\"330\" text-anchor=\"end\">step {x1:.0}</text>\n",
+            w - m
         ));
         s.push_str(&format!(
-            "<text x=\"{m}\" y=\"{:.0}\">step {x0:.0}</text><text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"end\">step {x1:.0}</text>\n",
-            h - m + 20.0,
-            w - m,
-            h - m + 20.0
-        ));
-        s.push_str(&format!(
-            "<text x=\"5\" y=\"{:.0}\">{:.4}</text><text x=\"5\" y=\"{:.0}\">{:.4}</text>\n",
-            m,
+            "<text x=\"5\" y=\"{m}\">{:.4}</text><text x=\"5\" y=\"310\">{:.4}</text>\n",
             10f64.powf(hi),
-            h - m,
             10f64.powf(lo)
         ));
+        // The collapse panel: y from 0 (at 560) to 1 (at 400).
+        let fy = |v: f64| 560.0 - v.clamp(0.0, 1.0) * 160.0;
+        let sim = rows.iter().map(|r| (px(r.step as f64), fy(r.mask_similarity)));
+        s.push_str(&polyline(sim, "#d62728", ""));
+        let entropy = rows.iter().filter_map(|r| Some((px(r.step as f64), fy(r.attention_entropy?))));
+        s.push_str(&polyline(entropy, "#2ca02c", ""));
+        for (threshold, colour) in [
+            (collapse::MASK_SIMILARITY_COLLAPSED, "#d62728"),
+            (collapse::ATTENTION_ENTROPY_COLLAPSED, "#2ca02c"),
+        ] {
+            s.push_str(&polyline([(m, fy(threshold)), (w - m, fy(threshold))].into_iter(), colour, "4 3"));
+        }
+        s.push_str(&format!(
+            "<text x=\"5\" y=\"404\">1</text><text x=\"5\" y=\"560\">0</text>\n<text x=\"{m}\" y=\"390\">\
+             <tspan fill=\"#d62728\">mask similarity</tspan>, <tspan fill=\"#2ca02c\">attention entropy</tspan>; \
+             dashed: collapse thresholds</text>\n"
+        ));
+        let verdict = latest_verdict(rows).map_or("no collapse check yet".to_string(), |v| {
+            format!("step {}: {}", v.step, if v.collapsed { "COLLAPSED" } else { "slots split" })
+        });
+        s.push_str(&format!("<text x=\"{m}\" y=\"585\">{verdict}</text>\n"));
     }
     s.push_str(&format!(
         "<text x=\"{:.0}\" y=\"20\" text-anchor=\"middle\">reconstruction loss (log scale)</text>\n</svg>\n",
         w / 2.0
     ));
     s
+}
+
+/// An SVG polyline through `points` (pixels), dashed when `dash` is not empty.
+fn polyline(points: impl Iterator<Item = (f64, f64)>, colour: &str, dash: &str) -> String {
+    let points: Vec<String> = points.map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+    if points.is_empty() {
+        return String::new();
+    }
+    let dash = if dash.is_empty() { String::new() } else { format!(" stroke-dasharray=\"{dash}\"") };
+    format!(
+        "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"{dash} points=\"{}\"/>\n",
+        points.join(" ")
+    )
 }
 
 /// One training run's steps: what the loop calls.

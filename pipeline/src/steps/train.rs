@@ -13,9 +13,11 @@
 //! `checkpoint.safetensors` (weights, Adam moments, step, generator state; no `mrdino.stage`, i.e. a baseline;
 //! written atomically every `checkpoint_every` steps, at the end, and when stopped by SIGINT/SIGTERM or
 //! `--time-budget`, which then exits with code 4), `metrics.jsonl` (one row per logging step: step, loss, lr,
-//! grad_norm, mask_similarity) and `loss.svg` (rewritten at each checkpoint). Running the same command again
-//! resumes from the checkpoint: on CPU the continued run is identical to an uninterrupted one, step for step (see
-//! `mrdino_model::train` for why).
+//! grad_norm, mask_similarity, attention_entropy, and at the collapse check steps the verdict) and `loss.svg`
+//! (rewritten at each checkpoint). Running the same command again resumes from the checkpoint: on CPU the
+//! continued run is identical to an uninterrupted one, step for step (see `mrdino_model::train` for why).
+//!
+//! `--candidates N` first trains N restarts and continues the one whose slots split best ([`candidates`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
