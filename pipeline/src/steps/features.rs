@@ -253,7 +253,8 @@ pub fn run(args: &FeaturesArgs, stop: &StopHandle) -> Result<ExitCode> {
     let plan = build_plan(FEATURES_KIND, &hash, dataset.name(), &sequences);
     let ledger = Ledger::new(&args.out, FEATURES_KIND, &hash);
     let job = OpenJob::open(ledger, &[args.out.join("shards")], &params, plan, args.job.shard()?)?;
-    let labels = labels.map(|t| LabelIndex::new(t, Preset::for_dataset(dataset).window_layout()));
+    let layout = Preset::for_dataset(dataset).window_layout(backbone.backbone().patch_size());
+    let labels = labels.map(|t| LabelIndex::new(t, layout));
     let stop = stop.with_budget(args.job.run.time_budget);
     let cache = Cache {
         params: &params,

@@ -25,11 +25,11 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use mrdino_datasets::{list_sequences, Geometry, Processing, Sequence, SourceOptions};
 use mrdino_model::backbone::{BackboneRequest, LoadedBackbone};
-use mrdino_model::predict::{frame_canvas, FramePrediction, WindowPredictor};
+use mrdino_model::predict::{check_token_grid, frame_canvas, FramePrediction, WindowPredictor};
 use mrdino_model::refined::RefinedModel;
 use mrdino_model::windows::{MergeOptions, WindowGrid};
 use mrdino_outputs::bookkeeping::{FrameFailure, Ledger, PlannedUnit};
-use mrdino_outputs::checkpoint::{read_model_file, META_BACKBONE_SHA256};
+use mrdino_outputs::checkpoint::{read_model_file, META_BACKBONE, META_BACKBONE_SHA256};
 use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS, PREDICTIONS_KIND};
 use mrdino_outputs::tables::{
     frames_batch, prediction_instances_batch, write_parquet, ExcludedReason, InstanceOrigin, PredictionColumns,
@@ -265,6 +265,12 @@ fn load(args: &InferArgs, device: Device) -> Result<(RefinedModel, Box<dyn mrdin
         model: Some((&file, &model_path)),
     };
     let backbone = LoadedBackbone::load(request, device)?.into_backbone();
+    let dataset = args.input.dataset;
+    let preset = args.preset.unwrap_or(Preset::for_dataset(dataset)).model();
+    let grid = preset.window_grid(backbone.patch_size());
+    let trained_on = file.meta(META_BACKBONE).filter(|n| !n.is_empty());
+    check_token_grid(model.dinosaur.config().n_patches, trained_on, backbone.as_ref(), &grid)
+        .with_context(|| format!("{}: the {} preset", model_path.display(), preset.name()))?;
     if let Some(trained) = file.meta(META_BACKBONE_SHA256) {
         ensure!(
             backbone.identity().matches(trained),
@@ -276,9 +282,6 @@ fn load(args: &InferArgs, device: Device) -> Result<(RefinedModel, Box<dyn mrdin
             weights_id::mismatch_hint(trained)
         );
     }
-    let dataset = args.input.dataset;
-    let preset = args.preset.unwrap_or(Preset::for_dataset(dataset)).model();
-    let grid = preset.window_grid();
     let config = model.dinosaur.config();
     let params = InferParams {
         dataset,
@@ -348,7 +351,7 @@ pub fn run(args: &InferArgs, stop: &StopHandle) -> Result<ExitCode> {
         merge_chains: args.merge_chains,
         ..MergeOptions::default()
     };
-    let grid = params.preset.window_grid();
+    let grid = params.preset.window_grid(backbone.patch_size());
     let predictor = WindowPredictor::new(&model, backbone.as_ref(), grid, merge, device, params.seed)
         .with_context(|| format!("the {} preset", params.preset.name()))?;
     let dataset = args.input.dataset;

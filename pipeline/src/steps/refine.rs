@@ -34,10 +34,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
 use mrdino_datasets::DatasetKind;
-use mrdino_model::backbone::{BackboneRequest, LoadedBackbone};
+use mrdino_model::backbone::{Backbone, BackboneRequest, LoadedBackbone};
 use mrdino_model::dinosaur::{file_config, Dinosaur, DinosaurConfig};
 use mrdino_model::memory::{self, MemoryEstimate, StepKind};
 use mrdino_model::optim::{Adam, AdamConfig};
+use mrdino_model::patch_scale::PRESET_PATCH_PX;
 use mrdino_model::refine_train::{refine_step, trained_parameters, RefineStep, TrainableHead};
 use mrdino_model::refine_views::{CachedViews, ImageViews, LabelIndex, ViewSource};
 use mrdino_model::refined::ModelStage;
@@ -107,20 +108,29 @@ fn read_from(stage: ModelStage, args: &RefineArgs) -> Result<(PathBuf, TensorFil
     Ok((from, file, identity))
 }
 
-/// The cache of the labels' windows, or the frames through the backbone.
-fn open_views(
-    args: &RefineArgs,
-    labels: LabelIndex,
-    seed: i64,
-    from: (&TensorFile, &Path),
-    device: Device,
-) -> Result<Box<dyn ViewSource>> {
-    Ok(match (&args.features, &args.backbone.backbone) {
-        (Some(dir), None) => {
-            let cache =
-                FeatureCache::open(dir).with_context(|| format!("cannot open feature cache {}", dir.display()))?;
-            Box::new(CachedViews::new(cache, labels, seed)?)
+/// Where the refinement's features come from, opened before the windows are cut (their pixels depend on the
+/// backbone's patch).
+enum ViewInput {
+    Cache(FeatureCache),
+    Frames(Box<dyn Backbone>, PathBuf),
+}
+
+impl ViewInput {
+    /// The backbone's patch: the cache's (view over grid), else DINOv2's; the backbone's own.
+    fn patch_px(&self) -> i64 {
+        match self {
+            ViewInput::Cache(cache) => cache.meta().patch_px().unwrap_or(PRESET_PATCH_PX),
+            ViewInput::Frames(backbone, _) => backbone.patch_size(),
         }
+    }
+}
+
+/// The cache of the labels' windows, or the frames through the backbone.
+fn open_input(args: &RefineArgs, from: (&TensorFile, &Path), device: Device) -> Result<ViewInput> {
+    Ok(match (&args.features, &args.backbone.backbone) {
+        (Some(dir), None) => ViewInput::Cache(
+            FeatureCache::open(dir).with_context(|| format!("cannot open feature cache {}", dir.display()))?,
+        ),
         (None, Some(name)) => {
             let root = args
                 .root
@@ -131,11 +141,18 @@ fn open_views(
                 weights: args.backbone.backbone_weights.as_deref(),
                 model: Some(from),
             };
-            let backbone = LoadedBackbone::load(request, device)?.into_backbone();
-            Box::new(ImageViews::new(backbone, root, labels, seed)?)
+            ViewInput::Frames(LoadedBackbone::load(request, device)?.into_backbone(), root.to_path_buf())
         }
         (Some(_), Some(_)) => bail!("give either --features or --backbone, not both"),
         (None, None) => bail!("give --features CACHE (the labels' windows) or --backbone NAME"),
+    })
+}
+
+/// The views of `labels` with their features from `input`.
+fn open_views(input: ViewInput, labels: LabelIndex, seed: i64) -> Result<Box<dyn ViewSource>> {
+    Ok(match input {
+        ViewInput::Cache(cache) => Box::new(CachedViews::new(cache, labels, seed)?),
+        ViewInput::Frames(backbone, root) => Box::new(ImageViews::new(backbone, &root, labels, seed)?),
     })
 }
 
@@ -228,9 +245,10 @@ fn prepare(stage: ModelStage, args: &RefineArgs, device: Device) -> Result<Prepa
     params.validate()?;
     crate::engine::paths::check_outputs(&inputs(args), &[("--out", &args.out)])?;
     let (from, from_file, from_identity) = read_from(stage, args)?;
-    let labels = LabelIndex::new(tables, Preset::for_dataset(dataset).window_layout());
+    let input = open_input(args, (&from_file, &from), device)?;
+    let labels = LabelIndex::new(tables, Preset::for_dataset(dataset).window_layout(input.patch_px()));
     let (view_px, max_masks) = (labels.layout.view_px() as i64, i64::from(labels.max_instances()));
-    let source = open_views(args, labels, params.seed, (&from_file, &from), device)?;
+    let source = open_views(input, labels, params.seed)?;
     let n_views = source.n_views();
     ensure!(
         n_views > 0,
