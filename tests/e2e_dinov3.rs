@@ -19,7 +19,8 @@ use common::{mean, metrics, mrdino, run_ok, synth};
 use mrdino_model::vit::{write_random_weights, VitConfig};
 use mrdino_outputs::checkpoint::{read_tensor_file, META_STAGE};
 use mrdino_outputs::feature_cache::FeatureCache;
-use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS};
+use mrdino_outputs::bookkeeping::Ledger;
+use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS, PREDICTIONS_KIND};
 use mrdino_outputs::tables::{read_frames, read_prediction_columns};
 use serde_json::Value;
 
@@ -172,9 +173,12 @@ fn dinov3_runs_features_train_refine_infer_eval_on_the_patch_16_windows() {
         "frames not on the patch-16 KITTI canvas"
     );
     assert!(!extra.is_empty() && extra.iter().all(|e| e.is_some_and(|e| e.window < 4)));
-    let status = run_ok(mrdino().arg("status").arg(&predictions));
-    let status = String::from_utf8_lossy(&status.stdout);
-    assert!(status.contains("[432,1440]") || status.contains("432"), "{status}");
+    // The run's parameters record the patch-16 canvas and its four windows.
+    let ledger = Ledger::new(&predictions, PREDICTIONS_KIND, &partitions[0]);
+    let params = ledger.read_params().unwrap().unwrap();
+    assert_eq!(params["canvas"], serde_json::json!([432, 1440]), "{params}");
+    assert_eq!(params["windows"], 4, "{params}");
+    assert_eq!(params["preset"], "kitti", "{params}");
 
     // Scored against the generator's ground truth: finite metrics.
     let json = dir.join("eval.json");
