@@ -8,7 +8,8 @@
 //! at patch 16: four 432 px windows on a 432×1440 canvas) → `eval --predictions`. Checked: the loss decreases in
 //! training, each stage writes its checkpoint with its stage, the caches, the prediction rows and their window
 //! indices have the patch-16 geometry, eval gives finite metrics; a model of 27×27 tokens is refused on the MOVi-E
-//! preset's 304 px windows (19×19 tokens) with both grids named.
+//! preset's 304 px windows (19×19 tokens), and one of 16×16 tokens by the refinement's 27×27 windows, both grids
+//! named.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 mod common;
@@ -140,6 +141,39 @@ fn dinov3_runs_features_train_refine_infer_eval_on_the_patch_16_windows() {
     refine("stage2", &stage1, &labels, &cache, &stage2);
     assert_eq!(stage_of(&stage2), "stage2");
     assert!(losses(&stage2).iter().all(|l| l.is_finite()));
+
+    // A model trained on the 256 px resize views (16×16 tokens) is refused on the windows, naming both grids.
+    let on_resized = dir.join("on-resized");
+    run_ok(
+        mrdino()
+            .args(["train", "dinosaur", "--dataset", "frames", "--features"])
+            .arg(&resized)
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&on_resized)
+            .args(["--steps", "2", "--device", "cpu", "--torch-threads", "1", "--quiet"]),
+    );
+    let refused_out = dir.join("refused");
+    let refused = mrdino()
+        .args(["refine", "stage1", "--from"])
+        .arg(&on_resized)
+        .arg("--labels")
+        .arg(&labels)
+        .arg("--features")
+        .arg(&cache)
+        .arg("--out")
+        .arg(&refused_out)
+        .args(["--steps", "2", "--device", "cpu", "--quiet"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("expects 256 patches (16×16)") && stderr.contains("729 (27×27: 432 px windows, patch 16)"),
+        "{stderr}"
+    );
+    assert!(!refused_out.exists());
 
     // Inference on the KITTI windows at patch 16: rows on the 432×1440 canvas, channels from four windows.
     let infer = |out: &Path, extra: &[&str]| {

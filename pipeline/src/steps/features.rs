@@ -7,10 +7,11 @@
 //!
 //! Views:
 //! - `resize` (default): every frame resized to `--size WxH` (`mrdino_model::encode::resized_view`), one view per
-//!   frame. Default size per dataset: MOVi-E 266×266 (DINOSAUR's MOVi-E input), otherwise 224×224.
+//!   frame. Default size per dataset: MOVi-E 266×266 (DINOSAUR's MOVi-E input), otherwise 224×224; for a backbone
+//!   whose patch does not tile the preset's window, the same token grid at its patch (patch 16: 304 and 256 px).
 //! - `windows` (with `--labels RUN`): the refinement's training views of a pseudo-label run
-//!   (`mrdino_model::refine_views`): each labelled frame at the label grid cut into its windows. The view key
-//!   records the window's offset.
+//!   (`mrdino_model::refine_views`): each labelled frame at the label grid cut into its windows, at the backbone's
+//!   patch (`Preset::window_layout`; patch 16: KITTI 432 px). The view key records the window's offset.
 //!
 //! The features are the patch tokens of `--layer` (default the last block) after the final norm, CLS and
 //! registers dropped; the shard metadata names the backbone, its weights' identity, the layer, the view size, the

@@ -3,7 +3,9 @@
 //!
 //! Per frame, as the reference's evaluation pipeline (`mrdino_model::predict`): the frame (TRI-PD: the
 //! benchmark's conversion first) resized to the preset canvas — KITTI 378×1260, TRI-PD 490×980, MOVi-E shorter
-//! side 266 then the centre 266×266 — cut into the preset's windows, the windows through the backbone and the
+//! side 266 then the centre 266×266; a patch-16 backbone gets the same token grids, KITTI 432×1440, TRI-PD
+//! 560×1120, MOVi-E 304, `Preset::window_grid`) — cut into the preset's windows (a model whose token grid differs
+//! from the windows' is refused, naming both), the windows through the backbone and the
 //! slot model with reproducible slot noise, joined and merged (`--merge-chains` is the opt-in fix for objects
 //! spanning three windows), argmax per pixel. The model file's embedded backbone is used when it has one.
 //!

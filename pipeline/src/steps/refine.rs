@@ -38,7 +38,7 @@ use mrdino_model::backbone::{Backbone, BackboneRequest, LoadedBackbone};
 use mrdino_model::dinosaur::{file_config, Dinosaur, DinosaurConfig};
 use mrdino_model::memory::{self, MemoryEstimate, StepKind};
 use mrdino_model::optim::{Adam, AdamConfig};
-use mrdino_model::patch_scale::PRESET_PATCH_PX;
+use mrdino_model::patch_scale::{token_grid_text, PRESET_PATCH_PX};
 use mrdino_model::refine_train::{refine_step, trained_parameters, RefineStep, TrainableHead};
 use mrdino_model::refine_views::{CachedViews, ImageViews, LabelIndex, ViewSource};
 use mrdino_model::refined::ModelStage;
@@ -157,7 +157,14 @@ fn open_views(input: ViewInput, labels: LabelIndex, seed: i64) -> Result<Box<dyn
 }
 
 /// Refuses views whose backbone is not the one the model was trained on, or whose shapes it does not take.
-fn check_views(from_file: &TensorFile, from: &Path, config: &DinosaurConfig, source: &dyn ViewSource) -> Result<()> {
+/// `window` is the side of the views in pixels and the backbone's patch, for the message.
+fn check_views(
+    from_file: &TensorFile,
+    from: &Path,
+    config: &DinosaurConfig,
+    source: &dyn ViewSource,
+    window: (i64, i64),
+) -> Result<()> {
     let backbone = source.backbone();
     if let Some(recorded) = from_file.meta(META_BACKBONE_SHA256).filter(|s| !s.is_empty()) {
         let same = match source.backbone_identity() {
@@ -184,11 +191,15 @@ fn check_views(from_file: &TensorFile, from: &Path, config: &DinosaurConfig, sou
     }
     ensure!(
         config.n_patches == source.n_patches() && config.feature_dim == source.channels(),
-        "{} expects {} patches of {} channels, the refinement views give {} of {}",
+        "{} expects {} patches ({}) of {} channels, the refinement views give {} ({}: {} px windows, patch {}) of {}",
         from.display(),
         config.n_patches,
+        token_grid_text(config.n_patches),
         config.feature_dim,
         source.n_patches(),
+        token_grid_text(source.n_patches()),
+        window.0,
+        window.1,
         source.channels()
     );
     Ok(())
@@ -246,7 +257,8 @@ fn prepare(stage: ModelStage, args: &RefineArgs, device: Device) -> Result<Prepa
     crate::engine::paths::check_outputs(&inputs(args), &[("--out", &args.out)])?;
     let (from, from_file, from_identity) = read_from(stage, args)?;
     let input = open_input(args, (&from_file, &from), device)?;
-    let labels = LabelIndex::new(tables, Preset::for_dataset(dataset).window_layout(input.patch_px()));
+    let patch_px = input.patch_px();
+    let labels = LabelIndex::new(tables, Preset::for_dataset(dataset).window_layout(patch_px));
     let (view_px, max_masks) = (labels.layout.view_px() as i64, i64::from(labels.max_instances()));
     let source = open_views(input, labels, params.seed)?;
     let n_views = source.n_views();
@@ -261,7 +273,7 @@ fn prepare(stage: ModelStage, args: &RefineArgs, device: Device) -> Result<Prepa
     params.labels_params = labels_params;
     params.validate()?;
     let config = file_config(&from_file, &from, None)?;
-    check_views(&from_file, &from, &config, source.as_ref())?;
+    check_views(&from_file, &from, &config, source.as_ref(), (view_px, patch_px))?;
     let estimate = step_memory(&params, &config, view_px, max_masks, args.features.is_none());
     check_memory(&estimate, device, "lower --batch-size", args.run.quiet)?;
     Ok(Prepared {

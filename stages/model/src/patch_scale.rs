@@ -70,6 +70,16 @@ impl PatchScale {
     }
 }
 
+/// A token count as a grid for messages: `27×27` when it is a square, else the count and that it is not square.
+pub fn token_grid_text(n_patches: i64) -> String {
+    let side = (n_patches.max(0) as f64).sqrt().round() as i64;
+    if side * side == n_patches {
+        format!("{side}×{side}")
+    } else {
+        format!("{n_patches}, not a square grid")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::backbone::Backbone;
 use crate::dinosaur::slot_noise;
+use crate::patch_scale::token_grid_text;
 use crate::refine_views::float_image;
 use crate::refined::{RefinedError, RefinedModel};
 use crate::views::{pil_resize_bilinear_u8, ViewError};
@@ -173,16 +174,6 @@ pub struct WindowPredictor<'a> {
     pub merge: MergeOptions,
     pub device: Device,
     pub seed: i64,
-}
-
-/// `27×27` for a square count of patches, else the count.
-fn token_grid_text(n_patches: i64) -> String {
-    let side = (n_patches.max(0) as f64).sqrt().round() as i64;
-    if side * side == n_patches {
-        format!("{side}×{side}")
-    } else {
-        format!("{n_patches}, not a square grid")
-    }
 }
 
 /// Refuses a backbone whose tokens on `grid`'s windows are not the model's token grid, naming both: the
