@@ -171,6 +171,61 @@ fn analysis_report_has_every_pair_and_renders() {
     );
 }
 
+/// `analyze` with a DINOv3 backbone (16 px patches, RoPE, storage tokens) next to a DINOv2 one: every statistic of
+/// every pair is computed and finite.
+#[test]
+fn analysis_accepts_a_dinov3_backbone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let labels = dir.join("labels");
+    run_ok(mrdino().arg("synth").arg("--out").arg(&data).args(["--sequences", "2", "--frames", "8"]));
+    run_ok(
+        mrdino()
+            .args(["labels", "--dataset", "frames", "--root"])
+            .arg(data.join("frames"))
+            .arg("--out")
+            .arg(&labels)
+            .args(["--flow", "import", "--flow-dir"])
+            .arg(data.join("flow"))
+            .arg("--quiet"),
+    );
+    let v2 = "custom:family=dinov2,depth=1,dim=32,heads=2,patch=14,pos_grid=4";
+    let v3 = "custom:family=dinov3,depth=2,dim=32,heads=2,patch=16";
+    let (w2, w3) = (dir.join("dinov2.safetensors"), dir.join("dinov3.safetensors"));
+    write_random_weights(&w2, &VitConfig::by_name(v2).unwrap(), 1).unwrap();
+    write_random_weights(&w3, &VitConfig::by_name(v3).unwrap(), 2).unwrap();
+    let out = dir.join("report");
+    run_ok(
+        mrdino()
+            .arg("analyze")
+            .arg("--labels")
+            .arg(&labels)
+            .args(["--backbone", v2, "--backbone-weights"])
+            .arg(&w2)
+            .args(["--backbone", v3, "--backbone-weights"])
+            .arg(&w3)
+            .args(["--frames", "6", "--size", "64", "--bootstrap", "10", "--k", "3"])
+            .args(["--device", "cpu", "--torch-threads", "1"])
+            .arg("--out")
+            .arg(&out),
+    );
+    let json: Value = serde_json::from_slice(&std::fs::read(out.join("analysis.json")).unwrap()).unwrap();
+    assert!(json.to_string().contains("family=dinov3"), "the DINOv3 backbone is not named");
+    let within = json["within_backbone"].as_array().unwrap();
+    // Two ViTs with cls and mean: 4 representations × C(5, 2) variant pairs.
+    assert_eq!(within.len(), 4 * 10);
+    let between = json["between_backbones"].as_array().unwrap();
+    // cls and mean: one backbone pair each, per variant.
+    assert_eq!(between.len(), 5 * 2);
+    for pair in within.iter().chain(between) {
+        for stat in ["cka", "cka_debiased", "svcca", "pwcca"] {
+            let value = pair[stat]["value"].as_f64();
+            assert!(value.is_some_and(f64::is_finite), "{stat} of {pair}");
+        }
+    }
+}
+
 /// An all-background 16-bit id PNG of `height`×`width` at `path`.
 fn write_empty_ids_png(path: &Path, height: usize, width: usize) {
     use opencv::core::{Mat, Vector};

@@ -19,6 +19,7 @@ use mrdino_model::vit::{write_random_weights, VitConfig};
 
 const BACKBONE: &str = "custom:family=dinov2,depth=1,dim=16,heads=2,patch=14,pos_grid=4";
 const OTHER_BACKBONE: &str = "custom:family=dinov2,depth=2,dim=16,heads=2,patch=14,pos_grid=4";
+const V3_BACKBONE: &str = "custom:family=dinov3,depth=1,dim=16,heads=2,patch=16";
 
 /// One bad input and the answer it must get.
 struct Case {
@@ -150,6 +151,8 @@ fn cases() -> Vec<Case> {
         case!("infer", "`--out` is the labels run", [INFER, "--model {run} --out {labels}"], "labels", 1),
         case!("infer", "`--memory-limit nan`", [INFER, "--model {run} --memory-limit nan"], "nan", 2),
         case!("infer", "a batch above `--memory-limit 1M`", [INFER, "--model {run} --memory-limit 1M"], "one inference batch needs about", 1),
+        case!("infer", "a preset whose windows give another token grid", [INFER, "--model {run} --preset movi-e"], "27×27", 1),
+        case!("infer", "a DINOv3 `--backbone` for a DINOv2 model", ["infer --dataset frames --quiet --device cpu --backbone {v3_backbone} --backbone-weights {vit3} --root {root} --out {out} --model {run}"], "family=dinov3", 1),
         // analyze
         case!("analyze", "`--k 1000` on a few points", ["analyze --labels {labels} --gt {data} --gt-format synth --backbone {backbone} --backbone-weights {vit} --out {out} --device cpu --k 1000"], "--k", 1),
         case!("analyze", "`--frames 0`", ["analyze --labels {labels} --gt {data} --gt-format synth --backbone {backbone} --backbone-weights {vit} --out {out} --frames 0"], "--frames", 2),
@@ -189,6 +192,8 @@ impl Fixture {
         write_random_weights(&vit, &VitConfig::by_name(BACKBONE).unwrap(), 3).unwrap();
         let vit2 = d.join("vit2.safetensors");
         write_random_weights(&vit2, &VitConfig::by_name(OTHER_BACKBONE).unwrap(), 4).unwrap();
+        let vit3 = d.join("vit3.safetensors");
+        write_random_weights(&vit3, &VitConfig::by_name(V3_BACKBONE).unwrap(), 5).unwrap();
         let views = d.join("views");
         run_ok(mrdino().args(["features", "--dataset", "frames", "--quiet", "--device", "cpu", "--size", "378x378"])
             .args(["--backbone", BACKBONE, "--backbone-weights"]).arg(&vit)
@@ -243,6 +248,7 @@ impl Fixture {
         paths.insert("run", run.display().to_string());
         paths.insert("vit", vit.display().to_string());
         paths.insert("vit2", vit2.display().to_string());
+        paths.insert("vit3", vit3.display().to_string());
         paths.insert("eval_json", eval_json.display().to_string());
         paths.insert("small_flow", small_flow.display().to_string());
         paths.insert("empty_dir", empty_dir.display().to_string());
@@ -257,6 +263,7 @@ impl Fixture {
         paths.insert("tiny", tiny.display().to_string());
         paths.insert("backbone", BACKBONE.to_string());
         paths.insert("other_backbone", OTHER_BACKBONE.to_string());
+        paths.insert("v3_backbone", V3_BACKBONE.to_string());
         Fixture { dir, paths }
     }
 

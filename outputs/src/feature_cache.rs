@@ -64,6 +64,12 @@ pub struct ShardMeta {
 }
 
 impl ShardMeta {
+    /// The backbone's patch in pixels (view height over grid height), `None` when the grid does not divide the view.
+    pub fn patch_px(&self) -> Option<i64> {
+        (self.grid_height > 0 && self.image_height % self.grid_height == 0)
+            .then(|| self.image_height / self.grid_height)
+    }
+
     /// The fields every shard of one cache must share, for comparison.
     fn signature(&self) -> (String, String, i64, i64, i64, i64, i64, String, String) {
         (

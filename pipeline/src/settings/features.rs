@@ -34,7 +34,7 @@ impl FeaturesParams {
         let preset = Preset::for_dataset(dataset);
         let view_size = match args.views {
             ViewsKind::Resize => {
-                let (w, h) = args.size.unwrap_or(preset.feature_view());
+                let (w, h) = args.size.unwrap_or(preset.feature_view(patch));
                 (h as i64, w as i64)
             }
             ViewsKind::Windows => {
@@ -44,7 +44,7 @@ impl FeaturesParams {
                 if labels_params.is_none() {
                     bail!("--views windows needs --labels RUN (the pseudo-label run)");
                 }
-                let px = preset.window_layout().view_px();
+                let px = preset.window_layout(patch).view_px();
                 (px as i64, px as i64)
             }
         };

@@ -1,6 +1,7 @@
 //! The parameters of a prediction run (`mrdino infer`); their hash names the run's partition.
 
 use mrdino_datasets::{DatasetKind, Processing};
+use mrdino_model::windows::WindowGrid;
 use serde::{Deserialize, Serialize};
 
 use super::presets::Preset;
@@ -39,6 +40,19 @@ pub struct InferParams {
 impl InferParams {
     pub fn hash(&self) -> String {
         super::params_hash(self).unwrap_or_default()
+    }
+
+    /// The windows the run predicted with: the preset's grid at the patch whose canvas the run records (patch 14:
+    /// the reference's; patch 16: KITTI 432×1440); an error when no patch gives the recorded canvas.
+    pub fn window_grid(&self) -> anyhow::Result<WindowGrid> {
+        self.preset.window_grid_of_canvas(self.canvas).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the prediction run records a {}x{} canvas, which no patch size gives the {} preset",
+                self.canvas.1,
+                self.canvas.0,
+                self.preset.name()
+            )
+        })
     }
 
     /// Whether frames go through the TRI-PD benchmark conversion before the canvas.

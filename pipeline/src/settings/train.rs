@@ -5,7 +5,9 @@
 //! The presets are the reference recipes (spec §3.5, the numbers in [`crate::settings::presets`]): KITTI 100k
 //! steps, batch 64, LR 4e-4, resize 378×1260, random 378 crop, flip; TRI-PD 500k, 16, 1e-4, 490×980, 490 crop,
 //! flip; MOVi-E 500k, 64, 4e-4, 266×266, no crop or flip; all with Adam (0.9, 0.999, 1e-8), linear warm-up over
-//! 10k steps then ×0.5 per 100k steps, gradient-norm clip 1.0. `frames` uses the KITTI recipe.
+//! 10k steps then ×0.5 per 100k steps, gradient-norm clip 1.0. `frames` uses the KITTI recipe. The resize and crop
+//! are patch-14 pixels; a backbone whose patch does not tile the preset's window gets them scaled to the same token
+//! grid (`Preset::train`; patch 16: KITTI 432×1440 and 432, TRI-PD 560×1120 and 560, MOVi-E 304).
 //!
 //! Ranges ([`TrainParams::validate`], every failing key named with its value): steps, batch size, checkpoint and
 //! log cadence, LR decay steps and every model size at least 1; lr finite and ≥ 0 (0 is allowed and means the
@@ -50,9 +52,10 @@ pub struct TrainParams {
 }
 
 impl TrainParams {
-    /// The reference recipe of `preset` (`kitti`, `tri-pd`, `movi-e`; see `crate::settings::presets`).
-    pub fn preset(preset: &str, dataset: &str) -> Option<Self> {
-        let recipe = Preset::parse_model(preset)?.train();
+    /// The reference recipe of `preset` (`kitti`, `tri-pd`, `movi-e`; see `crate::settings::presets`) for a
+    /// backbone of `patch_px` (the resize and crop scaled as the windows are).
+    pub fn preset(preset: &str, dataset: &str, patch_px: i64) -> Option<Self> {
+        let recipe = Preset::parse_model(preset)?.train(patch_px);
         Some(Self {
             preset: preset.to_string(),
             dataset: dataset.to_string(),
@@ -207,9 +210,9 @@ pub fn preset_name(flag: Option<&str>, file: Option<&serde_json::Value>, dataset
         .unwrap_or_else(|| Preset::for_dataset(dataset).model().name().to_string())
 }
 
-/// Preset < config file < flags. The model's F and P are the data's, set once the source is open; checks run then
-/// ([`TrainParams::validate`]).
-pub fn resolve(args: &DinosaurTrainArgs) -> Result<TrainParams> {
+/// Preset < config file < flags, the preset's image geometry for a backbone of `patch_px`. The model's F and P are
+/// the data's, set once the source is open; checks run then ([`TrainParams::validate`]).
+pub fn resolve(args: &DinosaurTrainArgs, patch_px: i64) -> Result<TrainParams> {
     let kind = DatasetKind::parse(&args.dataset)
         .filter(|k| {
             matches!(
@@ -225,7 +228,7 @@ pub fn resolve(args: &DinosaurTrainArgs) -> Result<TrainParams> {
         })?;
     let file = args.config.as_deref().map(read_config).transpose()?;
     let preset = preset_name(args.preset.as_deref(), file.as_ref(), kind);
-    let base = TrainParams::preset(&preset, kind.name())
+    let base = TrainParams::preset(&preset, kind.name(), patch_px)
         .with_context(|| format!("unknown preset `{preset}` (expected kitti, tri-pd or movi-e)"))?;
     let mut p: TrainParams = with_config(&base, file.as_ref())?;
     p.preset = preset;
@@ -256,20 +259,20 @@ mod tests {
     use super::*;
 
     fn kitti() -> TrainParams {
-        TrainParams::preset("kitti", "kitti").unwrap()
+        TrainParams::preset("kitti", "kitti", 14).unwrap()
     }
 
     #[test]
     fn presets_are_valid_and_carry_the_recipe() {
         for preset in ["kitti", "tri-pd", "movi-e"] {
-            TrainParams::preset(preset, preset).unwrap().validate().unwrap();
+            TrainParams::preset(preset, preset, 14).unwrap().validate().unwrap();
         }
         let p = kitti();
         assert_eq!(
             (p.steps, p.batch_size, p.lr, p.warmup_steps),
             (100_000, 64, 4e-4, 10_000)
         );
-        assert!(TrainParams::preset("coco", "frames").is_none());
+        assert!(TrainParams::preset("coco", "frames", 14).is_none());
     }
 
     #[test]

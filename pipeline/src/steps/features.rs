@@ -7,10 +7,11 @@
 //!
 //! Views:
 //! - `resize` (default): every frame resized to `--size WxH` (`mrdino_model::encode::resized_view`), one view per
-//!   frame. Default size per dataset: MOVi-E 266×266 (DINOSAUR's MOVi-E input), otherwise 224×224.
+//!   frame. Default size per dataset: MOVi-E 266×266 (DINOSAUR's MOVi-E input), otherwise 224×224; for a backbone
+//!   whose patch does not tile the preset's window, the same token grid at its patch (patch 16: 304 and 256 px).
 //! - `windows` (with `--labels RUN`): the refinement's training views of a pseudo-label run
-//!   (`mrdino_model::refine_views`): each labelled frame at the label grid cut into its windows. The view key
-//!   records the window's offset.
+//!   (`mrdino_model::refine_views`): each labelled frame at the label grid cut into its windows, at the backbone's
+//!   patch (`Preset::window_layout`; patch 16: KITTI 432 px). The view key records the window's offset.
 //!
 //! The features are the patch tokens of `--layer` (default the last block) after the final norm, CLS and
 //! registers dropped; the shard metadata names the backbone, its weights' identity, the layer, the view size, the
@@ -253,7 +254,8 @@ pub fn run(args: &FeaturesArgs, stop: &StopHandle) -> Result<ExitCode> {
     let plan = build_plan(FEATURES_KIND, &hash, dataset.name(), &sequences);
     let ledger = Ledger::new(&args.out, FEATURES_KIND, &hash);
     let job = OpenJob::open(ledger, &[args.out.join("shards")], &params, plan, args.job.shard()?)?;
-    let labels = labels.map(|t| LabelIndex::new(t, Preset::for_dataset(dataset).window_layout()));
+    let layout = Preset::for_dataset(dataset).window_layout(backbone.backbone().patch_size());
+    let labels = labels.map(|t| LabelIndex::new(t, layout));
     let stop = stop.with_budget(args.job.run.time_budget);
     let cache = Cache {
         params: &params,

@@ -3,7 +3,9 @@
 //!
 //! Per frame, as the reference's evaluation pipeline (`mrdino_model::predict`): the frame (TRI-PD: the
 //! benchmark's conversion first) resized to the preset canvas — KITTI 378×1260, TRI-PD 490×980, MOVi-E shorter
-//! side 266 then the centre 266×266 — cut into the preset's windows, the windows through the backbone and the
+//! side 266 then the centre 266×266; a patch-16 backbone gets the same token grids, KITTI 432×1440, TRI-PD
+//! 560×1120, MOVi-E 304, `Preset::window_grid`) — cut into the preset's windows (a model whose token grid differs
+//! from the windows' is refused, naming both), the windows through the backbone and the
 //! slot model with reproducible slot noise, joined and merged (`--merge-chains` is the opt-in fix for objects
 //! spanning three windows), argmax per pixel. The model file's embedded backbone is used when it has one.
 //!
@@ -26,11 +28,11 @@ use anyhow::{bail, ensure, Context, Result};
 use mrdino_datasets::{list_sequences, Geometry, Processing, Sequence, SourceOptions};
 use mrdino_model::backbone::{BackboneRequest, LoadedBackbone};
 use mrdino_model::memory::{window_inference, InferenceBatch, MemoryEstimate};
-use mrdino_model::predict::{frame_canvas, FramePrediction, WindowPredictor};
+use mrdino_model::predict::{check_token_grid, frame_canvas, FramePrediction, WindowPredictor};
 use mrdino_model::refined::RefinedModel;
 use mrdino_model::windows::{MergeOptions, WindowGrid};
 use mrdino_outputs::bookkeeping::{FrameFailure, Ledger, PlannedUnit};
-use mrdino_outputs::checkpoint::{read_model_file, META_BACKBONE_SHA256};
+use mrdino_outputs::checkpoint::{read_model_file, META_BACKBONE, META_BACKBONE_SHA256};
 use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS, PREDICTIONS_KIND};
 use mrdino_outputs::tables::{
     frames_batch, prediction_instances_batch, write_parquet, ExcludedReason, InstanceOrigin, PredictionColumns,
@@ -266,6 +268,12 @@ fn load(args: &InferArgs, device: Device) -> Result<(RefinedModel, Box<dyn mrdin
         model: Some((&file, &model_path)),
     };
     let backbone = LoadedBackbone::load(request, device)?.into_backbone();
+    let dataset = args.input.dataset;
+    let preset = args.preset.unwrap_or(Preset::for_dataset(dataset)).model();
+    let grid = preset.window_grid(backbone.patch_size());
+    let trained_on = file.meta(META_BACKBONE).filter(|n| !n.is_empty());
+    check_token_grid(model.dinosaur.config().n_patches, trained_on, backbone.as_ref(), &grid)
+        .with_context(|| format!("{}: the {} preset", model_path.display(), preset.name()))?;
     if let Some(trained) = file.meta(META_BACKBONE_SHA256) {
         ensure!(
             backbone.identity().matches(trained),
@@ -277,9 +285,6 @@ fn load(args: &InferArgs, device: Device) -> Result<(RefinedModel, Box<dyn mrdin
             weights_id::mismatch_hint(trained)
         );
     }
-    let dataset = args.input.dataset;
-    let preset = args.preset.unwrap_or(Preset::for_dataset(dataset)).model();
-    let grid = preset.window_grid();
     let config = model.dinosaur.config();
     let params = InferParams {
         dataset,
@@ -368,7 +373,7 @@ pub fn run(args: &InferArgs, stop: &StopHandle) -> Result<ExitCode> {
         merge_chains: args.merge_chains,
         ..MergeOptions::default()
     };
-    let grid = params.preset.window_grid();
+    let grid = params.preset.window_grid(backbone.patch_size());
     let dataset = args.input.dataset;
     let sequences = list_sequences(&SourceOptions {
         kind: dataset,

@@ -34,11 +34,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
 use mrdino_datasets::DatasetKind;
-use mrdino_model::backbone::{BackboneRequest, LoadedBackbone};
+use mrdino_model::backbone::{Backbone, BackboneRequest, LoadedBackbone};
 use mrdino_model::collapse::Verdict;
 use mrdino_model::dinosaur::{file_config, Dinosaur, DinosaurConfig};
 use mrdino_model::memory::{self, MemoryEstimate, StepKind};
 use mrdino_model::optim::{Adam, AdamConfig};
+use mrdino_model::patch_scale::{token_grid_text, PRESET_PATCH_PX};
 use mrdino_model::refine_train::{refine_step, trained_parameters, RefineStep, TrainableHead};
 use mrdino_model::refine_views::{CachedViews, ImageViews, LabelIndex, ViewSource};
 use mrdino_model::refined::ModelStage;
@@ -108,20 +109,29 @@ fn read_from(stage: ModelStage, args: &RefineArgs) -> Result<(PathBuf, TensorFil
     Ok((from, file, identity))
 }
 
-/// The cache of the labels' windows, or the frames through the backbone.
-fn open_views(
-    args: &RefineArgs,
-    labels: LabelIndex,
-    seed: i64,
-    from: (&TensorFile, &Path),
-    device: Device,
-) -> Result<Box<dyn ViewSource>> {
-    Ok(match (&args.features, &args.backbone.backbone) {
-        (Some(dir), None) => {
-            let cache =
-                FeatureCache::open(dir).with_context(|| format!("cannot open feature cache {}", dir.display()))?;
-            Box::new(CachedViews::new(cache, labels, seed)?)
+/// Where the refinement's features come from, opened before the windows are cut (their pixels depend on the
+/// backbone's patch).
+enum ViewInput {
+    Cache(FeatureCache),
+    Frames(Box<dyn Backbone>, PathBuf),
+}
+
+impl ViewInput {
+    /// The backbone's patch: the cache's (view over grid), else DINOv2's; the backbone's own.
+    fn patch_px(&self) -> i64 {
+        match self {
+            ViewInput::Cache(cache) => cache.meta().patch_px().unwrap_or(PRESET_PATCH_PX),
+            ViewInput::Frames(backbone, _) => backbone.patch_size(),
         }
+    }
+}
+
+/// The cache of the labels' windows, or the frames through the backbone.
+fn open_input(args: &RefineArgs, from: (&TensorFile, &Path), device: Device) -> Result<ViewInput> {
+    Ok(match (&args.features, &args.backbone.backbone) {
+        (Some(dir), None) => ViewInput::Cache(
+            FeatureCache::open(dir).with_context(|| format!("cannot open feature cache {}", dir.display()))?,
+        ),
         (None, Some(name)) => {
             let root = args
                 .root
@@ -132,16 +142,30 @@ fn open_views(
                 weights: args.backbone.backbone_weights.as_deref(),
                 model: Some(from),
             };
-            let backbone = LoadedBackbone::load(request, device)?.into_backbone();
-            Box::new(ImageViews::new(backbone, root, labels, seed)?)
+            ViewInput::Frames(LoadedBackbone::load(request, device)?.into_backbone(), root.to_path_buf())
         }
         (Some(_), Some(_)) => bail!("give either --features or --backbone, not both"),
         (None, None) => bail!("give --features CACHE (the labels' windows) or --backbone NAME"),
     })
 }
 
+/// The views of `labels` with their features from `input`.
+fn open_views(input: ViewInput, labels: LabelIndex, seed: i64) -> Result<Box<dyn ViewSource>> {
+    Ok(match input {
+        ViewInput::Cache(cache) => Box::new(CachedViews::new(cache, labels, seed)?),
+        ViewInput::Frames(backbone, root) => Box::new(ImageViews::new(backbone, &root, labels, seed)?),
+    })
+}
+
 /// Refuses views whose backbone is not the one the model was trained on, or whose shapes it does not take.
-fn check_views(from_file: &TensorFile, from: &Path, config: &DinosaurConfig, source: &dyn ViewSource) -> Result<()> {
+/// `window` is the side of the views in pixels and the backbone's patch, for the message.
+fn check_views(
+    from_file: &TensorFile,
+    from: &Path,
+    config: &DinosaurConfig,
+    source: &dyn ViewSource,
+    window: (i64, i64),
+) -> Result<()> {
     let backbone = source.backbone();
     if let Some(recorded) = from_file.meta(META_BACKBONE_SHA256).filter(|s| !s.is_empty()) {
         let same = match source.backbone_identity() {
@@ -168,11 +192,15 @@ fn check_views(from_file: &TensorFile, from: &Path, config: &DinosaurConfig, sou
     }
     ensure!(
         config.n_patches == source.n_patches() && config.feature_dim == source.channels(),
-        "{} expects {} patches of {} channels, the refinement views give {} of {}",
+        "{} expects {} patches ({}) of {} channels, the refinement views give {} ({}: {} px windows, patch {}) of {}",
         from.display(),
         config.n_patches,
+        token_grid_text(config.n_patches),
         config.feature_dim,
         source.n_patches(),
+        token_grid_text(source.n_patches()),
+        window.0,
+        window.1,
         source.channels()
     );
     Ok(())
@@ -229,9 +257,11 @@ fn prepare(stage: ModelStage, args: &RefineArgs, device: Device) -> Result<Prepa
     params.validate()?;
     crate::engine::paths::check_outputs(&inputs(args), &[("--out", &args.out)])?;
     let (from, from_file, from_identity) = read_from(stage, args)?;
-    let labels = LabelIndex::new(tables, Preset::for_dataset(dataset).window_layout());
+    let input = open_input(args, (&from_file, &from), device)?;
+    let patch_px = input.patch_px();
+    let labels = LabelIndex::new(tables, Preset::for_dataset(dataset).window_layout(patch_px));
     let (view_px, max_masks) = (labels.layout.view_px() as i64, i64::from(labels.max_instances()));
-    let source = open_views(args, labels, params.seed, (&from_file, &from), device)?;
+    let source = open_views(input, labels, params.seed)?;
     let n_views = source.n_views();
     ensure!(
         n_views > 0,
@@ -244,7 +274,7 @@ fn prepare(stage: ModelStage, args: &RefineArgs, device: Device) -> Result<Prepa
     params.labels_params = labels_params;
     params.validate()?;
     let config = file_config(&from_file, &from, None)?;
-    check_views(&from_file, &from, &config, source.as_ref())?;
+    check_views(&from_file, &from, &config, source.as_ref(), (view_px, patch_px))?;
     let estimate = step_memory(&params, &config, view_px, max_masks, args.features.is_none());
     args.memory.check(&estimate, device, "lower --batch-size", args.run.quiet)?;
     Ok(Prepared {

@@ -219,7 +219,7 @@ impl Drawing<'_> {
         let canvas;
         let image = match &self.predictions {
             Some(p) => {
-                canvas = canvas_image(frame, &p.preset.window_grid(), p.tri_pd_view())?;
+                canvas = canvas_image(frame, &p.window_grid()?, p.tri_pd_view())?;
                 &canvas
             }
             None => &frame.image,

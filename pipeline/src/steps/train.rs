@@ -24,8 +24,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use mrdino_datasets::DatasetKind;
-use mrdino_model::backbone::{BackboneRequest, LoadedBackbone};
+use mrdino_model::backbone::{patch_size_of, BackboneRequest, LoadedBackbone};
 use mrdino_model::collapse::Verdict;
+use mrdino_model::patch_scale::PRESET_PATCH_PX;
 use mrdino_model::dinosaur::Dinosaur;
 use mrdino_model::loader::ImageSource;
 use mrdino_model::memory::{self, StepKind};
@@ -120,8 +121,23 @@ fn step_memory(args: &DinosaurTrainArgs, params: &TrainParams) -> memory::Memory
     estimate
 }
 
+/// The patch of the features' backbone, which scales the preset's image geometry: the `--backbone`'s, the
+/// cache's (its errors are reported when the cache is opened), else DINOv2's.
+fn source_patch_px(args: &DinosaurTrainArgs) -> i64 {
+    let from_cache = || {
+        let dir = args.features.as_ref()?;
+        FeatureCache::open(dir).ok()?.meta().patch_px()
+    };
+    args.backbone
+        .backbone
+        .as_deref()
+        .and_then(patch_size_of)
+        .or_else(from_cache)
+        .unwrap_or(PRESET_PATCH_PX)
+}
+
 fn train_dinosaur(args: &DinosaurTrainArgs, stop: &StopHandle) -> Result<ExitCode> {
-    let mut params = settings::resolve(args)?;
+    let mut params = settings::resolve(args, source_patch_px(args))?;
     params.validate()?;
     crate::engine::paths::check_outputs(&inputs(args), &[("--out", &args.out)])?;
     let device = args.device.device()?;

@@ -285,6 +285,15 @@ pub struct BackboneRequest<'a> {
     pub model: Option<(&'a TensorFile, &'a Path)>,
 }
 
+/// The patch size of the backbone `name` names (a seeded backbone or a ViT architecture), without any weights;
+/// `None` for a name no backbone has.
+pub fn patch_size_of(name: &str) -> Option<i64> {
+    match seeded_backbone(name, Device::Cpu) {
+        Some(b) => Some(b.patch_size()),
+        None => VitConfig::by_name(name).ok().map(|c| c.patch_size),
+    }
+}
+
 /// The backbone names a command uses when `--backbone` is absent and no model embeds one.
 pub const DEFAULT_BACKBONE: &str = "dinov2-vitb14";
 

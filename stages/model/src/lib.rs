@@ -34,6 +34,7 @@ pub mod loader;
 pub mod matching;
 pub mod memory;
 pub mod optim;
+pub mod patch_scale;
 pub mod predict;
 pub mod refine;
 pub mod refine_train;

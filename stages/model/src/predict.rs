@@ -19,6 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::backbone::Backbone;
 use crate::dinosaur::slot_noise;
+use crate::patch_scale::token_grid_text;
 use crate::refine_views::float_image;
 use crate::refined::{RefinedError, RefinedModel};
 use crate::views::{pil_resize_bilinear_u8, ViewError};
@@ -175,6 +176,45 @@ pub struct WindowPredictor<'a> {
     pub seed: i64,
 }
 
+/// Refuses a backbone whose tokens on `grid`'s windows are not the model's token grid, naming both: the
+/// model's patch count and grid (with `trained_on`, the backbone name its file records, that backbone's patch and
+/// window side) and the backbone's grid, patch and the windows (e.g. a model of 729 patches, 27×27 with patch 14
+/// at 378 px, against the MOVi-E preset's 304 px windows of a patch-16 backbone: 19×19).
+pub fn check_token_grid(
+    n_patches: i64,
+    trained_on: Option<&str>,
+    backbone: &dyn Backbone,
+    grid: &WindowGrid,
+) -> Result<(), PredictError> {
+    let ps = backbone.patch_size();
+    let (wh, ww) = (grid.window_height_px, grid.window_width_px);
+    if ps <= 0 || wh % ps != 0 || ww % ps != 0 || (wh / ps) * (ww / ps) == n_patches {
+        return Ok(()); // the patch check of `WindowPredictor::new` names a patch that does not tile the windows
+    }
+    let model_grid = token_grid_text(n_patches);
+    let trained = trained_on
+        .map(|name| match crate::backbone::patch_size_of(name) {
+            Some(p) if model_grid.contains('×') => {
+                let side = (n_patches as f64).sqrt().round() as i64;
+                format!("; made with `{name}`: patch {p} at {} px", side * p)
+            }
+            _ => format!("; made with `{name}`"),
+        })
+        .unwrap_or_default();
+    Err(PredictError::Config {
+        what: "windows",
+        message: format!(
+            "the {ww}x{wh} windows give {} patches of {ps} px ({}×{}) with the backbone `{}`, but the model has {} \
+             patches ({model_grid}{trained}); use the preset and the backbone the model was trained with",
+            (wh / ps) * (ww / ps),
+            wh / ps,
+            ww / ps,
+            backbone.name(),
+            n_patches
+        ),
+    })
+}
+
 impl<'a> WindowPredictor<'a> {
     /// Checks that the grid's windows fit the backbone's patch and the model's patch count and width.
     pub fn new(
@@ -198,13 +238,7 @@ impl<'a> WindowPredictor<'a> {
                 "the {ww}x{wh} windows are not a multiple of the backbone's {ps} px patch"
             )));
         }
-        if (wh / ps) * (ww / ps) != config.n_patches {
-            return Err(config_error(format!(
-                "the {ww}x{wh} windows give {} patches of {ps} px, but the model has {} patches",
-                (wh / ps) * (ww / ps),
-                config.n_patches
-            )));
-        }
+        check_token_grid(config.n_patches, None, backbone, &grid)?;
         if backbone.feature_dim() != config.feature_dim {
             return Err(config_error(format!(
                 "the backbone gives {}-channel features, the model expects {}",

@@ -9,6 +9,10 @@
 //! * MOVi-E: shorter side to 266 (image bicubic without antialias, clamped; ids nearest-exact), centre crop;
 //!   one view per frame, skipped without instance pixels.
 //!
+//! These are the pixels at patch 14; a backbone whose patch does not tile the window gets every pixel number
+//! scaled to the same token grid (`crate::patch_scale`; patch 16: KITTI 1440×432, windows of 432 at x = 0, 336,
+//! 672, 1008; TRI-PD 1120×560; MOVi-E 304).
+//!
 //! A view is keyed by (sequence, frame, window offset): `[x, 0]` for the windows, `[left, top]` of the crop in the
 //! resized frame for MOVi-E.
 //!
@@ -34,25 +38,38 @@ use tch::{Device, Kind, Tensor};
 use crate::backbone::Backbone;
 use crate::train::{CacheSource, FeatureSource, Sampler, TrainError};
 use crate::views::{
-    batch_instance_masks, instance_masks, movi_e_training_view, training_view_ids, training_views, ViewError,
-    ViewPreset, MOVI_E_VIEW_PX,
+    batch_instance_masks, instance_masks, movi_e_training_view_px, training_view_ids, training_views, ViewError,
+    ViewPreset, ViewWindows, MOVI_E_VIEW_PX,
 };
+use crate::patch_scale::PatchScale;
 
 /// How a dataset's labelled frames are cut into training views.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowLayout {
-    /// Windows of a resized frame (KITTI, TRI-PD).
-    Windows(ViewPreset),
-    /// MOVi-E: shorter side to 266, the centre crop.
-    MoviE,
+    /// Windows of a resized frame (KITTI, TRI-PD), at a backbone's patch.
+    Windows(ViewWindows),
+    /// MOVi-E: shorter side to `view_px` (266 at patch 14), the centre crop.
+    MoviE { view_px: i64 },
 }
 
 impl WindowLayout {
+    /// The layout of `preset`'s windows for a backbone of `patch_px` ([`crate::patch_scale`]).
+    pub fn windows(preset: ViewPreset, patch_px: i64) -> Self {
+        WindowLayout::Windows(ViewWindows::for_patch(preset, patch_px))
+    }
+
+    /// The MOVi-E layout for a backbone of `patch_px`: 266 px at patch 14, 304 px at patch 16.
+    pub fn movi_e(patch_px: i64) -> Self {
+        WindowLayout::MoviE {
+            view_px: PatchScale::for_window(MOVI_E_VIEW_PX, patch_px).px(MOVI_E_VIEW_PX),
+        }
+    }
+
     /// Side of a (square) view in pixels.
     pub fn view_px(self) -> usize {
         match self {
-            WindowLayout::Windows(preset) => preset.window_px(),
-            WindowLayout::MoviE => MOVI_E_VIEW_PX as usize,
+            WindowLayout::Windows(windows) => windows.window_px(),
+            WindowLayout::MoviE { view_px } => view_px.max(0) as usize,
         }
     }
 }
@@ -107,7 +124,7 @@ pub fn float_image(data: &[u8], height: usize, width: usize) -> Result<Tensor, t
         .f_div_scalar(255.0)
 }
 
-fn movi_e_views(image: Option<&[u8]>, ids: &Ids) -> Result<Vec<FrameView>, RefineViewError> {
+fn movi_e_views(image: Option<&[u8]>, ids: &Ids, view_px: i64) -> Result<Vec<FrameView>, RefineViewError> {
     let (h, w) = (ids.height as i64, ids.width as i64);
     let id_tensor =
         Tensor::f_from_slice(&ids.labels.iter().map(|&v| i64::from(v)).collect::<Vec<_>>())?.f_view([h, w])?;
@@ -115,7 +132,7 @@ fn movi_e_views(image: Option<&[u8]>, ids: &Ids) -> Result<Vec<FrameView>, Refin
         Some(data) => float_image(data, ids.height, ids.width)?,
         None => Tensor::f_zeros([3, h, w], (Kind::Float, tch::Device::Cpu))?,
     };
-    let (view_image, view_ids) = movi_e_training_view(&pixels, &id_tensor)?;
+    let (view_image, view_ids) = movi_e_training_view_px(&pixels, &id_tensor, view_px)?;
     let view_ids: Vec<u32> = Vec::<i64>::try_from(view_ids.f_flatten(0, -1)?)?
         .into_iter()
         .map(|v| v as u32)
@@ -126,11 +143,11 @@ fn movi_e_views(image: Option<&[u8]>, ids: &Ids) -> Result<Vec<FrameView>, Refin
     // The crop's offset in the resized frame (torchvision's centre-crop rounding).
     let short = h.min(w) as f64;
     let (rh, rw) = if w <= h {
-        ((MOVI_E_VIEW_PX as f64 * h as f64 / short) as i64, MOVI_E_VIEW_PX)
+        ((view_px as f64 * h as f64 / short) as i64, view_px)
     } else {
-        (MOVI_E_VIEW_PX, (MOVI_E_VIEW_PX as f64 * w as f64 / short) as i64)
+        (view_px, (view_px as f64 * w as f64 / short) as i64)
     };
-    let offset = |len: i64| ((len - MOVI_E_VIEW_PX) as f64 / 2.0).round_ties_even() as i64;
+    let offset = |len: i64| ((len - view_px) as f64 / 2.0).round_ties_even() as i64;
     Ok(vec![FrameView {
         window: [offset(rw), offset(rh)],
         ids: view_ids,
@@ -151,7 +168,7 @@ pub fn frame_views(layout: WindowLayout, image: Option<&[u8]>, ids: &Ids) -> Res
         }
     }
     match layout {
-        WindowLayout::MoviE => movi_e_views(image, ids),
+        WindowLayout::MoviE { view_px } => movi_e_views(image, ids, view_px),
         WindowLayout::Windows(preset) => match image {
             Some(data) => training_views(preset, data, &ids.labels, ids.height, ids.width)?
                 .into_iter()

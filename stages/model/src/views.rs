@@ -26,6 +26,8 @@
 
 use tch::{Kind, Tensor};
 
+use crate::patch_scale::PatchScale;
+
 /// Errors of view building, naming the offending sizes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ViewError {
@@ -262,6 +264,54 @@ impl ViewPreset {
     }
 }
 
+/// A preset's training windows at a backbone's patch: the preset's pixels through [`PatchScale::px`] (the
+/// identity at patch 14; patch 16 gives KITTI 432 px windows at x = 0, 336, 672, 1008 of a 1440×432 frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViewWindows {
+    pub preset: ViewPreset,
+    pub scale: PatchScale,
+}
+
+impl From<ViewPreset> for ViewWindows {
+    /// The preset's own pixels (patch 14).
+    fn from(preset: ViewPreset) -> Self {
+        Self {
+            preset,
+            scale: PatchScale::IDENTITY,
+        }
+    }
+}
+
+impl ViewWindows {
+    /// The preset's windows for a backbone of `patch_px` ([`PatchScale::for_window`]).
+    pub fn for_patch(preset: ViewPreset, patch_px: i64) -> Self {
+        Self {
+            preset,
+            scale: PatchScale::for_window(preset.window_px() as i64, patch_px),
+        }
+    }
+
+    /// (height, width) of the resized frame.
+    pub fn canvas(self) -> (usize, usize) {
+        let (h, w) = self.preset.canvas();
+        (self.scale.px_usize(h), self.scale.px_usize(w))
+    }
+
+    /// Window side in pixels.
+    pub fn window_px(self) -> usize {
+        self.scale.px_usize(self.preset.window_px())
+    }
+
+    /// Left edges of the windows in the resized frame.
+    pub fn window_x_px(self) -> Vec<usize> {
+        self.preset
+            .window_x_px()
+            .iter()
+            .map(|&x| self.scale.px_usize(x))
+            .collect()
+    }
+}
+
 /// One training window: uint8 RGB (interleaved, window_px × window_px × 3) and its instance ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrainingView {
@@ -275,11 +325,12 @@ pub struct TrainingView {
 /// The windows a frame's `ids` (height, width) give, without the image: (left edge, window ids) of every
 /// window [`training_views`] keeps, in the same order.
 pub fn training_view_ids(
-    preset: ViewPreset,
+    preset: impl Into<ViewWindows>,
     ids: &[u32],
     height: usize,
     width: usize,
 ) -> Result<Vec<(usize, Vec<u32>)>, ViewError> {
+    let preset: ViewWindows = preset.into();
     check("instance ids", ids.len(), height, width, 1)?;
     let (canvas_height, canvas_width) = preset.canvas();
     let resized_ids = pil_resize_nearest(ids, height, width, canvas_height, canvas_width)?;
@@ -295,19 +346,20 @@ pub fn training_view_ids(
                         .copied()
                 })
                 .collect();
-            preset.keeps(&window_ids).then_some((x0, window_ids))
+            preset.preset.keeps(&window_ids).then_some((x0, window_ids))
         })
         .collect())
 }
 
 /// The training views of one frame: `image` interleaved RGB (height, width, 3), `ids` (height, width).
 pub fn training_views(
-    preset: ViewPreset,
+    preset: impl Into<ViewWindows>,
     image: &[u8],
     ids: &[u32],
     height: usize,
     width: usize,
 ) -> Result<Vec<TrainingView>, ViewError> {
+    let preset: ViewWindows = preset.into();
     check("image", image.len(), height, width, 3)?;
     let windows = training_view_ids(preset, ids, height, width)?;
     if windows.is_empty() {
@@ -365,6 +417,12 @@ pub const MOVI_E_VIEW_PX: i64 = 266;
 /// The MOVi-E training view of a float image (3, H, W) in [0, 1] and its ids (H, W) (any integer kind):
 /// shorter side to 266 (image bicubic, no antialias, clamped; ids `nearest-exact`), then the centre crop.
 pub fn movi_e_training_view(image: &Tensor, ids: &Tensor) -> Result<(Tensor, Tensor), ViewError> {
+    movi_e_training_view_px(image, ids, MOVI_E_VIEW_PX)
+}
+
+/// [`movi_e_training_view`] with a view of `view_px` (the MOVi-E window at a backbone's patch,
+/// [`crate::patch_scale::PatchScale`]: 304 px at patch 16).
+pub fn movi_e_training_view_px(image: &Tensor, ids: &Tensor, view_px: i64) -> Result<(Tensor, Tensor), ViewError> {
     let size = image.size();
     if size.len() != 3 || ids.size() != size[1..] {
         return Err(ViewError::Torch(format!(
@@ -377,15 +435,15 @@ pub fn movi_e_training_view(image: &Tensor, ids: &Tensor) -> Result<(Tensor, Ten
         return Err(ViewError::EmptyResize {
             height: h as usize,
             width: w as usize,
-            out_height: MOVI_E_VIEW_PX as usize,
-            out_width: MOVI_E_VIEW_PX as usize,
+            out_height: view_px as usize,
+            out_width: view_px as usize,
         });
     }
     // torchvision: the shorter side becomes 266, the longer int(266 · long / short).
     let (new_h, new_w) = if w <= h {
-        (((MOVI_E_VIEW_PX as f64) * h as f64 / w as f64) as i64, MOVI_E_VIEW_PX)
+        (((view_px as f64) * h as f64 / w as f64) as i64, view_px)
     } else {
-        (MOVI_E_VIEW_PX, ((MOVI_E_VIEW_PX as f64) * w as f64 / h as f64) as i64)
+        (view_px, ((view_px as f64) * w as f64 / h as f64) as i64)
     };
     let torch_error = |e: tch::TchError| ViewError::Torch(e.to_string());
     let (resized_image, resized_ids) = if (new_h, new_w) == (h, w) {
@@ -411,12 +469,12 @@ pub fn movi_e_training_view(image: &Tensor, ids: &Tensor) -> Result<(Tensor, Ten
         (img, id)
     };
     // torchvision CenterCrop: int(round((size − crop) / 2)).
-    let offset = |len: i64| ((len - MOVI_E_VIEW_PX) as f64 / 2.0).round_ties_even() as i64;
+    let offset = |len: i64| ((len - view_px) as f64 / 2.0).round_ties_even() as i64;
     let (top, left) = (offset(new_h), offset(new_w));
     let crop = |t: &Tensor| {
         let dims = t.dim() as i64;
-        t.narrow(dims - 2, top, MOVI_E_VIEW_PX)
-            .narrow(dims - 1, left, MOVI_E_VIEW_PX)
+        t.narrow(dims - 2, top, view_px)
+            .narrow(dims - 1, left, view_px)
     };
     Ok((crop(&resized_image), crop(&resized_ids)))
 }

@@ -27,10 +27,16 @@
 //!   far part joins the same channel (compared with the merged-away channel's own slot feature, as it is the
 //!   one touching that boundary).
 //!
+//! The pixels above are the presets' at patch 14; [`WindowGrid::scaled`] gives a backbone of another patch the
+//! same token grid (`crate::patch_scale`; patch 16: KITTI 432×1440 padded 144 px, four 432 px windows; TRI-PD
+//! 560×1120, two 560 px windows; MOVi-E one 304 px window).
+//!
 //! The merged canvas is kept as the channel id of every pixel ([`MergedCanvas`]), which is the one-hot
 //! canvas in compact form: the reference's channel sums keep every pixel in exactly one channel.
 
 use tch::{Kind, Tensor};
+
+use crate::patch_scale::PatchScale;
 
 /// `MergeWindows`' similarity threshold in every MR-DINOSAUR evaluation config.
 pub const MERGE_SIMILARITY: f64 = 0.2;
@@ -157,6 +163,25 @@ impl WindowGrid {
             window_width_px: 266,
             padding: Padding::default(),
             resize: ImageResize::ShortSideThenCentreCrop,
+        }
+    }
+
+    /// The grid at a backbone's patch ([`PatchScale::px`] on every pixel number): `WindowGrid::kitti()
+    /// .scaled(PatchScale::for_window(378, 16))` is 432×1440 padded 144 px, four 432 px windows.
+    pub fn scaled(self, scale: PatchScale) -> Self {
+        let p = self.padding;
+        Self {
+            image_height_px: scale.px(self.image_height_px),
+            image_width_px: scale.px(self.image_width_px),
+            window_height_px: scale.px(self.window_height_px),
+            window_width_px: scale.px(self.window_width_px),
+            padding: Padding {
+                left_px: scale.px(p.left_px),
+                top_px: scale.px(p.top_px),
+                right_px: scale.px(p.right_px),
+                bottom_px: scale.px(p.bottom_px),
+            },
+            resize: self.resize,
         }
     }
 
@@ -621,6 +646,19 @@ mod tests {
             ..WindowGrid::tri_pd()
         };
         assert!(matches!(broken.offsets(), Err(WindowError::Tiling { .. })));
+    }
+
+    #[test]
+    fn patch_16_grids_keep_the_token_grid() {
+        let kitti = WindowGrid::kitti().scaled(PatchScale::for_window(378, 16));
+        assert_eq!((kitti.image_height_px, kitti.image_width_px, kitti.window_width_px), (432, 1440, 432));
+        assert_eq!(kitti.offsets().expect("kitti"), offsets_x(&[-144, 288, 720, 1152]));
+        let pd = WindowGrid::tri_pd().scaled(PatchScale::for_window(490, 16));
+        assert_eq!(pd.offsets().expect("pd"), offsets_x(&[0, 560]));
+        assert_eq!((pd.image_height_px, pd.image_width_px), (560, 1120));
+        let movi = WindowGrid::movi_e().scaled(PatchScale::for_window(266, 16));
+        assert_eq!((movi.image_height_px, movi.window_width_px), (304, 304));
+        assert_eq!(WindowGrid::kitti().scaled(PatchScale::for_window(378, 14)), WindowGrid::kitti());
     }
 
     #[test]
