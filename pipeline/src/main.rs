@@ -53,7 +53,11 @@ fn dispatch(command: &Command, stop: &StopHandle) -> Result<ExitCode> {
         Command::Segment(args) => steps::segment::run(args, stop),
         Command::Export(args) => steps::export::run(args),
         Command::Status(args) => {
-            if engine::kinds::kind_of_directory(&args.out)?.as_deref() == Some(engine::kinds::TRAINING_KIND) {
+            let kind = match args.out.is_dir() {
+                true => engine::kinds::kind_of_directory(&args.out)?,
+                false => None,
+            };
+            if kind.as_deref() == Some(engine::kinds::TRAINING_KIND) {
                 let done = engine::training::print_run_status(&args.out)?;
                 return Ok(if done { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURES) });
             }

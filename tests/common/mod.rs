@@ -90,14 +90,14 @@ pub fn checkpoint_step(run: &Path) -> Option<u64> {
 /// Starts a run and waits until its checkpoint has at least `min_step` steps.
 pub fn start_until_checkpoint(mut cmd: Command, run: &Path, min_step: u64) -> std::process::Child {
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(600);
     while checkpoint_step(run).is_none_or(|s| s < min_step) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("run ended ({status}) before its checkpoint reached step {min_step}");
         }
         assert!(
             Instant::now() < deadline,
-            "no checkpoint at step {min_step} within 120 s"
+            "no checkpoint at step {min_step} within 600 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -66,12 +66,22 @@ impl MetricsRow {
     }
 }
 
-/// The collapse verdict at `step` from the logged `rows` of a model with `n_slots` slots, when `step` is one of
-/// the run's check steps and rows with both figures lie in its window.
-pub fn collapse_verdict(rows: &[MetricsRow], n_slots: i64, total_steps: u64, step: u64) -> Option<Verdict> {
-    if !collapse::check_steps(total_steps).contains(&step) {
+/// The collapse verdict a metrics row carries: at the fixed check steps (`collapse::check_steps` of an unbounded
+/// run: 500, 1,500, 2,500, …), from the logged `rows` of a model with `n_slots` slots, when rows with both figures
+/// lie in the window. The run's last step is assessed too ([`final_verdict`]), but into the checkpoint only, so that
+/// a row does not depend on how many steps the run was asked for (a run extended by a larger `--steps` keeps the
+/// rows an uninterrupted longer run writes).
+pub fn collapse_verdict(rows: &[MetricsRow], n_slots: i64, step: u64) -> Option<Verdict> {
+    let fixed = step >= collapse::FIRST_CHECK_STEP
+        && (step - collapse::FIRST_CHECK_STEP).is_multiple_of(collapse::CHECK_EVERY_STEPS);
+    if !fixed {
         return None;
     }
+    final_verdict(rows, n_slots, step)
+}
+
+/// The collapse verdict at `step` from `rows`, whatever the step.
+pub fn final_verdict(rows: &[MetricsRow], n_slots: i64, step: u64) -> Option<Verdict> {
     let figures: Vec<Figures> = rows.iter().filter_map(MetricsRow::figures).collect();
     collapse::assess(&figures, n_slots, step)
 }
@@ -123,7 +133,7 @@ fn append_after(path: &Path, length: u64) -> Result<std::fs::File> {
 
 /// The run's plot, a self-contained SVG: the loss over steps (log scale) on top; below, the collapse figures
 /// (Mask Similarity and attention entropy, 0–1) with their thresholds dashed and the latest verdict in words.
-pub fn loss_svg(rows: &[MetricsRow]) -> String {
+pub fn loss_svg(rows: &[MetricsRow], verdict: Option<&Verdict>) -> String {
     let (w, h, m) = (640.0, 600.0, 50.0);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
@@ -166,7 +176,7 @@ pub fn loss_svg(rows: &[MetricsRow]) -> String {
              <tspan fill=\"#d62728\">mask similarity</tspan>, <tspan fill=\"#2ca02c\">attention entropy</tspan>; \
              dashed: collapse thresholds</text>\n"
         ));
-        let verdict = latest_verdict(rows).map_or("no collapse check yet".to_string(), |v| {
+        let verdict = verdict.map_or("no collapse check yet".to_string(), |v| {
             format!("step {}: {}", v.step, if v.collapsed { "COLLAPSED" } else { "slots split" })
         });
         s.push_str(&format!("<text x=\"{m}\" y=\"585\">{verdict}</text>\n"));
@@ -281,7 +291,7 @@ impl Logs {
             attention_entropy: Some(m.attention_entropy),
             collapse: None,
         });
-        let verdict = collapse_verdict(&self.rows, settings.n_slots, settings.steps, step);
+        let verdict = collapse_verdict(&self.rows, settings.n_slots, step);
         if let (Some(v), false) = (&verdict, settings.quiet) {
             if v.collapsed {
                 eprintln!("warning: step {step}: {}", v.reason);
@@ -330,8 +340,12 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
     let bar = step_bar(settings, state.step);
     let (started, elapsed_before) = (Instant::now(), state.elapsed_s);
     let save = |runner: &dyn StepRunner, state: &TrainState, rows: &[MetricsRow]| -> Result<()> {
-        runner.save(state, latest_verdict(rows))?;
-        write_atomic(&layout.loss_plot_file(), loss_svg(rows).as_bytes())?;
+        let verdict = match state.step == settings.steps {
+            true => final_verdict(rows, settings.n_slots, state.step),
+            false => latest_verdict(rows).cloned(),
+        };
+        runner.save(state, verdict.as_ref())?;
+        write_atomic(&layout.loss_plot_file(), loss_svg(rows, verdict.as_ref()).as_bytes())?;
         Ok(())
     };
     let batch = settings.batch_size;
@@ -610,12 +624,13 @@ mod tests {
             collapse: None,
         };
         let rows: Vec<MetricsRow> = (1..=50).map(|i| row(10 * i, Some(0.99))).collect();
-        assert!(collapse_verdict(&rows, 4, 5000, 490).is_none(), "490 is not a check step");
-        let v = collapse_verdict(&rows, 4, 5000, 500).unwrap();
+        assert!(collapse_verdict(&rows, 4, 490).is_none(), "490 is not a check step");
+        assert!(final_verdict(&rows, 4, 490).is_some(), "a run's last step is assessed for its checkpoint");
+        let v = collapse_verdict(&rows, 4, 500).unwrap();
         assert!(v.collapsed && v.rows == 10, "{v:?}");
         // A log written before the entropy was measured has no figures: no verdict, not a false one.
         let old: Vec<MetricsRow> = (1..=50).map(|i| row(10 * i, None)).collect();
-        assert!(collapse_verdict(&old, 4, 5000, 500).is_none());
+        assert!(collapse_verdict(&old, 4, 500).is_none());
         let line = serde_json::to_string(&row(10, None)).unwrap();
         assert!(!line.contains("attention_entropy") && !line.contains("collapse"), "{line}");
         let parsed: MetricsRow = serde_json::from_str(&line).unwrap();
