@@ -20,6 +20,7 @@
 //!   the choice among restarts;
 //! - [`loader`], [`memory`]: on-the-fly training images (decoded and augmented on CPU threads) and the memory
 //!   a training step needs, estimated from shapes, against what the machine has;
+//! - [`weights`]: the one source every weight loader reads (file or model file), with the one key/shape check;
 //! - [`resnet`], [`similarity`], [`variants`], [`representations`]: SwaV's ResNet-50, the robustness analysis'
 //!   statistics, image variants and the backbones' pooled representations of them.
 
@@ -49,4 +50,5 @@ pub mod train;
 pub mod variants;
 pub mod views;
 pub mod vit;
+pub mod weights;
 pub mod windows;
