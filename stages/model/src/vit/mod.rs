@@ -71,8 +71,10 @@ type TResult<T> = Result<T, tch::TchError>;
 /// Errors of loading or running a ViT; file errors name the path and the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum VitError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A weights file that cannot be read, or whose keys, shapes or dtypes are not the backbone's.
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightError),
+    /// Weights that cannot be written.
     #[error("{path}: not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{path}: metadata `{key}`: {message}")]
@@ -97,15 +99,6 @@ pub enum VitError {
     UnknownBackbone { name: String, known: String },
     #[error("bad backbone spec `{spec}`: {message}")]
     BadSpec { spec: String, message: String },
-    #[error("{path}: {problem} ({model})")]
-    Keys {
-        path: PathBuf,
-        problem: mrdino_outputs::tensor_keys::KeyProblem,
-        /// The backbone the file was checked against.
-        model: String,
-    },
-    #[error("{path}: key `{key}` has dtype {dtype}; expected a float type")]
-    Dtype { path: PathBuf, key: String, dtype: String },
     #[error("input images: {0}")]
     Input(String),
     #[error("input images: {height_px}×{width_px} px is not a multiple of the patch size {patch_px} px")]
