@@ -397,7 +397,8 @@ impl Dinosaur {
             });
         }
         let mut var = var.shallow_clone();
-        tch::no_grad(|| var.copy_(&value.to_kind(Kind::Float).to_device(var.device())));
+        let value = value.f_to_kind(Kind::Float)?.f_to_device(var.device())?;
+        tch::no_grad(|| var.f_copy_(&value))?;
         Ok(())
     }
 
