@@ -40,7 +40,8 @@ use crate::clip_tokenizer::ClipTokenizer;
 use crate::talk2dino::{Psi, TEMPLATES};
 use crate::weights::{WeightError, WeightSource};
 use mrdino_outputs::weights_id::Identity;
-use crate::vit::{Activation, Block, BlockSpec, LayerNorm, Weights};
+use crate::layers::{LayerNorm, Weights};
+use crate::vit::{Activation, Block, BlockSpec};
 
 /// Metadata key holding the JSON configuration.
 pub const CONFIG_METADATA_KEY: &str = "mrdino.clip_text_config";
@@ -255,7 +256,7 @@ impl ClipText {
         let blocks = (0..config.layers)
             .map(|i| Block::new(&(&blocks_path / i), &mut w, &spec))
             .collect();
-        let norm = LayerNorm::new(&(&root / "norm"), &mut w, config.width, config.ln_eps);
+        let norm = LayerNorm::from_weights(&(&root / "norm"), &mut w, config.width, config.ln_eps);
         let text_projection = w.var(&root, "text_projection");
         if let Some(e) = w.error {
             return Err(e.into());
