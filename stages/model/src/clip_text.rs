@@ -392,7 +392,7 @@ impl ClipText {
         }
         let per_template = Tensor::f_cat(&chunks, 0)?.f_reshape([n, t, self.config.embed_dim])?;
         let _guard = tch::no_grad_guard();
-        Ok(psi.class_embeddings(&per_template))
+        Ok(psi.class_embeddings(&per_template)?)
     }
 }
 

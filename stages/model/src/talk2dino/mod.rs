@@ -306,20 +306,18 @@ impl Psi {
         self.variant
     }
 
-    /// ψ(t) for CLIP text embeddings (…, 512).
-    pub fn forward(&self, text: &Tensor) -> Tensor {
-        text.to_kind(Kind::Float)
-            .linear(&self.w1, Some(&self.b1))
-            .tanh()
-            .linear(&self.w2, Some(&self.b2))
+    /// ψ(t) for CLIP text embeddings (…, 512); another width is an error.
+    pub fn forward(&self, text: &Tensor) -> Result<Tensor, TchError> {
+        text.f_to_kind(Kind::Float)?
+            .f_linear(&self.w1, Some(&self.b1))?
+            .f_tanh()?
+            .f_linear(&self.w2, Some(&self.b2))
     }
 
     /// Class embeddings from CLIP text embeddings (N, T, 512) of the T templates: mean over T, ψ, L2-normalise.
-    pub fn class_embeddings(&self, per_template: &Tensor) -> Tensor {
-        l2_normalize(
-            &self.forward(&per_template.to_kind(Kind::Float).mean_dim(1, false, Kind::Float)),
-            -1,
-        )
+    pub fn class_embeddings(&self, per_template: &Tensor) -> Result<Tensor, TchError> {
+        let mean = per_template.f_to_kind(Kind::Float)?.f_mean_dim(1, false, Kind::Float)?;
+        f_l2_normalize(&self.forward(&mean)?, -1)
     }
 }
 
@@ -556,22 +554,23 @@ pub fn instance_scores(
 ) -> Result<InstanceNames, tch::TchError> {
     let _guard = tch::no_grad_guard();
     let device = patches.device();
-    let k = masks.size()[0];
-    let ry = Tensor::from_slice(&axis_coverage(rows, grid.0 as usize))
-        .view([grid.0, rows.cells as i64])
-        .to_device(device);
-    let rx = Tensor::from_slice(&axis_coverage(cols, grid.1 as usize))
-        .view([grid.1, cols.cells as i64])
-        .to_device(device);
-    let m = masks.to_device(device).to_kind(Kind::Float);
-    let coverage = ry.matmul(&m).matmul(&rx.tr()).reshape([k, grid.0 * grid.1]); // (K, P)
-    let total = coverage.sum_dim_intlist(-1, true, Kind::Float); // (K, 1)
-    let feats = l2_normalize(&patches.to_kind(Kind::Float), -1); // (P, C)
-    let embedding = l2_normalize(&(coverage.matmul(&feats) / &total), -1);
-    let scores = embedding.matmul(&classes.to_device(device).to_kind(Kind::Float).tr()); // (K, N)
-    let n = scores.size()[1];
-    let flat = Vec::<f32>::try_from(&scores.to_device(tch::Device::Cpu).contiguous().view([-1]))?;
-    let totals = Vec::<f32>::try_from(&total.to_device(tch::Device::Cpu).contiguous().view([-1]))?;
+    let (k, _, _) = masks.size3()?;
+    let ry = Tensor::f_from_slice(&axis_coverage(rows, grid.0 as usize))?
+        .f_view([grid.0, rows.cells as i64])?
+        .f_to_device(device)?;
+    let rx = Tensor::f_from_slice(&axis_coverage(cols, grid.1 as usize))?
+        .f_view([grid.1, cols.cells as i64])?
+        .f_to_device(device)?;
+    let m = masks.f_to_device(device)?.f_to_kind(Kind::Float)?;
+    let coverage = ry.f_matmul(&m)?.f_matmul(&rx.f_tr()?)?.f_reshape([k, grid.0 * grid.1])?; // (K, P)
+    let total = coverage.f_sum_dim_intlist(-1, true, Kind::Float)?; // (K, 1)
+    let feats = f_l2_normalize(&patches.f_to_kind(Kind::Float)?, -1)?; // (P, C)
+    let embedding = f_l2_normalize(&coverage.f_matmul(&feats)?.f_div(&total)?, -1)?;
+    let classes = classes.f_to_device(device)?.f_to_kind(Kind::Float)?;
+    let scores = embedding.f_matmul(&classes.f_tr()?)?; // (K, N)
+    let (_, n) = scores.size2()?;
+    let flat = Vec::<f32>::try_from(&scores.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_view([-1])?)?;
+    let totals = Vec::<f32>::try_from(&total.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_view([-1])?)?;
     Ok(InstanceNames {
         scores: flat
             .chunks(n.max(1) as usize)
