@@ -162,34 +162,33 @@ impl Backbone for ConvPatchBackbone {
     }
 
     fn features(&self, images01: &Tensor) -> Result<Tensor, FeatureError> {
-        Ok(tch::no_grad(|| {
-            let x = images01.to_device(self.device).to_kind(Kind::Float);
-            let mean = Tensor::from_slice(&IMAGENET_MEAN)
-                .to_kind(Kind::Float)
-                .reshape([1, 3, 1, 1])
-                .to_device(self.device);
-            let std = Tensor::from_slice(&IMAGENET_STD)
-                .to_kind(Kind::Float)
-                .reshape([1, 3, 1, 1])
-                .to_device(self.device);
-            let x = (x - mean) / std;
-            let y = x.conv2d(
+        check_patch_images(images01, self.patch)?;
+        Ok(tch::no_grad(|| -> Result<Tensor, tch::TchError> {
+            let x = images01.f_to_device(self.device)?.f_to_kind(Kind::Float)?;
+            let stat = |values: &[f64; 3]| {
+                Tensor::f_from_slice(values)?
+                    .f_to_kind(Kind::Float)?
+                    .f_reshape([1, 3, 1, 1])?
+                    .f_to_device(self.device)
+            };
+            let x = x.f_sub(&stat(&IMAGENET_MEAN)?)?.f_div(&stat(&IMAGENET_STD)?)?;
+            let y = x.f_conv2d(
                 &self.weight,
                 Some(&self.bias),
                 [self.patch, self.patch],
                 [0, 0],
                 [1, 1],
                 1,
-            );
+            )?;
             let y = if self.position_code {
-                let size = y.size();
-                y + sincos_position_code(self.channels, size[2], size[3], self.device).unsqueeze(0)
+                let (_, _, grid_h, grid_w) = y.size4()?;
+                y.f_add(&sincos_position_code(self.channels, grid_h, grid_w, self.device).f_unsqueeze(0)?)?
             } else {
                 y
             };
-            let y = y.flatten(2, 3).transpose(1, 2);
-            y.layer_norm([self.channels], None::<Tensor>, None::<Tensor>, 1e-5, false)
-        }))
+            let y = y.f_flatten(2, 3)?.f_transpose(1, 2)?;
+            y.f_layer_norm([self.channels], None::<Tensor>, None::<Tensor>, 1e-5, false)
+        })?)
     }
 }
 
@@ -521,43 +520,47 @@ impl Backbone for ColourFourierBackbone {
     }
 
     fn features(&self, images01: &Tensor) -> Result<Tensor, FeatureError> {
-        let size = images01.size();
-        let [_, 3, height, width] = size[..] else {
-            return Err(FeatureError::Input(format!("expected images (B, 3, H, W), got {size:?}")));
-        };
-        let (grid_h, grid_w) = (height / self.patch, width / self.patch);
-        if grid_h == 0 || grid_w == 0 {
-            return Err(FeatureError::Input(format!(
-                "a {height}×{width} image is smaller than one {} px patch",
-                self.patch
-            )));
-        }
-        Ok(tch::no_grad(|| {
-            let x = images01.to_device(self.device).to_kind(Kind::Float);
+        let (grid_h, grid_w) = check_patch_images(images01, self.patch)?;
+        Ok(tch::no_grad(|| -> Result<Tensor, tch::TchError> {
+            let x = images01.f_to_device(self.device)?.f_to_kind(Kind::Float)?;
             let means = x
-                .avg_pool2d(
+                .f_avg_pool2d(
                     [self.patch, self.patch],
                     [self.patch, self.patch],
                     [0, 0],
                     false,
                     true,
                     None,
-                )
-                .flatten(2, 3)
-                .transpose(1, 2); // (B, P, 3)
-            let phase = means.matmul(&self.colour_frequencies);
-            let tokens = Tensor::cat(&[phase.sin(), phase.cos()], 2);
+                )?
+                .f_flatten(2, 3)?
+                .f_transpose(1, 2)?; // (B, P, 3)
+            let phase = means.f_matmul(&self.colour_frequencies)?;
+            let tokens = Tensor::f_cat(&[phase.f_sin()?, phase.f_cos()?], 2)?;
             match &self.position_projection {
-                Some(q) => {
-                    tokens
-                        + fourier_position_code(grid_h, grid_w, self.device)
-                            .matmul(q)
-                            .unsqueeze(0)
-                }
-                None => tokens,
+                Some(q) => tokens.f_add(
+                    &fourier_position_code(grid_h, grid_w, self.device)
+                        .f_matmul(q)?
+                        .f_unsqueeze(0)?,
+                ),
+                None => Ok(tokens),
             }
-        }))
+        })?)
     }
+}
+
+/// Images (B, 3, H, W) of at least one `patch` px patch: their patch grid (⌊H/patch⌋, ⌊W/patch⌋).
+fn check_patch_images(images01: &Tensor, patch: i64) -> Result<(i64, i64), FeatureError> {
+    let size = images01.size();
+    let [_, 3, height, width] = size[..] else {
+        return Err(FeatureError::Input(format!("expected images (B, 3, H, W), got {size:?}")));
+    };
+    let (grid_h, grid_w) = (height / patch, width / patch);
+    if grid_h == 0 || grid_w == 0 {
+        return Err(FeatureError::Input(format!(
+            "a {height}×{width} image is smaller than one {patch} px patch"
+        )));
+    }
+    Ok((grid_h, grid_w))
 }
 
 /// The ViT backbones as DINOSAUR's feature extractor: normalisation of the family, then the patch tokens of the
@@ -584,9 +587,7 @@ impl Backbone for crate::vit::Vit {
     }
 
     fn features(&self, images01: &Tensor) -> Result<Tensor, FeatureError> {
-        let images = self
-            .normalize(&images01.to_kind(Kind::Float))
-            ?;
+        let images = self.normalize(&images01.f_to_kind(Kind::Float)?)?;
         Ok(tch::no_grad(|| crate::vit::Vit::features(self, &images, None))?)
     }
 }

@@ -32,14 +32,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors};
+use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::talk2dino::{Psi, TEMPLATES};
-use mrdino_outputs::weights_id::{file_identity, Identity};
-use crate::vit::{Activation, Block, BlockSpec, LayerNorm, Weights};
+use crate::weights::{WeightError, WeightSource};
+use mrdino_outputs::weights_id::Identity;
+use crate::layers::{LayerNorm, Weights};
+use crate::vit::{Activation, Block, BlockSpec};
 
 /// Metadata key holding the JSON configuration.
 pub const CONFIG_METADATA_KEY: &str = "mrdino.clip_text_config";
@@ -54,8 +56,10 @@ const CHUNK: i64 = 64;
 /// Errors of loading or running the text tower; file errors name the path and the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ClipTextError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A weights file that cannot be read, or whose keys, shapes or dtypes are not the text tower's.
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    /// Weights that cannot be written.
     #[error("{path}: not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{path}: metadata `{key}`: {message}")]
@@ -70,15 +74,6 @@ pub enum ClipTextError {
     UnknownModel { name: String },
     #[error("bad text tower spec `{spec}`: {message}")]
     BadSpec { spec: String, message: String },
-    #[error("{path}: {problem} ({model})")]
-    Keys {
-        path: PathBuf,
-        problem: mrdino_outputs::tensor_keys::KeyProblem,
-        /// The text tower the file was checked against.
-        model: String,
-    },
-    #[error("{path}: key `{key}` has dtype {dtype}; expected a float type")]
-    Dtype { path: PathBuf, key: String, dtype: String },
     #[error("token ids: {0}")]
     Input(String),
     #[error(transparent)]
@@ -261,7 +256,7 @@ impl ClipText {
         let blocks = (0..config.layers)
             .map(|i| Block::new(&(&blocks_path / i), &mut w, &spec))
             .collect();
-        let norm = LayerNorm::new(&(&root / "norm"), &mut w, config.width, config.ln_eps);
+        let norm = LayerNorm::from_weights(&(&root / "norm"), &mut w, config.width, config.ln_eps);
         let text_projection = w.var(&root, "text_projection");
         if let Some(e) = w.error {
             return Err(e.into());
@@ -397,7 +392,7 @@ impl ClipText {
         }
         let per_template = Tensor::f_cat(&chunks, 0)?.f_reshape([n, t, self.config.embed_dim])?;
         let _guard = tch::no_grad_guard();
-        Ok(psi.class_embeddings(&per_template))
+        Ok(psi.class_embeddings(&per_template)?)
     }
 }
 
@@ -406,25 +401,10 @@ fn read_weights(
     path: &Path,
     device: Device,
 ) -> Result<(ClipTextConfig, Identity, String, HashMap<String, Tensor>), ClipTextError> {
-    let bytes = std::fs::read(path).map_err(|source| ClipTextError::Io {
+    let source = WeightSource::open(path)?;
+    let json = source.meta(CONFIG_METADATA_KEY).ok_or_else(|| ClipTextError::NoConfig {
         path: path.to_path_buf(),
-        source,
     })?;
-    let identity = file_identity(path, &bytes, |_| true).map_err(|e| ClipTextError::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let format_error = |e: safetensors::SafeTensorError| ClipTextError::Format {
-        path: path.to_path_buf(),
-        message: format!("{e:?}"),
-    };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format_error)?;
-    let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
-    let json = metadata
-        .get(CONFIG_METADATA_KEY)
-        .ok_or_else(|| ClipTextError::NoConfig {
-            path: path.to_path_buf(),
-        })?;
     let config = ClipTextConfig::from_json(json).map_err(|e| ClipTextError::Metadata {
         path: path.to_path_buf(),
         key: CONFIG_METADATA_KEY.to_string(),
@@ -444,41 +424,16 @@ fn read_weights(
             message: format!("inconsistent sizes in `{}`", config.name),
         });
     }
-    let st = SafeTensors::deserialize(&bytes).map_err(format_error)?;
-    let mut found: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for name in st.names() {
-        let view = st.tensor(name).map_err(format_error)?;
-        found.insert(name.clone(), view.shape().iter().map(|&d| d as i64).collect());
-    }
+    let source = source.describing(format!("text tower `{}`", config.name));
+    let identity = source.identity("", |_| true, None)?;
     let expected = config.expected_keys();
-    mrdino_outputs::tensor_keys::check_keys(&found, &expected, &[]).map_err(|problem| ClipTextError::Keys {
-        path: path.to_path_buf(),
-        problem,
-        model: format!("text tower `{}`", config.name),
-    })?;
+    source.check_keys("", &expected, &[], |_| true)?;
     let mut tensors = HashMap::with_capacity(expected.len());
     for (key, shape) in &expected {
-        let view = st.tensor(key).map_err(format_error)?;
-        let kind = match view.dtype() {
-            Dtype::F32 => Kind::Float,
-            Dtype::F16 => Kind::Half,
-            Dtype::BF16 => Kind::BFloat16,
-            Dtype::F64 => Kind::Double,
-            other => {
-                return Err(ClipTextError::Dtype {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
-        let t = Tensor::f_from_data_size(view.data(), shape, kind)?;
+        let t = source.take(key, shape)?;
         tensors.insert(key.clone(), t.f_to_kind(Kind::Float)?.f_to_device(device)?);
     }
-    let source_format = metadata
-        .get(SOURCE_METADATA_KEY)
-        .cloned()
-        .unwrap_or_else(|| "unknown".to_string());
+    let source_format = source.meta(SOURCE_METADATA_KEY).unwrap_or("unknown").to_string();
     Ok((config, identity, source_format, tensors))
 }
 

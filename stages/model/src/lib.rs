@@ -20,6 +20,8 @@
 //!   the choice among restarts;
 //! - [`loader`], [`memory`]: on-the-fly training images (decoded and augmented on CPU threads) and the memory
 //!   a training step needs, estimated from shapes, against what the machine has;
+//! - [`layers`]: the one `Linear` and `LayerNorm` (from loaded weights, or trainable);
+//! - [`weights`]: the one source every weight loader reads (file or model file), with the one key/shape check;
 //! - [`resnet`], [`similarity`], [`variants`], [`representations`]: SwaV's ResNet-50, the robustness analysis'
 //!   statistics, image variants and the backbones' pooled representations of them.
 
@@ -30,6 +32,7 @@ pub mod collapse;
 pub mod device;
 pub mod dinosaur;
 pub mod encode;
+pub mod layers;
 pub mod loader;
 pub mod matching;
 pub mod memory;
@@ -49,4 +52,5 @@ pub mod train;
 pub mod variants;
 pub mod views;
 pub mod vit;
+pub mod weights;
 pub mod windows;

@@ -30,7 +30,7 @@
 //!   [1 − fg, w·α…]; at inference ([`deactivated_masks`]) w > 0.5 is binarised, masks = [1 − Σ w·α, w_1·α_1,
 //!   …, w_K·α_K].
 
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::matching::{linear_sum_assignment_f32, AssignmentError};
@@ -279,10 +279,12 @@ impl SlotDeactivation {
         if size.len() != 3 || size[2] != self.slot_dim {
             return Err(shape_error("slots", format!("(B, K, {})", self.slot_dim), slots));
         }
-        let mut x = self.layers[0].forward(slots).relu();
-        x = self.layers[1].forward(&x).relu();
-        x = self.layers[2].forward(&x).relu();
-        Ok(self.layers[3].forward(&x).sigmoid().squeeze_dim(-1))
+        // `nn::Linear::forward` without its panic: the same `linear` call, fallible.
+        let linear = |layer: &nn::Linear, x: &Tensor| x.f_linear(&layer.ws, layer.bs.as_ref());
+        let mut x = linear(&self.layers[0], slots)?.f_relu()?;
+        x = linear(&self.layers[1], &x)?.f_relu()?;
+        x = linear(&self.layers[2], &x)?.f_relu()?;
+        Ok(linear(&self.layers[3], &x)?.f_sigmoid()?.f_squeeze_dim(-1)?)
     }
 }
 
@@ -296,10 +298,16 @@ pub fn deactivated_masks(alpha: &Tensor, weights: &Tensor) -> Result<Tensor, Ref
     }
     let mut view = w.clone();
     view.extend(std::iter::repeat_n(1, a.len() - 2));
-    let binary = weights.gt(DEACTIVATION_THRESHOLD).to_kind(alpha.kind()).reshape(view);
-    let changed = alpha * binary;
-    let background = -changed.sum_dim_intlist([1].as_slice(), true, alpha.kind()) + 1.0;
-    Ok(Tensor::cat(&[background, changed], 1))
+    let binary = weights
+        .f_gt(DEACTIVATION_THRESHOLD)?
+        .f_to_kind(alpha.kind())?
+        .f_reshape(view)?;
+    let changed = alpha.f_mul(&binary)?;
+    let background = changed
+        .f_sum_dim_intlist([1].as_slice(), true, alpha.kind())?
+        .f_neg()?
+        .f_add_scalar(1.0)?;
+    Ok(Tensor::f_cat(&[background, changed], 1)?)
 }
 
 /// The soft (training-mode) outputs of the slot-deactivation head, at whatever resolution `alpha` has.
@@ -323,9 +331,10 @@ pub fn weighted_masks(alpha: &Tensor, weights: &Tensor) -> Result<WeightedMasks,
     }
     let mut view = a[..2].to_vec();
     view.extend(std::iter::repeat_n(1, a.len() - 2));
-    let weighted_alpha = alpha * weights.reshape(view);
-    let foreground = weighted_alpha.sum_dim_intlist([1].as_slice(), true, alpha.kind());
-    let masks = Tensor::cat(&[-&foreground + 1.0, weighted_alpha.shallow_clone()], 1);
+    let weighted_alpha = alpha.f_mul(&weights.f_reshape(view)?)?;
+    let foreground = weighted_alpha.f_sum_dim_intlist([1].as_slice(), true, alpha.kind())?;
+    let background = foreground.f_neg()?.f_add_scalar(1.0)?;
+    let masks = Tensor::f_cat(&[background, weighted_alpha.shallow_clone()], 1)?;
     Ok(WeightedMasks {
         weighted_alpha,
         foreground,

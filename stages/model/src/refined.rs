@@ -26,7 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::dinosaur::{masks_to_image, Dinosaur, DinosaurError, LoadError};
 use crate::refine::{deactivated_masks, RefineError, SlotDeactivation};
-use crate::tensors::to_tch;
+use crate::weights::{WeightError, WeightSource};
 
 /// Which step of the pipeline a model comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +121,9 @@ pub const SLOT_DECODER_LAYERS: [&str; 4] = ["0", "2", "4", "6"];
 pub enum RefinedError {
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A missing, misshapen, unexpected or non-float tensor of the head (boxed: the error stays small).
+    #[error(transparent)]
+    Weights(Box<WeightError>),
     #[error("{path}: {message}")]
     Head { path: String, message: String },
     #[error(transparent)]
@@ -129,6 +132,12 @@ pub enum RefinedError {
     Refine(#[from] RefineError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+}
+
+impl From<WeightError> for RefinedError {
+    fn from(e: WeightError) -> Self {
+        Self::Weights(Box::new(e))
+    }
 }
 
 /// The slot-deactivation head with the var store that owns its weights.
@@ -187,13 +196,12 @@ impl DeactivationHead {
                 present.len()
             )));
         }
-        if let Some(extra) = file
-            .tensors
-            .iter()
-            .find(|t| t.name.starts_with(crate::dinosaur::SLOT_DECODER_PREFIX) && !keys.contains(&t.name))
-        {
-            return Err(bad(format!("unknown stage-2 key `{}`", extra.name)));
-        }
+        let source = WeightSource::wrap(file, path).describing("stage-2 slot-deactivation head");
+        source.refuse_unexpected(
+            crate::dinosaur::SLOT_DECODER_PREFIX,
+            |key| SLOT_DECODER_LAYERS.iter().any(|l| key == format!("{l}.weight") || key == format!("{l}.bias")),
+            |_| true,
+        )?;
         let first = file.get(&keys[0]).map(|t| t.shape.clone()).unwrap_or_default();
         let hidden = match first[..] {
             [h, d] if d as i64 == slot_dim && h > 0 => h as i64,
@@ -213,20 +221,12 @@ impl DeactivationHead {
         let mlp = SlotDeactivation::new(&root, slot_dim, hidden);
         let vars = vs.variables();
         for key in &keys {
-            let (Some(var), Some(raw)) = (vars.get(key), file.get(key)) else {
+            let Some(var) = vars.get(key) else {
                 return Err(bad(format!("no variable for `{key}`")));
             };
-            let value = to_tch(raw, device).map_err(LoadError::from)?;
-            if var.size() != value.size() {
-                return Err(LoadError::KeyShape {
-                    key: key.clone(),
-                    expected: var.size(),
-                    got: value.size(),
-                }
-                .into());
-            }
+            let value = source.take(key, &var.size())?.f_to_kind(Kind::Float)?.f_to_device(device)?;
             let mut var = var.shallow_clone();
-            tch::no_grad(|| var.copy_(&value.to_kind(Kind::Float)));
+            tch::no_grad(|| var.f_copy_(&value))?;
         }
         Ok(Some(Self { _vs: vs, mlp, hidden }))
     }

@@ -76,7 +76,7 @@ impl AnalysisBackbone {
                 let tokens = tch::no_grad(|| v.forward(&v.normalize(images01)?, ForwardOptions::default()))?;
                 (Some(tokens.cls), tokens.patches.mean_dim(1, false, Kind::Float))
             }
-            Self::Resnet(r) => (None, r.pooled(&r.normalize(images01))),
+            Self::Resnet(r) => (None, r.pooled(&r.normalize(images01)?)?),
         })
     }
 }

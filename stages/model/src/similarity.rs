@@ -179,12 +179,12 @@ pub fn linear_cka_debiased(x: &Tensor, y: &Tensor) -> Result<f64, SimilarityErro
 }
 
 /// Orthonormal basis of the column space of a centred matrix, from its thin SVD (tiny directions dropped).
-fn whiten(x: &Tensor) -> Tensor {
-    let (u, s, _) = x.svd(true, true);
-    let s: Vec<f64> = Vec::<f64>::try_from(&s).unwrap_or_default();
+fn whiten(x: &Tensor) -> Result<Tensor, SimilarityError> {
+    let (u, s, _) = x.f_svd(true, true)?;
+    let s: Vec<f64> = Vec::<f64>::try_from(&s)?;
     let max = s.first().copied().unwrap_or(0.0);
     let rank = s.iter().take_while(|&&v| v > 1e-10 * max && v > 0.0).count() as i64;
-    u.narrow(1, 0, rank.max(1))
+    Ok(u.f_narrow(1, 0, rank.max(1))?)
 }
 
 /// Canonical correlations (descending) and X's canonical variates (n×m, orthonormal columns).
@@ -196,14 +196,14 @@ pub struct Cca {
 
 /// CCA between centred X and Y (whitening by SVD).
 fn cca_centred(x: &Tensor, y: &Tensor) -> Result<Cca, SimilarityError> {
-    let (qx, qy) = (whiten(x), whiten(y));
-    let (a, s, b) = qx.tr().matmul(&qy).svd(true, true);
-    let m = s.size()[0];
-    let correlations = Vec::<f64>::try_from(&s.clamp(0.0, 1.0))?;
+    let (qx, qy) = (whiten(x)?, whiten(y)?);
+    let (a, s, b) = qx.f_tr()?.f_matmul(&qy)?.f_svd(true, true)?;
+    let m = s.size1()?;
+    let correlations = Vec::<f64>::try_from(&s.f_clamp(0.0, 1.0)?)?;
     Ok(Cca {
         correlations,
-        variates_x: qx.matmul(&a.narrow(1, 0, m)),
-        variates_y: qy.matmul(&b.narrow(1, 0, m)),
+        variates_x: qx.f_matmul(&a.f_narrow(1, 0, m)?)?,
+        variates_y: qy.f_matmul(&b.f_narrow(1, 0, m)?)?,
     })
 }
 

@@ -20,6 +20,8 @@ pub enum TensorConvError {
         shape: Vec<usize>,
         dtype: String,
     },
+    #[error("tensor `{name}`: {source}")]
+    Torch { name: String, source: tch::TchError },
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {
@@ -66,7 +68,13 @@ pub fn to_tch(raw: &RawTensor, device: Device) -> Result<Tensor, TensorConvError
         });
     }
     let shape: Vec<i64> = raw.shape.iter().map(|&d| d as i64).collect();
-    Ok(Tensor::from_data_size(&raw.data, &shape, kind).to_device(device))
+    let torch = |source| TensorConvError::Torch {
+        name: raw.name.clone(),
+        source,
+    };
+    Tensor::f_from_data_size(&raw.data, &shape, kind)
+        .and_then(|t| t.f_to_device(device))
+        .map_err(torch)
 }
 
 /// The tensor's bytes under `name` (its own dtype).
@@ -76,10 +84,18 @@ pub fn from_tch(name: &str, tensor: &Tensor) -> Result<RawTensor, TensorConvErro
         name: name.to_string(),
         dtype: format!("{kind:?}"),
     })?;
-    let t = tensor.detach().to_device(Device::Cpu).contiguous();
+    let torch = |source| TensorConvError::Torch {
+        name: name.to_string(),
+        source,
+    };
+    let t = tensor
+        .f_detach()
+        .and_then(|t| t.f_to_device(Device::Cpu))
+        .and_then(|t| t.f_contiguous())
+        .map_err(torch)?;
     let numel = t.numel();
     let mut data = vec![0u8; numel * dtype.size()];
-    t.copy_data_u8(&mut data, numel);
+    t.f_copy_data_u8(&mut data, numel).map_err(torch)?;
     Ok(RawTensor {
         name: name.to_string(),
         dtype,

@@ -244,22 +244,22 @@ impl WindowGrid {
         }
         let (h, w) = (size[dims - 2], size[dims - 1]);
         let target = self.resize_target(h, w);
-        let batch = image.reshape([-1, size[dims - 3], h, w]).to_kind(Kind::Float);
+        let batch = image.f_reshape([-1, size[dims - 3], h, w])?.f_to_kind(Kind::Float)?;
         let resized = if (h, w) == target {
             batch
         } else {
             batch
                 .f_upsample_bicubic2d([target.0, target.1], false, None, None)?
-                .clamp(0.0, 1.0)
+                .f_clamp(0.0, 1.0)?
         };
         let top = ((target.0 - self.image_height_px) as f64 / 2.0).round_ties_even() as i64;
         let left = ((target.1 - self.image_width_px) as f64 / 2.0).round_ties_even() as i64;
         let cropped = resized
-            .narrow(2, top, self.image_height_px)
-            .narrow(3, left, self.image_width_px);
+            .f_narrow(2, top, self.image_height_px)?
+            .f_narrow(3, left, self.image_width_px)?;
         let mut out_size = size[..dims - 2].to_vec();
         out_size.extend([self.image_height_px, self.image_width_px]);
-        Ok(cropped.reshape(out_size))
+        Ok(cropped.f_reshape(out_size)?)
     }
 
     /// Cuts an image (…, C, H, W) at the grid's image size into its windows (n, …, C, h, w), zero-padding
@@ -275,17 +275,17 @@ impl WindowGrid {
             ));
         }
         let p = self.padding;
-        let padded = image.constant_pad_nd([p.left_px, p.right_px, p.top_px, p.bottom_px]);
+        let padded = image.f_constant_pad_nd([p.left_px, p.right_px, p.top_px, p.bottom_px])?;
         let windows: Vec<Tensor> = self
             .offsets()?
             .iter()
             .map(|o| {
                 padded
-                    .narrow(dims as i64 - 2, o.y_px + p.top_px, self.window_height_px)
-                    .narrow(dims as i64 - 1, o.x_px + p.left_px, self.window_width_px)
+                    .f_narrow(dims as i64 - 2, o.y_px + p.top_px, self.window_height_px)?
+                    .f_narrow(dims as i64 - 1, o.x_px + p.left_px, self.window_width_px)
             })
-            .collect();
-        Ok(Tensor::stack(&windows, 0))
+            .collect::<Result<_, _>>()?;
+        Ok(Tensor::f_stack(&windows, 0)?)
     }
 }
 
@@ -331,18 +331,18 @@ pub fn join_windows(masks: &Tensor, offsets: &[WindowOffset], canvas: (i64, i64)
         ));
     }
     let (c, h, w) = (size[1], size[2], size[3]);
-    let joined = Tensor::zeros([size[0] * c, canvas.0, canvas.1], (masks.kind(), masks.device()));
+    let joined = Tensor::f_zeros([size[0] * c, canvas.0, canvas.1], (masks.kind(), masks.device()))?;
     for (index, &offset) in offsets.iter().enumerate() {
         if let Some(p) = placement(offset, (h, w), canvas) {
             let source = masks
-                .get(index as i64)
-                .narrow(1, p.window_y, p.height)
-                .narrow(2, p.window_x, p.width);
+                .f_get(index as i64)?
+                .f_narrow(1, p.window_y, p.height)?
+                .f_narrow(2, p.window_x, p.width)?;
             joined
-                .narrow(0, index as i64 * c, c)
-                .narrow(1, p.canvas_y, p.height)
-                .narrow(2, p.canvas_x, p.width)
-                .copy_(&source);
+                .f_narrow(0, index as i64 * c, c)?
+                .f_narrow(1, p.canvas_y, p.height)?
+                .f_narrow(2, p.canvas_x, p.width)?
+                .f_copy_(&source)?;
         }
     }
     Ok(joined)
@@ -484,7 +484,7 @@ pub fn merge_windows(
     options: &MergeOptions,
 ) -> Result<MergedCanvas, WindowError> {
     let joined = if joined.dim() == 4 && joined.size()[0] == 1 {
-        joined.squeeze_dim(0)
+        joined.f_squeeze_dim(0)?
     } else {
         joined.shallow_clone()
     };
@@ -507,16 +507,16 @@ pub fn merge_windows(
     let per_window = (size[0] / n as i64) as usize;
     let (height, width) = (size[1], size[2]);
     let channel_of_pixel: Vec<u32> =
-        Vec::<i64>::try_from(joined.argmax(0, false).flatten(0, -1).to_device(tch::Device::Cpu))?
+        Vec::<i64>::try_from(joined.f_argmax(0, false)?.f_flatten(0, -1)?.f_to_device(tch::Device::Cpu)?)?
             .into_iter()
             .map(|c| c as u32)
             .collect();
     let feature_len: i64 = features_size[2..].iter().product();
     let features = Vec::<f32>::try_from(
         slot_features
-            .to_kind(Kind::Float)
-            .to_device(tch::Device::Cpu)
-            .reshape([n as i64 * slots * feature_len]),
+            .f_to_kind(Kind::Float)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_reshape([n as i64 * slots * feature_len])?,
     )?;
     let feature_len = feature_len as usize;
     let feature = |channel: usize| -> Result<&[f32], WindowError> {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mrdino_model::resnet::{Resnet50, ResnetError};
+use mrdino_model::weights::{KeyProblem, WeightError};
 use tch::{Device, Tensor};
 
 fn fixtures() -> PathBuf {
@@ -40,7 +41,7 @@ fn swav_resnet50_matches_torchvision() {
         .unwrap()
         .into_iter()
         .collect();
-    let pooled = model.pooled(&io["images"]);
+    let pooled = model.pooled(&io["images"]).unwrap();
     assert_eq!(pooled.size(), vec![2, 2048]);
     let diff = (&pooled - &io["pooled"]).abs().max().double_value(&[]);
     let scale = io["pooled"].abs().max().double_value(&[]);
@@ -57,9 +58,10 @@ fn swav_resnet50_matches_torchvision() {
     let bad = dir.join("bad.safetensors");
     Tensor::write_safetensors(&tensors, &bad).unwrap();
     match Resnet50::load(&bad, Device::Cpu) {
-        Err(ResnetError::Shape {
-            key, found, expected, ..
-        }) => {
+        Err(ResnetError::Weights(WeightError::Key {
+            problem: KeyProblem::Shape { key, found, expected },
+            ..
+        })) => {
             assert_eq!(key, "layer1.0.conv1.weight");
             assert_eq!(found, vec![32, 64, 1, 1]);
             assert_eq!(expected, vec![64, 64, 1, 1]);

@@ -59,7 +59,7 @@ fn inference_matches_the_reference() {
     let psi = Psi::load(&dir.join("psi.safetensors"), Device::Cpu).expect("converted psi loads");
     assert_eq!(psi.dim(), 48);
     assert_eq!(psi.variant(), None, "a file named after no release records no variant");
-    let classes = psi.class_embeddings(&io["clip_text"]);
+    let classes = psi.class_embeddings(&io["clip_text"]).unwrap();
     assert!(
         max_diff(&classes, &io["classes"]) <= 1e-6,
         "class embeddings {}",
@@ -117,13 +117,13 @@ fn dinov3_psi_release_layout_loads_with_its_input_size() {
         let psi = Psi::load(&dir.join(file), Device::Cpu).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(psi.dim(), 768, "{file}");
         assert_eq!(psi.variant(), Some(dinov3), "{file}");
-        let mapped = psi.forward(&io["dinov3_text"]);
+        let mapped = psi.forward(&io["dinov3_text"]).unwrap();
         assert!(
             max_diff(&mapped, &io["dinov3_psi"]) <= 1e-5,
             "{file}: psi {}",
             max_diff(&mapped, &io["dinov3_psi"])
         );
-        let classes = psi.class_embeddings(&io["dinov3_text"]);
+        let classes = psi.class_embeddings(&io["dinov3_text"]).unwrap();
         assert!(
             max_diff(&classes, &io["dinov3_classes"]) <= 1e-6,
             "{file}: class embeddings"

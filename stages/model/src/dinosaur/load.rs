@@ -6,9 +6,11 @@
 //! the input LayerNorm, h from the first decoder layer, P from `object_decoder.pos_embed`, K from the reference
 //! table (729 → 15, 1225 → 30, 361 → 24) unless given. Tensors under `backbone.`, `optimizer.` and the stage-2
 //! `object_decoder.slot_decoder.` are not part of the slot model and are skipped; any other unknown key, a
-//! missing key or a wrong shape is an error naming the key.
+//! missing key or a wrong shape is an error naming the file and the key ([`crate::weights`]).
 
 use std::path::{Path, PathBuf};
+
+use crate::weights::{WeightError, WeightSource};
 
 use mrdino_outputs::checkpoint::{
     read_tensor_file, resolve_model_path, RawTensor, TensorFile, BACKBONE_PREFIX, META_MODEL_CONFIG, OPTIMIZER_PREFIX,
@@ -17,25 +19,29 @@ use mrdino_outputs::OutputError;
 use tch::Device;
 
 use super::{Dinosaur, DinosaurConfig, DinosaurError, InputProjection};
-use crate::tensors::{from_tch, to_tch, TensorConvError};
+use crate::tensors::{from_tch, TensorConvError};
 
 pub use mrdino_outputs::checkpoint::CHECKPOINT_FILE as RUN_CHECKPOINT_FILE;
 
 /// Prefix of the stage-2 slot-deactivation MLP, which the slot model itself does not hold.
 pub const SLOT_DECODER_PREFIX: &str = "object_decoder.slot_decoder.";
 
+/// Why a model file or a parameter cannot be loaded; file errors name the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
     File(#[from] OutputError),
+    /// A missing, misshapen, unexpected or non-float tensor in the file.
     #[error(transparent)]
-    Convert(#[from] TensorConvError),
+    Weights(#[from] WeightError),
     #[error(transparent)]
     Model(#[from] DinosaurError),
-    #[error("{path}: missing key `{key}`")]
-    MissingKey { path: PathBuf, key: String },
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    /// [`Dinosaur::set_parameter`] of a name the model does not have.
     #[error("unknown key `{key}`")]
     UnknownKey { key: String },
+    /// [`Dinosaur::set_parameter`] with a value of another shape.
     #[error("key `{key}`: expected shape {expected:?}, got {got:?}")]
     KeyShape {
         key: String,
@@ -46,22 +52,14 @@ pub enum LoadError {
     Config { path: PathBuf, message: String },
 }
 
-fn dims(file: &TensorFile, key: &str, path: &Path) -> Result<Vec<i64>, LoadError> {
-    file.get(key)
-        .map(|t| t.shape.iter().map(|&d| d as i64).collect())
-        .ok_or_else(|| LoadError::MissingKey {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-        })
-}
-
 /// The configuration implied by the tensor shapes; `n_slots` overrides the reference table.
 pub fn infer_config(file: &TensorFile, path: &Path, n_slots: Option<i64>) -> Result<DinosaurConfig, LoadError> {
-    let mu = dims(file, "conditioning.slots_mu", path)?;
-    let ln = dims(file, "perceptual_grouping.positional_embedding.layers.1.0.weight", path)?;
-    let dec0 = dims(file, "object_decoder.decoder.0.weight", path)?;
-    let pos = dims(file, "object_decoder.pos_embed", path)?;
-    let ff = dims(file, "perceptual_grouping.slot_attention.ff_mlp.module.1.weight", path)?;
+    let source = WeightSource::wrap(file, path);
+    let mu = source.require_shape("conditioning.slots_mu")?;
+    let ln = source.require_shape("perceptual_grouping.positional_embedding.layers.1.0.weight")?;
+    let dec0 = source.require_shape("object_decoder.decoder.0.weight")?;
+    let pos = source.require_shape("object_decoder.pos_embed")?;
+    let ff = source.require_shape("perceptual_grouping.slot_attention.ff_mlp.module.1.weight")?;
     let bad = |message: String| LoadError::Config {
         path: path.to_path_buf(),
         message,
@@ -125,19 +123,13 @@ impl Dinosaur {
         device: Device,
     ) -> Result<Self, LoadError> {
         let model = Dinosaur::new(file_config(file, path, n_slots)?, device)?;
+        let source = WeightSource::wrap(file, path).describing("DINOSAUR slot model");
         let params = model.named_parameters();
-        for (key, _) in &params {
-            let raw = file.get(key).ok_or_else(|| LoadError::MissingKey {
-                path: path.to_path_buf(),
-                key: key.clone(),
-            })?;
-            model.set_parameter(key, &to_tch(raw, device)?)?;
+        for (key, param) in &params {
+            model.set_parameter(key, &source.take(key, &param.size())?)?;
         }
-        for raw in &file.tensors {
-            if !is_foreign(&raw.name) && !params.iter().any(|(k, _)| *k == raw.name) {
-                return Err(LoadError::UnknownKey { key: raw.name.clone() });
-            }
-        }
+        let known = |key: &str| params.iter().any(|(k, _)| k == key);
+        source.refuse_unexpected("", known, |key| !is_foreign(key))?;
         Ok(model)
     }
 

@@ -35,50 +35,10 @@ pub use load::{file_config, infer_config, LoadError, RUN_CHECKPOINT_FILE, SLOT_D
 pub use noise::slot_noise;
 
 use tch::nn::{self, Init};
+use tch::TchError;
+
+use crate::layers::{LayerNorm, Linear};
 use tch::{Device, Kind, Tensor};
-
-/// Linear layer with the reference's initialisation: PyTorch's default uniform weight, bias zero or absent.
-#[derive(Debug)]
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn new(path: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Self {
-        let bound = 1.0 / (in_dim as f64).sqrt();
-        let weight = path.var("weight", &[out_dim, in_dim], Init::Uniform { lo: -bound, up: bound });
-        let bias = bias.then(|| path.var("bias", &[out_dim], Init::Const(0.0)));
-        Self { weight, bias }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
-    }
-}
-
-#[derive(Debug)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    dim: i64,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn new(path: nn::Path, dim: i64, eps: f64) -> Self {
-        Self {
-            weight: path.var("weight", &[dim], Init::Const(1.0)),
-            bias: path.var("bias", &[dim], Init::Const(0.0)),
-            dim,
-            eps,
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, false)
-    }
-}
 
 /// `nn.GRUCell(dim, dim)` with PyTorch's gate layout (rows r | z | n) and init U(±1/√hidden).
 #[derive(Debug)]
@@ -101,8 +61,8 @@ impl GruCell {
         }
     }
 
-    fn forward(&self, x: &Tensor, h: &Tensor) -> Tensor {
-        x.gru_cell(
+    fn forward(&self, x: &Tensor, h: &Tensor) -> Result<Tensor, TchError> {
+        x.f_gru_cell(
             h,
             &self.weight_ih,
             &self.weight_hh,
@@ -120,11 +80,11 @@ struct InputMlp {
 }
 
 impl InputMlp {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let x = self.first.forward(&self.norm.forward(x));
+    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let x = self.first.forward(&self.norm.forward(x)?)?;
         match &self.second {
-            Some(second) => second.forward(&x.relu()),
-            None => x,
+            Some(second) => second.forward(&x.f_relu()?),
+            None => Ok(x),
         }
     }
 }
@@ -226,10 +186,10 @@ pub fn masks_to_image(masks: &Tensor, height: i64, width: i64) -> Result<Tensor,
     }
     let device = masks.device();
     let image = masks
-        .to_device(Device::Cpu)
-        .reshape([b, k, grid_h, grid_w])
-        .upsample_bilinear2d([height, width], false, None, None);
-    Ok(image.to_device(device))
+        .f_to_device(Device::Cpu)?
+        .f_reshape([b, k, grid_h, grid_w])?
+        .f_upsample_bilinear2d([height, width], false, None, None)?;
+    Ok(image.f_to_device(device)?)
 }
 
 /// See [`DinosaurOutput::mask_similarity`].
@@ -315,28 +275,28 @@ impl Dinosaur {
         let mlp = &grouping / "positional_embedding" / "layers" / 1;
         let input_mlp = match c.input_projection {
             InputProjection::TwoLayer => InputMlp {
-                norm: LayerNorm::new(&mlp / 0, f, eps),
-                first: Linear::new(&mlp / 1, f, f, true),
-                second: Some(Linear::new(&mlp / 3, f, d, true)),
+                norm: LayerNorm::trainable(&mlp / 0, f, eps),
+                first: Linear::trainable(&mlp / 1, f, f, true),
+                second: Some(Linear::trainable(&mlp / 3, f, d, true)),
             },
             InputProjection::SingleLinear => InputMlp {
-                norm: LayerNorm::new(&mlp / 0, f, eps),
-                first: Linear::new(&mlp / 1, f, d, true),
+                norm: LayerNorm::trainable(&mlp / 0, f, eps),
+                first: Linear::trainable(&mlp / 1, f, d, true),
                 second: None,
             },
         };
         let sa = &grouping / "slot_attention";
         let ff = &sa / "ff_mlp" / "module";
         let slot_attention = SlotAttention {
-            to_q: Linear::new(&sa / "to_q", d, d, false),
-            to_k: Linear::new(&sa / "to_k", d, d, false),
-            to_v: Linear::new(&sa / "to_v", d, d, false),
+            to_q: Linear::trainable(&sa / "to_q", d, d, false),
+            to_k: Linear::trainable(&sa / "to_k", d, d, false),
+            to_v: Linear::trainable(&sa / "to_v", d, d, false),
             gru: GruCell::new(&sa / "gru", d, d),
-            norm_input: LayerNorm::new(&sa / "norm_input", d, eps),
-            norm_slots: LayerNorm::new(&sa / "norm_slots", d, eps),
-            ff_norm: LayerNorm::new(&ff / 0, d, eps),
-            ff_1: Linear::new(&ff / 1, d, c.ff_mlp_ratio * d, true),
-            ff_2: Linear::new(&ff / 3, c.ff_mlp_ratio * d, d, true),
+            norm_input: LayerNorm::trainable(&sa / "norm_input", d, eps),
+            norm_slots: LayerNorm::trainable(&sa / "norm_slots", d, eps),
+            ff_norm: LayerNorm::trainable(&ff / 0, d, eps),
+            ff_1: Linear::trainable(&ff / 1, d, c.ff_mlp_ratio * d, true),
+            ff_2: Linear::trainable(&ff / 3, c.ff_mlp_ratio * d, d, true),
         };
 
         let dec = &root / "object_decoder";
@@ -347,14 +307,14 @@ impl Dinosaur {
         );
         let layers = &dec / "decoder";
         let decoder = vec![
-            Linear::new(&layers / 0, d, h, true),
-            Linear::new(&layers / 2, h, h, true),
-            Linear::new(&layers / 4, h, h, true),
-            Linear::new(&layers / 6, h, f + 1, true),
+            Linear::trainable(&layers / 0, d, h, true),
+            Linear::trainable(&layers / 2, h, h, true),
+            Linear::trainable(&layers / 4, h, h, true),
+            Linear::trainable(&layers / 6, h, f + 1, true),
         ];
         let target_projection = c
             .target_projection
-            .then(|| Linear::new(&root / "target_projection", f, f, true));
+            .then(|| Linear::trainable(&root / "target_projection", f, f, true));
         Ok(Self {
             config,
             vs,
@@ -397,7 +357,8 @@ impl Dinosaur {
             });
         }
         let mut var = var.shallow_clone();
-        tch::no_grad(|| var.copy_(&value.to_kind(Kind::Float).to_device(var.device())));
+        let value = value.f_to_kind(Kind::Float)?.f_to_device(var.device())?;
+        tch::no_grad(|| var.f_copy_(&value))?;
         Ok(())
     }
 
@@ -422,21 +383,22 @@ impl Dinosaur {
                 got: ns,
             });
         }
-        let features = features.to_kind(Kind::Float);
-        let slots = &self.slots_mu + self.slots_logsigma.exp() * noise.to_kind(Kind::Float).to_device(self.device());
-        let inputs = self.input_mlp.forward(&features);
-        let (slots, attention) = self.group(&inputs, slots);
-        let (masks, reconstruction) = self.decode(&slots);
+        let features = features.f_to_kind(Kind::Float)?;
+        let noise = noise.f_to_kind(Kind::Float)?.f_to_device(self.device())?;
+        let slots = self.slots_mu.f_add(&self.slots_logsigma.f_exp()?.f_mul(&noise)?)?;
+        let inputs = self.input_mlp.forward(&features)?;
+        let (slots, attention) = self.group(&inputs, slots)?;
+        let (masks, reconstruction) = self.decode(&slots)?;
         let target = match &self.target_projection {
-            Some(projection) => projection.forward(&features.detach()),
+            Some(projection) => projection.forward(&features.detach())?,
             None => features,
         };
         let loss = if c.channel_normalised_loss {
             let norm =
-                |x: &Tensor| x.layer_norm([c.feature_dim], None::<Tensor>, None::<Tensor>, c.layer_norm_eps, false);
-            norm(&reconstruction).mse_loss(&norm(&target), tch::Reduction::Mean)
+                |x: &Tensor| x.f_layer_norm([c.feature_dim], None::<Tensor>, None::<Tensor>, c.layer_norm_eps, false);
+            norm(&reconstruction)?.f_mse_loss(&norm(&target)?, tch::Reduction::Mean)?
         } else {
-            reconstruction.mse_loss(&target, tch::Reduction::Mean)
+            reconstruction.f_mse_loss(&target, tch::Reduction::Mean)?
         };
         Ok(DinosaurOutput {
             slots,
@@ -448,55 +410,61 @@ impl Dinosaur {
         })
     }
 
-    fn group(&self, inputs: &Tensor, mut slots: Tensor) -> (Tensor, Tensor) {
+    /// Slot attention over `inputs` (B, P, D) from the initial `slots` (B, K, D): (slots, attention of the last
+    /// iteration (B, K, P)).
+    fn group(&self, inputs: &Tensor, mut slots: Tensor) -> Result<(Tensor, Tensor), TchError> {
         let c = &self.config;
         let sa = &self.slot_attention;
         let (b, k, d) = (slots.size()[0], c.n_slots, c.slot_dim);
-        let x = sa.norm_input.forward(inputs);
-        let keys = sa.to_k.forward(&x);
-        let values = sa.to_v.forward(&x);
+        let x = sa.norm_input.forward(inputs)?;
+        let keys = sa.to_k.forward(&x)?;
+        let values = sa.to_v.forward(&x)?;
         let scale = (d as f64).powf(-0.5);
-        let mut attention = Tensor::zeros([b, k, c.n_patches], (Kind::Float, self.device()));
+        let mut attention = Tensor::f_zeros([b, k, c.n_patches], (Kind::Float, self.device()))?;
         for _ in 0..c.iterations {
             let previous = slots.shallow_clone();
-            let q = sa.to_q.forward(&sa.norm_slots.forward(&slots));
-            let logits = q.matmul(&keys.transpose(1, 2)) * scale;
-            let attn = logits.softmax(1, Kind::Float);
-            let weights = &attn + c.attention_eps;
-            let weights = &weights / weights.sum_dim_intlist(&[-1][..], true, Kind::Float);
-            let updates = weights.matmul(&values);
+            let q = sa.to_q.forward(&sa.norm_slots.forward(&slots)?)?;
+            let logits = q.f_matmul(&keys.f_transpose(1, 2)?)?.f_mul_scalar(scale)?;
+            let attn = logits.f_softmax(1, Kind::Float)?;
+            let weights = attn.f_add_scalar(c.attention_eps)?;
+            let weights = weights.f_div(&weights.f_sum_dim_intlist(&[-1][..], true, Kind::Float)?)?;
+            let updates = weights.f_matmul(&values)?;
             let updated = sa
                 .gru
-                .forward(&updates.reshape([-1, d]), &previous.reshape([-1, d]))
-                .reshape([b, k, d]);
-            let ff = sa.ff_2.forward(&sa.ff_1.forward(&sa.ff_norm.forward(&updated)).relu());
-            slots = &updated + ff;
+                .forward(&updates.f_reshape([-1, d])?, &previous.f_reshape([-1, d])?)?
+                .f_reshape([b, k, d])?;
+            let ff = sa.ff_2.forward(&sa.ff_1.forward(&sa.ff_norm.forward(&updated)?)?.f_relu()?)?;
+            slots = updated.f_add(&ff)?;
             attention = attn;
         }
-        (slots, attention)
+        Ok((slots, attention))
     }
 
-    fn decode(&self, slots: &Tensor) -> (Tensor, Tensor) {
+    /// The decoder on `slots` (B, K, D): (alpha masks (B, K, P), reconstruction (B, P, F)).
+    fn decode(&self, slots: &Tensor) -> Result<(Tensor, Tensor), TchError> {
         let c = &self.config;
         let (b, k, d, p, f) = (slots.size()[0], c.n_slots, c.slot_dim, c.n_patches, c.feature_dim);
-        let mut x = slots.reshape([b * k, 1, d]).expand([b * k, p, d], false) + &self.pos_embed;
+        let mut x = slots
+            .f_reshape([b * k, 1, d])?
+            .f_expand([b * k, p, d], false)?
+            .f_add(&self.pos_embed)?;
         let last = self.decoder.len() - 1;
         for (i, layer) in self.decoder.iter().enumerate() {
-            x = layer.forward(&x);
+            x = layer.forward(&x)?;
             if i < last {
-                x = x.relu();
+                x = x.f_relu()?;
             }
         }
-        let x = x.reshape([b, k, p, f + 1]);
-        let decoded = x.narrow(3, 0, f);
-        let logits = x.narrow(3, f, 1);
+        let x = x.f_reshape([b, k, p, f + 1])?;
+        let decoded = x.f_narrow(3, 0, f)?;
+        let logits = x.f_narrow(3, f, 1)?;
         let logits = if c.mask_temperature == 1.0 {
             logits
         } else {
-            logits / c.mask_temperature
+            logits.f_div_scalar(c.mask_temperature)?
         };
-        let alpha = logits.softmax(1, Kind::Float);
-        let reconstruction = (decoded * &alpha).sum_dim_intlist(&[1][..], false, Kind::Float);
-        (alpha.squeeze_dim(-1), reconstruction)
+        let alpha = logits.f_softmax(1, Kind::Float)?;
+        let reconstruction = decoded.f_mul(&alpha)?.f_sum_dim_intlist(&[1][..], false, Kind::Float)?;
+        Ok((alpha.f_squeeze_dim(-1)?, reconstruction))
     }
 }

@@ -52,8 +52,8 @@ pub use models::{Talk2Dino, Talk2DinoFiles, WeightsIdentity};
 pub use pamr::{pamr, PamrConfig};
 pub use segment::{keep_ratio_resize, segment, SegmentOptions, Segmentation, SlidingWindow, View};
 
-use mrdino_outputs::weights_id::{file_identity, Identity};
-use std::collections::HashMap;
+use crate::weights::{WeightError, WeightSource};
+use mrdino_outputs::weights_id::Identity;
 use std::path::{Path, PathBuf};
 
 use tch::{Kind, TchError, Tensor};
@@ -84,23 +84,9 @@ pub const VARIANT_METADATA_KEY: &str = "talk2dino.proj_name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Talk2DinoError {
-    #[error("{path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("{path}: missing tensor `{key}`")]
-    Missing { path: PathBuf, key: String },
-    #[error("{path}: tensor `{key}` has shape {found:?}, expected {expected:?}")]
-    Shape {
-        path: PathBuf,
-        key: String,
-        found: Vec<i64>,
-        expected: Vec<i64>,
-    },
-    #[error("{path}: unexpected tensor `{key}` (shape {shape:?})")]
-    Unexpected {
-        path: PathBuf,
-        key: String,
-        shape: Vec<i64>,
-    },
+    /// A ψ file that cannot be read, or whose keys, shapes or dtypes are not ψ's.
+    #[error(transparent)]
+    Weights(#[from] WeightError),
     #[error("{path}: metadata `{key}` = `{value}`: {message}")]
     Metadata {
         path: PathBuf,
@@ -240,71 +226,36 @@ pub struct Psi {
     variant: Option<&'static Variant>,
 }
 
+/// ψ's tensors, in the order [`Psi`] holds them.
+const PSI_KEYS: [&str; 4] = [
+    "linear_layer.weight",
+    "linear_layer.bias",
+    "hidden_layers.0.weight",
+    "hidden_layers.0.bias",
+];
+
 impl Psi {
     /// Loads ψ (`linear_layer.{weight,bias}`, `hidden_layers.0.{weight,bias}`) from safetensors, with the
     /// released variant when the converter recorded it ([`VARIANT_METADATA_KEY`]; files converted before it did
     /// have none). A recorded variant must be known and match the file's width.
     pub fn load(path: &Path, device: tch::Device) -> Result<Self, Talk2DinoError> {
-        let file_error = |message: String| Talk2DinoError::File {
-            path: path.into(),
-            message,
-        };
-        let bytes = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
-        let identity = file_identity(path, &bytes, |_| true).map_err(|e| file_error(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| file_error(e.to_string()))?;
-        let proj_name = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(VARIANT_METADATA_KEY))
-            .cloned();
-        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
-            .map_err(|e| file_error(e.to_string()))?
-            .into_iter()
+        let source = WeightSource::open(path)?.describing("Talk2DINO ψ");
+        let identity = source.identity("", |_| true, None)?;
+        let proj_name = source.meta(VARIANT_METADATA_KEY).map(str::to_string);
+        let d = source.require_shape(PSI_KEYS[0])?.first().copied().unwrap_or(0);
+        let expected: Vec<(String, Vec<i64>)> = PSI_KEYS
+            .iter()
+            .zip([vec![d, 512], vec![d], vec![d, d], vec![d]])
+            .map(|(key, shape)| (key.to_string(), shape))
             .collect();
-        let get = |key: &str| -> Result<Tensor, Talk2DinoError> {
-            let t = tensors.get(key).ok_or_else(|| Talk2DinoError::Missing {
-                path: path.into(),
-                key: key.into(),
-            })?;
-            Ok(t.f_to_kind(Kind::Float)?.f_to_device(device)?)
-        };
-        let (w1, b1, w2, b2) = (
-            get("linear_layer.weight")?,
-            get("linear_layer.bias")?,
-            get("hidden_layers.0.weight")?,
-            get("hidden_layers.0.bias")?,
-        );
-        let d = w1.size().first().copied().unwrap_or(0);
-        for (key, t, expected) in [
-            ("linear_layer.weight", &w1, vec![d, 512]),
-            ("linear_layer.bias", &b1, vec![d]),
-            ("hidden_layers.0.weight", &w2, vec![d, d]),
-            ("hidden_layers.0.bias", &b2, vec![d]),
-        ] {
-            if t.size() != expected {
-                return Err(Talk2DinoError::Shape {
-                    path: path.into(),
-                    key: key.into(),
-                    found: t.size(),
-                    expected,
-                });
-            }
+        source.check_keys("", &expected, &[], |_| true)?;
+        let mut taken = Vec::with_capacity(expected.len());
+        for (key, shape) in &expected {
+            taken.push(source.take(key, shape)?.f_to_kind(Kind::Float)?.f_to_device(device)?);
         }
-        let known = [
-            "linear_layer.weight",
-            "linear_layer.bias",
-            "hidden_layers.0.weight",
-            "hidden_layers.0.bias",
-        ];
-        let mut extra: Vec<(&String, &Tensor)> = tensors.iter().filter(|(k, _)| !known.contains(&k.as_str())).collect();
-        extra.sort_by(|a, b| a.0.cmp(b.0));
-        if let Some((key, t)) = extra.first() {
-            return Err(Talk2DinoError::Unexpected {
-                path: path.into(),
-                key: (*key).clone(),
-                shape: t.size(),
-            });
-        }
+        let [w1, b1, w2, b2]: [Tensor; 4] = taken
+            .try_into()
+            .map_err(|_| Talk2DinoError::Input("ψ: four tensors expected".to_string()))?;
         let variant = match proj_name {
             None => None,
             Some(name) => {
@@ -355,20 +306,18 @@ impl Psi {
         self.variant
     }
 
-    /// ψ(t) for CLIP text embeddings (…, 512).
-    pub fn forward(&self, text: &Tensor) -> Tensor {
-        text.to_kind(Kind::Float)
-            .linear(&self.w1, Some(&self.b1))
-            .tanh()
-            .linear(&self.w2, Some(&self.b2))
+    /// ψ(t) for CLIP text embeddings (…, 512); another width is an error.
+    pub fn forward(&self, text: &Tensor) -> Result<Tensor, TchError> {
+        text.f_to_kind(Kind::Float)?
+            .f_linear(&self.w1, Some(&self.b1))?
+            .f_tanh()?
+            .f_linear(&self.w2, Some(&self.b2))
     }
 
     /// Class embeddings from CLIP text embeddings (N, T, 512) of the T templates: mean over T, ψ, L2-normalise.
-    pub fn class_embeddings(&self, per_template: &Tensor) -> Tensor {
-        l2_normalize(
-            &self.forward(&per_template.to_kind(Kind::Float).mean_dim(1, false, Kind::Float)),
-            -1,
-        )
+    pub fn class_embeddings(&self, per_template: &Tensor) -> Result<Tensor, TchError> {
+        let mean = per_template.f_to_kind(Kind::Float)?.f_mean_dim(1, false, Kind::Float)?;
+        f_l2_normalize(&self.forward(&mean)?, -1)
     }
 }
 
@@ -605,22 +554,23 @@ pub fn instance_scores(
 ) -> Result<InstanceNames, tch::TchError> {
     let _guard = tch::no_grad_guard();
     let device = patches.device();
-    let k = masks.size()[0];
-    let ry = Tensor::from_slice(&axis_coverage(rows, grid.0 as usize))
-        .view([grid.0, rows.cells as i64])
-        .to_device(device);
-    let rx = Tensor::from_slice(&axis_coverage(cols, grid.1 as usize))
-        .view([grid.1, cols.cells as i64])
-        .to_device(device);
-    let m = masks.to_device(device).to_kind(Kind::Float);
-    let coverage = ry.matmul(&m).matmul(&rx.tr()).reshape([k, grid.0 * grid.1]); // (K, P)
-    let total = coverage.sum_dim_intlist(-1, true, Kind::Float); // (K, 1)
-    let feats = l2_normalize(&patches.to_kind(Kind::Float), -1); // (P, C)
-    let embedding = l2_normalize(&(coverage.matmul(&feats) / &total), -1);
-    let scores = embedding.matmul(&classes.to_device(device).to_kind(Kind::Float).tr()); // (K, N)
-    let n = scores.size()[1];
-    let flat = Vec::<f32>::try_from(&scores.to_device(tch::Device::Cpu).contiguous().view([-1]))?;
-    let totals = Vec::<f32>::try_from(&total.to_device(tch::Device::Cpu).contiguous().view([-1]))?;
+    let (k, _, _) = masks.size3()?;
+    let ry = Tensor::f_from_slice(&axis_coverage(rows, grid.0 as usize))?
+        .f_view([grid.0, rows.cells as i64])?
+        .f_to_device(device)?;
+    let rx = Tensor::f_from_slice(&axis_coverage(cols, grid.1 as usize))?
+        .f_view([grid.1, cols.cells as i64])?
+        .f_to_device(device)?;
+    let m = masks.f_to_device(device)?.f_to_kind(Kind::Float)?;
+    let coverage = ry.f_matmul(&m)?.f_matmul(&rx.f_tr()?)?.f_reshape([k, grid.0 * grid.1])?; // (K, P)
+    let total = coverage.f_sum_dim_intlist(-1, true, Kind::Float)?; // (K, 1)
+    let feats = f_l2_normalize(&patches.f_to_kind(Kind::Float)?, -1)?; // (P, C)
+    let embedding = f_l2_normalize(&coverage.f_matmul(&feats)?.f_div(&total)?, -1)?;
+    let classes = classes.f_to_device(device)?.f_to_kind(Kind::Float)?;
+    let scores = embedding.f_matmul(&classes.f_tr()?)?; // (K, N)
+    let (_, n) = scores.size2()?;
+    let flat = Vec::<f32>::try_from(&scores.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_view([-1])?)?;
+    let totals = Vec::<f32>::try_from(&total.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_view([-1])?)?;
     Ok(InstanceNames {
         scores: flat
             .chunks(n.max(1) as usize)

@@ -54,7 +54,6 @@
 pub mod config;
 pub mod weights;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use tch::{nn, Device, Kind, Tensor};
@@ -65,14 +64,17 @@ pub use config::{Activation, Family, PosInterp, VitConfig, VitSize};
 pub use weights::{CONFIG_METADATA_KEY, SOURCE_METADATA_KEY};
 
 use crate::device::{DeviceError, Precision};
+use crate::layers::{LayerNorm, Linear, Weights};
 
 type TResult<T> = Result<T, tch::TchError>;
 
 /// Errors of loading or running a ViT; file errors name the path and the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum VitError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A weights file that cannot be read, or whose keys, shapes or dtypes are not the backbone's.
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightError),
+    /// Weights that cannot be written.
     #[error("{path}: not a valid safetensors file: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{path}: metadata `{key}`: {message}")]
@@ -97,15 +99,6 @@ pub enum VitError {
     UnknownBackbone { name: String, known: String },
     #[error("bad backbone spec `{spec}`: {message}")]
     BadSpec { spec: String, message: String },
-    #[error("{path}: {problem} ({model})")]
-    Keys {
-        path: PathBuf,
-        problem: mrdino_outputs::tensor_keys::KeyProblem,
-        /// The backbone the file was checked against.
-        model: String,
-    },
-    #[error("{path}: key `{key}` has dtype {dtype}; expected a float type")]
-    Dtype { path: PathBuf, key: String, dtype: String },
     #[error("input images: {0}")]
     Input(String),
     #[error("input images: {height_px}×{width_px} px is not a multiple of the patch size {patch_px} px")]
@@ -164,46 +157,6 @@ impl Default for ForwardOptions {
             norm: true,
             cls_attention_logits: false,
         }
-    }
-}
-
-pub(crate) struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn new(path: &nn::Path, w: &mut Weights, bias: bool) -> Self {
-        Self {
-            weight: w.var(path, "weight"),
-            bias: bias.then(|| w.var(path, "bias")),
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> TResult<Tensor> {
-        x.f_linear(&self.weight, self.bias.as_ref())
-    }
-}
-
-pub(crate) struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    dim: i64,
-    eps: f64,
-}
-
-impl LayerNorm {
-    pub(crate) fn new(path: &nn::Path, w: &mut Weights, dim: i64, eps: f64) -> Self {
-        Self {
-            weight: w.var(path, "weight"),
-            bias: w.var(path, "bias"),
-            dim,
-            eps,
-        }
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> TResult<Tensor> {
-        x.f_layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
     }
 }
 
@@ -339,36 +292,36 @@ impl Block {
         let ls = |name: &str, w: &mut Weights| spec.layer_scale.then(|| w.var(&(path / name), "gamma"));
         let attn = path / "attn";
         let mlp = path / "mlp";
-        let qkv = Linear::new(&(&attn / "qkv"), w, true);
+        let qkv = Linear::from_weights(&(&attn / "qkv"), w, true);
         if !spec.k_bias {
-            if let Some(bias) = &qkv.bias {
+            if let Some(bias) = qkv.bias() {
                 let zeroed = tch::no_grad(|| bias.f_narrow(0, spec.dim, spec.dim).and_then(|mut k| k.f_zero_()));
                 if let Err(e) = zeroed {
                     w.error.get_or_insert(e);
                 }
             }
         }
-        let norm1 = LayerNorm::new(&(path / "norm1"), w, spec.dim, spec.ln_eps);
+        let norm1 = LayerNorm::from_weights(&(path / "norm1"), w, spec.dim, spec.ln_eps);
         Self {
             norm1,
             attn: Attention {
                 qkv,
-                proj: Linear::new(&(&attn / "proj"), w, true),
+                proj: Linear::from_weights(&(&attn / "proj"), w, true),
                 heads: spec.heads,
                 causal: spec.causal,
             },
             ls1: ls("ls1", w),
-            norm2: LayerNorm::new(&(path / "norm2"), w, spec.dim, spec.ln_eps),
+            norm2: LayerNorm::from_weights(&(path / "norm2"), w, spec.dim, spec.ln_eps),
             mlp: if spec.gated_mlp {
                 Mlp::Gated {
-                    w1: Linear::new(&(&mlp / "w1"), w, true),
-                    w2: Linear::new(&(&mlp / "w2"), w, true),
-                    w3: Linear::new(&(&mlp / "w3"), w, true),
+                    w1: Linear::from_weights(&(&mlp / "w1"), w, true),
+                    w2: Linear::from_weights(&(&mlp / "w2"), w, true),
+                    w3: Linear::from_weights(&(&mlp / "w3"), w, true),
                 }
             } else {
                 Mlp::Plain {
-                    fc1: Linear::new(&(&mlp / "fc1"), w, true),
-                    fc2: Linear::new(&(&mlp / "fc2"), w, true),
+                    fc1: Linear::from_weights(&(&mlp / "fc1"), w, true),
+                    fc2: Linear::from_weights(&(&mlp / "fc2"), w, true),
                 }
             },
             ls2: ls("ls2", w),
@@ -398,36 +351,6 @@ impl Block {
             None => m,
         };
         Ok((x.f_add(&m)?, want_qkv.then_some(qkv)))
-    }
-}
-
-/// Hands out the loaded tensors as variables of a `VarStore`, so every parameter lives at the `nn::Path` that
-/// names it in the file.
-pub(crate) struct Weights {
-    pub(crate) tensors: HashMap<String, Tensor>,
-    pub(crate) error: Option<tch::TchError>,
-}
-
-impl Weights {
-    pub(crate) fn var(&mut self, path: &nn::Path, name: &str) -> Tensor {
-        let key = match path.components().next() {
-            Some(_) => format!("{}.{name}", path.components().collect::<Vec<_>>().join(".")),
-            None => name.to_string(),
-        };
-        match self.tensors.remove(&key) {
-            Some(t) => match path.f_var_copy(name, &t) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.error.get_or_insert(e);
-                    path.zeros_no_train(name, &[1])
-                }
-            },
-            None => {
-                self.error
-                    .get_or_insert_with(|| tch::TchError::Kind(format!("weight `{key}` was not loaded")));
-                path.zeros_no_train(name, &[1])
-            }
-        }
     }
 }
 
@@ -499,12 +422,12 @@ impl Vit {
         let register_tokens = (config.registers > 0).then(|| w.var(&root, "register_tokens"));
         let ln_pre = config
             .ln_pre
-            .then(|| LayerNorm::new(&(&root / "ln_pre"), &mut w, config.embed_dim, config.ln_eps));
+            .then(|| LayerNorm::from_weights(&(&root / "ln_pre"), &mut w, config.embed_dim, config.ln_eps));
         let blocks_path = &root / "blocks";
         let blocks = (0..config.depth)
             .map(|i| Block::new(&(&blocks_path / i), &mut w, &BlockSpec::of(&config)))
             .collect();
-        let norm = LayerNorm::new(&(&root / "norm"), &mut w, config.embed_dim, config.ln_eps);
+        let norm = LayerNorm::from_weights(&(&root / "norm"), &mut w, config.embed_dim, config.ln_eps);
         let proj = w.tensors.contains_key("proj").then(|| w.var(&root, "proj"));
         if let Some(e) = w.error {
             return Err(e.into());

@@ -14,17 +14,17 @@
 //! left out): a hub checkpoint converted on its own and the same tensors embedded in a converted reference
 //! checkpoint have one identity.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use mrdino_outputs::checkpoint::{parse_tensor_file, TensorFile};
-use mrdino_outputs::tensor_keys::check_keys;
+use mrdino_outputs::checkpoint::TensorFile;
 use mrdino_outputs::weights_id::{hex, Identity};
 use safetensors::tensor::Dtype;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use super::{VitConfig, VitError};
+use crate::weights::WeightSource;
 
 /// Metadata key holding the JSON configuration.
 pub const CONFIG_METADATA_KEY: &str = "mrdino.vit_config";
@@ -55,17 +55,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Reads and validates the weights file `path`; tensors are moved to `device` and cast to `kind`. The earlier
 /// identity of the weights is the SHA-256 of the file's bytes.
 pub fn load(path: &Path, config: Option<VitConfig>, device: Device, kind: Kind) -> Result<LoadedWeights, VitError> {
-    let bytes = std::fs::read(path).map_err(|source| VitError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let earlier = sha256_hex(&bytes);
-    let file = parse_tensor_file(path, &bytes).map_err(|e| VitError::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    drop(bytes);
-    let stored = match file.meta(CONFIG_METADATA_KEY) {
+    let source = WeightSource::open(path)?;
+    let stored = match source.meta(CONFIG_METADATA_KEY) {
         Some(json) => Some(VitConfig::from_json(json).map_err(|e| VitError::Metadata {
             path: path.to_path_buf(),
             key: CONFIG_METADATA_KEY.to_string(),
@@ -89,8 +80,8 @@ pub fn load(path: &Path, config: Option<VitConfig>, device: Device, kind: Kind) 
             })
         }
     };
-    let source_format = file.meta(SOURCE_METADATA_KEY).unwrap_or("unknown").to_string();
-    validated(&file, "", path, config, device, kind, Some(earlier), source_format)
+    let source_format = source.meta(SOURCE_METADATA_KEY).unwrap_or("unknown").to_string();
+    validated(source, "", config, device, kind, None, source_format)
 }
 
 /// Whether `file` embeds ViT weights under `prefix`.
@@ -110,7 +101,8 @@ pub fn load_embedded(
     kind: Kind,
 ) -> Result<LoadedWeights, VitError> {
     let earlier = earlier_converter_digest(file, prefix);
-    validated(file, prefix, path, config, device, kind, Some(earlier), "embedded".to_string())
+    let source = WeightSource::wrap(file, path);
+    validated(source, prefix, config, device, kind, Some(earlier), "embedded".to_string())
 }
 
 /// What `tools/convert_ocl_checkpoint.py` of earlier versions recorded as `mrdino.backbone_sha256`: SHA-256 over
@@ -127,62 +119,37 @@ pub fn earlier_converter_digest(file: &TensorFile, prefix: &str) -> String {
     hex(&h.finalize())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Checks the keys under `prefix` against `config` and reads them. The earlier identity is `earlier`, else the
+/// SHA-256 of the file's bytes.
 fn validated(
-    file: &TensorFile,
+    source: WeightSource<'_>,
     prefix: &str,
-    path: &Path,
     config: VitConfig,
     device: Device,
     kind: Kind,
     earlier: Option<String>,
     source_format: String,
 ) -> Result<LoadedWeights, VitError> {
-    let found: BTreeMap<String, Vec<i64>> = file
-        .under(prefix)
-        .map(|(name, t)| (name.to_string(), t.shape.iter().map(|&d| d as i64).collect()))
-        .collect();
+    let source = source.describing(format!("backbone `{}`", config.name));
     let mut expected = config.expected_keys();
     if config.family == super::Family::Dinov2 {
         expected.push(("mask_token".to_string(), vec![1, config.embed_dim]));
     }
-    check_keys(&found, &expected, OPTIONAL_KEYS).map_err(|problem| VitError::Keys {
-        path: path.to_path_buf(),
-        problem,
-        model: format!("backbone `{}`", config.name),
-    })?;
-    let id = file
-        .weights_id(prefix, |name| !UNUSED_KEYS.contains(&name))
-        .map_err(|e| VitError::Format {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    source.check_keys(prefix, &expected, OPTIONAL_KEYS, |_| true)?;
+    let identity = source.identity(prefix, |name| !UNUSED_KEYS.contains(&name), earlier)?;
     let mut tensors = HashMap::with_capacity(expected.len());
     for (key, shape) in &expected {
-        if UNUSED_KEYS.contains(&key.as_str()) {
+        let full = format!("{prefix}{key}");
+        if UNUSED_KEYS.contains(&key.as_str()) || !source.contains(&full) {
             continue;
         }
-        let Some(raw) = file.get(&format!("{prefix}{key}")) else { continue };
-        let source_kind = match raw.dtype {
-            Dtype::F32 => Kind::Float,
-            Dtype::F16 => Kind::Half,
-            Dtype::BF16 => Kind::BFloat16,
-            Dtype::F64 => Kind::Double,
-            other => {
-                return Err(VitError::Dtype {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
-        let t = Tensor::f_from_data_size(&raw.data, shape, source_kind)?;
+        let t = source.take(&full, shape)?;
         tensors.insert(key.clone(), t.f_to_kind(kind)?.f_to_device(device)?);
     }
     Ok(LoadedWeights {
         config,
-        path: path.to_path_buf(),
-        identity: Identity::new(id, earlier),
+        path: source.path().to_path_buf(),
+        identity,
         source_format,
         tensors,
     })

@@ -46,10 +46,9 @@ pub const MIN_SIDE: i64 = 128;
 /// Errors of loading or running RAFT; file errors name the path and the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a valid safetensors file: {message}")]
-    Format { path: PathBuf, message: String },
+    /// A weights file that cannot be read, or whose keys, shapes or dtypes are not the architecture's.
+    #[error(transparent)]
+    Weights(#[from] mrdino_model::weights::WeightError),
     #[error("{path}: metadata `{key}` = `{value}`: {message}")]
     Metadata {
         path: PathBuf,
@@ -57,15 +56,6 @@ pub enum RaftError {
         value: String,
         message: String,
     },
-    #[error("{path}: {problem} ({model})")]
-    Keys {
-        path: PathBuf,
-        problem: mrdino_outputs::tensor_keys::KeyProblem,
-        /// The architecture the file was checked against.
-        model: String,
-    },
-    #[error("{path}: key `{key}` has unsupported dtype {dtype} (expected a float type)")]
-    Dtype { path: PathBuf, key: String, dtype: String },
     #[error("compute kind {kind:?} is not supported on {device:?} (use Float, or Half/BFloat16 on CUDA)")]
     Kind { kind: Kind, device: Device },
     #[error("iterations must be at least 1")]
@@ -86,12 +76,12 @@ pub enum RaftError {
 impl From<RaftError> for FlowError {
     fn from(e: RaftError) -> Self {
         match &e {
-            RaftError::Io { path, .. }
-            | RaftError::Format { path, .. }
-            | RaftError::Metadata { path, .. }
-            | RaftError::Keys { path, .. }
-            | RaftError::Dtype { path, .. } => FlowError::File {
+            RaftError::Metadata { path, .. } => FlowError::File {
                 path: path.clone(),
+                message: e.to_string(),
+            },
+            RaftError::Weights(w) => FlowError::File {
+                path: w.path().to_path_buf(),
                 message: e.to_string(),
             },
             _ => FlowError::Backend(e.to_string()),

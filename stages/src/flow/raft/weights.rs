@@ -5,14 +5,14 @@
 //! context encoder has BatchNorm when its running statistics are present, otherwise the `context_norm` metadata
 //! decides between InstanceNorm (SMURF) and no norm (raft-small), with those as the per-arch defaults. From the
 //! architecture the full expected key list with shapes is generated, and the file must match it exactly
-//! (`num_batches_tracked` counters are ignored), so a mapping bug surfaces as an error naming the key.
+//! (`num_batches_tracked` counters are ignored), so a mapping bug surfaces as an error naming the key
+//! ([`mrdino_model::weights`], the weight source every loader reads).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use mrdino_outputs::tensor_keys::check_keys;
-use safetensors::tensor::{Dtype, SafeTensors};
-use mrdino_outputs::weights_id::{file_identity, Identity};
+use mrdino_model::weights::WeightSource;
+use mrdino_outputs::weights_id::Identity;
 use tch::{Device, Kind, Tensor};
 
 use super::RaftError;
@@ -318,30 +318,10 @@ fn meta_error(path: &Path, key: &str, value: &str, message: &str) -> RaftError {
 
 /// Reads, hashes and validates `path`; tensors are moved to `device` and cast to `kind` (float dtypes only).
 pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedWeights, RaftError> {
-    let bytes = std::fs::read(path).map_err(|source| RaftError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let identity = file_identity(path, &bytes, |_| true).map_err(|e| RaftError::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let format_error = |e: safetensors::SafeTensorError| RaftError::Format {
-        path: path.to_path_buf(),
-        message: format!("{e:?}"),
-    };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format_error)?;
-    let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
-    let st = SafeTensors::deserialize(&bytes).map_err(format_error)?;
-
-    let mut found: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for name in st.names() {
-        if name.ends_with("num_batches_tracked") {
-            continue;
-        }
-        let view = st.tensor(name).map_err(format_error)?;
-        found.insert(name.clone(), view.shape().iter().map(|&d| d as i64).collect());
-    }
+    let source = WeightSource::open(path)?;
+    let identity = source.identity("", |_| true, None)?;
+    let metadata = &source.file().metadata;
+    let found = source.shapes("", |name| !name.ends_with("num_batches_tracked"));
 
     let arch = match metadata.get("arch").map(String::as_str) {
         Some("large") => Arch::Large,
@@ -395,29 +375,13 @@ pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedWeights, Ra
 
     let architecture = Architecture::new(arch, context_norm);
     let expected = architecture.expected_keys();
-    check_keys(&found, &expected, &[]).map_err(|problem| RaftError::Keys {
-        path: path.to_path_buf(),
-        problem,
-        model: format!("raft-{} with context norm `{}`", arch.as_str(), context_norm.as_str()),
-    })?;
+    let model = format!("raft-{} with context norm `{}`", arch.as_str(), context_norm.as_str());
+    let source = source.describing(model);
+    source.check_keys("", &expected, &[], |name| !name.ends_with("num_batches_tracked"))?;
 
     let mut tensors = HashMap::with_capacity(expected.len());
     for (key, shape) in &expected {
-        let view = st.tensor(key).map_err(format_error)?;
-        let source_kind = match view.dtype() {
-            Dtype::F32 => Kind::Float,
-            Dtype::F16 => Kind::Half,
-            Dtype::BF16 => Kind::BFloat16,
-            Dtype::F64 => Kind::Double,
-            other => {
-                return Err(RaftError::Dtype {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
-        let t = Tensor::f_from_data_size(view.data(), shape, source_kind)?;
+        let t = source.take(key, shape)?;
         tensors.insert(key.clone(), t.f_to_kind(kind)?.f_to_device(device)?);
     }
 
