@@ -72,9 +72,7 @@ impl MetricsRow {
 /// a row does not depend on how many steps the run was asked for (a run extended by a larger `--steps` keeps the
 /// rows an uninterrupted longer run writes).
 pub fn collapse_verdict(rows: &[MetricsRow], n_slots: i64, step: u64) -> Option<Verdict> {
-    let fixed = step >= collapse::FIRST_CHECK_STEP
-        && (step - collapse::FIRST_CHECK_STEP).is_multiple_of(collapse::CHECK_EVERY_STEPS);
-    if !fixed {
+    if !collapse::is_check_step(step) {
         return None;
     }
     final_verdict(rows, n_slots, step)

@@ -75,6 +75,12 @@ pub fn check_steps(total_steps: u64) -> Vec<u64> {
     steps
 }
 
+/// Whether `step` is one of the fixed check steps of a run of any length: [`FIRST_CHECK_STEP`], then every
+/// [`CHECK_EVERY_STEPS`] ([`check_steps`] adds a run's last step to these).
+pub fn is_check_step(step: u64) -> bool {
+    step >= FIRST_CHECK_STEP && (step - FIRST_CHECK_STEP).is_multiple_of(CHECK_EVERY_STEPS)
+}
+
 /// The verdict at `check_step` from the logged `figures` (any order; rows outside the window are ignored) of a
 /// model with `n_slots` slots; `None` when no row lies in the window. One slot cannot collapse; figures that are
 /// not finite count as collapsed.
@@ -250,6 +256,8 @@ mod tests {
         assert_eq!(check_steps(1500), [500, 1500]);
         assert_eq!(check_steps(300), [300]);
         assert!(check_steps(0).is_empty());
+        let fixed: Vec<u64> = (0..=5000).filter(|&s| is_check_step(s)).collect();
+        assert_eq!(fixed, check_steps(5000)[..5], "the fixed checks are check_steps without the last step");
         let figures = logged(1500, 150, 0.5, 0.5);
         let all: Vec<u64> = verdicts(&figures, 4, 1500).iter().map(|v| v.step).collect();
         assert_eq!(all, [500, 1500]);
