@@ -29,6 +29,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::atomic::{AtomicFile, OutputError};
+use crate::provenance::FrameGeometry;
 use crate::rle::CocoRle;
 
 /// Version of the table layout; bumped on any incompatible change (not for added nullable columns that
@@ -147,6 +148,46 @@ pub struct FrameRow {
     pub excluded_reason: Option<ExcludedReason>,
     pub segment: Option<u32>,
     pub num_instances: u32,
+}
+
+/// Which frame a `frames` row describes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameId {
+    pub dataset: String,
+    pub sequence_id: String,
+    pub frame_index: u32,
+    pub frame_name: String,
+    pub source_path: String,
+}
+
+impl FrameRow {
+    /// The row of frame `id` on the label grid of `geometry`: labelled, nothing measured (not quasi-static, no
+    /// corner flow, no foreground fraction), no segment, no instances. A step sets what it measured with struct
+    /// update syntax.
+    pub fn new(id: FrameId, geometry: FrameGeometry) -> Self {
+        Self {
+            dataset: id.dataset,
+            sequence_id: id.sequence_id,
+            frame_index: id.frame_index,
+            frame_name: id.frame_name,
+            source_path: id.source_path,
+            height: geometry.height,
+            width: geometry.width,
+            orig_height: geometry.orig_height,
+            orig_width: geometry.orig_width,
+            resized_height: geometry.resized_height,
+            resized_width: geometry.resized_width,
+            crop_top: geometry.crop_top,
+            crop_left: geometry.crop_left,
+            quasi_static: false,
+            corner_flow_px: None,
+            fg_fraction: None,
+            labelled: true,
+            excluded_reason: None,
+            segment: None,
+            num_instances: 0,
+        }
+    }
 }
 
 /// One row of the `instances` table.

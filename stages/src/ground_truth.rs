@@ -354,28 +354,14 @@ mod tests {
     use super::*;
 
     fn frame(height: u32, width: u32) -> FrameRow {
-        FrameRow {
+        let id = mrdino_outputs::tables::FrameId {
             dataset: "frames".into(),
             sequence_id: "s".into(),
             frame_index: 0,
             frame_name: "000000".into(),
             source_path: "s/000000.png".into(),
-            height,
-            width,
-            orig_height: height,
-            orig_width: width,
-            resized_height: height,
-            resized_width: width,
-            crop_top: 0,
-            crop_left: 0,
-            quasi_static: false,
-            corner_flow_px: None,
-            fg_fraction: None,
-            labelled: true,
-            excluded_reason: None,
-            segment: None,
-            num_instances: 0,
-        }
+        };
+        crate::frame_rows::frame_row(id, &mrdino_datasets::Geometry::native(height as usize, width as usize))
     }
 
     #[test]

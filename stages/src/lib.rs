@@ -2,6 +2,7 @@
 //! they know nothing about files, threads or the command line (model weights come in through explicit loaders).
 
 pub mod flow;
+pub mod frame_rows;
 pub mod ground_truth;
 pub mod hdbscan;
 pub mod instances;

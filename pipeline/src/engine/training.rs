@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mrdino_model::collapse::{self, Figures, Verdict};
+use mrdino_model::collapse::{self, Choice, Figures, Verdict};
 use mrdino_model::dinosaur::Dinosaur;
 use mrdino_model::optim::Adam;
 use mrdino_model::tensors::{from_tch, to_tch};
@@ -555,13 +555,21 @@ pub fn print_run_status(dir: &Path) -> Result<bool> {
             );
         }
     }
-    let choice_path = dir.join("candidates").join("choice.json");
-    if let Ok(bytes) = std::fs::read(&choice_path) {
-        let choice: serde_json::Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not a candidates choice", choice_path.display()))?;
-        println!("  restarts: continued seed {} — {}", choice["chosen_seed"], choice["reason"].as_str().unwrap_or(""));
+    if let Some(choice) = read_choice(&dir.join("candidates").join("choice.json"))? {
+        println!("  restarts: continued seed {} — {}", choice.chosen_seed, choice.reason);
     }
     Ok(state.step >= steps)
+}
+
+/// The restarts' choice recorded at `path`, `None` when there is none yet.
+pub fn read_choice(path: &Path) -> Result<Option<Choice>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("{}: not a candidates choice", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 #[cfg(test)]

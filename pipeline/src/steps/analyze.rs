@@ -160,7 +160,7 @@ fn within_backbones(
                 }
             }
             stats.purity.push(purity_stats(name, representation, &mats, settings)?);
-            let points = pca_2d(&Tensor::f_cat(&mats, 0)?)
+            let points = pca_2d(&Tensor::f_cat(&mats, 0)?)?
                 .into_iter()
                 .enumerate()
                 .map(|(i, (x, y))| (x, y, i / frames))

@@ -35,9 +35,11 @@ use mrdino_outputs::bookkeeping::{FrameFailure, Ledger, PlannedUnit};
 use mrdino_outputs::checkpoint::{read_model_file, META_BACKBONE, META_BACKBONE_SHA256};
 use mrdino_outputs::layout::{Layout, LABELS_DATA_DIRS, PREDICTIONS_KIND};
 use mrdino_outputs::tables::{
-    frames_batch, prediction_instances_batch, write_parquet, ExcludedReason, InstanceOrigin, PredictionColumns,
-    SCHEMA_VERSION,
+    frames_batch, prediction_instances_batch, write_parquet, ExcludedReason, FrameId, InstanceOrigin,
+    PredictionColumns, SCHEMA_VERSION,
 };
+use mrdino_outputs::provenance::FrameGeometry;
+use mrdino_stages::frame_rows::frame_row;
 use mrdino_outputs::weights_id::{self, Identity};
 use mrdino_outputs::{CocoRle, FrameRow, InstanceRow};
 use serde::{Deserialize, Serialize};
@@ -197,37 +199,32 @@ fn push_rows(sequence: &Sequence, frame: &Pending, prediction: FramePrediction, 
         out.extra.push(object.columns);
     }
     let g = frame.geometry;
-    out.frames.push(FrameRow {
+    let id = FrameId {
         dataset,
         sequence_id: sequence.id.clone(),
         frame_index: frame.index as u32,
         frame_name: frame.name.clone(),
         source_path: frame.source_path.clone(),
+    };
+    out.frames.push(FrameRow {
         height,
         width,
-        orig_height: g.orig_height as u32,
-        orig_width: g.orig_width as u32,
-        resized_height: g.resized_height as u32,
-        resized_width: g.resized_width as u32,
-        crop_top: g.crop_top as u32,
-        crop_left: g.crop_left as u32,
-        quasi_static: false,
-        corner_flow_px: None,
         fg_fraction: Some(foreground as f32 / (height as f32 * width as f32)),
-        labelled: true,
-        excluded_reason: None,
-        segment: None,
         num_instances: count,
+        ..frame_row(id, &g)
     });
 }
 
 fn unreadable_row(sequence: &Sequence, index: usize, name: &str, grid: &WindowGrid) -> FrameRow {
-    FrameRow {
+    let id = FrameId {
         dataset: sequence.dataset.name().to_string(),
         sequence_id: sequence.id.clone(),
         frame_index: index as u32,
         frame_name: name.to_string(),
         source_path: sequence.source_path(index),
+    };
+    // The frame could not be read, so nothing is known of its original size: no provenance.
+    let grid = FrameGeometry {
         height: grid.image_height_px as u32,
         width: grid.image_width_px as u32,
         orig_height: 0,
@@ -236,13 +233,11 @@ fn unreadable_row(sequence: &Sequence, index: usize, name: &str, grid: &WindowGr
         resized_width: 0,
         crop_top: 0,
         crop_left: 0,
-        quasi_static: false,
-        corner_flow_px: None,
-        fg_fraction: None,
+    };
+    FrameRow {
         labelled: false,
         excluded_reason: Some(ExcludedReason::Unreadable),
-        segment: None,
-        num_instances: 0,
+        ..FrameRow::new(id, grid)
     }
 }
 

@@ -27,7 +27,8 @@ use mrdino_model::talk2dino::{frame_tensor, segment_frames, FrameRegions, Segmen
 use mrdino_outputs::bookkeeping::{FrameFailure, PlannedUnit};
 use mrdino_outputs::layout::{LabelCounts, Layout, LABELS_DATA_DIRS};
 use mrdino_outputs::names::prompted_instances_batch;
-use mrdino_outputs::tables::{frames_batch, write_parquet, InstanceOrigin, SCHEMA_VERSION};
+use mrdino_outputs::tables::{frames_batch, write_parquet, FrameId, InstanceOrigin, SCHEMA_VERSION};
+use mrdino_stages::frame_rows::frame_row;
 use mrdino_outputs::{CocoRle, FrameRow, InstanceRow};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -76,27 +77,17 @@ fn frame_rows(sequence: &Sequence, frame: &Frame, regions: FrameRegions) -> (Fra
         })
         .collect();
     let g = frame.geometry;
-    let row = FrameRow {
+    let id = FrameId {
         dataset,
         sequence_id: sequence.id.clone(),
         frame_index: frame.index as u32,
         frame_name: frame.name.clone(),
         source_path: sequence.source_path(frame.index),
-        height: g.height as u32,
-        width: g.width as u32,
-        orig_height: g.orig_height as u32,
-        orig_width: g.orig_width as u32,
-        resized_height: g.resized_height as u32,
-        resized_width: g.resized_width as u32,
-        crop_top: g.crop_top as u32,
-        crop_left: g.crop_left as u32,
-        quasi_static: false,
-        corner_flow_px: None,
+    };
+    let row = FrameRow {
         fg_fraction: Some(regions.foreground_px as f32 / (regions.height * regions.width).max(1) as f32),
-        labelled: true,
-        excluded_reason: None,
-        segment: None,
         num_instances: instances.len() as u32,
+        ..frame_row(id, &g)
     };
     (row, instances)
 }

@@ -156,6 +156,46 @@ pub fn choose(candidates: &[Candidate]) -> Option<usize> {
     })
 }
 
+/// The record of a choice among restarts (`RUN/candidates/choice.json` of `train dinosaur --candidates`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    /// N, S and the first seed, as given.
+    pub candidates: usize,
+    pub candidate_steps: u64,
+    pub first_seed: i64,
+    /// Each candidate's seed and its verdict at `candidate_steps`.
+    pub assessed: Vec<Candidate>,
+    /// The seed continued.
+    pub chosen_seed: i64,
+    /// Why, in one sentence.
+    pub reason: String,
+}
+
+impl Choice {
+    /// The choice among `assessed` ([`choose`]) of `candidates` restarts from `first_seed`, each assessed at
+    /// `candidate_steps`, with the reason in words. `None` for no candidates.
+    pub fn decide(candidates: usize, candidate_steps: u64, first_seed: i64, assessed: Vec<Candidate>) -> Option<Self> {
+        let index = choose(&assessed)?;
+        let chosen = &assessed[index];
+        let split = assessed.iter().filter(|c| !c.verdict.collapsed).count();
+        let reason = format!(
+            "{split} of {candidates} candidates not collapsed at step {candidate_steps}; seed {} has the lowest mask \
+             similarity ({:.3}){}",
+            chosen.seed,
+            chosen.verdict.mask_similarity,
+            if split == 0 { " (all collapsed: train longer or change the recipe)" } else { "" }
+        );
+        Some(Self {
+            candidates,
+            candidate_steps,
+            first_seed,
+            chosen_seed: chosen.seed,
+            assessed,
+            reason,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tch::{Device, Kind, Tensor};
@@ -291,5 +331,22 @@ mod tests {
         assert_eq!(choose(&tie), Some(1));
         let all_collapsed = [candidate(0, f64::NAN, true), candidate(1, 0.999, true)];
         assert_eq!(choose(&all_collapsed), Some(1));
+    }
+
+    #[test]
+    fn a_choice_records_the_flags_every_candidate_and_the_reason() {
+        assert_eq!(Choice::decide(4, 500, 0, Vec::new()), None);
+        let assessed = vec![candidate(7, 0.999, true), candidate(8, 0.92, false)];
+        let choice = Choice::decide(2, 500, 7, assessed.clone()).unwrap();
+        assert_eq!((choice.candidates, choice.candidate_steps, choice.first_seed), (2, 500, 7));
+        assert_eq!((choice.chosen_seed, &choice.assessed), (8, &assessed));
+        assert_eq!(
+            choice.reason,
+            "1 of 2 candidates not collapsed at step 500; seed 8 has the lowest mask similarity (0.920)"
+        );
+        let json = serde_json::to_vec(&choice).unwrap();
+        assert_eq!(serde_json::from_slice::<Choice>(&json).unwrap(), choice);
+        let none_split = Choice::decide(1, 500, 7, vec![candidate(7, 0.999, true)]).unwrap();
+        assert!(none_split.reason.ends_with("(all collapsed: train longer or change the recipe)"), "{}", none_split.reason);
     }
 }

@@ -100,11 +100,11 @@ pub const NO_VARIANCE_RMS: f64 = 1e-6;
 
 /// Whether the rows of X (n×p) differ: the RMS distance of the rows from their mean exceeds [`NO_VARIANCE_RMS`]
 /// times the RMS norm of the rows.
-pub fn has_variance(x: &Tensor) -> bool {
-    let x = x.to_kind(Kind::Double);
-    let spread = scalar(&centred(&x).square().sum(Kind::Double));
-    let size = scalar(&x.square().sum(Kind::Double));
-    spread.is_finite() && spread > NO_VARIANCE_RMS * NO_VARIANCE_RMS * size
+pub fn has_variance(x: &Tensor) -> Result<bool, SimilarityError> {
+    let x = x.f_to_kind(Kind::Double)?;
+    let spread = scalar(&centred(&x)?.f_square()?.f_sum(Kind::Double)?)?;
+    let size = scalar(&x.f_square()?.f_sum(Kind::Double)?)?;
+    Ok(spread.is_finite() && spread > NO_VARIANCE_RMS * NO_VARIANCE_RMS * size)
 }
 
 fn check_pair(x: &Tensor, y: &Tensor, statistic: &'static str, min_rows: i64) -> Result<(), SimilarityError> {
@@ -125,56 +125,56 @@ fn check_pair(x: &Tensor, y: &Tensor, statistic: &'static str, min_rows: i64) ->
     Ok(())
 }
 
-fn centred(x: &Tensor) -> Tensor {
-    let x = x.to_kind(Kind::Double);
-    &x - x.mean_dim(0, true, Kind::Double)
+fn centred(x: &Tensor) -> Result<Tensor, SimilarityError> {
+    let x = x.f_to_kind(Kind::Double)?;
+    Ok(x.f_sub(&x.f_mean_dim(0, true, Kind::Double)?)?)
 }
 
-fn scalar(t: &Tensor) -> f64 {
-    t.double_value(&[])
+fn scalar(t: &Tensor) -> Result<f64, SimilarityError> {
+    Ok(t.f_double_value(&[])?)
 }
 
 /// ‖YᵀX‖²_F, ‖XᵀX‖²_F and ‖YᵀY‖²_F of centred X (n×p) and Y (n×q), in the cheaper of the two forms.
-fn cka_norms(x: &Tensor, y: &Tensor) -> (f64, f64, f64) {
+fn cka_norms(x: &Tensor, y: &Tensor) -> Result<(f64, f64, f64), SimilarityError> {
     let (n, p, q) = (x.size()[0], x.size()[1], y.size()[1]);
     // Multiply-adds: n²(p + q) for the Gram matrices against n(pq + p² + q²) for the feature products.
     cka_norms_in(x, y, n * (p + q) < p * q + p * p + q * q)
 }
 
 /// `cka_norms` from the Gram matrices (`gram`) or from the feature-space products.
-fn cka_norms_in(x: &Tensor, y: &Tensor, gram: bool) -> (f64, f64, f64) {
-    let inner = |a: &Tensor, b: &Tensor| scalar(&(a * b).sum(Kind::Double));
+fn cka_norms_in(x: &Tensor, y: &Tensor, gram: bool) -> Result<(f64, f64, f64), SimilarityError> {
     if gram {
-        let (k, l) = (x.matmul(&x.tr()), y.matmul(&y.tr()));
-        (inner(&k, &l), inner(&k, &k), inner(&l, &l))
+        let inner = |a: &Tensor, b: &Tensor| scalar(&a.f_mul(b)?.f_sum(Kind::Double)?);
+        let (k, l) = (x.f_matmul(&x.f_tr()?)?, y.f_matmul(&y.f_tr()?)?);
+        Ok((inner(&k, &l)?, inner(&k, &k)?, inner(&l, &l)?))
     } else {
-        let norm = |a: &Tensor, b: &Tensor| scalar(&a.tr().matmul(b).square().sum(Kind::Double));
-        (norm(x, y), norm(x, x), norm(y, y))
+        let norm = |a: &Tensor, b: &Tensor| scalar(&a.f_tr()?.f_matmul(b)?.f_square()?.f_sum(Kind::Double)?);
+        Ok((norm(x, y)?, norm(x, x)?, norm(y, y)?))
     }
 }
 
 /// Linear CKA between X (n×p) and Y (n×q).
 pub fn linear_cka(x: &Tensor, y: &Tensor) -> Result<f64, SimilarityError> {
     check_pair(x, y, "CKA", 2)?;
-    let (cross, xx, yy) = cka_norms(&centred(x), &centred(y));
+    let (cross, xx, yy) = cka_norms(&centred(x)?, &centred(y)?)?;
     Ok(cross / (xx.sqrt() * yy.sqrt()))
 }
 
 /// Debiased linear CKA between X (n×p) and Y (n×q), n ≥ 4.
 pub fn linear_cka_debiased(x: &Tensor, y: &Tensor) -> Result<f64, SimilarityError> {
     check_pair(x, y, "debiased CKA", 4)?;
-    let (x, y) = (centred(x), centred(y));
+    let (x, y) = (centred(x)?, centred(y)?);
     let n = x.size()[0] as f64;
-    let rows_x = x.square().sum_dim_intlist(1, false, Kind::Double);
-    let rows_y = y.square().sum_dim_intlist(1, false, Kind::Double);
-    let (sum_x, sum_y) = (scalar(&rows_x.sum(Kind::Double)), scalar(&rows_y.sum(Kind::Double)));
-    let unbiased = |dot: f64, ra: &Tensor, rb: &Tensor, sa: f64, sb: f64| {
-        dot - n / (n - 2.0) * scalar(&ra.dot(rb)) + sa * sb / ((n - 1.0) * (n - 2.0))
+    let rows_x = x.f_square()?.f_sum_dim_intlist(1, false, Kind::Double)?;
+    let rows_y = y.f_square()?.f_sum_dim_intlist(1, false, Kind::Double)?;
+    let (sum_x, sum_y) = (scalar(&rows_x.f_sum(Kind::Double)?)?, scalar(&rows_y.f_sum(Kind::Double)?)?);
+    let unbiased = |dot: f64, ra: &Tensor, rb: &Tensor, sa: f64, sb: f64| -> Result<f64, SimilarityError> {
+        Ok(dot - n / (n - 2.0) * scalar(&ra.f_dot(rb)?)? + sa * sb / ((n - 1.0) * (n - 2.0)))
     };
-    let (cross, norm_x, norm_y) = cka_norms(&x, &y);
-    let xy = unbiased(cross, &rows_x, &rows_y, sum_x, sum_y);
-    let xx = unbiased(norm_x, &rows_x, &rows_x, sum_x, sum_x);
-    let yy = unbiased(norm_y, &rows_y, &rows_y, sum_y, sum_y);
+    let (cross, norm_x, norm_y) = cka_norms(&x, &y)?;
+    let xy = unbiased(cross, &rows_x, &rows_y, sum_x, sum_y)?;
+    let xx = unbiased(norm_x, &rows_x, &rows_x, sum_x, sum_x)?;
+    let yy = unbiased(norm_y, &rows_y, &rows_y, sum_y, sum_y)?;
     Ok(xy / (xx * yy).sqrt())
 }
 
@@ -210,13 +210,13 @@ fn cca_centred(x: &Tensor, y: &Tensor) -> Result<Cca, SimilarityError> {
 /// Canonical correlation analysis between X (n×p) and Y (n×q).
 pub fn cca(x: &Tensor, y: &Tensor) -> Result<Cca, SimilarityError> {
     check_pair(x, y, "CCA", 2)?;
-    cca_centred(&centred(x), &centred(y))
+    cca_centred(&centred(x)?, &centred(y)?)
 }
 
 /// Top singular directions of a centred matrix keeping `keep_variance` of Σσ² (at most `max_dims`), as `U_k Σ_k`.
 fn reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Result<Tensor, SimilarityError> {
-    let (u, s, _) = x.svd(true, true);
-    let var: Vec<f64> = Vec::<f64>::try_from(&s.square())?;
+    let (u, s, _) = x.f_svd(true, true)?;
+    let var: Vec<f64> = Vec::<f64>::try_from(&s.f_square()?)?;
     let total: f64 = var.iter().sum();
     let mut acc = 0.0;
     let mut k = 0;
@@ -228,13 +228,13 @@ fn reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Result<Ten
         }
     }
     let k = (k.min(max_dims.unwrap_or(usize::MAX)) as i64).max(1);
-    Ok(u.narrow(1, 0, k) * s.narrow(0, 0, k).unsqueeze(0))
+    Ok(u.f_narrow(1, 0, k)?.f_mul(&s.f_narrow(0, 0, k)?.f_unsqueeze(0)?)?)
 }
 
 /// Each side reduced to its top singular directions keeping `keep_variance` of the variance, at most `max_dims`
 /// (CCA needs clearly more examples than dimensions: with n ≤ dims every canonical correlation is 1).
 pub fn svd_reduce(x: &Tensor, keep_variance: f64, max_dims: Option<usize>) -> Result<Tensor, SimilarityError> {
-    reduce(&centred(x), keep_variance, max_dims)
+    reduce(&centred(x)?, keep_variance, max_dims)
 }
 
 /// SVCCA: mean canonical correlation after reducing each side to the directions keeping `keep_variance`
@@ -249,14 +249,18 @@ pub fn svcca(x: &Tensor, y: &Tensor, keep_variance: f64, max_dims: Option<usize>
 /// PWCCA: canonical correlations weighted by the share of the smaller side each canonical variate accounts for.
 pub fn pwcca(x: &Tensor, y: &Tensor) -> Result<f64, SimilarityError> {
     check_pair(x, y, "PWCCA", 2)?;
-    let (xc, yc) = (centred(x), centred(y));
+    let (xc, yc) = (centred(x)?, centred(y)?);
     let result = cca_centred(&xc, &yc)?;
     let (variates, acts) = if xc.size()[1] <= yc.size()[1] {
         (&result.variates_x, &xc)
     } else {
         (&result.variates_y, &yc)
     };
-    let weights = variates.tr().matmul(acts).abs().sum_dim_intlist(1, false, Kind::Double);
+    let weights = variates
+        .f_tr()?
+        .f_matmul(acts)?
+        .f_abs()?
+        .f_sum_dim_intlist(1, false, Kind::Double)?;
     let weights = Vec::<f64>::try_from(&weights)?;
     let total: f64 = weights.iter().sum();
     let weighted: f64 = weights.iter().zip(&result.correlations).map(|(w, r)| w * r).sum();
@@ -290,8 +294,10 @@ pub fn knn_purity(points: &Tensor, labels: &[usize], k: usize) -> Result<Purity,
     if k == 0 || k as i64 >= n {
         return Err(SimilarityError::BadK { k, points: n });
     }
-    let x = points.to_kind(Kind::Double);
-    let sq = x.square().sum_dim_intlist(1, false, Kind::Double);
+    let x = points.f_to_kind(Kind::Double)?;
+    let sq = x.f_square()?.f_sum_dim_intlist(1, false, Kind::Double)?;
+    let xt = x.f_tr()?;
+    let infinity = Tensor::f_from_slice(&[f64::INFINITY])?.f_to_device(x.device())?;
     let n_labels = labels.iter().max().map_or(0, |m| m + 1);
     let mut sum = vec![0.0f64; n_labels];
     let mut count = vec![0usize; n_labels];
@@ -299,19 +305,23 @@ pub fn knn_purity(points: &Tensor, labels: &[usize], k: usize) -> Result<Purity,
     let mut start = 0;
     while start < n {
         let len = BLOCK.min(n - start);
-        let block = x.narrow(0, start, len);
-        let d = sq.narrow(0, start, len).unsqueeze(1) + sq.unsqueeze(0) - block.matmul(&x.tr()) * 2.0;
-        let d = d.clamp_min(0.0);
+        let block = x.f_narrow(0, start, len)?;
+        let d = sq
+            .f_narrow(0, start, len)?
+            .f_unsqueeze(1)?
+            .f_add(&sq.f_unsqueeze(0)?)?
+            .f_sub(&block.f_matmul(&xt)?.f_mul_scalar(2.0)?)?;
+        let d = d.f_clamp_min(0.0)?;
         // Exclude the point itself.
-        let rows = Tensor::arange_start(start, start + len, (Kind::Int64, x.device()));
-        let d = d.index_put(
-            &[Some(Tensor::arange(len, (Kind::Int64, x.device()))), Some(rows)],
-            &Tensor::from(f64::INFINITY).to_device(x.device()),
+        let rows = Tensor::f_arange_start(start, start + len, (Kind::Int64, x.device()))?;
+        let d = d.f_index_put(
+            &[Some(Tensor::f_arange(len, (Kind::Int64, x.device()))?), Some(rows)],
+            &infinity,
             false,
-        );
+        )?;
         // Stable sort: equal distances keep index order.
-        let (_, order) = d.sort_stable(true, 1, false);
-        let nearest = Vec::<i64>::try_from(&order.narrow(1, 0, k as i64).flatten(0, -1))?;
+        let (_, order) = d.f_sort_stable(true, 1, false)?;
+        let nearest = Vec::<i64>::try_from(&order.f_narrow(1, 0, k as i64)?.f_flatten(0, -1)?)?;
         for i in 0..len as usize {
             let own = labels[start as usize + i];
             let same = nearest[i * k..(i + 1) * k]
@@ -361,13 +371,13 @@ pub fn bootstrap<F>(n: usize, resamples: usize, seed: u64, statistic: F) -> Resu
 where
     F: Fn(&Tensor) -> Result<f64, SimilarityError>,
 {
-    let all = Tensor::arange(n as i64, (Kind::Int64, tch::Device::Cpu));
+    let all = Tensor::f_arange(n as i64, (Kind::Int64, tch::Device::Cpu))?;
     let value = statistic(&all)?;
     let mut rng = SplitMix64::new(seed);
     let mut values = Vec::with_capacity(resamples);
     for _ in 0..resamples {
         let idx: Vec<i64> = (0..n).map(|_| rng.below(n as u64) as i64).collect();
-        values.push(statistic(&Tensor::from_slice(&idx))?);
+        values.push(statistic(&Tensor::f_from_slice(&idx)?)?);
     }
     Ok(Estimate {
         value,
@@ -389,14 +399,14 @@ pub fn bootstrap_defined<F>(
 where
     F: Fn(&Tensor) -> Result<f64, SimilarityError>,
 {
-    let all = Tensor::arange(n as i64, (Kind::Int64, tch::Device::Cpu));
+    let all = Tensor::f_arange(n as i64, (Kind::Int64, tch::Device::Cpu))?;
     let value = statistic(&all)?;
     let mut rng = SplitMix64::new(seed);
     let mut values = Vec::with_capacity(resamples);
     let mut undefined_resamples = 0;
     for _ in 0..resamples {
         let idx: Vec<i64> = (0..n).map(|_| rng.below(n as u64) as i64).collect();
-        match statistic(&Tensor::from_slice(&idx)) {
+        match statistic(&Tensor::f_from_slice(&idx)?) {
             Ok(v) => values.push(v),
             Err(e) if e.is_undefined() => undefined_resamples += 1,
             Err(e) => return Err(e),
@@ -453,13 +463,13 @@ pub fn pair_estimates(
     settings: BootstrapSettings,
     max_dims: usize,
 ) -> PairEstimates {
-    let n = x.size()[0] as usize;
+    let n = x.size().first().copied().unwrap_or(0) as usize;
     let reduced = svd_reduce(x, 0.99, Some(max_dims)).and_then(|rx| Ok((rx, svd_reduce(y, 0.99, Some(max_dims))?)));
     let estimate = |name: &'static str, a: &Tensor, b: &Tensor, f: &dyn Fn(&Tensor, &Tensor) -> Result<f64, SimilarityError>| {
         bootstrap_defined(n, settings.resamples, settings.seed, name, |idx| {
-            let (a, b) = (a.index_select(0, idx), b.index_select(0, idx));
+            let (a, b) = (a.f_index_select(0, idx)?, b.f_index_select(0, idx)?);
             for (side, m) in sides.iter().zip([&a, &b]) {
-                if !has_variance(m) {
+                if !has_variance(m)? {
                     return Err(SimilarityError::NoVariance {
                         statistic: name,
                         side: (*side).to_string(),
@@ -499,13 +509,17 @@ pub fn purity_estimates(
     k: usize,
     settings: BootstrapSettings,
 ) -> Result<PurityEstimates, SimilarityError> {
-    let n = per_label.first().map_or(0, |m| m.size()[0] as usize);
+    let n = per_label
+        .first()
+        .and_then(|m| m.size().first().copied())
+        .unwrap_or(0) as usize;
     let compute = |frames: &[i64]| -> Result<Purity, SimilarityError> {
-        let idx = Tensor::from_slice(frames);
-        let points = Tensor::cat(
-            &per_label.iter().map(|m| m.index_select(0, &idx)).collect::<Vec<_>>(),
-            0,
-        );
+        let idx = Tensor::f_from_slice(frames)?;
+        let selected = per_label
+            .iter()
+            .map(|m| m.f_index_select(0, &idx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let points = Tensor::f_cat(&selected, 0)?;
         let labels: Vec<usize> = (0..per_label.len())
             .flat_map(|v| std::iter::repeat_n(v, frames.len()))
             .collect();
@@ -554,31 +568,41 @@ pub fn purity_estimates(
 
 /// The first two principal-component scores of the rows of X (n×p), from the SVD of the centred matrix; each
 /// component's sign is fixed so that its largest-magnitude loading is positive (deterministic across runs).
-pub fn pca_2d(x: &Tensor) -> Vec<(f64, f64)> {
-    let xc = centred(x);
-    let (u, s, v) = xc.svd(true, true);
-    let k = s.size()[0].min(2);
+pub fn pca_2d(x: &Tensor) -> Result<Vec<(f64, f64)>, SimilarityError> {
+    let size = x.size();
+    if size.len() != 2 {
+        return Err(SimilarityError::NotMatrices {
+            x: size.clone(),
+            y: size,
+        });
+    }
+    let xc = centred(x)?;
+    let (u, s, v) = xc.f_svd(true, true)?;
+    let k = s.size1()?.min(2);
     let mut columns: Vec<Vec<f64>> = Vec::new();
     for c in 0..k {
-        let loading = v.select(1, c);
-        let pivot = loading.abs().argmax(None, false).int64_value(&[]);
-        let sign = if loading.double_value(&[pivot]) < 0.0 {
+        let loading = v.f_select(1, c)?;
+        let pivot = loading.f_abs()?.f_argmax(None, false)?.f_int64_value(&[])?;
+        let sign = if loading.f_double_value(&[pivot])? < 0.0 {
             -1.0
         } else {
             1.0
         };
-        let scores = u.select(1, c) * s.double_value(&[c]) * sign;
-        columns.push(Vec::<f64>::try_from(&scores).unwrap_or_default());
+        let scores = u
+            .f_select(1, c)?
+            .f_mul_scalar(s.f_double_value(&[c])?)?
+            .f_mul_scalar(sign)?;
+        columns.push(Vec::<f64>::try_from(&scores)?);
     }
-    let n = xc.size()[0] as usize;
-    (0..n)
+    let n = size[0] as usize;
+    Ok((0..n)
         .map(|i| {
             (
                 columns.first().map_or(0.0, |c| c[i]),
                 columns.get(1).map_or(0.0, |c| c[i]),
             )
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -587,15 +611,15 @@ mod tests {
 
     fn random(n: i64, p: i64, seed: i64) -> Tensor {
         tch::manual_seed(seed);
-        centred(&Tensor::randn([n, p], (Kind::Double, tch::Device::Cpu)))
+        centred(&Tensor::randn([n, p], (Kind::Double, tch::Device::Cpu))).unwrap()
     }
 
     #[test]
     fn gram_and_feature_forms_of_the_cka_norms_agree() {
         for (n, p, q) in [(12, 300, 200), (80, 6, 9), (30, 30, 30)] {
             let (x, y) = (random(n, p, 1), random(n, q, 2));
-            let gram = cka_norms_in(&x, &y, true);
-            let feature = cka_norms_in(&x, &y, false);
+            let gram = cka_norms_in(&x, &y, true).unwrap();
+            let feature = cka_norms_in(&x, &y, false).unwrap();
             for (g, f) in [(gram.0, feature.0), (gram.1, feature.1), (gram.2, feature.2)] {
                 assert!((g - f).abs() <= 1e-12 * f.abs(), "n {n}, p {p}, q {q}: {g} vs {f}");
             }
@@ -606,8 +630,23 @@ mod tests {
     fn cka_norms_take_the_gram_form_for_wide_representations() {
         // 12 frames of 2048-D features: n²(p + q) ≈ 0.6 M multiply-adds against n(pq + p² + q²) ≈ 150 M.
         let (x, y) = (random(12, 2048, 3), random(12, 2048, 4));
-        assert_eq!(cka_norms(&x, &y), cka_norms_in(&x, &y, true));
+        assert_eq!(cka_norms(&x, &y).unwrap(), cka_norms_in(&x, &y, true).unwrap());
         let (x, y) = (random(200, 8, 3), random(200, 8, 4));
-        assert_eq!(cka_norms(&x, &y), cka_norms_in(&x, &y, false));
+        assert_eq!(cka_norms(&x, &y).unwrap(), cka_norms_in(&x, &y, false).unwrap());
+    }
+
+    #[test]
+    fn projections_of_what_is_not_a_matrix_are_an_error() {
+        let v = Tensor::from_slice(&[1.0f64, 2.0, 3.0]);
+        assert_eq!(
+            pca_2d(&v),
+            Err(SimilarityError::NotMatrices {
+                x: vec![3],
+                y: vec![3]
+            })
+        );
+        let points = pca_2d(&random(5, 3, 7)).unwrap();
+        assert_eq!(points.len(), 5);
+        assert!(points.iter().all(|(x, y)| x.is_finite() && y.is_finite()));
     }
 }

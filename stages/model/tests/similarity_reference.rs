@@ -130,7 +130,7 @@ fn purity_matches_sklearn_neighbours() {
 
 #[test]
 fn pca_matches_sklearn() {
-    let scores = pca_2d(get("points"));
+    let scores = pca_2d(get("points")).unwrap();
     let expected = get("pca");
     for (i, (x, y)) in scores.iter().enumerate() {
         let (ex, ey) = (

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use mrdino_datasets::{Geometry, Sequence};
-use mrdino_outputs::tables::{ExcludedReason, ScoreAndTrack};
+use mrdino_outputs::tables::{ExcludedReason, FrameId, ScoreAndTrack};
+use mrdino_stages::frame_rows::frame_row;
 use mrdino_outputs::{FrameRow, InstanceRow};
 use mrdino_stages::score::instance_score;
 use mrdino_stages::tracks::{assign_tracks, TrackFrame, TrackParams, TrackedInstance};
@@ -163,20 +164,14 @@ pub fn resolve(
             });
         }
         let g = meta.geometry.unwrap_or(geometry);
-        rows.frames.push(FrameRow {
+        let id = FrameId {
             dataset: dataset.clone(),
             sequence_id: sequence.id.clone(),
             frame_index: i as u32,
             frame_name: meta.name.clone(),
             source_path: meta.source_path.clone(),
-            height: g.height as u32,
-            width: g.width as u32,
-            orig_height: g.orig_height as u32,
-            orig_width: g.orig_width as u32,
-            resized_height: g.resized_height as u32,
-            resized_width: g.resized_width as u32,
-            crop_top: g.crop_top as u32,
-            crop_left: g.crop_left as u32,
+        };
+        rows.frames.push(FrameRow {
             quasi_static: analysis.as_ref().is_some_and(|a| a.passes),
             corner_flow_px: analysis.as_ref().and_then(|a| a.corners),
             fg_fraction: analysis.as_ref().and_then(|a| a.fg_fraction),
@@ -184,6 +179,7 @@ pub fn resolve(
             excluded_reason: reason,
             segment,
             num_instances: instances.len() as u32,
+            ..frame_row(id, &g)
         });
     }
     Ok(rows)

@@ -20,32 +20,16 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
-use mrdino_model::collapse::{self, Candidate, Verdict};
+use mrdino_model::collapse::{self, Candidate, Choice};
 use mrdino_outputs::checkpoint::RunLayout;
 use mrdino_outputs::write_atomic;
-use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::{open_source, train_run};
 use crate::cli::train::DinosaurTrainArgs;
 use crate::engine::stop::{StopHandle, EXIT_STOPPED};
-use crate::engine::training::{logged_rows, prepare_run_dir};
+use crate::engine::training::{logged_rows, prepare_run_dir, read_choice};
 use crate::settings::train::TrainParams;
-
-/// `RUN/candidates/choice.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Choice {
-    /// N, S and the first seed, as given.
-    pub candidates: usize,
-    pub candidate_steps: u64,
-    pub first_seed: i64,
-    /// Each candidate's seed and its verdict at `candidate_steps`.
-    pub assessed: Vec<Candidate>,
-    /// The seed continued.
-    pub chosen_seed: i64,
-    /// Why, in one sentence.
-    pub reason: String,
-}
 
 /// S: `--candidate-steps`, default the first collapse check step; it must leave steps to continue.
 fn candidate_steps(args: &DinosaurTrainArgs, params: &TrainParams) -> Result<u64> {
@@ -88,7 +72,7 @@ pub fn choose(
                     Err(stopped) => return Ok(Some(stopped)),
                 }
             }
-            let choice = decide(args.candidates, steps, params.seed, assessed)?;
+            let choice = Choice::decide(args.candidates, steps, params.seed, assessed).context("no candidates")?;
             write_atomic(&choice_path, &serde_json::to_vec_pretty(&choice)?)?;
             choice
         }
@@ -135,38 +119,6 @@ fn train_candidate(
         eprintln!("  seed {}: {}", p.seed, verdict.reason);
     }
     Ok(Ok(Candidate { seed: p.seed, verdict }))
-}
-
-/// The choice among `assessed`.
-fn decide(candidates: usize, steps: u64, first_seed: i64, assessed: Vec<Candidate>) -> Result<Choice> {
-    let index = collapse::choose(&assessed).context("no candidates")?;
-    let chosen: &Verdict = &assessed[index].verdict;
-    let split = assessed.iter().filter(|c| !c.verdict.collapsed).count();
-    let reason = format!(
-        "{split} of {candidates} candidates not collapsed at step {steps}; seed {} has the lowest mask similarity \
-         ({:.3}){}",
-        assessed[index].seed,
-        chosen.mask_similarity,
-        if split == 0 { " (all collapsed: train longer or change the recipe)" } else { "" }
-    );
-    Ok(Choice {
-        candidates,
-        candidate_steps: steps,
-        first_seed,
-        chosen_seed: assessed[index].seed,
-        assessed,
-        reason,
-    })
-}
-
-fn read_choice(path: &Path) -> Result<Option<Choice>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).with_context(|| format!("{}: not a candidates choice", path.display()))?,
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
 }
 
 fn check_same(choice: &Choice, candidates: usize, steps: u64, seed: i64, path: &Path) -> Result<()> {
