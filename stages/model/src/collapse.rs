@@ -347,6 +347,7 @@ mod tests {
         let json = serde_json::to_vec(&choice).unwrap();
         assert_eq!(serde_json::from_slice::<Choice>(&json).unwrap(), choice);
         let none_split = Choice::decide(1, 500, 7, vec![candidate(7, 0.999, true)]).unwrap();
-        assert!(none_split.reason.ends_with("(all collapsed: train longer or change the recipe)"), "{}", none_split.reason);
+        let reason = none_split.reason;
+        assert!(reason.ends_with("(all collapsed: train longer or change the recipe)"), "{reason}");
     }
 }
