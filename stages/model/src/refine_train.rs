@@ -40,6 +40,8 @@ pub enum RefineTrainError {
     Convert(#[from] TensorConvError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Optim(#[from] crate::optim::OptimError),
     #[error("{path}: the stage-2 checkpoint lacks {key}")]
     MissingHead { path: PathBuf, key: String },
     #[error("{path}: {key} has shape {got:?}, expected {expected:?}")]
@@ -161,7 +163,7 @@ pub fn refine_step(
     };
     let indices: Vec<i64> = (0..b).map(|i| first_sample as i64 + i).collect();
     let noise = slot_noise(step.seed, &indices, 1, c.n_slots, c.slot_dim, step.model.device());
-    adam.zero_grad();
+    adam.zero_grad()?;
     let (loss, mask_similarity, attention_entropy) = match &step.head {
         None => {
             let out = step.model.forward(features, &noise)?;
@@ -190,8 +192,8 @@ pub fn refine_step(
         });
     }
     loss.f_backward()?;
-    let grad_norm = adam.clip_grad_norm(step.clip_grad_norm);
-    adam.step(step.lr);
+    let grad_norm = adam.clip_grad_norm(step.clip_grad_norm)?;
+    adam.step(step.lr)?;
     Ok(StepMetrics {
         loss: value,
         lr: step.lr,
