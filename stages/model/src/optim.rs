@@ -195,7 +195,13 @@ impl Adam {
 }
 
 /// One Adam update of parameter `p` with gradient `grad` (see the module docs), in place.
-fn adam_update(p: &Tensor, grad: &Tensor, state: &mut AdamState, config: &AdamConfig, lr: f64) -> Result<(), OptimError> {
+fn adam_update(
+    p: &Tensor,
+    grad: &Tensor,
+    state: &mut AdamState,
+    config: &AdamConfig,
+    lr: f64,
+) -> Result<(), OptimError> {
     let AdamConfig { beta1, beta2, eps } = *config;
     state.step += 1;
     let _ = state.exp_avg.f_lerp_(grad, 1.0 - beta1)?;

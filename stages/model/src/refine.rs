@@ -225,10 +225,7 @@ pub fn stage1_loss(alpha: &Tensor, masks: &Tensor) -> Result<RefineLoss, RefineE
     let device = alpha.device();
     if elements.is_empty() {
         return Ok(RefineLoss {
-            loss: alpha
-                .f_sum(alpha.kind())?
-                .f_mul_scalar(0.0)?
-                .f_to_kind(alpha.kind())?,
+            loss: alpha.f_sum(alpha.kind())?.f_mul_scalar(0.0)?.f_to_kind(alpha.kind())?,
             matches,
         });
     }
@@ -245,12 +242,7 @@ pub fn stage1_loss(alpha: &Tensor, masks: &Tensor) -> Result<RefineLoss, RefineE
         .f_clamp(WBCE_EPSILON, 1.0 - WBCE_EPSILON)?;
     let r = m.f_mean_dim(-1, true, kind)?;
     // −(2 − r)·m·log W − (1 − m)·log(1 − W), operation by operation as the operator form evaluates it.
-    let foreground_term = r
-        .f_neg()?
-        .f_add_scalar(2.0)?
-        .f_neg()?
-        .f_mul(&m)?
-        .f_mul(&w.f_log()?)?;
+    let foreground_term = r.f_neg()?.f_add_scalar(2.0)?.f_neg()?.f_mul(&m)?.f_mul(&w.f_log()?)?;
     let background_term = m
         .f_neg()?
         .f_add_scalar(1.0)?

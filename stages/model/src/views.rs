@@ -486,8 +486,7 @@ pub fn movi_e_training_view_px(image: &Tensor, ids: &Tensor, view_px: i64) -> Re
     let (top, left) = (offset(new_h), offset(new_w));
     let crop = |t: &Tensor| {
         let dims = t.dim() as i64;
-        t.f_narrow(dims - 2, top, view_px)?
-            .f_narrow(dims - 1, left, view_px)
+        t.f_narrow(dims - 2, top, view_px)?.f_narrow(dims - 1, left, view_px)
     };
     Ok((crop(&resized_image)?, crop(&resized_ids)?))
 }
