@@ -266,26 +266,25 @@ pub struct SlotDeactivation {
 }
 
 impl SlotDeactivation {
-    /// `path` is the MLP's own path, e.g. `root / "object_decoder" / "slot_decoder"`.
-    pub fn new(path: &nn::Path, slot_dim: i64, hidden: i64) -> Self {
-        let layer = |name: &str, fan_in: i64, fan_out: i64| {
+    /// `path` is the MLP's own path, e.g. `root / "object_decoder" / "slot_decoder"`. The layers are made as
+    /// `nn::linear` makes them (bias, then weight), with the fallible variable constructor.
+    pub fn new(path: &nn::Path, slot_dim: i64, hidden: i64) -> Result<Self, RefineError> {
+        let layer = |name: &str, fan_in: i64, fan_out: i64| -> Result<nn::Linear, tch::TchError> {
             let bound = 1.0 / (fan_in as f64).sqrt();
-            let config = nn::LinearConfig {
-                ws_init: nn::Init::Uniform { lo: -bound, up: bound },
-                bs_init: Some(nn::Init::Const(0.0)),
-                bias: true,
-            };
-            nn::linear(path / name, fan_in, fan_out, config)
+            let layer_path = path / name;
+            let bs = layer_path.f_var("bias", &[fan_out], nn::Init::Const(0.0))?;
+            let ws = layer_path.f_var("weight", &[fan_out, fan_in], nn::Init::Uniform { lo: -bound, up: bound })?;
+            Ok(nn::Linear { ws, bs: Some(bs) })
         };
-        Self {
+        Ok(Self {
             slot_dim,
             layers: [
-                layer("0", slot_dim, hidden),
-                layer("2", hidden, hidden),
-                layer("4", hidden, hidden),
-                layer("6", hidden, 1),
+                layer("0", slot_dim, hidden)?,
+                layer("2", hidden, hidden)?,
+                layer("4", hidden, hidden)?,
+                layer("6", hidden, 1)?,
             ],
-        }
+        })
     }
 
     /// Deactivation weights w ∈ (0, 1) of slots (B, K, D), shape (B, K).
