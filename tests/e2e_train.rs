@@ -39,7 +39,7 @@ fn synth(dir: &Path, size: &str) -> PathBuf {
 
 /// Feature cache of every synth frame through the random conv backbone, one shard per sequence.
 fn build_cache(frames: &Path, cache: &Path) {
-    let backbone = ConvPatchBackbone::new(16, 32, 0, Device::Cpu);
+    let backbone = ConvPatchBackbone::new(16, 32, 0, Device::Cpu).unwrap();
     let sequences = list_sequences(&SourceOptions {
         kind: DatasetKind::Frames,
         root: frames.to_path_buf(),

@@ -297,7 +297,7 @@ impl Collector<'_> {
         let mut images = Vec::new();
         for variant in Variant::ALL {
             let name = format!("{}_{}.png", self.examples.len(), variant.name());
-            let rgb = to_rgb_bytes(&make_variant(image, fg, variant, &self.settings.variants))?;
+            let rgb = to_rgb_bytes(&make_variant(image, fg, variant, &self.settings.variants)?)?;
             write_rgb_png(&self.examples_dir.join(&name), &rgb, h, w)?;
             images.push((variant.name().to_string(), format!("examples/{name}")));
         }

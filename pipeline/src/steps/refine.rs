@@ -305,7 +305,8 @@ fn refine(stage: ModelStage, args: &RefineArgs, stop: &StopHandle) -> Result<Exi
     let head = params
         .stage2
         .as_ref()
-        .map(|s2| TrainableHead::new(config.slot_dim, s2.hidden, params.seed, device));
+        .map(|s2| TrainableHead::new(config.slot_dim, s2.hidden, params.seed, device))
+        .transpose()?;
     if let Some(head) = &head {
         trained.extend(head.named_parameters());
     }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use mrdino_outputs::checkpoint::{TensorFile, BACKBONE_PREFIX, META_BACKBONE};
 use mrdino_outputs::weights_id::{weights_id_f32, Identity};
 use sha2::{Digest, Sha256};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use crate::train::SplitMix64;
 use crate::vit::weights::has_embedded;
@@ -63,12 +63,15 @@ impl ConvPatchBackbone {
     /// Weights U(±1/√(3·ps²)) and biases U(±0.5) drawn from SplitMix64(`seed`), independent of libtorch's
     /// generator. The identity is that of the tensors `patch_embed.weight` (C, 3, ps, ps) and `patch_embed.bias`
     /// (C); earlier versions recorded the SHA-256 of the float32 weight and bias bytes, which stays its earlier
-    /// value.
-    pub fn new(patch: i64, channels: i64, seed: u64, device: Device) -> Self {
+    /// value. Sizes that are not positive, or that would draw more than [`MAX_SEEDED_WEIGHTS`] weights, are a
+    /// [`FeatureError::SeededSize`] before anything is drawn.
+    pub fn new(patch: i64, channels: i64, seed: u64, device: Device) -> Result<Self, FeatureError> {
+        let name = format!("random-conv-p{patch}-c{channels}");
+        let count = seeded_weight_count(&name, &[channels, 3, patch, patch])?;
         let mut rng = SplitMix64::new(seed);
         let fan_in = 3 * patch * patch;
         let bound = 1.0 / (fan_in as f64).sqrt();
-        let w: Vec<f32> = (0..channels * fan_in)
+        let w: Vec<f32> = (0..count)
             .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
             .collect();
         let b: Vec<f32> = (0..channels).map(|_| (rng.next_f64() - 0.5) as f32).collect();
@@ -78,18 +81,18 @@ impl ConvPatchBackbone {
             ("patch_embed.bias", &shape[..1], b.as_slice()),
         ]);
         let identity = Identity::new(id, Some(sha256_f32(w.iter().chain(&b))));
-        Self {
-            name: format!("random-conv-p{patch}-c{channels}"),
+        Ok(Self {
+            name,
             identity,
             patch,
             channels,
             position_code: false,
-            weight: Tensor::from_slice(&w)
-                .reshape([channels, 3, patch, patch])
-                .to_device(device),
-            bias: Tensor::from_slice(&b).to_device(device),
+            weight: Tensor::f_from_slice(&w)?
+                .f_reshape([channels, 3, patch, patch])?
+                .f_to_device(device)?,
+            bias: Tensor::f_from_slice(&b)?.f_to_device(device)?,
             device,
-        }
+        })
     }
 
     /// The same backbone with the position code added to the convolution's output (name suffix `-pos`; the
@@ -103,41 +106,46 @@ impl ConvPatchBackbone {
         Some(self)
     }
 
-    /// Parses `random-conv-p<PS>-c<C>` and `random-conv-p<PS>-c<C>-pos` (seed 0).
-    pub fn from_name(name: &str, device: Device) -> Option<Self> {
-        let (p, c, pos) = parse_seeded_name(name, "random-conv-p")?;
-        let backbone = Self::new(p, c, 0, device);
-        if pos {
+    /// Parses `random-conv-p<PS>-c<C>` and `random-conv-p<PS>-c<C>-pos` (seed 0); `Ok(None)` for another name
+    /// or a `-pos` with C not divisible by 4, an error when the weights cannot be made ([`Self::new`]).
+    pub fn from_name(name: &str, device: Device) -> Result<Option<Self>, FeatureError> {
+        let Some((p, c, pos)) = parse_seeded_name(name, "random-conv-p") else {
+            return Ok(None);
+        };
+        let backbone = Self::new(p, c, 0, device)?;
+        Ok(if pos {
             backbone.with_position_code()
         } else {
             Some(backbone)
-        }
+        })
     }
 }
 
 /// The fixed 2-D sine–cosine position code as MAE builds it, (C, gh, gw): the first C/2 channels
 /// code the column, the last C/2 the row, each as sin then cos of the patch index times the frequencies
 /// 1 / 10000^(k / (C/4)), k = 0 … C/4 − 1.
-pub fn sincos_position_code(channels: i64, grid_h: i64, grid_w: i64, device: Device) -> Tensor {
+pub fn sincos_position_code(channels: i64, grid_h: i64, grid_w: i64, device: Device) -> Result<Tensor, TchError> {
     let quarter = channels / 4;
-    let omega = Tensor::arange(quarter, (Kind::Float, device))
-        .divide_scalar(quarter as f64)
-        .multiply_scalar(-(10000f64.ln()))
-        .exp();
-    let code = |n: i64| {
-        let angles = Tensor::arange(n, (Kind::Float, device)).unsqueeze(1) * omega.unsqueeze(0);
-        Tensor::cat(&[angles.sin(), angles.cos()], 1)
+    let omega = Tensor::f_arange(quarter, (Kind::Float, device))?
+        .f_divide_scalar(quarter as f64)?
+        .f_multiply_scalar(-(10000f64.ln()))?
+        .f_exp()?;
+    let code = |n: i64| -> Result<Tensor, TchError> {
+        let angles = Tensor::f_arange(n, (Kind::Float, device))?
+            .f_unsqueeze(1)?
+            .f_mul(&omega.f_unsqueeze(0)?)?;
+        Tensor::f_cat(&[angles.f_sin()?, angles.f_cos()?], 1)
     };
-    let (cols, rows) = (code(grid_w), code(grid_h)); // (gw, C/2), (gh, C/2)
+    let (cols, rows) = (code(grid_w)?, code(grid_h)?); // (gw, C/2), (gh, C/2)
     let cols = cols
-        .transpose(0, 1)
-        .unsqueeze(1)
-        .expand([2 * quarter, grid_h, grid_w], false);
+        .f_transpose(0, 1)?
+        .f_unsqueeze(1)?
+        .f_expand([2 * quarter, grid_h, grid_w], false)?;
     let rows = rows
-        .transpose(0, 1)
-        .unsqueeze(2)
-        .expand([2 * quarter, grid_h, grid_w], false);
-    Tensor::cat(&[cols, rows], 0)
+        .f_transpose(0, 1)?
+        .f_unsqueeze(2)?
+        .f_expand([2 * quarter, grid_h, grid_w], false)?;
+    Tensor::f_cat(&[cols, rows], 0)
 }
 
 impl Backbone for ConvPatchBackbone {
@@ -182,7 +190,7 @@ impl Backbone for ConvPatchBackbone {
             )?;
             let y = if self.position_code {
                 let (_, _, grid_h, grid_w) = y.size4()?;
-                y.f_add(&sincos_position_code(self.channels, grid_h, grid_w, self.device).f_unsqueeze(0)?)?
+                y.f_add(&sincos_position_code(self.channels, grid_h, grid_w, self.device)?.f_unsqueeze(0)?)?
             } else {
                 y
             };
@@ -193,12 +201,31 @@ impl Backbone for ConvPatchBackbone {
 }
 
 /// A backbone generated from a seed, by name: `random-conv-p<PS>-c<C>[-pos]` ([`ConvPatchBackbone`]) or
-/// `random-colour-p<PS>-c<C>[-pos]` ([`ColourFourierBackbone`]); `None` for any other name.
-pub fn seeded_backbone(name: &str, device: Device) -> Option<Box<dyn Backbone>> {
-    if let Some(b) = ConvPatchBackbone::from_name(name, device) {
-        return Some(Box::new(b));
+/// `random-colour-p<PS>-c<C>[-pos]` ([`ColourFourierBackbone`]); `Ok(None)` for any other name, an error when
+/// the named sizes cannot be made ([`FeatureError::SeededSize`]).
+pub fn seeded_backbone(name: &str, device: Device) -> Result<Option<Box<dyn Backbone>>, FeatureError> {
+    if let Some(b) = ConvPatchBackbone::from_name(name, device)? {
+        return Ok(Some(Box::new(b)));
     }
-    ColourFourierBackbone::from_name(name, device).map(|b| Box::new(b) as Box<dyn Backbone>)
+    Ok(ColourFourierBackbone::from_name(name, device)?.map(|b| Box::new(b) as Box<dyn Backbone>))
+}
+
+/// Most weights a seeded backbone draws (2^28 float32 values, 1 GiB); a name asking for more is refused before
+/// anything is allocated.
+pub const MAX_SEEDED_WEIGHTS: i64 = 1 << 28;
+
+/// The number of weights of a seeded tensor of `shape`, every side positive and the product at most
+/// [`MAX_SEEDED_WEIGHTS`].
+fn seeded_weight_count(name: &str, shape: &[i64]) -> Result<usize, FeatureError> {
+    shape
+        .iter()
+        .try_fold(1i64, |count, &side| if side > 0 { count.checked_mul(side) } else { None })
+        .filter(|&count| count <= MAX_SEEDED_WEIGHTS)
+        .and_then(|count| usize::try_from(count).ok())
+        .ok_or_else(|| FeatureError::SeededSize {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+        })
 }
 
 /// `<prefix><PS>-c<C>[-pos]` → (PS, C, position code), both sizes positive.
@@ -233,6 +260,12 @@ pub enum FeatureError {
     Vit(Box<VitError>),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A seeded backbone's sizes are not positive or give more than [`MAX_SEEDED_WEIGHTS`] weights.
+    #[error(
+        "backbone `{name}`: a weight tensor of shape {shape:?} needs positive sides and at most \
+         {MAX_SEEDED_WEIGHTS} values"
+    )]
+    SeededSize { name: String, shape: Vec<i64> },
 }
 
 impl From<VitError> for FeatureError {
@@ -288,8 +321,10 @@ pub struct BackboneRequest<'a> {
 /// `None` for a name no backbone has.
 pub fn patch_size_of(name: &str) -> Option<i64> {
     match seeded_backbone(name, Device::Cpu) {
-        Some(b) => Some(b.patch_size()),
-        None => VitConfig::by_name(name).ok().map(|c| c.patch_size),
+        Ok(Some(b)) => Some(b.patch_size()),
+        Ok(None) => VitConfig::by_name(name).ok().map(|c| c.patch_size),
+        // A seeded name whose sizes are refused: loading it reports why.
+        Err(_) => None,
     }
 }
 
@@ -313,7 +348,7 @@ impl LoadedBackbone {
             return Self::embedded(request, file, path, device);
         }
         let name = request.name.unwrap_or(DEFAULT_BACKBONE);
-        if let Some(b) = seeded_backbone(name, device) {
+        if let Some(b) = seeded_backbone(name, device)? {
             if request.weights.is_some() {
                 return Err(BackboneError::SeededWithWeights { name: name.to_string() });
             }
@@ -440,9 +475,23 @@ pub struct ColourFourierBackbone {
 impl ColourFourierBackbone {
     /// Needs an even C. The identity is that of the tensors `colour_frequencies` B (3, C/2) and, when present,
     /// `position_projection` Q (16, C); earlier versions recorded the SHA-256 of the float32 bytes of B, then Q.
-    pub fn new(patch: i64, channels: i64, position_code: bool, seed: u64, device: Device) -> Option<Self> {
+    /// `Ok(None)` for sizes that are not positive or an odd C; more than [`MAX_SEEDED_WEIGHTS`] weights in B or Q
+    /// is a [`FeatureError::SeededSize`].
+    pub fn new(
+        patch: i64,
+        channels: i64,
+        position_code: bool,
+        seed: u64,
+        device: Device,
+    ) -> Result<Option<Self>, FeatureError> {
         if patch <= 0 || channels <= 0 || channels % 2 != 0 {
-            return None;
+            return Ok(None);
+        }
+        let suffix = if position_code { "-pos" } else { "" };
+        let name = format!("random-colour-p{patch}-c{channels}{suffix}");
+        seeded_weight_count(&name, &[3, channels / 2])?;
+        if position_code {
+            seeded_weight_count(&name, &[16, channels])?;
         }
         let mut rng = SplitMix64::new(seed);
         let mut normal = move || {
@@ -461,41 +510,47 @@ impl ColourFourierBackbone {
             named.push(("position_projection", &q_shape[..], q.as_slice()));
         }
         let identity = Identity::new(weights_id_f32(named), Some(sha256_f32(b.iter().chain(q.iter().flatten()))));
-        let suffix = if position_code { "-pos" } else { "" };
-        Some(Self {
-            name: format!("random-colour-p{patch}-c{channels}{suffix}"),
+        let position_projection = match q {
+            Some(q) => Some(Tensor::f_from_slice(&q)?.f_reshape([16, channels])?.f_to_device(device)?),
+            None => None,
+        };
+        Ok(Some(Self {
+            name,
             identity,
             patch,
             channels,
-            colour_frequencies: Tensor::from_slice(&b).reshape([3, half]).to_device(device),
-            position_projection: q.map(|q| Tensor::from_slice(&q).reshape([16, channels]).to_device(device)),
+            colour_frequencies: Tensor::f_from_slice(&b)?.f_reshape([3, half])?.f_to_device(device)?,
+            position_projection,
             device,
-        })
+        }))
     }
 
-    /// Parses `random-colour-p<PS>-c<C>[-pos]` (seed 0).
-    pub fn from_name(name: &str, device: Device) -> Option<Self> {
-        let (p, c, pos) = parse_seeded_name(name, "random-colour-p")?;
+    /// Parses `random-colour-p<PS>-c<C>[-pos]` (seed 0); `Ok(None)` for another name or an odd C.
+    pub fn from_name(name: &str, device: Device) -> Result<Option<Self>, FeatureError> {
+        let Some((p, c, pos)) = parse_seeded_name(name, "random-colour-p") else {
+            return Ok(None);
+        };
         Self::new(p, c, pos, 0, device)
     }
 }
 
 /// `[sin(f_k y), cos(f_k y), sin(f_k x), cos(f_k x)]` per patch (gh·gw, 16), row-major, coordinates in [−1, 1].
-fn fourier_position_code(grid_h: i64, grid_w: i64, device: Device) -> Tensor {
+fn fourier_position_code(grid_h: i64, grid_w: i64, device: Device) -> Result<Tensor, TchError> {
     let opts = (Kind::Float, device);
-    let axis = |n: i64| {
+    let axis = |n: i64| -> Result<Tensor, TchError> {
         let t = if n > 1 {
-            Tensor::linspace(-1.0, 1.0, n, opts)
+            Tensor::f_linspace(-1.0, 1.0, n, opts)?
         } else {
-            Tensor::zeros([n], opts)
+            Tensor::f_zeros([n], opts)?
         };
-        let angles = t.unsqueeze(1) * Tensor::from_slice(&POSITION_FREQUENCIES.map(|f| f as f32)).to_device(device);
-        Tensor::cat(&[angles.sin(), angles.cos()], 1) // (n, 8)
+        let frequencies = Tensor::f_from_slice(&POSITION_FREQUENCIES.map(|f| f as f32))?.f_to_device(device)?;
+        let angles = t.f_unsqueeze(1)?.f_mul(&frequencies)?;
+        Tensor::f_cat(&[angles.f_sin()?, angles.f_cos()?], 1) // (n, 8)
     };
-    let (rows, cols) = (axis(grid_h), axis(grid_w));
-    let rows = rows.unsqueeze(1).expand([grid_h, grid_w, 8], false);
-    let cols = cols.unsqueeze(0).expand([grid_h, grid_w, 8], false);
-    Tensor::cat(&[rows, cols], 2).reshape([grid_h * grid_w, 16])
+    let (rows, cols) = (axis(grid_h)?, axis(grid_w)?);
+    let rows = rows.f_unsqueeze(1)?.f_expand([grid_h, grid_w, 8], false)?;
+    let cols = cols.f_unsqueeze(0)?.f_expand([grid_h, grid_w, 8], false)?;
+    Tensor::f_cat(&[rows, cols], 2)?.f_reshape([grid_h * grid_w, 16])
 }
 
 impl Backbone for ColourFourierBackbone {
@@ -538,7 +593,7 @@ impl Backbone for ColourFourierBackbone {
             let tokens = Tensor::f_cat(&[phase.f_sin()?, phase.f_cos()?], 2)?;
             match &self.position_projection {
                 Some(q) => tokens.f_add(
-                    &fourier_position_code(grid_h, grid_w, self.device)
+                    &fourier_position_code(grid_h, grid_w, self.device)?
                         .f_matmul(q)?
                         .f_unsqueeze(0)?,
                 ),
@@ -598,7 +653,7 @@ mod tests {
 
     #[test]
     fn position_code_codes_columns_then_rows_with_decreasing_frequencies() {
-        let code = sincos_position_code(8, 3, 5, Device::Cpu);
+        let code = sincos_position_code(8, 3, 5, Device::Cpu).unwrap();
         assert_eq!(code.size(), [8, 3, 5]);
         let at = |c: i64, r: i64, x: i64| code.double_value(&[c, r, x]);
         for (r, x) in [(0, 0), (1, 4), (2, 3)] {
@@ -640,12 +695,34 @@ mod tests {
     }
 
     #[test]
+    fn seeded_sizes_beyond_the_weight_limit_are_refused_before_drawing() {
+        for name in [
+            "random-conv-p100000-c100000",
+            "random-colour-p4-c4000000000-pos",
+            "random-conv-p4611686018427387904-c8",
+        ] {
+            let refused = seeded_backbone(name, Device::Cpu).err().expect(name);
+            assert!(matches!(refused, FeatureError::SeededSize { .. }), "{name}: {refused}");
+            assert!(refused.to_string().contains(name), "{refused}");
+            assert_eq!(patch_size_of(name), None, "{name}");
+        }
+        assert!(matches!(
+            ConvPatchBackbone::new(0, 8, 0, Device::Cpu),
+            Err(FeatureError::SeededSize { .. })
+        ));
+        assert!(matches!(
+            ConvPatchBackbone::new(4, -8, 0, Device::Cpu),
+            Err(FeatureError::SeededSize { .. })
+        ));
+    }
+
+    #[test]
     fn the_pos_variant_has_the_same_weights_and_features_that_depend_on_position() {
-        let plain = ConvPatchBackbone::from_name("random-conv-p4-c8", Device::Cpu).unwrap();
-        let pos = ConvPatchBackbone::from_name("random-conv-p4-c8-pos", Device::Cpu).unwrap();
+        let plain = ConvPatchBackbone::from_name("random-conv-p4-c8", Device::Cpu).unwrap().unwrap();
+        let pos = ConvPatchBackbone::from_name("random-conv-p4-c8-pos", Device::Cpu).unwrap().unwrap();
         assert_eq!(pos.name(), "random-conv-p4-c8-pos");
         assert_eq!(plain.identity(), pos.identity());
-        assert!(ConvPatchBackbone::from_name("random-conv-p4-c6-pos", Device::Cpu).is_none());
+        assert!(ConvPatchBackbone::from_name("random-conv-p4-c6-pos", Device::Cpu).unwrap().is_none());
         // A flat grey image: every patch of the plain backbone is the same token, the position code tells them apart.
         let image = Tensor::full([1, 3, 8, 8], 0.5, (Kind::Float, Device::Cpu));
         let (a, b) = (plain.features(&image).unwrap(), pos.features(&image).unwrap());
@@ -657,14 +734,14 @@ mod tests {
 
     #[test]
     fn colour_tokens_tell_surfaces_apart_and_the_pos_variant_adds_where() {
-        let plain = ColourFourierBackbone::from_name("random-colour-p4-c32", Device::Cpu).unwrap();
-        let pos = ColourFourierBackbone::from_name("random-colour-p4-c32-pos", Device::Cpu).unwrap();
+        let plain = ColourFourierBackbone::from_name("random-colour-p4-c32", Device::Cpu).unwrap().unwrap();
+        let pos = ColourFourierBackbone::from_name("random-colour-p4-c32-pos", Device::Cpu).unwrap().unwrap();
         assert_eq!(pos.name(), "random-colour-p4-c32-pos");
         assert_ne!(plain.identity(), pos.identity());
-        assert!(ColourFourierBackbone::from_name("random-colour-p4-c31", Device::Cpu).is_none());
-        assert!(seeded_backbone("random-colour-p4-c32", Device::Cpu).is_some());
-        assert!(seeded_backbone("random-conv-p4-c8", Device::Cpu).is_some());
-        assert!(seeded_backbone("dinov2-vitb14", Device::Cpu).is_none());
+        assert!(ColourFourierBackbone::from_name("random-colour-p4-c31", Device::Cpu).unwrap().is_none());
+        assert!(seeded_backbone("random-colour-p4-c32", Device::Cpu).unwrap().is_some());
+        assert!(seeded_backbone("random-conv-p4-c8", Device::Cpu).unwrap().is_some());
+        assert!(seeded_backbone("dinov2-vitb14", Device::Cpu).unwrap().is_none());
         // Left half one flat colour, right half another: 2×4 patches of 4 px.
         let left = Tensor::from_slice(&[0.8f32, 0.3, 0.1])
             .reshape([1, 3, 1, 1])
@@ -690,7 +767,7 @@ mod tests {
         assert!((token(&a, 2).norm().double_value(&[]) - 4.0).abs() < 1e-4);
         let b = pos.features(&image).unwrap();
         assert!((token(&b, 0) - token(&b, 5)).abs().max().double_value(&[]) > 0.1);
-        let code = fourier_position_code(2, 4, Device::Cpu);
+        let code = fourier_position_code(2, 4, Device::Cpu).unwrap();
         assert_eq!(code.size(), [8, 16]);
         // Patch (row 1, col 3) sits at y = +1, x = +1: sin(π/2·1) = 1 in the first row and column channels.
         assert!((code.double_value(&[7, 0]) - 1.0).abs() < 1e-6);

@@ -426,7 +426,7 @@ mod tests {
             assert_eq!(dinosaur_parameters(&c), (count(false), count(true)), "{projection:?}");
         }
         let vs = tch::nn::VarStore::new(Device::Cpu);
-        let _head = crate::refine::SlotDeactivation::new(&vs.root(), 16, 40);
+        let _head = crate::refine::SlotDeactivation::new(&vs.root(), 16, 40).unwrap();
         let n: f64 = vs.variables().values().map(|t| t.numel() as f64).sum();
         assert_eq!(head_parameters(16, 40), n);
     }

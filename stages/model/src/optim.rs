@@ -59,6 +59,8 @@ pub enum OptimError {
     },
     #[error("optimiser state for `{0}` lacks exp_avg or exp_avg_sq")]
     Incomplete(String),
+    #[error("optimiser: {0}")]
+    Torch(#[from] tch::TchError),
 }
 
 /// Adam over named parameters (see the module docs for the exact update).
@@ -87,45 +89,43 @@ impl Adam {
         &self.state
     }
 
-    /// Clears every gradient.
-    pub fn zero_grad(&mut self) {
+    /// Clears every gradient (`Tensor::zero_grad`: detach and zero a defined gradient).
+    pub fn zero_grad(&mut self) -> Result<(), OptimError> {
         for (_, p) in &mut self.params {
-            p.zero_grad();
+            let mut grad = p.f_grad()?;
+            if grad.defined() {
+                let _ = grad.f_detach_()?.f_zero_()?;
+            }
         }
+        Ok(())
     }
 
     /// Clips the gradients of all parameters to a total 2-norm of `max_norm`; returns the norm before clipping.
-    pub fn clip_grad_norm(&self, max_norm: f64) -> f64 {
+    pub fn clip_grad_norm(&self, max_norm: f64) -> Result<f64, OptimError> {
         clip_grad_norm(self.params.iter().map(|(_, p)| p), max_norm)
     }
 
     /// One update with learning rate `lr`.
-    pub fn step(&mut self, lr: f64) {
-        let AdamConfig { beta1, beta2, eps } = self.config;
+    pub fn step(&mut self, lr: f64) -> Result<(), OptimError> {
+        let config = self.config;
         tch::no_grad(|| {
             for (name, p) in &self.params {
-                let grad = p.grad();
+                let grad = p.f_grad()?;
                 if !grad.defined() {
                     continue;
                 }
-                let state = self.state.entry(name.clone()).or_insert_with(|| AdamState {
-                    exp_avg: p.zeros_like(),
-                    exp_avg_sq: p.zeros_like(),
-                    step: 0,
-                });
-                state.step += 1;
-                let _ = state.exp_avg.lerp_(&grad, 1.0 - beta1);
-                let _ = state.exp_avg_sq.g_mul_scalar_(beta2);
-                let _ = state.exp_avg_sq.addcmul_(&(&grad * (1.0 - beta2)), &grad);
-                let t = state.step as f64;
-                let bias_correction1 = 1.0 - beta1.powf(t);
-                let bias_correction2 = 1.0 - beta2.powf(t);
-                let step_size = lr / bias_correction1;
-                let denom = state.exp_avg_sq.sqrt() / bias_correction2.sqrt() + eps;
-                let mut p = p.shallow_clone();
-                let _ = p.g_add_(&((&state.exp_avg / &denom) * (-step_size)));
+                let state = match self.state.entry(name.clone()) {
+                    std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(entry) => entry.insert(AdamState {
+                        exp_avg: p.f_zeros_like()?,
+                        exp_avg_sq: p.f_zeros_like()?,
+                        step: 0,
+                    }),
+                };
+                adam_update(p, &grad, state, &config, lr)?;
             }
-        });
+            Ok(())
+        })
     }
 
     /// The moments as named tensors (`exp_avg.<key>`, `exp_avg_sq.<key>`) and the step count per key.
@@ -173,12 +173,18 @@ impl Adam {
                     });
                 }
             }
-            let copy = |t: &Tensor| t.to_kind(Kind::Float).to_device(p.device()).copy();
+            // `Tensor::copy`: a fresh tensor (zeros_like, then copy_) that shares no storage with the file's.
+            let copy = |t: &Tensor| -> Result<Tensor, tch::TchError> {
+                let t = t.f_to_kind(Kind::Float)?.f_to_device(p.device())?;
+                let mut fresh = t.f_zeros_like()?;
+                fresh.f_copy_(&t)?;
+                Ok(fresh)
+            };
             state.insert(
                 key.clone(),
                 AdamState {
-                    exp_avg: copy(m),
-                    exp_avg_sq: copy(v),
+                    exp_avg: copy(m)?,
+                    exp_avg_sq: copy(v)?,
                     step,
                 },
             );
@@ -188,22 +194,59 @@ impl Adam {
     }
 }
 
+/// One Adam update of parameter `p` with gradient `grad` (see the module docs), in place.
+fn adam_update(
+    p: &Tensor,
+    grad: &Tensor,
+    state: &mut AdamState,
+    config: &AdamConfig,
+    lr: f64,
+) -> Result<(), OptimError> {
+    let AdamConfig { beta1, beta2, eps } = *config;
+    state.step += 1;
+    let _ = state.exp_avg.f_lerp_(grad, 1.0 - beta1)?;
+    let _ = state.exp_avg_sq.f_mul_scalar_(beta2)?;
+    let _ = state.exp_avg_sq.f_addcmul_(&grad.f_mul_scalar(1.0 - beta2)?, grad)?;
+    let t = state.step as f64;
+    let bias_correction1 = 1.0 - beta1.powf(t);
+    let bias_correction2 = 1.0 - beta2.powf(t);
+    let step_size = lr / bias_correction1;
+    let denom = state
+        .exp_avg_sq
+        .f_sqrt()?
+        .f_div_scalar(bias_correction2.sqrt())?
+        .f_add_scalar(eps)?;
+    let mut p = p.shallow_clone();
+    let _ = p.f_add_(&state.exp_avg.f_div(&denom)?.f_mul_scalar(-step_size)?)?;
+    Ok(())
+}
+
 /// `torch.nn.utils.clip_grad_norm_` over the gradients of `params` (those without a gradient are ignored);
 /// returns the total norm before clipping (0 when no parameter has a gradient).
-pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f64) -> f64 {
+pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: f64) -> Result<f64, OptimError> {
     tch::no_grad(|| {
-        let grads: Vec<Tensor> = params.map(|p| p.grad()).filter(|g| g.defined()).collect();
-        if grads.is_empty() {
-            return 0.0;
+        let mut grads = Vec::new();
+        for p in params {
+            let g = p.f_grad()?;
+            if g.defined() {
+                grads.push(g);
+            }
         }
-        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-        let total = Tensor::stack(&norms, 0).norm();
-        let coef = ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+        if grads.is_empty() {
+            return Ok(0.0);
+        }
+        let norms: Vec<Tensor> = grads.iter().map(Tensor::f_norm).collect::<Result<_, _>>()?;
+        let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
+        let coef = total
+            .f_add_scalar(1e-6)?
+            .f_reciprocal()?
+            .f_mul_scalar(max_norm)?
+            .f_clamp_max(1.0)?;
         for g in &grads {
             let mut g = g.shallow_clone();
-            let _ = g.g_mul_(&coef);
+            let _ = g.f_mul_(&coef)?;
         }
-        total.double_value(&[])
+        Ok(total.f_double_value(&[])?)
     })
 }
 

@@ -120,20 +120,23 @@ pub fn bce_cost_matrices(alpha: &Tensor, masks: &Tensor) -> Result<Tensor, Refin
     let (b, k, c, pixels) = check_alpha_and_masks(alpha, masks)?;
     let _guard = tch::no_grad_guard();
     let (log_a, log_not_a) = {
-        let a = alpha.detach().to_kind(Kind::Double).reshape([b, k, pixels]);
+        let a = alpha.f_detach()?.f_to_kind(Kind::Double)?.f_reshape([b, k, pixels])?;
         (
-            a.log().clamp_min(BCE_LOG_CLAMP),
-            (-&a + 1.0).log().clamp_min(BCE_LOG_CLAMP),
+            a.f_log()?.f_clamp_min(BCE_LOG_CLAMP)?,
+            a.f_neg()?.f_add_scalar(1.0)?.f_log()?.f_clamp_min(BCE_LOG_CLAMP)?,
         )
     };
-    let background_sum = log_not_a.sum_dim_intlist([-1i64].as_slice(), false, Kind::Double);
-    let difference = log_a - &log_not_a;
+    let background_sum = log_not_a.f_sum_dim_intlist([-1i64].as_slice(), false, Kind::Double)?;
+    let difference = log_a.f_sub(&log_not_a)?;
     drop(log_not_a);
-    let m = masks.to_kind(Kind::Double).reshape([b, c, pixels]);
-    let total = m.bmm(&difference.transpose(1, 2)) + background_sum.unsqueeze(1);
-    Ok((total / -(pixels as f64))
-        .to_kind(Kind::Float)
-        .to_device(tch::Device::Cpu))
+    let m = masks.f_to_kind(Kind::Double)?.f_reshape([b, c, pixels])?;
+    let total = m
+        .f_bmm(&difference.f_transpose(1, 2)?)?
+        .f_add(&background_sum.f_unsqueeze(1)?)?;
+    Ok(total
+        .f_div_scalar(-(pixels as f64))?
+        .f_to_kind(Kind::Float)?
+        .f_to_device(tch::Device::Cpu)?)
 }
 
 /// How the masks handed to the solver are chosen from an element's non-empty masks.
@@ -157,15 +160,15 @@ pub fn match_masks_to_slots(
 ) -> Result<Vec<ElementMatch>, RefineError> {
     let (b, k, c, _) = check_alpha_and_masks(alpha, masks)?;
     let costs = bce_cost_matrices(alpha, masks)?;
-    let costs = Vec::<f32>::try_from(costs.flatten(0, -1))?;
+    let costs = Vec::<f32>::try_from(costs.f_flatten(0, -1)?)?;
     let sizes = {
         let _guard = tch::no_grad_guard();
         masks
-            .to_kind(Kind::Double)
-            .sum_dim_intlist([2, 3].as_slice(), false, Kind::Double)
-            .to_device(tch::Device::Cpu)
+            .f_to_kind(Kind::Double)?
+            .f_sum_dim_intlist([2, 3].as_slice(), false, Kind::Double)?
+            .f_to_device(tch::Device::Cpu)?
     };
-    let sizes = Vec::<f64>::try_from(sizes.flatten(0, -1))?;
+    let sizes = Vec::<f64>::try_from(sizes.f_flatten(0, -1)?)?;
     let (k, c) = (k as usize, c as usize);
     (0..b as usize)
         .map(|element| {
@@ -222,21 +225,33 @@ pub fn stage1_loss(alpha: &Tensor, masks: &Tensor) -> Result<RefineLoss, RefineE
     let device = alpha.device();
     if elements.is_empty() {
         return Ok(RefineLoss {
-            loss: (alpha.sum(alpha.kind()) * 0.0).to_kind(alpha.kind()),
+            loss: alpha.f_sum(alpha.kind())?.f_mul_scalar(0.0)?.f_to_kind(alpha.kind())?,
             matches,
         });
     }
-    let index = |v: &[i64]| Tensor::from_slice(v).to_device(device);
-    let (e, mi, si) = (index(&elements), index(&mask_index), index(&slot_index));
+    let index = |v: &[i64]| Tensor::f_from_slice(v)?.f_to_device(device);
+    let (e, mi, si) = (index(&elements)?, index(&mask_index)?, index(&slot_index)?);
     let kind = alpha.kind();
-    let m = masks.to_kind(kind).index(&[Some(&e), Some(&mi)]).reshape([-1, pixels]);
+    let m = masks
+        .f_to_kind(kind)?
+        .f_index(&[Some(&e), Some(&mi)])?
+        .f_reshape([-1, pixels])?;
     let w = alpha
-        .index(&[Some(&e), Some(&si)])
-        .reshape([-1, pixels])
-        .clamp(WBCE_EPSILON, 1.0 - WBCE_EPSILON);
-    let r = m.mean_dim(-1, true, kind);
-    let per_pixel = -(-&r + 2.0) * &m * w.log() - (-&m + 1.0) * (-&w + 1.0).log();
-    let loss = per_pixel.mean_dim(-1, false, kind).sum(kind) / valid as f64;
+        .f_index(&[Some(&e), Some(&si)])?
+        .f_reshape([-1, pixels])?
+        .f_clamp(WBCE_EPSILON, 1.0 - WBCE_EPSILON)?;
+    let r = m.f_mean_dim(-1, true, kind)?;
+    // −(2 − r)·m·log W − (1 − m)·log(1 − W), operation by operation as the operator form evaluates it.
+    let foreground_term = r.f_neg()?.f_add_scalar(2.0)?.f_neg()?.f_mul(&m)?.f_mul(&w.f_log()?)?;
+    let background_term = m
+        .f_neg()?
+        .f_add_scalar(1.0)?
+        .f_mul(&w.f_neg()?.f_add_scalar(1.0)?.f_log()?)?;
+    let per_pixel = foreground_term.f_sub(&background_term)?;
+    let loss = per_pixel
+        .f_mean_dim(-1, false, kind)?
+        .f_sum(kind)?
+        .f_div_scalar(valid as f64)?;
     Ok(RefineLoss { loss, matches })
 }
 
@@ -251,26 +266,25 @@ pub struct SlotDeactivation {
 }
 
 impl SlotDeactivation {
-    /// `path` is the MLP's own path, e.g. `root / "object_decoder" / "slot_decoder"`.
-    pub fn new(path: &nn::Path, slot_dim: i64, hidden: i64) -> Self {
-        let layer = |name: &str, fan_in: i64, fan_out: i64| {
+    /// `path` is the MLP's own path, e.g. `root / "object_decoder" / "slot_decoder"`. The layers are made as
+    /// `nn::linear` makes them (bias, then weight), with the fallible variable constructor.
+    pub fn new(path: &nn::Path, slot_dim: i64, hidden: i64) -> Result<Self, RefineError> {
+        let layer = |name: &str, fan_in: i64, fan_out: i64| -> Result<nn::Linear, tch::TchError> {
             let bound = 1.0 / (fan_in as f64).sqrt();
-            let config = nn::LinearConfig {
-                ws_init: nn::Init::Uniform { lo: -bound, up: bound },
-                bs_init: Some(nn::Init::Const(0.0)),
-                bias: true,
-            };
-            nn::linear(path / name, fan_in, fan_out, config)
+            let layer_path = path / name;
+            let bs = layer_path.f_var("bias", &[fan_out], nn::Init::Const(0.0))?;
+            let ws = layer_path.f_var("weight", &[fan_out, fan_in], nn::Init::Uniform { lo: -bound, up: bound })?;
+            Ok(nn::Linear { ws, bs: Some(bs) })
         };
-        Self {
+        Ok(Self {
             slot_dim,
             layers: [
-                layer("0", slot_dim, hidden),
-                layer("2", hidden, hidden),
-                layer("4", hidden, hidden),
-                layer("6", hidden, 1),
+                layer("0", slot_dim, hidden)?,
+                layer("2", hidden, hidden)?,
+                layer("4", hidden, hidden)?,
+                layer("6", hidden, 1)?,
             ],
-        }
+        })
     }
 
     /// Deactivation weights w ∈ (0, 1) of slots (B, K, D), shape (B, K).
@@ -405,11 +419,11 @@ pub struct Stage2Loss {
 }
 
 /// Cosine similarities (rows of `a` vs rows of `b`) after `F.normalize`.
-fn normalized(x: &Tensor) -> Tensor {
+fn normalized(x: &Tensor) -> Result<Tensor, tch::TchError> {
     let norm = x
-        .norm_scalaropt_dim(2, [1].as_slice(), true)
-        .clamp_min(NORMALIZE_EPSILON);
-    x / norm
+        .f_norm_scalaropt_dim(2, [1].as_slice(), true)?
+        .f_clamp_min(NORMALIZE_EPSILON)?;
+    x.f_div(&norm)
 }
 
 /// The droppable unmatched slots of every element (see [`Stage2Options`]).
@@ -419,27 +433,27 @@ fn droppable_slots(
     options: &Stage2Options,
 ) -> Result<Vec<Vec<usize>>, RefineError> {
     let _guard = tch::no_grad_guard();
-    let k = slots.size()[1] as usize;
+    let k = slots.size().get(1).copied().unwrap_or(0) as usize;
     let device = slots.device();
-    let gather = |element: usize, indices: &[usize]| {
+    let gather = |element: usize, indices: &[usize]| -> Result<Tensor, tch::TchError> {
         let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
         slots
-            .get(element as i64)
-            .index_select(0, &Tensor::from_slice(&idx).to_device(device))
+            .f_get(element as i64)?
+            .f_index_select(0, &Tensor::f_from_slice(&idx)?.f_to_device(device)?)
     };
     let matched: Vec<Tensor> = matches
         .iter()
         .enumerate()
         .map(|(e, m)| gather(e, &m.pairs.iter().map(|&(_, s)| s).collect::<Vec<_>>()))
-        .collect();
-    let all_matched = normalized(&Tensor::cat(&matched, 0));
+        .collect::<Result<_, _>>()?;
+    let all_matched = normalized(&Tensor::f_cat(&matched, 0)?)?;
     matches
         .iter()
         .enumerate()
         .map(|(e, m)| {
             let unmatched = m.unmatched_slots(k);
             let reference = if options.per_image_similarity {
-                normalized(&matched[e])
+                normalized(&matched[e])?
             } else {
                 all_matched.shallow_clone()
             };
@@ -449,8 +463,12 @@ fn droppable_slots(
             if reference.size()[0] == 0 {
                 return Ok(unmatched);
             }
-            let similarity = reference.mm(&normalized(&gather(e, &unmatched)).transpose(0, 1));
-            let best = Vec::<f32>::try_from(similarity.amax([0].as_slice(), false).to_device(tch::Device::Cpu))?;
+            let similarity = reference.f_mm(&normalized(&gather(e, &unmatched)?)?.f_transpose(0, 1)?)?;
+            let best = Vec::<f32>::try_from(
+                similarity
+                    .f_amax([0].as_slice(), false)?
+                    .f_to_device(tch::Device::Cpu)?,
+            )?;
             Ok(unmatched
                 .into_iter()
                 .zip(best)
@@ -499,29 +517,39 @@ pub fn stage2_loss(inputs: &Stage2Inputs<'_>, options: &Stage2Options) -> Result
             drop_selector[e * k as usize + s] = 1.0;
         }
     }
-    let selector = Tensor::from_slice(&drop_selector)
-        .to_device(device)
-        .to_kind(kind)
-        .reshape([b, k, 1]);
-    let dropped =
-        (inputs.weighted_alpha.reshape([b, k, pixels]) * selector).sum_dim_intlist([1].as_slice(), false, kind);
+    let selector = Tensor::f_from_slice(&drop_selector)?
+        .f_to_device(device)?
+        .f_to_kind(kind)?
+        .f_reshape([b, k, 1])?;
+    let dropped = inputs
+        .weighted_alpha
+        .f_reshape([b, k, pixels])?
+        .f_mul(&selector)?
+        .f_sum_dim_intlist([1].as_slice(), false, kind)?;
     let foreground_mask = inputs
         .masks
-        .reshape([b, -1, pixels])
-        .ne(0)
-        .any_dim(1, false)
-        .to_kind(kind);
-    let background_mask = -&foreground_mask + 1.0;
-    let fg = inputs.foreground.reshape([b, pixels]);
-    let term1 =
-        -(&foreground_mask * (fg + NLL_EPSILON).log()).sum_dim_intlist([1].as_slice(), false, kind) / pixels as f64;
-    let background_px = background_mask.sum_dim_intlist([1].as_slice(), false, kind);
-    let background_sum = (dropped * &background_mask).sum_dim_intlist([1].as_slice(), false, kind);
+        .f_reshape([b, -1, pixels])?
+        .f_ne(0)?
+        .f_any_dim(1, false)?
+        .f_to_kind(kind)?;
+    let background_mask = foreground_mask.f_neg()?.f_add_scalar(1.0)?;
+    let fg = inputs.foreground.f_reshape([b, pixels])?;
+    let term1 = foreground_mask
+        .f_mul(&fg.f_add_scalar(NLL_EPSILON)?.f_log()?)?
+        .f_sum_dim_intlist([1].as_slice(), false, kind)?
+        .f_neg()?
+        .f_div_scalar(pixels as f64)?;
+    let background_px = background_mask.f_sum_dim_intlist([1].as_slice(), false, kind)?;
+    let background_sum = dropped
+        .f_mul(&background_mask)?
+        .f_sum_dim_intlist([1].as_slice(), false, kind)?;
     // An all-foreground window has no background pixel: its term2 is 0 (the reference divides 0 by 0).
-    let has_background = background_px.gt(0.0);
-    let term2 =
-        (background_sum * options.background_weight / background_px.clamp_min(1.0)) * has_background.to_kind(kind);
-    let loss = (term1 + term2).mean(kind);
+    let has_background = background_px.f_gt(0.0)?;
+    let term2 = background_sum
+        .f_mul_scalar(options.background_weight)?
+        .f_div(&background_px.f_clamp_min(1.0)?)?
+        .f_mul(&has_background.f_to_kind(kind)?)?;
+    let loss = term1.f_add(&term2)?.f_mean(kind)?;
     Ok(Stage2Loss {
         loss,
         matches,

@@ -40,6 +40,8 @@ pub enum RefineTrainError {
     Convert(#[from] TensorConvError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Optim(#[from] crate::optim::OptimError),
     #[error("{path}: the stage-2 checkpoint lacks {key}")]
     MissingHead { path: PathBuf, key: String },
     #[error("{path}: {key} has shape {got:?}, expected {expected:?}")]
@@ -64,11 +66,11 @@ pub struct TrainableHead {
 impl TrainableHead {
     /// A fresh head for slots of `slot_dim` and `hidden` units: PyTorch's default Linear init, zero biases,
     /// drawn right after `manual_seed(seed)`.
-    pub fn new(slot_dim: i64, hidden: i64, seed: i64, device: Device) -> Self {
+    pub fn new(slot_dim: i64, hidden: i64, seed: i64, device: Device) -> Result<Self, RefineError> {
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(device);
-        let mlp = SlotDeactivation::new(&(vs.root() / "object_decoder" / "slot_decoder"), slot_dim, hidden);
-        Self { vs, mlp }
+        let mlp = SlotDeactivation::new(&(vs.root() / "object_decoder" / "slot_decoder"), slot_dim, hidden)?;
+        Ok(Self { vs, mlp })
     }
 
     /// Every tensor with its model-file key, sorted by key; they share storage with the head.
@@ -161,7 +163,7 @@ pub fn refine_step(
     };
     let indices: Vec<i64> = (0..b).map(|i| first_sample as i64 + i).collect();
     let noise = slot_noise(step.seed, &indices, 1, c.n_slots, c.slot_dim, step.model.device());
-    adam.zero_grad();
+    adam.zero_grad()?;
     let (loss, mask_similarity, attention_entropy) = match &step.head {
         None => {
             let out = step.model.forward(features, &noise)?;
@@ -190,8 +192,8 @@ pub fn refine_step(
         });
     }
     loss.f_backward()?;
-    let grad_norm = adam.clip_grad_norm(step.clip_grad_norm);
-    adam.step(step.lr);
+    let grad_norm = adam.clip_grad_norm(step.clip_grad_norm)?;
+    adam.step(step.lr)?;
     Ok(StepMetrics {
         loss: value,
         lr: step.lr,
@@ -223,7 +225,7 @@ mod tests {
         assert!(frozen.iter().all(|(n, _)| !n.starts_with(GROUPING_PREFIX)) && !frozen.is_empty());
         assert!(trained_parameters(&model, ModelStage::Baseline).is_err());
 
-        let head = TrainableHead::new(8, 5, 3, Device::Cpu);
+        let head = TrainableHead::new(8, 5, 3, Device::Cpu).unwrap();
         let before: Vec<Tensor> = head.named_parameters().iter().map(|(_, t)| t.copy()).collect();
         let mut adam = Adam::new(head.named_parameters(), AdamConfig::default());
         let features = Tensor::randn([2, 4, 6], (Kind::Float, Device::Cpu));
@@ -242,7 +244,7 @@ mod tests {
             tensors: head.raw_parameters().unwrap(),
             ..TensorFile::default()
         };
-        let fresh = TrainableHead::new(8, 5, 3, Device::Cpu);
+        let fresh = TrainableHead::new(8, 5, 3, Device::Cpu).unwrap();
         for ((_, a), b) in fresh.named_parameters().iter().zip(&before) {
             assert!(a.equal(b), "the same seed draws the same head");
         }
@@ -250,7 +252,7 @@ mod tests {
         for ((_, a), (_, b)) in fresh.named_parameters().iter().zip(head.named_parameters().iter()) {
             assert!(a.equal(b));
         }
-        let wider = TrainableHead::new(8, 6, 3, Device::Cpu);
+        let wider = TrainableHead::new(8, 6, 3, Device::Cpu).unwrap();
         let err = wider.restore(&file, Path::new("c")).unwrap_err().to_string();
         assert!(
             err.contains("object_decoder.slot_decoder.0") && err.contains("shape"),

@@ -218,7 +218,7 @@ impl DeactivationHead {
         for part in prefix.split('.') {
             root = &root / part;
         }
-        let mlp = SlotDeactivation::new(&root, slot_dim, hidden);
+        let mlp = SlotDeactivation::new(&root, slot_dim, hidden)?;
         let vars = vs.variables();
         for key in &keys {
             let Some(var) = vars.get(key) else {

@@ -114,6 +114,8 @@ pub enum TrainError {
     Loader(#[from] crate::loader::LoaderError),
     #[error("non-finite loss {loss} at step {step}")]
     NonFinite { step: u64, loss: f64 },
+    #[error(transparent)]
+    Optim(#[from] crate::optim::OptimError),
 }
 
 /// Where training features come from: the cache, or images through a backbone.
@@ -237,7 +239,7 @@ pub fn train_step(
     let b = features.size().first().copied().unwrap_or(0);
     let indices: Vec<i64> = (0..b).map(|i| first_sample as i64 + i).collect();
     let noise = slot_noise(seed, &indices, 1, c.n_slots, c.slot_dim, model.device());
-    adam.zero_grad();
+    adam.zero_grad()?;
     let out = model.forward(features, &noise)?;
     let loss = out.loss.double_value(&[]);
     if !loss.is_finite() {
@@ -247,8 +249,8 @@ pub fn train_step(
         });
     }
     out.loss.backward();
-    let grad_norm = adam.clip_grad_norm(clip_norm);
-    adam.step(lr);
+    let grad_norm = adam.clip_grad_norm(clip_norm)?;
+    adam.step(lr)?;
     Ok(StepMetrics::of_forward(loss, lr, grad_norm, &out))
 }
 

@@ -29,7 +29,7 @@ use tch::{Kind, Tensor};
 use crate::patch_scale::PatchScale;
 
 /// Errors of view building, naming the offending sizes.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     #[error("{what}: {actual} values do not make a {height}x{width}x{channels} image")]
     Shape {
@@ -46,8 +46,12 @@ pub enum ViewError {
         out_height: usize,
         out_width: usize,
     },
+    #[error("MOVi-E view: image {image:?} and ids {ids:?} must be (3, H, W) and (H, W)")]
+    MoviEShape { image: Vec<i64>, ids: Vec<i64> },
+    #[error("instance masks of view {index}: expected (C, H, W), got {actual:?}")]
+    MaskShape { index: usize, actual: Vec<i64> },
     #[error("MOVi-E view: {0}")]
-    Torch(String),
+    Torch(#[from] tch::TchError),
 }
 
 /// Pillow's NEAREST source index for every output index of a `input_len` → `output_len` resize.
@@ -396,19 +400,31 @@ pub fn instance_masks(ids: &[u32], height: usize, width: usize) -> Result<(Vec<u
             data[channel * ids.len() + p] = 1.0;
         }
     }
-    let masks = Tensor::from_slice(&data).reshape([distinct.len() as i64, height as i64, width as i64]);
+    let masks = Tensor::f_from_slice(&data)?.f_reshape([distinct.len() as i64, height as i64, width as i64])?;
     Ok((distinct, masks))
 }
 
 /// Stacks per-view instance masks (C_b, H, W) into (B, max C_b, H, W), zero-padded (the reference's
 /// autopadding); all views must share H and W.
 pub fn batch_instance_masks(masks: &[Tensor]) -> Result<Tensor, ViewError> {
-    let channels = masks.iter().map(|m| m.size()[0]).max().unwrap_or(0);
+    let counts: Vec<i64> = masks
+        .iter()
+        .enumerate()
+        .map(|(index, m)| match m.size()[..] {
+            [c, _, _] => Ok(c),
+            ref actual => Err(ViewError::MaskShape {
+                index,
+                actual: actual.to_vec(),
+            }),
+        })
+        .collect::<Result<_, _>>()?;
+    let channels = counts.iter().copied().max().unwrap_or(0);
     let padded: Vec<Tensor> = masks
         .iter()
-        .map(|m| m.constant_pad_nd([0, 0, 0, 0, 0, channels - m.size()[0]]))
-        .collect();
-    Tensor::f_stack(&padded, 0).map_err(|e| ViewError::Torch(e.to_string()))
+        .zip(&counts)
+        .map(|(m, c)| m.f_constant_pad_nd([0, 0, 0, 0, 0, channels - c]))
+        .collect::<Result<_, _>>()?;
+    Ok(Tensor::f_stack(&padded, 0)?)
 }
 
 /// Side of the MOVi-E training views.
@@ -425,10 +441,10 @@ pub fn movi_e_training_view(image: &Tensor, ids: &Tensor) -> Result<(Tensor, Ten
 pub fn movi_e_training_view_px(image: &Tensor, ids: &Tensor, view_px: i64) -> Result<(Tensor, Tensor), ViewError> {
     let size = image.size();
     if size.len() != 3 || ids.size() != size[1..] {
-        return Err(ViewError::Torch(format!(
-            "image {size:?} and ids {:?} must be (3, H, W) and (H, W)",
-            ids.size()
-        )));
+        return Err(ViewError::MoviEShape {
+            image: size,
+            ids: ids.size(),
+        });
     }
     let (h, w) = (size[1], size[2]);
     if h == 0 || w == 0 {
@@ -445,27 +461,24 @@ pub fn movi_e_training_view_px(image: &Tensor, ids: &Tensor, view_px: i64) -> Re
     } else {
         (view_px, ((view_px as f64) * w as f64 / h as f64) as i64)
     };
-    let torch_error = |e: tch::TchError| ViewError::Torch(e.to_string());
     let (resized_image, resized_ids) = if (new_h, new_w) == (h, w) {
         (image.shallow_clone(), ids.shallow_clone())
     } else {
         let img = image
-            .to_kind(Kind::Float)
-            .unsqueeze(0)
-            .f_upsample_bicubic2d([new_h, new_w], false, None, None)
-            .map_err(torch_error)?
-            .squeeze_dim(0)
-            .clamp(0.0, 1.0);
+            .f_to_kind(Kind::Float)?
+            .f_unsqueeze(0)?
+            .f_upsample_bicubic2d([new_h, new_w], false, None, None)?
+            .f_squeeze_dim(0)?
+            .f_clamp(0.0, 1.0)?;
         let id = ids
-            .to_kind(Kind::Double)
-            .unsqueeze(0)
-            .unsqueeze(0)
-            .f_internal_upsample_nearest_exact2d([new_h, new_w], None, None)
-            .map_err(torch_error)?
-            .squeeze_dim(0)
-            .squeeze_dim(0)
-            .round()
-            .to_kind(ids.kind());
+            .f_to_kind(Kind::Double)?
+            .f_unsqueeze(0)?
+            .f_unsqueeze(0)?
+            .f_internal_upsample_nearest_exact2d([new_h, new_w], None, None)?
+            .f_squeeze_dim(0)?
+            .f_squeeze_dim(0)?
+            .f_round()?
+            .f_to_kind(ids.kind())?;
         (img, id)
     };
     // torchvision CenterCrop: int(round((size − crop) / 2)).
@@ -473,10 +486,9 @@ pub fn movi_e_training_view_px(image: &Tensor, ids: &Tensor, view_px: i64) -> Re
     let (top, left) = (offset(new_h), offset(new_w));
     let crop = |t: &Tensor| {
         let dims = t.dim() as i64;
-        t.narrow(dims - 2, top, view_px)
-            .narrow(dims - 1, left, view_px)
+        t.f_narrow(dims - 2, top, view_px)?.f_narrow(dims - 1, left, view_px)
     };
-    Ok((crop(&resized_image), crop(&resized_ids)))
+    Ok((crop(&resized_image)?, crop(&resized_ids)?))
 }
 
 #[cfg(test)]

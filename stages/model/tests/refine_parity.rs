@@ -302,7 +302,7 @@ fn stage2_loss_matches_for_every_flag() {
 fn slot_deactivation_mlp_matches_pytorch() {
     let fx = load("stage2.safetensors");
     let vs = nn::VarStore::new(tch::Device::Cpu);
-    let mlp = SlotDeactivation::new(&(vs.root() / "object_decoder" / "slot_decoder"), 6, 16);
+    let mlp = SlotDeactivation::new(&(vs.root() / "object_decoder" / "slot_decoder"), 6, 16).unwrap();
     let mut names: Vec<String> = vs.variables().into_keys().collect();
     names.sort();
     let mut expected: Vec<String> = fx
