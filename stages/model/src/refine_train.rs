@@ -11,7 +11,7 @@
 //! gradients, the loss, backward, `clip_grad_norm_` and Adam at a constant learning rate; a non-finite loss stops
 //! the run before the update.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mrdino_outputs::checkpoint::{RawTensor, TensorFile};
 use tch::nn;
@@ -23,7 +23,8 @@ use crate::refine::{
     stage1_loss, stage2_loss, weighted_masks, RefineError, SlotDeactivation, Stage2Inputs, Stage2Options,
 };
 use crate::refined::ModelStage;
-use crate::tensors::{from_tch, to_tch, TensorConvError};
+use crate::tensors::{from_tch, TensorConvError};
+use crate::weights::{WeightError, WeightSource};
 use crate::train::StepMetrics;
 
 /// Key prefix of the tensors stage 1 trains.
@@ -42,15 +43,8 @@ pub enum RefineTrainError {
     Torch(#[from] tch::TchError),
     #[error(transparent)]
     Optim(#[from] crate::optim::OptimError),
-    #[error("{path}: the stage-2 checkpoint lacks {key}")]
-    MissingHead { path: PathBuf, key: String },
-    #[error("{path}: {key} has shape {got:?}, expected {expected:?}")]
-    HeadShape {
-        path: PathBuf,
-        key: String,
-        got: Vec<i64>,
-        expected: Vec<i64>,
-    },
+    #[error(transparent)]
+    Weights(#[from] WeightError),
     #[error("{stage} is not a refinement stage")]
     NotRefinement { stage: ModelStage },
     #[error("non-finite loss {loss} at sample {sample}")]
@@ -88,22 +82,12 @@ impl TrainableHead {
             .collect()
     }
 
-    /// Overwrites the head with the tensors of checkpoint `file` (read from `path`), each of the same shape.
+    /// Overwrites the head with the tensors of checkpoint `file` (read from `path`), each of the same shape,
+    /// read through the one weight check ([`WeightSource::take`]).
     pub fn restore(&self, file: &TensorFile, path: &Path) -> Result<(), RefineTrainError> {
+        let source = WeightSource::wrap(file, path).describing("the stage-2 head being trained");
         for (name, mut var) in self.named_parameters() {
-            let raw = file.get(&name).ok_or_else(|| RefineTrainError::MissingHead {
-                path: path.to_path_buf(),
-                key: name.clone(),
-            })?;
-            let value = to_tch(raw, var.device())?;
-            if value.size() != var.size() {
-                return Err(RefineTrainError::HeadShape {
-                    path: path.to_path_buf(),
-                    key: name,
-                    got: value.size(),
-                    expected: var.size(),
-                });
-            }
+            let value = source.take(&name, &var.size())?;
             tch::no_grad(|| var.f_copy_(&value))?;
         }
         Ok(())
