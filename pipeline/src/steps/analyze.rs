@@ -146,7 +146,7 @@ fn within_backbones(
             let mats: Vec<Tensor> = Variant::ALL
                 .iter()
                 .filter_map(|&v| collected.matrix(b, v, representation))
-                .collect();
+                .collect::<Result<_, _>>()?;
             if mats.len() != Variant::ALL.len() {
                 continue;
             }
@@ -193,6 +193,7 @@ fn between_backbones(
                     ) else {
                         continue;
                     };
+                    let (x, y) = (x?, y?);
                     let sides = [names[a].as_str(), names[b].as_str()];
                     stats
                         .between

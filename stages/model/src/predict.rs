@@ -275,7 +275,7 @@ impl<'a> WindowPredictor<'a> {
             .f_to_device(self.device)?;
         let features = self.backbone.features(&windows).map_err(PredictError::Backbone)?;
         let config = self.model.dinosaur.config();
-        let noise = slot_noise(self.seed, frame_indices, n, config.n_slots, config.slot_dim, self.device);
+        let noise = slot_noise(self.seed, frame_indices, n, config.n_slots, config.slot_dim, self.device)?;
         let predicted = self.model.window_masks(&features, &noise, wh, ww)?;
         let masks = predicted.masks.f_to_device(Device::Cpu)?;
         let slots = predicted.slots.f_to_device(Device::Cpu)?;

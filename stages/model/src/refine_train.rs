@@ -146,13 +146,13 @@ pub fn refine_step(
         }
     };
     let indices: Vec<i64> = (0..b).map(|i| first_sample as i64 + i).collect();
-    let noise = slot_noise(step.seed, &indices, 1, c.n_slots, c.slot_dim, step.model.device());
+    let noise = slot_noise(step.seed, &indices, 1, c.n_slots, c.slot_dim, step.model.device())?;
     adam.zero_grad()?;
     let (loss, mask_similarity, attention_entropy) = match &step.head {
         None => {
             let out = step.model.forward(features, &noise)?;
             let alpha = masks_to_image(&out.masks, h, w)?;
-            (stage1_loss(&alpha, masks)?.loss, out.mask_similarity(), out.attention_entropy())
+            (stage1_loss(&alpha, masks)?.loss, out.mask_similarity()?, out.attention_entropy()?)
         }
         Some((head, options)) => {
             let out = tch::no_grad(|| step.model.forward(features, &noise))?;
@@ -165,7 +165,7 @@ pub fn refine_step(
                 foreground: &masks_to_image(&soft.foreground, h, w)?,
                 masks,
             };
-            (stage2_loss(&inputs, options)?.loss, out.mask_similarity(), out.attention_entropy())
+            (stage2_loss(&inputs, options)?.loss, out.mask_similarity()?, out.attention_entropy()?)
         }
     };
     let value = loss.f_double_value(&[])?;

@@ -74,7 +74,13 @@ impl AnalysisBackbone {
         Ok(match self {
             Self::Vit(v) => {
                 let tokens = tch::no_grad(|| v.forward(&v.normalize(images01)?, ForwardOptions::default()))?;
-                (Some(tokens.cls), tokens.patches.mean_dim(1, false, Kind::Float))
+                let mean = tokens.patches.f_mean_dim(1, false, Kind::Float).map_err(|source| {
+                    RepresentationError::Torch {
+                        backbone: "ViT".to_string(),
+                        source,
+                    }
+                })?;
+                (Some(tokens.cls), mean)
             }
             Self::Resnet(r) => (None, r.pooled(&r.normalize(images01)?)?),
         })
@@ -118,10 +124,15 @@ impl Representations {
 
     /// The representation of every frame added (n × C, float64, on the CPU); `None` when the backbone has no
     /// such representation (the ResNet's `cls`).
-    pub fn matrix(&self, backbone: usize, variant: Variant, representation: &'static str) -> Option<Tensor> {
+    pub fn matrix(
+        &self,
+        backbone: usize,
+        variant: Variant,
+        representation: &'static str,
+    ) -> Option<Result<Tensor, tch::TchError>> {
         self.rows
             .get(&(backbone, variant, representation))
-            .map(|rows| Tensor::cat(rows, 0).to_kind(Kind::Double).to_device(Device::Cpu))
+            .map(|rows| Tensor::f_cat(rows, 0)?.f_to_kind(Kind::Double)?.f_to_device(Device::Cpu))
     }
 }
 

@@ -116,6 +116,8 @@ pub enum TrainError {
     NonFinite { step: u64, loss: f64 },
     #[error(transparent)]
     Optim(#[from] crate::optim::OptimError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
 }
 
 /// Where training features come from: the cache, or images through a backbone.
@@ -191,9 +193,9 @@ impl FeatureSource for CacheSource {
             Kind::Half
         };
         let shape = [batch_size as i64, self.n_patches(), self.channels()];
-        Ok(Tensor::from_data_size(&self.buffer, &shape, kind)
-            .to_kind(Kind::Float)
-            .to_device(device))
+        Ok(Tensor::f_from_data_size(&self.buffer, &shape, kind)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(device)?)
     }
 }
 
@@ -213,14 +215,14 @@ pub struct StepMetrics {
 impl StepMetrics {
     /// The metrics of a step whose forward gave `out`: loss, learning rate and gradient norm as measured, the
     /// collapse figures (mask similarity, attention entropy) from `out`.
-    pub fn of_forward(loss: f64, lr: f64, grad_norm: f64, out: &DinosaurOutput) -> Self {
-        Self {
+    pub fn of_forward(loss: f64, lr: f64, grad_norm: f64, out: &DinosaurOutput) -> Result<Self, DinosaurError> {
+        Ok(Self {
             loss,
             lr,
             grad_norm,
-            mask_similarity: out.mask_similarity(),
-            attention_entropy: out.attention_entropy(),
-        }
+            mask_similarity: out.mask_similarity()?,
+            attention_entropy: out.attention_entropy()?,
+        })
     }
 }
 
@@ -238,10 +240,10 @@ pub fn train_step(
     let c = model.config();
     let b = features.size().first().copied().unwrap_or(0);
     let indices: Vec<i64> = (0..b).map(|i| first_sample as i64 + i).collect();
-    let noise = slot_noise(seed, &indices, 1, c.n_slots, c.slot_dim, model.device());
+    let noise = slot_noise(seed, &indices, 1, c.n_slots, c.slot_dim, model.device())?;
     adam.zero_grad()?;
     let out = model.forward(features, &noise)?;
-    let loss = out.loss.double_value(&[]);
+    let loss = out.loss.f_double_value(&[])?;
     if !loss.is_finite() {
         return Err(TrainError::NonFinite {
             step: first_sample,
@@ -251,7 +253,7 @@ pub fn train_step(
     out.loss.backward();
     let grad_norm = adam.clip_grad_norm(clip_norm)?;
     adam.step(lr)?;
-    Ok(StepMetrics::of_forward(loss, lr, grad_norm, &out))
+    Ok(StepMetrics::of_forward(loss, lr, grad_norm, &out)?)
 }
 
 #[cfg(test)]

@@ -395,14 +395,14 @@ impl MergedCanvas {
     }
 
     /// The one-hot canvas (n·C, H, W) as float32, as the reference's `MergeWindows` returns it.
-    pub fn to_one_hot(&self) -> Tensor {
+    pub fn to_one_hot(&self) -> Result<Tensor, tch::TchError> {
         let ids: Vec<i64> = self.channel_of_pixel.iter().map(|&c| i64::from(c)).collect();
         let channels = (self.windows * self.channels_per_window) as i64;
-        Tensor::from_slice(&ids)
-            .one_hot(channels)
-            .to_kind(Kind::Float)
-            .transpose(0, 1)
-            .reshape([channels, self.height as i64, self.width as i64])
+        Tensor::f_from_slice(&ids)?
+            .f_one_hot(channels)?
+            .f_to_kind(Kind::Float)?
+            .f_transpose(0, 1)?
+            .f_reshape([channels, self.height as i64, self.width as i64])
     }
 }
 
@@ -756,7 +756,7 @@ mod tests {
         let row: Vec<u32> = merged.channel_of_pixel[..12].to_vec();
         assert_eq!(row, vec![0, 0, 1, 1, 1, 1, 1, 1, 7, 7, 6, 6]);
         assert_eq!(merged.window_channel(7), (2, 1));
-        let one_hot = merged.to_one_hot();
+        let one_hot = merged.to_one_hot().unwrap();
         assert_eq!(one_hot.size(), vec![9, 4, 12]);
         assert_eq!(one_hot.sum(Kind::Float).double_value(&[]), 48.0);
         assert_eq!(one_hot.get(4).sum(Kind::Float).double_value(&[]), 0.0);

@@ -82,7 +82,7 @@ fn inference_matches_the_reference() {
     );
 
     for (masks, key) in [(&soft, "labels_plain"), (&cleaned, "labels_clean")] {
-        let labels = label_map(masks, (37, 29), 0.55);
+        let labels = label_map(masks, (37, 29), 0.55).unwrap();
         let share = agreement(&labels, &io[key]);
         assert!(share >= 0.999, "{key}: {share} of pixels agree");
         let classes_seen = labels.internal_unique(true, false).0.size()[0];

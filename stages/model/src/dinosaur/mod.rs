@@ -146,14 +146,14 @@ impl DinosaurOutput {
 
     /// Mask Similarity: mean over images of the mean pairwise cosine similarity between the K masks
     /// (vectors over P; pairs i < j; norms clamped at 1e-8). Lower means more distinct slots. 0 when K = 1.
-    pub fn mask_similarity(&self) -> f64 {
-        mask_similarity(&self.masks)
+    pub fn mask_similarity(&self) -> Result<f64, DinosaurError> {
+        Ok(mask_similarity(&self.masks)?)
     }
 
     /// Slot-attention entropy of the last iteration, normalised: see [`slot_entropy`] of [`Self::attention`].
     /// 1 when every token attends to all slots alike (collapse), 0 when each token attends to one slot.
-    pub fn attention_entropy(&self) -> f64 {
-        slot_entropy(&self.attention)
+    pub fn attention_entropy(&self) -> Result<f64, DinosaurError> {
+        Ok(slot_entropy(&self.attention)?)
     }
 }
 
@@ -193,20 +193,21 @@ pub fn masks_to_image(masks: &Tensor, height: i64, width: i64) -> Result<Tensor,
 }
 
 /// See [`DinosaurOutput::mask_similarity`].
-pub fn mask_similarity(masks: &Tensor) -> f64 {
+pub fn mask_similarity(masks: &Tensor) -> Result<f64, tch::TchError> {
     let size = masks.size();
-    let [_, k, _] = size[..] else { return f64::NAN };
+    let [_, k, _] = size[..] else { return Ok(f64::NAN) };
     if k < 2 {
-        return 0.0;
+        return Ok(0.0);
     }
     tch::no_grad(|| {
-        let m = masks.to_kind(Kind::Float);
-        let unit = &m / m.norm_scalaropt_dim(2.0, [-1], true).clamp_min(1e-8);
-        let cos = unit.matmul(&unit.transpose(1, 2));
-        let off_diagonal = (cos.sum_dim_intlist(&[1, 2][..], false, Kind::Float)
-            - cos.diagonal(0, 1, 2).sum_dim_intlist(&[1][..], false, Kind::Float))
-            / (k * (k - 1)) as f64;
-        off_diagonal.mean(Kind::Float).double_value(&[])
+        let m = masks.f_to_kind(Kind::Float)?;
+        let unit = m.f_div(&m.f_norm_scalaropt_dim(2.0, [-1], true)?.f_clamp_min(1e-8)?)?;
+        let cos = unit.f_matmul(&unit.f_transpose(1, 2)?)?;
+        let off_diagonal = cos
+            .f_sum_dim_intlist(&[1, 2][..], false, Kind::Float)?
+            .f_sub(&cos.f_diagonal(0, 1, 2)?.f_sum_dim_intlist(&[1][..], false, Kind::Float)?)?
+            .f_div_scalar((k * (k - 1)) as f64)?;
+        off_diagonal.f_mean(Kind::Float)?.f_double_value(&[])
     })
 }
 
@@ -214,17 +215,17 @@ pub fn mask_similarity(masks: &Tensor) -> f64 {
 /// mean over the B·P tokens of −Σ_k w·ln w, divided by ln K (0 · ln 0 = 0), so 0 ≤ H ≤ 1 — 1 when every token
 /// spreads evenly over the K slots, 0 when each token belongs to one slot. 0 when K = 1; NaN for another rank.
 /// In PyTorch: `-(w * w.clamp_min(1e-30).log()).sum(1).mean() / math.log(K)`.
-pub fn slot_entropy(weights: &Tensor) -> f64 {
+pub fn slot_entropy(weights: &Tensor) -> Result<f64, tch::TchError> {
     let size = weights.size();
-    let [_, k, _] = size[..] else { return f64::NAN };
+    let [_, k, _] = size[..] else { return Ok(f64::NAN) };
     if k < 2 {
-        return 0.0;
+        return Ok(0.0);
     }
     tch::no_grad(|| {
-        let w = weights.to_kind(Kind::Float);
-        let plogp = &w * w.clamp_min(1e-30).log();
-        let per_token = plogp.sum_dim_intlist(&[1][..], false, Kind::Float).neg();
-        per_token.mean(Kind::Float).double_value(&[]) / (k as f64).ln()
+        let w = weights.f_to_kind(Kind::Float)?;
+        let plogp = w.f_mul(&w.f_clamp_min(1e-30)?.f_log()?)?;
+        let per_token = plogp.f_sum_dim_intlist(&[1][..], false, Kind::Float)?.f_neg()?;
+        Ok(per_token.f_mean(Kind::Float)?.f_double_value(&[])? / (k as f64).ln())
     })
 }
 

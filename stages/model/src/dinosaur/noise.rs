@@ -26,17 +26,17 @@ pub fn slot_noise(
     n_slots: i64,
     slot_dim: i64,
     device: Device,
-) -> Tensor {
+) -> Result<Tensor, tch::TchError> {
     let _guard = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let draws: Vec<Tensor> = image_indices
         .iter()
         .map(|&i| {
             tch::manual_seed(seed.wrapping_add(i));
-            Tensor::randn([n_views, n_slots, slot_dim], (Kind::Float, Device::Cpu))
+            Tensor::f_randn([n_views, n_slots, slot_dim], (Kind::Float, Device::Cpu))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     if draws.is_empty() {
-        return Tensor::zeros([0, n_slots, slot_dim], (Kind::Float, device));
+        return Tensor::f_zeros([0, n_slots, slot_dim], (Kind::Float, device));
     }
-    Tensor::cat(&draws, 0).to_device(device)
+    Tensor::f_cat(&draws, 0)?.f_to_device(device)
 }

@@ -20,7 +20,7 @@
 //!   reference runs on one image at a time, so min/max are per image here. Then bilinear upsampling with
 //!   `align_corners=True` to the image size, optionally PAMR ([`pamr`]), a constant background channel
 //!   `bg_threshold` in front, argmax.
-//! - **Preprocessing** ([`resize_square`], [`preprocess`]): Talk2DINO's `T.Resize((448, 448))` runs on a
+//! - **Preprocessing** ([`resize_square`]): Talk2DINO's `T.Resize((448, 448))` runs on a
 //!   **float** tensor of 0..255 values (`read_image(...).float()` in the demo, `FloatImage` in the mmseg
 //!   pipeline) and divides by 255 afterwards: the resized values keep their fractions and are never rounded.
 //! - **Whole images** ([`segment`]): the two inference paths of Talk2DINO's code, chosen by [`View`]: the square
@@ -405,11 +405,11 @@ pub fn background_clean(
 /// Soft masks upsampled to (H, W) (bilinear, align_corners=True), a constant `bg_threshold` channel in front,
 /// argmax: 0 = background, k = class k−1. Returns (B, H, W) int64. (The square view without PAMR; [`segment`]
 /// runs every view.)
-pub fn label_map(soft_masks: &Tensor, size: (i64, i64), bg_threshold: f64) -> Tensor {
-    let up = soft_masks.upsample_bilinear2d([size.0, size.1], true, None, None);
-    let s = up.size();
-    let bg = Tensor::full([s[0], 1, s[2], s[3]], bg_threshold, (Kind::Float, up.device()));
-    Tensor::cat(&[bg, up], 1).argmax(1, false)
+pub fn label_map(soft_masks: &Tensor, size: (i64, i64), bg_threshold: f64) -> Result<Tensor, tch::TchError> {
+    let up = soft_masks.f_upsample_bilinear2d([size.0, size.1], true, None, None)?;
+    let (b, _, h, w) = up.size4()?;
+    let bg = Tensor::f_full([b, 1, h, w], bg_threshold, (Kind::Float, up.device()))?;
+    Tensor::f_cat(&[bg, up], 1)?.f_argmax(1, false)
 }
 
 /// Checks (B, 3, H, W) with B, H, W > 0.
@@ -443,19 +443,6 @@ pub fn resize_square(images255: &Tensor, size_px: i64, antialias: bool) -> Resul
         x.f_upsample_bilinear2d([size_px, size_px], false, None, None)?
     };
     Ok(resized.f_div_scalar(255.0)?)
-}
-
-/// [`resize_square`] with antialiasing (the square view's setting), for frames the caller built as (B, 3, H, W)
-/// tensors — it does not validate its input; [`resize_square`] does.
-pub fn preprocess(images255: &Tensor, size_px: i64) -> Tensor {
-    let x = images255.to_kind(Kind::Float);
-    let size = x.size();
-    let resized = if size.get(2..4) == Some([size_px, size_px].as_slice()) {
-        x
-    } else {
-        x.internal_upsample_bilinear2d_aa([size_px, size_px], false, None, None)
-    };
-    resized / 255.0
 }
 
 /// Soft masks (B, N, h, w) of `images01` (Talk2DINO-preprocessed, see [`resize_square`]) for the class
