@@ -36,6 +36,7 @@ use mrdino_outputs::write_atomic;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::settings::train::StepPlan;
 use super::job::CODE_VERSION;
 use super::stop::{StopHandle, EXIT_STOPPED};
 
@@ -225,6 +226,26 @@ pub struct LoopSettings<'a> {
     pub quiet: bool,
     /// Word for the finishing message, e.g. "trained" or "refined (stage 1)".
     pub what: &'a str,
+}
+
+impl<'a> LoopSettings<'a> {
+    /// A run of `plan` in `layout`, stopped by `stop`, to its last step (not a candidate), with no collapse
+    /// verdicts until `n_slots` is set.
+    pub fn new(layout: &'a RunLayout, stop: &'a StopHandle, plan: StepPlan, quiet: bool, what: &'a str) -> Self {
+        Self {
+            layout,
+            steps: plan.steps,
+            stop_at: None,
+            n_slots: 0,
+            batch_size: plan.batch_size,
+            seed: plan.seed,
+            checkpoint_every: plan.checkpoint_every,
+            log_every: plan.log_every,
+            stop,
+            quiet,
+            what,
+        }
+    }
 }
 
 /// A fresh run's state.

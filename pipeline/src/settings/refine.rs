@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::check::{Bound, Checks};
 use super::presets::Preset;
 use super::read_config;
-use super::train::{optimiser_checks, preset_name, with_config};
+use super::train::{optimiser_checks, preset_name, with_config, StepPlan};
 use crate::cli::refine::RefineArgs;
 
 /// Stage-2 settings.
@@ -75,6 +75,17 @@ pub struct RefineParams {
 }
 
 impl RefineParams {
+    /// The step schedule of the run.
+    pub fn step_plan(&self) -> StepPlan {
+        StepPlan {
+            steps: self.steps,
+            batch_size: self.batch_size as u64,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            log_every: self.log_every,
+        }
+    }
+
     /// The reference recipe of `stage` (stage 1 or 2) for `preset` (see `crate::settings::presets`).
     pub fn preset(stage: ModelStage, preset: &str, dataset: &str) -> Option<Self> {
         let stage2 = match stage {

@@ -51,7 +51,28 @@ pub struct TrainParams {
     pub log_every: u64,
 }
 
+/// The step schedule of a training or refinement run: what the engine's step loop takes from its parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepPlan {
+    pub steps: u64,
+    pub batch_size: u64,
+    pub seed: i64,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+}
+
 impl TrainParams {
+    /// The step schedule of the run.
+    pub fn step_plan(&self) -> StepPlan {
+        StepPlan {
+            steps: self.steps,
+            batch_size: self.batch_size as u64,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            log_every: self.log_every,
+        }
+    }
+
     /// The reference recipe of `preset` (`kitti`, `tri-pd`, `movi-e`; see `crate::settings::presets`) for a
     /// backbone of `patch_px` (the resize and crop scaled as the windows are).
     pub fn preset(preset: &str, dataset: &str, patch_px: i64) -> Option<Self> {

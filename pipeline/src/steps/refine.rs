@@ -328,8 +328,14 @@ fn refine(stage: ModelStage, args: &RefineArgs, stop: &StopHandle) -> Result<Exi
     let backbone = source.backbone();
     write_params(&layout, args, &from, n_views, &backbone, &params)?;
     let stop = stop.with_budget(args.run.time_budget);
-    let mut settings = loop_settings(stage, args, &params, &layout, &stop);
-    settings.n_slots = model.config().n_slots;
+    let what = match stage {
+        ModelStage::Stage1 => "refined (stage 1)",
+        _ => "refined (stage 2)",
+    };
+    let settings = LoopSettings {
+        n_slots: model.config().n_slots,
+        ..LoopSettings::new(&layout, &stop, params.step_plan(), args.run.quiet, what)
+    };
     let mut runner = RefineRunner {
         params: &params,
         model,
@@ -364,32 +370,6 @@ fn write_params(
         }))?,
     )?;
     Ok(())
-}
-
-fn loop_settings<'a>(
-    stage: ModelStage,
-    args: &RefineArgs,
-    params: &RefineParams,
-    layout: &'a RunLayout,
-    stop: &'a StopHandle,
-) -> LoopSettings<'a> {
-    LoopSettings {
-        layout,
-        steps: params.steps,
-        stop_at: None,
-        n_slots: 0,
-        batch_size: params.batch_size as u64,
-        seed: params.seed,
-        checkpoint_every: params.checkpoint_every,
-        log_every: params.log_every,
-        stop,
-        quiet: args.run.quiet,
-        what: if stage == ModelStage::Stage1 {
-            "refined (stage 1)"
-        } else {
-            "refined (stage 2)"
-        },
-    }
 }
 
 struct RefineRunner<'a> {

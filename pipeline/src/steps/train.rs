@@ -207,8 +207,11 @@ fn train_run(
         checkpoint,
         backbone,
     };
-    let mut settings = loop_settings(args, params, layout, stop);
-    settings.stop_at = stop_at;
+    let settings = LoopSettings {
+        stop_at,
+        n_slots: params.model.n_slots,
+        ..LoopSettings::new(layout, stop, params.step_plan(), args.run.quiet, "trained")
+    };
     run_steps(&settings, state, &mut runner)
 }
 
@@ -223,27 +226,6 @@ fn write_params(layout: &RunLayout, params: &TrainParams, backbone: &(String, St
         }))?,
     )?;
     Ok(())
-}
-
-fn loop_settings<'a>(
-    args: &DinosaurTrainArgs,
-    params: &TrainParams,
-    layout: &'a RunLayout,
-    stop: &'a StopHandle,
-) -> LoopSettings<'a> {
-    LoopSettings {
-        layout,
-        steps: params.steps,
-        stop_at: None,
-        n_slots: params.model.n_slots,
-        batch_size: params.batch_size as u64,
-        seed: params.seed,
-        checkpoint_every: params.checkpoint_every,
-        log_every: params.log_every,
-        stop,
-        quiet: args.run.quiet,
-        what: "trained",
-    }
 }
 
 /// One baseline step: features of the batch, noise, forward, MSE, backward, clip, Adam.
