@@ -327,7 +327,7 @@ impl ClipText {
             return Ok(Tensor::f_zeros([0, e], (Kind::Float, self.device))?);
         }
         let ids = ids.f_to_kind(Kind::Int64)?.f_to_device(self.device)?;
-        let (lo, hi) = (ids.f_min()?.int64_value(&[]), ids.f_max()?.int64_value(&[]));
+        let (lo, hi) = (ids.f_min()?.f_int64_value(&[])?, ids.f_max()?.f_int64_value(&[])?);
         if lo < 0 || hi >= self.config.vocab_size {
             return Err(ClipTextError::Input(format!(
                 "ids range over {lo}..={hi}, outside the vocabulary 0..{}",
