@@ -108,8 +108,6 @@ pub enum TrainError {
     Model(#[from] DinosaurError),
     #[error(transparent)]
     Cache(#[from] OutputError),
-    #[error("feature source: {0}")]
-    Source(String),
     #[error(transparent)]
     Loader(#[from] crate::loader::LoaderError),
     #[error("non-finite loss {loss} at step {step}")]

@@ -19,6 +19,17 @@ pub enum InputProjection {
     SingleLinear,
 }
 
+/// A configuration value the slot model cannot use (the first one found).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field} must be positive, got {value}")]
+    NotPositive { field: &'static str, value: i64 },
+    #[error("mask_temperature must be positive, got {0}")]
+    MaskTemperature(f64),
+    #[error("attention_eps must be >= 0 and layer_norm_eps > 0 (got {attention_eps} and {layer_norm_eps})")]
+    Epsilons { attention_eps: f64, layer_norm_eps: f64 },
+}
+
 /// Every size and constant of the slot model. `Default` is not provided on purpose: pick a preset.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,7 +120,7 @@ impl DinosaurConfig {
     }
 
     /// Checks that every size is positive and every constant usable; names the first offending field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let sizes = [
             ("n_slots", self.n_slots),
             ("slot_dim", self.slot_dim),
@@ -121,17 +132,17 @@ impl DinosaurConfig {
         ];
         for (name, v) in sizes {
             if v <= 0 {
-                return Err(format!("{name} must be positive, got {v}"));
+                return Err(ConfigError::NotPositive { field: name, value: v });
             }
         }
         if !(self.mask_temperature.is_finite() && self.mask_temperature > 0.0) {
-            return Err(format!(
-                "mask_temperature must be positive, got {}",
-                self.mask_temperature
-            ));
+            return Err(ConfigError::MaskTemperature(self.mask_temperature));
         }
         if !(self.attention_eps >= 0.0 && self.layer_norm_eps > 0.0) {
-            return Err("attention_eps must be >= 0 and layer_norm_eps > 0".into());
+            return Err(ConfigError::Epsilons {
+                attention_eps: self.attention_eps,
+                layer_norm_eps: self.layer_norm_eps,
+            });
         }
         Ok(())
     }

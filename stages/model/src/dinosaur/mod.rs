@@ -30,7 +30,7 @@ mod config;
 mod load;
 mod noise;
 
-pub use config::{DinosaurConfig, InputProjection};
+pub use config::{ConfigError, DinosaurConfig, InputProjection};
 pub use load::{file_config, infer_config, LoadError, RUN_CHECKPOINT_FILE, SLOT_DECODER_PREFIX};
 pub use noise::slot_noise;
 
@@ -123,7 +123,7 @@ pub struct DinosaurOutput {
 #[derive(Debug, thiserror::Error)]
 pub enum DinosaurError {
     #[error("invalid DINOSAUR configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("{what}: expected shape {expected}, got {got:?}")]
     Shape {
         what: &'static str,
@@ -246,7 +246,7 @@ pub struct Dinosaur {
 impl Dinosaur {
     /// A freshly initialised model (initialisation as the reference; draws from libtorch's global generator).
     pub fn new(config: DinosaurConfig, device: Device) -> Result<Self, DinosaurError> {
-        config.validate().map_err(DinosaurError::Config)?;
+        config.validate()?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let c = &config;
