@@ -32,7 +32,7 @@ mod noise;
 
 pub use config::{ConfigError, DinosaurConfig, InputProjection};
 pub use load::{file_config, infer_config, LoadError, RUN_CHECKPOINT_FILE, SLOT_DECODER_PREFIX};
-pub use noise::slot_noise;
+pub use noise::{seeded, slot_noise};
 
 use tch::nn::{self, Init};
 use tch::TchError;

@@ -17,6 +17,14 @@ use tch::{Device, Kind, Tensor};
 
 static GENERATOR: Mutex<()> = Mutex::new(());
 
+/// `draw()` right after `tch::manual_seed(seed)`, holding the lock of the global generator, so that no other
+/// seeded draw of this crate interleaves with it (the stage-2 head's initialisation).
+pub fn seeded<T>(seed: i64, draw: impl FnOnce() -> T) -> T {
+    let _guard = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed);
+    draw()
+}
+
 /// Noise for the images `image_indices` (in that order): (len · n_views, K, D) float32 on `device`, image
 /// `image_indices[j]` owning rows `j·n_views .. (j+1)·n_views`.
 pub fn slot_noise(
