@@ -24,6 +24,20 @@ pub fn frame_row(id: FrameId, g: &Geometry) -> FrameRow {
     FrameRow::new(id, frame_geometry(g))
 }
 
+/// The row of frame 0 (`s/000000.png`) of sequence `s` of a `frames` dataset, `height`×`width` at its native
+/// size: the one frame that unit tests of tables, ground truth and evaluation build rows on.
+#[doc(hidden)]
+pub fn test_frame(height: u32, width: u32) -> FrameRow {
+    let id = FrameId {
+        dataset: "frames".into(),
+        sequence_id: "s".into(),
+        frame_index: 0,
+        frame_name: "000000".into(),
+        source_path: "s/000000.png".into(),
+    };
+    frame_row(id, &Geometry::native(height as usize, width as usize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -352,17 +352,7 @@ pub fn to_label_frame(gt: LabelMap, frame: &FrameRow, path: &Path) -> Result<Lab
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(height: u32, width: u32) -> FrameRow {
-        let id = mrdino_outputs::tables::FrameId {
-            dataset: "frames".into(),
-            sequence_id: "s".into(),
-            frame_index: 0,
-            frame_name: "000000".into(),
-            source_path: "s/000000.png".into(),
-        };
-        crate::frame_rows::frame_row(id, &mrdino_datasets::Geometry::native(height as usize, width as usize))
-    }
+    use crate::frame_rows::test_frame as frame;
 
     #[test]
     fn formats_keep_their_names_and_movi_e_is_kubric() {

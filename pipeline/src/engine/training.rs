@@ -211,16 +211,13 @@ pub trait StepRunner {
 /// How a run's loop is driven.
 pub struct LoopSettings<'a> {
     pub layout: &'a RunLayout,
-    /// The run's length (the learning-rate schedule and the check steps follow it).
-    pub steps: u64,
+    /// The run's step schedule; its `steps` is the run's length (the learning-rate schedule and the check steps
+    /// follow it).
+    pub plan: StepPlan,
     /// Stop (with a checkpoint, successfully) after this many steps instead: a restart candidate.
     pub stop_at: Option<u64>,
     /// K, for the collapse verdicts.
     pub n_slots: i64,
-    pub batch_size: u64,
-    pub seed: i64,
-    pub checkpoint_every: u64,
-    pub log_every: u64,
     /// Signals and the time budget.
     pub stop: &'a StopHandle,
     pub quiet: bool,
@@ -232,19 +229,7 @@ impl<'a> LoopSettings<'a> {
     /// A run of `plan` in `layout`, stopped by `stop`, to its last step (not a candidate), with no collapse
     /// verdicts until `n_slots` is set.
     pub fn new(layout: &'a RunLayout, stop: &'a StopHandle, plan: StepPlan, quiet: bool, what: &'a str) -> Self {
-        Self {
-            layout,
-            steps: plan.steps,
-            stop_at: None,
-            n_slots: 0,
-            batch_size: plan.batch_size,
-            seed: plan.seed,
-            checkpoint_every: plan.checkpoint_every,
-            log_every: plan.log_every,
-            stop,
-            quiet,
-            what,
-        }
+        Self { layout, plan, stop_at: None, n_slots: 0, stop, quiet, what }
     }
 }
 
@@ -261,7 +246,7 @@ pub fn initial_state(seed: i64) -> TrainState {
 
 fn step_bar(settings: &LoopSettings<'_>, position: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(
-        Some(settings.steps),
+        Some(settings.plan.steps),
         if settings.quiet {
             ProgressDrawTarget::hidden()
         } else {
@@ -359,7 +344,7 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
     let bar = step_bar(settings, state.step);
     let (started, elapsed_before) = (Instant::now(), state.elapsed_s);
     let save = |runner: &dyn StepRunner, state: &TrainState, rows: &[MetricsRow]| -> Result<()> {
-        let verdict = match state.step == settings.steps {
+        let verdict = match state.step == settings.plan.steps {
             true => final_verdict(rows, settings.n_slots, state.step),
             false => latest_verdict(rows).cloned(),
         };
@@ -367,8 +352,8 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
         write_atomic(&layout.loss_plot_file(), loss_svg(rows, verdict.as_ref()).as_bytes())?;
         Ok(())
     };
-    let batch = settings.batch_size;
-    let end = settings.stop_at.map_or(settings.steps, |s| s.min(settings.steps));
+    let batch = settings.plan.batch_size;
+    let end = settings.stop_at.map_or(settings.plan.steps, |s| s.min(settings.plan.steps));
     while state.step < end {
         if settings.stop.requested() {
             save(runner, &state, &logs.rows)?;
@@ -385,14 +370,14 @@ pub fn run_steps(settings: &LoopSettings<'_>, mut state: TrainState, runner: &mu
         }
         state.step += 1;
         state.next_sample = state.step * batch;
-        state.rng_state = sample_rng(settings.seed, state.next_sample).state;
+        state.rng_state = sample_rng(settings.plan.seed, state.next_sample).state;
         state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         // Rows follow the run's cadence, not `stop_at`, so a candidate's log is the prefix of its full run's.
-        if state.step.is_multiple_of(settings.log_every) || state.step == settings.steps {
+        if state.step.is_multiple_of(settings.plan.log_every) || state.step == settings.plan.steps {
             logs.log_step(settings, state.step, &m, state.elapsed_s)?;
             bar.set_message(progress_message(&m, latest_verdict(&logs.rows)));
         }
-        if state.step.is_multiple_of(settings.checkpoint_every) || state.step == end {
+        if state.step.is_multiple_of(settings.plan.checkpoint_every) || state.step == end {
             save(runner, &state, &logs.rows)?;
         }
         bar.set_position(state.step);

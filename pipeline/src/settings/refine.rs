@@ -77,13 +77,7 @@ pub struct RefineParams {
 impl RefineParams {
     /// The step schedule of the run.
     pub fn step_plan(&self) -> StepPlan {
-        StepPlan {
-            steps: self.steps,
-            batch_size: self.batch_size as u64,
-            seed: self.seed,
-            checkpoint_every: self.checkpoint_every,
-            log_every: self.log_every,
-        }
+        StepPlan::new(self.steps, self.batch_size, self.seed, self.checkpoint_every, self.log_every)
     }
 
     /// The reference recipe of `stage` (stage 1 or 2) for `preset` (see `crate::settings::presets`).

@@ -61,16 +61,18 @@ pub struct StepPlan {
     pub log_every: u64,
 }
 
+impl StepPlan {
+    /// The schedule of a run of `steps` steps of `batch_size` samples drawn from `seed`, with a checkpoint every
+    /// `checkpoint_every` steps and a metrics row every `log_every`.
+    pub fn new(steps: u64, batch_size: usize, seed: i64, checkpoint_every: u64, log_every: u64) -> Self {
+        Self { steps, batch_size: batch_size as u64, seed, checkpoint_every, log_every }
+    }
+}
+
 impl TrainParams {
     /// The step schedule of the run.
     pub fn step_plan(&self) -> StepPlan {
-        StepPlan {
-            steps: self.steps,
-            batch_size: self.batch_size as u64,
-            seed: self.seed,
-            checkpoint_every: self.checkpoint_every,
-            log_every: self.log_every,
-        }
+        StepPlan::new(self.steps, self.batch_size, self.seed, self.checkpoint_every, self.log_every)
     }
 
     /// The reference recipe of `preset` (`kitti`, `tri-pd`, `movi-e`; see `crate::settings::presets`) for a

@@ -575,17 +575,7 @@ mod tests {
     use mrdino_outputs::tables::InstanceOrigin;
     use mrdino_outputs::CocoRle;
     use mrdino_stages::metrics::prediction_ids;
-
-    fn frame(height: u32, width: u32) -> FrameRow {
-        let id = mrdino_outputs::tables::FrameId {
-            dataset: "frames".into(),
-            sequence_id: "s".into(),
-            frame_index: 0,
-            frame_name: "000000".into(),
-            source_path: "s/000000.png".into(),
-        };
-        mrdino_stages::frame_rows::frame_row(id, &mrdino_datasets::Geometry::native(height as usize, width as usize))
-    }
+    use mrdino_stages::frame_rows::test_frame as frame;
 
     /// What `mrdino infer` stores for a merged canvas, painted back the way `eval --predictions` paints it.
     fn stored_and_painted(merged: &MergedCanvas, stage2: bool) -> LabelMap {

@@ -27,7 +27,7 @@ use mrdino_datasets::DatasetKind;
 use mrdino_model::backbone::{patch_size_of, BackboneRequest, LoadedBackbone};
 use mrdino_model::collapse::Verdict;
 use mrdino_model::patch_scale::PRESET_PATCH_PX;
-use mrdino_model::dinosaur::Dinosaur;
+use mrdino_model::dinosaur::{seeded, Dinosaur};
 use mrdino_model::loader::ImageSource;
 use mrdino_model::memory::{self, StepKind};
 use mrdino_model::optim::{Adam, AdamConfig};
@@ -180,8 +180,7 @@ fn train_run(
     stop: &StopHandle,
     stop_at: Option<u64>,
 ) -> Result<ExitCode> {
-    tch::manual_seed(params.seed);
-    let model = Dinosaur::new(params.model.clone(), device)?;
+    let model = seeded(params.seed, || Dinosaur::new(params.model.clone(), device))?;
     let config = AdamConfig {
         beta1: params.adam_beta1,
         beta2: params.adam_beta2,

@@ -438,25 +438,27 @@ fn read_weights(
 }
 
 /// Random weights with the key set of `config` (weights N(0, 0.02), embeddings N(0, 0.1), LayerNorm weights
-/// 1 + N(0, 0.1), biases N(0, 0.1)), drawn on libtorch's CPU generator after `tch::manual_seed(seed)`.
+/// 1 + N(0, 0.1), biases N(0, 0.1)), drawn on libtorch's CPU generator after `tch::manual_seed(seed)`, holding
+/// the generator's lock ([`crate::dinosaur::seeded`]).
 pub fn random_tensors(config: &ClipTextConfig, seed: i64) -> Vec<(String, Tensor)> {
-    tch::manual_seed(seed);
     let opts = (Kind::Float, Device::Cpu);
-    config
-        .expected_keys()
-        .into_iter()
-        .map(|(key, shape)| {
-            let shape = shape.as_slice();
-            let t = if key.contains("norm") && key.ends_with("weight") {
-                Tensor::randn(shape, opts) * 0.1 + 1.0
-            } else if key.ends_with("bias") || key.contains("embedding") {
-                Tensor::randn(shape, opts) * 0.1
-            } else {
-                Tensor::randn(shape, opts) * 0.02
-            };
-            (key, t)
-        })
-        .collect()
+    crate::dinosaur::seeded(seed, || {
+        config
+            .expected_keys()
+            .into_iter()
+            .map(|(key, shape)| {
+                let shape = shape.as_slice();
+                let t = if key.contains("norm") && key.ends_with("weight") {
+                    Tensor::randn(shape, opts) * 0.1 + 1.0
+                } else if key.ends_with("bias") || key.contains("embedding") {
+                    Tensor::randn(shape, opts) * 0.1
+                } else {
+                    Tensor::randn(shape, opts) * 0.02
+                };
+                (key, t)
+            })
+            .collect()
+    })
 }
 
 /// Writes random weights of `config` to `path` with the configuration in the metadata (tests, benches).
@@ -510,11 +512,11 @@ mod tests {
 
     #[test]
     fn causal_sdpa_equals_clips_additive_mask() {
-        tch::manual_seed(3);
         for (b, h, n, d) in [(3, 8, 77, 64), (2, 2, 10, 32), (1, 8, 3, 64)] {
-            let q = Tensor::randn([b, h, n, d], (Kind::Float, Device::Cpu));
-            let k = Tensor::randn([b, h, n, d], (Kind::Float, Device::Cpu));
-            let v = Tensor::randn([b, h, n, d], (Kind::Float, Device::Cpu));
+            let (q, k, v) = crate::dinosaur::seeded(3, || {
+                let draw = || Tensor::randn([b, h, n, d], (Kind::Float, Device::Cpu));
+                (draw(), draw(), draw())
+            });
             // CLIP's build_attention_mask: fill −inf, keep the part strictly above the diagonal.
             let mask = Tensor::full([n, n], f64::NEG_INFINITY, (Kind::Float, Device::Cpu)).triu(1);
             let causal = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, false);

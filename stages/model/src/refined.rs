@@ -297,18 +297,20 @@ mod tests {
 
     /// A random DINOSAUR's tensors, with the stage-2 head of hidden size `hidden` when given.
     fn model_file(hidden: Option<i64>) -> TensorFile {
-        tch::manual_seed(4);
         let config = DinosaurConfig::custom(K, D, 6, 16, 4);
-        let model = Dinosaur::new(config.clone(), Device::Cpu).unwrap();
-        let mut tensors = model.raw_parameters().unwrap();
-        if let Some(h) = hidden {
-            for (layer, fan_in, fan_out) in [("0", D, h), ("2", h, h), ("4", h, h), ("6", h, 1)] {
-                let w = Tensor::randn([fan_out, fan_in], (Kind::Float, Device::Cpu));
-                let b = Tensor::randn([fan_out], (Kind::Float, Device::Cpu));
-                tensors.push(from_tch(&slot_decoder_key(layer, "weight"), &w).unwrap());
-                tensors.push(from_tch(&slot_decoder_key(layer, "bias"), &b).unwrap());
+        let mut tensors = crate::dinosaur::seeded(4, || {
+            let model = Dinosaur::new(config.clone(), Device::Cpu).unwrap();
+            let mut tensors = model.raw_parameters().unwrap();
+            if let Some(h) = hidden {
+                for (layer, fan_in, fan_out) in [("0", D, h), ("2", h, h), ("4", h, h), ("6", h, 1)] {
+                    let w = Tensor::randn([fan_out, fan_in], (Kind::Float, Device::Cpu));
+                    let b = Tensor::randn([fan_out], (Kind::Float, Device::Cpu));
+                    tensors.push(from_tch(&slot_decoder_key(layer, "weight"), &w).unwrap());
+                    tensors.push(from_tch(&slot_decoder_key(layer, "bias"), &b).unwrap());
+                }
             }
-        }
+            tensors
+        });
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
         let json = serde_json::to_string(&config).unwrap();
         TensorFile {
@@ -318,11 +320,12 @@ mod tests {
     }
 
     fn inputs() -> (Tensor, Tensor) {
-        tch::manual_seed(9);
-        (
-            Tensor::randn([2, 4, 6], (Kind::Float, Device::Cpu)),
-            Tensor::randn([2, K, D], (Kind::Float, Device::Cpu)),
-        )
+        crate::dinosaur::seeded(9, || {
+            (
+                Tensor::randn([2, 4, 6], (Kind::Float, Device::Cpu)),
+                Tensor::randn([2, K, D], (Kind::Float, Device::Cpu)),
+            )
+        })
     }
 
     #[test]

@@ -610,8 +610,8 @@ mod tests {
     use super::*;
 
     fn random(n: i64, p: i64, seed: i64) -> Tensor {
-        tch::manual_seed(seed);
-        centred(&Tensor::randn([n, p], (Kind::Double, tch::Device::Cpu))).unwrap()
+        let x = crate::dinosaur::seeded(seed, || Tensor::randn([n, p], (Kind::Double, tch::Device::Cpu)));
+        centred(&x).unwrap()
     }
 
     #[test]

@@ -249,8 +249,7 @@ mod tests {
     use tch::Device;
 
     fn scene() -> (Tensor, Tensor) {
-        tch::manual_seed(3);
-        let image = Tensor::rand([3, 20, 30], (Kind::Float, Device::Cpu));
+        let image = crate::dinosaur::seeded(3, || Tensor::rand([3, 20, 30], (Kind::Float, Device::Cpu)));
         let fg = Tensor::zeros([20, 30], (Kind::Bool, Device::Cpu));
         let _ = fg.narrow(0, 5, 6).narrow(1, 8, 10).fill_(1);
         (image, fg)

@@ -155,14 +155,16 @@ fn percentiles_match_numpy() {
 
 #[test]
 fn cka_invariances() {
-    tch::manual_seed(7);
-    let x = Tensor::randn([80, 10], (Kind::Double, tch::Device::Cpu));
-    let y = x.matmul(&Tensor::randn([10, 6], (Kind::Double, tch::Device::Cpu)))
-        + Tensor::randn([80, 6], (Kind::Double, tch::Device::Cpu));
+    let (x, y, q) = mrdino_model::dinosaur::seeded(7, || {
+        let draw = |shape: [i64; 2]| Tensor::randn(shape, (Kind::Double, tch::Device::Cpu));
+        let x = draw([80, 10]);
+        let y = x.matmul(&draw([10, 6])) + draw([80, 6]);
+        let (q, _) = Tensor::linalg_qr(&draw([10, 10]), "reduced");
+        (x, y, q)
+    });
     for f in [linear_cka, linear_cka_debiased] {
         assert!((f(&x, &x).unwrap() - 1.0).abs() < 1e-12, "CKA(X, X) = 1");
         let base = f(&x, &y).unwrap();
-        let (q, _) = Tensor::linalg_qr(&Tensor::randn([10, 10], (Kind::Double, tch::Device::Cpu)), "reduced");
         let rotated = f(&x.matmul(&q), &y).unwrap();
         let scaled = f(&(&x * 17.5), &(&y * 0.003)).unwrap();
         assert!(

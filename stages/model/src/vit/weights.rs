@@ -189,25 +189,27 @@ pub fn save(path: &Path, config: &VitConfig, tensors: &[(String, Tensor)]) -> Re
 }
 
 /// Random weights with the key set of `config` (weights N(0, 0.02), LayerNorm weights 1 + N(0, 0.1), biases and
-/// LayerScale drawn away from their defaults), drawn on libtorch's CPU generator after `tch::manual_seed(seed)`.
-/// For benches and tests that need a file of the right layout.
+/// LayerScale drawn away from their defaults), drawn on libtorch's CPU generator after `tch::manual_seed(seed)`,
+/// holding the generator's lock ([`crate::dinosaur::seeded`]). For benches and tests that need a file of the
+/// right layout.
 pub fn random_tensors(config: &VitConfig, seed: i64) -> Vec<(String, Tensor)> {
-    tch::manual_seed(seed);
-    config
-        .expected_keys()
-        .into_iter()
-        .map(|(key, shape)| {
-            let opts = (Kind::Float, Device::Cpu);
-            let t = if key.ends_with("gamma") {
-                Tensor::rand(shape.as_slice(), opts) + 0.5
-            } else if (key.contains("norm") || key.starts_with("ln_pre")) && key.ends_with("weight") {
-                Tensor::randn(shape.as_slice(), opts) * 0.1 + 1.0
-            } else if key.ends_with("bias") {
-                Tensor::randn(shape.as_slice(), opts) * 0.1
-            } else {
-                Tensor::randn(shape.as_slice(), opts) * 0.02
-            };
-            (key, t)
-        })
-        .collect()
+    crate::dinosaur::seeded(seed, || {
+        config
+            .expected_keys()
+            .into_iter()
+            .map(|(key, shape)| {
+                let opts = (Kind::Float, Device::Cpu);
+                let t = if key.ends_with("gamma") {
+                    Tensor::rand(shape.as_slice(), opts) + 0.5
+                } else if (key.contains("norm") || key.starts_with("ln_pre")) && key.ends_with("weight") {
+                    Tensor::randn(shape.as_slice(), opts) * 0.1 + 1.0
+                } else if key.ends_with("bias") {
+                    Tensor::randn(shape.as_slice(), opts) * 0.1
+                } else {
+                    Tensor::randn(shape.as_slice(), opts) * 0.02
+                };
+                (key, t)
+            })
+            .collect()
+    })
 }
