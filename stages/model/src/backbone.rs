@@ -253,9 +253,11 @@ fn sha256_f32<'a>(values: impl Iterator<Item = &'a f32>) -> String {
 /// Why a backbone could not encode a batch of images.
 #[derive(Debug, thiserror::Error)]
 pub enum FeatureError {
-    /// The images are not what the backbone takes (shape, size), with the reason.
-    #[error("{0}")]
-    Input(String),
+    /// The images are not what the backbone takes.
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
+    #[error("a {height}×{width} image is smaller than one {patch} px patch")]
+    ImageTooSmall { height: i64, width: i64, patch: i64 },
     #[error(transparent)]
     Vit(Box<VitError>),
     #[error(transparent)]
@@ -607,13 +609,11 @@ impl Backbone for ColourFourierBackbone {
 fn check_patch_images(images01: &Tensor, patch: i64) -> Result<(i64, i64), FeatureError> {
     let size = images01.size();
     let [_, 3, height, width] = size[..] else {
-        return Err(FeatureError::Input(format!("expected images (B, 3, H, W), got {size:?}")));
+        return Err(crate::input::InputError::tensor("backbone input images", "(B, 3, H, W)", images01).into());
     };
     let (grid_h, grid_w) = (height / patch, width / patch);
     if grid_h == 0 || grid_w == 0 {
-        return Err(FeatureError::Input(format!(
-            "a {height}×{width} image is smaller than one {patch} px patch"
-        )));
+        return Err(FeatureError::ImageTooSmall { height, width, patch });
     }
     Ok((grid_h, grid_w))
 }

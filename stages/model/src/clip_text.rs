@@ -74,8 +74,14 @@ pub enum ClipTextError {
     UnknownModel { name: String },
     #[error("bad text tower spec `{spec}`: {message}")]
     BadSpec { spec: String, message: String },
-    #[error("token ids: {0}")]
-    Input(String),
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
+    #[error("token sequences of {length} tokens: the text tower reads 1 to {context}")]
+    Length { length: i64, context: i64 },
+    #[error("token ids range over {lo}..={hi}, outside the vocabulary 0..{vocab}")]
+    IdRange { lo: i64, hi: i64, vocab: i64 },
+    #[error("ψ reads 512-d CLIP embeddings, but the text tower `{name}` outputs {dim}")]
+    EmbedDim { name: String, dim: i64 },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
@@ -303,24 +309,19 @@ impl ClipText {
     /// (N, L) integer token ids, 1 ≤ L ≤ the context length, every id < the vocabulary size → (N, E) float32
     /// on the model's device, unnormalised (OpenAI `encode_text`).
     pub fn encode(&self, ids: &Tensor) -> Result<Tensor, ClipTextError> {
-        let (n, l) = match ids.size().as_slice() {
-            [n, l] => (*n, *l),
-            other => return Err(ClipTextError::Input(format!("expected (N, L), got shape {other:?}"))),
-        };
-        if !matches!(
+        let integer = matches!(
             ids.kind(),
             Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
-        ) {
-            return Err(ClipTextError::Input(format!(
-                "expected integer ids, got {:?}",
-                ids.kind()
-            )));
-        }
+        );
+        let (n, l) = match ids.size().as_slice() {
+            [n, l] if integer => (*n, *l),
+            _ => return Err(crate::input::InputError::tensor("token ids", "(N, L) integers", ids).into()),
+        };
         if l < 1 || l > self.config.context_length {
-            return Err(ClipTextError::Input(format!(
-                "sequence length {l} outside 1..={}",
-                self.config.context_length
-            )));
+            return Err(ClipTextError::Length {
+                length: l,
+                context: self.config.context_length,
+            });
         }
         let e = self.config.embed_dim;
         if n == 0 {
@@ -329,10 +330,11 @@ impl ClipText {
         let ids = ids.f_to_kind(Kind::Int64)?.f_to_device(self.device)?;
         let (lo, hi) = (ids.f_min()?.f_int64_value(&[])?, ids.f_max()?.f_int64_value(&[])?);
         if lo < 0 || hi >= self.config.vocab_size {
-            return Err(ClipTextError::Input(format!(
-                "ids range over {lo}..={hi}, outside the vocabulary 0..{}",
-                self.config.vocab_size
-            )));
+            return Err(ClipTextError::IdRange {
+                lo,
+                hi,
+                vocab: self.config.vocab_size,
+            });
         }
         let _guard = tch::no_grad_guard();
         let w = self.config.width;
@@ -363,10 +365,10 @@ impl ClipText {
         classes: &[&str],
     ) -> Result<Tensor, ClipTextError> {
         if self.config.embed_dim != 512 {
-            return Err(ClipTextError::Input(format!(
-                "ψ reads 512-d CLIP embeddings, but `{}` outputs {}",
-                self.config.name, self.config.embed_dim
-            )));
+            return Err(ClipTextError::EmbedDim {
+                name: self.config.name.clone(),
+                dim: self.config.embed_dim,
+            });
         }
         let context = self.config.context_length;
         let t = TEMPLATES.len() as i64;

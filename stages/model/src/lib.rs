@@ -21,6 +21,7 @@
 //! - [`loader`], [`memory`]: on-the-fly training images (decoded and augmented on CPU threads) and the memory
 //!   a training step needs, estimated from shapes, against what the machine has;
 //! - [`layers`]: the one `Linear` and `LayerNorm` (from loaded weights, or trainable);
+//! - [`input`]: the one error of a function handed a tensor argument it does not take;
 //! - [`weights`]: the one source every weight loader reads (file or model file), with the one key/shape check;
 //! - [`resnet`], [`similarity`], [`variants`], [`representations`]: SwaV's ResNet-50, the robustness analysis'
 //!   statistics, image variants and the backbones' pooled representations of them.
@@ -32,6 +33,7 @@ pub mod collapse;
 pub mod device;
 pub mod dinosaur;
 pub mod encode;
+pub mod input;
 pub mod layers;
 pub mod loader;
 pub mod matching;

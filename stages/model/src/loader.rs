@@ -64,8 +64,8 @@ pub enum LoaderError {
     Decode(#[from] DatasetError),
     #[error("{path}: {source}")]
     Torch { path: PathBuf, source: tch::TchError },
-    #[error("cannot start the decoding threads: {0}")]
-    Threads(String),
+    #[error("cannot start the decoding threads")]
+    Threads(#[from] rayon::ThreadPoolBuildError),
     #[error("the decoding thread stopped")]
     Stopped,
     #[error("expected the batch at sample {expected}, the decoding thread sent sample {got}")]
@@ -205,7 +205,7 @@ impl ImageSource {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.workers.unwrap_or(0))
             .build()
-            .map_err(|e| LoaderError::Threads(e.to_string()))?;
+            .map_err(LoaderError::Threads)?;
         self.producer = Some(std::thread::spawn(move || {
             let mut sampler = Sampler::new(seed, paths.len());
             let mut first = first_sample;

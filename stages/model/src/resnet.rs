@@ -30,8 +30,8 @@ pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
 pub enum ResnetError {
     #[error(transparent)]
     Weights(#[from] WeightError),
-    #[error("ResNet-50 input: {0}")]
-    Input(String),
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
@@ -120,10 +120,9 @@ fn check_images(images: &Tensor, float: bool) -> Result<(), ResnetError> {
     let float_kind = matches!(images.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
     match images.size()[..] {
         [_, 3, h, w] if h > 0 && w > 0 && (float_kind || !float) => Ok(()),
-        _ => Err(ResnetError::Input(format!(
-            "expected images (B, 3, H, W), got {:?} of shape {:?}",
-            images.kind(),
-            images.size()
-        ))),
+        _ => {
+            let expected = if float { "(B, 3, H, W) float, H, W > 0" } else { "(B, 3, H, W), H, W > 0" };
+            Err(crate::input::InputError::tensor("ResNet-50 input images", expected, images).into())
+        }
     }
 }

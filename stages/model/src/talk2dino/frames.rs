@@ -23,13 +23,12 @@ use crate::vit::Vit;
 pub fn frame_tensor(frame: &Frame) -> Result<Tensor, Talk2DinoError> {
     let image = &frame.image;
     if image.data.len() != image.height * image.width * 3 {
-        return Err(Talk2DinoError::Input(format!(
-            "frame {}: {} bytes for a {}x{} RGB image",
-            frame.name,
-            image.data.len(),
-            image.width,
-            image.height
-        )));
+        return Err(Talk2DinoError::FrameBytes {
+            frame: frame.name.clone(),
+            bytes: image.data.len(),
+            height: image.height,
+            width: image.width,
+        });
     }
     Ok(Tensor::f_from_slice(&image.data)?
         .f_view([image.height as i64, image.width as i64, 3])?

@@ -52,6 +52,7 @@ pub use models::{Talk2Dino, Talk2DinoFiles, WeightsIdentity};
 pub use pamr::{pamr, PamrConfig};
 pub use segment::{keep_ratio_resize, segment, SegmentOptions, Segmentation, SlidingWindow, View};
 
+use crate::input::InputError;
 use crate::weights::{WeightError, WeightSource};
 use mrdino_outputs::weights_id::Identity;
 use std::path::{Path, PathBuf};
@@ -94,8 +95,33 @@ pub enum Talk2DinoError {
         value: String,
         message: String,
     },
-    #[error("{0}")]
-    Input(String),
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
+    #[error("sliding window: every size must be positive, got {window:?}")]
+    BadWindow { window: SlidingWindow },
+    #[error("unknown view `{name}` (expected one of {})", View::NAMES.join(", "))]
+    UnknownView { name: String },
+    #[error("background threshold {value} is not finite")]
+    Threshold { value: f64 },
+    #[error("{view}: {px} px is not a positive multiple of the backbone's patch {patch_px} px")]
+    ViewPatch {
+        view: &'static str,
+        px: i64,
+        patch_px: i64,
+    },
+    #[error("the square resize needs a positive size, got {size_px} px")]
+    SquareSize { size_px: i64 },
+    #[error("frame {frame}: {bytes} bytes for a {width}x{height} RGB image")]
+    FrameBytes {
+        frame: String,
+        bytes: usize,
+        height: usize,
+        width: usize,
+    },
+    #[error("PAMR: dilations must be ≥ 1 px, got {dilations_px:?}")]
+    Dilations { dilations_px: Vec<i64> },
+    #[error("ψ: four tensors expected, got {count}")]
+    PsiTensors { count: usize },
     #[error("keep-ratio resize of a {height}×{width} image to {new_height}×{new_width} (OpenCV): {message}")]
     Resize {
         height: i64,
@@ -122,9 +148,38 @@ pub enum Talk2DinoError {
         #[source]
         source: Box<crate::clip_text::ClipTextError>,
     },
-    /// Weights that do not belong together (ψ and backbone, input size and patch).
-    #[error("{0}")]
-    Mismatch(String),
+    /// ψ maps into another width than the backbone's.
+    #[error(
+        "ψ ({}) maps into {psi_dim} dimensions but the backbone `{backbone}` ({}) has {backbone_dim}",
+        psi.display(),
+        backbone_path.display()
+    )]
+    PsiWidth {
+        psi: PathBuf,
+        psi_dim: i64,
+        backbone: String,
+        backbone_path: PathBuf,
+        backbone_dim: i64,
+    },
+    /// ψ records the Talk2DINO release it belongs to, made for another backbone: width, patch and registers of
+    /// both.
+    #[error(
+        "ψ ({}) is Talk2DINO's `{proj_name}`, made for {made_for} (width {}, patch {} px, {} registers), but the \
+         backbone `{backbone}` ({}) has width {}, patch {} px, {} registers",
+        psi.display(), made_for_shape.0, made_for_shape.1, made_for_shape.2, backbone_path.display(), shape.0,
+        shape.1, shape.2
+    )]
+    PsiRelease {
+        psi: PathBuf,
+        proj_name: String,
+        made_for: String,
+        /// (width, patch px, registers) of the backbone ψ was made for.
+        made_for_shape: (i64, i64, i64),
+        backbone: String,
+        backbone_path: PathBuf,
+        /// (width, patch px, registers) of the backbone given.
+        shape: (i64, i64, i64),
+    },
     #[error(transparent)]
     ClipText(#[from] crate::clip_text::ClipTextError),
     #[error(transparent)]
@@ -255,7 +310,7 @@ impl Psi {
         }
         let [w1, b1, w2, b2]: [Tensor; 4] = taken
             .try_into()
-            .map_err(|_| Talk2DinoError::Input("ψ: four tensors expected".to_string()))?;
+            .map_err(|v: Vec<Tensor>| Talk2DinoError::PsiTensors { count: v.len() })?;
         let variant = match proj_name {
             None => None,
             Some(name) => {
@@ -336,13 +391,15 @@ pub fn similarity_maps(patches: &Tensor, grid: (i64, i64), classes: &Tensor) -> 
     let (b, p, c) = patches.size3()?;
     let (_, c_classes) = classes.size2()?;
     if p != grid.0 * grid.1 || c != c_classes {
-        return Err(Talk2DinoError::Input(format!(
-            "patch tokens {:?} on a {}×{} grid do not match class embeddings {:?}",
-            patches.size(),
-            grid.0,
-            grid.1,
-            classes.size()
-        )));
+        return Err(InputError::Disagree {
+            operation: "cosine maps",
+            shapes: vec![
+                ("patch tokens", patches.size()),
+                ("patch grid", vec![grid.0, grid.1]),
+                ("class embeddings", classes.size()),
+            ],
+        }
+        .into());
     }
     let sim = f_l2_normalize(patches, -1)?.f_matmul(&classes.f_tr()?)?; // (B, P, N)
     Ok(sim.f_permute([0, 2, 1])?.f_reshape([b, -1, grid.0, grid.1])?)
@@ -362,12 +419,11 @@ pub fn background_clean(
     let (b_attn, _, p) = attention_logits.size3()?;
     let (b_patches, p_patches, _) = patches.size3()?;
     if b_attn != b || b_patches != b || p != h * w || p_patches != h * w {
-        return Err(Talk2DinoError::Input(format!(
-            "background cleaning: masks {:?}, patch tokens {:?} and attention logits {:?} disagree",
-            masks.size(),
-            patches.size(),
-            attention_logits.size()
-        )));
+        return Err(InputError::disagree(
+            "background cleaning",
+            &[("masks", masks), ("patch tokens", patches), ("attention logits", attention_logits)],
+        )
+        .into());
     }
     let mut out = Vec::with_capacity(b as usize);
     for i in 0..b {
@@ -412,13 +468,11 @@ pub fn label_map(soft_masks: &Tensor, size: (i64, i64), bg_threshold: f64) -> Re
     Tensor::f_cat(&[bg, up], 1)?.f_argmax(1, false)
 }
 
-/// Checks (B, 3, H, W) with B, H, W > 0.
-fn check_images(images: &Tensor, what: &str) -> Result<(i64, i64, i64), Talk2DinoError> {
+/// Checks (B, 3, H, W) with B, H, W > 0; `what` names the images in the error.
+fn check_images(images: &Tensor, what: &'static str) -> Result<(i64, i64, i64), Talk2DinoError> {
     match images.size().as_slice() {
         &[b, 3, h, w] if b > 0 && h > 0 && w > 0 => Ok((b, h, w)),
-        other => Err(Talk2DinoError::Input(format!(
-            "{what}: expected (B, 3, H, W) with B, H, W > 0, got shape {other:?}"
-        ))),
+        _ => Err(InputError::tensor(what, "(B, 3, H, W), B, H, W > 0", images).into()),
     }
 }
 
@@ -430,9 +484,9 @@ fn check_images(images: &Tensor, what: &str) -> Result<(i64, i64, i64), Talk2Din
 /// unpinned demo / Hugging Face environment), false in 0.16 (the pinned mmseg benchmark environment); the two
 /// differ only when the image is shrunk.
 pub fn resize_square(images255: &Tensor, size_px: i64, antialias: bool) -> Result<Tensor, Talk2DinoError> {
-    let (_, h, w) = check_images(images255, "resize_square")?;
+    let (_, h, w) = check_images(images255, "images to resize square")?;
     if size_px <= 0 {
-        return Err(Talk2DinoError::Input(format!("resize_square: size {size_px} px")));
+        return Err(Talk2DinoError::SquareSize { size_px });
     }
     let x = images255.f_to_kind(Kind::Float)?;
     let resized = if (h, w) == (size_px, size_px) {
@@ -454,7 +508,7 @@ pub fn soft_masks(
     images01: &Tensor,
     classes: &Tensor,
     with_background_clean: bool,
-) -> Result<Tensor, crate::vit::VitError> {
+) -> Result<Tensor, Talk2DinoError> {
     let tokens = vit.forward(
         &vit.normalize(images01)?,
         crate::vit::ForwardOptions {
@@ -463,21 +517,14 @@ pub fn soft_masks(
         },
     )?;
     let _guard = tch::no_grad_guard();
-    let as_vit = |e: Talk2DinoError| match e {
-        Talk2DinoError::Torch(e) => crate::vit::VitError::Torch(e),
-        Talk2DinoError::Vit(e) => e,
-        other => crate::vit::VitError::Input(other.to_string()),
-    };
     let classes = classes.f_to_device(tokens.patches.device())?.f_to_kind(Kind::Float)?;
-    let soft = similarity_maps(&tokens.patches, tokens.grid, &classes)
-        .map_err(as_vit)?
-        .f_sigmoid()?;
+    let soft = similarity_maps(&tokens.patches, tokens.grid, &classes)?.f_sigmoid()?;
     Ok(match &tokens.cls_attention_logits {
         Some(attn) if with_background_clean => {
             // The ViT scales the logits by head_dim^-½; Talk2DINO recomputes them with its hard-coded 0.125 (the
             // same for ViT-B/L's 64-wide heads, not for other widths).
             let attn = attn.f_mul_scalar(ATTENTION_SCALE * (vit.config().head_dim() as f64).sqrt())?;
-            background_clean(&soft, &tokens.patches, &attn, &classes, LAMBDA_BG).map_err(as_vit)?
+            background_clean(&soft, &tokens.patches, &attn, &classes, LAMBDA_BG)?
         }
         _ => soft,
     })
@@ -582,6 +629,35 @@ pub fn top_two(scores: &[f32]) -> Option<(Ranked, Option<Ranked>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_arguments_are_typed_errors_naming_the_argument_and_value() {
+        let cpu = (Kind::Float, tch::Device::Cpu);
+        let chw = Tensor::zeros([3, 8, 8], cpu);
+        match resize_square(&chw, 4, true) {
+            Err(Talk2DinoError::Input(InputError::Tensor { argument, shape, kind, .. })) => {
+                assert_eq!((argument, shape, kind), ("images to resize square", vec![3, 8, 8], Kind::Float))
+            }
+            other => panic!("{other:?}"),
+        }
+        let bchw = Tensor::zeros([1, 3, 8, 8], cpu);
+        assert!(matches!(resize_square(&bchw, 0, true), Err(Talk2DinoError::SquareSize { size_px: 0 })));
+        assert!(matches!(View::by_name("tiles", 448), Err(Talk2DinoError::UnknownView { name }) if name == "tiles"));
+        let (patches, classes) = (Tensor::zeros([1, 6, 8], cpu), Tensor::zeros([2, 8], cpu));
+        match similarity_maps(&patches, (2, 2), &classes) {
+            Err(Talk2DinoError::Input(InputError::Disagree { operation, shapes })) => {
+                assert_eq!(operation, "cosine maps");
+                assert_eq!(shapes[1], ("patch grid", vec![2, 2]));
+            }
+            other => panic!("{other:?}"),
+        }
+        let window = SlidingWindow { stride_px: 0, ..SlidingWindow::TALK2DINO };
+        let frame = Tensor::zeros([1, 3, 8, 8], (Kind::Uint8, tch::Device::Cpu));
+        assert!(matches!(
+            keep_ratio_resize(&frame, &window),
+            Err(Talk2DinoError::BadWindow { window: w }) if w.stride_px == 0
+        ));
+    }
 
     #[test]
     fn coverage_is_the_exact_area_fraction() {

@@ -75,14 +75,13 @@ impl Talk2Dino {
             check_variant(variant, &vit, files)?;
         }
         if psi.dim() != vit.embed_dim() {
-            return Err(Talk2DinoError::Mismatch(format!(
-                "ψ ({}) maps into {} dimensions but the backbone `{}` ({}) has {}",
-                files.psi_weights.display(),
-                psi.dim(),
-                files.backbone,
-                files.backbone_weights.display(),
-                vit.embed_dim()
-            )));
+            return Err(Talk2DinoError::PsiWidth {
+                psi: files.psi_weights.clone(),
+                psi_dim: psi.dim(),
+                backbone: files.backbone.clone(),
+                backbone_path: files.backbone_weights.clone(),
+                backbone_dim: vit.embed_dim(),
+            });
         }
         let model = Self {
             vit,
@@ -93,9 +92,11 @@ impl Talk2Dino {
         };
         let (input_px, patch_px) = (model.input_px(), model.vit.patch_size());
         if patch_px <= 0 || input_px % patch_px != 0 {
-            return Err(Talk2DinoError::Mismatch(format!(
-                "Talk2DINO's {input_px} px input is not a multiple of the backbone's patch {patch_px}"
-            )));
+            return Err(Talk2DinoError::ViewPatch {
+                view: "Talk2DINO's input",
+                px: input_px,
+                patch_px,
+            });
         }
         Ok(model)
     }
@@ -155,21 +156,15 @@ fn check_variant(variant: &Variant, vit: &Vit, files: &Talk2DinoFiles) -> Result
     if ours == (variant.dim, variant.patch_px, variant.registers) {
         return Ok(());
     }
-    Err(Talk2DinoError::Mismatch(format!(
-        "ψ ({}) is Talk2DINO's `{}`, made for {} (width {}, patch {} px, {} registers), but the backbone `{}` ({}) \
-         has width {}, patch {} px, {} registers",
-        files.psi_weights.display(),
-        variant.proj_name,
-        variant.backbone,
-        variant.dim,
-        variant.patch_px,
-        variant.registers,
-        files.backbone,
-        files.backbone_weights.display(),
-        ours.0,
-        ours.1,
-        ours.2
-    )))
+    Err(Talk2DinoError::PsiRelease {
+        psi: files.psi_weights.clone(),
+        proj_name: variant.proj_name.to_string(),
+        made_for: variant.backbone.to_string(),
+        made_for_shape: (variant.dim, variant.patch_px, variant.registers),
+        backbone: files.backbone.clone(),
+        backbone_path: files.backbone_weights.clone(),
+        shape: ours,
+    })
 }
 
 #[cfg(test)]

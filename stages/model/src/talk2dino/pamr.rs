@@ -57,17 +57,12 @@ pub fn pamr(images: &Tensor, masks: &Tensor, config: &PamrConfig) -> Result<Tens
     let (b, _, h, w) = masks.size4()?;
     let (b_images, k, _, _) = images.size4()?;
     if b_images != b || k == 0 || h == 0 || w == 0 {
-        return Err(Talk2DinoError::Input(format!(
-            "PAMR: images {:?} and masks {:?} disagree",
-            images.size(),
-            masks.size()
-        )));
+        return Err(crate::input::InputError::disagree("PAMR", &[("images", images), ("masks", masks)]).into());
     }
     if config.dilations_px.is_empty() || config.dilations_px.iter().any(|&d| d < 1) {
-        return Err(Talk2DinoError::Input(format!(
-            "PAMR: dilations must be ≥ 1 px, got {:?}",
-            config.dilations_px
-        )));
+        return Err(Talk2DinoError::Dilations {
+            dilations_px: config.dilations_px.clone(),
+        });
     }
     let _guard = tch::no_grad_guard();
     let device = masks.device();

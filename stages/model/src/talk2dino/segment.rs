@@ -29,6 +29,7 @@ use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::input::InputError;
 use super::{check_images, pamr, resize_square, soft_masks, PamrConfig, Talk2DinoError, INPUT_PX};
 use crate::vit::Vit;
 
@@ -56,9 +57,7 @@ impl SlidingWindow {
 
     fn check(&self) -> Result<(), Talk2DinoError> {
         if self.short_side_px <= 0 || self.long_side_max_px <= 0 || self.crop_px <= 0 || self.stride_px <= 0 {
-            return Err(Talk2DinoError::Input(format!(
-                "sliding window: sizes must be positive, got {self:?}"
-            )));
+            return Err(Talk2DinoError::BadWindow { window: *self });
         }
         Ok(())
     }
@@ -119,10 +118,7 @@ impl View {
                 crop_px: input_px,
                 ..SlidingWindow::TALK2DINO
             })),
-            other => Err(Talk2DinoError::Input(format!(
-                "unknown view `{other}` (expected one of {})",
-                Self::NAMES.join(", ")
-            ))),
+            other => Err(Talk2DinoError::UnknownView { name: other.to_string() }),
         }
     }
 
@@ -166,36 +162,29 @@ pub fn segment(
     classes: &Tensor,
     options: &SegmentOptions,
 ) -> Result<Segmentation, Talk2DinoError> {
-    let (b, h, w) = check_images(frames, "segment")?;
+    let (b, h, w) = check_images(frames, "frames to segment")?;
     if frames.kind() != Kind::Uint8 {
-        return Err(Talk2DinoError::Input(format!(
-            "segment: frames must be uint8 RGB, got {:?}",
-            frames.kind()
-        )));
+        return Err(InputError::tensor("frames to segment", "(B, 3, H, W) uint8 RGB", frames).into());
     }
     match classes.size().as_slice() {
         &[n, c] if n > 0 && c == vit.embed_dim() => {}
-        other => {
-            return Err(Talk2DinoError::Input(format!(
-                "segment: class embeddings must be (N > 0, {}), got {other:?}",
-                vit.embed_dim()
-            )))
+        _ => {
+            let expected = format!("(N > 0, {}), the backbone's width", vit.embed_dim());
+            return Err(InputError::tensor("class embeddings", expected, classes).into());
         }
     }
     if !options.bg_threshold.is_finite() {
-        return Err(Talk2DinoError::Input(format!(
-            "segment: background threshold {} is not finite",
-            options.bg_threshold
-        )));
+        return Err(Talk2DinoError::Threshold { value: options.bg_threshold });
     }
     let _guard = tch::no_grad_guard();
     match options.view {
         View::Square { input_px } => {
             if input_px <= 0 || input_px % vit.patch_size() != 0 {
-                return Err(Talk2DinoError::Input(format!(
-                    "square view: {input_px} px is not a positive multiple of the backbone's patch {} px",
-                    vit.patch_size()
-                )));
+                return Err(Talk2DinoError::ViewPatch {
+                    view: "square view",
+                    px: input_px,
+                    patch_px: vit.patch_size(),
+                });
             }
             let frames255 = frames.f_to_kind(Kind::Float)?;
             let images01 = resize_square(&frames255, input_px, true)?;
@@ -210,11 +199,11 @@ pub fn segment(
         View::Sliding(window) => {
             window.check()?;
             if window.crop_px % vit.patch_size() != 0 {
-                return Err(Talk2DinoError::Input(format!(
-                    "sliding view: the {} px crop is not a multiple of the backbone's patch {} px",
-                    window.crop_px,
-                    vit.patch_size()
-                )));
+                return Err(Talk2DinoError::ViewPatch {
+                    view: "sliding view's crop",
+                    px: window.crop_px,
+                    patch_px: vit.patch_size(),
+                });
             }
             let mut scores = Vec::with_capacity(b as usize);
             for i in 0..b {
@@ -299,13 +288,9 @@ fn sliding_scores(
 /// copies it too).
 pub fn keep_ratio_resize(frame: &Tensor, window: &SlidingWindow) -> Result<Tensor, Talk2DinoError> {
     window.check()?;
-    let (_, h, w) = check_images(frame, "keep_ratio_resize")?;
+    let (_, h, w) = check_images(frame, "frame to resize")?;
     if frame.size()[0] != 1 || frame.kind() != Kind::Uint8 {
-        return Err(Talk2DinoError::Input(format!(
-            "keep_ratio_resize: expected one uint8 frame (1, 3, H, W), got {:?} {:?}",
-            frame.kind(),
-            frame.size()
-        )));
+        return Err(InputError::tensor("frame to resize", "one uint8 frame (1, 3, H, W)", frame).into());
     }
     let (nh, nw) = window.resized_size(h, w);
     let resize_error = |message: String| Talk2DinoError::Resize {

@@ -99,8 +99,10 @@ pub enum VitError {
     UnknownBackbone { name: String, known: String },
     #[error("bad backbone spec `{spec}`: {message}")]
     BadSpec { spec: String, message: String },
-    #[error("input images: {0}")]
-    Input(String),
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
+    #[error("RoPE needs a head width divisible by 4, got {head_dim}")]
+    RopeHeadDim { head_dim: i64 },
     #[error("input images: {height_px}×{width_px} px is not a multiple of the patch size {patch_px} px")]
     ImageSize {
         height_px: i64,
@@ -674,16 +676,9 @@ impl Vit {
 
 fn check_images(images: &Tensor) -> Result<(), VitError> {
     match images.size().as_slice() {
-        [_, 3, h, w] if *h > 0 && *w > 0 => {}
-        other => return Err(VitError::Input(format!("expected (B, 3, H, W), got shape {other:?}"))),
+        [_, 3, h, w] if *h > 0 && *w > 0 && images.is_floating_point() => Ok(()),
+        _ => Err(crate::input::InputError::tensor("ViT input images", "(B, 3, H, W) float, H, W > 0", images).into()),
     }
-    if !images.is_floating_point() {
-        return Err(VitError::Input(format!(
-            "expected a float tensor, got {:?}",
-            images.kind()
-        )));
-    }
-    Ok(())
 }
 
 /// Resizes a (1, 1 + M², C) float32 position embedding to a (h0, w0) grid with `mode`; the CLS row is kept.
@@ -737,9 +732,7 @@ pub fn rope_tables(
 ) -> Result<(Tensor, Tensor), VitError> {
     let (h0, w0) = grid;
     if head_dim % 4 != 0 || head_dim <= 0 {
-        return Err(VitError::Input(format!(
-            "RoPE needs head_dim divisible by 4, got {head_dim}"
-        )));
+        return Err(VitError::RopeHeadDim { head_dim });
     }
     let opts = (Kind::Float, device);
     let axis = |n: i64| -> TResult<Tensor> {
