@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{mrdino, run_ok};
+use common::{labels_of_synth, mrdino, run_ok};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -55,16 +55,7 @@ fn analysis_report_has_every_pair_and_renders() {
             .arg(&data)
             .args(["--sequences", "2", "--frames", "16"]),
     );
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--root"])
-            .arg(data.join("frames"))
-            .arg("--out")
-            .arg(&labels)
-            .args(["--flow", "import", "--flow-dir"])
-            .arg(data.join("flow"))
-            .arg("--quiet"),
-    );
+    run_ok(&mut labels_of_synth(&data, &labels));
     let small = "custom:family=dinov2,depth=2,dim=32,heads=2,patch=14,pos_grid=4";
     let clip = "custom:family=clip,depth=1,dim=32,heads=2,patch=16,pos_grid=4";
     let (w1, w2, w3): (PathBuf, PathBuf, PathBuf) = (
@@ -180,16 +171,7 @@ fn analysis_accepts_a_dinov3_backbone() {
     let data = dir.join("data");
     let labels = dir.join("labels");
     run_ok(mrdino().arg("synth").arg("--out").arg(&data).args(["--sequences", "2", "--frames", "8"]));
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--root"])
-            .arg(data.join("frames"))
-            .arg("--out")
-            .arg(&labels)
-            .args(["--flow", "import", "--flow-dir"])
-            .arg(data.join("flow"))
-            .arg("--quiet"),
-    );
+    run_ok(&mut labels_of_synth(&data, &labels));
     let v2 = "custom:family=dinov2,depth=1,dim=32,heads=2,patch=14,pos_grid=4";
     let v3 = "custom:family=dinov3,depth=2,dim=32,heads=2,patch=16";
     let (w2, w3) = (dir.join("dinov2.safetensors"), dir.join("dinov3.safetensors"));
@@ -260,16 +242,7 @@ fn statistics_of_masks_without_objects_are_not_computable_with_the_reason_and_a_
             ])
             .arg(&data),
     );
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--root"])
-            .arg(data.join("frames"))
-            .arg("--out")
-            .arg(&labels)
-            .args(["--flow", "import", "--flow-dir"])
-            .arg(data.join("flow"))
-            .arg("--quiet"),
-    );
+    run_ok(&mut labels_of_synth(&data, &labels));
     // Ground truth without any object: the foreground variant is the same grey image for every frame.
     let gt = dir.join("gt");
     for frame in std::fs::read_dir(data.join("frames/seq000")).unwrap().flatten() {

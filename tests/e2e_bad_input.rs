@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{mrdino, run_ok, synth};
+use common::{features_of, labels_of_synth, mrdino, run_ok, synth};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -186,8 +186,7 @@ impl Fixture {
         let data = d.join("data");
         let frames = synth(&data, "160x96", 2, 8);
         let labels = d.join("labels");
-        run_ok(mrdino().args(["labels", "--dataset", "frames", "--quiet", "--flow", "import", "--flow-dir"])
-            .arg(data.join("flow")).arg("--root").arg(&frames).arg("--out").arg(&labels));
+        run_ok(&mut labels_of_synth(&data, &labels));
         let vit = d.join("vit.safetensors");
         write_random_weights(&vit, &VitConfig::by_name(BACKBONE).unwrap(), 3).unwrap();
         let vit2 = d.join("vit2.safetensors");
@@ -195,14 +194,11 @@ impl Fixture {
         let vit3 = d.join("vit3.safetensors");
         write_random_weights(&vit3, &VitConfig::by_name(V3_BACKBONE).unwrap(), 5).unwrap();
         let views = d.join("views");
-        run_ok(mrdino().args(["features", "--dataset", "frames", "--quiet", "--device", "cpu", "--size", "378x378"])
-            .args(["--backbone", BACKBONE, "--backbone-weights"]).arg(&vit)
-            .arg("--root").arg(&frames).arg("--out").arg(&views));
+        run_ok(features_of(&frames, &views, BACKBONE).arg("--backbone-weights").arg(&vit).args(["--size", "378x378"]));
         let windows_of = |name: &str, spec: &str, weights: &Path| {
             let out = d.join(name);
-            run_ok(mrdino().args(["features", "--dataset", "frames", "--quiet", "--device", "cpu", "--views", "windows"])
-                .args(["--backbone", spec, "--backbone-weights"]).arg(weights)
-                .arg("--labels").arg(&labels).arg("--root").arg(&frames).arg("--out").arg(&out));
+            run_ok(features_of(&frames, &out, spec).arg("--backbone-weights").arg(weights)
+                .args(["--views", "windows", "--labels"]).arg(&labels));
             out
         };
         let windows = windows_of("windows", BACKBONE, &vit);

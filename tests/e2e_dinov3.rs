@@ -16,7 +16,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{mean, metrics, mrdino, run_ok, synth};
+use common::{features_of, labels_of_synth, mean, metrics, mrdino, run_ok, synth};
 use mrdino_model::vit::{write_random_weights, VitConfig};
 use mrdino_outputs::checkpoint::{read_tensor_file, META_STAGE};
 use mrdino_outputs::feature_cache::FeatureCache;
@@ -38,17 +38,7 @@ fn losses(run: &Path) -> Vec<f64> {
 }
 
 fn features(frames: &Path, weights: &Path, out: &Path, extra: &[&str]) {
-    run_ok(
-        mrdino()
-            .args(["features", "--dataset", "frames", "--root"])
-            .arg(frames)
-            .arg("--out")
-            .arg(out)
-            .args(["--backbone", BACKBONE, "--backbone-weights"])
-            .arg(weights)
-            .args(["--device", "cpu", "--quiet"])
-            .args(extra),
-    );
+    run_ok(features_of(frames, out, BACKBONE).arg("--backbone-weights").arg(weights).args(extra));
 }
 
 fn refine(stage: &str, from: &Path, labels: &Path, cache: &Path, out: &Path) {
@@ -74,16 +64,7 @@ fn dinov3_runs_features_train_refine_infer_eval_on_the_patch_16_windows() {
     let data = dir.join("synth");
     let frames = synth(&data, "320x128", 2, 12);
     let labels = dir.join("labels");
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--root"])
-            .arg(&frames)
-            .arg("--out")
-            .arg(&labels)
-            .args(["--flow", "import", "--flow-dir"])
-            .arg(data.join("flow"))
-            .arg("--quiet"),
-    );
+    run_ok(&mut labels_of_synth(&data, &labels));
     let weights = dir.join("dinov3.safetensors");
     write_random_weights(&weights, &VitConfig::by_name(BACKBONE).unwrap(), 5).unwrap();
 

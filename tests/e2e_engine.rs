@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{mrdino, run_ok, synth};
+use common::{features_of, labels_of_synth, mrdino, run_ok, synth};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,17 +76,7 @@ fn a_unit_whose_work_panics_fails_alone_in_every_unit_job() {
     let data = dir.path().join("data");
     let frames = synth(&data, "96x64", 3, 5);
     let labels = dir.path().join("labels");
-    let labels_cmd = || {
-        let mut cmd = mrdino();
-        cmd.args(["labels", "--dataset", "frames", "--quiet", "--flow", "import", "--flow-dir"])
-            .arg(data.join("flow"))
-            .arg("--root")
-            .arg(&frames)
-            .arg("--out")
-            .arg(&labels);
-        cmd
-    };
-    panics_only_its_unit("labels", labels_cmd(), &labels, "seq001", 3);
+    panics_only_its_unit("labels", labels_of_synth(&data, &labels), &labels, "seq001", 3);
 
     let flow = dir.path().join("flow");
     let mut flow_cmd = mrdino();
@@ -101,30 +91,14 @@ fn a_unit_whose_work_panics_fails_alone_in_every_unit_job() {
     let weights = dir.path().join("vit.safetensors");
     write_random_weights(&weights, &VitConfig::by_name(BACKBONE).unwrap(), 3).unwrap();
     let cache = dir.path().join("cache");
-    let mut features = mrdino();
-    features
-        .args(["features", "--dataset", "frames", "--quiet", "--device", "cpu", "--size", "28x28"])
-        .args(["--backbone", BACKBONE, "--backbone-weights"])
-        .arg(&weights)
-        .arg("--root")
-        .arg(&frames)
-        .arg("--out")
-        .arg(&cache);
+    let mut features = features_of(&frames, &cache, BACKBONE);
+    features.arg("--backbone-weights").arg(&weights).args(["--size", "28x28"]);
     panics_only_its_unit("features", features, &cache, "seq000", 3);
 
     // A tiny model on 28×28 views (2×2 patches of 14 px), predicting with the MOVi-E preset's one window would
     // need 19×19 patches; a model of 729 patches fits the KITTI windows: train one briefly on 378×378 views.
     let views = dir.path().join("views");
-    run_ok(
-        mrdino()
-            .args(["features", "--dataset", "frames", "--quiet", "--device", "cpu", "--size", "378x378"])
-            .args(["--backbone", BACKBONE, "--backbone-weights"])
-            .arg(&weights)
-            .arg("--root")
-            .arg(&frames)
-            .arg("--out")
-            .arg(&views),
-    );
+    run_ok(features_of(&frames, &views, BACKBONE).arg("--backbone-weights").arg(&weights).args(["--size", "378x378"]));
     let config = dir.path().join("tiny.json");
     std::fs::write(
         &config,

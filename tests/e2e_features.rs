@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::mrdino;
+use common::{features_of, mrdino};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -35,15 +35,8 @@ fn run_ok(cmd: &mut Command) -> Output {
 const SPEC: &str = "custom:family=dinov2,depth=2,dim=32,heads=2,patch=14,pos_grid=4";
 
 fn features(frames: &Path, weights: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut cmd = mrdino();
-    cmd.args(["features", "--dataset", "frames", "--root"])
-        .arg(frames)
-        .arg("--out")
-        .arg(out)
-        .args(["--backbone", SPEC, "--backbone-weights"])
-        .arg(weights)
-        .args(["--size", "56x42", "--device", "cpu", "--quiet", "--batch", "5"])
-        .args(extra);
+    let mut cmd = features_of(frames, out, SPEC);
+    cmd.arg("--backbone-weights").arg(weights).args(["--size", "56x42", "--batch", "5"]).args(extra);
     cmd
 }
 

@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{mrdino, python, run_ok};
+use common::{features_of, labels_of_synth, mrdino, python, run_ok};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,28 +48,15 @@ fn fixture_for_views(dir: &Path, view_size: &str) -> (PathBuf, PathBuf, PathBuf,
             .args(["--sequences", "3", "--frames", "4", "--size", "96x64"]),
     );
     let labels = dir.join("labels");
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--root"])
-            .arg(data.join("frames"))
-            .arg("--out")
-            .arg(&labels)
-            .args(["--flow", "import", "--flow-dir"])
-            .arg(data.join("flow"))
-            .arg("--quiet"),
-    );
+    run_ok(&mut labels_of_synth(&data, &labels));
     let weights = dir.join("vit.safetensors");
     write_random_weights(&weights, &VitConfig::by_name(BACKBONE).unwrap(), 7).unwrap();
     let cache = dir.join("cache");
     run_ok(
-        mrdino()
-            .args(["features", "--dataset", "frames", "--root"])
-            .arg(data.join("frames"))
-            .arg("--out")
-            .arg(&cache)
-            .args(["--backbone", BACKBONE, "--backbone-weights"])
+        features_of(&data.join("frames"), &cache, BACKBONE)
+            .arg("--backbone-weights")
             .arg(&weights)
-            .args(["--size", view_size, "--device", "cpu", "--quiet"]),
+            .args(["--size", view_size]),
     );
     let config = dir.join("tiny.json");
     let c = serde_json::json!({

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{mrdino, run_ok};
+use common::{labels_of_synth, mrdino, run_ok};
 
 use std::path::{Path, PathBuf};
 
@@ -21,16 +21,7 @@ fn synth_and_label(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("data");
     let labels = dir.join("labels");
     run_ok(mrdino().arg("synth").arg("--out").arg(&data));
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--root"])
-            .arg(data.join("frames"))
-            .arg("--out")
-            .arg(&labels)
-            .args(["--flow", "import", "--flow-dir"])
-            .arg(data.join("flow"))
-            .arg("--quiet"),
-    );
+    run_ok(&mut labels_of_synth(&data, &labels));
     (data, labels)
 }
 

@@ -21,7 +21,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{checkpoint_step, mean, metrics, mrdino, run_ok, start_until_checkpoint, synth, tensors};
+use common::{
+    checkpoint_step, features_of, labels_of_synth, mean, metrics, mrdino, run_ok, start_until_checkpoint, synth, tensors,
+};
 use mrdino_outputs::checkpoint::{read_tensor_file, META_STAGE};
 
 const BACKBONE: &str = "random-conv-p14-c32";
@@ -41,27 +43,9 @@ fn fixture() -> Fixture {
     let data = dir.join("synth");
     let frames = synth(&data, "320x128", 2, 12);
     let labels = dir.join("labels");
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--root"])
-            .arg(&frames)
-            .arg("--out")
-            .arg(&labels)
-            .args(["--flow", "import", "--flow-dir"])
-            .arg(data.join("flow"))
-            .arg("--quiet"),
-    );
+    run_ok(&mut labels_of_synth(&data, &labels));
     let cache = dir.join("cache");
-    run_ok(
-        mrdino()
-            .args(["features", "--dataset", "frames", "--root"])
-            .arg(&frames)
-            .arg("--out")
-            .arg(&cache)
-            .args(["--backbone", BACKBONE, "--views", "windows", "--labels"])
-            .arg(&labels)
-            .args(["--device", "cpu", "--quiet"]),
-    );
+    run_ok(features_of(&frames, &cache, BACKBONE).args(["--views", "windows", "--labels"]).arg(&labels));
     let config = dir.join("tiny.json");
     let tiny = serde_json::json!({
         "model": {"n_slots": 5, "slot_dim": 16, "decoder_hidden": 64},

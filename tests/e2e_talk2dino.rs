@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{mrdino, python, run_ok};
+use common::{labels_of_synth, mrdino, python, run_ok};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -180,16 +180,7 @@ fn name_labels_joins_instances_and_resumes() {
         "160x96",
     ]));
     let labels = dir.join("labels");
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--root"])
-            .arg(data.join("frames"))
-            .arg("--out")
-            .arg(&labels)
-            .args(["--flow", "import", "--flow-dir"])
-            .arg(data.join("flow"))
-            .arg("--quiet"),
-    );
+    run_ok(&mut labels_of_synth(&data, &labels));
     let instances: usize = parquet_files(&labels.join("instances"))
         .iter()
         .map(|f| read_instances(f).unwrap().len())
@@ -423,16 +414,7 @@ fn class_and_prompt_files_come_through_their_own_flags() {
     let data = dir.join("data");
     let frames = common::synth(&data, "160x96", 2, 8);
     let labels = dir.join("labels");
-    run_ok(
-        mrdino()
-            .args(["labels", "--dataset", "frames", "--root"])
-            .arg(&frames)
-            .arg("--out")
-            .arg(&labels)
-            .args(["--flow", "import", "--flow-dir"])
-            .arg(data.join("flow"))
-            .arg("--quiet"),
-    );
+    run_ok(&mut labels_of_synth(&data, &labels));
     let weights = random_weights(dir);
     let name_cmd = |out: &Path, extra: &[&str]| {
         let mut cmd = mrdino();

@@ -62,6 +62,31 @@ pub fn synth(dir: &Path, size: &str, sequences: usize, frames: usize) -> PathBuf
     dir.join("frames")
 }
 
+/// `mrdino labels --quiet` of what [`synth`] wrote into `data` (the frames `data/frames` and their exported flow
+/// `data/flow`, `--flow import`) into `out`.
+pub fn labels_of_synth(data: &Path, out: &Path) -> Command {
+    let mut cmd = mrdino();
+    cmd.args(["labels", "--dataset", "frames", "--quiet", "--flow", "import", "--flow-dir"])
+        .arg(data.join("flow"))
+        .arg("--root")
+        .arg(data.join("frames"))
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
+/// `mrdino features --quiet --device cpu` of the frames folder `frames` into `out` with the backbone `backbone`;
+/// the caller adds the weights, the view size, the views and the rest.
+pub fn features_of(frames: &Path, out: &Path, backbone: &str) -> Command {
+    let mut cmd = mrdino();
+    cmd.args(["features", "--dataset", "frames", "--quiet", "--device", "cpu", "--backbone", backbone])
+        .arg("--root")
+        .arg(frames)
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
 /// Metrics rows of a training run without the wall-clock field.
 pub fn metrics(run: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
