@@ -161,31 +161,35 @@ pub enum Talk2DinoError {
         backbone_path: PathBuf,
         backbone_dim: i64,
     },
-    /// ψ records the Talk2DINO release it belongs to, made for another backbone: width, patch and registers of
-    /// both.
-    #[error(
-        "ψ ({}) is Talk2DINO's `{proj_name}`, made for {made_for} (width {}, patch {} px, {} registers), but the \
-         backbone `{backbone}` ({}) has width {}, patch {} px, {} registers",
-        psi.display(), made_for_shape.0, made_for_shape.1, made_for_shape.2, backbone_path.display(), shape.0,
-        shape.1, shape.2
-    )]
-    PsiRelease {
-        psi: PathBuf,
-        proj_name: String,
-        made_for: String,
-        /// (width, patch px, registers) of the backbone ψ was made for.
-        made_for_shape: (i64, i64, i64),
-        backbone: String,
-        backbone_path: PathBuf,
-        /// (width, patch px, registers) of the backbone given.
-        shape: (i64, i64, i64),
-    },
+    /// ψ records the Talk2DINO release it belongs to, made for another backbone.
+    #[error(transparent)]
+    PsiRelease(Box<ReleaseMismatch>),
     #[error(transparent)]
     ClipText(#[from] crate::clip_text::ClipTextError),
     #[error(transparent)]
     Vit(#[from] crate::vit::VitError),
     #[error(transparent)]
     Torch(#[from] TchError),
+}
+
+/// A ψ made for another backbone than the one given: the width, patch and registers of both.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "ψ ({}) is Talk2DINO's `{proj_name}`, made for {made_for} (width {}, patch {} px, {} registers), but the \
+     backbone `{backbone}` ({}) has width {}, patch {} px, {} registers",
+    psi.display(), made_for_shape.0, made_for_shape.1, made_for_shape.2, backbone_path.display(), shape.0,
+    shape.1, shape.2
+)]
+pub struct ReleaseMismatch {
+    pub psi: PathBuf,
+    pub proj_name: String,
+    pub made_for: String,
+    /// (width, patch px, registers) of the backbone ψ was made for.
+    pub made_for_shape: (i64, i64, i64),
+    pub backbone: String,
+    pub backbone_path: PathBuf,
+    /// (width, patch px, registers) of the backbone given.
+    pub shape: (i64, i64, i64),
 }
 
 /// One of Talk2DINO's released ψ files and what its backbone configuration (`configs/*.yaml` for ψ,

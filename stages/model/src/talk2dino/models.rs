@@ -14,7 +14,7 @@ use mrdino_outputs::weights_id::Identity;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use super::{resize_square, Psi, Talk2DinoError, Variant, INPUT_PX};
+use super::{resize_square, Psi, ReleaseMismatch, Talk2DinoError, Variant, INPUT_PX};
 use crate::clip_text::ClipText;
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::vit::{Vit, VitConfig};
@@ -156,7 +156,7 @@ fn check_variant(variant: &Variant, vit: &Vit, files: &Talk2DinoFiles) -> Result
     if ours == (variant.dim, variant.patch_px, variant.registers) {
         return Ok(());
     }
-    Err(Talk2DinoError::PsiRelease {
+    Err(Talk2DinoError::PsiRelease(Box::new(ReleaseMismatch {
         psi: files.psi_weights.clone(),
         proj_name: variant.proj_name.to_string(),
         made_for: variant.backbone.to_string(),
@@ -164,7 +164,7 @@ fn check_variant(variant: &Variant, vit: &Vit, files: &Talk2DinoFiles) -> Result
         backbone: files.backbone.clone(),
         backbone_path: files.backbone_weights.clone(),
         shape: ours,
-    })
+    })))
 }
 
 #[cfg(test)]
