@@ -3,7 +3,8 @@
 //!   and every other unit completes; the job exits 3 (`labels`, `flow`, `features`, `infer`; `name` and `segment`
 //!   in e2e_talk2dino.rs);
 //! * `flow` across three shards run at once equals one run, and a `--time-budget` stop exits 4 and the resumed
-//!   export equals an uninterrupted one.
+//!   export equals an uninterrupted one;
+//! * every command's `--help` lists the shared flag groups in one order, each group's flags in one order.
 //!
 //! The panic comes from the engine's fault hook (`MRDINO_FAULT_PANIC_UNIT=<unit id>`), which panics inside the
 //! unit's work, where a libtorch or OpenCV panic would surface.
@@ -196,4 +197,76 @@ fn flow_shards_at_once_equal_one_run_and_a_stopped_export_resumes_to_the_same_fi
     assert_eq!(status.status.code(), Some(3), "the stopped export is incomplete");
     run_ok(&mut flow_cmd(&frames, &stopped));
     assert_eq!(flow_files(&stopped), reference);
+}
+
+/// The shared flag groups in their order, each with its flags in their order (a command shows a subsequence).
+const SHARED_GROUPS: [(&str, &[&str]); 5] = [
+    ("Input", &["--dataset", "--root", "--cameras"]),
+    ("Job", &["--shard", "--max-failures", "--time-budget", "--quiet"]),
+    ("Device", &["--device", "--torch-threads", "--memory-limit"]),
+    ("Backbone", &["--backbone", "--backbone-weights"]),
+    ("Talk2DINO", &["--backbone", "--backbone-weights", "--text-weights", "--psi-weights"]),
+];
+
+/// The shared groups of a `--help` text: each heading of [`SHARED_GROUPS`] with the flags listed under it.
+fn shared_groups(help: &str) -> Vec<(String, Vec<String>)> {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    let mut current: Option<usize> = None;
+    for line in help.lines() {
+        if let Some(heading) = line.strip_suffix(':').filter(|h| h.starts_with(|c: char| c.is_ascii_uppercase())) {
+            current = SHARED_GROUPS.iter().any(|(name, _)| *name == heading).then(|| {
+                groups.push((heading.to_string(), Vec::new()));
+                groups.len() - 1
+            });
+            continue;
+        }
+        // A flag's own line: `      --name …` or `  -x, --name …` (wrapped descriptions are indented deeper).
+        let flag = line
+            .strip_prefix("      --")
+            .or_else(|| line.strip_prefix("  -").and_then(|r| r.get(3..)).and_then(|r| r.strip_prefix("--")));
+        if let (Some(i), Some(rest)) = (current, flag) {
+            let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+            groups[i].1.push(format!("--{name}"));
+        }
+    }
+    groups
+}
+
+#[test]
+fn every_command_lists_the_shared_flag_groups_in_one_order() {
+    let dataset_readers = ["labels", "flow", "plan", "features", "infer", "segment"];
+    let whole_job = ["labels", "flow", "plan", "features", "infer", "name", "segment"];
+    let commands = [
+        "labels", "flow", "plan", "synth", "train dinosaur", "refine stage1", "refine stage2", "analyze", "features",
+        "infer", "name", "segment",
+    ];
+    for command in commands {
+        let out = run_ok(mrdino().args(command.split(' ')).arg("--help"));
+        let groups = shared_groups(&String::from_utf8_lossy(&out.stdout));
+        let rank = |heading: &str| SHARED_GROUPS.iter().position(|(name, _)| *name == heading).unwrap();
+        let ranks: Vec<usize> = groups.iter().map(|(h, _)| rank(h)).collect();
+        assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{command}: groups out of order: {groups:?}");
+        for (heading, flags) in &groups {
+            let mut order = SHARED_GROUPS[rank(heading)].1.iter();
+            assert!(
+                flags.iter().all(|flag| order.any(|o| o == flag)),
+                "{command}: the {heading} flags {flags:?} are not in the order {:?}",
+                SHARED_GROUPS[rank(heading)].1
+            );
+        }
+        let group = |heading: &str| groups.iter().find(|(h, _)| h == heading).map(|(_, f)| f.clone());
+        let job = group("Job").unwrap_or_else(|| panic!("{command}: no Job group"));
+        let expected_job: &[&str] = match whole_job.contains(&command) {
+            true => SHARED_GROUPS[1].1,
+            false => &["--time-budget", "--quiet"],
+        };
+        assert_eq!(job, expected_job, "{command}: Job group");
+        if dataset_readers.contains(&command) {
+            assert_eq!(group("Input").unwrap_or_default(), SHARED_GROUPS[0].1, "{command}: Input group");
+        }
+        if command != "synth" {
+            let device = group("Device").unwrap_or_else(|| panic!("{command}: no Device group"));
+            assert_eq!(device[..2], ["--device", "--torch-threads"], "{command}: Device group");
+        }
+    }
 }
