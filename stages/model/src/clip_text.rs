@@ -442,7 +442,7 @@ fn read_weights(
 /// Random weights with the key set of `config` (weights N(0, 0.02), embeddings N(0, 0.1), LayerNorm weights
 /// 1 + N(0, 0.1), biases N(0, 0.1)), drawn on libtorch's CPU generator after `tch::manual_seed(seed)`, holding
 /// the generator's lock ([`crate::dinosaur::seeded`]).
-pub fn random_tensors(config: &ClipTextConfig, seed: i64) -> Vec<(String, Tensor)> {
+pub fn random_tensors(config: &ClipTextConfig, seed: i64) -> Result<Vec<(String, Tensor)>, tch::TchError> {
     let opts = (Kind::Float, Device::Cpu);
     crate::dinosaur::seeded(seed, || {
         config
@@ -451,13 +451,13 @@ pub fn random_tensors(config: &ClipTextConfig, seed: i64) -> Vec<(String, Tensor
             .map(|(key, shape)| {
                 let shape = shape.as_slice();
                 let t = if key.contains("norm") && key.ends_with("weight") {
-                    Tensor::randn(shape, opts) * 0.1 + 1.0
+                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.1)?.f_add_scalar(1.0)?
                 } else if key.ends_with("bias") || key.contains("embedding") {
-                    Tensor::randn(shape, opts) * 0.1
+                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.1)?
                 } else {
-                    Tensor::randn(shape, opts) * 0.02
+                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.02)?
                 };
-                (key, t)
+                Ok((key, t))
             })
             .collect()
     })
@@ -465,7 +465,7 @@ pub fn random_tensors(config: &ClipTextConfig, seed: i64) -> Vec<(String, Tensor
 
 /// Writes random weights of `config` to `path` with the configuration in the metadata (tests, benches).
 pub fn write_random_weights(path: &Path, config: &ClipTextConfig, seed: i64) -> Result<(), ClipTextError> {
-    save(path, config, &random_tensors(config, seed))
+    save(path, config, &random_tensors(config, seed)?)
 }
 
 /// Writes `tensors` (canonical names, any float kind, stored as float32) with the configuration in the metadata.
@@ -607,7 +607,7 @@ mod tests {
     fn loader_names_the_offending_key() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let config = tiny();
-        let mut tensors = random_tensors(&config, 1);
+        let mut tensors = random_tensors(&config, 1).unwrap();
         let path = dir.path().join("bad.safetensors");
         tensors[1].1 = Tensor::zeros([15, 64], (Kind::Float, Device::Cpu));
         save(&path, &config, &tensors).unwrap_or_else(|e| panic!("{e}"));
@@ -619,7 +619,7 @@ mod tests {
             message.contains("positional_embedding") && message.contains("[15, 64]") && message.contains("[16, 64]"),
             "{message}"
         );
-        let mut tensors = random_tensors(&config, 1);
+        let mut tensors = random_tensors(&config, 1).unwrap();
         tensors.push((
             "blocks.2.norm1.weight".to_string(),
             Tensor::zeros([64], (Kind::Float, Device::Cpu)),
@@ -631,6 +631,7 @@ mod tests {
             .unwrap_or_default();
         assert!(message.contains("unexpected key `blocks.2.norm1.weight`"), "{message}");
         let tensors: Vec<_> = random_tensors(&config, 1)
+            .unwrap()
             .into_iter()
             .filter(|(k, _)| k != "text_projection")
             .collect();

@@ -393,7 +393,7 @@ fn wrong_keys_and_shapes_are_refused_with_both_shapes() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let config = VitConfig::by_name("custom:family=dinov2,depth=2,dim=32,heads=2,patch=14,registers=4,pos_grid=4")
         .unwrap_or_else(|e| panic!("{e}"));
-    let good = mrdino_model::vit::weights::random_tensors(&config, 7);
+    let good = mrdino_model::vit::weights::random_tensors(&config, 7).unwrap();
 
     let path = dir.path().join("shape.safetensors");
     let mut tensors: Vec<(String, Tensor)> = good.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();

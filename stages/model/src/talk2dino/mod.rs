@@ -376,16 +376,12 @@ impl Psi {
     /// Class embeddings from CLIP text embeddings (N, T, 512) of the T templates: mean over T, ψ, L2-normalise.
     pub fn class_embeddings(&self, per_template: &Tensor) -> Result<Tensor, TchError> {
         let mean = per_template.f_to_kind(Kind::Float)?.f_mean_dim(1, false, Kind::Float)?;
-        f_l2_normalize(&self.forward(&mean)?, -1)
+        l2_normalize(&self.forward(&mean)?, -1)
     }
 }
 
 /// `F.normalize(x, dim)`: x / max(‖x‖, 1e-12).
-pub fn l2_normalize(x: &Tensor, dim: i64) -> Tensor {
-    x / x.norm_scalaropt_dim(2, [dim].as_slice(), true).clamp_min(1e-12)
-}
-
-fn f_l2_normalize(x: &Tensor, dim: i64) -> Result<Tensor, TchError> {
+fn l2_normalize(x: &Tensor, dim: i64) -> Result<Tensor, TchError> {
     x.f_div(&x.f_norm_scalaropt_dim(2, [dim].as_slice(), true)?.f_clamp_min(1e-12)?)
 }
 
@@ -405,7 +401,7 @@ pub fn similarity_maps(patches: &Tensor, grid: (i64, i64), classes: &Tensor) -> 
         }
         .into());
     }
-    let sim = f_l2_normalize(patches, -1)?.f_matmul(&classes.f_tr()?)?; // (B, P, N)
+    let sim = l2_normalize(patches, -1)?.f_matmul(&classes.f_tr()?)?; // (B, P, N)
     Ok(sim.f_permute([0, 2, 1])?.f_reshape([b, -1, grid.0, grid.1])?)
 }
 
@@ -436,7 +432,7 @@ pub fn background_clean(
         let feat = patches.f_get(i)?; // (P, C)
 
         // Per-head embeddings: the mean over patches of logit · feature, normalised.
-        let heads = f_l2_normalize(&attn.f_matmul(&feat)?.f_div_scalar((h * w) as f64)?, -1)?; // (M, C)
+        let heads = l2_normalize(&attn.f_matmul(&feat)?.f_div_scalar((h * w) as f64)?, -1)?; // (M, C)
         let weights = classes.f_matmul(&heads.f_tr()?)?.f_softmax(-1, Kind::Float)?; // (N, M)
         let per_class = weights
             .f_matmul(&attn)?
@@ -602,8 +598,8 @@ pub fn instance_scores(
     let m = masks.f_to_device(device)?.f_to_kind(Kind::Float)?;
     let coverage = ry.f_matmul(&m)?.f_matmul(&rx.f_tr()?)?.f_reshape([k, grid.0 * grid.1])?; // (K, P)
     let total = coverage.f_sum_dim_intlist(-1, true, Kind::Float)?; // (K, 1)
-    let feats = f_l2_normalize(&patches.f_to_kind(Kind::Float)?, -1)?; // (P, C)
-    let embedding = f_l2_normalize(&coverage.f_matmul(&feats)?.f_div(&total)?, -1)?;
+    let feats = l2_normalize(&patches.f_to_kind(Kind::Float)?, -1)?; // (P, C)
+    let embedding = l2_normalize(&coverage.f_matmul(&feats)?.f_div(&total)?, -1)?;
     let classes = classes.f_to_device(device)?.f_to_kind(Kind::Float)?;
     let scores = embedding.f_matmul(&classes.f_tr()?)?; // (K, N)
     let (_, n) = scores.size2()?;

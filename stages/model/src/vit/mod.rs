@@ -763,5 +763,5 @@ pub fn rope_tables(
 
 /// Writes random weights of `config` to `path` with the configuration in the metadata (benches, tests).
 pub fn write_random_weights(path: &Path, config: &VitConfig, seed: i64) -> Result<(), VitError> {
-    weights::save(path, config, &weights::random_tensors(config, seed))
+    weights::save(path, config, &weights::random_tensors(config, seed)?)
 }

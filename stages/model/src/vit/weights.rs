@@ -192,23 +192,24 @@ pub fn save(path: &Path, config: &VitConfig, tensors: &[(String, Tensor)]) -> Re
 /// LayerScale drawn away from their defaults), drawn on libtorch's CPU generator after `tch::manual_seed(seed)`,
 /// holding the generator's lock ([`crate::dinosaur::seeded`]). For benches and tests that need a file of the
 /// right layout.
-pub fn random_tensors(config: &VitConfig, seed: i64) -> Vec<(String, Tensor)> {
+pub fn random_tensors(config: &VitConfig, seed: i64) -> Result<Vec<(String, Tensor)>, tch::TchError> {
+    let opts = (Kind::Float, Device::Cpu);
     crate::dinosaur::seeded(seed, || {
         config
             .expected_keys()
             .into_iter()
             .map(|(key, shape)| {
-                let opts = (Kind::Float, Device::Cpu);
+                let shape = shape.as_slice();
                 let t = if key.ends_with("gamma") {
-                    Tensor::rand(shape.as_slice(), opts) + 0.5
+                    Tensor::f_rand(shape, opts)?.f_add_scalar(0.5)?
                 } else if (key.contains("norm") || key.starts_with("ln_pre")) && key.ends_with("weight") {
-                    Tensor::randn(shape.as_slice(), opts) * 0.1 + 1.0
+                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.1)?.f_add_scalar(1.0)?
                 } else if key.ends_with("bias") {
-                    Tensor::randn(shape.as_slice(), opts) * 0.1
+                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.1)?
                 } else {
-                    Tensor::randn(shape.as_slice(), opts) * 0.02
+                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.02)?
                 };
-                (key, t)
+                Ok((key, t))
             })
             .collect()
     })
