@@ -101,7 +101,7 @@ pub enum VitError {
     BadSpec { spec: String, message: String },
     #[error(transparent)]
     Input(#[from] crate::input::InputError),
-    #[error("RoPE needs a head width divisible by 4, got {head_dim}")]
+    #[error("RoPE needs a positive head width divisible by 4, got {head_dim}")]
     RopeHeadDim { head_dim: i64 },
     #[error("input images: {height_px}×{width_px} px is not a multiple of the patch size {patch_px} px")]
     ImageSize {
