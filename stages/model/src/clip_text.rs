@@ -38,7 +38,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::clip_tokenizer::ClipTokenizer;
 use crate::talk2dino::{Psi, TEMPLATES};
-use crate::weights::{WeightError, WeightSource};
+use crate::weights::{RandomInit, WeightError, WeightSource};
 use mrdino_outputs::weights_id::Identity;
 use crate::layers::{LayerNorm, Weights};
 use crate::vit::{Activation, Block, BlockSpec};
@@ -440,26 +440,16 @@ fn read_weights(
 }
 
 /// Random weights with the key set of `config` (weights N(0, 0.02), embeddings N(0, 0.1), LayerNorm weights
-/// 1 + N(0, 0.1), biases N(0, 0.1)), drawn on libtorch's CPU generator after `tch::manual_seed(seed)`, holding
-/// the generator's lock ([`crate::dinosaur::seeded`]).
+/// 1 + N(0, 0.1), biases N(0, 0.1)), drawn by [`crate::weights::random_tensors`] from `seed`.
 pub fn random_tensors(config: &ClipTextConfig, seed: i64) -> Result<Vec<(String, Tensor)>, tch::TchError> {
-    let opts = (Kind::Float, Device::Cpu);
-    crate::dinosaur::seeded(seed, || {
-        config
-            .expected_keys()
-            .into_iter()
-            .map(|(key, shape)| {
-                let shape = shape.as_slice();
-                let t = if key.contains("norm") && key.ends_with("weight") {
-                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.1)?.f_add_scalar(1.0)?
-                } else if key.ends_with("bias") || key.contains("embedding") {
-                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.1)?
-                } else {
-                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.02)?
-                };
-                Ok((key, t))
-            })
-            .collect()
+    crate::weights::random_tensors(config.expected_keys(), seed, |key| {
+        if key.contains("norm") && key.ends_with("weight") {
+            RandomInit::Normal { mean: 1.0, std: 0.1 }
+        } else if key.ends_with("bias") || key.contains("embedding") {
+            RandomInit::Normal { mean: 0.0, std: 0.1 }
+        } else {
+            RandomInit::Normal { mean: 0.0, std: 0.02 }
+        }
     })
 }
 

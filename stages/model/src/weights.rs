@@ -277,6 +277,42 @@ impl<'a> WeightSource<'a> {
     }
 }
 
+/// How one tensor of a random-weight file is drawn (the writers of files with a model's key set, for tests and
+/// benches).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RandomInit {
+    /// `mean + std · N(0, 1)`.
+    Normal { mean: f64, std: f64 },
+    /// `low + U[0, 1)`.
+    Uniform { low: f64 },
+}
+
+/// A float32 CPU tensor for every `(key, shape)` of `keys`, drawn as `init(key)` says on libtorch's generator
+/// right after `manual_seed(seed)`, in the order of `keys`, holding the generator's lock
+/// ([`crate::dinosaur::seeded`]).
+pub fn random_tensors(
+    keys: Vec<(String, Vec<i64>)>,
+    seed: i64,
+    init: impl Fn(&str) -> RandomInit,
+) -> Result<Vec<(String, Tensor)>, tch::TchError> {
+    let opts = (Kind::Float, tch::Device::Cpu);
+    crate::dinosaur::seeded(seed, || {
+        keys.into_iter()
+            .map(|(key, shape)| {
+                let t = match init(&key) {
+                    RandomInit::Normal { mean, std } => {
+                        let t = Tensor::f_randn(shape.as_slice(), opts)?.f_mul_scalar(std)?;
+                        // No `+ 0.0`, which would turn a drawn −0.0 into +0.0.
+                        if mean == 0.0 { t } else { t.f_add_scalar(mean)? }
+                    }
+                    RandomInit::Uniform { low } => Tensor::f_rand(shape.as_slice(), opts)?.f_add_scalar(low)?,
+                };
+                Ok((key, t))
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

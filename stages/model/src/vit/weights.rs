@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use super::{VitConfig, VitError};
-use crate::weights::WeightSource;
+use crate::weights::{RandomInit, WeightSource};
 
 /// Metadata key holding the JSON configuration.
 pub const CONFIG_METADATA_KEY: &str = "mrdino.vit_config";
@@ -189,28 +189,18 @@ pub fn save(path: &Path, config: &VitConfig, tensors: &[(String, Tensor)]) -> Re
 }
 
 /// Random weights with the key set of `config` (weights N(0, 0.02), LayerNorm weights 1 + N(0, 0.1), biases and
-/// LayerScale drawn away from their defaults), drawn on libtorch's CPU generator after `tch::manual_seed(seed)`,
-/// holding the generator's lock ([`crate::dinosaur::seeded`]). For benches and tests that need a file of the
-/// right layout.
+/// LayerScale drawn away from their defaults), drawn by [`crate::weights::random_tensors`] from `seed`. For
+/// benches and tests that need a file of the right layout.
 pub fn random_tensors(config: &VitConfig, seed: i64) -> Result<Vec<(String, Tensor)>, tch::TchError> {
-    let opts = (Kind::Float, Device::Cpu);
-    crate::dinosaur::seeded(seed, || {
-        config
-            .expected_keys()
-            .into_iter()
-            .map(|(key, shape)| {
-                let shape = shape.as_slice();
-                let t = if key.ends_with("gamma") {
-                    Tensor::f_rand(shape, opts)?.f_add_scalar(0.5)?
-                } else if (key.contains("norm") || key.starts_with("ln_pre")) && key.ends_with("weight") {
-                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.1)?.f_add_scalar(1.0)?
-                } else if key.ends_with("bias") {
-                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.1)?
-                } else {
-                    Tensor::f_randn(shape, opts)?.f_mul_scalar(0.02)?
-                };
-                Ok((key, t))
-            })
-            .collect()
+    crate::weights::random_tensors(config.expected_keys(), seed, |key| {
+        if key.ends_with("gamma") {
+            RandomInit::Uniform { low: 0.5 }
+        } else if (key.contains("norm") || key.starts_with("ln_pre")) && key.ends_with("weight") {
+            RandomInit::Normal { mean: 1.0, std: 0.1 }
+        } else if key.ends_with("bias") {
+            RandomInit::Normal { mean: 0.0, std: 0.1 }
+        } else {
+            RandomInit::Normal { mean: 0.0, std: 0.02 }
+        }
     })
 }
