@@ -96,7 +96,7 @@ pub enum Talk2DinoError {
         message: String,
     },
     #[error(transparent)]
-    Input(#[from] crate::input::InputError),
+    Input(#[from] InputError),
     #[error("sliding window: every size must be positive, got {window:?}")]
     BadWindow { window: SlidingWindow },
     #[error("unknown view `{name}` (expected one of {})", View::NAMES.join(", "))]
@@ -120,8 +120,6 @@ pub enum Talk2DinoError {
     },
     #[error("PAMR: dilations must be ≥ 1 px, got {dilations_px:?}")]
     Dilations { dilations_px: Vec<i64> },
-    #[error("ψ: four tensors expected, got {count}")]
-    PsiTensors { count: usize },
     #[error("keep-ratio resize of a {height}×{width} image to {new_height}×{new_width} (OpenCV): {message}")]
     Resize {
         height: i64,
@@ -302,19 +300,17 @@ impl Psi {
         let identity = source.identity("", |_| true, None)?;
         let proj_name = source.meta(VARIANT_METADATA_KEY).map(str::to_string);
         let d = source.require_shape(PSI_KEYS[0])?.first().copied().unwrap_or(0);
+        let shapes = [vec![d, 512], vec![d], vec![d, d], vec![d]];
         let expected: Vec<(String, Vec<i64>)> = PSI_KEYS
             .iter()
-            .zip([vec![d, 512], vec![d], vec![d, d], vec![d]])
-            .map(|(key, shape)| (key.to_string(), shape))
+            .zip(&shapes)
+            .map(|(key, shape)| (key.to_string(), shape.clone()))
             .collect();
         source.check_keys("", &expected, &[], |_| true)?;
-        let mut taken = Vec::with_capacity(expected.len());
-        for (key, shape) in &expected {
-            taken.push(source.take(key, shape)?.f_to_kind(Kind::Float)?.f_to_device(device)?);
-        }
-        let [w1, b1, w2, b2]: [Tensor; 4] = taken
-            .try_into()
-            .map_err(|v: Vec<Tensor>| Talk2DinoError::PsiTensors { count: v.len() })?;
+        let take = |i: usize| -> Result<Tensor, Talk2DinoError> {
+            Ok(source.take(PSI_KEYS[i], &shapes[i])?.f_to_kind(Kind::Float)?.f_to_device(device)?)
+        };
+        let (w1, b1, w2, b2) = (take(0)?, take(1)?, take(2)?, take(3)?);
         let variant = match proj_name {
             None => None,
             Some(name) => {
