@@ -214,10 +214,11 @@ fn shared_groups(help: &str) -> Vec<(String, Vec<String>)> {
     let mut current: Option<usize> = None;
     for line in help.lines() {
         if let Some(heading) = line.strip_suffix(':').filter(|h| h.starts_with(|c: char| c.is_ascii_uppercase())) {
-            current = SHARED_GROUPS.iter().any(|(name, _)| *name == heading).then(|| {
+            current = None;
+            if SHARED_GROUPS.iter().any(|(name, _)| *name == heading) {
                 groups.push((heading.to_string(), Vec::new()));
-                groups.len() - 1
-            });
+                current = Some(groups.len() - 1);
+            }
             continue;
         }
         // A flag's own line: `      --name …` or `  -x, --name …` (wrapped descriptions are indented deeper).
